@@ -1,0 +1,47 @@
+# distinit — the pipeline driven by make. `make help` lists targets and variables.
+# Every target depends on `setup`, which builds .venv from requirements.txt once.
+
+SHELL    := /bin/bash
+PYTHON   ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+DISTINIT := $(BIN)/distinit
+DEMO_DIR ?= data/demo
+PYTEST_ARGS ?=
+POSE     ?= 1
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo-data demo test bench clean
+
+help: ## Show targets and variables
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+	@echo
+	@echo "Variables: PYTHON=$(PYTHON) (interpreter for the venv), DEMO_DIR=$(DEMO_DIR),"
+	@echo "           PYTEST_ARGS='$(PYTEST_ARGS)' (e.g. PYTEST_ARGS='-m \"not slow\"'),"
+	@echo "           POSE=$(POSE) (1: also install the MediaPipe pose teacher, requirements-pose.txt)"
+
+setup: $(VENV)/.installed ## Create .venv and install the pinned requirements + distinit (editable)
+
+$(VENV)/.installed: requirements.txt requirements-pose.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(if $(filter 1,$(POSE)),$(BIN)/python -m pip install -q -r requirements-pose.txt)
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+demo-data: setup ## Generate the embedded demo data (unlabeled pool + HMDB-51-layout action set) into DEMO_DIR
+	$(DISTINIT) demo-data --out $(DEMO_DIR) --config configs/demo-data.yaml
+
+demo: demo-data ## Run the whole pipeline on the embedded demo data (stages that exist so far)
+	$(DISTINIT) manifest --data demo --root $(DEMO_DIR) --out $(DEMO_DIR)/manifests/pool.jsonl
+	$(DISTINIT) manifest --data hmdb51 --root $(DEMO_DIR)/actions/videos --out $(DEMO_DIR)/manifests/actions.jsonl
+
+test: setup ## Run the test suite (slow and reliability tests included, as CI does)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: demo-data ## Run the benchmarks on the demo data and write bench/results/*.json
+	$(BIN)/python bench/decode.py --videos $(DEMO_DIR)/pool --out bench/results/decode.json
+
+clean: ## Remove generated data (keeps .venv)
+	rm -rf data targets runs results

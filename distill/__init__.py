@@ -1,0 +1,1 @@
+"""Stage two: train 3D students against the cached teacher targets."""
