@@ -1,0 +1,8 @@
+"""Video I/O: probe a file, decode only the frames or clips asked for (ffmpeg over a pipe)."""
+
+from pipeline.errors import VideoError
+from pipeline.video.binary import ffmpeg_binary
+from pipeline.video.decode import output_size, read_clip, read_frames
+from pipeline.video.probe import VideoInfo, probe
+
+__all__ = ["VideoError", "VideoInfo", "ffmpeg_binary", "output_size", "probe", "read_clip", "read_frames"]

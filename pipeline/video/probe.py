@@ -1,0 +1,187 @@
+"""What a video file holds: duration, frame rate, exact frame count, size, codec, keyframes.
+
+imageio-ffmpeg ships no ffprobe, so one ffmpeg pass does the job with any ffmpeg binary:
+`ffmpeg -i FILE -map 0:V:0 -c copy -f framecrc -` copies the first real video stream (cover art
+excluded) packet by packet without decoding it. stdout then lists the time base, codec, size and one
+line per packet (timestamps, keyframe flag), which gives the exact frame count, every frame's
+presentation time and where the keyframes are; stderr carries the stream header (rotation). A 10 s
+clip takes a few tens of milliseconds. The same numbers would come from `ffprobe -show_packets`, so
+there is one code path whichever ffmpeg is configured.
+
+Timestamps are in seconds from the start of the file as ffmpeg's `-ss` counts it (ffmpeg shifts both
+by the container's start time), so `decode` can seek to them exactly.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import fractions
+import logging
+import os
+import re
+import threading
+
+import ffmpeg
+import numpy as np
+
+from pipeline.errors import VideoError
+from pipeline.video.binary import ffmpeg_binary
+from pipeline.video.process import GLOBAL_ARGUMENTS, check_video_path, ffmpeg_reason, run_ffmpeg
+
+logger = logging.getLogger(__name__)
+
+_NO_TIMESTAMP = -9223372036854775808  # AV_NOPTS_VALUE as framecrc prints it
+_ROTATION = re.compile(r"display ?matrix: rotation of (-?[0-9.]+) degrees", re.IGNORECASE)
+_INPUT_FORMAT = re.compile(r"^Input #0, (.+), from '", re.MULTILINE)
+# Containers whose timestamp seeks were checked to land exactly (tests/test_video.py and bench runs);
+# others (MPEG-TS/PS, FLV, ...) seek by byte search or to the keyframe after the target.
+SEEKABLE_FORMATS = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi"})
+_HEADER_FPS = re.compile(r"Video: .*?, ([0-9.]+) fps")
+# A frame rate counts as constant when this share of frame-to-frame steps are the same number of ticks.
+_CONSTANT_RATE_SHARE = 0.9
+_CACHE_SIZE = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    """The first video stream of a file. width/height are the decoded frame size after rotation."""
+
+    path: str
+    duration: float
+    fps: float
+    frame_count: int
+    width: int
+    height: int
+    codec: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameLayout:
+    """VideoInfo plus per-frame timing, which decoding needs to seek exactly and cheaply."""
+
+    info: VideoInfo
+    frame_times: np.ndarray  # (frame_count,) float64 presentation times in seconds, ascending
+    keyframe_indices: np.ndarray  # (K,) int64 frame indices (presentation order) of keyframes, ascending
+    tick_seconds: float  # the stream's time base: timestamps are whole multiples of it
+    # Whether a timestamp seek lands exactly. False outside SEEKABLE_FORMATS and when packets lack
+    # presentation timestamps (AVI with B-frames: decoded frames then carry timestamps shifted by the
+    # decoder delay, so a seek lands a frame early). Decoding then always starts at frame 0.
+    seekable: bool
+
+
+_cache: collections.OrderedDict[tuple, FrameLayout] = collections.OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def probe(path, timeout: float = 30.0) -> VideoInfo:
+    """Duration, fps, exact frame count, size and codec of the first video stream of `path`.
+
+    duration is frame_count / fps. fps is exact for constant-frame-rate video (from the packet
+    timestamps, e.g. 30000/1001) and the average rate otherwise. Raises VideoError on anything
+    unreadable, truncated, audio-only or slower than `timeout` seconds.
+    """
+    return probe_layout(path, timeout).info
+
+
+def probe_layout(path, timeout: float = 30.0) -> FrameLayout:
+    """probe() plus frame times and keyframes; cached per file identity (path, inode, size, mtime)."""
+    path = os.fspath(path)
+    check_video_path(path)
+    status = os.stat(path)
+    key = (os.path.realpath(path), status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    layout = _probe_uncached(path, timeout)
+    with _cache_lock:
+        _cache[key] = layout
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return layout
+
+
+def clear_probe_cache() -> None:
+    """Forget cached probes (benchmarks time a cold probe; files are re-probed anyway when they change)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def _probe_uncached(path: str, timeout: float) -> FrameLayout:
+    stream = ffmpeg.input(path).output("pipe:", map="0:V:0", c="copy", f="framecrc")
+    command = stream.compile(cmd=[ffmpeg_binary(), *GLOBAL_ARGUMENTS, "-loglevel", "info"])
+    stdout, stderr_text = run_ffmpeg(command, path, timeout)
+    # A truncated file whose index survived (moov first) still copies; ffmpeg only logs the cut.
+    partial = [line for line in stderr_text.splitlines() if "partial file" in line]
+    if partial:
+        raise VideoError(path, f"truncated file ({ffmpeg_reason(partial[-1], path)})")
+    return _parse_framecrc(path, stdout.decode("utf-8", "replace"), stderr_text)
+
+
+def _parse_framecrc(path: str, framecrc_text: str, stderr_text: str) -> FrameLayout:
+    headers: dict[str, str] = {}
+    packets: list[tuple[int, int, int, bool]] = []  # (dts, pts, duration, is_keyframe)
+    for line in framecrc_text.splitlines():
+        if line.startswith("#"):
+            name, _, value = line[1:].partition(":")
+            headers[name.split()[0]] = value.strip()
+            continue
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) < 6:
+            continue
+        flags = int(fields[6].partition("=")[2], 16) if len(fields) > 6 else 1
+        packets.append((int(fields[1]), int(fields[2]), int(fields[3]), bool(flags & 1)))
+    if not packets or "dimensions" not in headers:
+        raise VideoError(path, "video stream has no frames")
+    tick = fractions.Fraction(headers["tb"])
+    width, height = (int(number) for number in headers["dimensions"].split("x"))
+    rotation = _ROTATION.search(stderr_text)
+    if rotation and round(float(rotation.group(1))) % 180 != 0:
+        width, height = height, width  # ffmpeg auto-rotates decoded frames
+    ticks, keyframe_indices, has_pts = _presentation_ticks(packets)
+    container = _INPUT_FORMAT.search(stderr_text)
+    seekable = has_pts and container is not None and container.group(1) in SEEKABLE_FORMATS
+    fps = _frame_rate(ticks, packets, tick, stderr_text)
+    info = VideoInfo(
+        path=path,
+        duration=len(ticks) / fps,
+        fps=fps,
+        frame_count=len(ticks),
+        width=width,
+        height=height,
+        codec=headers.get("codec_id", "unknown"),
+    )
+    return FrameLayout(
+        info=info, frame_times=ticks * float(tick), keyframe_indices=keyframe_indices, tick_seconds=float(tick), seekable=seekable
+    )
+
+
+def _presentation_ticks(packets: list[tuple[int, int, int, bool]]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Sorted presentation timestamps (ticks), presentation indices of keyframes, and whether pts exist."""
+    columns = np.array(packets, dtype=np.int64)  # (P, 4): dts, pts, duration, key
+    # AVI with B-frames leaves pts unset on some packets; its dts then are the presentation slots.
+    use_pts = not np.any(columns[:, 1] == _NO_TIMESTAMP)
+    stamps = columns[:, 1] if use_pts else columns[:, 0]
+    ticks = np.sort(stamps)
+    keyframe_indices = np.unique(np.searchsorted(ticks, stamps[columns[:, 3] == 1]))
+    return ticks, keyframe_indices, use_pts
+
+
+def _frame_rate(ticks: np.ndarray, packets: list, tick: fractions.Fraction, stderr_text: str) -> float:
+    steps = np.diff(ticks)
+    if len(steps):
+        values, counts = np.unique(steps, return_counts=True)
+        common = int(values[np.argmax(counts)])
+        if common > 0 and counts.max() >= _CONSTANT_RATE_SHARE * len(steps):
+            return float(1 / (common * tick))
+        span = int(ticks[-1] - ticks[0])
+        if span > 0:
+            return float(len(steps) / (span * tick))
+    if packets[-1][2] > 0:  # a single frame: its own duration
+        return float(1 / (packets[-1][2] * tick))
+    header = _HEADER_FPS.search(stderr_text)
+    if header:
+        return float(header.group(1))
+    logger.debug("no frame rate found; assuming 1 fps")
+    return 1.0

@@ -1,0 +1,378 @@
+"""pipeline.video: probe fields, exact frame selection, clips, resizing, and every way a file can be bad.
+
+Synthetic videos are written here from numpy frames: a lossless one (FFV1 in Matroska) whose decoded
+frames must equal the source bit for bit, and lossy ones with B-frames and short GOPs (H.264 in MP4,
+open-GOP H.264, MPEG-4 Part 2 in AVI) checked against one full ffmpeg decode.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.video import VideoError, VideoInfo, ffmpeg_binary, probe, read_clip, read_frames
+from pipeline.video import decode as decode_module
+from pipeline.video.decode import Segment, frame_index_at, output_size, plan_segments
+from pipeline.video.process import ffmpeg_reason, run_ffmpeg
+
+FPS = 25
+WIDTH, HEIGHT = 64, 48
+LOSSLESS_FRAMES = 40
+LOSSY_FRAMES = 100
+
+
+def lossless_frames() -> np.ndarray:
+    """(40, 48, 64, 3): red encodes the frame index, green and blue a spatial pattern that moves with it."""
+    index = np.arange(LOSSLESS_FRAMES)[:, None, None]
+    y = np.arange(HEIGHT)[None, :, None]
+    x = np.arange(WIDTH)[None, None, :]
+    shape = (LOSSLESS_FRAMES, HEIGHT, WIDTH)
+    red = np.broadcast_to(index * 6, shape)
+    green = np.broadcast_to((x * 4 + index) % 256, shape)
+    blue = np.broadcast_to((y * 5 + index * 3) % 256, shape)
+    return np.stack([red, green, blue], axis=-1).astype(np.uint8)
+
+
+def noise_frames() -> np.ndarray:
+    """(100, 48, 64, 3) smooth random blobs: every frame far from every other, yet compressible."""
+    rng = np.random.default_rng(7)
+    coarse = rng.integers(0, 256, size=(LOSSY_FRAMES, HEIGHT // 8, WIDTH // 8, 3))
+    return np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2).astype(np.uint8)
+
+
+def encode(frames: np.ndarray, path: Path, codec_arguments: list[str]) -> Path:
+    command = [
+        ffmpeg_binary(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{WIDTH}x{HEIGHT}", "-r", str(FPS), "-i", "pipe:0",
+        *codec_arguments, str(path),
+    ]
+    subprocess.run(command, input=frames.tobytes(), check=True, timeout=60)
+    return path
+
+
+def decode_everything(path: Path, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
+    command = [
+        ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-i", str(path), "-map", "0:V:0",
+        "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:",
+    ]
+    output = subprocess.run(command, capture_output=True, check=True, timeout=60).stdout
+    return np.frombuffer(output, dtype=np.uint8).reshape(-1, height, width, 3)
+
+
+@pytest.fixture(scope="module")
+def video_folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("videos")
+
+
+@pytest.fixture(scope="module")
+def lossless_video(video_folder) -> Path:
+    return encode(lossless_frames(), video_folder / "lossless.mkv", ["-c:v", "ffv1"])
+
+
+LOSSY_CODECS = {
+    "h264_bframes.mp4": ["-c:v", "libx264", "-qp", "4", "-g", "10", "-bf", "3", "-pix_fmt", "yuv420p"],
+    "h264_open_gop.mp4": ["-c:v", "libx264", "-qp", "4", "-pix_fmt", "yuv420p", "-x264-params", "keyint=12:min-keyint=12:scenecut=0:bframes=3:b-adapt=0:open-gop=1"],
+    "mpeg4_bframes.avi": ["-c:v", "mpeg4", "-q:v", "2", "-g", "10", "-bf", "2", "-pix_fmt", "yuv420p"],
+}
+
+
+@pytest.fixture(scope="module", params=sorted(LOSSY_CODECS))
+def lossy_video(request, video_folder) -> Path:
+    return encode(noise_frames(), video_folder / request.param, LOSSY_CODECS[request.param])
+
+
+def test_probe_reports_exact_fields(lossless_video):
+    info = probe(lossless_video)
+    assert info == VideoInfo(
+        path=str(lossless_video), duration=1.6, fps=25.0, frame_count=40, width=64, height=48, codec="ffv1"
+    )
+
+
+def test_probe_counts_frames_of_lossy_videos(lossy_video):
+    info = probe(lossy_video)
+    assert (info.frame_count, info.fps, info.width, info.height) == (LOSSY_FRAMES, 25.0, WIDTH, HEIGHT)
+    assert info.duration == pytest.approx(4.0)
+
+
+def test_frame_index_at_boundaries():
+    assert [frame_index_at(k / 25, 25.0, 40) for k in range(40)] == list(range(40))
+    assert frame_index_at(12 / 25 - 1e-4, 25.0, 40) == 11
+    assert frame_index_at(12.5 / 25, 25.0, 40) == 12
+    assert frame_index_at(99.0, 25.0, 40) == 39
+    assert frame_index_at(1 / (30000 / 1001) * 7, 30000 / 1001, 100) == 7
+    with pytest.raises(ValueError):
+        frame_index_at(-0.5, 25.0, 40)
+    with pytest.raises(ValueError):
+        frame_index_at(float("nan"), 25.0, 40)
+
+
+BOUNDARY_TIMES = [0.0, 12 / 25, 12.5 / 25, 12 / 25 - 1e-4, 39 / 25, 1.599, 7.0, 0.3, 0.1, 0.3, 0.0]
+
+
+@pytest.mark.parametrize("strategy", ["auto", "sequential", "seek"])
+def test_read_frames_equals_source_exactly(lossless_video, strategy):
+    source = lossless_frames()
+    expected = [min(int(np.floor(t * FPS + 1e-6)), LOSSLESS_FRAMES - 1) for t in BOUNDARY_TIMES]
+    assert expected == [0, 12, 12, 11, 39, 39, 39, 7, 2, 7, 0]
+    frames = read_frames(lossless_video, BOUNDARY_TIMES, strategy=strategy)
+    assert frames.dtype == np.uint8 and frames.shape == (len(BOUNDARY_TIMES), HEIGHT, WIDTH, 3)
+    np.testing.assert_array_equal(frames, source[expected])
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "seek"])
+def test_every_exact_frame_boundary(lossless_video, strategy):
+    frames = read_frames(lossless_video, [k / FPS for k in range(LOSSLESS_FRAMES)][::-1], strategy=strategy)
+    np.testing.assert_array_equal(frames, lossless_frames()[::-1])
+
+
+def test_many_inputs_and_processes_stay_exact(lossless_video, monkeypatch):
+    # Force several inputs per process and several processes on the tiny video.
+    monkeypatch.setattr(decode_module, "MAX_SELECTED_PER_INPUT", 3)
+    monkeypatch.setattr(decode_module, "MAX_INPUTS_PER_PROCESS", 2)
+    times = [k / FPS for k in (1, 2, 3, 5, 8, 13, 21, 34, 39)]
+    frames = read_frames(lossless_video, times, strategy="seek")
+    np.testing.assert_array_equal(frames, lossless_frames()[[1, 2, 3, 5, 8, 13, 21, 34, 39]])
+
+
+def test_read_frames_pipes_only_the_requested_frames(lossless_video, monkeypatch):
+    requested_bytes: list[int | None] = []
+    real_run = decode_module.run_ffmpeg
+
+    def spy(command, path, timeout, expected_bytes=None):
+        requested_bytes.append(expected_bytes)
+        return real_run(command, path, timeout, expected_bytes)
+
+    monkeypatch.setattr(decode_module, "run_ffmpeg", spy)
+    read_frames(lossless_video, [0.5, 0.1, 0.5], strategy="sequential")
+    assert requested_bytes == [2 * WIDTH * HEIGHT * 3]
+
+
+def test_read_frames_with_no_times(lossless_video):
+    assert read_frames(lossless_video, []).shape == (0, HEIGHT, WIDTH, 3)
+
+
+def test_read_frames_rejects_bad_arguments(lossless_video):
+    with pytest.raises(ValueError):
+        read_frames(lossless_video, [-1.0])
+    with pytest.raises(ValueError):
+        read_frames(lossless_video, [0.0], strategy="fastest")
+
+
+@pytest.mark.parametrize(
+    "start, num_frames, stride, expected",
+    [
+        (0.0, 8, 1, list(range(8))),
+        (10 / 25, 5, 2, [10, 12, 14, 16, 18]),
+        (10.5 / 25, 4, 3, [10, 13, 16, 19]),
+        (35 / 25, 4, 2, [35, 37, 39, 39]),  # runs past the end: the last decoded frame repeats
+        (39 / 25, 3, 1, [39, 39, 39]),
+        (5.0, 2, 1, [39, 39]),
+    ],
+)
+def test_read_clip_equals_source_exactly(lossless_video, start, num_frames, stride, expected):
+    clip = read_clip(lossless_video, start, num_frames, stride=stride)
+    np.testing.assert_array_equal(clip, lossless_frames()[expected])
+
+
+def test_read_clip_rejects_bad_arguments(lossless_video):
+    with pytest.raises(ValueError):
+        read_clip(lossless_video, 0.0, 0)
+    with pytest.raises(ValueError):
+        read_clip(lossless_video, 0.0, 4, stride=0)
+
+
+def test_lossy_seeks_land_on_the_right_frame(lossy_video):
+    reference = decode_everything(lossy_video)
+    assert len(reference) == LOSSY_FRAMES
+    # 9-11, 22-23, 35 and 47 display just before a keyframe (at 12, 24, 36, 48 in the open-GOP file)
+    # but decode after it: only decodable from the keyframe before.
+    times = [3.99, 0.0, 0.4, 0.44, 11 / 25, 9 / 25, 1.0, 2.36, 2.4, 0.04, 3.5, 0.96, 23 / 25, 35 / 25, 47 / 25, 1.0]
+    indices = [frame_index_at(t, FPS, LOSSY_FRAMES) for t in times]
+    source = noise_frames().astype(np.int16)
+    for strategy in ("seek", "auto", "sequential"):
+        frames = read_frames(lossy_video, times, strategy=strategy)
+        # Nearest source frame: the index must be right even where the codec is lossy.
+        distances = np.abs(frames.astype(np.int16)[:, None] - source[None]).mean(axis=(2, 3, 4))
+        assert distances.argmin(axis=1).tolist() == indices, strategy
+        assert np.abs(frames.astype(np.int16) - reference[indices].astype(np.int16)).max() <= 2, strategy
+
+
+def test_lossy_clip_after_seek(lossy_video):
+    reference = decode_everything(lossy_video)
+    clip = read_clip(lossy_video, 2.5, 6, stride=3)
+    assert np.abs(clip.astype(np.int16) - reference[62:80:3].astype(np.int16)).max() <= 2
+
+
+def test_all_frames_in_one_select(lossy_video):
+    # 100 selected frames: deeper than ffmpeg's expression parser allows for a flat sum.
+    frames = read_frames(lossy_video, [k / FPS for k in range(LOSSY_FRAMES)], strategy="sequential")
+    assert np.abs(frames.astype(np.int16) - decode_everything(lossy_video).astype(np.int16)).max() <= 2
+
+
+def test_output_size():
+    assert output_size(64, 48, None) == (64, 48)
+    assert output_size(64, 48, 24) == (32, 24)
+    assert output_size(64, 48, 96) == (128, 96)  # upscales when asked
+    assert output_size(176, 144, 112) == (136, 112)  # 136.9 rounds to the nearest even number
+    assert output_size(48, 64, 24) == (24, 32)
+    with pytest.raises(ValueError):
+        output_size(64, 48, 0)
+
+
+def test_short_side_resizes_inside_ffmpeg(lossless_video):
+    frames = read_frames(lossless_video, [0.0, 1.0], short_side=24)
+    assert frames.shape == (2, 24, 32, 3)
+    # Frame 0 is red 0, frame 25 red 150, everywhere: resizing keeps a flat channel flat.
+    assert np.abs(frames[:, :, :, 0].astype(int) - np.array([0, 150])[:, None, None]).max() <= 1
+    assert read_clip(lossless_video, 0.0, 3, short_side=96).shape == (3, 96, 128, 3)
+
+
+def test_threads_option(lossless_video):
+    frames = read_frames(lossless_video, [0.2], threads=1)
+    np.testing.assert_array_equal(frames, lossless_frames()[[5]])
+
+
+def test_rotated_video_reports_display_size(lossy_video_mp4, video_folder):
+    rotated = video_folder / "rotated.mp4"
+    subprocess.run(
+        [ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-y", "-display_rotation", "90",
+         "-i", str(lossy_video_mp4), "-c", "copy", str(rotated)],
+        check=True, timeout=60,
+    )
+    info = probe(rotated)
+    assert (info.width, info.height) == (HEIGHT, WIDTH)  # ffmpeg turns the frames upright when decoding
+    frames = read_frames(rotated, [0.5, 3.0])
+    assert frames.shape == (2, WIDTH, HEIGHT, 3)
+    upright = np.rot90(decode_everything(lossy_video_mp4)[[12, 75]], k=1, axes=(1, 2))
+    assert np.abs(frames.astype(np.int16) - upright.astype(np.int16)).max() <= 2
+
+
+# ---- bad inputs -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_files(video_folder, lossy_video_mp4) -> dict[str, Path]:
+    folder = video_folder / "bad"
+    folder.mkdir()
+    files = {"missing": folder / "missing.mp4", "zero_bytes": folder / "empty.mp4"}
+    files["zero_bytes"].write_bytes(b"")
+    data = lossy_video_mp4.read_bytes()
+    files["truncated"] = folder / "truncated.mp4"
+    files["truncated"].write_bytes(data[: int(len(data) * 0.3)])
+    files["text"] = folder / "notes.mp4"
+    files["text"].write_text("this is not a video\n")
+    files["audio_only"] = folder / "tone.m4a"
+    subprocess.run(
+        [ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "sine=duration=1",
+         "-c:a", "aac", str(files["audio_only"])],
+        check=True, timeout=60,
+    )
+    files["fifo"] = folder / "pipe.mp4"
+    os.mkfifo(files["fifo"])
+    files["directory"] = folder / "folder.mp4"
+    files["directory"].mkdir()
+    return files
+
+
+@pytest.fixture(scope="module")
+def lossy_video_mp4(video_folder) -> Path:
+    return encode(noise_frames(), video_folder / "for_truncation.mp4", LOSSY_CODECS["h264_bframes.mp4"])
+
+
+EXPECTED_REASONS = {
+    "missing": "no such file",
+    "zero_bytes": "empty file",
+    "truncated": "moov atom not found",
+    "text": "Invalid data found",
+    "audio_only": "no video stream",
+    "fifo": "named pipe",
+    "directory": "directory",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED_REASONS))
+@pytest.mark.parametrize("call", ["probe", "read_frames", "read_clip"])
+def test_bad_inputs_raise_video_error(bad_files, kind, call):
+    path = bad_files[kind]
+    started = time.monotonic()
+    with pytest.raises(VideoError) as caught:
+        if call == "probe":
+            probe(path, timeout=10)
+        elif call == "read_frames":
+            read_frames(path, [0.0], timeout=10)
+        else:
+            read_clip(path, 0.0, 4, timeout=10)
+    assert time.monotonic() - started < 5
+    assert caught.value.path == str(path)
+    assert EXPECTED_REASONS[kind] in caught.value.reason
+    assert "\n" not in str(caught.value)
+
+
+def test_truncated_file_with_index_first_is_rejected(video_folder, lossy_video_mp4):
+    faststart = video_folder / "faststart.mp4"
+    subprocess.run(
+        [ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-y", "-i", str(lossy_video_mp4), "-c", "copy",
+         "-movflags", "+faststart", str(faststart)],
+        check=True, timeout=60,
+    )
+    truncated = video_folder / "faststart_truncated.mp4"
+    data = faststart.read_bytes()
+    truncated.write_bytes(data[: int(len(data) * 0.3)])
+    with pytest.raises(VideoError, match="truncated"):
+        probe(truncated)
+
+
+def _child_processes() -> list[str]:
+    children = []
+    for task in Path("/proc/self/task").iterdir():
+        children += (task / "children").read_text().split()
+    return children
+
+
+def test_tiny_timeout_kills_ffmpeg(lossless_video, tmp_path):
+    fresh = tmp_path / "fresh.mkv"  # a new file, so probe's cache cannot answer without ffmpeg
+    shutil.copy(lossless_video, fresh)
+    with pytest.raises(VideoError, match="timed out after"):
+        probe(fresh, timeout=0.001)
+    probe(lossless_video)
+    with pytest.raises(VideoError, match="timed out after"):
+        read_frames(lossless_video, [0.0, 1.0], timeout=0.001)
+    assert _child_processes() == []
+
+
+def test_timeout_covers_a_fifo_ffmpeg_would_block_on(bad_files):
+    started = time.monotonic()
+    command = [ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-i", str(bad_files["fifo"]), "-f", "null", "-"]
+    with pytest.raises(VideoError, match="timed out after 0.5s"):
+        run_ffmpeg(command, str(bad_files["fifo"]), timeout=0.5)
+    assert time.monotonic() - started < 3
+    assert _child_processes() == []
+
+
+def test_ffmpeg_reason_keeps_the_cause():
+    stderr = (
+        "[in#0 @ 0x559615da30c0] moov atom not found\n"
+        "[in#0 @ 0x559615da2d40] Error opening input: Invalid data found when processing input\n"
+        "Error opening input file /data/a.mp4.\n"
+        "Error opening input files: Invalid data found when processing input\n"
+    )
+    assert ffmpeg_reason(stderr, "/data/a.mp4") == "moov atom not found; Error opening input: Invalid data found when processing input"
+    assert ffmpeg_reason("Stream map '0:V:0' matches no streams.\n", "x") == "no video stream"
+    assert ffmpeg_reason("", "x") == "ffmpeg failed without an error message"
+
+
+def test_plan_segments():
+    keyframes = np.array([0, 10, 20, 30, 40])
+    # Near targets share an input; a far target past a keyframe gets its own, started at that keyframe.
+    assert plan_segments([1, 3, 25, 27, 44], keyframes, 2.0) == [
+        Segment(0, (1, 3)), Segment(20, (25, 27)), Segment(40, (44,))
+    ]
+    assert plan_segments([12, 35], keyframes, np.inf) == [Segment(10, (12, 35))]
+    assert plan_segments([12, 13], keyframes, -np.inf) == [Segment(10, (12,)), Segment(10, (13,))]
+    assert plan_segments([], keyframes, 2.0) == []
