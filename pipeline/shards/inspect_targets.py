@@ -1,0 +1,122 @@
+"""Human-readable summaries of a target cache: what it holds, and what the teachers saw in one video."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.shards import format as fmt
+from pipeline.shards.reader import TargetStore
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in float64 so large logits do not overflow."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    exponentials = np.exp(shifted)
+    return exponentials / exponentials.sum(axis=-1, keepdims=True)
+
+
+@dataclass
+class _OutputSummary:
+    """Running sums for one output, accumulated block by block over every shard."""
+
+    rows: int = 0
+    total: float = 0.0
+    total_squares: float = 0.0
+    per_class: np.ndarray | None = None
+    present_rows: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, values: np.ndarray, spec: dict[str, Any]) -> None:
+        values = values.astype(np.float64)  # (N, *shape)
+        self.rows += len(values)
+        self.total += float(values.sum())
+        self.total_squares += float(np.square(values).sum())
+        if spec.get("class_names") and spec["kind"] in (fmt.KIND_LOGITS, fmt.KIND_MULTILABEL):
+            scores = softmax(values) if spec["kind"] == fmt.KIND_LOGITS else values
+            block_sum = scores.sum(axis=0)
+            self.per_class = block_sum if self.per_class is None else self.per_class + block_sum
+        if spec["kind"] == fmt.KIND_FLAG:
+            self.present_rows += int((values.reshape(len(values), -1) > 0.5).any(axis=1).sum())
+        elif spec["kind"] == fmt.KIND_HEATMAPS:
+            self.present_rows += int((values.reshape(len(values), -1) > 0).any(axis=1).sum())
+
+
+def _top_classes(scores: np.ndarray, class_names: list[str], top_k: int) -> str:
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    return ", ".join(f"{class_names[index]} {scores[index]:.2f}" for index in order)
+
+
+def _summary_lines(key: str, spec: dict[str, Any], summary: _OutputSummary, top_k: int) -> list[str]:
+    count = max(summary.rows * int(np.prod(spec["shape"], dtype=np.int64)), 1)
+    mean = summary.total / count
+    std = float(np.sqrt(max(summary.total_squares / count - mean * mean, 0.0)))
+    lines = [f"  {key}  shape {tuple(spec['shape'])} {spec['dtype']} ({spec['kind']}): mean {mean:.4g}, std {std:.4g}"]
+    if summary.per_class is not None and summary.rows:
+        label = "mean softmax" if spec["kind"] == fmt.KIND_LOGITS else "mean score"
+        lines.append(f"    top classes ({label}): {_top_classes(summary.per_class / summary.rows, spec['class_names'], top_k)}")
+    if spec["kind"] == fmt.KIND_FLAG and summary.rows:
+        lines.append(f"    {spec['name']} rate: {summary.present_rows / summary.rows:.1%} of frames")
+    elif spec["kind"] == fmt.KIND_HEATMAPS and summary.rows:
+        lines.append(f"    non-empty heatmaps in {summary.present_rows / summary.rows:.1%} of frames")
+    return lines
+
+
+def _teacher_line(teacher: dict[str, Any]) -> str:
+    sha = str(teacher.get("weights_sha256") or "none")[:12]
+    return (
+        f"teacher {teacher['name']}: backend {teacher.get('backend', '?')}, weights sha256 {sha}, "
+        f"input {teacher.get('input_size')}, mean {teacher.get('mean')}, std {teacher.get('std')}"
+    )
+
+
+def _store_lines(store: TargetStore, top_k: int) -> list[str]:
+    manifest = store.manifest
+    lines = [
+        f"{store.targets_dir}: dataset {manifest.get('dataset')}, stage key {manifest['stage_key']}, "
+        f"code version {manifest.get('code_version')}",
+        f"rows {len(store)}, videos {manifest.get('total_videos')}, shards {manifest['shard_count']}, "
+        f"skipped videos {manifest.get('skipped_count', len(manifest.get('skipped', [])))}",
+    ]
+    summaries = {key: _OutputSummary() for key in store.output_names}
+    specs = {key: store.output_spec(key) for key in store.output_names}
+    for _, block in store.iter_blocks(store.output_names):
+        for key, values in block.items():
+            summaries[key].add(values, specs[key])
+    for teacher in store.teachers:
+        lines.append(_teacher_line(teacher))
+        for output in teacher["outputs"]:
+            key = fmt.output_key(teacher["name"], output["name"])
+            lines.extend(_summary_lines(key, output, summaries[key], top_k))
+    return lines
+
+
+def _video_lines(store: TargetStore, video_id: str, top_k: int) -> list[str]:
+    rows = store.rows_for_video(video_id)
+    times = rows[fmt.T_SECONDS]
+    lines = [f"video {video_id}: {len(times)} teacher frames, t {times.min():.2f}s .. {times.max():.2f}s"]
+    for key in store.output_names:
+        spec = store.output_spec(key)
+        values = rows[key]
+        if spec.get("class_names") and spec["kind"] in (fmt.KIND_LOGITS, fmt.KIND_MULTILABEL):
+            scores = softmax(values) if spec["kind"] == fmt.KIND_LOGITS else values
+            lines.append(f"  {key} (top {top_k} per frame):")
+            lines.extend(f"    t={t:.2f}s  {_top_classes(frame, spec['class_names'], top_k)}" for t, frame in zip(times, scores))
+        elif spec["kind"] == fmt.KIND_FLAG:
+            flags = " ".join(f"{value:g}" for value in values.reshape(len(values), -1)[:, 0])
+            lines.append(f"  {key} per frame: {flags}")
+        else:
+            lines.append(f"  {key}: mean {values.mean():.4g}, max {values.max():.4g} over the video")
+    return lines
+
+
+def inspect(targets_dir: str | os.PathLike, video_id: str | None = None, top_k: int = 5) -> list[str]:
+    """Lines describing the cache (rows, videos, per-teacher output summaries), and one video's frames if asked."""
+    with TargetStore(targets_dir) as store:
+        lines = _store_lines(store, top_k)
+        if video_id is not None:
+            lines.extend(_video_lines(store, video_id, top_k))
+    return lines

@@ -1,0 +1,249 @@
+"""Random access to a finished target cache, by row and by video.
+
+HDF5 handles must not cross a fork, so shards are opened lazily, per process: a DataLoader worker that
+inherits a store (fork) or unpickles one (spawn) opens its own read-only handles on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import h5py
+import numpy as np
+
+from pipeline.shards import format as fmt
+from pipeline.shards import header
+from pipeline.shards.format import ShardError
+from pipeline.shards.manifest import read_manifest
+
+logger = logging.getLogger(__name__)
+
+
+class TargetStore:
+    """A stage-one target cache (`targets/<dataset>/<key>/`) opened read-only.
+
+    Rows are numbered globally: shard 0's rows, then shard 1's, and so on, in the manifest's order.
+    """
+
+    def __init__(self, targets_dir: str | os.PathLike):
+        self.targets_dir = Path(targets_dir)
+        self.manifest = read_manifest(self.targets_dir)
+        self.shard_paths = [self.targets_dir / entry["file"] for entry in self.manifest["shards"]]
+        self.shard_rows = np.array([int(entry["rows"]) for entry in self.manifest["shards"]], dtype=np.int64)
+        # offsets[i] = global index of shard i's first row; offsets[-1] = total rows.
+        self.offsets = np.concatenate([[0], np.cumsum(self.shard_rows)]).astype(np.int64)
+        self._handles: dict[int, h5py.File] = {}
+        self._datasets: dict[tuple[int, str], h5py.Dataset] = {}
+        self._owner_pid = os.getpid()
+        self._teachers: list[dict[str, Any]] | None = None
+        self._video_index: dict[str, np.ndarray] | None = None
+        self._check_shards()
+
+    def _check_shards(self) -> None:
+        """Refuse a cache whose shards do not match the manifest, naming the shard."""
+        for path, expected_rows in zip(self.shard_paths, self.shard_rows):
+            if not path.is_file():
+                raise ShardError(
+                    f"{path}: shard listed in the manifest is missing; rerun `distinit extract` for it, then finalize"
+                )
+            try:
+                with header.open_read_only(path) as shard:
+                    rows = header.row_count(shard)
+            except (OSError, KeyError) as error:
+                raise ShardError(f"{path}: unreadable shard ({error}); run `distinit verify {self.targets_dir}`") from None
+            if rows != expected_rows:
+                raise ShardError(
+                    f"{path}: {rows} rows, the manifest says {expected_rows}; run `distinit verify {self.targets_dir}`"
+                )
+
+    # ------------------------------------------------------------------ handles
+    def _shard(self, position: int) -> h5py.File:
+        if os.getpid() != self._owner_pid:
+            # Inherited through fork: the parent's handles belong to the parent; forget them unclosed.
+            self._handles, self._datasets = {}, {}
+            self._owner_pid = os.getpid()
+        handle = self._handles.get(position)
+        if handle is None:
+            handle = header.open_read_only(self.shard_paths[position])
+            self._handles[position] = handle
+        return handle
+
+    def _dataset(self, position: int, name: str) -> h5py.Dataset:
+        # Cached: looking a dataset up by path costs more than reading one row from the chunk cache.
+        shard = self._shard(position)
+        dataset = self._datasets.get((position, name))
+        if dataset is None:
+            dataset = self._datasets[(position, name)] = shard[name]
+        return dataset
+
+    def close(self) -> None:
+        if os.getpid() == self._owner_pid:
+            for handle in self._handles.values():
+                handle.close()
+        self._handles, self._datasets = {}, {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_handles"], state["_datasets"] = {}, {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._owner_pid = os.getpid()
+
+    def __enter__(self) -> "TargetStore":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ description
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def teachers(self) -> list[dict[str, Any]]:
+        """The teachers' `describe()` dicts, as stored in the shards' attributes."""
+        if self._teachers is None:
+            self._teachers = header.teachers(self._shard(0))
+        return self._teachers
+
+    @property
+    def output_names(self) -> list[str]:
+        """`<teacher>/<output>` keys, in the order written."""
+        return header.output_keys(self.teachers)
+
+    def output_spec(self, key: str) -> dict[str, Any]:
+        teacher_name, output_name = key.split("/", 1)
+        for teacher in self.teachers:
+            if teacher["name"] == teacher_name:
+                for output in teacher["outputs"]:
+                    if output["name"] == output_name:
+                        return output
+        raise KeyError(f"{self.targets_dir}: no output {key!r}; outputs are {self.output_names}")
+
+    # ------------------------------------------------------------------ rows
+    def _locate(self, index: int) -> tuple[int, int]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"row {index} outside a store of {len(self)} rows")
+        index %= max(len(self), 1)
+        position = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return position, index - int(self.offsets[position])
+
+    def row(self, index: int) -> dict[str, Any]:
+        """One row: video_id (str), t_seconds (float), frame_index (int), each output as float32 (*shape)."""
+        position, local = self._locate(index)
+        row: dict[str, Any] = {
+            fmt.VIDEO_ID: header.decode_video_ids(self._dataset(position, fmt.VIDEO_ID)[local : local + 1])[0],
+            fmt.T_SECONDS: float(self._dataset(position, fmt.T_SECONDS)[local]),
+            fmt.FRAME_INDEX: int(self._dataset(position, fmt.FRAME_INDEX)[local]),
+        }
+        for key in self.output_names:
+            row[key] = np.asarray(self._dataset(position, key)[local], dtype=np.float32)
+        return row
+
+    def _read_local(self, position: int, local_rows: np.ndarray) -> dict[str, Any]:
+        """Rows `local_rows` (sorted, unique) of one shard; reads one slice when they are close together."""
+        start, stop = int(local_rows[0]), int(local_rows[-1]) + 1
+        dense = stop - start <= 4 * len(local_rows)
+
+        def read(name: str) -> np.ndarray:
+            dataset = self._dataset(position, name)
+            return dataset[start:stop][local_rows - start] if dense else dataset[local_rows]
+
+        columns: dict[str, Any] = {
+            fmt.VIDEO_ID: np.array(header.decode_video_ids(read(fmt.VIDEO_ID)), dtype=object),
+            fmt.T_SECONDS: read(fmt.T_SECONDS).astype(np.float64),
+            fmt.FRAME_INDEX: read(fmt.FRAME_INDEX).astype(np.int64),
+        }
+        for key in self.output_names:
+            columns[key] = read(key).astype(np.float32)
+        return columns
+
+    def rows(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
+        """Rows at `indices`, in that order: video_id (list of str), t_seconds (N,), frame_index (N,), outputs (N, *shape)."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"rows outside a store of {len(self)} rows")
+        positions = np.searchsorted(self.offsets, indices, side="right") - 1
+        result = self._empty_rows(len(indices))
+        for position in np.unique(positions):
+            wanted = np.nonzero(positions == position)[0]
+            local = indices[wanted] - self.offsets[position]
+            unique_local, inverse = np.unique(local, return_inverse=True)
+            columns = self._read_local(int(position), unique_local)
+            for name, values in columns.items():
+                result[name][wanted] = values[inverse]
+        result[fmt.VIDEO_ID] = list(result[fmt.VIDEO_ID])
+        return result
+
+    def _empty_rows(self, count: int) -> dict[str, np.ndarray]:
+        empty: dict[str, np.ndarray] = {
+            fmt.VIDEO_ID: np.empty(count, dtype=object),
+            fmt.T_SECONDS: np.zeros(count, dtype=np.float64),
+            fmt.FRAME_INDEX: np.zeros(count, dtype=np.int64),
+        }
+        for key in self.output_names:
+            empty[key] = np.zeros((count, *self.output_spec(key)["shape"]), dtype=np.float32)
+        return empty
+
+    # ------------------------------------------------------------------ videos
+    def _build_video_index(self) -> dict[str, np.ndarray]:
+        """video id -> its global row indices sorted by t, from the small id and time columns of every shard."""
+        row_lists: dict[str, list[np.ndarray]] = {}
+        for position in range(len(self.shard_paths)):
+            shard = self._shard(position)
+            video_ids = np.array(header.decode_video_ids(shard[fmt.VIDEO_ID][:]), dtype=object)
+            times = shard[fmt.T_SECONDS][:]
+            if len(video_ids) == 0:
+                continue
+            # Stable sort by (video, t) keeps written order among equal times.
+            order = np.lexsort((times, video_ids.astype(str)))
+            sorted_ids = video_ids[order]
+            boundaries = np.flatnonzero(sorted_ids[1:] != sorted_ids[:-1]) + 1
+            for group in np.split(order, boundaries):
+                row_lists.setdefault(str(video_ids[group[0]]), []).append(group + self.offsets[position])
+        index = {}
+        for video_id, groups in row_lists.items():
+            rows = np.concatenate(groups)
+            if len(groups) > 1:  # one video across shards: only possible if shards were mixed by hand
+                rows = rows[np.argsort(self._times_of(rows), kind="stable")]
+            index[video_id] = rows
+        logger.debug("indexed %d videos over %d rows in %s", len(index), len(self), self.targets_dir)
+        return index
+
+    def _times_of(self, rows: np.ndarray) -> np.ndarray:
+        return self.rows(rows)[fmt.T_SECONDS]
+
+    def _index(self) -> dict[str, np.ndarray]:
+        if self._video_index is None:
+            self._video_index = self._build_video_index()
+        return self._video_index
+
+    def video_ids(self) -> list[str]:
+        """Every video with at least one row, sorted."""
+        return sorted(self._index())
+
+    def video_rows(self, video_id: str) -> np.ndarray:
+        """Global row indices of one video, sorted by t."""
+        try:
+            return self._index()[video_id]
+        except KeyError:
+            raise ShardError(
+                f"{self.targets_dir}: no rows for video {video_id!r}; `distinit inspect {self.targets_dir}` summarises the cache"
+            ) from None
+
+    def rows_for_video(self, video_id: str) -> dict[str, Any]:
+        """All rows of one video sorted by t_seconds (same layout as `rows`)."""
+        return self.rows(self.video_rows(video_id))
+
+    def iter_blocks(self, names: Iterable[str], block_rows: int = 4096):
+        """Yield (shard position, {name: array}) blocks covering every row once, for streaming summaries."""
+        names = list(names)
+        for position in range(len(self.shard_paths)):
+            shard = self._shard(position)
+            for start in range(0, int(self.shard_rows[position]), block_rows):
+                yield position, {name: shard[name][start : start + block_rows] for name in names}

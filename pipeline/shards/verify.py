@@ -1,0 +1,154 @@
+"""Check a target cache end to end: manifest, file hashes, HDF5 checksums, row counts, finite values, stray files."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from pipeline.hashing import sha256_file
+from pipeline.shards import format as fmt
+from pipeline.shards import header
+from pipeline.shards.format import ShardError
+from pipeline.shards.manifest import read_manifest
+
+logger = logging.getLogger(__name__)
+
+# Rows read at once while checking; bounds memory on big shards (heatmaps are ~6.6 kB a row).
+VERIFY_BLOCK_ROWS = 4096
+
+
+def verify(targets_dir: str | os.PathLike) -> list[str]:
+    """Every problem found in the cache, one line each naming the file; an empty list means clean."""
+    targets_dir = Path(targets_dir)
+    try:
+        manifest = read_manifest(targets_dir)
+    except ShardError as error:
+        return [str(error)]
+    problems: list[str] = []
+    listed = {entry["file"] for entry in manifest["shards"]}
+    manifest_file = targets_dir / fmt.MANIFEST_NAME
+    if len(manifest["shards"]) != manifest["shard_count"]:
+        problems.append(f"{manifest_file}: lists {len(manifest['shards'])} shards, says shard_count {manifest['shard_count']}")
+    video_shards: dict[str, str] = {}
+    for entry in manifest["shards"]:
+        problems.extend(_verify_listed_shard(targets_dir / entry["file"], entry, manifest, video_shards))
+    total_rows = sum(int(entry["rows"]) for entry in manifest["shards"])
+    if total_rows != manifest["total_rows"]:
+        problems.append(f"{manifest_file}: total_rows {manifest['total_rows']} but the shards list {total_rows}")
+    for path in sorted(targets_dir.iterdir()):
+        if fmt.parse_shard_name(path.name) is not None and path.name not in listed:
+            problems.append(f"{path}: stray shard, not in the manifest; delete it or rerun `distinit extract --finalize`")
+        elif path.name.endswith(".tmp"):
+            problems.append(f"{path}: leftover temporary file from an interrupted write; delete it")
+    return problems
+
+
+def verify_shard(
+    path: str | os.PathLike, *, stage_key: str | None = None, output_keys: list[str] | None = None
+) -> list[str]:
+    """Check one finished shard on its own (no manifest needed), e.g. before a resumed run skips it.
+
+    Opens it, reads every dataset in full (fletcher32 checksums), looks for NaN/inf, and compares its
+    stage key and outputs with `stage_key` / `output_keys` when given.
+    """
+    problems, _, _ = _check_shard_file(Path(path), stage_key, output_keys)
+    return problems
+
+
+def _verify_listed_shard(
+    path: Path, entry: dict[str, Any], manifest: dict[str, Any], video_shards: dict[str, str]
+) -> list[str]:
+    if not path.is_file():
+        return [f"{path}: shard listed in the manifest is missing"]
+    problems = []
+    digest = sha256_file(path)
+    if digest != entry.get("sha256"):
+        expected = str(entry.get("sha256"))[:12]
+        problems.append(f"{path}: sha256 {digest[:12]}… differs from the manifest's {expected}… (file changed or corrupt)")
+    found, rows, shard_videos = _check_shard_file(path, manifest["stage_key"], header.output_keys(manifest["teachers"]))
+    problems.extend(found)
+    if rows is not None and rows != int(entry["rows"]):
+        problems.append(f"{path}: {rows} rows, the manifest says {entry['rows']}")
+    if shard_videos is not None:
+        if len(shard_videos) != int(entry.get("videos", -1)):
+            problems.append(f"{path}: {len(shard_videos)} videos, the manifest says {entry.get('videos')}")
+        problems.extend(_check_video_owners(path, shard_videos, video_shards))
+    return problems
+
+
+def _check_shard_file(
+    path: Path, stage_key: str | None, output_keys: list[str] | None
+) -> tuple[list[str], int | None, set[str] | None]:
+    """(problems, row count, video ids) of one shard file; the counts are None when they could not be read."""
+    if not path.is_file():
+        return [f"{path}: shard missing"], None, None
+    try:
+        with header.open_read_only(path) as shard:
+            return _check_contents(path, shard, stage_key, output_keys)
+    except OSError as error:
+        return [f"{path}: HDF5 cannot read it ({error}); delete it and rerun extract for this shard"], None, None
+
+
+def _check_contents(
+    path: Path, shard: h5py.File, stage_key: str | None, output_keys: list[str] | None
+) -> tuple[list[str], int | None, set[str] | None]:
+    try:
+        attributes = header.file_attributes(shard)
+        own_output_keys = header.output_keys(header.teachers(shard))
+    except (KeyError, ValueError, OSError) as error:
+        return [f"{path}: shard attributes unreadable ({error})"], None, None
+    problems = []
+    if fmt.parse_shard_name(path.name) != (attributes["shard_index"], attributes["shard_count"]):
+        said = f"{attributes['shard_index']} of {attributes['shard_count']}"
+        problems.append(f"{path}: attributes say shard {said}, the file name disagrees")
+    if stage_key is not None and attributes["stage_key"] != stage_key:
+        problems.append(f"{path}: stage key {attributes['stage_key']} differs from the expected {stage_key}")
+    output_keys = own_output_keys if output_keys is None else output_keys
+    if own_output_keys != output_keys:
+        problems.append(f"{path}: teacher outputs {own_output_keys} differ from the expected {output_keys}")
+    names = [*fmt.ROW_COLUMNS, *output_keys]
+    absent = [name for name in names if name not in shard]
+    if absent:
+        problems.append(f"{path}: datasets {absent} missing")
+    present = [name for name in names if name in shard]
+    lengths = {name: int(shard[name].shape[0]) for name in present}
+    if len(set(lengths.values())) > 1:
+        problems.append(f"{path}: datasets disagree on the row count {lengths}")
+    shard_videos: set[str] = set()
+    for name in present:
+        problems.extend(_verify_dataset(path, shard[name], name, shard_videos))
+    return problems, lengths.get(fmt.T_SECONDS), shard_videos if fmt.VIDEO_ID in present else None
+
+
+def _verify_dataset(path: Path, dataset: h5py.Dataset, name: str, shard_videos: set[str]) -> list[str]:
+    """Read the whole dataset (h5py raises on a fletcher32 mismatch) and look for non-finite floats."""
+    problems = []
+    non_finite_rows = 0
+    for start in range(0, int(dataset.shape[0]), VERIFY_BLOCK_ROWS):
+        try:
+            block = dataset[start : start + VERIFY_BLOCK_ROWS]
+        except (OSError, ValueError, RuntimeError) as error:
+            problems.append(f"{path}: {name} rows {start}.. unreadable, checksum or decompression failed ({error})")
+            continue
+        if block.dtype.kind == "f":
+            non_finite_rows += int((~np.isfinite(block.reshape(len(block), -1))).any(axis=1).sum())
+        elif name == fmt.VIDEO_ID:
+            shard_videos.update(header.decode_video_ids(block))
+    if non_finite_rows:
+        problems.append(f"{path}: {name} has NaN/inf in {non_finite_rows} rows")
+    return problems
+
+
+def _check_video_owners(path: Path, shard_videos: set[str], video_shards: dict[str, str]) -> list[str]:
+    """Each video lives in one shard (its partition); rows of one video in two shards mean mixed runs."""
+    shared = []
+    for video_id in sorted(shard_videos):
+        owner = video_shards.setdefault(video_id, path.name)
+        if owner != path.name:
+            shared.append(f"{video_id!r} (also in {owner})")
+    return [f"{path}: {len(shared)} videos also have rows in another shard: {', '.join(shared[:5])}"] if shared else []

@@ -1,0 +1,464 @@
+"""The sharded HDF5 target cache: round trip, determinism, atomic writes, verify, inspect, fork safety."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import time
+import zlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline.errors import DistinitError
+from pipeline.shards import (
+    ShardError,
+    ShardWriter,
+    TargetStore,
+    compute_stage_key,
+    inspect,
+    partition_videos,
+    read_manifest,
+    shard_files,
+    shard_name,
+    temporary_files,
+    verify,
+    verify_shard,
+    write_manifest,
+)
+
+CLASS_NAMES = [f"class {index}" for index in range(10)]
+KEYPOINT_NAMES = [f"keypoint {index}" for index in range(17)]
+CLASSIFIER = {
+    "name": "fake-classifier",
+    "backend": "test",
+    "weights_sha256": "ab" * 32,
+    "input_size": 224,
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.25, 0.25, 0.25],
+    "outputs": [
+        {"name": "logits", "shape": [10], "dtype": "float32", "kind": "logits", "meaning": "10-way logits", "class_names": CLASS_NAMES}
+    ],
+}
+KEYPOINTS = {
+    "name": "fake-keypoints",
+    "backend": "test",
+    "weights_sha256": "cd" * 32,
+    "input_size": [64, 48],
+    "mean": [0.0, 0.0, 0.0],
+    "std": [1.0, 1.0, 1.0],
+    "outputs": [
+        {"name": "heatmaps", "shape": [17, 4, 4], "dtype": "float16", "kind": "heatmaps", "meaning": "keypoint maps", "class_names": KEYPOINT_NAMES},
+        {"name": "person_present", "shape": [], "dtype": "uint8", "kind": "flag", "meaning": "1 if a person", "class_names": None},
+        {"name": "num_people", "shape": [], "dtype": "int16", "kind": "count", "meaning": "people seen", "class_names": None},
+    ],
+}
+TEACHERS = [CLASSIFIER, KEYPOINTS]
+ATTRIBUTES = {"dataset": "demo", "stage_key": "0123456789abcdef", "code_version": "extract-1", "sampling": {"frames_per_second": 2.0}}
+VIDEOS = [f"video_{index:02d}" for index in range(7)]
+
+
+def video_rows(video_id: str, frames: int = 5, reverse: bool = False) -> dict:
+    """Rows of one fake video; frame k's top class is k % 10 and the person is present on even frames."""
+    rng = np.random.default_rng(zlib.crc32(video_id.encode()))
+    order = list(range(frames))[::-1] if reverse else list(range(frames))
+    logits = rng.normal(0, 1, (frames, 10)).astype(np.float32)
+    logits[np.arange(frames), np.array(order, dtype=np.int64) % 10] += 6.0
+    heatmaps = rng.random((frames, 17, 4, 4)).astype(np.float32)
+    return {
+        "video_id": [video_id] * frames,
+        "t_seconds": np.array([0.5 * k + 0.25 for k in order]),
+        "frame_index": np.array([15 * k for k in order]),
+        "fake-classifier/logits": logits,
+        "fake-keypoints/heatmaps": heatmaps,
+        "fake-keypoints/person_present": np.array([k % 2 == 0 for k in order], dtype=np.uint8),
+        "fake-keypoints/num_people": np.array([k % 3 for k in order], dtype=np.int16),
+    }
+
+
+def concatenate(parts: list[dict]) -> dict:
+    return {key: (sum((part[key] for part in parts), []) if key == "video_id" else np.concatenate([part[key] for part in parts])) for key in parts[0]}
+
+
+def write_shard(path: Path, index: int, count: int, rows: dict, batch: int | None = None) -> Path:
+    with ShardWriter(path, teachers=TEACHERS, shard_index=index, shard_count=count, attributes=ATTRIBUTES) as writer:
+        total = len(rows["video_id"])
+        step = batch or max(total, 1)
+        for start in range(0, total, step):
+            writer.append({key: values[start : start + step] for key, values in rows.items()})
+    return path
+
+
+def build_store(folder: Path, shard_count: int = 2, frames: int = 5) -> dict[str, dict]:
+    """A finished cache in `folder`; returns each video's rows as written."""
+    written = {}
+    paths = []
+    for index, video_ids in enumerate(partition_videos(VIDEOS, shard_count)):
+        parts = [video_rows(video_id, frames, reverse=video_id == "video_03") for video_id in video_ids]
+        written.update(zip(video_ids, parts))
+        rows = concatenate(parts) if parts else concatenate([video_rows("x", 0)])
+        paths.append(write_shard(folder / shard_name(index, shard_count), index, shard_count, rows))
+    write_manifest(folder, config={"frames_per_second": 2.0}, shards=paths, skipped=[{"video_id": "bad", "path": "/x/bad.mp4", "reason": "corrupt"}])
+    return written
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "targets" / "demo" / "0123456789abcdef"
+    build_store(folder)
+    return folder
+
+
+def as_stored(values: np.ndarray) -> np.ndarray:
+    return np.asarray(values, dtype=np.float16).astype(np.float32)
+
+
+# ---------------------------------------------------------------- round trip
+def test_round_trip_by_row_and_by_video(tmp_path: Path):
+    folder = tmp_path / "cache"
+    written = build_store(folder)
+    with TargetStore(folder) as store:
+        assert len(store) == 5 * len(VIDEOS)
+        assert store.video_ids() == sorted(VIDEOS)
+        assert store.output_names == [
+            "fake-classifier/logits",
+            "fake-keypoints/heatmaps",
+            "fake-keypoints/person_present",
+            "fake-keypoints/num_people",
+        ]
+        assert store.teachers[0] == CLASSIFIER and store.teachers[1] == KEYPOINTS
+        seen = set()
+        for index in range(len(store)):
+            row = store.row(index)
+            expected = written[row["video_id"]]
+            position = int(np.nonzero(expected["t_seconds"] == row["t_seconds"])[0][0])
+            assert row["frame_index"] == expected["frame_index"][position]
+            for key in store.output_names:
+                assert row[key].dtype == np.float32
+                np.testing.assert_array_equal(row[key], as_stored(expected[key][position]))
+            seen.add((row["video_id"], row["t_seconds"]))
+        assert len(seen) == len(store)
+        for video_id, expected in written.items():
+            rows = store.rows_for_video(video_id)
+            order = np.argsort(expected["t_seconds"])
+            assert rows["video_id"] == [video_id] * 5
+            np.testing.assert_array_equal(rows["t_seconds"], expected["t_seconds"][order])
+            np.testing.assert_array_equal(rows["frame_index"], expected["frame_index"][order])
+            for key in store.output_names:
+                np.testing.assert_array_equal(rows[key], as_stored(expected[key][order]))
+        indices = [14, 0, 14, len(store) - 1, 30]  # repeats; shard 0 read scattered, shard 1 as one slice
+        picked = store.rows(indices)
+        for position, index in enumerate(indices):
+            row = store.row(index)
+            assert picked["video_id"][position] == row["video_id"]
+            assert picked["t_seconds"][position] == row["t_seconds"]
+            for key in store.output_names:
+                np.testing.assert_array_equal(picked[key][position], row[key])
+
+
+def test_file_layout_dtypes_and_attributes(store_dir: Path):
+    with h5py.File(store_dir / shard_name(1, 2), "r") as shard:
+        assert dict(shard.attrs)["shard_index"] == 1 and shard.attrs["shard_count"] == 2
+        assert shard.attrs["stage_key"] == ATTRIBUTES["stage_key"] and shard.attrs["dataset"] == "demo"
+        assert shard.attrs["code_version"] == "extract-1" and json.loads(shard.attrs["sampling_json"]) == ATTRIBUTES["sampling"]
+        stored = {
+            "video_id": "S256", "t_seconds": "float64", "frame_index": "int64", "fake-classifier/logits": "float16",
+            "fake-keypoints/heatmaps": "float16", "fake-keypoints/person_present": "uint8", "fake-keypoints/num_people": "int16",
+        }
+        for name, dtype in stored.items():
+            dataset = shard[name]
+            assert dataset.dtype == np.dtype(dtype), name
+            assert dataset.chunks[0] <= 256 and dataset.maxshape[0] is None
+            assert dataset.compression == "gzip" and dataset.fletcher32
+        group = shard["fake-keypoints"]
+        assert group.attrs["teacher_name"] == "fake-keypoints" and group.attrs["backend"] == "test"
+        assert group.attrs["weights_sha256"] == KEYPOINTS["weights_sha256"]
+        np.testing.assert_array_equal(group.attrs["input_size"], [64, 48])
+        np.testing.assert_array_equal(group.attrs["std"], [1.0, 1.0, 1.0])
+        assert json.loads(group.attrs["sampling_json"]) == ATTRIBUTES["sampling"] and group.attrs["code_version"] == "extract-1"
+        assert [output["name"] for output in json.loads(group.attrs["outputs_json"])] == ["heatmaps", "person_present", "num_people"]
+        assert list(group["heatmaps"].attrs["class_names"]) == KEYPOINT_NAMES
+        assert group["heatmaps"].attrs["kind"] == "heatmaps"
+
+
+def test_manifest_records_shards_and_skipped(store_dir: Path):
+    manifest = read_manifest(store_dir)
+    assert manifest["total_rows"] == 5 * len(VIDEOS) == sum(entry["rows"] for entry in manifest["shards"])
+    assert [entry["file"] for entry in manifest["shards"]] == [shard_name(0, 2), shard_name(1, 2)]
+    assert sum(entry["videos"] for entry in manifest["shards"]) == len(VIDEOS)
+    assert manifest["skipped"] == [{"video_id": "bad", "path": "/x/bad.mp4", "reason": "corrupt"}]
+    assert manifest["stage_key"] == ATTRIBUTES["stage_key"] and manifest["teachers"] == TEACHERS
+
+
+def test_skipped_videos_recorded_by_writers_reach_the_manifest(tmp_path: Path):
+    path = tmp_path / shard_name(0, 1)
+    with ShardWriter(path, teachers=TEACHERS, shard_index=0, shard_count=1, attributes=ATTRIBUTES) as writer:
+        writer.append(video_rows("a", 3))
+        writer.add_skipped("b", "/videos/b.mp4", "moov atom not found")
+    write_manifest(tmp_path, config={}, shards=[path])
+    assert read_manifest(tmp_path)["skipped"] == [{"video_id": "b", "path": "/videos/b.mp4", "reason": "moov atom not found"}]
+    assert verify(tmp_path) == []
+
+
+def test_empty_shard_is_valid(tmp_path: Path):
+    path = write_shard(tmp_path / shard_name(0, 1), 0, 1, concatenate([video_rows("x", 0)]))
+    write_manifest(tmp_path, config={}, shards=[path])
+    assert verify(tmp_path) == []
+    with TargetStore(tmp_path) as store:
+        assert len(store) == 0 and store.video_ids() == []
+
+
+# ---------------------------------------------------------------- determinism and atomicity
+def test_identical_rows_give_identical_bytes_whatever_the_batching(tmp_path: Path):
+    rows = concatenate([video_rows(f"v{index}", 90) for index in range(7)])  # 630 rows: spans several flushes
+    first = write_shard(tmp_path / "a" / shard_name(0, 1), 0, 1, rows)
+    time.sleep(1.1)  # HDF5 timestamps have one-second resolution; a clock in the file would now differ
+    second = write_shard(tmp_path / "b" / shard_name(0, 1), 0, 1, rows, batch=7)
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_writer_copies_rows_it_has_not_written_yet(tmp_path: Path):
+    rows = video_rows("a", 3)
+    buffers = {key: np.array(values) for key, values in rows.items() if key != "video_id"}
+    path = tmp_path / shard_name(0, 1)
+    with ShardWriter(path, teachers=TEACHERS, shard_index=0, shard_count=1, attributes=ATTRIBUTES) as writer:
+        writer.append({"video_id": rows["video_id"], **buffers})
+        for values in buffers.values():
+            values[...] = 0  # a runner reusing its batch buffer
+    write_manifest(tmp_path, config={}, shards=[path])
+    with TargetStore(tmp_path) as store:
+        np.testing.assert_array_equal(store.rows([0, 1, 2])["t_seconds"], rows["t_seconds"])
+        np.testing.assert_array_equal(store.rows([0, 1, 2])["fake-keypoints/heatmaps"], as_stored(rows["fake-keypoints/heatmaps"]))
+
+
+def test_error_inside_writer_leaves_no_file(tmp_path: Path):
+    path = tmp_path / shard_name(1, 2)
+    with pytest.raises(RuntimeError, match="teacher crashed"):
+        with ShardWriter(path, teachers=TEACHERS, shard_index=1, shard_count=2, attributes=ATTRIBUTES) as writer:
+            writer.append(video_rows("a", 300))
+            assert temporary_files(tmp_path) == [writer.temporary_path]
+            assert writer.temporary_path.name.startswith(f".{path.name}.")
+            raise RuntimeError("teacher crashed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_refuses_bad_rows(tmp_path: Path):
+    path = tmp_path / shard_name(0, 1)
+    with ShardWriter(path, teachers=TEACHERS, shard_index=0, shard_count=1, attributes=ATTRIBUTES) as writer:
+        rows = video_rows("a", 2)
+        rows["fake-classifier/logits"][1, 3] = np.nan
+        with pytest.raises(ShardError, match="'a'"):
+            writer.append(rows)
+        rows = video_rows("a", 2)
+        rows["fake-keypoints/heatmaps"] = rows["fake-keypoints/heatmaps"][:, :16]
+        with pytest.raises(ValueError, match="heatmaps"):
+            writer.append(rows)
+        with pytest.raises(ShardError, match="bytes"):
+            writer.append(video_rows("é" * 200, 1))
+        assert writer.row_count == 0
+    with pytest.raises(ValueError, match=shard_name(0, 2)):
+        ShardWriter(tmp_path / "wrong.h5", teachers=TEACHERS, shard_index=0, shard_count=2, attributes=ATTRIBUTES)
+
+
+# ---------------------------------------------------------------- verify
+def test_verify_clean(store_dir: Path):
+    assert verify(store_dir) == []
+
+
+def _problems_naming(store_dir: Path, file_name: str) -> list[str]:
+    problems = verify(store_dir)
+    assert problems, "verify found nothing"
+    assert all(file_name in problem for problem in problems), problems
+    return problems
+
+
+def test_verify_catches_a_flipped_byte_inside_a_chunk(store_dir: Path):
+    path = store_dir / shard_name(1, 2)
+    with h5py.File(path, "r") as shard:
+        chunk = shard["fake-keypoints/heatmaps"].id.get_chunk_info(0)
+    with open(path, "r+b") as stream:
+        stream.seek(chunk.byte_offset + chunk.size // 2)
+        value = stream.read(1)
+        stream.seek(-1, 1)
+        stream.write(bytes([value[0] ^ 0xFF]))
+    problems = _problems_naming(store_dir, path.name)
+    assert any("sha256" in problem for problem in problems)
+    assert any("heatmaps" in problem and "checksum" in problem for problem in problems)
+
+
+def test_verify_catches_a_flipped_byte_anywhere(store_dir: Path):
+    path = store_dir / shard_name(0, 2)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    _problems_naming(store_dir, path.name)
+
+
+def test_verify_catches_a_truncated_shard(store_dir: Path):
+    path = store_dir / shard_name(0, 2)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    _problems_naming(store_dir, path.name)
+
+
+def test_verify_catches_a_missing_shard(store_dir: Path):
+    (store_dir / shard_name(1, 2)).unlink()
+    problems = _problems_naming(store_dir, shard_name(1, 2))
+    assert any("missing" in problem for problem in problems)
+
+
+def test_verify_catches_a_wrong_row_count_in_the_manifest(store_dir: Path):
+    manifest_file = store_dir / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["shards"][0]["rows"] += 1
+    manifest["total_rows"] += 1
+    manifest_file.write_text(json.dumps(manifest))
+    problems = _problems_naming(store_dir, shard_name(0, 2))
+    assert any("rows" in problem for problem in problems)
+
+
+def test_verify_catches_nan_in_an_output(store_dir: Path):
+    path = store_dir / shard_name(0, 2)
+    with h5py.File(path, "r+") as shard:
+        shard["fake-classifier/logits"][2, 4] = np.nan
+    problems = _problems_naming(store_dir, path.name)
+    assert any("NaN" in problem and "logits" in problem for problem in problems)
+
+
+def test_verify_catches_stray_shards_and_temp_files(store_dir: Path):
+    shutil.copy(store_dir / shard_name(0, 2), store_dir / shard_name(0, 3))
+    (store_dir / f".{shard_name(1, 2)}.999.tmp").write_bytes(b"half")
+    problems = verify(store_dir)
+    assert len(problems) == 2
+    assert any(shard_name(0, 3) in problem and "stray" in problem for problem in problems)
+    assert any(".tmp" in problem for problem in problems)
+
+
+def test_verify_shard_checks_one_shard_before_a_resume_skips_it(store_dir: Path):
+    path = store_dir / shard_name(0, 2)
+    assert verify_shard(path, stage_key=ATTRIBUTES["stage_key"]) == []
+    assert any("stage key" in problem for problem in verify_shard(path, stage_key="ffffffffffffffff"))
+    assert any("outputs" in problem for problem in verify_shard(path, output_keys=["fake-classifier/logits"]))
+    with h5py.File(path, "r") as shard:
+        chunk = shard["fake-classifier/logits"].id.get_chunk_info(0)
+    data = bytearray(path.read_bytes())
+    data[chunk.byte_offset + 3] ^= 0x10
+    path.write_bytes(bytes(data))
+    problems = verify_shard(path)
+    assert len(problems) == 1 and "logits" in problems[0] and path.name in problems[0]
+    assert shard_files(store_dir) == [store_dir / shard_name(0, 2), store_dir / shard_name(1, 2)]
+
+
+def test_missing_or_corrupt_manifest_is_one_line(store_dir: Path):
+    manifest_file = store_dir / "manifest.json"
+    manifest_file.write_text("{not json")
+    for attempt in range(2):
+        with pytest.raises(ShardError) as caught:
+            TargetStore(store_dir)
+        message = str(caught.value)
+        assert isinstance(caught.value, DistinitError) and "\n" not in message
+        assert "manifest.json" in message and "distinit extract --finalize" in message
+        assert verify(store_dir) == [message]
+        manifest_file.unlink(missing_ok=True)
+
+
+def test_store_refuses_a_missing_shard_or_wrong_rows(store_dir: Path):
+    manifest_file = store_dir / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["shards"][1]["rows"] -= 1
+    manifest_file.write_text(json.dumps(manifest))
+    with pytest.raises(ShardError, match=shard_name(1, 2)):
+        TargetStore(store_dir)
+    (store_dir / shard_name(1, 2)).unlink()
+    with pytest.raises(ShardError, match=f"{shard_name(1, 2)}.*missing"):
+        TargetStore(store_dir)
+
+
+def test_write_manifest_refuses_an_incomplete_set(tmp_path: Path):
+    path = write_shard(tmp_path / shard_name(0, 2), 0, 2, video_rows("a", 2))
+    with pytest.raises(ShardError, match=r"shards \[1\] of 2 missing"):
+        write_manifest(tmp_path, config={}, shards=[path])
+    with pytest.raises(ShardError, match="no shard files"):
+        write_manifest(tmp_path, config={}, shards=[])
+    other = tmp_path / "other"
+    with ShardWriter(other / shard_name(1, 2), teachers=TEACHERS, shard_index=1, shard_count=2,
+                     attributes={**ATTRIBUTES, "stage_key": "ffffffffffffffff"}) as writer:
+        writer.append(video_rows("b", 2))
+    with pytest.raises(ShardError, match=f"{shard_name(1, 2)}: stage_key"):
+        write_manifest(tmp_path, config={}, shards=[path, other / shard_name(1, 2)])
+    assert not (tmp_path / "manifest.json").exists()
+
+
+# ---------------------------------------------------------------- inspect
+def test_inspect_summarises_the_cache_and_one_video(store_dir: Path):
+    lines = inspect(store_dir)
+    text = "\n".join(lines)
+    assert f"rows {5 * len(VIDEOS)}, videos {len(VIDEOS)}" in text and "skipped videos 1" in text
+    assert "top classes (mean softmax): class " in text
+    assert "person_present rate: 60.0% of frames" in text  # frames 0, 2, 4 of 5
+    video_lines = inspect(store_dir, video_id="video_03", top_k=2)[len(lines) :]
+    frame_lines = [line for line in video_lines if line.strip().startswith("t=")]
+    assert len(frame_lines) == 5
+    assert frame_lines[0].strip().startswith("t=0.25s  class 0 ")  # sorted by t although written in reverse
+    assert frame_lines[3].strip().startswith("t=1.75s  class 3 ")
+    assert frame_lines[0].count("class") == 2
+    with pytest.raises(ShardError, match="no rows for video"):
+        inspect(store_dir, video_id="nope")
+
+
+# ---------------------------------------------------------------- fork, partition, stage key
+def _read_in_child(store: TargetStore, queue) -> None:
+    row = store.row(len(store) - 1)
+    reopened = store._owner_pid == os.getpid() and all(handle.id.valid for handle in store._handles.values())
+    queue.put((row["video_id"], row["fake-classifier/logits"].tolist(), store.rows_for_video("video_01")["t_seconds"].tolist(), reopened))
+
+
+def test_store_reopens_after_fork(store_dir: Path):
+    store = TargetStore(store_dir)
+    parent_row = store.row(len(store) - 1)  # opens handles in the parent before forking
+    store.video_ids()
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_read_in_child, args=(store, queue))
+    child.start()
+    video_id, logits, times, reopened = queue.get(timeout=30)
+    child.join(timeout=30)
+    assert child.exitcode == 0 and reopened
+    assert video_id == parent_row["video_id"]
+    np.testing.assert_array_equal(np.array(logits, dtype=np.float32), parent_row["fake-classifier/logits"])
+    assert times == sorted(times) and len(times) == 5
+    assert store.row(0)["video_id"] in VIDEOS  # the parent's handles still work
+    store.close()
+
+
+def test_partition_is_deterministic_and_complete():
+    videos = [f"clip_{index}" for index in range(200)]
+    shards = partition_videos(videos, 8)
+    assert len(shards) == 8 and sorted(sum(shards, [])) == sorted(videos)
+    assert partition_videos(videos, 8) == shards
+    assert all(len(shard) > 0 for shard in shards)
+    reversed_shards = partition_videos(list(reversed(videos)), 8)
+    assert [sorted(shard) for shard in reversed_shards] == [sorted(shard) for shard in shards]
+    fewer = partition_videos(videos[::3], 8)  # a video's shard does not depend on the others
+    assert all(set(part) <= set(whole) for part, whole in zip(fewer, shards))
+    assert partition_videos(videos, 1) == [videos]
+
+
+def test_stage_key_changes_with_every_input_and_nothing_else():
+    teachers = [{"name": "a", "weights_sha256": "1" * 64, "options": {"arch": "x"}}, {"name": "b", "weights_sha256": "2" * 64}]
+    sampling = {"frames_per_second": 2.0, "max_frames_per_video": 64}
+    key = compute_stage_key("d" * 64, teachers, sampling, "1")
+    assert len(key) == 16 and int(key, 16) >= 0
+    assert compute_stage_key("d" * 64, list(reversed(teachers)), dict(reversed(list(sampling.items()))), "1") == key
+    changed = [
+        compute_stage_key("e" * 64, teachers, sampling, "1"),
+        compute_stage_key("d" * 64, [teachers[0], {**teachers[1], "weights_sha256": "3" * 64}], sampling, "1"),
+        compute_stage_key("d" * 64, [{**teachers[0], "options": {"arch": "y"}}, teachers[1]], sampling, "1"),
+        compute_stage_key("d" * 64, teachers[:1], sampling, "1"),
+        compute_stage_key("d" * 64, teachers, {**sampling, "frames_per_second": 1.0}, "1"),
+        compute_stage_key("d" * 64, teachers, sampling, "2"),
+    ]
+    assert len(set(changed)) == len(changed) and key not in changed
