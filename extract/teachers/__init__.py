@@ -1,0 +1,34 @@
+"""Frozen 2D teachers behind one registry: `create_teacher(name, device=..., weights=..., **options)`.
+
+Registered teachers (see each module for its options):
+- imagenet-efficientnet-lite0: the default; real ImageNet weights shipped in a pip package; 1000 logits.
+- imagenet-torchvision: any torchvision ImageNet classifier, weights from the torch hub cache or a file.
+- coco-objects: per COCO class the best detection score, plus the count of confident detections.
+- coco-keypoints: the most confident person's 17 COCO keypoints as heatmaps, plus a person flag.
+- mediapipe-pose: BlazePose (optional extra `distinit[pose]`), same outputs as coco-keypoints.
+"""
+
+from extract.teachers.base import OutputSpec, Teacher
+from extract.teachers.registry import TEACHERS, create_teacher, list_teachers, register_teacher, teacher_options
+from extract.teachers.weights import MissingWeightsError
+
+# Importing the modules registers their teachers; none imports an optional dependency at import time.
+from extract.teachers import imagenet_efficientnet  # noqa: E402,F401
+from extract.teachers import imagenet_torchvision  # noqa: E402,F401
+from extract.teachers import coco_objects  # noqa: E402,F401
+from extract.teachers import coco_keypoints  # noqa: E402,F401
+from extract.teachers import mediapipe_pose  # noqa: E402,F401
+
+DEFAULT_TEACHER = "imagenet-efficientnet-lite0"
+
+__all__ = [
+    "DEFAULT_TEACHER",
+    "MissingWeightsError",
+    "OutputSpec",
+    "TEACHERS",
+    "Teacher",
+    "create_teacher",
+    "list_teachers",
+    "register_teacher",
+    "teacher_options",
+]

@@ -1,0 +1,139 @@
+"""`coco-keypoints`: where the most confident person's 17 COCO keypoints are, as coarse heatmaps.
+
+Per frame: `heatmaps` (17, G, G) (default G = 14), each a distribution over a grid on the full frame
+(see keypoint_heatmaps for the exact construction), all zero when no person reaches `person_threshold`;
+`person_present` 0/1. Backends: Detectron2 keypoint_rcnn_R_50_FPN_3x when it imports, else torchvision's
+keypointrcnn_resnet50_fpn (COCO_V1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from extract.teachers.base import (
+    OutputSpec,
+    Teacher,
+    require_positive,
+    require_unit_interval,
+    resolve_device,
+)
+from extract.teachers.coco_classes import COCO_KEYPOINT_NAMES, NUM_COCO_KEYPOINTS, PERSON_CLASS_INDEX
+from extract.teachers.detections import FrameDetections, build_detector, select_detection_backend
+from extract.teachers.keypoint_heatmaps import person_keypoint_targets
+from extract.teachers.registry import register_teacher
+
+PEOPLE_KEPT_PER_FRAME = 5
+PERSON_DETECTION_SCORE_THRESHOLD = 0.05  # both backends' default; person_threshold then picks the target
+
+
+def keypoint_outputs(grid: int, source: str) -> tuple[OutputSpec, OutputSpec]:
+    """The two outputs every pose teacher produces, so a student's pose head fits any of them."""
+    return (
+        OutputSpec(
+            name="heatmaps",
+            shape=(NUM_COCO_KEYPOINTS, grid, grid),
+            dtype="float16",
+            kind="heatmaps",
+            meaning=f"{source}: per COCO keypoint of the most confident person, a distribution over a {grid}x{grid} "
+            "grid on the full frame (confidence-weighted Gaussian + uniform); all zero when nobody is seen",
+            class_names=COCO_KEYPOINT_NAMES,
+        ),
+        OutputSpec(
+            name="person_present",
+            shape=(),
+            dtype="uint8",
+            kind="flag",
+            meaning="1 when a person was detected (heatmaps valid), else 0",
+        ),
+    )
+
+
+def frame_detections_to_keypoint_targets(
+    detections: FrameDetections, frame_width: int, frame_height: int, grid: int, sigma: float, person_threshold: float
+) -> tuple[np.ndarray, int]:
+    """One frame's detections -> (heatmaps (17, G, G), person_present); only person detections count."""
+    is_person = detections.labels == PERSON_CLASS_INDEX
+    if detections.keypoints_xy is None or not is_person.any():
+        return np.zeros((NUM_COCO_KEYPOINTS, grid, grid), np.float32), 0
+    return person_keypoint_targets(
+        detections.scores[is_person],
+        detections.keypoints_xy[is_person],
+        detections.keypoint_confidence[is_person],
+        frame_width,
+        frame_height,
+        grid,
+        sigma,
+        person_threshold,
+    )
+
+
+@register_teacher("coco-keypoints")
+class CocoKeypointsTeacher(Teacher):
+    def __init__(
+        self,
+        *,
+        device: str | torch.device = "cpu",
+        weights: str | None = None,
+        backend: str = "auto",
+        model: str | None = None,
+        grid: int = 14,
+        sigma: float = 1.0,
+        person_threshold: float = 0.5,
+        min_size: int = 800,
+        max_size: int = 1333,
+        batch_size: int = 4,
+    ):
+        positive = {"grid": grid, "sigma": sigma, "min_size": min_size, "max_size": max_size, "batch_size": batch_size}
+        for option_name, value in positive.items():
+            require_positive(option_name, value)
+        require_unit_interval("person_threshold", person_threshold)
+        self.name = "coco-keypoints"
+        self.backend = select_detection_backend(backend)
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size)
+        self.grid, self.sigma, self.person_threshold = int(grid), float(sigma), float(person_threshold)
+        # Only the most confident person becomes the target, and detections come out sorted by score, so
+        # a few suffice; keypoint decoding per detection is the slow part of Keypoint R-CNN on a CPU.
+        self.detector = build_detector(
+            self.backend,
+            model,
+            "keypoints",
+            weights,
+            self.device,
+            int(min_size),
+            int(max_size),
+            PERSON_DETECTION_SCORE_THRESHOLD,
+            self.name,
+            max_detections=PEOPLE_KEPT_PER_FRAME,
+        )
+        self.input_size = int(min_size)
+        self.max_size = int(max_size)
+        self.decode_short_side = int(min_size)
+        self.mean, self.std = self.detector.mean, self.detector.std
+        self.weights_sha256 = self.detector.weights_sha256
+        self.outputs = keypoint_outputs(self.grid, "Keypoint R-CNN")
+
+    def _forward_batch(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+        frame_height, frame_width = frames.shape[1:3]
+        heatmaps, present = [], []
+        for detections in self.detector(frames):
+            frame_heatmaps, person_present = frame_detections_to_keypoint_targets(
+                detections, frame_width, frame_height, self.grid, self.sigma, self.person_threshold
+            )
+            heatmaps.append(frame_heatmaps)
+            present.append(person_present)
+        return {"heatmaps": np.stack(heatmaps), "person_present": np.asarray(present, dtype=np.uint8)}
+
+    def extra_config(self) -> dict:
+        return {
+            **super().extra_config(),
+            "model": getattr(self.detector, "model_name", None) or getattr(self.detector, "config_path", None),
+            "weights_url": self.detector.weights_url,
+            "min_size": self.input_size,
+            "max_size": self.max_size,
+            "grid": self.grid,
+            "sigma_cells": self.sigma,
+            "person_threshold": self.person_threshold,
+            "keypoint_names": list(COCO_KEYPOINT_NAMES),
+        }

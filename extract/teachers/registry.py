@@ -1,0 +1,73 @@
+"""Teachers registered by name, built by one constructor (timm's register_model / create_model)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, TypeVar
+
+from pipeline.errors import ConfigError
+from extract.teachers.base import Teacher
+
+TeacherClass = TypeVar("TeacherClass", bound=type)
+
+TEACHERS: dict[str, type[Teacher]] = {}
+
+# Arguments every teacher takes; the rest of a teacher's keyword arguments are its options.
+_COMMON_ARGUMENTS = ("device", "weights")
+
+
+def register_teacher(name: str) -> Callable[[TeacherClass], TeacherClass]:
+    def register(teacher_class: TeacherClass) -> TeacherClass:
+        if name in TEACHERS and TEACHERS[name] is not teacher_class:
+            raise ValueError(f"teacher name {name!r} is already registered by {TEACHERS[name].__name__}")
+        TEACHERS[name] = teacher_class
+        return teacher_class
+
+    return register
+
+
+def list_teachers() -> list[str]:
+    return sorted(TEACHERS)
+
+
+def teacher_options(name: str) -> dict[str, Any]:
+    """A teacher's options and their defaults (what `create_teacher(name, **options)` accepts)."""
+    parameters = inspect.signature(_teacher_class(name).__init__).parameters
+    return {
+        parameter.name: parameter.default
+        for parameter in parameters.values()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name not in _COMMON_ARGUMENTS
+    }
+
+
+def create_teacher(name: str, device: Any = "cpu", weights: str | None = None, **options: Any) -> Teacher:
+    """Build the registered teacher `name`. Option values given as strings (from the CLI) are converted
+    to the type of the option's default."""
+    defaults = teacher_options(name)
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        known = ", ".join(sorted(defaults)) or "none"
+        raise ConfigError(f"teacher {name!r} has no option {', '.join(unknown)}; its options are: {known}")
+    converted = {key: _convert_option(name, key, value, defaults[key]) for key, value in options.items()}
+    return _teacher_class(name)(device=device, weights=weights, **converted)
+
+
+def _teacher_class(name: str) -> type[Teacher]:
+    if name not in TEACHERS:
+        raise ConfigError(f"unknown teacher {name!r}; known teachers: {', '.join(list_teachers())}")
+    return TEACHERS[name]
+
+
+def _convert_option(teacher_name: str, key: str, value: Any, default: Any) -> Any:
+    if not isinstance(value, str) or default is None or isinstance(default, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        return type(default)(value)
+    except ValueError:
+        raise ConfigError(
+            f"teacher {teacher_name!r} option {key}={value!r} is not of type {type(default).__name__}"
+        ) from None

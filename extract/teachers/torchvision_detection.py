@@ -1,0 +1,120 @@
+"""torchvision's COCO detectors (Faster / Mask / Keypoint R-CNN, ResNet-50-FPN) as frozen, batched models.
+
+torchvision labels detections with the original COCO category ids (1..90, 0 = background, 10 ids
+unused); we map them to the contiguous 0..79 classes Detectron2 and our outputs use.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from extract.teachers.base import freeze, frames_to_tensor
+from extract.teachers.coco_classes import (
+    NUM_COCO_KEYPOINTS,
+    NUM_TORCHVISION_DETECTION_CLASSES,
+    TORCHVISION_LABEL_TO_CONTIGUOUS,
+)
+from extract.teachers.detections import FrameDetections
+from extract.teachers.keypoint_heatmaps import torchvision_keypoint_confidence
+from extract.teachers.weights import (
+    RANDOM_INIT_SHA256,
+    RANDOM_WEIGHTS,
+    load_weights_into,
+    resolve_weights_file,
+    torch_hub_checkpoint_path,
+)
+from pipeline.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+TORCHVISION_OBJECT_DETECTORS = (
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "maskrcnn_resnet50_fpn",
+    "maskrcnn_resnet50_fpn_v2",
+)
+TORCHVISION_KEYPOINT_DETECTORS = ("keypointrcnn_resnet50_fpn",)
+
+
+def torchvision_labels_to_contiguous(labels: np.ndarray) -> np.ndarray:
+    """torchvision COCO labels (0..90) -> contiguous class indices 0..79; background, unused ids and
+    anything out of range become -1."""
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    contiguous = np.full(labels.shape, -1, dtype=np.int64)
+    in_range = (labels >= 0) & (labels < NUM_TORCHVISION_DETECTION_CLASSES)
+    contiguous[in_range] = TORCHVISION_LABEL_TO_CONTIGUOUS[labels[in_range]]
+    return contiguous
+
+
+def torchvision_output_to_detections(output: dict[str, torch.Tensor]) -> FrameDetections:
+    """One image's torchvision detection output -> FrameDetections (keypoints when the model has them)."""
+    labels = torchvision_labels_to_contiguous(output["labels"].cpu().numpy())
+    scores = output["scores"].float().cpu().numpy()
+    if "keypoints" not in output:
+        return FrameDetections(labels=labels, scores=scores)
+    keypoints_xy = output["keypoints"][..., :2].float().cpu().numpy()  # (D, 17, 2); [..., 2] is always 1
+    keypoint_logits = output["keypoints_scores"].float().cpu().numpy()  # (D, 17) heatmap logits
+    return FrameDetections(
+        labels=labels,
+        scores=scores,
+        keypoints_xy=keypoints_xy,
+        keypoint_confidence=torchvision_keypoint_confidence(keypoint_logits),
+    )
+
+
+class TorchvisionDetector:
+    """A frozen torchvision R-CNN; call it on uint8 (N, H, W, 3) frames, get one FrameDetections per frame."""
+
+    def __init__(
+        self,
+        model_name: str,
+        weights: str | None,
+        device: torch.device,
+        min_size: int,
+        max_size: int,
+        score_threshold: float,
+        teacher_name: str,
+        max_detections: int = 100,
+    ):
+        import torchvision.models
+
+        known = TORCHVISION_OBJECT_DETECTORS + TORCHVISION_KEYPOINT_DETECTORS
+        if model_name not in known:
+            raise ConfigError(
+                f"teacher {teacher_name}: unknown torchvision detector {model_name!r}; "
+                f"choose one of: {', '.join(known)}"
+            )
+        self.model_name = model_name
+        self.device = device
+        weights_enum = torchvision.models.get_model_weights(model_name)
+        self.weights_url = weights_enum.COCO_V1.url
+        keypoint_model = model_name in TORCHVISION_KEYPOINT_DETECTORS
+        network = torchvision.models.get_model(
+            model_name,
+            weights=None,
+            weights_backbone=None,
+            num_classes=2 if keypoint_model else NUM_TORCHVISION_DETECTION_CLASSES,
+            min_size=min_size,
+            max_size=max_size,
+            box_score_thresh=score_threshold,
+            box_detections_per_img=max_detections,
+            **({"num_keypoints": NUM_COCO_KEYPOINTS} if keypoint_model else {}),
+        )
+        if weights == RANDOM_WEIGHTS:
+            self.weights_sha256 = RANDOM_INIT_SHA256
+        else:
+            cached_path = torch_hub_checkpoint_path(self.weights_url)
+            path = resolve_weights_file(weights, cached_path, self.weights_url, teacher_name)
+            self.weights_sha256 = load_weights_into(network, path, teacher_name)
+        self.mean = tuple(float(value) for value in network.transform.image_mean)
+        self.std = tuple(float(value) for value in network.transform.image_std)
+        self.model = freeze(network).to(device)
+
+    def __call__(self, frames: np.ndarray) -> list[FrameDetections]:
+        images = frames_to_tensor(frames, self.device)  # (N, 3, H, W) in 0..1; the model normalises and resizes
+        outputs = self.model(list(images))
+        # Boxes and keypoints come back in the input frame's pixel coordinates.
+        return [torchvision_output_to_detections(output) for output in outputs]

@@ -1,0 +1,225 @@
+"""Model outputs -> teacher targets, on hand-made detections and keypoints (no model is run)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from extract.teachers.coco_classes import (
+    COCO_CLASS_NAMES,
+    COCO_KEYPOINT_FLIP_INDEX,
+    COCO_KEYPOINT_NAMES,
+    TORCHVISION_LABEL_TO_CONTIGUOUS,
+)
+from extract.teachers.coco_keypoints import frame_detections_to_keypoint_targets
+from extract.teachers.coco_objects import detections_to_object_targets
+from extract.teachers.detections import FrameDetections
+from extract.teachers.detectron2_models import detectron2_instances_to_detections
+from extract.teachers.keypoint_heatmaps import (
+    detectron2_keypoint_confidence,
+    heatmap_peak_cells,
+    keypoints_to_heatmaps,
+    most_confident_person,
+    person_keypoint_targets,
+    torchvision_keypoint_confidence,
+)
+from extract.teachers.mediapipe_pose import MEDIAPIPE_TO_COCO_KEYPOINTS, landmarks_to_coco_keypoints
+from extract.teachers.torchvision_detection import torchvision_labels_to_contiguous, torchvision_output_to_detections
+
+# ---------------------------------------------------------------- class and keypoint tables
+
+
+def test_coco_tables_agree_with_torchvision_metadata():
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, KeypointRCNN_ResNet50_FPN_Weights
+
+    categories = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]  # 91 entries, "N/A" gaps
+    for torchvision_label, name in enumerate(categories):
+        contiguous = TORCHVISION_LABEL_TO_CONTIGUOUS[torchvision_label]
+        if name in ("__background__", "N/A"):
+            assert contiguous == -1
+        else:
+            assert COCO_CLASS_NAMES[contiguous] == name
+    assert len(set(COCO_CLASS_NAMES)) == 80
+    assert list(COCO_KEYPOINT_NAMES) == KeypointRCNN_ResNet50_FPN_Weights.COCO_V1.meta["keypoint_names"]
+
+
+def test_keypoint_flip_index_swaps_left_and_right():
+    flip = np.array(COCO_KEYPOINT_FLIP_INDEX)
+    assert (flip[flip] == np.arange(17)).all()
+    for index, name in enumerate(COCO_KEYPOINT_NAMES):
+        mirrored = name.replace("left", "RIGHT").replace("right", "left").replace("RIGHT", "right")
+        assert COCO_KEYPOINT_NAMES[flip[index]] == mirrored
+
+
+# ---------------------------------------------------------------- objects
+
+
+def _expected_object_scores() -> np.ndarray:
+    expected = np.zeros(80, np.float32)
+    expected[[0, 2, 11, 79]] = [0.9, 0.6, 0.7, 0.04]
+    return expected
+
+
+def test_object_targets_from_contiguous_labels():
+    labels = np.array([0, 0, 2, 11, 79, -1])  # person twice, car, stop sign, toothbrush, ignored
+    scores = np.array([0.9, 0.3, 0.6, 0.7, 0.04, 0.99], np.float32)
+    class_scores, num_confident = detections_to_object_targets(labels, scores, confident_threshold=0.5)
+    np.testing.assert_allclose(class_scores, _expected_object_scores())
+    assert num_confident == 3  # 0.9, 0.6, 0.7; the unlabelled 0.99 does not count
+    assert detections_to_object_targets(labels, scores, confident_threshold=0.8)[1] == 1
+
+
+def test_object_targets_from_torchvision_labels():
+    torchvision_labels = np.array([1, 1, 3, 13, 90, 12, 0])  # 12 is an unused COCO id, 0 the background
+    contiguous = torchvision_labels_to_contiguous(torchvision_labels)
+    np.testing.assert_array_equal(contiguous, [0, 0, 2, 11, 79, -1, -1])
+    scores = np.array([0.9, 0.3, 0.6, 0.7, 0.04, 0.99, 0.98], np.float32)
+    class_scores, num_confident = detections_to_object_targets(contiguous, scores, confident_threshold=0.5)
+    np.testing.assert_allclose(class_scores, _expected_object_scores())
+    assert num_confident == 3
+    output = {"labels": torch.tensor(torchvision_labels), "scores": torch.tensor(scores), "boxes": torch.zeros(7, 4)}
+    detections = torchvision_output_to_detections(output)
+    np.testing.assert_array_equal(detections.labels, contiguous)
+    assert detections.keypoints_xy is None
+
+
+def test_object_targets_from_detectron2_instances():
+    instances = SimpleNamespace(  # the fields of detectron2.structures.Instances that we read
+        scores=torch.tensor([0.9, 0.3, 0.6, 0.7, 0.04]),
+        pred_classes=torch.tensor([0, 0, 2, 11, 79]),
+        pred_boxes=SimpleNamespace(tensor=torch.zeros(5, 4)),
+    )
+    detections = detectron2_instances_to_detections(instances)
+    class_scores, num_confident = detections_to_object_targets(detections.labels, detections.scores)
+    np.testing.assert_allclose(class_scores, _expected_object_scores())
+    assert num_confident == 3
+
+
+def test_object_targets_with_no_detections():
+    class_scores, num_confident = detections_to_object_targets(np.zeros(0, np.int64), np.zeros(0, np.float32))
+    assert class_scores.shape == (80,) and not class_scores.any() and num_confident == 0
+
+
+# ---------------------------------------------------------------- heatmaps
+
+
+def test_heatmap_peak_lands_in_the_keypoint_cell():
+    width, height, grid = 640, 480, 14
+    keypoints = np.array([[0.75 * width, 0.25 * height], [10.0, 470.0]])  # cells (3, 10) and (13, 0)
+    heatmaps = keypoints_to_heatmaps(keypoints, np.array([1.0, 0.8]), width, height, grid=grid, sigma=1.0)
+    assert heatmaps.shape == (2, grid, grid) and heatmaps.dtype == np.float32
+    np.testing.assert_array_equal(heatmap_peak_cells(heatmaps), [[3, 10], [13, 0]])
+    np.testing.assert_allclose(heatmaps.sum(axis=(1, 2)), 1.0, atol=1e-5)
+
+
+def test_heatmap_confidence_mixes_peak_and_uniform():
+    keypoint = np.array([[100.0, 50.0]])
+    sharp = keypoints_to_heatmaps(keypoint, np.array([1.0]), 200, 200, grid=8, sigma=0.5)
+    half = keypoints_to_heatmaps(keypoint, np.array([0.5]), 200, 200, grid=8, sigma=0.5)
+    unsure = keypoints_to_heatmaps(keypoint, np.array([0.0]), 200, 200, grid=8, sigma=0.5)
+    np.testing.assert_allclose(unsure, 1 / 64, rtol=1e-6)
+    np.testing.assert_allclose(half, 0.5 * sharp + 0.5 / 64, rtol=1e-5)
+    assert sharp.max() > half.max() > unsure.max()
+    wide = keypoints_to_heatmaps(keypoint, np.array([1.0]), 200, 200, grid=8, sigma=2.0)
+    assert sharp.max() > wide.max()
+
+
+def test_keypoints_outside_the_frame_or_nan_are_uniform():
+    keypoints = np.array([[-5.0, 10.0], [10.0, 250.0], [np.nan, 3.0]])
+    heatmaps = keypoints_to_heatmaps(keypoints, np.array([1.0, 1.0, np.nan]), 100, 200, grid=4)
+    np.testing.assert_allclose(heatmaps, 1 / 16, rtol=1e-6)
+
+
+def test_person_targets_pick_the_most_confident_person():
+    keypoints = np.zeros((3, 17, 2), np.float32)
+    keypoints[0] += [10, 10]
+    keypoints[1] += [90, 90]  # the most confident person: every keypoint in the bottom-right cell
+    keypoints[2] += [50, 10]
+    confidence = np.ones((3, 17), np.float32)
+    person_scores = np.array([0.6, 0.95, 0.7])
+    heatmaps, present = person_keypoint_targets(person_scores, keypoints, confidence, 100, 100, 4, 0.5, 0.5)
+    assert present == 1
+    assert (heatmap_peak_cells(heatmaps) == [3, 3]).all()
+    heatmaps, present = person_keypoint_targets(np.array([0.2, 0.3, 0.1]), keypoints, confidence, 100, 100, 4, 0.5, 0.5)
+    assert present == 0 and heatmaps.shape == (17, 4, 4) and not heatmaps.any()
+    assert most_confident_person(np.zeros(0), 0.5) is None
+
+
+def test_keypoint_targets_ignore_detections_that_are_not_people():
+    keypoints = np.stack([np.full((17, 2), 10.0), np.full((17, 2), 90.0)]).astype(np.float32)
+    detections = FrameDetections(
+        labels=np.array([5, 0]),  # a very confident bus, then a person
+        scores=np.array([0.99, 0.8], np.float32),
+        keypoints_xy=keypoints,
+        keypoint_confidence=np.ones((2, 17), np.float32),
+    )
+    heatmaps, present = frame_detections_to_keypoint_targets(detections, 100, 100, 4, 0.5, 0.5)
+    assert present == 1 and (heatmap_peak_cells(heatmaps) == [3, 3]).all()
+    nobody = FrameDetections(labels=np.zeros(0, np.int64), scores=np.zeros(0, np.float32))
+    heatmaps, present = frame_detections_to_keypoint_targets(nobody, 100, 100, 4, 0.5, 0.5)
+    assert present == 0 and not heatmaps.any()
+
+
+def test_backend_keypoint_scores_become_confidences():
+    torchvision_confidence = torchvision_keypoint_confidence(np.array([-10.0, 2.0, 12.0]))
+    np.testing.assert_allclose(torchvision_confidence[1], 0.5)
+    assert torchvision_confidence[0] < 0.01 and torchvision_confidence[2] > 0.99
+    detectron2_confidence = detectron2_keypoint_confidence(np.array([0.0, 0.05, 0.5]))
+    np.testing.assert_allclose(detectron2_confidence, [0.0, 0.5, 0.5 / 0.55], rtol=1e-6)
+
+
+def test_torchvision_keypoint_output_conversion():
+    keypoints = torch.zeros(2, 17, 3)
+    keypoints[..., 0], keypoints[..., 1], keypoints[..., 2] = 30.0, 60.0, 1.0
+    output = {
+        "labels": torch.tensor([1, 1]),
+        "scores": torch.tensor([0.9, 0.4]),
+        "keypoints": keypoints,
+        "keypoints_scores": torch.full((2, 17), 2.0),
+    }
+    detections = torchvision_output_to_detections(output)
+    np.testing.assert_array_equal(detections.labels, [0, 0])
+    np.testing.assert_allclose(detections.keypoints_xy[0, 0], [30.0, 60.0])
+    np.testing.assert_allclose(detections.keypoint_confidence, 0.5)
+
+
+def test_detectron2_keypoint_instances_conversion():
+    pred_keypoints = torch.zeros(2, 17, 3)
+    pred_keypoints[0, :, :2] = torch.tensor([85.0, 25.0])
+    pred_keypoints[1, :, :2] = torch.tensor([10.0, 90.0])
+    pred_keypoints[..., 2] = 0.2
+    instances = SimpleNamespace(
+        scores=torch.tensor([0.97, 0.6]), pred_classes=torch.tensor([0, 0]), pred_keypoints=pred_keypoints
+    )
+    detections = detectron2_instances_to_detections(instances)
+    assert detections.keypoints_xy.shape == (2, 17, 2)
+    np.testing.assert_allclose(detections.keypoint_confidence, 0.2 / 0.25, rtol=1e-6)
+    heatmaps, present = frame_detections_to_keypoint_targets(detections, 100, 100, 10, 1.0, 0.5)
+    assert present == 1 and (heatmap_peak_cells(heatmaps) == [2, 8]).all()  # y = 25 -> row 2, x = 85 -> column 8
+
+
+def test_mediapipe_landmarks_map_to_coco_keypoints():
+    landmarks = np.zeros((33, 3))
+    landmarks[:, 0] = np.arange(33) / 33  # x encodes the landmark index
+    landmarks[:, 1] = 0.5
+    landmarks[:, 2] = np.linspace(0, 1, 33)
+    keypoints_xy, confidence = landmarks_to_coco_keypoints(landmarks, frame_width=330, frame_height=100)
+    np.testing.assert_allclose(keypoints_xy[:, 0], np.array(MEDIAPIPE_TO_COCO_KEYPOINTS) * 10, rtol=1e-5)
+    np.testing.assert_allclose(keypoints_xy[:, 1], 50.0)
+    np.testing.assert_allclose(confidence, landmarks[list(MEDIAPIPE_TO_COCO_KEYPOINTS), 2], rtol=1e-6)
+    assert MEDIAPIPE_TO_COCO_KEYPOINTS[COCO_KEYPOINT_NAMES.index("left_hip")] == 23
+
+
+@pytest.mark.parametrize(
+    "bad_frames", [np.zeros((2, 8, 8, 3), np.float32), np.zeros((8, 8, 3), np.uint8), np.zeros((1, 8, 8, 4), np.uint8)]
+)
+def test_teachers_reject_frames_of_the_wrong_type(bad_frames):
+    from extract.teachers.base import Teacher
+
+    teacher = Teacher()
+    teacher.name = "any"
+    with pytest.raises(ValueError, match="uint8 frames of shape"):
+        teacher(bad_frames)

@@ -1,0 +1,257 @@
+"""The teacher registry and every teacher, run for real: shipped weights where a package has them,
+random weights (at small input sizes) where the weights cannot be had offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+
+from extract.teachers import MissingWeightsError, create_teacher, list_teachers, teacher_options
+from extract.teachers.detections import detectron2_is_installed
+from extract.teachers.imagenet_efficientnet import packaged_lite0_weights_path
+from extract.teachers.keypoint_heatmaps import heatmap_peak_cells
+from pipeline.errors import ConfigError, DistinitError
+from pipeline.hashing import sha256_file
+
+SMALL_DETECTOR = {"min_size": 96, "max_size": 128}
+
+
+def _assert_frozen(teacher) -> None:
+    assert not teacher.model.training
+    assert not any(parameter.requires_grad for parameter in teacher.model.parameters())
+
+
+def _small_frames(count: int = 2) -> np.ndarray:
+    return np.stack([skimage.data.astronaut()[::4, ::4]] * count)  # (count, 128, 128, 3)
+
+
+# ---------------------------------------------------------------- registry
+
+
+def test_registry_lists_every_teacher():
+    assert list_teachers() == [
+        "coco-keypoints",
+        "coco-objects",
+        "imagenet-efficientnet-lite0",
+        "imagenet-torchvision",
+        "mediapipe-pose",
+    ]
+    assert teacher_options("coco-objects")["confident_threshold"] == 0.5
+
+
+def test_unknown_teacher_names_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown teacher 'imagenet-vgg'.*imagenet-efficientnet-lite0"):
+        create_teacher("imagenet-vgg")
+
+
+def test_unknown_or_mistyped_option_is_an_error():
+    with pytest.raises(ConfigError, match="has no option temperature; its options are: batch_size"):
+        create_teacher("imagenet-efficientnet-lite0", temperature=2.0)
+    with pytest.raises(ConfigError, match="grid='fourteen' is not of type int"):
+        create_teacher("coco-keypoints", weights="random", grid="fourteen")
+    with pytest.raises(ConfigError, match="unknown torchvision classifier 'resnet7'"):
+        create_teacher("imagenet-torchvision", model="resnet7", weights="random")
+    with pytest.raises(ConfigError, match="unknown detection backend 'yolo'"):
+        create_teacher("coco-objects", backend="yolo", weights="random")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_cuda_without_a_gpu_is_a_one_line_error():
+    with pytest.raises(DistinitError, match="pass --device cpu"):
+        create_teacher("imagenet-torchvision", model="resnet18", weights="random", device="cuda")
+
+
+# ---------------------------------------------------------------- ImageNet, real weights
+
+
+@pytest.fixture(scope="module")
+def efficientnet(request):
+    import os
+
+    return create_teacher("imagenet-efficientnet-lite0", device=os.environ.get("DISTINIT_TEST_DEVICE", "cpu"))
+
+
+def _top3(teacher, image: np.ndarray) -> list[str]:
+    logits = teacher(image[None])["logits"][0]
+    names = teacher.output_spec("logits").class_names
+    return [names[index] for index in np.argsort(-logits)[:3]]
+
+
+def test_efficientnet_lite0_recognises_a_cat_and_an_espresso(efficientnet):
+    assert {"tabby", "tiger cat", "Egyptian cat"} & set(_top3(efficientnet, skimage.data.chelsea()))
+    assert {"espresso", "cup"} & set(_top3(efficientnet, skimage.data.coffee()))
+
+
+def test_efficientnet_lite0_is_frozen_and_describes_itself(efficientnet):
+    _assert_frozen(efficientnet)
+    assert efficientnet.weights_sha256 == sha256_file(packaged_lite0_weights_path())
+    description = json.loads(json.dumps(efficientnet.describe()))
+    assert description["mean"] == [0.498] * 3 and description["std"] == [0.502] * 3
+    assert description["input_size"] == 224 and description["decode_short_side"] == 256
+    (logits_spec,) = description["outputs"]
+    assert logits_spec["kind"] == "logits" and logits_spec["shape"] == [1000] and logits_spec["dtype"] == "float16"
+    assert len(logits_spec["class_names"]) == 1000 and logits_spec["class_names"][281] == "tabby"
+
+
+def test_efficientnet_batches_match_single_frames(efficientnet):
+    frames = np.stack([skimage.data.chelsea()[:256, :400], skimage.data.coffee()[:256, :400]])
+    efficientnet.batch_size = 1  # internal chunking must not change results
+    one_at_a_time = efficientnet(frames)["logits"]
+    efficientnet.batch_size = 32
+    batched = efficientnet(frames)["logits"]
+    assert batched.shape == (2, 1000) and batched.dtype == np.float32
+    np.testing.assert_allclose(batched, one_at_a_time, atol=1e-3)
+    assert efficientnet(frames[:0])["logits"].shape == (0, 1000)
+
+
+# ---------------------------------------------------------------- ImageNet, torchvision
+
+
+def test_torchvision_classifier_with_random_weights():
+    teacher = create_teacher("imagenet-torchvision", model="resnet18", weights="random")
+    _assert_frozen(teacher)
+    logits = teacher(_small_frames(3))["logits"]
+    assert logits.shape == (3, 1000) and np.isfinite(logits).all()
+    assert teacher.weights_sha256 == "random-init"
+    assert teacher.mean == (0.485, 0.456, 0.406) and teacher.input_size == 224
+
+
+def test_torchvision_classifier_missing_weights_names_the_hub_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    expected = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    with pytest.raises(MissingWeightsError) as caught:
+        create_teacher("imagenet-torchvision", model="resnet18")
+    message = str(caught.value)
+    assert "\n" not in message and str(expected) in message
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
+
+
+def test_torchvision_classifier_loads_the_hub_cache_and_rejects_a_wrong_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    import torchvision
+
+    cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), cached)
+    teacher = create_teacher("imagenet-torchvision", model="resnet18")
+    assert teacher.weights_sha256 == sha256_file(cached)
+    with pytest.raises(DistinitError, match="does not fit the model"):
+        create_teacher("imagenet-torchvision", model="resnet34", weights=str(cached))
+    with pytest.raises(MissingWeightsError, match="does not exist"):
+        create_teacher("imagenet-torchvision", model="resnet18", weights=str(tmp_path / "nothing.pth"))
+
+
+# ---------------------------------------------------------------- COCO objects and keypoints (torchvision)
+
+
+def test_coco_objects_torchvision_with_random_weights():
+    # score_threshold 0 keeps the (unconfident) detections of an untrained head, so the mapping runs.
+    options = {"score_threshold": 0.0, "confident_threshold": 0.02, **SMALL_DETECTOR}
+    teacher = create_teacher("coco-objects", backend="torchvision", weights="random", **options)
+    _assert_frozen(teacher.detector)
+    outputs = teacher(_small_frames(2))
+    scores, counts = outputs["scores"], outputs["num_confident"]
+    assert scores.shape == (2, 80) and scores.dtype == np.float32
+    assert counts.shape == (2,) and counts.dtype == np.int16
+    assert (scores >= 0).all() and (scores <= 1).all() and scores.max() > 0
+    # every class whose best score is confident contributed at least one confident detection
+    assert ((scores >= 0.02).sum(axis=1) <= counts).all()
+    assert teacher.describe()["config"]["model"] == "fasterrcnn_resnet50_fpn"
+
+
+def test_coco_objects_missing_weights_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(MissingWeightsError, match="fasterrcnn_resnet50_fpn_coco-258fb6c6.pth; download https://"):
+        create_teacher("coco-objects", backend="torchvision", **SMALL_DETECTOR)
+
+
+def test_coco_keypoints_torchvision_with_random_weights():
+    options = {"person_threshold": 0.0, "grid": 8, **SMALL_DETECTOR}
+    teacher = create_teacher("coco-keypoints", backend="torchvision", weights="random", **options)
+    outputs = teacher(_small_frames(1))
+    heatmaps, present = outputs["heatmaps"], outputs["person_present"]
+    assert heatmaps.shape == (1, 17, 8, 8) and heatmaps.dtype == np.float32
+    assert present.dtype == np.uint8 and present.tolist() == [1]
+    np.testing.assert_allclose(heatmaps.sum(axis=(2, 3)), 1.0, atol=1e-4)
+    # nobody reaches a threshold of 1: all-zero heatmaps, flag 0
+    teacher.person_threshold = 1.0
+    outputs = teacher(_small_frames(1))
+    assert outputs["person_present"].tolist() == [0] and not outputs["heatmaps"].any()
+
+
+def test_explicit_detectron2_backend_without_detectron2_says_how_to_install():
+    if detectron2_is_installed():
+        pytest.skip("detectron2 is installed")
+    with pytest.raises(DistinitError, match="detectron2 is not importable; install Detectron2"):
+        create_teacher("coco-objects", backend="detectron2", weights="random")
+    assert create_teacher("coco-objects", weights="random", **SMALL_DETECTOR).backend == "torchvision"
+
+
+# ---------------------------------------------------------------- Detectron2 (when installed)
+
+
+@pytest.mark.parametrize("teacher_name", ["coco-objects", "coco-keypoints"])
+def test_detectron2_backend_runs_when_installed(teacher_name):
+    pytest.importorskip("detectron2")
+    teacher = create_teacher(teacher_name, backend="detectron2", weights="random", **SMALL_DETECTOR)
+    outputs = teacher(_small_frames(1))
+    for spec in teacher.outputs:
+        assert outputs[spec.name].shape == (1, *spec.shape)
+    assert teacher.weights_sha256 == "random-init"
+
+
+def test_detectron2_missing_weights_names_the_cache_file(tmp_path, monkeypatch):
+    pytest.importorskip("detectron2")
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path))
+    with pytest.raises(MissingWeightsError, match=str(Path(tmp_path) / "detectron2" / "COCO-Detection")):
+        create_teacher("coco-objects", backend="detectron2", **SMALL_DETECTOR)
+
+
+# ---------------------------------------------------------------- MediaPipe BlazePose (optional extra)
+
+
+@pytest.fixture(scope="module")
+def blazepose():
+    pytest.importorskip("mediapipe")
+    teacher = create_teacher("mediapipe-pose")
+    yield teacher
+    teacher.close()
+
+
+def test_mediapipe_finds_the_astronaut_with_plausible_keypoints(blazepose):
+    astronaut = skimage.data.astronaut()  # 512 x 512, a person from the waist up
+    outputs = blazepose(astronaut[None])
+    assert outputs["person_present"].tolist() == [1]
+    heatmaps = outputs["heatmaps"][0]
+    assert heatmaps.shape == (17, 14, 14)
+    np.testing.assert_allclose(heatmaps.sum(axis=(1, 2)), 1.0, atol=1e-4)
+    rows = heatmap_peak_cells(heatmaps)[:, 0]
+    nose, left_shoulder, right_shoulder, left_hip = rows[0], rows[5], rows[6], rows[11]
+    assert nose < 7 and nose < min(left_shoulder, right_shoulder)
+    assert max(left_shoulder, right_shoulder) <= 7 and left_hip > nose  # shoulders in the upper half, hips below
+    assert blazepose.describe()["backend"] == "mediapipe"
+
+
+def test_mediapipe_sees_nobody_in_an_empty_frame(blazepose):
+    outputs = blazepose(np.full((1, 240, 320, 3), 127, np.uint8))
+    assert outputs["person_present"].tolist() == [0] and not outputs["heatmaps"].any()
+
+
+def test_mediapipe_missing_says_which_extra_to_install(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def import_without_mediapipe(name, *args, **kwargs):
+        if name == "mediapipe" or name.startswith("mediapipe."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", import_without_mediapipe)
+    with pytest.raises(DistinitError, match=r"pip install distinit\[pose\]"):
+        create_teacher("mediapipe-pose")
