@@ -1,0 +1,67 @@
+"""The stage-one config: which videos, which teachers, how frames are sampled, how the work is split."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+# Bump when a change to stage one's code changes the targets it writes (it is part of the stage key).
+CODE_VERSION = "extract-1"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractConfig:
+    data: str = "demo"
+    root: str = "data/demo"
+    splits_dir: str | None = None
+    annotations: str | None = None
+    teachers: tuple[str, ...] = ("imagenet-efficientnet-lite0",)
+    # {teacher name: {option: value}}; weights files go here too as {"weights": "path.pth"}.
+    teacher_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    frames_per_second: float = 2.0
+    max_frames_per_video: int = 64
+    shard_count: int = 16
+    batch_size: int = 32
+    workers: int = 2
+    device: str = "auto"
+    out: str = "targets"
+    max_failure_rate: float = 0.05
+    decode_timeout_seconds: float = 120.0
+    limit: int | None = None
+
+    def __post_init__(self):
+        positive = {
+            "frames_per_second": self.frames_per_second, "max_frames_per_video": self.max_frames_per_video,
+            "shard_count": self.shard_count, "batch_size": self.batch_size,
+            "decode_timeout_seconds": self.decode_timeout_seconds,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"option {name} must be > 0, got {value}")
+        if self.workers < 0:
+            raise ConfigError(f"option workers must be >= 0 (0 decodes in the main process), got {self.workers}")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ConfigError(f"option max_failure_rate must be in [0, 1], got {self.max_failure_rate}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"option limit must be >= 1, got {self.limit}")
+        if not self.teachers:
+            raise ConfigError("option teachers is empty; name at least one (see `distinit teachers`)")
+        unknown = sorted(set(self.teacher_options) - set(self.teachers))
+        if unknown:
+            raise ConfigError(f"teacher_options name teachers not in teachers: {', '.join(unknown)}")
+
+
+def parse_shard_part(text: str | None) -> tuple[int, int]:
+    """`--shard i/N` -> (i, N): this process writes the shards whose index is i modulo N."""
+    if text is None:
+        return 0, 1
+    try:
+        index_text, count_text = text.split("/")
+        index, count = int(index_text), int(count_text)
+    except ValueError:
+        raise ConfigError(f"--shard {text!r} is not of the form i/N (e.g. 0/4)") from None
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"--shard {text}: need 0 <= i < N (e.g. 0/{max(count, 1)} ... {max(count, 1) - 1}/{max(count, 1)})")
+    return index, count

@@ -1,0 +1,218 @@
+"""The stage-one runner: videos -> sampled frames -> frozen teachers -> sharded HDF5 targets.
+
+Reading top to bottom: `prepare` lists the videos, builds the teachers and names the output folder by
+its stage key; `run_extraction` writes this process's shards (one writer per shard, decoding in worker
+processes ahead of batched teacher inference); `finalize` seals the folder with `manifest.json` once
+every shard exists. A finished shard that verifies is skipped on a re-run; a half-written one is
+redone from scratch, so an interrupted run resumes with byte-identical output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from extract.config import CODE_VERSION, ExtractConfig
+from extract.pool import DecodePool
+from extract.sampling import SamplingConfig
+from extract.teachers import create_teacher
+from extract.teaching import teach
+from pipeline.atomic import atomic_write_text
+from pipeline.config import config_to_dict
+from pipeline.datasets import load_dataset, manifest_hash, write_manifest as write_video_manifest
+from pipeline.errors import DistinitError
+from pipeline.provenance import write_provenance
+from pipeline.shards import (
+    ShardWriter, compute_stage_key, output_key, partition_videos, read_manifest, shard_files, shard_name,
+    temporary_files, verify_shard, write_manifest,
+)
+from pipeline.shards.header import file_attributes, open_read_only
+
+logger = logging.getLogger(__name__)
+VIDEOS_MANIFEST = "videos.jsonl"
+
+
+class ExtractionError(DistinitError):
+    """Too many videos failed; what succeeded is written."""
+
+
+@dataclasses.dataclass
+class ExtractionPlan:
+    config: ExtractConfig
+    targets_dir: Path
+    stage_key: str
+    teachers: list[Any]
+    sampling: SamplingConfig
+    decode_short_side: int
+    video_paths: dict[str, str]
+    shards: list[list[str]]  # video ids of shard i, in id order
+
+
+@dataclasses.dataclass
+class ExtractionReport:
+    targets_dir: Path
+    stage_key: str
+    shards_written: list[int]
+    shards_skipped: list[int]
+    videos: int
+    rows: int
+    failures: list[dict[str, str]]
+    seconds: float
+    manifest: Path | None
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DistinitError(f"--device {device}: no CUDA device is visible; use --device cpu or auto")
+    return torch.device(device)
+
+
+def prepare(config: ExtractConfig) -> ExtractionPlan:
+    options = {"splits_dir": config.splits_dir, "annotations": config.annotations}
+    listing = load_dataset(config.data, config.root, **options)
+    if config.limit is not None:
+        listing.records = listing.records[: config.limit]
+    if not listing.records:
+        raise DistinitError(f"{config.root}: dataset {config.data} has no videos to extract")
+    device = resolve_device(config.device)
+    teachers = [
+        create_teacher(name, device=device, **dict(config.teacher_options.get(name, {}))) for name in config.teachers
+    ]
+    for teacher in teachers:
+        teacher.batch_size = min(teacher.batch_size, config.batch_size)
+    sampling = SamplingConfig(config.frames_per_second, config.max_frames_per_video)
+    stage_key = compute_stage_key(
+        manifest_hash(listing), [teacher.describe() for teacher in teachers], dataclasses.asdict(sampling), CODE_VERSION
+    )
+    targets_dir = Path(config.out) / config.data / stage_key
+    targets_dir.mkdir(parents=True, exist_ok=True)
+    write_video_manifest(listing, targets_dir / VIDEOS_MANIFEST)
+    video_paths = {record.id: str(record.path) for record in listing.records}
+    return ExtractionPlan(
+        config=config,
+        targets_dir=targets_dir,
+        stage_key=stage_key,
+        teachers=teachers,
+        sampling=sampling,
+        decode_short_side=max(teacher.decode_short_side for teacher in teachers),
+        video_paths=video_paths,
+        shards=partition_videos(sorted(video_paths), config.shard_count),
+    )
+
+
+def shard_is_done(plan: ExtractionPlan, index: int) -> bool:
+    path = plan.targets_dir / shard_name(index, plan.config.shard_count)
+    if not path.exists():
+        return False
+    keys = [output_key(teacher.name, spec.name) for teacher in plan.teachers for spec in teacher.outputs]
+    problems = verify_shard(path, stage_key=plan.stage_key, output_keys=keys)
+    if problems:
+        logger.warning("redoing %s: %s", path.name, problems[0])
+        path.unlink()
+        return False
+    return True
+
+
+def write_shard(plan: ExtractionPlan, index: int, pool: DecodePool, progress: tqdm) -> tuple[int, list[dict[str, str]]]:
+    """Write shard `index` from scratch; returns (rows, failed videos)."""
+    final_path = plan.targets_dir / shard_name(index, plan.config.shard_count)
+    for stale in temporary_files(plan.targets_dir):
+        if stale.name.startswith(f".{final_path.name}."):
+            stale.unlink()
+    attributes = {
+        "dataset": plan.config.data,
+        "stage_key": plan.stage_key,
+        "code_version": CODE_VERSION,
+        "sampling": dataclasses.asdict(plan.sampling),
+    }
+    failures: list[dict[str, str]] = []
+    pending = []
+    video_ids = plan.shards[index]
+    with ShardWriter(
+        final_path, teachers=[teacher.describe() for teacher in plan.teachers],
+        shard_index=index, shard_count=plan.config.shard_count, attributes=attributes,
+    ) as writer:
+        decoded = pool.decode((video_id, plan.video_paths[video_id]) for video_id in video_ids)
+        for number, video in enumerate(decoded, start=1):
+            if video.error is not None:
+                logger.warning("skipping %s: %s", video.path, video.error)
+                failures.append({"video_id": video.video_id, "path": video.path, "reason": video.error})
+                writer.add_skipped(video.video_id, video.path, video.error)
+            else:
+                pending.append(video)
+            # Batch boundaries depend only on the shard's video list, so a redone shard is byte-identical.
+            if pending and (sum(len(v.frames) for v in pending) >= plan.config.batch_size or number == len(video_ids)):
+                writer.append(teach(plan.teachers, pending))
+                progress.set_postfix(frames=writer.row_count, refresh=False)
+                pending = []
+            progress.update(1)
+        rows = writer.row_count
+    return rows, failures
+
+
+def run_extraction(config: ExtractConfig, shard_part: tuple[int, int] = (0, 1), show_progress: bool = True) -> ExtractionReport:
+    """Write the shards of this part (`--shard i/N`: shards with index % N == i); finalize when i/N is 0/1."""
+    started = time.monotonic()
+    plan = prepare(config)
+    part_index, part_count = shard_part
+    mine = [index for index in range(config.shard_count) if index % part_count == part_index]
+    todo = [index for index in mine if not shard_is_done(plan, index)]
+    skipped_shards = [index for index in mine if index not in todo]
+    if skipped_shards:
+        logger.info("resuming: %d finished shards verified and kept", len(skipped_shards))
+    total_videos = sum(len(plan.shards[index]) for index in todo)
+    rows, failures = 0, []
+    with DecodePool(config.workers, plan.sampling, plan.decode_short_side, config.decode_timeout_seconds) as pool:
+        with tqdm(total=total_videos, unit="video", desc="extract", disable=not show_progress) as progress:
+            for index in todo:
+                shard_rows, shard_failures = write_shard(plan, index, pool, progress)
+                rows += shard_rows
+                failures += shard_failures
+    for teacher in plan.teachers:
+        teacher.close()
+    manifest = finalize(config, plan.targets_dir) if part_count == 1 else None
+    report = ExtractionReport(
+        plan.targets_dir, plan.stage_key, todo, skipped_shards, total_videos, rows, failures,
+        time.monotonic() - started, manifest,
+    )
+    check_failure_rate(plan, mine, config.max_failure_rate)
+    return report
+
+
+def part_failures(plan: ExtractionPlan, shard_indices: list[int]) -> list[dict[str, str]]:
+    failures = []
+    for index in shard_indices:
+        with open_read_only(plan.targets_dir / shard_name(index, plan.config.shard_count)) as shard:
+            failures += list(file_attributes(shard)["skipped"])
+    return failures
+
+
+def check_failure_rate(plan: ExtractionPlan, shard_indices: list[int], max_failure_rate: float) -> None:
+    failures = part_failures(plan, shard_indices)
+    videos = sum(len(plan.shards[index]) for index in shard_indices)
+    if videos and len(failures) / videos > max_failure_rate:
+        raise ExtractionError(
+            f"{plan.targets_dir}: {len(failures)} of {videos} videos failed to decode "
+            f"(more than --max-failure-rate {max_failure_rate:.0%}); the rest is written, the failures are listed "
+            f"in the shards/manifest — fix or remove those videos, or raise --max-failure-rate"
+        )
+
+
+def finalize(config: ExtractConfig, targets_dir: Path) -> Path:
+    """Write manifest.json once every shard of the run exists (after all `--shard i/N` parts)."""
+    path = write_manifest(targets_dir, config=config_to_dict(config), shards=shard_files(targets_dir), extra={
+        "videos_manifest": VIDEOS_MANIFEST, "videos_root": str(Path(config.root).resolve()),
+    })
+    write_provenance(targets_dir, config, stage="extract", code_version=CODE_VERSION)
+    atomic_write_text(Path(config.out) / config.data / "latest", targets_dir.name + "\n")
+    manifest = read_manifest(targets_dir)
+    logger.info("targets sealed: %s (%d rows, %d skipped videos)", targets_dir, manifest["total_rows"], manifest["skipped_count"])
+    return path

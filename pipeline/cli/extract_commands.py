@@ -1,0 +1,112 @@
+"""Stage one on the command line: `distinit extract`, `verify`, `inspect`, `teachers`."""
+
+from __future__ import annotations
+
+import click
+import yaml
+
+from pipeline.cli import main
+
+
+def _teacher_options(weights: tuple[str, ...], options: tuple[str, ...]) -> dict[str, dict]:
+    """`--weights NAME=FILE` and `--teacher-option NAME.KEY=VALUE` -> {teacher: {option: value}}."""
+    from pipeline.errors import ConfigError
+
+    result: dict[str, dict] = {}
+    for pair in weights:
+        name, _, path = pair.partition("=")
+        if not path:
+            raise ConfigError(f"--weights {pair!r} is not of the form TEACHER=FILE")
+        result.setdefault(name, {})["weights"] = path
+    for pair in options:
+        key, _, text = pair.partition("=")
+        name, _, option = key.rpartition(".")
+        if not (name and option and text):
+            raise ConfigError(f"--teacher-option {pair!r} is not of the form TEACHER.OPTION=VALUE")
+        result.setdefault(name, {})[option] = yaml.safe_load(text)
+    return result
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML config (configs/extract.yaml).")
+@click.option("--data", default=None, help="Dataset adapter (see `distinit datasets`).")
+@click.option("--root", default=None, help="Dataset root folder.")
+@click.option("--splits", "splits_dir", default=None, help="Split-file folder (HMDB-51, UCF-101).")
+@click.option("--annotations", default=None, help="Kinetics annotation CSV file or folder.")
+@click.option("--teachers", default=None, help="Comma-separated teacher names (see `distinit teachers`).")
+@click.option("--weights", multiple=True, metavar="TEACHER=FILE", help="Weights file for a teacher.")
+@click.option("--teacher-option", multiple=True, metavar="TEACHER.OPTION=VALUE", help="Option for a teacher.")
+@click.option("--frames-per-second", type=float, default=None, help="Teacher frames per second of video (default 2).")
+@click.option("--max-frames-per-video", type=int, default=None, help="Cap on teacher frames per video.")
+@click.option("--shard-count", type=int, default=None, help="Number of HDF5 shards (default 16).")
+@click.option("--shard", "shard_part", default=None, metavar="i/N", help="Write only shards with index % N == i.")
+@click.option("--finalize", is_flag=True, help="Only write manifest.json once every shard exists.")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--workers", type=int, default=None, help="Decode worker processes (0: in the main process).")
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N")
+@click.option("--out", default=None, help="Targets root (default targets/).")
+@click.option("--max-failure-rate", type=float, default=None, help="Exit non-zero above this fraction of failed videos.")
+@click.option("--limit", type=int, default=None, help="Only the first N videos (quick trials).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def extract(config_path, shard_part, finalize, weights, teacher_option, no_progress, **options) -> None:
+    """Run the teachers over sampled frames and write targets/<data>/<key>/shard-*.h5 + manifest.json."""
+    from extract.config import ExtractConfig, parse_shard_part
+    from extract.run import finalize as finalize_targets, prepare, run_extraction
+    from pipeline.config import load_config
+
+    if options.get("teachers"):
+        options["teachers"] = tuple(name.strip() for name in options["teachers"].split(",") if name.strip())
+    teacher_options = _teacher_options(weights, teacher_option)
+    if teacher_options:
+        options["teacher_options"] = teacher_options
+    config = load_config(ExtractConfig, config_path, options)
+    part = parse_shard_part(shard_part)
+    if finalize:
+        plan = prepare(config)
+        click.echo(f"manifest written: {finalize_targets(config, plan.targets_dir)}")
+        return
+    report = run_extraction(config, part, show_progress=not no_progress)
+    rate = report.rows / report.seconds if report.seconds else 0.0
+    click.echo(
+        f"{report.targets_dir}: wrote shards {report.shards_written or 'none'} "
+        f"({len(report.shards_skipped)} already done), {report.videos} videos, {report.rows} teacher frames "
+        f"in {report.seconds:.1f} s ({rate:.1f} frames/s), {len(report.failures)} videos skipped"
+    )
+    if report.manifest is None:
+        click.echo("this part is done; once every part is, run the same command with --finalize")
+
+
+@main.command()
+@click.argument("targets_dir", type=click.Path(file_okay=False))
+def verify(targets_dir: str) -> None:
+    """Check a targets folder: checksums, row counts, NaN/inf, manifest consistency (exit 1 if bad)."""
+    from pipeline.shards import verify as verify_targets
+
+    problems = verify_targets(targets_dir)
+    if problems:
+        for problem in problems:
+            click.echo(problem, err=True)
+        raise SystemExit(1)
+    click.echo(f"{targets_dir}: ok")
+
+
+@main.command("inspect")
+@click.argument("targets_dir", type=click.Path(file_okay=False))
+@click.option("--video", "video_id", default=None, help="Show this video's teacher frames over time.")
+@click.option("--top-k", type=int, default=5)
+def inspect_command(targets_dir: str, video_id: str | None, top_k: int) -> None:
+    """Summarise a targets folder (rows, per-teacher summaries, a video's top classes over time)."""
+    from pipeline.shards import inspect as inspect_targets
+
+    for line in inspect_targets(targets_dir, video_id=video_id, top_k=top_k):
+        click.echo(line)
+
+
+@main.command()
+def teachers() -> None:
+    """List the registered teachers and their options."""
+    from extract.teachers import list_teachers, teacher_options
+
+    for name in list_teachers():
+        options = ", ".join(f"{key}={value!r}" for key, value in teacher_options(name).items())
+        click.echo(f"{name:30s} {options}")

@@ -1,0 +1,140 @@
+"""The stage-one runner end to end on a tiny folder dataset: shards, manifest, skips, resume, --shard parts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import extract.run as run_module
+from extract.config import ExtractConfig, parse_shard_part
+from extract.run import ExtractionError, prepare, run_extraction, finalize
+from pipeline.cli import main
+from pipeline.errors import ConfigError
+from pipeline.hashing import sha256_file
+from pipeline.shards import TargetStore, read_manifest, verify
+from pipeline.video.binary import ffmpeg_binary
+
+GOOD_VIDEOS = ("a_walk", "b_pan", "c_zoom", "d_still")
+
+
+def _write_test_video(path: Path, pattern: str, seconds: float) -> None:
+    command = [
+        ffmpeg_binary(), "-v", "error", "-y", "-f", "lavfi", "-i", f"{pattern}=size=64x48:rate=10", "-t", str(seconds),
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "5", "-threads", "1", str(path),
+    ]
+    subprocess.run(command, check=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def video_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("raw")
+    for number, name in enumerate(GOOD_VIDEOS):
+        pattern = ("testsrc", "testsrc2", "smptebars", "rgbtestsrc")[number]
+        _write_test_video(root / f"{name}.mp4", pattern, seconds=1.5 + 0.5 * number)
+    (root / "e_empty.mp4").write_bytes(b"")
+    (root / "f_text.mp4").write_text("this is not a video\n")
+    return root
+
+
+def _config(root: Path, out: Path, **overrides) -> ExtractConfig:
+    values = dict(data="folder", root=str(root), out=str(out), shard_count=2, workers=0, batch_size=8, max_failure_rate=0.5)
+    values.update(overrides)
+    return ExtractConfig(**values)
+
+
+def _shard_hashes(targets_dir: Path) -> dict[str, str]:
+    return {path.name: sha256_file(path) for path in sorted(targets_dir.glob("shard-*.h5"))}
+
+
+def test_full_run_writes_verified_shards_and_lists_bad_videos(video_folder, tmp_path):
+    report = run_extraction(_config(video_folder, tmp_path), show_progress=False)
+    assert verify(report.targets_dir) == []
+    manifest = read_manifest(report.targets_dir)
+    skipped = {entry["video_id"]: entry["reason"] for entry in manifest["skipped"]}
+    assert set(skipped) == {"e_empty", "f_text"}
+    assert all(reason for reason in skipped.values())
+    store = TargetStore(report.targets_dir)
+    assert sorted(store.video_ids()) == sorted(GOOD_VIDEOS)
+    # 2 teacher frames per second at interval centres: 1.5 s -> 3 frames, 2 s -> 4, 2.5 s -> 5, 3 s -> 6.
+    assert len(store) == 3 + 4 + 5 + 6
+    rows = store.rows_for_video("c_zoom")
+    assert list(rows["t_seconds"]) == [0.25, 0.75, 1.25, 1.75, 2.25]
+    assert list(rows["frame_index"]) == [2, 7, 12, 17, 22]
+    assert rows["imagenet-efficientnet-lite0/logits"].shape == (5, 1000)
+    assert (report.targets_dir.parent / "latest").read_text().strip() == report.stage_key
+    assert (report.targets_dir / "provenance.json").is_file()
+
+
+def test_too_many_failures_exit_non_zero_after_writing(video_folder, tmp_path):
+    with pytest.raises(ExtractionError, match=r"2 of 6 videos failed"):
+        run_extraction(_config(video_folder, tmp_path, max_failure_rate=0.05), show_progress=False)
+    targets_dir = next((tmp_path / "folder").glob("*/manifest.json")).parent
+    assert verify(targets_dir) == []
+    assert read_manifest(targets_dir)["total_rows"] == 18
+
+
+def test_resume_after_crash_mid_shard_is_byte_identical(video_folder, tmp_path, monkeypatch):
+    reference = run_extraction(_config(video_folder, tmp_path / "reference"), show_progress=False)
+    calls = {"count": 0}
+    real_teach = run_module.teach
+
+    def crashing_teach(teachers, videos):
+        calls["count"] += 1
+        if calls["count"] == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real_teach(teachers, videos)
+
+    monkeypatch.setattr(run_module, "teach", crashing_teach)
+    with pytest.raises(KeyboardInterrupt):
+        run_extraction(_config(video_folder, tmp_path / "crashed"), show_progress=False)
+    monkeypatch.setattr(run_module, "teach", real_teach)
+    targets_dir = tmp_path / "crashed" / "folder" / reference.stage_key
+    # A SIGKILL leaves a half-written temp file behind; the re-run must redo the shard, not trust it.
+    (targets_dir / ".shard-00001-of-00002.h5.99999.tmp").write_bytes(b"half a shard")
+    resumed = run_extraction(_config(video_folder, tmp_path / "crashed"), show_progress=False)
+    assert _shard_hashes(resumed.targets_dir) == _shard_hashes(reference.targets_dir)
+    assert not list(targets_dir.glob(".*.tmp"))
+    assert verify(targets_dir) == []
+    again = run_extraction(_config(video_folder, tmp_path / "crashed"), show_progress=False)
+    assert again.shards_written == [] and again.shards_skipped == [0, 1]
+
+
+def test_shard_parts_then_finalize_equal_one_full_run(video_folder, tmp_path):
+    full = run_extraction(_config(video_folder, tmp_path / "full"), show_progress=False)
+    parts_config = _config(video_folder, tmp_path / "parts", workers=2)
+    first = run_extraction(parts_config, (0, 2), show_progress=False)
+    assert first.manifest is None and first.shards_written == [0]
+    run_extraction(parts_config, (1, 2), show_progress=False)
+    finalize(parts_config, prepare(parts_config).targets_dir)
+    assert _shard_hashes(first.targets_dir) == _shard_hashes(full.targets_dir)
+    assert read_manifest(first.targets_dir)["shards"] == read_manifest(full.targets_dir)["shards"]
+    assert verify(first.targets_dir) == []
+
+
+def test_shard_part_parsing():
+    assert parse_shard_part("1/4") == (1, 4)
+    assert parse_shard_part(None) == (0, 1)
+    for bad in ("3/2", "2", "a/b", "-1/2", "0/0"):
+        with pytest.raises(ConfigError):
+            parse_shard_part(bad)
+
+
+def test_cli_extract_verify_inspect(video_folder, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, [
+        "extract", "--data", "folder", "--root", str(video_folder), "--out", str(tmp_path), "--shard-count", "2",
+        "--workers", "0", "--max-failure-rate", "0.5", "--no-progress",
+    ])
+    assert result.exit_code == 0, result.output
+    targets_dir = next((tmp_path / "folder").glob("*/manifest.json")).parent
+    assert runner.invoke(main, ["verify", str(targets_dir)]).exit_code == 0
+    inspected = runner.invoke(main, ["inspect", str(targets_dir), "--video", "a_walk"])
+    assert inspected.exit_code == 0 and "t=0.25s" in inspected.output
+    bad = runner.invoke(main, ["extract", "--data", "folder", "--root", str(video_folder), "--shard", "3/2"])
+    assert bad.exit_code != 0 and len(bad.output.strip().splitlines()) == 1 and "3/2" in bad.output
+    unknown = runner.invoke(main, ["extract", "--data", "folder", "--root", str(video_folder), "--teachers", "nope"])
+    assert unknown.exit_code != 0 and "nope" in unknown.output and len(unknown.output.strip().splitlines()) == 1
