@@ -7,11 +7,15 @@ VENV     ?= .venv
 BIN      := $(VENV)/bin
 DISTINIT := $(BIN)/distinit
 DEMO_DIR ?= data/demo
+DATA     ?= demo
+ROOT     ?= $(if $(filter demo,$(DATA)),$(DEMO_DIR),)
+TEACHERS ?=
+EXTRACT_ARGS ?=
 PYTEST_ARGS ?=
 POSE     ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo-data demo test bench clean
+.PHONY: help setup demo-data extract verify demo test bench clean
 
 help: ## Show targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -33,9 +37,18 @@ $(VENV)/.installed: requirements.txt requirements-pose.txt pyproject.toml
 demo-data: setup ## Generate the embedded demo data (unlabeled pool + HMDB-51-layout action set) into DEMO_DIR
 	$(DISTINIT) demo-data --out $(DEMO_DIR) --config configs/demo-data.yaml
 
+extract: setup $(if $(filter demo,$(DATA)),demo-data) ## Stage one: teachers over sampled frames -> targets/DATA/KEY/ (DATA=kinetics|hmdb51|ucf101|folder|demo ROOT=dir)
+	@test -n "$(ROOT)" || { echo "make extract: set ROOT=<dataset folder> for DATA=$(DATA)"; exit 2; }
+	$(DISTINIT) extract --config configs/extract.yaml --data $(DATA) --root $(ROOT) $(if $(TEACHERS),--teachers $(TEACHERS)) $(EXTRACT_ARGS)
+
+verify: setup ## Check the latest targets of DATA (checksums, row counts, NaN/inf, manifest)
+	$(DISTINIT) verify targets/$(DATA)/$$(cat targets/$(DATA)/latest)
+
 demo: demo-data ## Run the whole pipeline on the embedded demo data (stages that exist so far)
-	$(DISTINIT) manifest --data demo --root $(DEMO_DIR) --out $(DEMO_DIR)/manifests/pool.jsonl
 	$(DISTINIT) manifest --data hmdb51 --root $(DEMO_DIR)/actions/videos --out $(DEMO_DIR)/manifests/actions.jsonl
+	$(MAKE) --no-print-directory extract DATA=demo
+	$(MAKE) --no-print-directory verify DATA=demo
+	$(DISTINIT) inspect targets/demo/$$(cat targets/demo/latest) --top-k 3
 
 test: setup ## Run the test suite (slow and reliability tests included, as CI does)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

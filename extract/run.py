@@ -22,6 +22,7 @@ from extract.config import CODE_VERSION, ExtractConfig
 from extract.pool import DecodePool
 from extract.sampling import SamplingConfig
 from extract.teachers import create_teacher
+from extract.teachers.base import resolve_device as resolve_teacher_device
 from extract.teaching import teach
 from pipeline.atomic import atomic_write_text
 from pipeline.config import config_to_dict
@@ -29,7 +30,7 @@ from pipeline.datasets import load_dataset, manifest_hash, write_manifest as wri
 from pipeline.errors import DistinitError
 from pipeline.provenance import write_provenance
 from pipeline.shards import (
-    ShardWriter, compute_stage_key, output_key, partition_videos, read_manifest, shard_files, shard_name,
+    ShardWriter, compute_stage_key, output_key, parse_shard_name, partition_videos, read_manifest, shard_files, shard_name,
     temporary_files, verify_shard, write_manifest,
 )
 from pipeline.shards.header import file_attributes, open_read_only
@@ -70,9 +71,7 @@ class ExtractionReport:
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DistinitError(f"--device {device}: no CUDA device is visible; use --device cpu or auto")
-    return torch.device(device)
+    return resolve_teacher_device(device)
 
 
 def prepare(config: ExtractConfig) -> ExtractionPlan:
@@ -94,6 +93,7 @@ def prepare(config: ExtractConfig) -> ExtractionPlan:
     )
     targets_dir = Path(config.out) / config.data / stage_key
     targets_dir.mkdir(parents=True, exist_ok=True)
+    check_shard_count(targets_dir, config.shard_count)
     write_video_manifest(listing, targets_dir / VIDEOS_MANIFEST)
     video_paths = {record.id: str(record.path) for record in listing.records}
     return ExtractionPlan(
@@ -106,6 +106,17 @@ def prepare(config: ExtractConfig) -> ExtractionPlan:
         video_paths=video_paths,
         shards=partition_videos(sorted(video_paths), config.shard_count),
     )
+
+
+def check_shard_count(targets_dir: Path, shard_count: int) -> None:
+    """Shards of another --shard-count in the same folder would mix two partitions of the videos."""
+    counts = {parse_shard_name(path.name)[1] for path in targets_dir.glob("shard-*.h5") if parse_shard_name(path.name)}
+    other = sorted(counts - {shard_count})
+    if other:
+        raise DistinitError(
+            f"{targets_dir}: holds shards of --shard-count {other[0]}, not {shard_count}; rerun with "
+            f"--shard-count {other[0]} or delete that folder to re-extract"
+        )
 
 
 def shard_is_done(plan: ExtractionPlan, index: int) -> bool:
@@ -150,8 +161,11 @@ def write_shard(plan: ExtractionPlan, index: int, pool: DecodePool, progress: tq
                 pending.append(video)
             # Batch boundaries depend only on the shard's video list, so a redone shard is byte-identical.
             if pending and (sum(len(v.frames) for v in pending) >= plan.config.batch_size or number == len(video_ids)):
-                writer.append(teach(plan.teachers, pending))
-                progress.set_postfix(frames=writer.row_count, refresh=False)
+                rows = teach(plan.teachers, pending)
+                writer.append(rows)
+                progress.frames += len(rows["t_seconds"])
+                elapsed = max(time.monotonic() - progress.started, 1e-9)
+                progress.set_postfix_str(f"{progress.frames / elapsed:.1f} frames/s", refresh=False)
                 pending = []
             progress.update(1)
         rows = writer.row_count
@@ -172,6 +186,7 @@ def run_extraction(config: ExtractConfig, shard_part: tuple[int, int] = (0, 1), 
     rows, failures = 0, []
     with DecodePool(config.workers, plan.sampling, plan.decode_short_side, config.decode_timeout_seconds) as pool:
         with tqdm(total=total_videos, unit="video", desc="extract", disable=not show_progress) as progress:
+            progress.frames, progress.started = 0, time.monotonic()
             for index in todo:
                 shard_rows, shard_failures = write_shard(plan, index, pool, progress)
                 rows += shard_rows

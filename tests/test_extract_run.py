@@ -138,3 +138,9 @@ def test_cli_extract_verify_inspect(video_folder, tmp_path):
     assert bad.exit_code != 0 and len(bad.output.strip().splitlines()) == 1 and "3/2" in bad.output
     unknown = runner.invoke(main, ["extract", "--data", "folder", "--root", str(video_folder), "--teachers", "nope"])
     assert unknown.exit_code != 0 and "nope" in unknown.output and len(unknown.output.strip().splitlines()) == 1
+
+
+def test_other_shard_count_in_the_same_folder_is_refused(video_folder, tmp_path):
+    run_extraction(_config(video_folder, tmp_path, shard_count=2), show_progress=False)
+    with pytest.raises(Exception, match=r"--shard-count 2, not 3"):
+        run_extraction(_config(video_folder, tmp_path, shard_count=3), show_progress=False)

@@ -2,7 +2,7 @@
 
 Synthetic videos are written here from numpy frames: a lossless one (FFV1 in Matroska) whose decoded
 frames must equal the source bit for bit, and lossy ones with B-frames and short GOPs (H.264 in MP4,
-open-GOP H.264, MPEG-4 Part 2 in AVI) checked against one full ffmpeg decode.
+open-GOP H.264, MPEG-4 Part 2 in AVI, MPEG-2 in MPEG-TS) checked against one full ffmpeg decode.
 """
 
 from __future__ import annotations
@@ -79,6 +79,8 @@ LOSSY_CODECS = {
     "h264_bframes.mp4": ["-c:v", "libx264", "-qp", "4", "-g", "10", "-bf", "3", "-pix_fmt", "yuv420p"],
     "h264_open_gop.mp4": ["-c:v", "libx264", "-qp", "4", "-pix_fmt", "yuv420p", "-x264-params", "keyint=12:min-keyint=12:scenecut=0:bframes=3:b-adapt=0:open-gop=1"],
     "mpeg4_bframes.avi": ["-c:v", "mpeg4", "-q:v", "2", "-g", "10", "-bf", "2", "-pix_fmt", "yuv420p"],
+    # MPEG-TS seeks are not exact in ffmpeg: probe marks it unseekable and decoding starts at frame 0.
+    "mpeg2_open_gop.ts": ["-c:v", "mpeg2video", "-q:v", "2", "-g", "12", "-bf", "2", "-pix_fmt", "yuv420p"],
 }
 
 
@@ -328,11 +330,65 @@ def test_truncated_file_with_index_first_is_rejected(video_folder, lossy_video_m
         probe(truncated)
 
 
+def test_zeroed_frame_data_is_rejected(video_folder, lossy_video_mp4):
+    # The index (moov) is intact but every coded frame is zeros: nothing decodes.
+    faststart = video_folder / "faststart_for_zeroing.mp4"
+    subprocess.run(
+        [ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-y", "-i", str(lossy_video_mp4), "-c", "copy",
+         "-movflags", "+faststart", str(faststart)],
+        check=True, timeout=60,
+    )
+    data = bytearray(faststart.read_bytes())
+    payload_start = data.find(b"mdat") + 4
+    data[payload_start:] = bytes(len(data) - payload_start)
+    zeroed = video_folder / "zeroed.mp4"
+    zeroed.write_bytes(bytes(data))
+    with pytest.raises(VideoError):
+        probe(zeroed)
+    with pytest.raises(VideoError):
+        read_clip(zeroed, 0.0, 4)
+
+
+def test_no_decoded_frames_is_an_error_and_a_short_read_pads(lossless_video, monkeypatch):
+    frame_bytes = WIDTH * HEIGHT * 3
+    real_run = decode_module.run_ffmpeg
+
+    def run_keeping(count):
+        def fake(command, path, timeout, expected_bytes=None):
+            stdout, stderr_text = real_run(command, path, timeout, expected_bytes)
+            return stdout[: count * frame_bytes], stderr_text
+        return fake
+
+    monkeypatch.setattr(decode_module, "run_ffmpeg", run_keeping(0))
+    with pytest.raises(VideoError, match="decoded no frames"):
+        read_frames(lossless_video, [0.0, 0.4])
+    monkeypatch.setattr(decode_module, "run_ffmpeg", run_keeping(1))
+    frames = read_frames(lossless_video, [0.4, 0.0, 0.8], strategy="sequential")
+    np.testing.assert_array_equal(frames, lossless_frames()[[0, 0, 0]])
+
+
+def test_probe_sees_a_replaced_file(lossless_video, tmp_path):
+    target = tmp_path / "replaced.mkv"
+    shutil.copy(lossless_video, target)
+    assert probe(target).frame_count == LOSSLESS_FRAMES
+    encode(lossless_frames()[:10], tmp_path / "short.mkv", ["-c:v", "ffv1"])
+    os.replace(tmp_path / "short.mkv", target)
+    assert probe(target).frame_count == 10
+
+
 def _child_processes() -> list[str]:
+    """ffmpeg children of this process (other children, e.g. multiprocessing's resource tracker, are not ours)."""
     children = []
     for task in Path("/proc/self/task").iterdir():
         children += (task / "children").read_text().split()
-    return children
+    ffmpeg_children = []
+    for pid in children:
+        try:
+            if "ffmpeg" in Path(f"/proc/{pid}/comm").read_text():
+                ffmpeg_children.append(pid)
+        except OSError:  # exited meanwhile
+            pass
+    return ffmpeg_children
 
 
 def test_tiny_timeout_kills_ffmpeg(lossless_video, tmp_path):
