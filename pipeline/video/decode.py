@@ -1,28 +1,37 @@
 """Decode only the frames a caller asks for, as uint8 RGB arrays, with ffmpeg over a pipe.
 
 Which frame: the one displayed at time t, i.e. index floor(t * fps + 1e-6) for constant-frame-rate
-video, clamped to the last frame. Times are seconds from the start of the file.
+video, clamped to the last frame (variable-rate video: the same formula with the average rate).
+Times are seconds from the start of the file.
 
 How (one rule for read_frames and read_clip): the wanted frame indices, sorted, are split into
-*segments*. Each segment is one ffmpeg input, opened with an input seek (`-ss`) that lands exactly
-on the segment's first frame, cut with `-t` just after its last frame, and filtered with
-`select` on frame numbers; all segments of a call are concatenated in one ffmpeg process (at most
-16 inputs and 256 frames per input, so long lists use a few processes). Within a segment every
-frame is decoded but only the selected ones are scaled, converted to RGB and piped.
+*segments*. Each segment is one ffmpeg input that starts at a keyframe (input `-ss`, see
+seek_time_text), stops reading just after its last wanted frame (input `-t`), and keeps its frames
+with `select` on frame numbers counted from that keyframe; the segments of a call are concatenated
+in one ffmpeg process (at most 16 inputs, fewer for large pictures, and 256 frames per input, so
+long lists use a few processes). Every frame of a segment is decoded, but only the selected ones are
+scaled (the `scale` filter, inside ffmpeg), converted to RGB and piped; nothing else reaches Python.
 
-When to start a new segment (seek) rather than decode on: ffmpeg seeks to the keyframe at or before
-the target and decodes from there, so reaching frame b from the previous target a costs
-  - decoding on:  b - a frames;
-  - seeking:      b - keyframe_before(b) frames + the cost of one more input (~30 ms).
-We seek when that is cheaper; `probe` knows every keyframe. Measured on 2 cores (bench/decode.py):
-sampling 2 frames/s from a 1280x720, GOP-250 H.264 file, seeking every sample decodes ~6x more
-frames than one pass and is several times slower, while with GOP-50 at 640x360 one input per sample
-is about as fast as one pass; the rule picks the cheaper plan per gap either way.
+When to start a new segment rather than decode on: ffmpeg can only start decoding at a keyframe, so
+reaching frame b when the previous wanted frame was a costs
+  - decoding on:        b - a frames;
+  - a new segment:      b - keyframe_before(b) frames + about 20 frames' worth for one more input
+                        (measured: refilling the decoder's frame threads, the keyframe, open + seek).
+A new segment is started where that is cheaper (`probe` lists every keyframe). In practice: sampling
+2 frames/s from 25-30 fps video with GOPs of 12 frames or more is one pass from the first sampled
+frame's keyframe (bench/decode.py, 2 cores: seeking per sample was 1.5-6x slower there); sparser
+sampling or shorter GOPs make it seek (0.25 frames/s over 60 s of 640x360 with 2 s GOPs: 0.23 s
+against 0.79 s for one pass and 0.89 s for piping every frame). strategy='sequential' or 'seek' forces
+one side, for benchmarks and tests.
 
-Exact boundaries: a seek to exactly k/fps can land on frame k-1 after timestamp rounding, so the
-seek point is the midpoint between frame k-1 and frame k (probe gives every frame's timestamp).
-`-t` ends half way to the frame after the last one needed. The `select` filter counts frames from
-the seek point, so the frame numbers are exact in between.
+Exactness: seeks land on keyframes only, and never inside an MPEG-TS/PS or other container whose
+seeks ffmpeg does not make exact, nor in AVI files without presentation timestamps (probe's
+`seekable`); there decoding starts at frame 0. Starting at the keyframe before the target, not at the
+target, also keeps open-GOP streams exact: frames shown just before an open-GOP keyframe are decoded
+after it and need the keyframe before. tests/test_video.py checks every path against a full decode
+(FFV1, H.264 with B-frames and open GOPs in MP4, MPEG-4 in AVI with B-frames, MPEG-2 in MPEG-TS).
+
+Needs ffmpeg >= 5.1 (`-fps_mode`).
 """
 
 from __future__ import annotations
@@ -56,6 +65,17 @@ SEEK_OVERHEAD_FRAMES = 20.0
 SEEK_OVERHEAD_SECONDS = 0.003
 DECODE_SECONDS_PER_MEGAPIXEL = 0.0016  # measured: ~700 frames/s at 1280x720, ~2300 at 640x360
 STRATEGIES = ("auto", "sequential", "seek")
+
+
+class Deadline:
+    """One timeout shared by the probe and every ffmpeg process of a call."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.end = time.monotonic() + timeout
+
+    def remaining(self) -> float:
+        return self.end - time.monotonic()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +115,9 @@ def plan_segments(indices: Sequence[int], keyframe_indices: np.ndarray, seek_ove
     for index in indices:
         position = np.searchsorted(keyframe_indices, index, side="right") - 1
         keyframe = int(keyframe_indices[position]) if position >= 0 else 0
-        if current and len(current) < MAX_SELECTED_PER_INPUT and index - keyframe + seek_overhead_frames >= index - current[-1]:
+        decode_on_cost = index - current[-1] if current else 0
+        new_input_cost = index - keyframe + seek_overhead_frames
+        if current and len(current) < MAX_SELECTED_PER_INPUT and new_input_cost >= decode_on_cost:
             current.append(index)
             continue
         if current:
@@ -132,17 +154,19 @@ def seek_time_text(layout: FrameLayout, keyframe_index: int) -> str:
 def _segment_stream(path: str, layout: FrameLayout, segment: Segment, size: tuple[int, int], threads: int | None):
     times = layout.frame_times
     input_options: dict[str, object] = {}
-    start = 0.0
-    if segment.first_index > 0:
-        input_options["ss"] = seek_time_text(layout, segment.first_index)
+    # Frame numbers in `select` count from the first frame this input delivers.
+    origin, start = 0, 0.0
+    if segment.first_index > 0 and times[segment.first_index] > 0:
+        origin = segment.first_index
+        input_options["ss"] = seek_time_text(layout, origin)
         start = float(input_options["ss"])
-    last = segment.indices[-1]
-    if last + 1 < len(times):
-        # Stop reading at the next frame's timestamp; one frame too many is harmless (select drops it).
-        input_options["t"] = f"{times[last + 1] - start:.6f}"
+    stop_index = segment.indices[-1] + 2
+    if stop_index < len(times):
+        # Stop reading a frame past the last one needed; extra frames are harmless (select drops them).
+        input_options["t"] = f"{times[stop_index] - start:.6f}"
     if threads is not None:
         input_options["threads"] = threads
-    relative = [index - segment.first_index for index in segment.indices]
+    relative = [index - origin for index in segment.indices]
     stream = ffmpeg.input(path, **input_options)["V:0"].filter("select", _select_expression(relative))
     if size != (layout.info.width, layout.info.height):
         downscale = size[0] * size[1] < layout.info.width * layout.info.height
@@ -150,7 +174,14 @@ def _segment_stream(path: str, layout: FrameLayout, segment: Segment, size: tupl
     return stream
 
 
-def _decode_process(path, layout, segments, size, threads, deadline) -> np.ndarray:
+def _decode_process(
+    path: str,
+    layout: FrameLayout,
+    segments: list[Segment],
+    size: tuple[int, int],
+    threads: int | None,
+    deadline: Deadline,
+) -> np.ndarray:
     """One ffmpeg process for `segments`; returns (N, H, W, 3), padding a short read with its last frame."""
     wanted = sum(len(segment.indices) for segment in segments)
     streams = [_segment_stream(path, layout, segment, size, threads) for segment in segments]
@@ -162,7 +193,9 @@ def _decode_process(path, layout, segments, size, threads, deadline) -> np.ndarr
         global_arguments += ["-filter_complex_threads", str(threads)]
     command = output.compile(cmd=[ffmpeg_binary(), *global_arguments])
     frame_bytes = size[0] * size[1] * 3
-    stdout, stderr_text = run_ffmpeg(command, path, deadline - time.monotonic(), expected_bytes=wanted * frame_bytes)
+    stdout, stderr_text = run_ffmpeg(
+        command, path, deadline.remaining(), expected_bytes=wanted * frame_bytes, call_timeout=deadline.timeout
+    )
     decoded = len(stdout) // frame_bytes
     if decoded == 0:
         reason = ffmpeg_reason(stderr_text, path) if stderr_text.strip() else "ffmpeg produced no frames"
@@ -174,7 +207,15 @@ def _decode_process(path, layout, segments, size, threads, deadline) -> np.ndarr
     return frames
 
 
-def decode_indices(path, layout, indices, size, threads, deadline, seek_overhead_frames) -> np.ndarray:
+def decode_indices(
+    path: str,
+    layout: FrameLayout,
+    indices: Sequence[int],
+    size: tuple[int, int],
+    threads: int | None,
+    deadline: Deadline,
+    seek_overhead_frames: float,
+) -> np.ndarray:
     """Frames at ascending unique `indices`: (len(indices), H, W, 3) uint8."""
     keyframe_indices = layout.keyframe_indices
     if not layout.seekable:
@@ -192,8 +233,6 @@ def decode_indices(path, layout, indices, size, threads, deadline, seek_overhead
 
 
 def _seek_overhead_frames(strategy: str, width: int, height: int) -> float:
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy == "sequential":
         return math.inf
     if strategy == "seek":
@@ -212,14 +251,17 @@ def read_frames(
 ) -> np.ndarray:
     """Frames displayed at `times` (seconds, any order, repeats allowed): (len(times), H, W, 3) uint8 RGB.
 
-    Only the requested frames are decoded past ffmpeg (see the module docstring for how inputs are
-    planned). short_side resizes inside ffmpeg (see output_size). threads sets ffmpeg's decoder
-    threads (None: ffmpeg's default, one per core). strategy: 'auto' (cost rule), 'sequential' (one
-    pass) or 'seek' (one input per frame), the last two for benchmarks and tests. `timeout` covers
-    the whole call. Raises VideoError for unreadable videos, ValueError for negative or NaN times.
+    Only the requested frames leave ffmpeg (see the module docstring for how inputs are planned).
+    short_side resizes inside ffmpeg (see output_size). threads sets ffmpeg's decoder threads (None:
+    ffmpeg's default, about one per core; 1 suits several parallel workers). strategy: 'auto' (the
+    cost rule), 'sequential' (one pass) or 'seek' (one input per frame), the last two for benchmarks
+    and tests. `timeout` covers the whole call. Raises VideoError for unreadable videos, ValueError
+    for negative or NaN times.
     """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     path = os.fspath(path)
-    deadline = time.monotonic() + timeout
+    deadline = Deadline(timeout)
     layout = probe_layout(path, timeout)
     info = layout.info
     wanted = [frame_index_at(float(seconds), info.fps, info.frame_count) for seconds in times]
@@ -229,6 +271,8 @@ def read_frames(
     unique = sorted(set(wanted))
     overhead = _seek_overhead_frames(strategy, info.width, info.height)
     frames = decode_indices(path, layout, unique, (width, height), threads, deadline, overhead)
+    if wanted == unique:
+        return frames
     position = {index: row for row, index in enumerate(unique)}
     return frames[[position[index] for index in wanted]]
 
@@ -244,14 +288,16 @@ def read_clip(
 ) -> np.ndarray:
     """`num_frames` frames from the one displayed at `start`, every `stride`-th: (T, H, W, 3) uint8 RGB.
 
-    Decoded in one ffmpeg process (a seek to the first frame, then select). When the video ends
+    Decoded in one ffmpeg process (clips up to 256 frames): a seek to the keyframe at or before the
+    first frame, then `select` on frame numbers; never a timestamp seek where probe found it inexact
+    (see the module docstring). threads as in read_frames. When the video ends
     before the clip does, the last decoded frame is repeated to make up num_frames (logged at
     debug level), so the shape is always (num_frames, H, W, 3).
     """
     if num_frames < 1 or stride < 1:
         raise ValueError(f"num_frames and stride must be >= 1, got {num_frames} and {stride}")
     path = os.fspath(path)
-    deadline = time.monotonic() + timeout
+    deadline = Deadline(timeout)
     layout = probe_layout(path, timeout)
     info = layout.info
     first = frame_index_at(float(start), info.fps, info.frame_count)
@@ -259,6 +305,7 @@ def read_clip(
     size = output_size(info.width, info.height, short_side)
     frames = decode_indices(path, layout, indices, size, threads, deadline, math.inf)
     if len(indices) < num_frames:
-        logger.debug("%s: clip at %.3fs runs past the last frame; repeating it %d times", path, start, num_frames - len(indices))
-        frames = np.concatenate([frames, np.repeat(frames[-1:], num_frames - len(indices), axis=0)])
+        missing = num_frames - len(indices)
+        logger.debug("%s: clip at %.3fs runs past the last frame; repeating it %d times", path, start, missing)
+        frames = np.concatenate([frames, np.repeat(frames[-1:], missing, axis=0)])
     return frames

@@ -64,9 +64,10 @@ class FrameLayout:
     frame_times: np.ndarray  # (frame_count,) float64 presentation times in seconds, ascending
     keyframe_indices: np.ndarray  # (K,) int64 frame indices (presentation order) of keyframes, ascending
     tick_seconds: float  # the stream's time base: timestamps are whole multiples of it
-    # Whether a timestamp seek lands exactly. False outside SEEKABLE_FORMATS and when packets lack
-    # presentation timestamps (AVI with B-frames: decoded frames then carry timestamps shifted by the
-    # decoder delay, so a seek lands a frame early). Decoding then always starts at frame 0.
+    # Whether a timestamp seek lands exactly. False outside SEEKABLE_FORMATS, with repeated timestamps,
+    # and when packets lack presentation timestamps (AVI with B-frames: decoded frames then carry
+    # timestamps shifted by the decoder delay, so a seek lands a frame early). Decoding then always
+    # starts at frame 0.
     seekable: bool
 
 
@@ -133,7 +134,9 @@ def _parse_framecrc(path: str, framecrc_text: str, stderr_text: str) -> FrameLay
         flags = int(fields[6].partition("=")[2], 16) if len(fields) > 6 else 1
         packets.append((int(fields[1]), int(fields[2]), int(fields[3]), bool(flags & 1)))
     if not packets or "dimensions" not in headers:
-        raise VideoError(path, "video stream has no frames")
+        lowered = stderr_text.lower()
+        cause = f" ({ffmpeg_reason(stderr_text, path)})" if "error" in lowered or "invalid" in lowered else ""
+        raise VideoError(path, f"video stream has no frames{cause}")
     tick = fractions.Fraction(headers["tb"])
     width, height = (int(number) for number in headers["dimensions"].split("x"))
     rotation = _ROTATION.search(stderr_text)
@@ -141,7 +144,8 @@ def _parse_framecrc(path: str, framecrc_text: str, stderr_text: str) -> FrameLay
         width, height = height, width  # ffmpeg auto-rotates decoded frames
     ticks, keyframe_indices, has_pts = _presentation_ticks(packets)
     container = _INPUT_FORMAT.search(stderr_text)
-    seekable = has_pts and container is not None and container.group(1) in SEEKABLE_FORMATS
+    distinct_times = bool(np.all(np.diff(ticks) > 0))  # repeated timestamps make a timestamp seek ambiguous
+    seekable = has_pts and distinct_times and container is not None and container.group(1) in SEEKABLE_FORMATS
     fps = _frame_rate(ticks, packets, tick, stderr_text)
     info = VideoInfo(
         path=path,
@@ -153,7 +157,11 @@ def _parse_framecrc(path: str, framecrc_text: str, stderr_text: str) -> FrameLay
         codec=headers.get("codec_id", "unknown"),
     )
     return FrameLayout(
-        info=info, frame_times=ticks * float(tick), keyframe_indices=keyframe_indices, tick_seconds=float(tick), seekable=seekable
+        info=info,
+        frame_times=ticks * float(tick),
+        keyframe_indices=keyframe_indices,
+        tick_seconds=float(tick),
+        seekable=seekable,
     )
 
 

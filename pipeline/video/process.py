@@ -27,7 +27,10 @@ _KEPT_STDERR_CHARS = 64 * 1024
 _WRAPPER_LINE = re.compile(
     r"^(Error opening (input|output) files?\b|Error parsing options|To ignore this, add a trailing|"
     r"Failed to set value '.*' for option|Conversion failed!|Exiting normally|frame=\s*\d|"
-    r"Input #|Output #|Stream mapping:|Press \[q\]|video:\d+\S*B audio:|.*misdetection possible)"
+    r"Input #|Output #|Stream mapping:|Press \[q\]|video:\d+\S*B audio:|.*misdetection possible|"
+    # ffmpeg 7+ scheduler epilogue after a decoder gave up
+    r"Task finished with error code|Terminating thread with return code|Nothing was written into output file|"
+    r"Could not open encoder before EOF|Cannot determine format of input|Output file is empty)"
 )
 _COMPONENT_PREFIX = re.compile(r"^(\[[^\]]* @ 0x[0-9a-f]+\] ?)+")
 
@@ -56,11 +59,13 @@ def ffmpeg_reason(stderr_text: str, path: str) -> str:
     """ffmpeg's own explanation: the last two meaningful stderr lines, without pointers and the path."""
     meaningful: list[str] = []
     for raw_line in stderr_text.splitlines():
+        if raw_line[:1].isspace():  # indented stream and metadata details of the header
+            continue
         line = _COMPONENT_PREFIX.sub("", raw_line.strip())
         for prefix in (f"{path}: ", f"'{path}': "):
             if line.startswith(prefix):
                 line = line[len(prefix):]
-        if not line or line.startswith(" ") or _WRAPPER_LINE.match(line):
+        if not line or _WRAPPER_LINE.match(line):
             continue
         if "matches no streams" in line:
             return "no video stream"
@@ -104,14 +109,18 @@ def _read_stdout(stream, expected_bytes: int | None) -> bytearray:
     return buffer
 
 
-def run_ffmpeg(command: list[str], path: str, timeout: float, expected_bytes: int | None = None) -> tuple[bytearray, str]:
+def run_ffmpeg(
+    command: list[str], path: str, timeout: float, expected_bytes: int | None = None, call_timeout: float | None = None
+) -> tuple[bytearray, str]:
     """Run `command`, return (stdout bytes, stderr text); raise VideoError on timeout or non-zero exit.
 
     `expected_bytes` sizes the stdout buffer; a shorter stdout is returned as is (the caller decides
-    whether a short read is an error).
+    whether a short read is an error). `timeout` is what is left of a caller's `call_timeout`, which
+    the error message names (default: timeout itself).
     """
+    timeout_message = f"timed out after {call_timeout if call_timeout is not None else timeout:g}s"
     if timeout <= 0:
-        raise VideoError(path, f"timed out after {timeout:g}s")
+        raise VideoError(path, timeout_message)
     logger.debug("running %s", " ".join(command))
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     timed_out = threading.Event()
@@ -140,6 +149,6 @@ def run_ffmpeg(command: list[str], path: str, timeout: float, expected_bytes: in
     if return_code != 0:
         # A watchdog that fires just after a clean exit changes nothing, hence the return code check first.
         if timed_out.is_set():
-            raise VideoError(path, f"timed out after {timeout:g}s")
+            raise VideoError(path, timeout_message)
         raise VideoError(path, ffmpeg_reason(stderr_text, path))
     return stdout, stderr_text
