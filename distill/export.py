@@ -1,0 +1,133 @@
+"""Export a distilled student for plain torchvision code (`distinit export CKPT --out FILE`).
+
+`export_trunk` writes two files:
+- FILE: the trunk as a plain state_dict under torchvision's key names. Load it with
+      model = torchvision.models.video.r2plus1d_18()
+      result = model.load_state_dict(torch.load(FILE), strict=False)
+  `result.missing_keys` is exactly the classifier (`fc.weight`, `fc.bias`; S3D: `classifier.1.*`), which
+  DistInit does not train — replace it for your task — and `result.unexpected_keys` is empty. Every trunk
+  weight is therefore loaded strictly; `load_exported_trunk` does this and checks it.
+- FILE's stem + ".heads.pt": the distillation heads' weights and the student's architecture
+  (HeadSpecs included), enough to rebuild the whole DistillStudent.
+A flow student (2 input channels) exports the same way; its first convolution takes 2 channels, so
+`load_exported_trunk` swaps torchvision's 3-channel first convolution for a 2-channel one before loading.
+Tiny-width students are not torchvision-shaped and are refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torchvision.models.video
+
+from distill.checkpoint import load_checkpoint
+from distill.students import DistillStudent, student_entry
+from pipeline.atomic import atomic_path
+from pipeline.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+HEADS_FORMAT = "distinit-heads-v1"
+
+
+def heads_path_for(out_path: str | os.PathLike) -> Path:
+    """`trunk.pt` -> `trunk.heads.pt` beside it."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.stem + ".heads.pt")
+
+
+def export_trunk(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike) -> dict[str, Any]:
+    """Checkpoint (a dict with "model" and "architecture") -> torchvision trunk state_dict at `out_path`
+    plus heads beside it. Returns {"trunk": path, "heads": path, "name", "in_channels", "missing_keys"}."""
+    checkpoint = load_checkpoint(checkpoint_path)  # the trainer's reader: one-line errors for bad files
+    architecture = checkpoint["architecture"]
+    if architecture.get("width") != "full":
+        raise ConfigError(
+            f"{checkpoint_path}: a {architecture.get('width')!r}-width student is not torchvision-shaped; "
+            "only full-width students export"
+        )
+    student = DistillStudent.from_architecture(architecture)
+    try:
+        student.load_state_dict(checkpoint["model"], strict=True)
+    except RuntimeError as error:
+        # Line 0 is "Error(s) in loading state_dict for ..."; line 1 names the first offending key.
+        lines = str(error).strip().splitlines()
+        detail = lines[1].strip() if len(lines) > 1 else lines[0]
+        raise ConfigError(f"{checkpoint_path}: its weights do not fit its own architecture ({detail[:200]})") from None
+
+    # clone(): state_dict tensors share storage with the model; save compact, standalone tensors.
+    trunk_state = {key: value.detach().clone() for key, value in student.trunk_state_dict().items()}
+    heads_payload = {
+        "format": HEADS_FORMAT,
+        "architecture": student.architecture(),
+        "head_state_dict": {key: value.detach().clone() for key, value in student.head_state_dict().items()},
+        "trunk_file": Path(out_path).name,
+    }
+    heads_path = heads_path_for(out_path)
+    with atomic_path(out_path) as temporary:
+        torch.save(trunk_state, temporary)
+    with atomic_path(heads_path) as temporary:
+        torch.save(heads_payload, temporary)
+
+    # Prove the promise before telling anyone: torchvision's model takes every trunk weight.
+    model = load_exported_trunk(out_path, student.name)
+    missing = sorted(key for key in model.state_dict() if key not in trunk_state)
+    logger.info("exported %s trunk (%d tensors) to %s, heads to %s; left to torchvision: %s",
+                student.name, len(trunk_state), out_path, heads_path, ", ".join(missing))
+    return {
+        "trunk": str(out_path),
+        "heads": str(heads_path),
+        "name": student.name,
+        "in_channels": student.in_channels,
+        "missing_keys": missing,
+    }
+
+
+def load_exported_trunk(path: str | os.PathLike, name: str) -> nn.Module:
+    """The torchvision model `name` (e.g. "r2plus1d_18") with an exported trunk loaded into it; its
+    classifier keeps torchvision's random initialisation. Raises ConfigError unless every trunk weight fits."""
+    entry = student_entry(name)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise ConfigError(
+            f"{path}: cannot read an exported trunk ({type(error).__name__}); pass the FILE written by export"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise ConfigError(f"{path}: not an exported trunk (expected a dict of tensors); pass the FILE written by export")
+    model = getattr(torchvision.models.video, name)(weights=None)
+    _match_input_channels(model, state)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # a tensor of the wrong shape: another architecture's trunk
+        detail = str(error).strip().splitlines()[-1].strip()
+        raise ConfigError(f"{path}: not a {name} trunk ({detail})") from None
+    unexpected = list(result.unexpected_keys)
+    not_classifier = [key for key in result.missing_keys if not key.startswith(entry.torchvision_classifier + ".")]
+    if unexpected or not_classifier:
+        raise ConfigError(
+            f"{path}: not a {name} trunk (unexpected keys: {unexpected[:3]}, missing trunk keys: {not_classifier[:3]})"
+        )
+    return model
+
+
+def _match_input_channels(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give torchvision's first convolution as many input channels as the exported one (2 for flow)."""
+    module_name, first_conv = next(
+        (name, module) for name, module in model.named_modules() if isinstance(module, nn.Conv3d)
+    )
+    exported = state.get(f"{module_name}.weight")
+    if exported is None or exported.shape[1] == first_conv.in_channels:
+        return
+    replacement = nn.Conv3d(
+        exported.shape[1], first_conv.out_channels, first_conv.kernel_size, first_conv.stride, first_conv.padding,
+        bias=first_conv.bias is not None,
+    )
+    parent_name, _, child_name = module_name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child_name, replacement)

@@ -1,0 +1,153 @@
+"""The distillation loss: one named term per student head, and their weighted sum `loss`.
+
+- "logits" (classifiers): KL(teacher || student) between softmax(logits / T), times T^2 so gradients keep
+  their scale as T changes (Hinton et al.), mean over the batch. Targets are the teacher's logits.
+- "multilabel_scores" (objects): binary cross-entropy of the student's logits against the teacher's soft
+  scores in [0, 1], minus the targets' own entropy, averaged over classes and batch. Subtracting that
+  constant turns it into the Bernoulli KL: the same gradients as plain BCE, but 0 for a perfect student,
+  like the other two terms (so "the loss fell by 80%" means the same thing for every head).
+- "heatmaps" (keypoints): KL(teacher map || softmax over the student's G x G logits) per keypoint, mean
+  over keypoints, mean over the samples whose person flag (`targets[mask_key]`) exceeds 0.5. Target maps
+  are renormalised to sum to 1 (a window averaging frames with and without a person sums to less). A batch
+  with nobody in it gives 0, still attached to the graph.
+Terms are reported unweighted as `kd/<teacher>/<output>`; `loss` sums them with per-teacher weights.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as functional
+
+from distill.heads import HeadSpec
+from pipeline.errors import ConfigError
+
+PERSON_PRESENT_THRESHOLD = 0.5
+
+
+class DistillationLoss:
+    def __init__(self, heads: Sequence[HeadSpec], temperature: float = 1.0, weights: Mapping[str, float] | None = None):
+        if not temperature > 0:
+            raise ConfigError(f"distillation temperature must be > 0; got {temperature}")
+        self.heads = list(heads)
+        self.temperature = float(temperature)
+        teacher_names = sorted({spec.teacher for spec in self.heads})
+        resolved = resolve_loss_weights(weights or {}, teacher_names)
+        self.teacher_weights = {name: resolved.get(name, 1.0) for name in teacher_names}
+
+    def __call__(
+        self, predictions: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        terms: dict[str, torch.Tensor] = {}
+        total = None
+        for spec in self.heads:
+            # Autocast may hand back bf16/fp16 logits; softmax and logs are done in float32.
+            student = _at_least_float32(_lookup(predictions, spec.key, "predictions"))
+            teacher = _at_least_float32(_lookup(targets, spec.key, "targets"))
+            if spec.kind == "logits":
+                term = classifier_kl(student, teacher, self.temperature)
+            elif spec.kind == "multilabel_scores":
+                term = multilabel_kl(student, teacher)
+            else:
+                term = heatmap_kl(student, teacher, _person_mask(spec, targets))
+            terms[f"kd/{spec.key}"] = term
+            weighted = self.teacher_weights[spec.teacher] * term
+            total = weighted if total is None else total + weighted
+        if total is None:
+            raise ConfigError("the distillation loss has no heads; the targets' teachers have no logits, scores or heatmaps")
+        terms["loss"] = total
+        return terms
+
+
+def classifier_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(B, C) logits each -> T^2 * mean over batch of KL(softmax(teacher/T) || softmax(student/T))."""
+    student_log_probabilities = functional.log_softmax(student_logits / temperature, dim=-1)
+    teacher_log_probabilities = functional.log_softmax(teacher_logits / temperature, dim=-1)
+    divergence = functional.kl_div(
+        student_log_probabilities, teacher_log_probabilities, log_target=True, reduction="batchmean"
+    )
+    return divergence * temperature**2
+
+
+def multilabel_kl(student_logits: torch.Tensor, teacher_scores: torch.Tensor) -> torch.Tensor:
+    """(B, C) logits and scores in [0, 1] -> mean over classes and batch of BCE(scores, sigmoid(logits)) - H(scores)."""
+    scores = teacher_scores.clamp(0.0, 1.0)
+    cross_entropy = functional.binary_cross_entropy_with_logits(student_logits, scores, reduction="none")
+    own_entropy = -(torch.special.xlogy(scores, scores) + torch.special.xlogy(1 - scores, 1 - scores))
+    return (cross_entropy - own_entropy).mean()
+
+
+def heatmap_kl(student_logits: torch.Tensor, teacher_maps: torch.Tensor, person_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, K, G, G) logits and target maps, (B,) bool mask -> KL per keypoint, mean over keypoints and masked samples."""
+    batch, keypoints = student_logits.shape[:2]
+    student_log_probabilities = functional.log_softmax(student_logits.reshape(batch, keypoints, -1), dim=-1)  # (B, K, G*G)
+    teacher = teacher_maps.reshape(batch, keypoints, -1).clamp_min(0.0)
+    teacher = teacher / teacher.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    # xlogy gives 0 where the target is 0: no NaN for frames with nobody (all-zero maps).
+    per_keypoint = (torch.special.xlogy(teacher, teacher) - teacher * student_log_probabilities).sum(dim=-1)  # (B, K)
+    per_sample = per_keypoint.mean(dim=-1)  # (B,)
+    if person_mask is None:
+        return per_sample.mean()
+    # where, not a product: a left-out sample can never leak a NaN into the sum.
+    kept = torch.where(person_mask.to(per_sample.device), per_sample, torch.zeros_like(per_sample))
+    return kept.sum() / person_mask.sum().clamp_min(1).to(per_sample.dtype)
+
+
+def _person_mask(spec: HeadSpec, targets: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    """(B,) bool: a person was seen in the window (the flag, averaged over its teacher frames, exceeds 0.5)."""
+    if spec.mask_key is None:
+        return None
+    return _lookup(targets, spec.mask_key, "targets").reshape(-1) > PERSON_PRESENT_THRESHOLD
+
+
+def _at_least_float32(values: torch.Tensor) -> torch.Tensor:
+    return values if values.dtype == torch.float64 else values.float()
+
+
+def _lookup(values: Mapping[str, torch.Tensor], key: str, what: str) -> torch.Tensor:
+    if key not in values:
+        raise KeyError(f"distillation loss: {what} have no {key!r} (have: {', '.join(sorted(values))})")
+    return values[key]
+
+
+def parse_loss_weights(text: str) -> dict[str, float]:
+    """"imagenet=1,coco-keypoints=0.5" -> {"imagenet": 1.0, "coco-keypoints": 0.5} (names resolved later)."""
+    weights: dict[str, float] = {}
+    for item in (part.strip() for part in (text or "").split(",")):
+        if not item:
+            continue
+        name, separator, value = item.partition("=")
+        name = name.strip()
+        if not separator or not name:
+            raise ConfigError(f"--loss-weights item {item!r} is not TEACHER=WEIGHT (e.g. imagenet=1,coco-keypoints=0.5)")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise ConfigError(f"--loss-weights: weight {value.strip()!r} for {name!r} is not a number") from None
+        if not weight >= 0 or weight == float("inf"):
+            raise ConfigError(f"--loss-weights: weight for {name!r} must be a finite number >= 0; got {value.strip()}")
+        if name in weights:
+            raise ConfigError(f"--loss-weights names {name!r} twice")
+        weights[name] = weight
+    return weights
+
+
+def resolve_loss_weights(weights: Mapping[str, float], teacher_names: Sequence[str]) -> dict[str, float]:
+    """Map each weight's name to a teacher: an exact name, else a unique prefix ("imagenet" ->
+    "imagenet-efficientnet-lite0" when it is the only imagenet teacher). Unknown or ambiguous -> ConfigError."""
+    resolved: dict[str, float] = {}
+    for name, weight in weights.items():
+        if name in teacher_names:
+            teacher = name
+        else:
+            matches = [teacher_name for teacher_name in teacher_names if teacher_name.startswith(name)]
+            if len(matches) != 1:
+                problem = "matches several teachers" if matches else "names no teacher"
+                candidates = matches or list(teacher_names)
+                raise ConfigError(f"loss weight {name!r} {problem}; the targets' teachers are: {', '.join(candidates)}")
+            teacher = matches[0]
+        if teacher in resolved:
+            raise ConfigError(f"loss weights give teacher {teacher!r} twice ({name!r} is one of them)")
+        resolved[teacher] = float(weight)
+    return resolved

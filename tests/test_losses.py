@@ -1,0 +1,180 @@
+"""Each distillation term against a naive formula written out with loops, options included."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distill.heads import HeadSpec
+from distill.losses import DistillationLoss, parse_loss_weights, resolve_loss_weights
+from pipeline.errors import ConfigError
+
+CLASSIFIER = HeadSpec("imagenet-efficientnet-lite0/logits", "logits", (10,))
+OBJECTS = HeadSpec("coco-objects/scores", "multilabel_scores", (6,))
+KEYPOINTS = HeadSpec("coco-keypoints/heatmaps", "heatmaps", (3, 4, 4), mask_key="coco-keypoints/person_present")
+HEADS = [CLASSIFIER, OBJECTS, KEYPOINTS]
+BATCH = 3
+
+
+def _naive_log_softmax(values: list[float]) -> list[float]:
+    log_total = math.log(sum(math.exp(value) for value in values))
+    return [value - log_total for value in values]
+
+
+def naive_classifier_term(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> float:
+    total = 0.0
+    for student_row, teacher_row in zip(student.tolist(), teacher.tolist()):
+        log_q = _naive_log_softmax([value / temperature for value in student_row])
+        log_p = _naive_log_softmax([value / temperature for value in teacher_row])
+        total += sum(math.exp(lp) * (lp - lq) for lp, lq in zip(log_p, log_q))
+    return total / len(student) * temperature**2
+
+
+def naive_objects_term(student: torch.Tensor, teacher: torch.Tensor) -> float:
+    """Plain BCE minus the targets' own entropy (0 * log 0 = 0)."""
+
+    def x_log_y(x: float, y: float) -> float:
+        return 0.0 if x == 0 else x * math.log(y)
+
+    values = []
+    for student_row, teacher_row in zip(student.tolist(), teacher.tolist()):
+        for logit, score in zip(student_row, teacher_row):
+            probability = 1 / (1 + math.exp(-logit))
+            bce = -(score * math.log(probability) + (1 - score) * math.log(1 - probability))
+            entropy = -(x_log_y(score, score) + x_log_y(1 - score, 1 - score))
+            values.append(bce - entropy)
+    return sum(values) / len(values)
+
+
+def naive_keypoint_term(student: torch.Tensor, teacher: torch.Tensor, present: list[bool]) -> float:
+    per_sample = []
+    for sample in range(len(student)):
+        if not present[sample]:
+            continue
+        per_keypoint = []
+        for keypoint in range(student.shape[1]):
+            log_q = _naive_log_softmax(student[sample, keypoint].flatten().tolist())
+            target = teacher[sample, keypoint].flatten().tolist()
+            target = [value / sum(target) for value in target]
+            per_keypoint.append(sum(p * (math.log(p) - lq) for p, lq in zip(target, log_q) if p > 0))
+        per_sample.append(sum(per_keypoint) / len(per_keypoint))
+    return sum(per_sample) / len(per_sample) if per_sample else 0.0
+
+
+def _inputs(present: list[bool]) -> tuple[dict, dict]:
+    predictions = {
+        CLASSIFIER.key: torch.randn(BATCH, 10, dtype=torch.float64) * 3,
+        OBJECTS.key: torch.randn(BATCH, 6, dtype=torch.float64) * 2,
+        KEYPOINTS.key: torch.randn(BATCH, 3, 4, 4, dtype=torch.float64),
+    }
+    scores = torch.rand(BATCH, 6, dtype=torch.float64)
+    scores[0, :2] = torch.tensor([0.0, 1.0])  # hard 0 and 1 scores must not give NaN
+    heatmaps = torch.rand(BATCH, 3, 4, 4, dtype=torch.float64)
+    heatmaps[0, 0, 1:, :] = 0.0  # a sharp peak: zero-probability cells
+    heatmaps = heatmaps / heatmaps.sum(dim=(2, 3), keepdim=True)
+    heatmaps[1] *= 2 / 3  # a window where one frame in three had nobody: sums to 2/3
+    present_tensor = torch.tensor(present, dtype=torch.float64)
+    heatmaps[~present_tensor.bool()] = 0.0  # nobody seen: all-zero maps, as the teachers write them
+    targets = {
+        CLASSIFIER.key: torch.randn(BATCH, 10, dtype=torch.float64) * 3,
+        OBJECTS.key: scores,
+        KEYPOINTS.key: heatmaps,
+        KEYPOINTS.mask_key: present_tensor,
+    }
+    for value in predictions.values():
+        value.requires_grad_(True)
+    return predictions, targets
+
+
+def test_every_term_and_the_weighted_sum_match_naive_formulas():
+    predictions, targets = _inputs(present=[True, True, False])
+    loss = DistillationLoss(HEADS, temperature=3.0, weights={"imagenet": 2.0, "coco-keypoints": 0.5})
+    terms = loss(predictions, targets)
+    expected_classifier = naive_classifier_term(predictions[CLASSIFIER.key].detach(), targets[CLASSIFIER.key], 3.0)
+    expected_objects = naive_objects_term(predictions[OBJECTS.key].detach(), targets[OBJECTS.key])
+    expected_keypoints = naive_keypoint_term(
+        predictions[KEYPOINTS.key].detach(), targets[KEYPOINTS.key], [True, True, False]
+    )
+    assert set(terms) == {f"kd/{spec.key}" for spec in HEADS} | {"loss"}
+    assert terms[f"kd/{CLASSIFIER.key}"].item() == pytest.approx(expected_classifier, rel=1e-9)
+    assert terms[f"kd/{OBJECTS.key}"].item() == pytest.approx(expected_objects, rel=1e-9)
+    assert terms[f"kd/{KEYPOINTS.key}"].item() == pytest.approx(expected_keypoints, rel=1e-9)
+    # coco-objects is not named, so it weighs 1.
+    expected_total = 2.0 * expected_classifier + 1.0 * expected_objects + 0.5 * expected_keypoints
+    assert terms["loss"].item() == pytest.approx(expected_total, rel=1e-9)
+    terms["loss"].backward()
+    for value in predictions.values():
+        assert torch.isfinite(value.grad).all()
+    # The sample with nobody in it gets no keypoint gradient.
+    assert predictions[KEYPOINTS.key].grad[2].abs().sum() == 0
+
+
+def test_temperature_squared_factor():
+    predictions, targets = _inputs(present=[True] * BATCH)
+    student, teacher = predictions[CLASSIFIER.key].detach(), targets[CLASSIFIER.key]
+    for temperature in (1.0, 3.0):
+        term = DistillationLoss([CLASSIFIER], temperature=temperature)(predictions, targets)["loss"].item()
+        # The naive formula without its T^2 factor: the loss must be exactly T^2 times that KL.
+        plain_kl = naive_classifier_term(student, teacher, temperature) / temperature**2
+        assert term == pytest.approx(temperature**2 * plain_kl, rel=1e-9)
+        assert plain_kl > 0
+
+
+def test_objects_term_has_the_gradient_of_plain_binary_cross_entropy():
+    predictions, targets = _inputs(present=[True] * BATCH)
+    DistillationLoss([OBJECTS])(predictions, targets)["loss"].backward()
+    ours = predictions[OBJECTS.key].grad.clone()
+    logits = predictions[OBJECTS.key].detach().clone().requires_grad_(True)
+    torch.nn.functional.binary_cross_entropy(torch.sigmoid(logits), targets[OBJECTS.key]).backward()
+    torch.testing.assert_close(ours, logits.grad)
+
+
+def test_a_perfect_student_scores_zero_on_every_term():
+    _, targets = _inputs(present=[True, True, True])
+    targets[KEYPOINTS.key] = targets[KEYPOINTS.key] * 0.5 + 0.5 / 16  # strictly positive maps
+    predictions = {
+        CLASSIFIER.key: targets[CLASSIFIER.key] + 7.0,  # softmax ignores a shift
+        OBJECTS.key: torch.logit(targets[OBJECTS.key].clamp(1e-12, 1 - 1e-12)),
+        KEYPOINTS.key: torch.log(targets[KEYPOINTS.key]),
+    }
+    terms = DistillationLoss(HEADS, temperature=2.0)(predictions, targets)
+    for name, value in terms.items():
+        assert abs(value.item()) < 1e-9, name
+
+
+def test_no_person_in_the_batch_gives_zero_and_finite_gradients():
+    predictions, targets = _inputs(present=[False] * BATCH)
+    terms = DistillationLoss([KEYPOINTS], weights={"coco-keypoints": 0.5})(predictions, targets)
+    assert terms["loss"].item() == 0.0
+    terms["loss"].backward()
+    gradient = predictions[KEYPOINTS.key].grad
+    assert gradient is not None and torch.isfinite(gradient).all() and gradient.abs().sum() == 0
+
+
+def test_low_precision_predictions_are_computed_in_float32():
+    predictions, targets = _inputs(present=[True, False, True])
+    low = {key: value.detach().to(torch.bfloat16) for key, value in predictions.items()}
+    targets = {key: value.float() for key, value in targets.items()}
+    terms = DistillationLoss(HEADS, temperature=3.0)(low, targets)
+    assert terms["loss"].dtype == torch.float32 and torch.isfinite(terms["loss"])
+
+
+def test_parse_and_resolve_loss_weights():
+    assert parse_loss_weights("imagenet=1, coco-keypoints=0.5") == {"imagenet": 1.0, "coco-keypoints": 0.5}
+    assert parse_loss_weights("") == {}
+    for bad, message in [("imagenet", "TEACHER=WEIGHT"), ("imagenet=x", "not a number"),
+                         ("imagenet=-1", ">= 0"), ("a=1,a=2", "twice"), ("a=nan", ">= 0")]:
+        with pytest.raises(ConfigError, match=message):
+            parse_loss_weights(bad)
+    teachers = ["coco-keypoints", "coco-objects", "imagenet-efficientnet-lite0"]
+    assert resolve_loss_weights({"imagenet": 2, "coco-objects": 0}, teachers) == {
+        "imagenet-efficientnet-lite0": 2.0, "coco-objects": 0.0,
+    }
+    with pytest.raises(ConfigError, match="matches several teachers"):
+        resolve_loss_weights({"coco": 1}, teachers)
+    with pytest.raises(ConfigError, match="names no teacher"):
+        DistillationLoss(HEADS, weights={"places365": 1})
+    with pytest.raises(ConfigError, match="temperature"):
+        DistillationLoss(HEADS, temperature=0)

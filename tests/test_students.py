@@ -1,0 +1,144 @@
+"""Students: shapes per head, no NaN, a gradient for every parameter, flow input, architecture round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from distill.heads import HeadSpec, head_specs_from_teachers
+from distill.students import DistillStudent, create_student, list_students
+from extract.teachers.coco_classes import COCO_CLASS_NAMES
+from pipeline.errors import ConfigError
+
+TEACHERS = [
+    {
+        "name": "imagenet-efficientnet-lite0",
+        "outputs": [{"name": "logits", "shape": [1000], "kind": "logits", "class_names": None}],
+    },
+    {
+        "name": "coco-objects",
+        "outputs": [
+            {"name": "scores", "shape": [80], "kind": "multilabel_scores", "class_names": list(COCO_CLASS_NAMES)},
+            {"name": "num_confident", "shape": [], "kind": "count", "class_names": None},
+        ],
+    },
+    {
+        "name": "coco-keypoints",
+        "outputs": [
+            {"name": "heatmaps", "shape": [17, 14, 14], "kind": "heatmaps", "class_names": None},
+            {"name": "person_present", "shape": [], "kind": "flag", "class_names": None},
+        ],
+    },
+]
+HEADS = head_specs_from_teachers(TEACHERS)
+EXPECTED_SHAPES = {
+    "imagenet-efficientnet-lite0/logits": (1, 1000),
+    "coco-objects/scores": (1, 80),
+    "coco-keypoints/heatmaps": (1, 17, 14, 14),
+}
+# S3D shrinks time by 8 and space by 32 and its BatchNorm needs > 1 value per channel when training.
+CLIP_SHAPES = {"s3d": (1, 3, 8, 64, 64)}
+DEFAULT_CLIP_SHAPE = (1, 3, 4, 32, 32)
+STUDENT_CASES = [
+    ("r2plus1d_18", "full"), ("r3d_18", "full"), ("mc3_18", "full"), ("s3d", "full"),
+    ("r2plus1d_18", "tiny"), ("r3d_18", "tiny"), ("mc3_18", "tiny"),
+]
+
+
+def _clip(name: str, in_channels: int = 3) -> torch.Tensor:
+    batch, _, frames, height, width = CLIP_SHAPES.get(name, DEFAULT_CLIP_SHAPE)
+    return torch.randn(batch, in_channels, frames, height, width)
+
+
+def test_head_specs_from_teachers_one_head_per_soft_output():
+    assert [(spec.key, spec.kind, spec.shape, spec.mask_key) for spec in HEADS] == [
+        ("imagenet-efficientnet-lite0/logits", "logits", (1000,), None),
+        ("coco-objects/scores", "multilabel_scores", (80,), None),
+        ("coco-keypoints/heatmaps", "heatmaps", (17, 14, 14), "coco-keypoints/person_present"),
+    ]
+    assert HEADS[1].class_names == COCO_CLASS_NAMES
+    assert HEADS[2].teacher == "coco-keypoints"
+
+
+def test_registry_names():
+    assert list_students() == ["mc3_18", "r2plus1d_18", "r3d_18", "s3d"]
+    with pytest.raises(ConfigError, match="unknown student"):
+        create_student("resnet50")
+
+
+@pytest.mark.parametrize("name,width", STUDENT_CASES)
+@pytest.mark.parametrize("in_channels", [3, 2])
+def test_student_shapes_and_every_parameter_gets_a_gradient(name, width, in_channels):
+    student = create_student(name, HEADS, width=width, in_channels=in_channels, dropout=0.1)
+    outputs = student(_clip(name, in_channels))
+    assert {key: tuple(value.shape) for key, value in outputs.items()} == EXPECTED_SHAPES
+    assert all(torch.isfinite(value).all() for value in outputs.values())
+    sum(value.sum() for value in outputs.values()).backward()
+    for parameter_name, parameter in student.named_parameters():
+        assert parameter.grad is not None, parameter_name
+        assert torch.isfinite(parameter.grad).all(), parameter_name
+    # Some gradient actually flows into the first convolution, through trunk and heads alike.
+    first_conv_gradient = next(parameter.grad for parameter in student.trunk.parameters())
+    assert first_conv_gradient.abs().sum() > 0
+    assert student.features(_clip(name, in_channels)).shape == (outputs["coco-objects/scores"].shape[0], student.feature_dim)
+
+
+def test_tiny_is_far_smaller_and_s3d_has_no_tiny_width():
+    full = sum(parameter.numel() for parameter in create_student("r2plus1d_18").parameters())
+    tiny = sum(parameter.numel() for parameter in create_student("r2plus1d_18", width="tiny").parameters())
+    assert tiny * 100 < full
+    with pytest.raises(ConfigError, match="s3d has no tiny width"):
+        create_student("s3d", width="tiny")
+    with pytest.raises(ConfigError, match="width"):
+        create_student("r3d_18", width="medium")
+
+
+@pytest.mark.parametrize("name", ["r2plus1d_18", "r3d_18", "mc3_18", "s3d"])
+def test_full_trunk_keys_are_torchvisions_without_the_classifier(name):
+    reference = getattr(torchvision.models.video, name)(weights=None).state_dict()
+    trunk = create_student(name, HEADS).trunk_state_dict()
+    classifier = "classifier." if name == "s3d" else "fc."
+    assert {key: tuple(value.shape) for key, value in trunk.items()} == {
+        key: tuple(value.shape) for key, value in reference.items() if not key.startswith(classifier)
+    }
+
+
+@pytest.mark.parametrize("name,width", [("r2plus1d_18", "tiny"), ("mc3_18", "full"), ("s3d", "full")])
+def test_architecture_round_trip(name, width):
+    student = create_student(name, HEADS, width=width, in_channels=2, dropout=0.25).eval()
+    architecture = student.architecture()
+    assert set(architecture) == {"name", "width", "in_channels", "heads", "dropout"}
+    rebuilt = DistillStudent.from_architecture(architecture).eval()
+    assert rebuilt.heads == student.heads and rebuilt.dropout == 0.25 and rebuilt.in_channels == 2
+    original_state, rebuilt_state = student.state_dict(), rebuilt.state_dict()
+    assert {key: value.shape for key, value in original_state.items()} == {
+        key: value.shape for key, value in rebuilt_state.items()
+    }
+    rebuilt.load_state_dict(original_state, strict=True)
+    clip = _clip(name, 2)
+    with torch.no_grad():
+        expected, actual = student(clip), rebuilt(clip)
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key])
+
+
+def test_s3d_minimum_clip_shape_is_what_the_registry_says():
+    student = create_student("s3d").eval()
+    with torch.no_grad():
+        assert student.features(torch.zeros(1, 3, 5, 17, 17)).shape == (1, 1024)
+        with pytest.raises(RuntimeError):
+            student.features(torch.zeros(1, 3, 4, 17, 17))
+    student.check_clip_shape(5, 17)
+    with pytest.raises(ConfigError, match="at least 5 frames"):
+        student.check_clip_shape(4, 112)
+
+
+def test_wrong_input_channels_and_duplicate_heads_are_refused():
+    student = create_student("r3d_18", HEADS, width="tiny", in_channels=2)
+    with pytest.raises(ValueError, match=r"expects clips \(B, 2"):
+        student(torch.zeros(1, 3, 4, 32, 32))
+    with pytest.raises(ConfigError, match="appears twice"):
+        create_student("r3d_18", [HEADS[0], HEADS[0]], width="tiny")
+    with pytest.raises(ConfigError, match="kind"):
+        HeadSpec("teacher/boxes", "boxes", (4,))
