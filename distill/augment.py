@@ -1,0 +1,124 @@
+"""Train-time crop and flip of a clip and of its targets, and the RGB normalisation the students expect.
+
+Frames are (T, H, W, 3) uint8 here, already resized so the short side is the clip's short_side; the
+crop is taken from them (random for training, central for evaluation).
+
+Heatmap targets describe the teacher's FULL frame on a coarse grid (e.g. 14 x 14 cells), while the
+student sees a crop. A flip mirrors the maps along the width axis and swaps left/right keypoint
+channels, which is exact for the full frame. We do not also crop or shift the maps to follow the
+crop: a 112 crop of a 128 x 170 frame moves the picture by at most (170 - 112) / 2 pixels from the
+centre, under three cells of a 14-wide grid on the long side and one on the short side, and cropping
+a distribution would leave mass outside the window with nowhere to go. The spatial head learns the
+full-frame layout, as its teacher reported it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from extract.teachers.coco_classes import COCO_KEYPOINT_FLIP_INDEX, COCO_KEYPOINT_NAMES
+from distill.windows import KIND_HEATMAPS
+
+logger = logging.getLogger(__name__)
+
+# torchvision's video models (R3D/R(2+1)D/MC3, Kinetics-trained) normalise with these.
+VIDEO_MEAN = (0.43216, 0.394666, 0.37645)
+VIDEO_STD = (0.22803, 0.22145, 0.216989)
+FLIP_PROBABILITY = 0.5
+
+
+def crop_box(height: int, width: int, crop: int, rng: np.random.Generator | None) -> tuple[int, int]:
+    """(top, left) of a crop x crop window: uniform with `rng`, centred without."""
+    if crop > height or crop > width:
+        raise ValueError(f"crop {crop} does not fit a {width}x{height} frame")
+    if rng is None:
+        return (height - crop) // 2, (width - crop) // 2
+    return int(rng.integers(height - crop + 1)), int(rng.integers(width - crop + 1))
+
+
+def crop_frames(frames: np.ndarray, top: int, left: int, crop: int) -> np.ndarray:
+    """(T, H, W, C) -> (T, crop, crop, C), a view."""
+    return frames[:, top : top + crop, left : left + crop]
+
+
+def flip_frames(frames: np.ndarray) -> np.ndarray:
+    """Mirror (T, H, W, C) frames left-right."""
+    return frames[:, :, ::-1]
+
+
+def keypoint_flip_permutation(class_names: Sequence[str] | None, channels: int) -> np.ndarray:
+    """Channel order of the mirrored image's heatmaps: mirrored[k] = heatmaps[permutation[k]].
+
+    Named channels swap `left_X` with `right_X` (COCO's names, and any pose teacher that follows them);
+    17 unnamed channels are taken to be COCO's order; anything else keeps its order (with a warning).
+    """
+    if class_names is None:
+        if channels == len(COCO_KEYPOINT_NAMES):
+            return np.array(COCO_KEYPOINT_FLIP_INDEX, dtype=np.int64)
+        logger.warning("%d unnamed heatmap channels: a flip mirrors them but cannot swap left and right", channels)
+        return np.arange(channels, dtype=np.int64)
+    names = list(class_names)
+    position = {name: index for index, name in enumerate(names)}
+    permutation = np.arange(len(names), dtype=np.int64)
+    for index, name in enumerate(names):
+        for side, other in (("left", "right"), ("right", "left")):
+            if name.startswith(side):
+                partner = other + name[len(side):]
+                if partner in position:
+                    permutation[index] = position[partner]
+    if (permutation == np.arange(len(names))).all():
+        logger.warning("heatmap channels %s have no left/right pairs: a flip mirrors them without swapping", names[:3])
+    return permutation
+
+
+def heatmap_flip_plan(teachers: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """`<teacher>/<output>` -> channel permutation, for every output of kind "heatmaps"."""
+    plan = {}
+    for teacher in teachers:
+        for output in teacher["outputs"]:
+            if output.get("kind") == KIND_HEATMAPS:
+                shape = tuple(output["shape"])
+                plan[f"{teacher['name']}/{output['name']}"] = keypoint_flip_permutation(output.get("class_names"), shape[0])
+    return plan
+
+
+def flip_targets(targets: Mapping[str, np.ndarray], plan: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Targets of the mirrored clip: heatmaps (K, G, G) swap left/right channels and mirror the width
+    axis; every other output (class scores, flags, counts) does not change under a mirror."""
+    flipped = dict(targets)
+    for key, permutation in plan.items():
+        if key in flipped:
+            flipped[key] = np.ascontiguousarray(np.asarray(flipped[key])[permutation][..., ::-1])
+    return flipped
+
+
+def _normalisation_table() -> np.ndarray:
+    """(3, 256) float32: channel c's normalised value of each byte, (byte / 255 - mean_c) / std_c."""
+    scaled = np.arange(256, dtype=np.float32) / np.float32(255.0)
+    mean = np.array(VIDEO_MEAN, dtype=np.float32)[:, None]
+    std = np.array(VIDEO_STD, dtype=np.float32)[:, None]
+    table = (scaled[None, :] - mean) / std
+    table.setflags(write=False)
+    return table
+
+
+NORMALISATION_TABLE = _normalisation_table()
+
+
+def rgb_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (3, T, H, W) float32, scaled to [0, 1] and normalised with VIDEO_MEAN/STD.
+
+    A table lookup per channel: as exact as the arithmetic, and ~15x faster than torch's elementwise
+    ops when those run on a contended intra-op thread pool (measured 2.3 ms against 32 ms for an
+    8 x 112 x 112 clip on 2 busy cores; 0.7 ms with one torch thread).
+    """
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    video = np.empty((3, *frames.shape[:3]), dtype=np.float32)  # (3, T, H, W)
+    for channel in range(3):
+        np.take(NORMALISATION_TABLE[channel], frames[..., channel], out=video[channel])
+    return torch.from_numpy(video)

@@ -1,0 +1,266 @@
+"""The targets clip dataset: a clip window of a video plus its teachers' aggregated targets, as a dict.
+
+Sample `index` is clip `index // len(video_ids)` of video `video_ids[index % len(video_ids)]`:
+
+    {"video": (C, T, crop, crop) float32, "targets": {"<teacher>/<output>": (*shape) float32, ...},
+     "video_id": str, "clip_start": seconds, "index": int, "num_teacher_frames": int}
+
+Every output of the store is in "targets" (flags and counts too); the trainer picks what its heads need.
+C is 3 (RGB, normalised with torchvision's video mean/std) or 2 (flow x, y in [-1, 1]). "index" is the
+sample actually returned: when a video fails to decode, the next sample stands in (see __getitem__).
+Window placement and aggregation: distill.windows; crop/flip: distill.augment; flow: distill.flow;
+`cache_clips`: distill.clip_cache.
+
+Randomness is a function of (seed, epoch, index) only, never of the worker or of the order samples are
+drawn in, so any number of DataLoader workers yields the same samples. Workers copy the dataset when an
+iterator starts: call `set_epoch` before iterating each epoch, with `persistent_workers=False` (persistent
+workers keep the epoch they started with).
+
+Nothing that cannot cross a fork or a pickle is held open: the TargetStore reopens its HDF5 files per
+process, probe results and the decode-failure count are per process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from distill import augment, flow
+from distill.clip_cache import ClipCache
+from distill.windows import (
+    TARGET_AGGREGATIONS, ClipSpec, aggregate_targets, eval_window_start, frames_in_window, heatmap_flags,
+    teacher_frame_indices, train_window_start,
+)
+from pipeline.datasets import read_manifest
+from pipeline.errors import ConfigError, DistinitError, VideoError
+from pipeline.shards import ShardError, TargetStore, verify
+from pipeline.video import probe, read_clip
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ClipSpec", "TargetClipDataset", "open_targets", "split_videos", "video_paths"]
+
+
+def open_targets(targets_dir: str | os.PathLike, *, full_verify: bool = False) -> TargetStore:
+    """The stage-one cache, refused with a one-line ShardError naming the shard when the manifest is missing
+    or the shards' row counts disagree with it; `full_verify` also runs `distinit verify` (reads every byte)."""
+    if full_verify:
+        problems = verify(targets_dir)
+        if problems:
+            raise ShardError(f"{problems[0]} ({len(problems)} problems; `distinit verify {targets_dir}` lists them)")
+    store = TargetStore(targets_dir)
+    if len(store) == 0:
+        raise ShardError(f"{targets_dir}: the target cache has no rows (every video skipped?); check `distinit inspect {targets_dir}`")
+    return store
+
+
+def split_videos(video_ids: Sequence[str], val_fraction: float = 0.1, seed: int = 0) -> tuple[list[str], list[str]]:
+    """(train ids, held-out ids), each sorted. A video is held out when a hash of (seed, id) falls below
+    val_fraction, so it keeps its side when other videos come or go; at least one video is held out
+    (and one kept) whenever there are two or more videos and val_fraction > 0."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    unique = sorted(set(video_ids))
+
+    def position(video_id: str) -> float:
+        digest = hashlib.sha256(f"{seed}:{video_id}".encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    ordered = sorted(unique, key=position)
+    held_out = {video_id for video_id in ordered if position(video_id) < val_fraction}
+    if val_fraction > 0 and len(ordered) >= 2:
+        if not held_out:
+            held_out = {ordered[0]}
+        if len(held_out) == len(ordered):
+            held_out.discard(ordered[-1])
+    return [video_id for video_id in unique if video_id not in held_out], sorted(held_out)
+
+
+def video_paths(store: TargetStore, videos_root: str | os.PathLike | None = None) -> dict[str, Path]:
+    """video id -> file, from the targets folder's videos manifest, under `videos_root` (default: where
+    stage one read them, as its manifest recorded)."""
+    extra = store.manifest.get("extra") or {}
+    manifest_name = extra.get("videos_manifest", "videos.jsonl")
+    root = videos_root if videos_root is not None else extra.get("videos_root")
+    manifest_file = store.targets_dir / manifest_name
+    if root is None:
+        raise DistinitError(f"{store.targets_dir}: the manifest does not say where the videos are; pass --videos ROOT")
+    if not manifest_file.is_file():
+        raise DistinitError(f"{manifest_file}: the list of videos is missing; re-run `distinit extract --finalize` on {store.targets_dir}")
+    return {record.id: Path(record.path) for record in read_manifest(manifest_file, root)}
+
+
+class TargetClipDataset(torch.utils.data.Dataset):
+    """Clips of `video_ids` with their aggregated teacher targets (see the module docstring)."""
+
+    def __init__(
+        self, targets_dir: str | os.PathLike, video_ids: Sequence[str], clip: ClipSpec, *, train: bool,
+        target_agg: str = "mean", clips_per_video: int = 1, seed: int = 0, cache_clips: str | os.PathLike | None = None,
+        videos_root: str | os.PathLike | None = None, max_decode_failures: int = 50, decode_threads: int | None = 1,
+        flow_method: str | None = None,
+    ):
+        if flow_method is not None:  # a shorthand for ClipSpec.flow_method, as a CLI passes it
+            clip = dataclasses.replace(clip, flow_method=flow_method)
+        if target_agg not in TARGET_AGGREGATIONS:
+            raise ConfigError(f"target aggregation must be one of {TARGET_AGGREGATIONS}, got {target_agg!r}")
+        if clips_per_video < 1:
+            raise ConfigError(f"clips_per_video must be >= 1, got {clips_per_video}")
+        self.clip, self.train, self.target_agg = clip, bool(train), target_agg
+        self.clips_per_video, self.seed, self.epoch = int(clips_per_video), int(seed), 0
+        self.max_decode_failures, self.decode_threads = int(max_decode_failures), decode_threads
+        self.store = open_targets(targets_dir)
+        self.targets_dir = self.store.targets_dir
+        self.video_ids = list(video_ids)
+        if not self.video_ids:
+            raise DistinitError(f"{self.targets_dir}: no videos to make clips from")
+        known = set(self.store.video_ids())  # builds the row index once; workers inherit it
+        unknown = [video_id for video_id in self.video_ids if video_id not in known]
+        if unknown:
+            raise DistinitError(f"{self.targets_dir}: {len(unknown)} videos have no target rows, e.g. {unknown[0]!r}")
+        self.paths = self._resolve_paths(videos_root)
+        self.output_kinds = {key: self.store.output_spec(key).get("kind", "") for key in self.store.output_names}
+        self.heatmap_masks = heatmap_flags(self.store.teachers)
+        self.flip_plan = augment.heatmap_flip_plan(self.store.teachers)
+        self.store.close()  # the parent's HDF5 handles must not be shared with forked workers
+        self.cache = None if cache_clips is None else ClipCache(
+            cache_clips, short_side=clip.short_side, grid=clip.start_grid, decode_threads=decode_threads,
+            flow_method=clip.flow_method if clip.modality == "flow" else None,
+        )
+        self._video_info: dict[str, tuple[float, int]] = {}
+        self.decode_failures, self.failed_videos = 0, set()
+
+    def _resolve_paths(self, videos_root) -> dict[str, Path]:
+        every_path = video_paths(self.store, videos_root)
+        missing_ids = [video_id for video_id in self.video_ids if video_id not in every_path]
+        if missing_ids:
+            raise DistinitError(f"{self.targets_dir}: video {missing_ids[0]!r} is not in the videos manifest ({len(missing_ids)} missing)")
+        paths = {video_id: every_path[video_id] for video_id in self.video_ids}
+        absent = [path for path in paths.values() if not path.exists()]
+        if len(absent) == len(paths):
+            raise DistinitError(f"{absent[0]}: none of the {len(paths)} videos exist there; pass --videos ROOT if they moved")
+        if absent:
+            logger.warning("%d of %d videos are missing (e.g. %s); their clips will be skipped", len(absent), len(paths), absent[0])
+        return paths
+
+    # ------------------------------------------------------------------ description
+    def __len__(self) -> int:
+        return len(self.video_ids) * self.clips_per_video
+
+    @property
+    def teachers(self) -> list[dict[str, Any]]:
+        """The store's teacher `describe()` dicts (outputs with name, shape, kind, class_names, ...)."""
+        return self.store.teachers
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.store.output_names
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training clips and augmentation depend on (seed, epoch, index); see the module docstring."""
+        self.epoch = int(epoch)
+
+    # ------------------------------------------------------------------ samples
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} outside a dataset of {len(self)}")
+        for offset in range(len(self)):
+            # A video that does not decode is replaced by the next sample: deterministic, whatever the worker.
+            candidate = (index + offset) % len(self)
+            video_id = self.video_ids[candidate % len(self.video_ids)]
+            if video_id in self.failed_videos:
+                continue
+            try:
+                return self._sample(candidate)
+            except VideoError as error:
+                self._count_failure(video_id, error)
+        raise DistinitError(f"{self.targets_dir}: none of the {len(self.video_ids)} videos decodes; check --videos")
+
+    def _count_failure(self, video_id: str, error: VideoError) -> None:
+        self.decode_failures += 1
+        self.failed_videos.add(video_id)
+        logger.warning("skipping video %s: %s (%d failures in this process)", video_id, error, self.decode_failures)
+        if self.decode_failures > self.max_decode_failures:
+            raise DistinitError(
+                f"{error.path}: more than {self.max_decode_failures} videos failed to decode in one worker, the last with "
+                f"{error.reason}; check the videos or raise --max-decode-failures"
+            )
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch if self.train else 0, index, int(self.train)])
+
+    def _sample(self, index: int) -> dict[str, Any]:
+        rng = self._rng(index)
+        video_id = self.video_ids[index % len(self.video_ids)]
+        fps, frame_count, cached = self._video(video_id)
+        rows = self._rows(video_id)
+        teacher_frames = teacher_frame_indices(rows["t_seconds"], fps, frame_count)
+        span, grid = self.clip.span_frames, self.clip.start_grid
+        if self.train:
+            start = train_window_start(teacher_frames, frame_count, span, grid, rng)
+        else:
+            clip_number = index // len(self.video_ids)
+            start = eval_window_start(teacher_frames, frame_count, span, grid, clip_number, self.clips_per_video)
+        inside = frames_in_window(teacher_frames, start, span)
+        targets = aggregate_targets(
+            {key: rows[key][inside] for key in self.output_names}, self.output_kinds, self.target_agg, rng, self.heatmap_masks
+        )
+        pixels = self._pixels(video_id, start, fps, cached)  # (T, H, W, 3) uint8 RGB or (T, H, W, 2) float16 flow
+        top, left = augment.crop_box(pixels.shape[1], pixels.shape[2], self.clip.crop, rng if self.train else None)
+        pixels = augment.crop_frames(pixels, top, left, self.clip.crop)
+        flipped = self.train and rng.random() < augment.FLIP_PROBABILITY
+        if self.clip.modality == "rgb":
+            video = augment.rgb_to_tensor(augment.flip_frames(pixels) if flipped else pixels)
+        else:
+            # Mirroring the flow (not recomputing it on mirrored frames) keeps a flip exact.
+            video = flow.flow_to_tensor(flow.flip_flow(pixels) if flipped else pixels)
+        if flipped:
+            targets = augment.flip_targets(targets, self.flip_plan)
+        return {
+            "video": video,
+            "targets": {key: torch.from_numpy(np.array(value, dtype=np.float32)) for key, value in targets.items()},
+            "video_id": video_id,
+            "clip_start": start / fps,
+            "index": index,
+            "num_teacher_frames": int(inside.sum()),
+        }
+
+    def _rows(self, video_id: str) -> dict[str, Any]:
+        try:
+            return self.store.rows_for_video(video_id)
+        except OSError as error:  # a fletcher32 checksum or decompression failure inside a shard
+            raise ShardError(
+                f"{self.targets_dir}: reading the rows of {video_id!r} failed ({error}); run `distinit verify {self.targets_dir}`"
+            ) from None
+
+    def _video(self, video_id: str):
+        """(fps, frame_count, cache entry or None), from the clip cache when there is one, else a probe."""
+        path = self.paths[video_id]
+        if self.cache is not None:
+            cached = self.cache.get(video_id, path)
+            if cached is not None:
+                return cached.fps, cached.frame_count, cached
+        if video_id not in self._video_info:
+            info = probe(path)
+            if info.frame_count < 1 or info.fps <= 0:
+                raise VideoError(path, "no frames or no frame rate")
+            self._video_info[video_id] = (info.fps, info.frame_count)
+        fps, frame_count = self._video_info[video_id]
+        return fps, frame_count, None
+
+    def _pixels(self, video_id: str, start: int, fps: float, cached) -> np.ndarray:
+        """The clip's frames at the short side, uncropped: RGB, or the flow between consecutive frames."""
+        length = self.clip.frames if self.clip.modality == "flow" else self.clip.decoded_frames
+        if cached is not None:
+            return cached.read_clip(start, length, self.clip.stride)
+        frames = read_clip(
+            self.paths[video_id], start / fps, self.clip.decoded_frames, stride=self.clip.stride,
+            short_side=self.clip.short_side, threads=self.decode_threads,
+        )
+        return frames if self.clip.modality == "rgb" else flow.clip_flow(frames, self.clip.flow_method)

@@ -1,0 +1,182 @@
+"""Where a training clip sits in its video, and what its teacher target is: pure functions of frame indices.
+
+Everything here works in frame indices of the decoded video (frame f is displayed from f / fps seconds,
+the rule `pipeline.video` decodes by), so placement is exact and a cached clip equals a decoded one.
+
+A clip of `frames` frames taken every `stride`-th frame from frame `start` covers the frames
+start .. start + span_frames, span_frames = (decoded_frames - 1) * stride; in seconds
+[start / fps, start / fps + span_frames / fps], a teacher frame "inside" the window is one whose frame
+index lies in that interval (for a strided clip it need not be one of the decoded frames). Starts are
+multiples of the stride (`ClipSpec.start_grid`): the student loses at most stride - 1 frames of
+temporal jitter, and in exchange `--cache-clips` only has to keep every stride-th frame of a video.
+
+Teacher rows of one video are its teacher frames (stage one samples e.g. 2 frames/s), so clip length,
+stride and aggregation can change here without re-extracting.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+
+MODALITIES = ("rgb", "flow")
+FLOW_METHODS = ("farneback", "tvl1")
+TARGET_AGGREGATIONS = ("mean", "random")
+KIND_HEATMAPS = "heatmaps"
+KIND_FLAG = "flag"
+KIND_COUNT = "count"
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """What the student sees: `frames` frames every `stride`-th, resized so the short side is
+    `short_side`, cropped to `crop` x `crop`; RGB, or optical flow computed from frames + 1 RGB frames."""
+
+    frames: int = 8
+    stride: int = 2
+    short_side: int = 128
+    crop: int = 112
+    modality: str = "rgb"
+    flow_method: str = "farneback"
+
+    def __post_init__(self) -> None:
+        for name in ("frames", "stride", "short_side", "crop"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"clip {name} must be a positive integer, got {value!r}")
+        if self.crop > self.short_side:
+            raise ConfigError(f"clip crop {self.crop} is larger than short_side {self.short_side}; lower --crop or raise --short-side")
+        if self.modality not in MODALITIES:
+            raise ConfigError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
+        if self.flow_method not in FLOW_METHODS:
+            raise ConfigError(f"flow method must be one of {FLOW_METHODS}, got {self.flow_method!r}")
+
+    @property
+    def decoded_frames(self) -> int:
+        """RGB frames decoded per clip: T frames of flow need T + 1 images."""
+        return self.frames + 1 if self.modality == "flow" else self.frames
+
+    @property
+    def span_frames(self) -> int:
+        """Video frames from the clip's first decoded frame to its last."""
+        return (self.decoded_frames - 1) * self.stride
+
+    @property
+    def start_grid(self) -> int:
+        """Starts are multiples of this: the stride, or 1 for a one-frame clip (whose stride means nothing)."""
+        return self.stride if self.decoded_frames > 1 else 1
+
+
+def teacher_frame_indices(t_seconds: np.ndarray, fps: float, frame_count: int) -> np.ndarray:
+    """Frame index displayed at each teacher time, as `pipeline.video` decodes: floor(t * fps + 1e-6), clamped."""
+    times = np.asarray(t_seconds, dtype=np.float64)
+    return np.clip(np.floor(times * fps + 1e-6).astype(np.int64), 0, max(frame_count - 1, 0))
+
+
+def last_start(frame_count: int, span_frames: int, grid: int) -> int:
+    """The latest grid-aligned start: the first multiple of `grid` at or after frame_count - 1 - span_frames.
+
+    Rounding up (not down) lets a window reach a teacher frame on the video's last frames; its last
+    decoded frame then lies at most grid - 1 frames past the end, where the decoder repeats the last
+    frame. A video shorter than one clip starts at 0 (and is padded the same way).
+    """
+    latest = frame_count - 1 - span_frames
+    return 0 if latest <= 0 else grid * math.ceil(latest / grid)
+
+
+def start_candidates(teacher_frame: int, frame_count: int, span_frames: int, grid: int) -> np.ndarray:
+    """Every grid-aligned start in [0, last_start] whose window contains `teacher_frame` (never empty
+    when span_frames >= grid - 1, which ClipSpec's start_grid guarantees)."""
+    lowest = max(0, teacher_frame - span_frames)
+    highest = min(teacher_frame, last_start(frame_count, span_frames, grid))
+    first = grid * math.ceil(lowest / grid)
+    candidates = np.arange(first, highest + 1, grid, dtype=np.int64)
+    if len(candidates) == 0:
+        raise ValueError(f"no start of a {span_frames}-frame window on a {grid}-frame grid holds frame {teacher_frame}")
+    return candidates
+
+
+def train_window_start(
+    teacher_frames: np.ndarray, frame_count: int, span_frames: int, grid: int, rng: np.random.Generator
+) -> int:
+    """A random start: a teacher frame chosen uniformly, then a grid-aligned start uniformly among those
+    whose window holds it, so every window contains at least that frame."""
+    teacher_frame = int(teacher_frames[rng.integers(len(teacher_frames))])
+    candidates = start_candidates(teacher_frame, frame_count, span_frames, grid)
+    return int(candidates[rng.integers(len(candidates))])
+
+
+def eval_window_start(
+    teacher_frames: np.ndarray, frame_count: int, span_frames: int, grid: int, clip_number: int = 0, clips_per_video: int = 1
+) -> int:
+    """A deterministic start centred on a teacher frame: the middle one for a single clip; for several
+    clips per video, clip c takes the teacher frame at the middle of the c-th of equal parts."""
+    position = ((2 * clip_number + 1) * len(teacher_frames)) // (2 * clips_per_video)
+    teacher_frame = int(teacher_frames[min(position, len(teacher_frames) - 1)])
+    candidates = start_candidates(teacher_frame, frame_count, span_frames, grid)
+    centred = teacher_frame - span_frames / 2
+    # Nearest to centred; ties go to the earlier start so the choice never depends on float noise.
+    return int(candidates[np.argmin(np.abs(candidates - centred))])
+
+
+def frames_in_window(teacher_frames: np.ndarray, start: int, span_frames: int) -> np.ndarray:
+    """Boolean mask of the teacher frames inside [start, start + span_frames]."""
+    teacher_frames = np.asarray(teacher_frames)
+    return (teacher_frames >= start) & (teacher_frames <= start + span_frames)
+
+
+def heatmap_flags(teachers: list[dict]) -> dict[str, str]:
+    """`<teacher>/<heatmaps output>` -> `<teacher>/<flag output>` for teachers with exactly one flag beside
+    their heatmaps (coco-keypoints' person_present says whether the heatmaps hold a person at all)."""
+    masks = {}
+    for teacher in teachers:
+        outputs = teacher["outputs"]
+        flags = [output["name"] for output in outputs if output.get("kind") == KIND_FLAG]
+        for output in outputs:
+            if output.get("kind") == KIND_HEATMAPS and len(flags) == 1:
+                masks[f"{teacher['name']}/{output['name']}"] = f"{teacher['name']}/{flags[0]}"
+    return masks
+
+
+def aggregate_targets(
+    rows: Mapping[str, np.ndarray],
+    kinds: Mapping[str, str],
+    mode: str,
+    rng: np.random.Generator | None = None,
+    heatmap_masks: Mapping[str, str] | None = None,
+) -> dict[str, np.ndarray]:
+    """One target per output from the N >= 1 teacher frames inside a window: rows[key] is (N, *shape).
+
+    mode "random": every output from the same one frame, chosen with `rng`. mode "mean": flags take the
+    max over frames (any person seen), everything else the mean (logits, scores, counts). Heatmaps with a
+    flag in `heatmap_masks` average only the frames whose flag is set, so a frame without a person (all-zero
+    maps) does not dilute the others and the result is still a distribution per keypoint (all zero when no
+    frame has a person, which the flag's max then says too).
+    """
+    if mode not in TARGET_AGGREGATIONS:
+        raise ConfigError(f"target aggregation must be one of {TARGET_AGGREGATIONS}, got {mode!r}")
+    counts = {len(values) for values in rows.values()}
+    if len(counts) != 1 or counts == {0}:
+        raise ValueError(f"aggregating needs the same number (>= 1) of frames for every output, got {sorted(counts)}")
+    if mode == "random":
+        if rng is None:
+            raise ValueError("target aggregation 'random' needs an rng")
+        chosen = int(rng.integers(counts.pop()))
+        return {key: np.asarray(values[chosen], dtype=np.float32) for key, values in rows.items()}
+    heatmap_masks = heatmap_masks or {}
+    targets = {}
+    for key, values in rows.items():
+        values = np.asarray(values, dtype=np.float32)
+        if kinds.get(key) == KIND_FLAG:
+            targets[key] = values.max(axis=0)
+        elif key in heatmap_masks and heatmap_masks[key] in rows:
+            present = np.asarray(rows[heatmap_masks[key]]) > 0
+            targets[key] = values[present].mean(axis=0) if present.any() else np.zeros_like(values[0])
+        else:
+            targets[key] = values.mean(axis=0)
+    return {key: np.asarray(value, dtype=np.float32) for key, value in targets.items()}

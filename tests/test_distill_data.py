@@ -1,0 +1,367 @@
+"""The targets clip dataset: window placement, aggregation, samples, workers, decode failures, clip cache, flow."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill import augment, clip_cache, data
+from distill.data import ClipSpec, TargetClipDataset, open_targets, split_videos
+from distill.windows import (
+    aggregate_targets, eval_window_start, frames_in_window, heatmap_flags, last_start, teacher_frame_indices,
+    train_window_start,
+)
+from extract.teachers.coco_classes import COCO_KEYPOINT_NAMES
+from pipeline.errors import ConfigError, DistinitError
+from pipeline.shards import ShardError, ShardWriter, shard_name, write_manifest
+from pipeline.video import ffmpeg_binary, read_clip
+
+FPS, SECONDS, WIDTH, HEIGHT = 10, 2, 64, 48
+TEACHER_TIMES = (0.25, 0.75, 1.25, 1.75)  # frames 2, 7, 12, 17 at 10 fps
+GOOD_VIDEOS = ("alpha", "bravo", "charlie")
+CLASSIFIER = {"name": "fake-imagenet", "outputs": [{"name": "logits", "shape": [10], "dtype": "float32", "kind": "logits"}]}
+KEYPOINTS = {
+    "name": "coco-keypoints",
+    "outputs": [
+        {"name": "heatmaps", "shape": [17, 4, 4], "dtype": "float16", "kind": "heatmaps", "class_names": list(COCO_KEYPOINT_NAMES)},
+        {"name": "person_present", "shape": [], "dtype": "uint8", "kind": "flag"},
+        {"name": "num_people", "shape": [], "dtype": "int16", "kind": "count"},
+    ],
+}
+ATTRIBUTES = {"dataset": "tiny", "stage_key": "00000000feedbeef", "code_version": "test", "sampling": {"frames_per_second": 2.0}}
+CLIP = ClipSpec(frames=4, stride=2, short_side=32, crop=24)
+FLOW_CLIP = ClipSpec(frames=3, stride=2, short_side=32, crop=24, modality="flow")
+
+
+def write_video(path: Path, pattern: str) -> None:
+    command = [ffmpeg_binary(), "-v", "error", "-y", "-f", "lavfi", "-i", f"{pattern}=size={WIDTH}x{HEIGHT}:rate={FPS}",
+               "-t", str(SECONDS), "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)]
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+
+def video_rows(video_id: str, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    count = len(TEACHER_TIMES)
+    heatmaps = rng.random((count, 17, 4, 4)).astype(np.float32)
+    heatmaps /= heatmaps.sum(axis=(2, 3), keepdims=True)
+    present = np.array([1, 0, 1, 1], dtype=np.uint8)
+    heatmaps[present == 0] = 0.0
+    return {
+        "video_id": [video_id] * count,
+        "t_seconds": np.array(TEACHER_TIMES),
+        "frame_index": np.array([int(t * FPS) for t in TEACHER_TIMES]),
+        "fake-imagenet/logits": rng.normal(0, 2, (count, 10)).astype(np.float32),
+        "coco-keypoints/heatmaps": heatmaps,
+        "coco-keypoints/person_present": present,
+        "coco-keypoints/num_people": np.array([1, 0, 2, 3], dtype=np.int16),
+    }
+
+
+@pytest.fixture(scope="module")
+def targets(tmp_path_factory) -> Path:
+    """A finished target cache over three tiny real videos and one corrupt file ('broken')."""
+    root = tmp_path_factory.mktemp("videos")
+    for video_id, pattern in zip(GOOD_VIDEOS, ("testsrc", "testsrc2", "smptebars")):
+        write_video(root / f"{video_id}.mp4", pattern)
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 20)
+    folder = tmp_path_factory.mktemp("targets")
+    every_video = (*GOOD_VIDEOS, "broken")
+    path = folder / shard_name(0, 1)
+    with ShardWriter(path, teachers=[CLASSIFIER, KEYPOINTS], shard_index=0, shard_count=1, attributes=ATTRIBUTES) as writer:
+        for seed, video_id in enumerate(every_video):
+            writer.append(video_rows(video_id, seed))
+    lines = [json.dumps({"id": video_id, "path": f"{video_id}.mp4"}) for video_id in every_video]
+    (folder / "videos.jsonl").write_text("\n".join(lines) + "\n")
+    write_manifest(folder, config={}, shards=[path], extra={"videos_manifest": "videos.jsonl", "videos_root": str(root)})
+    return folder
+
+
+def dataset(targets, video_ids=GOOD_VIDEOS, clip=CLIP, **options) -> TargetClipDataset:
+    return TargetClipDataset(targets, list(video_ids), clip, **{"train": False, **options})
+
+
+def assert_samples_equal(first: dict, second: dict) -> None:
+    assert first["video_id"] == second["video_id"] and first["clip_start"] == second["clip_start"]
+    assert first["index"] == second["index"] and first["num_teacher_frames"] == second["num_teacher_frames"]
+    assert torch.equal(first["video"], second["video"])
+    assert first["targets"].keys() == second["targets"].keys()
+    for key in first["targets"]:
+        assert torch.equal(first["targets"][key], second["targets"][key]), key
+
+
+# ---------------------------------------------------------------------- window placement (pure)
+def test_train_windows_hold_a_teacher_frame_on_the_grid_inside_the_video():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        frame_count = int(rng.integers(1, 120))
+        stride = int(rng.integers(1, 4))
+        span = (int(rng.integers(2, 9)) - 1) * stride
+        teacher_frames = np.sort(rng.choice(frame_count, size=min(frame_count, int(rng.integers(1, 6))), replace=False))
+        start = train_window_start(teacher_frames, frame_count, span, stride, rng)
+        assert start % stride == 0 and 0 <= start <= last_start(frame_count, span, stride)
+        assert frames_in_window(teacher_frames, start, span).any()
+        # Past the end by less than one stride at most (the decoder repeats the last frame there).
+        assert start + span <= max(frame_count - 1 + stride - 1, span)
+
+
+def test_train_windows_spread_and_eval_windows_centre():
+    teacher_frames = np.array([10, 30, 50])
+    rng = np.random.default_rng(1)
+    starts = {train_window_start(teacher_frames, 100, 14, 2, rng) for _ in range(400)}
+    assert len(starts) > 15  # many different starts around the three teacher frames
+    assert eval_window_start(teacher_frames, 100, 14, 2) == 30 - 7 - 1  # centred, on the grid (23 -> 22 or 24)
+    assert eval_window_start(teacher_frames, 100, 14, 2) == eval_window_start(teacher_frames, 100, 14, 2)
+    # Several eval clips per video use different teacher frames; a window near the end is clamped back.
+    assert [eval_window_start(teacher_frames, 100, 14, 2, clip, 3) for clip in range(3)] == [2, 22, 42]
+    assert eval_window_start(np.array([99]), 100, 14, 2) == last_start(100, 14, 2) == 86
+    # A video shorter than the clip starts at 0.
+    assert eval_window_start(np.array([3]), 5, 14, 2) == 0
+
+
+def test_teacher_frame_indices_follow_the_decoder_rule():
+    indices = teacher_frame_indices(np.array([0.0, 0.25, 0.3, 1.99, 5.0]), 10.0, 20)
+    assert indices.tolist() == [0, 2, 3, 19, 19]
+
+
+# ---------------------------------------------------------------------- aggregation (pure)
+def hand_made_rows() -> tuple[dict, dict]:
+    map_a, map_b = np.full((2, 2, 2), 0.25, np.float32), np.zeros((2, 2, 2), np.float32)
+    map_b[:, 0, 1] = 1.0
+    rows = {
+        "t/logits": np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 9.0]], np.float32),
+        "k/heatmaps": np.stack([map_a, np.zeros_like(map_a), map_b]),
+        "k/present": np.array([1, 0, 1], np.float32),
+        "k/count": np.array([1, 2, 6], np.float32),
+    }
+    kinds = {"t/logits": "logits", "k/heatmaps": "heatmaps", "k/present": "flag", "k/count": "count"}
+    return rows, kinds
+
+
+def test_mean_aggregation_exact_values():
+    rows, kinds = hand_made_rows()
+    masks = heatmap_flags([{"name": "k", "outputs": [{"name": "heatmaps", "kind": "heatmaps"}, {"name": "present", "kind": "flag"},
+                                                     {"name": "count", "kind": "count"}]}])
+    assert masks == {"k/heatmaps": "k/present"}
+    targets = aggregate_targets(rows, kinds, "mean", heatmap_masks=masks)
+    np.testing.assert_allclose(targets["t/logits"], [3.0, 5.0])
+    assert targets["k/present"] == 1.0 and targets["k/count"] == 3.0
+    # Heatmaps average only frames with a person: (a + b) / 2, still a distribution per keypoint.
+    np.testing.assert_allclose(targets["k/heatmaps"], (rows["k/heatmaps"][0] + rows["k/heatmaps"][2]) / 2)
+    np.testing.assert_allclose(targets["k/heatmaps"].sum(axis=(1, 2)), [1.0, 1.0])
+    nobody = {key: value[1:2] for key, value in rows.items()}
+    empty = aggregate_targets(nobody, kinds, "mean", heatmap_masks=masks)
+    assert empty["k/present"] == 0.0 and not empty["k/heatmaps"].any()
+    # Without a flag, heatmaps are a plain mean.
+    np.testing.assert_allclose(aggregate_targets(rows, kinds, "mean")["k/heatmaps"], rows["k/heatmaps"].mean(axis=0))
+
+
+def test_random_aggregation_takes_one_whole_frame():
+    rows, kinds = hand_made_rows()
+    chosen = set()
+    for seed in range(40):
+        targets = aggregate_targets(rows, kinds, "random", np.random.default_rng(seed))
+        frame = int(np.argmax(rows["t/logits"][:, 0] == targets["t/logits"][0]))
+        for key in rows:  # every output from the same frame
+            np.testing.assert_array_equal(targets[key], rows[key][frame])
+        chosen.add(frame)
+    assert chosen == {0, 1, 2}
+    with pytest.raises(ConfigError):
+        aggregate_targets(rows, kinds, "median")
+
+
+# ---------------------------------------------------------------------- store and split
+def test_split_is_deterministic_disjoint_and_holds_one_out():
+    ids = [f"video_{index:03d}" for index in range(200)]
+    train_ids, val_ids = split_videos(ids, 0.1, seed=3)
+    assert (train_ids, val_ids) == split_videos(list(reversed(ids)), 0.1, seed=3)
+    assert set(train_ids) | set(val_ids) == set(ids) and not set(train_ids) & set(val_ids)
+    assert 8 <= len(val_ids) <= 35
+    assert split_videos(ids, 0.1, seed=4)[1] != val_ids
+    # Adding videos never moves an existing one across.
+    _, more_val = split_videos(ids + ["extra_1", "extra_2"], 0.1, seed=3)
+    assert set(val_ids) <= set(more_val)
+    assert [len(side) for side in split_videos(["a", "b"], 0.1)] == [1, 1]
+    assert [len(side) for side in split_videos(["a", "b"], 0.9)] == [1, 1]
+    assert split_videos(["a", "b"], 0.0) == (["a", "b"], [])
+    assert split_videos(["a"], 0.5) == (["a"], [])
+
+
+def test_open_targets_refuses_a_broken_cache(targets, tmp_path):
+    assert len(open_targets(targets)) == 16
+    copy = tmp_path / "copy"
+    shutil.copytree(targets, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["shards"][0]["rows"] = 15
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardError, match="shard-00000-of-00001.h5: 16 rows"):
+        open_targets(copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(ShardError, match="no manifest"):
+        open_targets(copy)
+
+
+def test_unknown_videos_and_moved_videos_are_reported(targets, tmp_path):
+    with pytest.raises(DistinitError, match="no target rows"):
+        dataset(targets, ["alpha", "zulu"])
+    with pytest.raises(DistinitError, match="none of the 3 videos exist"):
+        dataset(targets, videos_root=tmp_path)
+
+
+# ---------------------------------------------------------------------- samples
+def test_eval_sample_layout_and_normalisation(targets):
+    eval_set = dataset(targets)
+    assert len(eval_set) == 3 and len(dataset(targets, clips_per_video=2)) == 6
+    assert [teacher["name"] for teacher in eval_set.teachers] == ["fake-imagenet", "coco-keypoints"]
+    sample = eval_set[1]
+    assert sample["video"].shape == (3, 4, 24, 24) and sample["video"].dtype == torch.float32
+    assert {key: tuple(value.shape) for key, value in sample["targets"].items()} == {
+        "fake-imagenet/logits": (10,), "coco-keypoints/heatmaps": (17, 4, 4),
+        "coco-keypoints/person_present": (), "coco-keypoints/num_people": (),
+    }
+    assert all(value.dtype == torch.float32 for value in sample["targets"].values())
+    assert sample["video_id"] == "bravo" and sample["index"] == 1
+    # Centred on the middle teacher frame (frame 12 of 20): start 12 - 3 = 9 -> 8 or 10 on the stride grid.
+    assert sample["clip_start"] == pytest.approx(0.8) and sample["num_teacher_frames"] == 1
+    rows = video_rows("bravo", 1)
+    stored = rows["fake-imagenet/logits"][2].astype(np.float16)  # the cache keeps soft targets as float16
+    np.testing.assert_array_equal(sample["targets"]["fake-imagenet/logits"].numpy(), stored.astype(np.float32))
+    # The tensor is the decoded, centre-cropped clip, scaled and normalised.
+    frames = read_clip(eval_set.paths["bravo"], sample["clip_start"], 4, stride=2, short_side=32)
+    top, left = (32 - 24) // 2, (42 - 24) // 2
+    expected = augment.rgb_to_tensor(frames[:, top : top + 24, left : left + 24])
+    assert torch.equal(sample["video"], expected)
+    unnormalised = sample["video"] * torch.tensor(augment.VIDEO_STD).view(3, 1, 1, 1) + torch.tensor(augment.VIDEO_MEAN).view(3, 1, 1, 1)
+    assert unnormalised.min() >= -1e-5 and unnormalised.max() <= 1 + 1e-5
+
+
+def test_eval_is_deterministic_and_train_varies_with_epoch_and_seed(targets):
+    eval_set = dataset(targets)
+    first = [eval_set[index] for index in range(3)]
+    eval_set.set_epoch(5)
+    for index in range(3):
+        assert_samples_equal(first[index], eval_set[index])
+    train_set = dataset(targets, train=True, clips_per_video=4, seed=7)
+    epoch_zero = [(train_set[index]["clip_start"], train_set[index]["video"].sum().item()) for index in range(12)]
+    assert all(train_set[index]["num_teacher_frames"] >= 1 for index in range(12))
+    train_set.set_epoch(1)
+    epoch_one = [(train_set[index]["clip_start"], train_set[index]["video"].sum().item()) for index in range(12)]
+    assert epoch_zero != epoch_one
+    same_seed = dataset(targets, train=True, clips_per_video=4, seed=7)
+    same_seed.set_epoch(1)
+    assert_samples_equal(same_seed[5], train_set[5])
+
+
+def test_flip_mirrors_video_heatmaps_and_swaps_keypoints(targets, monkeypatch):
+    train_set = dataset(targets, train=True)
+    monkeypatch.setattr(augment, "FLIP_PROBABILITY", 0.0)
+    plain = train_set[0]
+    monkeypatch.setattr(augment, "FLIP_PROBABILITY", 1.0)
+    flipped = train_set[0]
+    assert plain["clip_start"] == flipped["clip_start"]  # same window and crop, only the flip differs
+    assert torch.equal(flipped["video"], plain["video"].flip(-1))
+    left, right = COCO_KEYPOINT_NAMES.index("left_wrist"), COCO_KEYPOINT_NAMES.index("right_wrist")
+    plain_maps, flipped_maps = plain["targets"]["coco-keypoints/heatmaps"], flipped["targets"]["coco-keypoints/heatmaps"]
+    assert torch.equal(flipped_maps[right], plain_maps[left].flip(-1))
+    assert torch.equal(flipped_maps[left], plain_maps[right].flip(-1))
+    for key in ("fake-imagenet/logits", "coco-keypoints/person_present", "coco-keypoints/num_people"):
+        assert torch.equal(flipped["targets"][key], plain["targets"][key])
+
+
+def test_workers_give_the_same_batches_as_the_main_process(targets):
+    eval_set = dataset(targets, clips_per_video=2)
+    batches = {}
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(eval_set, batch_size=2, num_workers=workers)
+        batches[workers] = list(loader)
+    assert len(batches[0]) == len(batches[2]) == 3
+    for main_batch, worker_batch in zip(batches[0], batches[2]):
+        assert main_batch["video_id"] == worker_batch["video_id"]
+        assert torch.equal(main_batch["video"], worker_batch["video"])
+        assert torch.equal(main_batch["clip_start"], worker_batch["clip_start"])
+        for key in main_batch["targets"]:
+            assert torch.equal(main_batch["targets"][key], worker_batch["targets"][key])
+
+
+def test_dataset_survives_a_pickle_as_spawned_workers_receive_it(targets):
+    eval_set = dataset(targets)
+    eval_set[0]  # opens HDF5 handles and probes in this process
+    copy = pickle.loads(pickle.dumps(eval_set))
+    assert_samples_equal(copy[2], eval_set[2])
+
+
+def test_a_corrupt_video_is_skipped_counted_and_bounded(targets):
+    with_broken = dataset(targets, ["alpha", "broken", "charlie"])
+    sample = with_broken[1]
+    assert sample["video_id"] == "charlie" and sample["index"] == 2  # the next sample stands in
+    assert with_broken.decode_failures == 1 and with_broken.failed_videos == {"broken"}
+    with_broken[1]
+    assert with_broken.decode_failures == 1  # a known-bad video is not decoded again
+    strict = dataset(targets, ["alpha", "broken"], max_decode_failures=0)
+    with pytest.raises(DistinitError, match=r"broken\.mp4: more than 0 videos failed"):
+        strict[1]
+
+
+# ---------------------------------------------------------------------- clip cache
+@pytest.mark.parametrize("clip", [CLIP, FLOW_CLIP], ids=["rgb", "flow"])
+def test_cached_clips_equal_decoded_clips_and_skip_the_decoder(targets, tmp_path, monkeypatch, clip):
+    options = {"train": True, "clips_per_video": 2, "seed": 3, "clip": clip}
+    decoded = dataset(targets, **options)
+    cached = dataset(targets, cache_clips=tmp_path / "cache", **options)
+    for index in range(len(decoded)):
+        assert_samples_equal(decoded[index], cached[index])
+    entries = sorted(path.name for path in (tmp_path / "cache").iterdir())
+    assert len(entries) == 3 and all(name.startswith(GOOD_VIDEOS) for name in entries)
+
+    decoded.set_epoch(1)
+    expected = [decoded[index] for index in range(len(decoded))]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the decoder ran on a cached video")
+
+    for module in (data, clip_cache):
+        monkeypatch.setattr(module, "read_clip", refuse)
+        monkeypatch.setattr(module, "probe", refuse)
+    fresh = dataset(targets, cache_clips=tmp_path / "cache", **options)  # e.g. a new worker, next epoch
+    fresh.set_epoch(1)
+    for index, sample in enumerate(expected):
+        assert_samples_equal(sample, fresh[index])
+
+
+def test_cache_lock_held_by_another_worker_falls_back_to_decoding(targets, tmp_path):
+    cache = clip_cache.ClipCache(tmp_path / "cache", short_side=32, grid=2)
+    path = dataset(targets).paths["alpha"]
+    folder = cache.entry_folder("alpha", path)
+    lock = folder.parent / f".{folder.name}.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("12345")
+    assert cache.get("alpha", path) is None  # someone else is building it
+    cached_set = dataset(targets, cache_clips=tmp_path / "cache")
+    assert_samples_equal(cached_set[0], dataset(targets)[0])
+    stale = lock.stat().st_mtime - clip_cache.STALE_LOCK_SECONDS - 10
+    os.utime(lock, (stale, stale))
+    entry = cache.get("alpha", path)
+    assert entry is not None and entry.frame_count == FPS * SECONDS and not lock.exists()
+    assert np.load(entry.folder / clip_cache.FRAMES_FILE).shape == (10, 32, 42, 3)
+
+
+# ---------------------------------------------------------------------- flow
+def test_flow_samples_and_flow_flip(targets, monkeypatch):
+    flow_set = dataset(targets, clip=FLOW_CLIP, train=True)
+    monkeypatch.setattr(augment, "FLIP_PROBABILITY", 0.0)
+    plain = flow_set[2]
+    assert plain["video"].shape == (2, 3, 24, 24) and plain["video"].dtype == torch.float32
+    assert torch.isfinite(plain["video"]).all() and plain["video"].abs().max() <= 1.0
+    assert plain["video"].abs().max() > 0  # the test pattern moves
+    monkeypatch.setattr(augment, "FLIP_PROBABILITY", 1.0)
+    flipped = flow_set[2]
+    assert torch.equal(flipped["video"][0], -plain["video"][0].flip(-1))
+    assert torch.equal(flipped["video"][1], plain["video"][1].flip(-1))
+    assert dataset(targets, clip=FLOW_CLIP, flow_method="tvl1").clip.flow_method == "tvl1"
