@@ -1,0 +1,77 @@
+"""The stage-two config: which targets, which student, how clips are cut, how it is trained."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+# Bump when a change to stage two's code changes what a run produces (part of the run key).
+CODE_VERSION = "distill-1"
+
+# Options that change speed or where things go, never the trained weights: left out of the run key.
+NOT_IN_KEY = ("out", "workers", "device", "cache_clips", "log_every_steps", "stop_after_steps", "show_progress")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    targets: str = ""  # a targets folder (targets/<data>/<key>) or targets/<data> (its `latest`)
+    videos_root: str | None = None  # where the videos are now, if they moved since extraction
+    student: str = "r2plus1d_18"
+    width: str = "full"  # "full" | "tiny"
+    modality: str = "rgb"  # "rgb" | "flow"
+    flow_method: str = "farneback"  # "farneback" | "tvl1"
+    frames: int = 8
+    stride: int = 2
+    short_side: int = 128
+    crop: int = 112
+    target_agg: str = "mean"  # "mean" | "random"
+    clips_per_video: int = 1
+    temperature: float = 1.0
+    loss_weights: dict[str, Any] = dataclasses.field(default_factory=dict)
+    optimizer: str = "sgd"  # "sgd" | "adamw"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    min_lr_fraction: float = 0.01
+    epochs: int = 10
+    batch_size: int = 16
+    val_fraction: float = 0.1
+    dropout: float = 0.0
+    seed: int = 0
+    deterministic: bool = False
+    amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU) | "bf16" | "fp16" | "off"
+    save_every_steps: int = 500
+    max_decode_failures: int = 50
+    out: str = "runs/distill"
+    workers: int = 2
+    device: str = "auto"
+    cache_clips: str | None = None
+    log_every_steps: int = 10
+    stop_after_steps: int | None = None  # stop (as if killed) after this many steps; for resume tests
+
+    def __post_init__(self):
+        choices = {
+            "width": ("full", "tiny"), "modality": ("rgb", "flow"), "flow_method": ("farneback", "tvl1"),
+            "target_agg": ("mean", "random"), "optimizer": ("sgd", "adamw"), "amp": ("auto", "bf16", "fp16", "off"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"option {name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        positive = ("frames", "stride", "short_side", "crop", "clips_per_video", "temperature", "lr", "epochs",
+                    "batch_size", "save_every_steps", "log_every_steps")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"option {name} must be > 0, got {getattr(self, name)}")
+        if self.crop > self.short_side:
+            raise ConfigError(f"option crop={self.crop} is larger than short_side={self.short_side}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"option val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.workers < 0 or self.warmup_steps < 0:
+            raise ConfigError("options workers and warmup_steps must be >= 0")
+
+    def key_fields(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        return {name: value for name, value in values.items() if name not in NOT_IN_KEY}

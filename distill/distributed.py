@@ -1,0 +1,66 @@
+"""torchrun integration: one process per device, gloo on CPU, nccl on GPU. Nothing home-made."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+import torch.distributed as dist
+
+from pipeline.errors import DistinitError
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DistinitError(f"--device {device}: torch sees no CUDA device; use --device cpu or auto")
+        return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
+    return torch.device(device)
+
+
+def init_distributed(device: str) -> DistributedContext:
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); single process when absent."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    resolved = resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if resolved.type == "cuda":
+            torch.cuda.set_device(resolved)
+        dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
+    return DistributedContext(rank, world_size, local_rank, resolved)
+
+
+def all_reduce_sum(values: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    if context.enabled:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def barrier(context: DistributedContext) -> None:
+    if context.enabled:
+        dist.barrier()
+
+
+def shutdown(context: DistributedContext) -> None:
+    if context.enabled and dist.is_initialized():
+        dist.destroy_process_group()

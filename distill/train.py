@@ -1,0 +1,303 @@
+"""Stage two: train a 3D student to predict the cached teacher targets from whole clips.
+
+Read top to bottom: set up (processes, seeds, data, model, optimizer) -> resume -> for each epoch,
+train one epoch, measure the held-out distillation loss, log one JSON line, save checkpoints.
+Runs as one process, or as many under `torchrun` (DDP; gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from distill.checkpoint import CheckpointSaver, load_checkpoint
+from distill.config import CODE_VERSION, DistillConfig
+from distill.data import ClipSpec, TargetClipDataset, open_targets, split_videos
+from distill.distributed import DistributedContext, all_reduce_sum, barrier, init_distributed, shutdown
+from distill.losses import DistillationLoss
+from distill.sampler import ResumableSampler
+from distill.schedule import learning_rate
+from distill.seeding import restore_rng_states, rng_states, seed_everything, seed_worker
+from distill.heads import head_specs_from_teachers
+from distill.students import create_student
+from distill.targets_folder import check_targets, resolve_targets_dir, targets_fingerprint
+from pipeline.atomic import atomic_write_text
+from pipeline.errors import DistinitError
+from pipeline.hashing import sha256_json
+from pipeline.provenance import git_state, write_provenance
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(DistinitError):
+    """Training cannot go on (a non-finite loss)."""
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    run_dir: Path
+    step: int
+    epoch: int
+    history: list[dict[str, Any]]
+    stopped_early: bool
+
+
+def run_key(config: DistillConfig, fingerprint: str) -> str:
+    return sha256_json({"config": config.key_fields(), "targets": fingerprint, "code_version": CODE_VERSION})[:16]
+
+
+def build_loaders(config: DistillConfig, targets_dir: Path, context: DistributedContext):
+    store = open_targets(targets_dir)
+    train_ids, val_ids = split_videos(store.video_ids(), config.val_fraction, config.seed)
+    clip = ClipSpec(frames=config.frames, stride=config.stride, short_side=config.short_side, crop=config.crop,
+                    modality=config.modality)
+    common = dict(seed=config.seed, cache_clips=config.cache_clips, videos_root=config.videos_root,
+                  max_decode_failures=config.max_decode_failures, target_agg=config.target_agg)
+    if config.modality == "flow":
+        common["flow_method"] = config.flow_method
+    train_set = TargetClipDataset(targets_dir, train_ids, clip, train=True, clips_per_video=config.clips_per_video, **common)
+    val_set = TargetClipDataset(targets_dir, val_ids, clip, train=False, **common) if val_ids else None
+    train_sampler = ResumableSampler(len(train_set), shuffle=True, seed=config.seed, rank=context.rank,
+                                     world_size=context.world_size)
+    # Loaders get their own generators, so creating an iterator never draws from the global torch RNG
+    # (a resumed run creates one at a different point than an uninterrupted run would).
+    loader_options = dict(batch_size=config.batch_size, num_workers=config.workers, worker_init_fn=seed_worker,
+                          pin_memory=context.device.type == "cuda", persistent_workers=False,
+                          generator=torch.Generator().manual_seed(config.seed))
+    train_loader = DataLoader(train_set, sampler=train_sampler, **loader_options)
+    val_loader = None
+    if val_set is not None:
+        val_sampler = ResumableSampler(len(val_set), shuffle=False, seed=config.seed, rank=context.rank,
+                                       world_size=context.world_size)
+        val_loader = DataLoader(val_set, sampler=val_sampler, **loader_options)
+    return store, train_loader, val_loader
+
+
+def build_optimizer(model: torch.nn.Module, config: DistillConfig) -> torch.optim.Optimizer:
+    # No weight decay on biases and norm parameters (standard for ResNets).
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def autocast_for(config: DistillConfig, device: torch.device):
+    amp = config.amp
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "off"
+    if amp == "off":
+        return contextlib.nullcontext(), None
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" and device.type == "cuda" else None
+    return torch.autocast(device_type=device.type, dtype=dtype), scaler
+
+
+def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool):
+    video = batch["video"].to(device, non_blocking=True)
+    if channels_last:
+        video = video.contiguous(memory_format=torch.channels_last_3d)
+    targets = {key: value.to(device, non_blocking=True) for key, value in batch["targets"].items()}
+    return video, targets
+
+
+def agreement_key(heads) -> str | None:
+    """The ImageNet classifier head, whose top-1 agreement with its teacher is logged each epoch."""
+    logits_heads = [head.key for head in heads if head.kind == "logits"]
+    imagenet = [key for key in logits_heads if key.startswith("imagenet")]
+    return (imagenet or logits_heads or [None])[0]
+
+
+def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, config, context, total_steps, progress,
+                    on_checkpoint) -> dict[str, Any]:
+    """One pass over this rank's part of the training clips. Calls `on_checkpoint()` every
+    `save_every_steps`; stops early (state["stopped"]) at `stop_after_steps`."""
+    model.train()
+    sums: dict[str, float] = {}
+    clips, data_wait, started = 0, 0.0, time.monotonic()
+    waiting_since = time.monotonic()
+    for batch in loader:
+        data_wait += time.monotonic() - waiting_since
+        lr = learning_rate(state["step"], base_lr=config.lr, warmup_steps=config.warmup_steps,
+                           total_steps=total_steps, min_lr_fraction=config.min_lr_fraction)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        video, targets = to_device(batch, context.device, context.device.type == "cuda")
+        with autocast:
+            predictions = model(video)
+        terms = loss_fn({key: value.float() for key, value in predictions.items()}, targets)
+        if not torch.isfinite(terms["loss"]):
+            raise TrainingError(
+                f"step {state['step']}: loss is {terms['loss'].item()} (non-finite); lower --lr or check the targets "
+                f"with distinit verify"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(terms["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            terms["loss"].backward()
+            optimizer.step()
+        state["step"] += 1
+        clips += len(video)
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + value.item() * len(video)
+        progress.update(1)
+        progress.set_postfix(loss=f"{terms['loss'].item():.3f}", lr=f"{lr:.2g}", refresh=False)
+        if state["step"] % config.save_every_steps == 0 or state["step"] == config.stop_after_steps:
+            on_checkpoint()
+        if state["step"] == config.stop_after_steps:
+            state["stopped"] = True
+            break
+        waiting_since = time.monotonic()
+    seconds = time.monotonic() - started
+    return {"sums": sums, "clips": clips, "data_wait": data_wait, "seconds": seconds}
+
+
+@torch.no_grad()
+def evaluate(model, loader, loss_fn, autocast, context, agreement) -> dict[str, float]:
+    """Held-out distillation loss (per term) and top-1 agreement with the ImageNet teacher, over all ranks."""
+    model.eval()
+    names = ["loss"] + [f"kd/{head.key}" for head in loss_fn.heads]
+    totals = torch.zeros(len(names) + 2, dtype=torch.float64)
+    for batch in loader:
+        video, targets = to_device(batch, context.device, context.device.type == "cuda")
+        with autocast:
+            predictions = model(video)
+        terms = loss_fn({key: value.float() for key, value in predictions.items()}, targets)
+        count = len(video)
+        for position, name in enumerate(names):
+            totals[position] += terms[name].item() * count if name in terms else 0.0
+        if agreement is not None:
+            agree = predictions[agreement].argmax(dim=1) == targets[agreement].argmax(dim=1)
+            totals[-2] += agree.sum().item()
+        totals[-1] += count
+    totals = all_reduce_sum(totals.to(context.device), context).cpu()
+    clips = max(totals[-1].item(), 1.0)
+    result = {f"val_{name}": totals[position].item() / clips for position, name in enumerate(names)}
+    if agreement is not None:
+        result["val_agreement_top1"] = totals[-2].item() / clips
+    return result
+
+
+def resume_or_start(run_dir: Path, model, optimizer, config: DistillConfig) -> dict[str, Any]:
+    """Training state: restored from the run folder's last checkpoint when there is one ("resume
+    everything"), else fresh, optionally from `init_weights` ("start from these weights")."""
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "best_val_loss": math.inf, "stopped": False}
+    last = run_dir / "checkpoint-last.pt"
+    if not last.is_file():
+        return state
+    checkpoint = load_checkpoint(last)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    restore_rng_states(checkpoint["rng"])
+    state.update(step=checkpoint["step"], epoch=checkpoint["epoch"], best_val_loss=checkpoint["best_val_loss"])
+    logger.info("resumed %s at step %d (epoch %d)", last, state["step"], state["epoch"])
+    return state
+
+
+def checkpoint_state(model, optimizer, state, config: DistillConfig, provenance: dict) -> dict[str, Any]:
+    return {
+        "model": model.state_dict(),
+        "architecture": model.architecture(),
+        "optimizer": optimizer.state_dict(),
+        "step": state["step"],
+        "epoch": state["epoch"],
+        "rng": rng_states(),
+        "config": dataclasses.asdict(config),
+        "best_val_loss": state["best_val_loss"],
+        "provenance": provenance,
+    }
+
+
+def epoch_record(state, stats: dict, validation: dict, lr: float) -> dict[str, Any]:
+    clips = max(stats["clips"], 1)
+    record = {"epoch": state["epoch"], "step": state["step"], "lr": lr}
+    record.update({f"train_{name}": total / clips for name, total in stats["sums"].items()})
+    record.update(validation)
+    record["clips_per_second"] = stats["clips"] / max(stats["seconds"], 1e-9)
+    record["data_wait_fraction"] = stats["data_wait"] / max(stats["seconds"], 1e-9)
+    record["seconds"] = stats["seconds"]
+    return record
+
+
+def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
+    # ---------------------------------------------------------------- processes, seeds, targets
+    context = init_distributed(config.device)
+    seed_everything(config.seed, context.rank, config.deterministic)
+    targets_dir = resolve_targets_dir(config.targets)
+    if context.is_main:
+        check_targets(targets_dir)
+    fingerprint = targets_fingerprint(targets_dir)
+    run_dir = Path(config.out) / run_key(config, fingerprint)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # ---------------------------------------------------------------- data, model, loss, optimizer
+    store, train_loader, val_loader = build_loaders(config, targets_dir, context)
+    heads = head_specs_from_teachers(store.teachers)
+    model = create_student(config.student, heads, width=config.width, dropout=config.dropout,
+                           in_channels=2 if config.modality == "flow" else 3).to(context.device)
+    if context.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last_3d)
+    loss_fn = DistillationLoss(heads, temperature=config.temperature, weights=dict(config.loss_weights) or None)
+    optimizer = build_optimizer(model, config)
+    autocast, scaler = autocast_for(config, context.device)
+    state = resume_or_start(run_dir, model, optimizer, config)
+    wrapped = DistributedDataParallel(model) if context.enabled else model
+    provenance = {**git_state(), "targets_dir": str(targets_dir), "targets_manifest_sha256": fingerprint,
+                  "code_version": CODE_VERSION, "world_size": context.world_size}
+    saver = CheckpointSaver(run_dir)
+    if context.is_main:
+        write_provenance(run_dir, config, **provenance)
+    steps_per_epoch = len(train_loader)
+    total_steps = config.epochs * steps_per_epoch
+    agreement = agreement_key(heads)
+    history: list[dict[str, Any]] = []
+
+    def save_last() -> None:
+        if context.is_main:
+            periodic = state["step"] % config.save_every_steps == 0
+            saver.save_last(checkpoint_state(model, optimizer, state, config, provenance), periodic=periodic)
+        barrier(context)
+
+    # ---------------------------------------------------------------- the loop
+    with tqdm(total=total_steps, initial=state["step"], unit="step", desc="distill",
+              disable=not (show_progress and context.is_main)) as progress:
+        while state["epoch"] < config.epochs and not state["stopped"]:
+            step_in_epoch = state["step"] - state["epoch"] * steps_per_epoch
+            train_loader.sampler.set_epoch(state["epoch"], start_index=step_in_epoch * config.batch_size)
+            train_loader.dataset.set_epoch(state["epoch"])
+            stats = train_one_epoch(wrapped, train_loader, loss_fn, optimizer, scaler, autocast, state, config, context,
+                                    total_steps, progress, save_last)
+            if state["stopped"]:
+                break
+            state["epoch"] += 1
+            validation = evaluate(wrapped, val_loader, loss_fn, autocast, context, agreement) if val_loader else {}
+            record = epoch_record(state, stats, validation, optimizer.param_groups[0]["lr"])
+            history.append(record)
+            val_loss = validation.get("val_loss", record.get("train_loss", math.inf))
+            if context.is_main:
+                with open(run_dir / "log.jsonl", "a", encoding="utf-8") as log:
+                    log.write(json.dumps(record, sort_keys=True) + "\n")
+                logger.info("epoch %s", json.dumps(record, sort_keys=True))
+            if val_loss < state["best_val_loss"]:
+                state["best_val_loss"] = val_loss
+                if context.is_main:
+                    saver.save_best(checkpoint_state(model, optimizer, state, config, provenance))
+            save_last()
+    if context.is_main and not state["stopped"]:
+        atomic_write_text(Path(config.out) / "latest", run_dir.name + "\n")
+    shutdown(context)
+    return TrainingResult(run_dir, state["step"], state["epoch"], history, state["stopped"])

@@ -1,0 +1,167 @@
+"""Stage two's trainer end to end on tiny targets: overfitting, resume, refusal of broken targets, DDP, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import distill.train as train_module
+from distill.config import DistillConfig
+from distill.data import ClipSpec, TargetClipDataset, split_videos
+from distill.heads import head_specs_from_teachers
+from distill.losses import DistillationLoss
+from distill.students import create_student
+from distill.train import TrainingError, train
+from extract.config import ExtractConfig
+from extract.run import run_extraction
+from pipeline.cli import main
+from pipeline.errors import DistinitError
+from pipeline.shards import TargetStore
+from pipeline.video.binary import ffmpeg_binary
+
+PATTERNS = ("testsrc", "testsrc2", "smptebars", "rgbtestsrc", "smptehdbars", "yuvtestsrc")
+
+
+@pytest.fixture(scope="module")
+def tiny_targets(tmp_path_factory) -> Path:
+    """11 tiny videos (2 s, 10 fps) and their EfficientNet-Lite0 targets, extracted by the real runner."""
+    root = tmp_path_factory.mktemp("videos")
+    for number in range(11):
+        pattern = PATTERNS[number % len(PATTERNS)]
+        command = [
+            ffmpeg_binary(), "-v", "error", "-y", "-f", "lavfi", "-i", f"{pattern}=size=48x32:rate=10", "-t", "2",
+            "-vf", f"hue=h={number * 33}", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "5", "-threads", "1",
+            str(root / f"video_{number:02d}.mp4"),
+        ]
+        subprocess.run(command, check=True, timeout=60)
+    out = tmp_path_factory.mktemp("targets")
+    report = run_extraction(
+        ExtractConfig(data="folder", root=str(root), out=str(out), shard_count=2, workers=0), show_progress=False
+    )
+    return report.targets_dir
+
+
+def _config(targets: Path, out: Path, **overrides) -> DistillConfig:
+    values = dict(
+        targets=str(targets), out=str(out), student="r2plus1d_18", width="tiny", frames=4, stride=2, short_side=32,
+        crop=32, batch_size=2, epochs=2, val_fraction=0.1, workers=0, optimizer="adamw", lr=2e-3, warmup_steps=2,
+        save_every_steps=100, deterministic=True, seed=3,
+    )
+    values.update(overrides)
+    return DistillConfig(**values)
+
+
+def test_overfit_one_batch_loss_falls_by_80_percent(tiny_targets):
+    store = TargetStore(tiny_targets)
+    heads = head_specs_from_teachers(store.teachers)
+    dataset = TargetClipDataset(tiny_targets, sorted(store.video_ids())[:4], ClipSpec(4, 2, 32, 32), train=False)
+    batch = torch.utils.data.default_collate([dataset[index] for index in range(4)])
+    model = create_student("r2plus1d_18", heads, width="tiny")
+    loss_fn = DistillationLoss(heads, temperature=2.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(50):
+        terms = loss_fn(model(batch["video"]), batch["targets"])
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+        losses.append(terms["loss"].item())
+    assert losses[-1] <= 0.2 * losses[0], f"loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+def test_train_writes_checkpoints_logs_and_provenance(tiny_targets, tmp_path):
+    result = train(_config(tiny_targets, tmp_path), show_progress=False)
+    steps_per_epoch = 5  # 10 train videos (1 held out), batch 2
+    assert result.step == 2 * steps_per_epoch and result.epoch == 2 and not result.stopped_early
+    names = sorted(path.name for path in result.run_dir.iterdir())
+    assert {"checkpoint-last.pt", "checkpoint-best.pt", "config.yaml", "provenance.json", "log.jsonl"} <= set(names)
+    records = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in records] == [1, 2]
+    for key in ("train_loss", "val_loss", "val_agreement_top1", "clips_per_second", "data_wait_fraction", "lr"):
+        assert key in records[0]
+    checkpoint = torch.load(result.run_dir / "checkpoint-last.pt", weights_only=False)
+    assert set(checkpoint) == {"model", "architecture", "optimizer", "step", "epoch", "rng", "config", "best_val_loss",
+                               "provenance"}
+    assert checkpoint["architecture"]["name"] == "r2plus1d_18" and checkpoint["step"] == 10
+    assert checkpoint["provenance"]["targets_manifest_sha256"]
+    assert (tmp_path / "latest").read_text().strip() == result.run_dir.name
+
+
+@pytest.mark.parametrize("stop_at", [5, 3])
+def test_resume_after_kill_gives_the_same_weights(tiny_targets, tmp_path, stop_at):
+    straight = train(_config(tiny_targets, tmp_path / "straight"), show_progress=False)
+    interrupted = train(_config(tiny_targets, tmp_path / "resumed", stop_after_steps=stop_at), show_progress=False)
+    assert interrupted.stopped_early and interrupted.step == stop_at
+    resumed = train(_config(tiny_targets, tmp_path / "resumed"), show_progress=False)
+    assert resumed.step == straight.step == 10
+    weights_straight = torch.load(straight.run_dir / "checkpoint-last.pt", weights_only=False)["model"]
+    weights_resumed = torch.load(resumed.run_dir / "checkpoint-last.pt", weights_only=False)["model"]
+    assert weights_straight.keys() == weights_resumed.keys()
+    for name in weights_straight:
+        assert torch.equal(weights_straight[name], weights_resumed[name]), name
+
+
+def test_non_finite_loss_stops_training(tiny_targets, tmp_path, monkeypatch):
+    real_call = train_module.DistillationLoss.__call__
+
+    def poisoned(self, predictions, targets):
+        terms = real_call(self, predictions, targets)
+        terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(train_module.DistillationLoss, "__call__", poisoned)
+    with pytest.raises(TrainingError, match="non-finite"):
+        train(_config(tiny_targets, tmp_path), show_progress=False)
+
+
+def test_refuses_broken_targets_naming_the_shard(tiny_targets, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for path in tiny_targets.iterdir():
+        (broken / path.name).write_bytes(path.read_bytes())
+    shard = broken / "shard-00001-of-00002.h5"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DistinitError, match="shard-00001-of-00002.h5"):
+        train(_config(broken, tmp_path / "runs"), show_progress=False)
+    result = CliRunner().invoke(main, ["distill", "--targets", str(broken), "--width", "tiny", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "shard-00001-of-00002.h5" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_distill_then_export_refuses_tiny(tiny_targets, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, [
+        "distill", "--targets", str(tiny_targets), "--width", "tiny", "--frames", "4", "--short-side", "32", "--crop", "32",
+        "--epochs", "1", "--batch-size", "4", "--workers", "0", "--out", str(tmp_path), "--no-progress",
+    ])
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / (tmp_path / "latest").read_text().strip()
+    exported = runner.invoke(main, ["export", str(run_dir / "checkpoint-last.pt"), "--out", str(tmp_path / "trunk.pt")])
+    assert exported.exit_code != 0 and "tiny" in exported.output
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_train_and_checkpoint(tiny_targets, tmp_path):
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        "-m", "pipeline", "distill", "--targets", str(tiny_targets), "--width", "tiny", "--frames", "4",
+        "--short-side", "32", "--crop", "32", "--epochs", "1", "--batch-size", "2", "--workers", "0",
+        "--device", "cpu", "--out", str(tmp_path), "--no-progress",
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / (tmp_path / "latest").read_text().strip()
+    checkpoint = torch.load(run_dir / "checkpoint-last.pt", weights_only=False)
+    assert checkpoint["provenance"]["world_size"] == 2
+    assert checkpoint["step"] == 3  # 10 train clips over 2 ranks -> 5 per rank -> 3 batches of 2
+    assert len((run_dir / "log.jsonl").read_text().splitlines()) == 1
