@@ -11,11 +11,14 @@ DATA     ?= demo
 ROOT     ?= $(if $(filter demo,$(DATA)),$(DEMO_DIR),)
 TEACHERS ?=
 EXTRACT_ARGS ?=
+DISTILL_CONFIG ?= $(if $(filter demo,$(DATA)),configs/demo-distill.yaml,configs/distill.yaml)
+TARGETS  ?= targets/$(DATA)
+DISTILL_ARGS ?=
 PYTEST_ARGS ?=
 POSE     ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo-data extract verify demo test bench clean
+.PHONY: help setup demo-data extract verify distill demo test bench clean
 
 help: ## Show targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -44,11 +47,15 @@ extract: setup $(if $(filter demo,$(DATA)),demo-data) ## Stage one: teachers ove
 verify: setup ## Check the latest targets of DATA (checksums, row counts, NaN/inf, manifest)
 	$(DISTINIT) verify targets/$(DATA)/$$(cat targets/$(DATA)/latest)
 
+distill: setup ## Stage two: train a 3D student on the latest targets of DATA (TARGETS=dir, DISTILL_CONFIG=yaml, DISTILL_ARGS=...)
+	$(DISTINIT) distill --config $(DISTILL_CONFIG) --targets $(TARGETS) $(DISTILL_ARGS)
+
 demo: demo-data ## Run the whole pipeline on the embedded demo data (stages that exist so far)
 	$(DISTINIT) manifest --data hmdb51 --root $(DEMO_DIR)/actions/videos --out $(DEMO_DIR)/manifests/actions.jsonl
 	$(MAKE) --no-print-directory extract DATA=demo
 	$(MAKE) --no-print-directory verify DATA=demo
 	$(DISTINIT) inspect targets/demo/$$(cat targets/demo/latest) --top-k 3
+	$(MAKE) --no-print-directory distill DATA=demo
 
 test: setup ## Run the test suite (slow and reliability tests included, as CI does)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -11,7 +11,7 @@ from pipeline.errors import ConfigError
 CODE_VERSION = "distill-1"
 
 # Options that change speed or where things go, never the trained weights: left out of the run key.
-NOT_IN_KEY = ("out", "workers", "device", "cache_clips", "log_every_steps", "stop_after_steps", "show_progress")
+NOT_IN_KEY = ("out", "workers", "device", "cache_clips", "stop_after_steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +49,6 @@ class DistillConfig:
     workers: int = 2
     device: str = "auto"
     cache_clips: str | None = None
-    log_every_steps: int = 10
     stop_after_steps: int | None = None  # stop (as if killed) after this many steps; for resume tests
 
     def __post_init__(self):
@@ -61,7 +60,7 @@ class DistillConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"option {name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
         positive = ("frames", "stride", "short_side", "crop", "clips_per_video", "temperature", "lr", "epochs",
-                    "batch_size", "save_every_steps", "log_every_steps")
+                    "batch_size", "save_every_steps")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"option {name} must be > 0, got {getattr(self, name)}")
