@@ -42,11 +42,19 @@ def heads_path_for(out_path: str | os.PathLike) -> Path:
     return out_path.with_name(out_path.stem + ".heads.pt")
 
 
+TORCHVISION_VIDEO_MODELS = ("r2plus1d_18", "r3d_18", "mc3_18", "s3d")
+
+
 def export_trunk(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike) -> dict[str, Any]:
     """Checkpoint (a dict with "model" and "architecture") -> torchvision trunk state_dict at `out_path`
     plus heads beside it. Returns {"trunk": path, "heads": path, "name", "in_channels", "missing_keys"}."""
     checkpoint = load_checkpoint(checkpoint_path)  # the trainer's reader: one-line errors for bad files
     architecture = checkpoint["architecture"]
+    if architecture.get("name") not in TORCHVISION_VIDEO_MODELS:
+        raise ConfigError(
+            f"{checkpoint_path}: student {architecture.get('name')!r} has no torchvision counterpart; export works for "
+            f"{', '.join(TORCHVISION_VIDEO_MODELS)} (use the checkpoint itself, e.g. distinit eval --init CKPT)"
+        )
     if architecture.get("width") != "full":
         raise ConfigError(
             f"{checkpoint_path}: a {architecture.get('width')!r}-width student is not torchvision-shaped; "

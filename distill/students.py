@@ -179,3 +179,5 @@ def create_student(
         name, width, in_channels, len(student.heads), parameter_count / 1e6,
     )
     return student
+
+import distill.trunk_efficientnet3d  # noqa: E402,F401  (registers the efficientnet_lite0_3d student)

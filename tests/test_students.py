@@ -62,7 +62,7 @@ def test_head_specs_from_teachers_one_head_per_soft_output():
 
 
 def test_registry_names():
-    assert list_students() == ["mc3_18", "r2plus1d_18", "r3d_18", "s3d"]
+    assert list_students() == ["efficientnet_lite0_3d", "mc3_18", "r2plus1d_18", "r3d_18", "s3d"]
     with pytest.raises(ConfigError, match="unknown student"):
         create_student("resnet50")
 

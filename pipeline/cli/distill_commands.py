@@ -20,7 +20,7 @@ def _loss_weights(text: str | None) -> dict | None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML config (configs/distill.yaml).")
 @click.option("--targets", default=None, help="targets/<data>/<key>, or targets/<data> for the latest extraction.")
 @click.option("--videos", "videos_root", default=None, help="Video root, if the videos moved since extraction.")
-@click.option("--student", default=None, help="r2plus1d_18 | r3d_18 | mc3_18 | s3d (see `distinit students`).")
+@click.option("--student", default=None, help="r2plus1d_18 | r3d_18 | mc3_18 | s3d | efficientnet_lite0_3d (see `distinit students`).")
 @click.option("--width", default=None, help="full | tiny")
 @click.option("--modality", default=None, help="rgb | flow")
 @click.option("--frames", type=int, default=None)

@@ -1,0 +1,185 @@
+"""I3D inflation baselines for `--init inflated:<spec>`: ImageNet 2D networks turned into 3D trunks.
+
+    backbone = build_inflated_backbone("resnet18")            # r3d_18 carrying torchvision ResNet-18's weights
+    backbone = build_inflated_backbone("efficientnet_lite0")  # efficientnet_lite0_3d, the pip package's weights
+    features = backbone.features(clips)                       # (B, feature_dim); no heads
+
+Specs: `<model>` (its default ImageNet weights), `<model>@FILE` (a state_dict .pth) or `<model>:random`
+(random 2D weights, for tests). ResNet-18's default is torchvision's IMAGENET1K_V1 file in the torch hub
+cache — never downloaded: the error names the path and the URL. EfficientNet-Lite0's ships with pip.
+
+ResNet-18 -> r3d_18 (the paper's baseline) is a weight mapping onto r3d_18's architecture: conv1 7x7 ->
+stem 3x7x7, every 3x3 -> 3x3x3 and downsample 1x1 -> 1x1x1 (repeated over time, divided by t), batch
+norms copied. The architectures differ: r3d_18 has no max-pool after its stem (its layer1 runs at 1/2
+resolution, ResNet-18's at 1/4), strides time by 2 in layers 2-4 and pads time with zeros. So the
+mapped r3d_18 is not frame-for-frame ResNet-18; `inflate_module(resnet18)` (generic, keeps the
+max-pool, replicate padding) is, and is what the I3D-property test checks. The generic machinery lives
+in `evaluate.inflation`, re-exported here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Mapping
+
+import torch
+import torch.nn as nn
+
+from evaluate.inflation import (  # noqa: F401  (re-exported: the public inflation API)
+    INFLATION_RULES,
+    InflatedConv3d,
+    Inflater,
+    inflate_module,
+    inflate_state_dict,
+    inflate_weight,
+    register_inflation,
+    spatial_time_kernel,
+)
+from extract.teachers.weights import (
+    RANDOM_INIT_SHA256,
+    RANDOM_WEIGHTS,
+    load_weights_into,
+    resolve_weights_file,
+    torch_hub_checkpoint_path,
+)
+from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from distill.students import DistillStudent
+
+logger = logging.getLogger(__name__)
+
+RESNET18_LABEL = "resnet18 (ImageNet weights to inflate)"
+_RESNET_BLOCK_KEY = re.compile(r"^(layer[1-4]\.\d+)\.(conv|bn)([12])\.(.+)$")
+_RESNET_DOWNSAMPLE_KEY = re.compile(r"^layer[1-4]\.\d+\.downsample\.[01]\.")
+
+
+def load_resnet18_2d(weights: str | os.PathLike | None = None) -> tuple[nn.Module, str]:
+    """(torchvision resnet18, weights sha256): the torch hub cache's IMAGENET1K_V1 file, a FILE, or "random"."""
+    import torchvision.models
+
+    model = torchvision.models.resnet18(weights=None)
+    if weights == RANDOM_WEIGHTS:
+        return model, RANDOM_INIT_SHA256
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    path = resolve_weights_file(weights, torch_hub_checkpoint_path(url), url, RESNET18_LABEL)
+    return model, load_weights_into(model, path, RESNET18_LABEL)
+
+
+def resnet18_key_to_r3d18(key: str) -> str | None:
+    """A torchvision resnet18 key -> r3d_18's trunk key; None for the classifier (`fc.*`), which the trunk lacks."""
+    if key.startswith("fc."):
+        return None
+    if key.startswith("conv1."):
+        return "stem.0." + key[len("conv1."):]
+    if key.startswith("bn1."):
+        return "stem.1." + key[len("bn1."):]
+    match = _RESNET_BLOCK_KEY.match(key)
+    if match:
+        block, kind, index, rest = match.groups()
+        return f"{block}.conv{index}.{0 if kind == 'conv' else 1}.{rest}"  # r3d_18: conv{i} = Sequential(conv, bn, ...)
+    if _RESNET_DOWNSAMPLE_KEY.match(key):
+        return key
+    raise ConfigError(f"ResNet-18 weights hold an unexpected tensor {key!r}; pass a torchvision resnet18 state_dict")
+
+
+def inflate_resnet18_to_r3d18(state_dict_2d: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A torchvision resnet18 state_dict -> a full r3d_18 trunk state_dict (torchvision's r3d_18 keys minus fc)."""
+    from distill.trunks import r3d_18_trunk
+
+    renamed = {}
+    for key, value in state_dict_2d.items():
+        new_key = resnet18_key_to_r3d18(key)
+        if new_key is not None:
+            renamed[new_key] = value
+    with torch.device("meta"):  # only the template's shapes are needed: skip allocating and initialising 33M weights
+        template = r3d_18_trunk("full", 3).state_dict()
+    return inflate_state_dict(renamed, template)
+
+
+def _resnet18_trunk_state(weights: str | None) -> tuple[dict[str, torch.Tensor], str]:
+    model, sha256 = load_resnet18_2d(weights)
+    return inflate_resnet18_to_r3d18(model.state_dict()), sha256
+
+
+def _efficientnet_lite0_trunk_state(weights: str | None) -> tuple[dict[str, torch.Tensor], str]:
+    from evaluate.efficientnet3d import inflated_efficientnet_lite0_3d_state_and_sha256
+
+    return inflated_efficientnet_lite0_3d_state_and_sha256(weights)
+
+
+@dataclass(frozen=True)
+class InflatedSource:
+    student: str  # the registered 3D student the 2D network becomes
+    first_conv_key: str  # that trunk's input conv weight (given 2 channels for optical flow)
+    temporal_padding: str  # how its convs pad time: r3d_18 is torchvision's (zeros)
+    trunk_state: Callable[[str | None], tuple[dict[str, torch.Tensor], str]]  # weights -> (3D state, 2D sha256)
+
+
+INFLATED_SOURCES = {
+    "resnet18": InflatedSource("r3d_18", "stem.0.weight", "zeros", _resnet18_trunk_state),
+    "efficientnet_lite0": InflatedSource(
+        "efficientnet_lite0_3d", "_conv_stem.weight", "replicate", _efficientnet_lite0_trunk_state
+    ),
+}
+
+
+def parse_inflated_spec(spec: str) -> tuple[str, str | None]:
+    """"resnet18" -> ("resnet18", None); "resnet18:random" -> (..., "random"); "resnet18@FILE" -> (..., FILE)."""
+    if "@" in spec:
+        name, weights = spec.split("@", 1)
+    elif spec.endswith(f":{RANDOM_WEIGHTS}"):
+        name, weights = spec[: -len(RANDOM_WEIGHTS) - 1], RANDOM_WEIGHTS
+    else:
+        name, weights = spec, None
+    if name not in INFLATED_SOURCES or weights == "":
+        raise ConfigError(
+            f"unknown inflated model {spec!r}; known: {', '.join(INFLATED_SOURCES)} "
+            f"(add ':{RANDOM_WEIGHTS}' for random 2D weights or '@FILE' for a weights file)"
+        )
+    return name, weights
+
+
+def cross_modality_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """An RGB input conv's weights for `in_channels` inputs: the mean over RGB, repeated (TSN's flow init)."""
+    return weight.mean(dim=1, keepdim=True).repeat(1, in_channels, *([1] * (weight.dim() - 2)))
+
+
+def build_inflated_backbone(
+    spec: str, *, student: str | None = None, weights: str | os.PathLike | None = None, in_channels: int = 3
+) -> "DistillStudent":
+    """`--init inflated:<spec>` -> a full-width DistillStudent without heads, its trunk the inflated 2D weights.
+
+    `student`, when given, must be the student the spec inflates into; `weights` is the same as `@FILE`.
+    `in_channels=2` gives a flow trunk whose first conv averages the RGB weights. The returned module's
+    `inflation` attribute (a JSON-ready dict) records the source and the 2D weights' sha256."""
+    from distill.students import create_student  # late: distill.students imports this package's student
+
+    name, spec_weights = parse_inflated_spec(spec)
+    if weights is not None and spec_weights is not None:
+        raise ConfigError(f"inflated model {spec!r} names its weights and weights= was given too; pass one")
+    weights = str(weights) if weights is not None else spec_weights
+    source = INFLATED_SOURCES[name]
+    if student is not None and student != source.student:
+        raise ConfigError(
+            f"inflated:{spec} inflates into a {source.student}; --student {student} cannot take it "
+            f"(drop --student or pass {source.student})"
+        )
+    trunk_state, sha256 = source.trunk_state(weights)
+    if in_channels != 3:
+        trunk_state[source.first_conv_key] = cross_modality_weight(trunk_state[source.first_conv_key], in_channels)
+    backbone = create_student(source.student, (), width="full", in_channels=in_channels)
+    backbone.trunk.load_state_dict(trunk_state, strict=True)
+    backbone.inflation = {
+        "source": name,
+        "student": source.student,
+        "weights": weights or "default",
+        "weights_sha256": sha256,
+        "temporal_padding": source.temporal_padding,
+        "in_channels": in_channels,
+    }
+    logger.info("inflated %s (%s weights, sha256 %s) into %s", name, weights or "default", sha256[:12], source.student)
+    return backbone

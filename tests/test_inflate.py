@@ -1,0 +1,322 @@
+"""I3D inflation: the boring-video property, each layer's rule, the ResNet-18 -> r3d_18 mapping, the
+efficientnet_lite0_3d student and `build_inflated_backbone`'s specs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+from distill.heads import head_specs_from_teachers
+from distill.students import create_student, list_students
+from evaluate.efficientnet3d import efficientnet_time_kernel, load_efficientnet_lite0_2d
+from evaluate.inflate import (
+    InflatedConv3d,
+    build_inflated_backbone,
+    inflate_module,
+    inflate_resnet18_to_r3d18,
+    inflate_state_dict,
+    inflate_weight,
+    load_resnet18_2d,
+    spatial_time_kernel,
+)
+from extract.teachers.imagenet_efficientnet import packaged_lite0_weights_path
+from extract.teachers.weights import MissingWeightsError
+from pipeline.errors import ConfigError
+from pipeline.hashing import sha256_file
+
+FRAMES = 4
+HEADS = head_specs_from_teachers([
+    {"name": "imagenet-efficientnet-lite0", "outputs": [{"name": "logits", "shape": [1000], "kind": "logits"}]},
+    {"name": "coco-keypoints", "outputs": [
+        {"name": "heatmaps", "shape": [17, 14, 14], "kind": "heatmaps"},
+        {"name": "person_present", "shape": [], "kind": "flag"},
+    ]},
+])
+
+
+def _frame(size: int = 64, channels: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _boring_clip(frame: torch.Tensor, frames: int = FRAMES) -> torch.Tensor:
+    return frame.unsqueeze(2).repeat(1, 1, frames, 1, 1)  # (B, C, T, H, W), every frame the same
+
+
+def _assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4 * max(scale, 1.0))
+
+
+def _randomise_batch_norms(model: nn.Module) -> nn.Module:
+    """Fresh batch norms are near identities; give them statistics so the test would see them misused."""
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            size = module.num_features
+            module.running_mean.copy_(torch.randn(size, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(size, generator=generator) * 0.1)
+    return model
+
+
+@pytest.fixture(scope="module")
+def efficientnet_2d() -> nn.Module:
+    model, _ = load_efficientnet_lite0_2d()  # the real ImageNet weights from the pip package
+    return model.eval()
+
+
+# ---- the I3D property on whole networks ----------------------------------------------------------------
+
+
+def test_inflated_efficientnet_lite0_with_real_weights_gives_the_image_logits_on_a_boring_clip(efficientnet_2d):
+    inflated = inflate_module(efficientnet_2d, efficientnet_time_kernel).eval()
+    frame = _frame()
+    with torch.no_grad():
+        expected_logits = efficientnet_2d(frame)
+        expected_map = efficientnet_2d.extract_features(frame)  # (1, 1280, 2, 2)
+        output = inflated.trunk(_boring_clip(frame))
+        logits = inflated(_boring_clip(frame))
+    _assert_close(logits, expected_logits)
+    for time_index in range(FRAMES):  # border frames too: the temporal padding replicates
+        _assert_close(output.feature_map[:, :, time_index], expected_map)
+    assert isinstance(efficientnet_2d._conv_stem, nn.Conv2d)  # the 2D model is left as it was
+    depthwise = inflated.trunk._blocks[3]._depthwise_conv
+    assert depthwise.kernel_size == (3, 5, 5) and depthwise.groups == depthwise.in_channels == 144
+    assert inflated.trunk._blocks[3]._project_conv.kernel_size == (1, 1, 1)
+    assert inflated.trunk._conv_stem.kernel_size == (1, 3, 3) and inflated.trunk._conv_stem.stride == (1, 2, 2)
+
+
+def test_inflated_resnet18_gives_the_image_logits_on_a_boring_clip():
+    resnet = _randomise_batch_norms(torchvision.models.resnet18(weights=None)).eval()
+    inflated = inflate_module(resnet, spatial_time_kernel(3)).eval()
+    frame = _frame()
+    with torch.no_grad():
+        _assert_close(inflated(_boring_clip(frame)), resnet(frame))
+    assert inflated.conv1.kernel_size == (3, 7, 7) and inflated.layer2[0].downsample[0].kernel_size == (1, 1, 1)
+    assert isinstance(inflated.maxpool, nn.MaxPool3d) and isinstance(inflated.fc, nn.Linear)
+
+
+# ---- each layer's rule ---------------------------------------------------------------------------------
+
+
+def test_conv_keeps_stride_groups_dilation_bias_and_sums_back_to_the_2d_weights():
+    conv = nn.Conv2d(4, 6, kernel_size=3, stride=2, padding=2, dilation=2, groups=2, bias=True)
+    inflated = inflate_module(conv, 3)
+    assert isinstance(inflated, InflatedConv3d) and inflated.temporal_replicate == 1
+    assert inflated.kernel_size == (3, 3, 3) and inflated.stride == (1, 2, 2) and inflated.padding == (0, 2, 2)
+    assert inflated.dilation == (1, 2, 2) and inflated.groups == 2
+    torch.testing.assert_close(inflated.weight.sum(dim=2), conv.weight.detach())
+    torch.testing.assert_close(inflated.bias, conv.bias)
+    frame = _frame(17, channels=4)
+    with torch.no_grad():
+        output = inflated(_boring_clip(frame, 5))
+        expected = conv(frame)
+    assert output.shape == (1, 6, 5, *expected.shape[2:])
+    for time_index in range(5):
+        _assert_close(output[:, :, time_index], expected)
+    strided = inflate_module(conv, 3, time_stride=2)
+    assert strided.stride == (2, 2, 2) and strided(_boring_clip(frame, 5)).shape[2] == 3
+
+
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
+def test_time_kernel_per_conv_and_same_padding_and_bad_sizes():
+    network = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 4, padding="same"))
+    inflated = inflate_module(network, lambda name, conv: 5 if name == "0" else 1)
+    assert [layer.kernel_size for layer in inflated] == [(5, 3, 3), (1, 1, 1), (1, 4, 4)]
+    assert inflated[2].spatial_padding == (1, 2, 1, 2)  # torch's 'same' puts the odd pixel last
+    frame = _frame(12)
+    with torch.no_grad():
+        _assert_close(inflated(_boring_clip(frame))[:, :, 2], network(frame))
+    with pytest.raises(ConfigError, match="time kernel for conv 0 is 2; use an odd integer"):
+        inflate_module(network, 2)
+    with pytest.raises(ConfigError, match="temporal_padding 'reflect' is unknown"):
+        inflate_module(network, 3, temporal_padding="reflect")
+
+
+def test_zero_temporal_padding_shrinks_the_border_frames():
+    """Why replicate is the default: with zeros a t=3 conv's first and last frames see 2/3 of the weights."""
+    conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+    inflated = inflate_module(conv, 3, temporal_padding="zeros")
+    assert type(inflated) is nn.Conv3d and inflated.padding == (1, 1, 1)
+    frame = _frame(9)
+    with torch.no_grad():
+        output, expected = inflated(_boring_clip(frame)), conv(frame)
+    _assert_close(output[:, :, 1], expected)
+    _assert_close(output[:, :, 0], expected * 2 / 3)
+    _assert_close(output[:, :, -1], expected * 2 / 3)
+
+
+def test_batch_norm_copies_statistics_and_settings():
+    norm = _randomise_batch_norms(nn.Sequential(nn.BatchNorm2d(5, eps=1e-3, momentum=0.01)))[0]
+    norm.num_batches_tracked.fill_(7)
+    inflated = inflate_module(norm.eval(), 1)
+    assert isinstance(inflated, nn.BatchNorm3d) and not inflated.training
+    assert inflated.eps == 1e-3 and inflated.momentum == 0.01 and int(inflated.num_batches_tracked) == 7
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        torch.testing.assert_close(getattr(inflated, name), getattr(norm, name))
+    clip = torch.randn(2, 5, 3, 4, 4)  # a real video: per-frame equality, not just on boring clips
+    with torch.no_grad():
+        for time_index in range(3):
+            _assert_close(inflated(clip)[:, :, time_index], norm(clip[:, :, time_index]))
+
+
+@pytest.mark.parametrize("pool", [
+    nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+    nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False),
+    nn.AvgPool2d(2),
+])
+def test_pools_work_frame_by_frame(pool):
+    inflated = inflate_module(pool, 3)
+    assert inflated.kernel_size[0] == 1 and inflated.stride[0] == 1
+    clip = torch.randn(1, 2, 3, 9, 9)
+    for time_index in range(3):
+        _assert_close(inflated(clip)[:, :, time_index], pool(clip[:, :, time_index]))
+
+
+def test_adaptive_pool_averages_time_away():
+    pool = nn.AdaptiveAvgPool2d((2, 3))
+    inflated = inflate_module(pool, 3)
+    assert isinstance(inflated, nn.AdaptiveAvgPool3d) and inflated.output_size == (1, 2, 3)
+    clip = torch.randn(1, 2, 4, 8, 9)
+    expected = torch.stack([pool(clip[:, :, index]) for index in range(4)]).mean(dim=0)
+    _assert_close(inflated(clip)[:, :, 0], expected)
+
+
+def test_layers_without_a_rule_are_refused_by_name():
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.factor = nn.Parameter(torch.ones(1))
+
+    with pytest.raises(ConfigError, match=r"cannot inflate .*LayerNorm at 1: it has weights and no inflation rule"):
+        inflate_module(nn.Sequential(nn.Conv2d(3, 3, 1), nn.LayerNorm(3)), 1)
+    with pytest.raises(ConfigError, match=r"cannot inflate .*Scale at the top level"):
+        inflate_module(Scale(), 1)
+    with pytest.raises(ConfigError, match=r"UpsamplingNearest2d at 0: a 2D-only layer"):
+        inflate_module(nn.Sequential(nn.UpsamplingNearest2d(scale_factor=2)), 1)
+    kept = inflate_module(nn.Sequential(nn.ReLU(), nn.Dropout(0.5), nn.Flatten(), nn.Linear(3, 2)), 3)
+    assert [type(layer) for layer in kept] == [nn.ReLU, nn.Dropout, nn.Flatten, nn.Linear]
+
+
+def test_inflate_state_dict_matches_module_inflation_and_names_misfits():
+    network = _randomise_batch_norms(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1)))
+    inflated = inflate_module(network, spatial_time_kernel(3))
+    fresh = inflate_module(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1)), spatial_time_kernel(3))
+    state = inflate_state_dict({**network.state_dict(), "head.weight": torch.zeros(1)}, fresh)
+    assert state.keys() == inflated.state_dict().keys()
+    for key, value in inflated.state_dict().items():
+        torch.testing.assert_close(state[key], value)
+    without_conv = {key: value for key, value in network.state_dict().items() if key != "2.weight"}
+    with pytest.raises(ConfigError, match=r"lack 1 of the 3D model's \d+ tensors \(first: '2.weight'\)"):
+        inflate_state_dict(without_conv, fresh)
+    with pytest.raises(ConfigError, match=r"cannot inflate '0.weight': 2D shape \(4, 3, 5, 5\)"):
+        inflate_state_dict({**network.state_dict(), "0.weight": torch.zeros(4, 3, 5, 5)}, fresh)
+
+
+# ---- ResNet-18 -> r3d_18 -------------------------------------------------------------------------------
+
+
+def test_resnet18_maps_onto_every_r3d18_trunk_weight():
+    resnet = _randomise_batch_norms(torchvision.models.resnet18(weights=None)).eval()
+    # An older torchvision file has no num_batches_tracked: those start at 0.
+    state_2d = {key: value for key, value in resnet.state_dict().items() if not key.endswith("num_batches_tracked")}
+    mapped = inflate_resnet18_to_r3d18(state_2d)
+    reference = torchvision.models.video.r3d_18(weights=None).state_dict()
+    assert {key: tuple(value.shape) for key, value in mapped.items()} == {
+        key: tuple(value.shape) for key, value in reference.items() if not key.startswith("fc.")
+    }
+    torch.testing.assert_close(mapped["stem.0.weight"], inflate_weight(resnet.conv1.weight, 3))
+    torch.testing.assert_close(mapped["layer3.1.conv2.0.weight"].sum(dim=2), resnet.layer3[1].conv2.weight.detach())
+    torch.testing.assert_close(mapped["layer2.0.downsample.0.weight"][:, :, 0], resnet.layer2[0].downsample[0].weight.detach())
+    torch.testing.assert_close(mapped["layer4.0.conv1.1.running_var"], resnet.layer4[0].bn1.running_var)
+    torch.testing.assert_close(mapped["stem.1.running_mean"], resnet.bn1.running_mean)
+    assert int(mapped["layer1.0.conv1.1.num_batches_tracked"]) == 0
+
+    student = create_student("r3d_18")
+    student.trunk.load_state_dict(mapped, strict=True)
+    frame = _frame(32)
+    with torch.no_grad():
+        stem_output = student.trunk.stem[0](_boring_clip(frame))  # r3d_18's own Conv3d: zero temporal padding
+        expected = resnet.conv1(frame)
+    for time_index in range(1, FRAMES - 1):
+        _assert_close(stem_output[:, :, time_index], expected)
+    _assert_close(stem_output[:, :, 0], expected * 2 / 3)  # the documented border effect of zero padding
+    with pytest.raises(ConfigError, match="unexpected tensor 'layer1.0.conv3.weight'"):
+        inflate_resnet18_to_r3d18({**resnet.state_dict(), "layer1.0.conv3.weight": torch.zeros(1)})
+
+
+def test_load_resnet18_2d_reads_a_file_or_names_the_hub_file(tmp_path, monkeypatch):
+    _, sha256 = load_resnet18_2d("random")
+    assert sha256 == "random-init"
+    weights_file = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights_file)
+    model, sha256 = load_resnet18_2d(weights_file)
+    assert sha256 == sha256_file(weights_file)
+    torch.testing.assert_close(model.conv1.weight, torch.load(weights_file)["conv1.weight"])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    with pytest.raises(MissingWeightsError, match=r"no weights at .*hub/checkpoints/resnet18-f37072fd.pth; download https"):
+        load_resnet18_2d()
+
+
+# ---- the efficientnet_lite0_3d student -----------------------------------------------------------------
+
+
+def test_efficientnet_lite0_3d_is_a_student_every_parameter_learns():
+    torch.manual_seed(0)
+    assert "efficientnet_lite0_3d" in list_students()
+    student = create_student("efficientnet_lite0_3d", HEADS, dropout=0.1)
+    outputs = student(torch.randn(2, 3, FRAMES, 32, 32))
+    assert {key: tuple(value.shape) for key, value in outputs.items()} == {
+        "imagenet-efficientnet-lite0/logits": (2, 1000), "coco-keypoints/heatmaps": (2, 17, 14, 14),
+    }
+    sum(value.sum() for value in outputs.values()).backward()
+    for name, parameter in student.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+    assert student.trunk._conv_stem.weight.grad.abs().sum() > 0
+    assert student.feature_dim == 1280 and 3e6 < sum(parameter.numel() for parameter in student.trunk.parameters()) < 5e6
+    # Scratch is a 3D initialisation (not a 2D one repeated over time) with the other students' BN momentum.
+    depthwise = student.trunk._blocks[1]._depthwise_conv.weight
+    assert depthwise.shape[2] == 3 and not torch.equal(depthwise[:, :, 0], depthwise[:, :, 1])
+    assert {module.momentum for module in student.trunk.modules() if isinstance(module, nn.BatchNorm3d)} == {0.1}
+    flow = create_student("efficientnet_lite0_3d", HEADS, in_channels=2)
+    assert flow.features(torch.randn(1, 2, FRAMES, 32, 32)).shape == (1, 1280)
+    with pytest.raises(ConfigError, match="efficientnet_lite0_3d has no 'tiny' width"):
+        create_student("efficientnet_lite0_3d", width="tiny")
+    with pytest.raises(ConfigError, match="at least 1 frames and 32 pixels"):
+        student.check_clip_shape(FRAMES, 16)
+
+
+# ---- build_inflated_backbone ---------------------------------------------------------------------------
+
+
+def test_inflated_efficientnet_backbone_carries_the_imagenet_weights(efficientnet_2d):
+    backbone = build_inflated_backbone("efficientnet_lite0").eval()
+    assert backbone.name == "efficientnet_lite0_3d" and backbone.heads == []
+    assert backbone.inflation["weights_sha256"] == sha256_file(packaged_lite0_weights_path())
+    frame = _frame(32)
+    with torch.no_grad():
+        expected = efficientnet_2d._avg_pooling(efficientnet_2d.extract_features(frame)).flatten(1)
+        _assert_close(backbone.features(_boring_clip(frame)), expected)
+    flow = build_inflated_backbone("efficientnet_lite0", in_channels=2)
+    stem = efficientnet_2d._conv_stem.weight.detach().mean(dim=1)  # (32, 3, 3)
+    torch.testing.assert_close(flow.trunk._conv_stem.weight[:, 1, 0], stem)
+
+
+def test_inflated_resnet18_backbone_specs(tmp_path):
+    backbone = build_inflated_backbone("resnet18:random")
+    assert backbone.name == "r3d_18" and backbone.width == "full" and backbone.inflation["weights"] == "random"
+    assert backbone.features(torch.randn(1, 3, FRAMES, 32, 32)).shape == (1, 512)
+    resnet = torchvision.models.resnet18(weights=None)
+    weights_file = tmp_path / "resnet18.pth"
+    torch.save(resnet.state_dict(), weights_file)
+    from_file = build_inflated_backbone(f"resnet18@{weights_file}", student="r3d_18")
+    torch.testing.assert_close(from_file.trunk.stem[0].weight, inflate_weight(resnet.conv1.weight, 3))
+    with pytest.raises(ConfigError, match=r"unknown inflated model 'vgg16'; known: resnet18, efficientnet_lite0"):
+        build_inflated_backbone("vgg16")
+    with pytest.raises(ConfigError, match="inflates into a r3d_18; --student r2plus1d_18 cannot take it"):
+        build_inflated_backbone("resnet18:random", student="r2plus1d_18")
+    with pytest.raises(ConfigError, match="names its weights and weights= was given too"):
+        build_inflated_backbone("resnet18:random", weights=weights_file)
