@@ -1,0 +1,182 @@
+"""Clips of labeled videos (HMDB-51 / UCF-101 records) for finetuning and for testing.
+
+Training, one clip per video per epoch (pytorchvideo-style sample dicts):
+    {"video": (3, T, crop, crop) float32, "label": int, "video_index": int, "clip_start": seconds}
+a random start anywhere in the video, a random crop of the frames resized to `short_side`, a random
+left-right flip (unless `flip=False`, for classes a mirror changes: pan left / pan right), normalised
+like stage two (VIDEO_MEAN / VIDEO_STD). Randomness is a function of (seed, epoch, index) only, so
+any number of DataLoader workers gives the same clips; call `set_epoch` before each epoch with
+`persistent_workers=False`.
+
+Testing, one sample per video holding all of its views:
+    {"video": (clips x crops, 3, T, crop, crop), "label": int, "video_index": int, "failed": str | None}
+`clips_per_video` starts spaced uniformly from the first frame to the last possible start; each clip is
+centre-cropped, or with `three_crop` cropped at the start, centre and end of the long side (left/centre/
+right for landscape video, top/centre/bottom for portrait). All of a video's frames come from one decode.
+A test video that fails to decode comes back with zero views and `failed` set to the reason.
+
+A clip running past the end of a short video repeats its last frame (as `pipeline.video.read_clip` does).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from distill import augment
+from distill.windows import ClipSpec
+from pipeline.datasets import VideoRecord
+from pipeline.errors import DistinitError, VideoError
+from pipeline.video import probe, read_clip, read_frames
+
+logger = logging.getLogger(__name__)
+
+
+def last_start(frame_count: int, span_frames: int) -> int:
+    """The latest first frame whose clip still ends inside the video (0 for a video shorter than a clip)."""
+    return max(0, frame_count - 1 - span_frames)
+
+
+def clip_starts(frame_count: int, span_frames: int, count: int) -> list[int]:
+    """`count` first frames spaced uniformly over [0, last_start]; one clip sits in the middle."""
+    latest = last_start(frame_count, span_frames)
+    if count == 1:
+        return [latest // 2]
+    return [int(round(value)) for value in np.linspace(0, latest, count)]
+
+
+def crop_offsets(height: int, width: int, crop: int, three_crop: bool) -> list[tuple[int, int]]:
+    """(top, left) of each test crop: the centre, or start / centre / end along the long side."""
+    if crop > height or crop > width:
+        raise ValueError(f"crop {crop} does not fit a {width}x{height} frame")
+    top, left = (height - crop) // 2, (width - crop) // 2
+    if not three_crop:
+        return [(top, left)]
+    if width >= height:
+        return [(top, 0), (top, left), (top, width - crop)]
+    return [(0, left), (top, left), (height - crop, left)]
+
+
+class _VideoInfoCache:
+    """(fps, frame_count) per video path, probed once per process."""
+
+    def __init__(self):
+        self.info: dict[str, tuple[float, int]] = {}
+
+    def get(self, path) -> tuple[float, int]:
+        key = str(path)
+        if key not in self.info:
+            info = probe(path)
+            if info.frame_count < 1 or info.fps <= 0:
+                raise VideoError(path, "no frames or no frame rate")
+            self.info[key] = (info.fps, info.frame_count)
+        return self.info[key]
+
+
+def _check_records(records: Sequence[VideoRecord], what: str) -> list[VideoRecord]:
+    records = list(records)
+    if not records:
+        raise DistinitError(f"no videos to make {what} clips from")
+    unlabeled = [record for record in records if record.label is None]
+    if unlabeled:
+        raise DistinitError(f"{unlabeled[0].path}: video has no label; eval needs a labeled dataset (hmdb51, ucf101)")
+    return records
+
+
+class TrainingClips(torch.utils.data.Dataset):
+    """One random clip of each video per epoch (see the module docstring)."""
+
+    def __init__(self, records: Sequence[VideoRecord], clip: ClipSpec, *, seed: int, flip: bool = True,
+                 max_decode_failures: int = 50):
+        self.records = _check_records(records, "training")
+        self.clip, self.seed, self.epoch, self.flip = clip, int(seed), 0, bool(flip)
+        self.max_decode_failures = int(max_decode_failures)
+        self.videos = _VideoInfoCache()
+        self.decode_failures, self.failed_videos = 0, set()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} outside a dataset of {len(self)}")
+        for offset in range(len(self)):
+            # A video that does not decode is replaced by the next one: deterministic, whatever the worker.
+            candidate = (index + offset) % len(self)
+            if candidate in self.failed_videos:
+                continue
+            try:
+                return self._sample(candidate)
+            except VideoError as error:
+                self._count_failure(candidate, error)
+        raise DistinitError(f"none of the {len(self)} training videos decodes (e.g. {self.records[0].path}); check --root")
+
+    def _count_failure(self, index: int, error: VideoError) -> None:
+        self.decode_failures += 1
+        self.failed_videos.add(index)
+        logger.warning("skipping training video %s: %s", self.records[index].path, error.reason)
+        if self.decode_failures > self.max_decode_failures:
+            raise DistinitError(
+                f"{error.path}: more than {self.max_decode_failures} training videos failed to decode, the last with "
+                f"{error.reason}; check the videos or raise --set max_decode_failures=N"
+            )
+
+    def _sample(self, index: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        record = self.records[index]
+        fps, frame_count = self.videos.get(record.path)
+        start = int(rng.integers(last_start(frame_count, self.clip.span_frames) + 1))
+        frames = read_clip(record.path, start / fps, self.clip.frames, stride=self.clip.stride,
+                           short_side=self.clip.short_side, threads=1)  # (T, H, W, 3)
+        top, left = augment.crop_box(frames.shape[1], frames.shape[2], self.clip.crop, rng)
+        frames = augment.crop_frames(frames, top, left, self.clip.crop)
+        if rng.random() < augment.FLIP_PROBABILITY and self.flip:  # drawn either way: flip=False keeps the crops
+            frames = augment.flip_frames(frames)
+        return {"video": augment.rgb_to_tensor(frames), "label": int(record.label), "video_index": index,
+                "clip_start": start / fps}
+
+
+class EvaluationClips(torch.utils.data.Dataset):
+    """Every view of one test video per sample (see the module docstring); use with batch_size=None."""
+
+    def __init__(self, records: Sequence[VideoRecord], clip: ClipSpec, *, clips_per_video: int, three_crop: bool):
+        if clips_per_video < 1:
+            raise DistinitError(f"test clips per video must be >= 1, got {clips_per_video}")
+        self.records = _check_records(records, "test")
+        self.clip, self.clips_per_video, self.three_crop = clip, int(clips_per_video), bool(three_crop)
+        self.videos = _VideoInfoCache()
+
+    @property
+    def views_per_video(self) -> int:
+        return self.clips_per_video * (3 if self.three_crop else 1)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        sample = {"label": int(record.label), "video_index": index, "failed": None}
+        try:
+            frames = self._frames(record)  # (clips, T, H, W, 3)
+        except VideoError as error:
+            logger.warning("test video %s does not decode: %s", record.path, error.reason)
+            shape = (0, 3, self.clip.frames, self.clip.crop, self.clip.crop)
+            return {**sample, "video": torch.zeros(shape), "failed": error.reason}
+        offsets = crop_offsets(frames.shape[2], frames.shape[3], self.clip.crop, self.three_crop)
+        views = [augment.rgb_to_tensor(augment.crop_frames(clip, top, left, self.clip.crop))
+                 for clip in frames for top, left in offsets]
+        return {**sample, "video": torch.stack(views)}  # (clips x crops, 3, T, crop, crop)
+
+    def _frames(self, record: VideoRecord) -> np.ndarray:
+        fps, frame_count = self.videos.get(record.path)
+        starts = clip_starts(frame_count, self.clip.span_frames, self.clips_per_video)
+        indices = [min(start + step * self.clip.stride, frame_count - 1)
+                   for start in starts for step in range(self.clip.frames)]
+        frames = read_frames(record.path, [frame / fps for frame in indices], short_side=self.clip.short_side, threads=1)
+        return frames.reshape(len(starts), self.clip.frames, *frames.shape[1:])

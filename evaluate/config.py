@@ -1,0 +1,110 @@
+"""The stage-three config: which labeled data and splits, which initialisation, how it is finetuned and tested.
+
+Defaults follow common practice for HMDB-51 / UCF-101 finetuning of 18-layer 3D ResNets (SGD with
+Nesterov momentum, dropout 0.5 before a new linear classifier, warmup then cosine by step), with the
+clip shape of stage two (8 frames every 2nd, short side 128, 112 crop) so the trunk sees at test time
+what it was distilled on. `lr_trunk_scale` multiplies the learning rate of the trunk only: left unset it
+is 0.1 for a pretrained trunk (a distilled checkpoint or an inflated 2D network: keep most of what it
+learned, let the new classifier move fast) and 1.0 for `scratch` (nothing to keep). A linear probe
+trains only the classifier, so the scale does not apply there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+# Bump when a change to stage three's code changes what a run produces (part of the results key).
+CODE_VERSION = "eval-1"
+
+# Options that change speed or where things are, never the results: left out of the results key. The
+# dataset enters the key through its manifest hash (ids, sizes, labels, split roles), not its path.
+NOT_IN_KEY = ("root", "splits_dir", "out", "workers", "device", "threads", "save_weights", "max_decode_failures")
+
+DATASETS = ("hmdb51", "ucf101")
+PRETRAINED_TRUNK_SCALE = 0.1
+SCRATCH_TRUNK_SCALE = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    data: str = "hmdb51"  # "hmdb51" | "ucf101"
+    root: str = ""  # the dataset's video root ({root}/{class}/*.avi)
+    splits_dir: str | None = None  # split files; default: the adapter's usual places beside/inside root
+    splits: tuple[int, ...] = (1, 2, 3)
+    init: str = "scratch"  # a distill checkpoint (.pt, or a run folder) | "scratch" | "inflated:<2d-model>[:random]"
+    student: str | None = None  # architecture for scratch (default r2plus1d_18); checked against a checkpoint's
+    width: str | None = None  # "full" | "tiny"; for scratch (default full); checked against a checkpoint's
+    linear_probe: bool = False  # freeze the trunk (no gradients, batch norms in eval mode), train the classifier
+    seeds: tuple[int, ...] = (0,)
+    frames: int = 8
+    stride: int = 2
+    short_side: int = 128
+    crop: int = 112
+    flip: bool = True  # random left-right flips of training clips; off where a mirror changes the class
+    test_clips: int = 10  # uniformly spaced clips per test video
+    three_crop: bool = False  # x 3 crops along the long side at test time (else the centre crop)
+    optimizer: str = "sgd"  # "sgd" (momentum, Nesterov) | "adamw"
+    lr: float = 0.01  # the classifier's learning rate; the trunk's is lr * lr_trunk_scale
+    lr_trunk_scale: float | None = None  # None: 0.1 for a pretrained trunk, 1.0 for scratch (module docstring)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    min_lr_fraction: float = 0.01
+    epochs: int = 30
+    batch_size: int = 16
+    dropout: float = 0.5  # before the new classifier
+    amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU) | "bf16" | "fp16" | "off"
+    deterministic: bool = False
+    max_decode_failures: int = 50  # videos that fail to decode before a run gives up
+    save_weights: bool = False  # also write each run's finetuned model (runs/split<S>-seed<N>.pt)
+    out: str | None = None  # default results/eval/<key>
+    workers: int = 2
+    device: str = "auto"
+    # torch's intra-op threads while eval runs (restored after); None keeps torch's default (one per core).
+    # 1 suits a small CPU that also decodes in its workers: on a busy 2-core machine the demo's epochs took
+    # 3.9 s with one thread against 9-16 s with two (measured).
+    threads: int | None = None
+
+    def __post_init__(self):
+        choices = {
+            "data": DATASETS, "optimizer": ("sgd", "adamw"), "amp": ("auto", "bf16", "fp16", "off"),
+            "width": (None, "full", "tiny"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                shown = ", ".join(str(value) for value in allowed if value is not None)
+                raise ConfigError(f"option {name}={getattr(self, name)!r} is not one of {shown}")
+        positive = ("frames", "stride", "short_side", "crop", "test_clips", "lr", "epochs", "batch_size")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"option {name} must be > 0, got {getattr(self, name)}")
+        if self.crop > self.short_side:
+            raise ConfigError(f"option crop={self.crop} is larger than short_side={self.short_side}")
+        if not self.splits or not self.seeds:
+            raise ConfigError("options splits and seeds need at least one value each (e.g. splits=1,2,3 seeds=0)")
+        if len(set(self.splits)) != len(self.splits) or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"options splits {list(self.splits)} and seeds {list(self.seeds)} must not repeat a value")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"option dropout must be in [0, 1), got {self.dropout}")
+        if self.lr_trunk_scale is not None and self.lr_trunk_scale < 0:
+            raise ConfigError(f"option lr_trunk_scale must be >= 0, got {self.lr_trunk_scale}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"option threads must be >= 1 (or null for torch's default), got {self.threads}")
+        if self.workers < 0 or self.warmup_steps < 0 or self.max_decode_failures < 0:
+            raise ConfigError("options workers, warmup_steps and max_decode_failures must be >= 0")
+        if not self.init:
+            raise ConfigError("option init is empty; pass a checkpoint, scratch or inflated:<2d-model>")
+
+    def trunk_scale(self, pretrained: bool) -> float:
+        """The trunk's learning-rate multiplier (see the module docstring)."""
+        if self.lr_trunk_scale is not None:
+            return self.lr_trunk_scale
+        return PRETRAINED_TRUNK_SCALE if pretrained else SCRATCH_TRUNK_SCALE
+
+    def key_fields(self) -> dict[str, Any]:
+        """Everything that changes the results, except `init` (the caller hashes what it points at)."""
+        values = dataclasses.asdict(self)
+        return {name: value for name, value in values.items() if name not in NOT_IN_KEY + ("init",)}

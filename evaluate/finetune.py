@@ -1,0 +1,265 @@
+"""Stage three: finetune (or linear-probe) an initialised trunk on each split's train list, score its test list.
+
+Read top to bottom: `run_eval` lists the dataset and checks every split, resolves INIT, names the output
+folder by a key, then for each (split, seed) `run_split`: seed -> data -> trunk from INIT + a new
+classifier -> optimizer -> train epochs (one random clip per video each) -> test (uniformly spaced clips
+per video, softmax averaged) -> a RunResult. Finished runs are kept in `<out>/runs/` and reused when the
+same command runs again. One process, one device (a 2-core CPU or one GPU is what eval needs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from distill.checkpoint import save_checkpoint
+from distill.distributed import resolve_device
+from distill.sampler import ResumableSampler
+from distill.schedule import learning_rate
+from distill.seeding import seed_everything, seed_worker
+from distill.train import autocast_for
+from distill.windows import ClipSpec
+from evaluate.classifier import VideoClassifier, build_optimizer
+from evaluate.clips import EvaluationClips, TrainingClips
+from evaluate.config import CODE_VERSION, EvalConfig
+from evaluate.data import dataset_description, load_listing, split_records
+from evaluate.initialization import Initialization, resolve_init
+from evaluate.metrics import clip_accuracy, confusion_matrix, topk_accuracy, video_scores
+from evaluate.results import EvalResult, RunResult, summarise, write_results
+from pipeline.atomic import atomic_write_text
+from pipeline.errors import DistinitError
+from pipeline.hashing import sha256_json
+from pipeline.provenance import write_provenance
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUT_ROOT = Path("results/eval")
+
+
+class FinetuneError(DistinitError):
+    """Finetuning cannot go on (a non-finite loss, too many test videos that do not decode)."""
+
+
+def train_one_epoch(model, loader, optimizer, autocast, scaler, state, config, total_steps, device, progress):
+    model.train()
+    loss_sum, correct, clips, started = 0.0, 0, 0, time.monotonic()
+    for batch in loader:
+        lr = learning_rate(state["step"], base_lr=config.lr, warmup_steps=config.warmup_steps,
+                           total_steps=total_steps, min_lr_fraction=config.min_lr_fraction)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        video, labels = batch["video"].to(device, non_blocking=True), batch["label"].to(device)
+        with autocast:
+            logits = model(video)
+        loss = F.cross_entropy(logits.float(), labels)
+        if not torch.isfinite(loss):
+            raise FinetuneError(f"step {state['step']}: loss is {loss.item()} (non-finite); lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        state["step"] += 1
+        loss_sum += loss.item() * len(labels)
+        correct += int((logits.argmax(dim=1) == labels).sum())
+        clips += len(labels)
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2g}", refresh=False)
+    seconds = time.monotonic() - started
+    return {"step": state["step"], "lr": lr, "train_loss": loss_sum / max(clips, 1),
+            "train_clip_top1": correct / max(clips, 1), "seconds": seconds, "clips_per_second": clips / max(seconds, 1e-9)}
+
+
+@torch.no_grad()
+def predict(model, loader, batch_size: int, autocast, device, max_failures: int, show_progress: bool):
+    """(clip logits (N, C) float64, video index per clip (N,), failed {video index: reason}); views of
+    several videos share a forward batch."""
+    model.eval()
+    logits_parts, index_parts, failed = [], [], {}
+    pending_views, pending_index = [], []
+
+    def flush() -> None:
+        views = torch.cat(pending_views).to(device, non_blocking=True)
+        with autocast:
+            logits_parts.append(model(views).double().cpu())
+        index_parts.append(torch.cat(pending_index))
+        pending_views.clear()
+        pending_index.clear()
+
+    for sample in tqdm(loader, desc="test", unit="video", disable=not show_progress, leave=False):
+        if sample["failed"] is not None:
+            failed[sample["video_index"]] = sample["failed"]
+            if len(failed) > max_failures:
+                raise FinetuneError(f"more than {max_failures} test videos failed to decode, the last with "
+                                    f"{sample['failed']}; check the videos or raise --set max_decode_failures=N")
+            continue
+        pending_views.append(sample["video"])
+        pending_index.append(torch.full((len(sample["video"]),), sample["video_index"], dtype=torch.int64))
+        if sum(len(views) for views in pending_views) >= batch_size:
+            flush()
+    if pending_views:
+        flush()
+    if not logits_parts:
+        raise FinetuneError("no test video decoded; check the videos under --root")
+    return torch.cat(logits_parts).numpy(), torch.cat(index_parts).numpy(), failed
+
+
+def score(clip_logits: np.ndarray, clip_video_index: np.ndarray, records, num_classes: int) -> dict[str, Any]:
+    """Clip and video metrics over the videos that have views; video positions are compacted first."""
+    scored = sorted(set(clip_video_index.tolist()))
+    position = {video: place for place, video in enumerate(scored)}
+    clip_position = np.array([position[video] for video in clip_video_index], dtype=np.int64)
+    video_labels = np.array([records[video].label for video in scored], dtype=np.int64)
+    scores = video_scores(clip_logits, clip_position, len(scored))  # (V, C)
+    predicted = scores.argmax(axis=1)
+    return {
+        "clip_top1": clip_accuracy(clip_logits, video_labels[clip_position]),
+        "video_top1": topk_accuracy(scores, video_labels, 1),
+        "video_top5": topk_accuracy(scores, video_labels, 5),
+        "confusion": confusion_matrix(predicted, video_labels, num_classes).tolist(),
+        "predictions": [{"id": records[video].id, "label": int(label), "predicted": int(guess),
+                         "confidence": float(scores[place, guess])}
+                        for place, (video, label, guess) in enumerate(zip(scored, video_labels, predicted))],
+        "test_videos": len(scored),
+        "test_views": len(clip_logits),
+    }
+
+
+def run_split(train_records, test_records, split: int, seed: int, num_classes: int, config: EvalConfig,
+              initialization: Initialization, device: torch.device, show_progress: bool):
+    """Finetune on one split's train list with one seed and score its test list: (RunResult, model)."""
+    started = time.monotonic()
+    # ---------------------------------------------------------------- seed, data
+    seed_everything(seed, 0, config.deterministic)
+    clip = ClipSpec(frames=config.frames, stride=config.stride, short_side=config.short_side, crop=config.crop)
+    train_set = TrainingClips(train_records, clip, seed=seed, flip=config.flip,
+                              max_decode_failures=config.max_decode_failures)
+    test_set = EvaluationClips(test_records, clip, clips_per_video=config.test_clips, three_crop=config.three_crop)
+    sampler = ResumableSampler(len(train_set), shuffle=True, seed=seed)
+    common = dict(num_workers=config.workers, worker_init_fn=seed_worker, persistent_workers=False,
+                  pin_memory=device.type == "cuda")
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
+                              generator=torch.Generator().manual_seed(seed), **common)
+    test_loader = DataLoader(test_set, batch_size=None, shuffle=False, **common)
+    # ---------------------------------------------------------------- model, optimizer
+    model = VideoClassifier(initialization.build_backbone(), num_classes, config.dropout, config.linear_probe).to(device)
+    optimizer = build_optimizer(model, config, config.trunk_scale(initialization.pretrained))
+    autocast, scaler = autocast_for(config, device)
+    total_steps = config.epochs * len(train_loader)
+    state, curves = {"step": 0}, []
+    # ---------------------------------------------------------------- train, then test
+    with tqdm(total=total_steps, unit="step", desc=f"split {split} seed {seed}", disable=not show_progress) as progress:
+        for epoch in range(config.epochs):
+            sampler.set_epoch(epoch)
+            train_set.set_epoch(epoch)
+            record = {"epoch": epoch + 1, **train_one_epoch(model, train_loader, optimizer, autocast, scaler, state,
+                                                             config, total_steps, device, progress)}
+            curves.append(record)
+            logger.info("split %d seed %d epoch %s", split, seed, json.dumps(record, sort_keys=True))
+    clip_logits, clip_video_index, failed = predict(model, test_loader, config.batch_size, autocast, device,
+                                                    config.max_decode_failures, show_progress)
+    metrics = score(clip_logits, clip_video_index, test_set.records, num_classes)
+    result = RunResult(split=split, seed=seed, train_videos=len(train_set),
+                       failed_videos=[str(test_set.records[index].path) for index in sorted(failed)],
+                       curves=curves, seconds=time.monotonic() - started, **metrics)
+    return result, model
+
+
+def results_key(config: EvalConfig, manifest_sha256: str, init_identity: str) -> str:
+    return sha256_json({"config": config.key_fields(), "dataset": manifest_sha256, "init": init_identity,
+                        "code_version": CODE_VERSION})[:16]
+
+
+def _run_paths(out_dir: Path, split: int, seed: int) -> tuple[Path, Path]:
+    stem = out_dir / "runs" / f"split{split}-seed{seed}"
+    return stem.with_suffix(".json"), stem.with_suffix(".pt")
+
+
+def _cached_run(out_dir: Path, key: str, split: int, seed: int, config: EvalConfig) -> RunResult | None:
+    record_path, weights_path = _run_paths(out_dir, split, seed)
+    if not record_path.is_file() or (config.save_weights and not weights_path.is_file()):
+        return None
+    try:
+        stored = json.loads(record_path.read_text())
+        if stored.get("key") != key:
+            return None
+        run = RunResult.from_dict(stored["run"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    logger.info("split %d seed %d: reusing %s", split, seed, record_path)
+    return run
+
+
+def _store_run(out_dir: Path, key: str, run: RunResult, model: VideoClassifier, class_names, config: EvalConfig):
+    record_path, weights_path = _run_paths(out_dir, run.split, run.seed)
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    if config.save_weights:
+        save_checkpoint(weights_path, {"model": model.state_dict(), "architecture": model.backbone.architecture(),
+                                       "class_names": list(class_names), "dropout": config.dropout, "key": key})
+    atomic_write_text(record_path, json.dumps({"key": key, "run": run.to_dict()}, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch's intra-op thread count for the block (None: unchanged), restored afterwards."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def run_eval(config: EvalConfig, show_progress: bool = False) -> EvalResult:
+    """Every (split, seed) run of `config`; writes `<out>/results.json`, config.yaml and provenance.json."""
+    with torch_threads(config.threads):
+        return _run_eval(config, show_progress)
+
+
+def _run_eval(config: EvalConfig, show_progress: bool) -> EvalResult:
+    started = time.monotonic()
+    listing, splits_folder = load_listing(config)
+    split_lists = {split: split_records(listing, split, splits_folder) for split in config.splits}
+    initialization = resolve_init(config.init, student=config.student, width=config.width)
+    initialization.build_backbone().check_clip_shape(config.frames, config.crop)
+    dataset = dataset_description(config, listing, splits_folder)
+    key = results_key(config, dataset["manifest_sha256"], initialization.identity)
+    out_dir = Path(config.out) if config.out else DEFAULT_OUT_ROOT / key
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_provenance(out_dir, config, key=key, init=initialization.description, dataset=dataset,
+                     code_version=CODE_VERSION)
+    device = resolve_device(config.device)
+    runs = []
+    for split in config.splits:
+        for seed in config.seeds:
+            run = _cached_run(out_dir, key, split, seed, config)
+            if run is None:
+                train_records, test_records = split_lists[split]
+                run, model = run_split(train_records, test_records, split, seed, len(listing.class_names), config,
+                                       initialization, device, show_progress)
+                _store_run(out_dir, key, run, model, listing.class_names, config)
+            logger.info("split %d seed %d: clip top-1 %.3f, video top-1 %.3f, top-5 %.3f", split, seed, run.clip_top1,
+                        run.video_top1, run.video_top5)
+            runs.append(run)
+    result = EvalResult(out_dir=out_dir, key=key, config=config, init=initialization.description, dataset=dataset,
+                        class_names=list(listing.class_names), runs=runs, summary=summarise(runs),
+                        seconds=time.monotonic() - started)
+    write_results(result)
+    return result
+
+
+__all__ = ["EvalConfig", "EvalResult", "FinetuneError", "RunResult", "VideoClassifier", "run_eval", "run_split"]

@@ -1,0 +1,128 @@
+"""What `distinit eval` reports: one RunResult per (split, seed), their spread, results.json, a text table.
+
+Accuracies are fractions in [0, 1]. Spreads are (mean, sample std) from `evaluate.metrics.mean_std`:
+- "over_splits": each split's value averaged over seeds, then mean +- std over splits (the paper's number);
+- "over_seeds": each seed's value averaged over splits, then mean +- std over seeds (run-to-run spread);
+- "over_runs": every (split, seed) run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from evaluate.config import EvalConfig
+from evaluate.metrics import mean_std
+from pipeline.atomic import atomic_write_text
+from pipeline.config import config_to_dict
+
+SCHEMA = "distinit-eval-1"
+METRICS = ("clip_top1", "video_top1", "video_top5")
+METRIC_TITLES = {"clip_top1": "clip top-1", "video_top1": "video top-1", "video_top5": "video top-5"}
+
+
+@dataclasses.dataclass
+class RunResult:
+    split: int
+    seed: int
+    clip_top1: float  # every test view (clip x crop) scored alone
+    video_top1: float  # softmax averaged over a video's views
+    video_top5: float
+    train_videos: int
+    test_videos: int  # scored (those that decoded)
+    test_views: int
+    failed_videos: list[str]  # test videos that did not decode, left out of the scores
+    curves: list[dict[str, float]]  # per epoch: epoch, step, lr, train_loss, train_clip_top1, seconds, clips_per_second
+    confusion: list[list[int]]  # video-level, row = true class, column = predicted
+    predictions: list[dict[str, Any]]  # per test video: id, label, predicted, confidence
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunResult":
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{name: values[name] for name in names})
+
+
+@dataclasses.dataclass
+class EvalResult:
+    out_dir: Path
+    key: str
+    config: EvalConfig
+    init: dict[str, Any]  # from evaluate.initialization: kind, spec, architecture, checkpoint sha256 / source
+    dataset: dict[str, Any]  # name, root, splits_dir, manifest_sha256, num_classes
+    class_names: list[str]
+    runs: list[RunResult]
+    summary: dict[str, Any]
+    seconds: float
+
+    def run(self, split: int, seed: int) -> RunResult:
+        for run in self.runs:
+            if run.split == split and run.seed == seed:
+                return run
+        raise KeyError(f"no run for split {split}, seed {seed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "key": self.key,
+            "config": config_to_dict(self.config),
+            "init": self.init,
+            "dataset": self.dataset,
+            "class_names": self.class_names,
+            "runs": [run.to_dict() for run in self.runs],
+            "summary": self.summary,
+            "seconds": self.seconds,
+        }
+
+
+def _spread(values_by_name: dict[Any, float]) -> dict[str, Any]:
+    mean, std = mean_std(list(values_by_name.values()))
+    return {"mean": mean, "std": std, "values": {str(name): value for name, value in values_by_name.items()}}
+
+
+def _grouped_means(runs: list[RunResult], metric: str, group: str) -> dict[int, float]:
+    groups: dict[int, list[float]] = {}
+    for run in runs:
+        groups.setdefault(getattr(run, group), []).append(getattr(run, metric))
+    return {name: sum(values) / len(values) for name, values in groups.items()}
+
+
+def summarise(runs: Iterable[RunResult]) -> dict[str, Any]:
+    """The three spreads of the module docstring, for each metric."""
+    runs = list(runs)
+    return {
+        "over_splits": {metric: _spread(_grouped_means(runs, metric, "split")) for metric in METRICS},
+        "over_seeds": {metric: _spread(_grouped_means(runs, metric, "seed")) for metric in METRICS},
+        "over_runs": {metric: _spread({f"{run.split}/{run.seed}": getattr(run, metric) for run in runs})
+                      for metric in METRICS},
+    }
+
+
+def write_results(result: EvalResult) -> Path:
+    path = Path(result.out_dir) / "results.json"
+    atomic_write_text(path, json.dumps(result.to_dict(), indent=1, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def format_table(result: EvalResult) -> str:
+    """A short plain-text table, in percent: one row per (split, seed), then mean +- std."""
+    header = f"{'split':>5} {'seed':>4}  " + "  ".join(f"{METRIC_TITLES[m]:>13}" for m in METRICS)
+    lines = [f"{result.dataset.get('name')} / {result.init.get('spec')}" + (" (linear probe)" if result.config.linear_probe else ""),
+             header]
+    for run in sorted(result.runs, key=lambda run: (run.split, run.seed)):
+        cells = "  ".join(f"{100 * getattr(run, metric):13.1f}" for metric in METRICS)
+        lines.append(f"{run.split:>5} {run.seed:>4}  {cells}")
+    spreads = [("over splits", "over_splits")]
+    if len(result.config.seeds) > 1:
+        spreads.append(("over seeds", "over_seeds"))
+    for title, name in spreads:
+        cells = "  ".join(
+            f"{100 * result.summary[name][m]['mean']:6.1f} ± {100 * result.summary[name][m]['std']:4.1f}" for m in METRICS
+        )
+        lines.append(f"{title:>11}  {cells}")
+    return "\n".join(lines)

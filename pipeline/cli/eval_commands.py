@@ -1,0 +1,100 @@
+"""Stage three on the command line: `distinit eval` (finetune or linear-probe, then score)."""
+
+from __future__ import annotations
+
+import click
+
+from pipeline.cli import main
+from pipeline.errors import ConfigError
+
+
+def _integers(text: str | None, option: str) -> list[int] | None:
+    """`1,2,3` -> [1, 2, 3]; None stays None (the config file or the default decides)."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected comma-separated integers, e.g. 1,2,3") from None
+
+
+@main.command(name="eval")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML config (configs/eval.yaml).")
+@click.option("--data", default=None, help="hmdb51 | ucf101")
+@click.option("--root", default=None, help="Dataset video root ({root}/{class}/*.avi).")
+@click.option("--splits-dir", default=None, help="Split files (default: beside or inside --root, as the adapter finds them).")
+@click.option("--splits", default=None, metavar="1,2,3", help="Official splits to run.")
+@click.option("--init", default=None, help="A distill checkpoint (.pt or run folder) | scratch | inflated:<2d-model>.")
+@click.option("--student", default=None, help="Architecture for scratch (default r2plus1d_18); checked against a checkpoint.")
+@click.option("--width", default=None, help="full | tiny (for scratch; checked against a checkpoint).")
+@click.option("--linear-probe/--finetune", "linear_probe", default=None, help="Freeze the trunk, train only the classifier.")
+@click.option("--seeds", default=None, metavar="0,1,2", help="Repeat every split with each seed.")
+@click.option("--flip/--no-flip", "flip", default=None, help="Random left-right flips of training clips (default on).")
+@click.option("--test-clips", type=int, default=None, help="Uniformly spaced clips per test video (default 10).")
+@click.option("--three-crop/--centre-crop", "three_crop", default=None, help="x 3 crops along the long side at test time.")
+@click.option("--frames", type=int, default=None)
+@click.option("--stride", type=int, default=None)
+@click.option("--short-side", type=int, default=None)
+@click.option("--crop", type=int, default=None)
+@click.option("--optimizer", default=None, help="sgd | adamw")
+@click.option("--lr", type=float, default=None, help="The classifier's learning rate.")
+@click.option("--lr-trunk-scale", type=float, default=None, help="Trunk lr = lr x this (default 0.1 pretrained, 1 scratch).")
+@click.option("--weight-decay", type=float, default=None)
+@click.option("--epochs", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--dropout", type=float, default=None)
+@click.option("--workers", type=int, default=None)
+@click.option("--threads", type=int, default=None, help="torch threads (default: one per core).")
+@click.option("--device", default=None, help="auto | cpu | cuda")
+@click.option("--amp", default=None, help="auto | bf16 | fp16 | off")
+@click.option("--deterministic/--no-deterministic", default=None)
+@click.option("--save-weights/--no-save-weights", default=None, help="Also write each run's finetuned model.")
+@click.option("--out", default=None, help="Output folder (default results/eval/<key>).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other config option.")
+@click.option("--no-progress", is_flag=True)
+def eval_command(config_path, overrides, splits, seeds, no_progress, **options) -> None:
+    """Finetune a trunk (distilled, scratch or inflated) on HMDB-51 / UCF-101 splits and score it."""
+    from evaluate.config import EvalConfig
+    from evaluate.finetune import run_eval
+    from evaluate.results import format_table
+    from pipeline.config import load_config, parse_overrides
+
+    values = {**parse_overrides(overrides), **{key: value for key, value in options.items() if value is not None}}
+    for name, text in (("splits", splits), ("seeds", seeds)):
+        parsed = _integers(text, f"--{name}")
+        if parsed is not None:
+            values[name] = parsed
+    config = load_config(EvalConfig, config_path, values)
+    result = run_eval(config, show_progress=not no_progress)
+    click.echo(format_table(result))
+    click.echo(f"{result.out_dir / 'results.json'}")
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML eval config shared by every init.")
+@click.option("--inits", required=True, metavar="INIT,INIT,...",
+              help="e.g. scratch,inflated:efficientnet_lite0,runs/distill (scratch copies the checkpoint's architecture).")
+@click.option("--data", default=None, help="hmdb51 | ucf101")
+@click.option("--root", default=None, help="Dataset video root.")
+@click.option("--splits", default=None, metavar="1,2,3")
+@click.option("--seeds", default=None, metavar="0,1,2")
+@click.option("--epochs", type=int, default=None)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Comparison folder (RESULTS.md, results.json, plots).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other eval config option.")
+@click.option("--no-progress", is_flag=True)
+def compare(config_path, inits, splits, seeds, out, overrides, no_progress, **options) -> None:
+    """Scratch vs inflated vs DistInit on the same data, splits, seeds and schedule -> RESULTS.md + plots."""
+    from evaluate.compare import compare as run_compare
+    from evaluate.config import EvalConfig
+    from pipeline.config import load_config, parse_overrides
+
+    values = {**parse_overrides(overrides), **{key: value for key, value in options.items() if value is not None}}
+    for name, text in (("splits", splits), ("seeds", seeds)):
+        parsed = _integers(text, f"--{name}")
+        if parsed is not None:
+            values[name] = parsed
+    config = load_config(EvalConfig, config_path, values)
+    comparison = run_compare(config, [init.strip() for init in inits.split(",") if init.strip()], out,
+                             show_progress=not no_progress)
+    click.echo(comparison.table)
+    click.echo(f"{comparison.out_dir / 'RESULTS.md'}")

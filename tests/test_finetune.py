@@ -1,0 +1,296 @@
+"""Stage three end to end on fixture HMDB-51 / UCF-101 trees of real tiny videos: finetune, linear probe,
+seeds, determinism, the results files, the CLI, and one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dataset_fixtures import make_hmdb51, make_ucf101
+from distill.augment import crop_frames, rgb_to_tensor
+from distill.heads import HeadSpec
+from distill.students import create_student
+from distill.windows import ClipSpec
+from evaluate.clips import EvaluationClips, TrainingClips, clip_starts, crop_offsets
+from evaluate.config import EvalConfig
+from evaluate.finetune import run_eval
+from evaluate.initialization import checkpoint_path
+from pipeline.cli import main
+from pipeline.datasets import load_dataset
+from pipeline.hashing import sha256_file
+from pipeline.video import read_clip
+from pipeline.video.binary import ffmpeg_binary
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on a busy 2-core machine torch's spinning
+    threads made this file 5x slower (85 s against 16 s measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def video_source(tmp_path_factory) -> Path:
+    """A real 2 s, 10 fps, 48x32 MPEG-4 AVI (HMDB's container and codec family)."""
+    path = tmp_path_factory.mktemp("source") / "source.avi"
+    command = [ffmpeg_binary(), "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=48x32:rate=10", "-t", "2",
+               "-c:v", "mpeg4", "-q:v", "3", "-g", "5", str(path)]
+    subprocess.run(command, check=True, timeout=60)
+    return path
+
+
+@pytest.fixture(scope="module")
+def hmdb(tmp_path_factory, video_source):
+    """3 classes x 6 videos; per split 9 train, 6 test, 3 unused."""
+    return make_hmdb51(tmp_path_factory.mktemp("hmdb"), video_source)
+
+
+@pytest.fixture(scope="module")
+def ucf(tmp_path_factory, video_source):
+    """3 classes x 8 videos; split k tests on group k: 18 train, 6 test."""
+    return make_ucf101(tmp_path_factory.mktemp("ucf"), video_source)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A distill-shaped checkpoint of a tiny R(2+1)D with one teacher head (which eval must drop)."""
+    torch.manual_seed(11)
+    student = create_student("r2plus1d_18", [HeadSpec("imagenet-test/logits", "logits", (5,))], width="tiny")
+    for module in student.modules():  # non-default statistics, so a batch norm left in train mode shows
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.9, 1.1)
+    path = tmp_path_factory.mktemp("distill") / "checkpoint-last.pt"
+    torch.save({"model": student.state_dict(), "architecture": student.architecture(), "optimizer": {}, "step": 7,
+                "epoch": 1, "rng": {}, "config": {"frames": 4, "stride": 2, "short_side": 32, "crop": 32},
+                "best_val_loss": 1.0, "provenance": {"git_commit": None}}, path)
+    return path
+
+
+def _config(layout, out: Path, data: str = "hmdb51", **overrides) -> EvalConfig:
+    values = dict(
+        data=data, root=str(layout.root), splits_dir=str(layout.splits_dir), splits=(1,), init="scratch",
+        student="r2plus1d_18", width="tiny", frames=4, stride=2, short_side=32, crop=32, test_clips=2, epochs=1,
+        batch_size=4, optimizer="adamw", lr=3e-3, warmup_steps=1, workers=0, device="cpu", deterministic=True,
+        out=str(out),
+    )
+    values.update(overrides)
+    return EvalConfig(**values)
+
+
+def _test_ids(layout, split: int) -> set[str]:
+    return {video_id for video_id, (_, _, roles) in layout.expected.items() if roles[str(split)] == "test"}
+
+
+def _trunk(state: dict, prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+
+
+# ---------------------------------------------------------------------------------------------- clips
+def test_test_clips_are_spaced_uniformly_and_crops_follow_the_long_side():
+    assert clip_starts(20, 6, 3) == [0, 6, 13]  # last start 13; 6.5 rounds to even
+    assert clip_starts(20, 6, 1) == [6]
+    assert clip_starts(4, 6, 3) == [0, 0, 0]  # shorter than a clip: start at 0, pad at the end
+    assert crop_offsets(32, 48, 32, three_crop=True) == [(0, 0), (0, 8), (0, 16)]
+    assert crop_offsets(48, 32, 32, three_crop=True) == [(0, 0), (8, 0), (16, 0)]
+    assert crop_offsets(32, 48, 32, three_crop=False) == [(0, 8)]
+
+
+def test_test_views_equal_the_clips_read_clip_decodes(hmdb):
+    listing = load_dataset("hmdb51", hmdb.root, splits_dir=hmdb.splits_dir)
+    clip = ClipSpec(frames=4, stride=2, short_side=32, crop=32)
+    dataset = EvaluationClips(listing.records[:1], clip, clips_per_video=3, three_crop=True)
+    sample = dataset[0]
+    assert sample["video"].shape == (9, 3, 4, 32, 32) and sample["failed"] is None
+    for clip_number, start in enumerate(clip_starts(20, clip.span_frames, 3)):
+        frames = read_clip(listing.records[0].path, start / 10, 4, stride=2, short_side=32)
+        for crop_number, (top, left) in enumerate(crop_offsets(32, 48, 32, three_crop=True)):
+            expected = rgb_to_tensor(crop_frames(frames, top, left, 32))
+            assert torch.equal(sample["video"][3 * clip_number + crop_number], expected)
+
+
+def test_training_clips_without_flips_are_the_same_clips_unmirrored(hmdb):
+    listing = load_dataset("hmdb51", hmdb.root, splits_dir=hmdb.splits_dir)
+    clip = ClipSpec(frames=4, stride=2, short_side=32, crop=24)
+    flipping = TrainingClips(listing.records[:6], clip, seed=5)
+    plain = TrainingClips(listing.records[:6], clip, seed=5, flip=False)
+    mirrored = 0
+    for index in range(6):
+        with_flips, without = flipping[index]["video"], plain[index]["video"]
+        assert plain[index]["label"] == listing.records[index].label
+        if not torch.equal(with_flips, without):
+            assert torch.equal(with_flips, without.flip(-1))
+            mirrored += 1
+    assert 0 < mirrored < 6  # seed 5 flips some of these six clips, not all
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+def test_eval_hmdb51_all_splits_from_a_checkpoint(hmdb, checkpoint, tmp_path):
+    config = _config(hmdb, tmp_path / "out", splits=(1, 2, 3), init=str(checkpoint), student=None, width=None,
+                     epochs=2, three_crop=True, save_weights=True)
+    result = run_eval(config)
+    stored = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {"schema", "key", "config", "init", "dataset", "class_names", "runs", "summary", "seconds"} <= set(stored)
+    assert stored["class_names"] == ["brush_hair", "cartwheel", "ride_bike"]
+    assert stored["init"]["sha256"] == sha256_file(checkpoint) and stored["init"]["kind"] == "checkpoint"
+    assert stored["init"]["architecture"] == {"name": "r2plus1d_18", "width": "tiny", "in_channels": 3}
+    assert stored["init"]["dropped_heads"] == ["imagenet-test/logits"]
+    assert [(run["split"], run["seed"]) for run in stored["runs"]] == [(1, 0), (2, 0), (3, 0)]
+    for run in result.runs:
+        assert (run.train_videos, run.test_videos, run.test_views) == (9, 6, 6 * 2 * 3)
+        assert {prediction["id"] for prediction in run.predictions} == _test_ids(hmdb, run.split)
+        assert sum(map(sum, run.confusion)) == 6 and len(run.confusion) == 3
+        assert [curve["epoch"] for curve in run.curves] == [1, 2]
+        assert all(0.0 <= getattr(run, metric) <= 1.0 for metric in ("clip_top1", "video_top1", "video_top5"))
+        assert run.video_top5 == 1.0  # 3 classes: every label is in the top 5
+    spread = stored["summary"]["over_splits"]["video_top1"]
+    assert set(spread["values"]) == {"1", "2", "3"} and spread["mean"] == pytest.approx(
+        sum(run.video_top1 for run in result.runs) / 3)
+    assert {"config.yaml", "provenance.json"} <= {path.name for path in (tmp_path / "out").iterdir()}
+    # Full finetuning moves the trunk (the control for the linear-probe test below).
+    finetuned = torch.load(tmp_path / "out" / "runs" / "split1-seed0.pt", weights_only=False)["model"]
+    original = torch.load(checkpoint, weights_only=False)["model"]
+    assert not torch.equal(finetuned["backbone.trunk.stem.0.weight"], original["trunk.stem.0.weight"])
+    # The same command again reuses the finished runs.
+    record = tmp_path / "out" / "runs" / "split2-seed0.json"
+    before = record.stat().st_mtime_ns
+    again = run_eval(config)
+    assert record.stat().st_mtime_ns == before and again.key == result.key
+    assert [run.to_dict() for run in again.runs] == [run.to_dict() for run in result.runs]
+
+
+def test_linear_probe_leaves_the_trunk_bit_identical(hmdb, checkpoint, tmp_path):
+    config = _config(hmdb, tmp_path, init=str(checkpoint), student=None, width=None, epochs=2, linear_probe=True,
+                     save_weights=True)
+    run_eval(config)
+    saved = torch.load(tmp_path / "runs" / "split1-seed0.pt", weights_only=False)["model"]
+    original = torch.load(checkpoint, weights_only=False)["model"]
+    trunk_after, trunk_before = _trunk(saved, "backbone.trunk."), _trunk(original, "trunk.")
+    assert trunk_after.keys() == trunk_before.keys()
+    for name in trunk_before:  # weights and batch-norm statistics alike
+        assert torch.equal(trunk_after[name], trunk_before[name]), name
+    assert "classifier.weight" in saved and not any(key.startswith("backbone.head_modules") for key in saved)
+
+
+def test_same_seed_same_results_and_seeds_report_their_spread(hmdb, tmp_path):
+    both = run_eval(_config(hmdb, tmp_path / "both", seeds=(0, 1)))
+    alone = run_eval(_config(hmdb, tmp_path / "alone", seeds=(0,)))
+    first, repeated = both.run(1, 0).to_dict(), alone.run(1, 0).to_dict()
+    for volatile in ("seconds", "curves"):
+        first.pop(volatile), repeated.pop(volatile)
+    assert first == repeated
+    assert [curve["train_loss"] for curve in both.run(1, 0).curves] == [curve["train_loss"] for curve in alone.run(1, 0).curves]
+    assert both.run(1, 0).curves[0]["train_loss"] != both.run(1, 1).curves[0]["train_loss"]
+    assert set(both.summary["over_seeds"]["clip_top1"]["values"]) == {"0", "1"}
+    assert both.key != alone.key
+
+
+def test_cli_eval_ucf101_scratch_all_splits(ucf, tmp_path):
+    arguments = ["eval", "--data", "ucf101", "--root", str(ucf.root), "--splits-dir", str(ucf.splits_dir),
+                 "--splits", "1,2,3", "--init", "scratch", "--width", "tiny", "--frames", "4", "--short-side", "32",
+                 "--crop", "32", "--test-clips", "2", "--epochs", "1", "--batch-size", "6", "--workers", "0",
+                 "--device", "cpu", "--out", str(tmp_path), "--no-progress"]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    assert "over splits" in result.output and str(tmp_path / "results.json") in result.output
+    stored = json.loads((tmp_path / "results.json").read_text())
+    assert stored["class_names"] == ["Basketball", "ApplyEyeMakeup", "HandstandPushups"]
+    assert stored["init"]["kind"] == "scratch" and stored["config"]["lr_trunk_scale"] is None
+    for run in stored["runs"]:
+        assert (run["train_videos"], run["test_videos"]) == (18, 6)
+        assert {prediction["id"] for prediction in run["predictions"]} == _test_ids(ucf, run["split"])
+
+
+def test_eval_from_an_inflated_2d_network(hmdb, tmp_path):
+    pytest.importorskip("evaluate.inflate")
+    result = run_eval(_config(hmdb, tmp_path, init="inflated:resnet18:random", student=None, width=None, test_clips=1))
+    assert result.init["kind"] == "inflated" and result.init["architecture"]["name"] == "r3d_18"
+    assert result.run(1, 0).test_videos == 6
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def _one_line_error(arguments: list[str], *expected: str) -> None:
+    result = CliRunner().invoke(main, ["eval", *arguments, "--workers", "0", "--device", "cpu", "--no-progress"])
+    assert result.exit_code != 0, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    for text in expected:
+        assert text in result.output, result.output
+
+
+def _hmdb_arguments(layout, tmp_path: Path, *extra: str) -> list[str]:
+    return ["--data", "hmdb51", "--root", str(layout.root), "--splits-dir", str(layout.splits_dir), "--splits", "1",
+            "--out", str(tmp_path / "out"), *extra]
+
+
+def test_missing_checkpoint_is_a_one_line_error(hmdb, tmp_path):
+    missing = tmp_path / "runs" / "checkpoint-last.pt"
+    _one_line_error(_hmdb_arguments(hmdb, tmp_path, "--init", str(missing)), str(missing), "not found")
+
+
+def test_checkpoint_of_another_architecture_is_a_one_line_error(hmdb, checkpoint, tmp_path):
+    _one_line_error(_hmdb_arguments(hmdb, tmp_path, "--init", str(checkpoint), "--student", "r3d_18"),
+                    str(checkpoint), "r2plus1d_18", "r3d_18")
+    _one_line_error(_hmdb_arguments(hmdb, tmp_path, "--init", str(checkpoint), "--width", "full"), "width tiny")
+
+
+def test_file_that_is_not_a_distinit_checkpoint_is_a_one_line_error(hmdb, tmp_path):
+    other = tmp_path / "weights.pt"
+    torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, other)
+    _one_line_error(_hmdb_arguments(hmdb, tmp_path, "--init", str(other)), str(other), "not a distinit checkpoint")
+
+
+def test_unknown_init_form_lists_the_forms(hmdb, tmp_path):
+    _one_line_error(_hmdb_arguments(hmdb, tmp_path, "--init", "imagenet"), "'imagenet'", "scratch", "inflated:")
+
+
+def test_split_with_an_empty_test_list_is_a_one_line_error(hmdb, tmp_path):
+    splits_dir = tmp_path / "splits"
+    shutil.copytree(hmdb.splits_dir, splits_dir)
+    for path in splits_dir.glob("*_test_split2.txt"):  # split 2 lists no test video (code 2 -> 0)
+        path.write_text("".join(line.replace(" 2 ", " 0 ") for line in path.read_text().splitlines(keepends=True)))
+    arguments = ["--data", "hmdb51", "--root", str(hmdb.root), "--splits-dir", str(splits_dir), "--splits", "1,2",
+                 "--init", "scratch", "--width", "tiny", "--out", str(tmp_path / "out")]
+    _one_line_error(arguments, str(splits_dir), "split 2", "empty test list")
+    assert not (tmp_path / "out").exists()  # refused before anything was trained or written
+
+
+def test_a_run_folder_or_runs_root_stands_for_its_last_checkpoint(tmp_path):
+    run = tmp_path / "distill" / "0123abcd"
+    run.mkdir(parents=True)
+    (run / "checkpoint-last.pt").write_bytes(b"")
+    (tmp_path / "distill" / "latest").write_text("0123abcd\n")
+    assert checkpoint_path(str(tmp_path / "distill")) == run / "checkpoint-last.pt"
+    assert checkpoint_path(str(run)) == run / "checkpoint-last.pt"
+    assert checkpoint_path("elsewhere/model.pt") == Path("elsewhere/model.pt")
+    assert checkpoint_path("imagenet") is None
+
+
+def test_config_refuses_repeated_splits():
+    with pytest.raises(Exception, match="must not repeat"):
+        dataclasses.replace(EvalConfig(), splits=(1, 1))
+
+
+def test_compare_writes_the_table_results_and_plots(hmdb, checkpoint, tmp_path, monkeypatch):
+    from evaluate.compare import compare
+
+    monkeypatch.chdir(tmp_path)  # run_eval caches under results/eval/<key> relative to the working folder
+    config = _config(hmdb, tmp_path / "unused", splits=(1,), seeds=(0, 1), init="scratch", student=None, width=None)
+    comparison = compare(config, ["scratch", str(checkpoint)], tmp_path / "compare")
+    assert [label.split(" [")[0] for label in comparison.labels] == ["scratch", "DistInit"]
+    # scratch copies the checkpoint's architecture, so both rows are the same network
+    assert all("r2plus1d_18 tiny" in label for label in comparison.labels)
+    report = (tmp_path / "compare" / "RESULTS.md").read_text()
+    assert "| scratch [r2plus1d_18 tiny] |" in report and "| DistInit [r2plus1d_18 tiny] |" in report
+    for name in ("results.json", "curves.png", "confusion.png", "provenance.json"):
+        assert (tmp_path / "compare" / name).stat().st_size > 0
+    assert all(len(result.runs) == 2 for result in comparison.results)
