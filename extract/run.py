@@ -51,6 +51,7 @@ class ExtractionPlan:
     teachers: list[Any]
     sampling: SamplingConfig
     decode_short_side: int
+    batch_size: int
     video_paths: dict[str, str]
     shards: list[list[str]]  # video ids of shard i, in id order
 
@@ -85,8 +86,9 @@ def prepare(config: ExtractConfig) -> ExtractionPlan:
     teachers = [
         create_teacher(name, device=device, **dict(config.teacher_options.get(name, {}))) for name in config.teachers
     ]
+    batch_size = config.batch_size or (64 if device.type == "cuda" else 8)
     for teacher in teachers:
-        teacher.batch_size = min(teacher.batch_size, config.batch_size)
+        teacher.batch_size = min(teacher.batch_size, batch_size)
     sampling = SamplingConfig(config.frames_per_second, config.max_frames_per_video)
     stage_key = compute_stage_key(
         manifest_hash(listing), [teacher.describe() for teacher in teachers], dataclasses.asdict(sampling), CODE_VERSION
@@ -103,6 +105,7 @@ def prepare(config: ExtractConfig) -> ExtractionPlan:
         teachers=teachers,
         sampling=sampling,
         decode_short_side=max(teacher.decode_short_side for teacher in teachers),
+        batch_size=batch_size,
         video_paths=video_paths,
         shards=partition_videos(sorted(video_paths), config.shard_count),
     )
@@ -160,7 +163,7 @@ def write_shard(plan: ExtractionPlan, index: int, pool: DecodePool, progress: tq
             else:
                 pending.append(video)
             # Batch boundaries depend only on the shard's video list, so a redone shard is byte-identical.
-            if pending and (sum(len(v.frames) for v in pending) >= plan.config.batch_size or number == len(video_ids)):
+            if pending and (sum(len(v.frames) for v in pending) >= plan.batch_size or number == len(video_ids)):
                 rows = teach(plan.teachers, pending)
                 writer.append(rows)
                 progress.frames += len(rows["t_seconds"])
