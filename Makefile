@@ -14,11 +14,18 @@ EXTRACT_ARGS ?=
 DISTILL_CONFIG ?= $(if $(filter demo,$(DATA)),configs/demo-distill.yaml,configs/distill.yaml)
 TARGETS  ?= targets/$(DATA)
 DISTILL_ARGS ?=
+EVAL_CONFIG ?= $(if $(filter demo,$(DATA)),configs/demo-eval.yaml,configs/eval.yaml)
+HMDB_ROOT ?= $(if $(filter demo,$(DATA)),$(DEMO_DIR)/actions/videos,)
+UCF_ROOT ?=
+INIT     ?= $(if $(filter demo,$(DATA)),runs/demo/distill,runs/distill)
+INITS    ?= scratch,inflated:efficientnet_lite0,$(INIT)
+SEEDS    ?= 0,1,2
+EVAL_ARGS ?=
 PYTEST_ARGS ?=
 POSE     ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo-data extract verify distill demo test bench clean
+.PHONY: help setup demo-data extract verify distill eval-hmdb eval-ucf compare demo test bench clean
 
 help: ## Show targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -49,6 +56,18 @@ verify: setup ## Check the latest targets of DATA (checksums, row counts, NaN/in
 
 distill: setup ## Stage two: train a 3D student on the latest targets of DATA (TARGETS=dir, DISTILL_CONFIG=yaml, DISTILL_ARGS=...)
 	$(DISTINIT) distill --config $(DISTILL_CONFIG) --targets $(TARGETS) $(DISTILL_ARGS)
+
+eval-hmdb: setup ## Stage three: finetune INIT on HMDB-51 (HMDB_ROOT=dir, INIT=checkpoint|scratch|inflated:..., EVAL_ARGS=...)
+	@test -n "$(HMDB_ROOT)" || { echo "make eval-hmdb: set HMDB_ROOT=<hmdb51 video folder>"; exit 2; }
+	$(DISTINIT) eval --config $(EVAL_CONFIG) --data hmdb51 --root $(HMDB_ROOT) --init $(INIT) $(EVAL_ARGS)
+
+eval-ucf: setup ## Stage three: finetune INIT on UCF-101 (UCF_ROOT=dir, INIT=..., EVAL_ARGS=...)
+	@test -n "$(UCF_ROOT)" || { echo "make eval-ucf: set UCF_ROOT=<UCF-101 video folder>"; exit 2; }
+	$(DISTINIT) eval --config configs/eval.yaml --data ucf101 --root $(UCF_ROOT) --init $(INIT) $(EVAL_ARGS)
+
+compare: setup ## Scratch vs inflated vs DistInit on HMDB-51 (INITS=a,b,c SEEDS=0,1,2) -> results/$(DATA)/RESULTS.md
+	@test -n "$(HMDB_ROOT)" || { echo "make compare: set HMDB_ROOT=<hmdb51 video folder>"; exit 2; }
+	$(DISTINIT) compare --config $(EVAL_CONFIG) --data hmdb51 --root $(HMDB_ROOT) --inits $(INITS) --seeds $(SEEDS) --out results/$(DATA) $(EVAL_ARGS)
 
 demo: demo-data ## Run the whole pipeline on the embedded demo data (stages that exist so far)
 	$(DISTINIT) manifest --data hmdb51 --root $(DEMO_DIR)/actions/videos --out $(DEMO_DIR)/manifests/actions.jsonl
