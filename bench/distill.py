@@ -1,23 +1,31 @@
 """Stage-two benchmark: can the data loader feed the student? Loader clips/s alone against step clips/s alone.
 
-    python bench/distill.py --targets targets/demo --out bench/results/distill.json
-    python bench/distill.py --only step --device cuda --amp bf16 --frames 16 --widths full   # on a GPU
+    python bench/distill.py --out bench/results/distill.json            # everything, ~15 min on 2 cores
+    python bench/distill.py --only profile --update                     # redo one part, keep the others
+    python bench/distill.py --only step --device cuda --amp bf16 --frames 16 --widths full \
+        --step-shapes 112:128 --step-threads 0 --full-steps 20 --full-warmup-steps 5 --out gpu.json
 
 Parts (each measurement runs in a fresh child process, so its peak memory is its own):
   loader   iterate the training DataLoader exactly as distill.train.build_loaders builds it (same sampler,
-           workers, seeding), no model: clips/s of epoch 1 and epoch 2, without and with --cache-clips
-           (a fresh cache folder per repeat, so epoch 1 builds it and epoch 2 reads it);
-  step     distill.train.train_one_epoch over one fixed batch, pre-loaded (forward + loss + backward +
-           optimizer step, the trainer's own code), per student width and clip shape;
+           workers, seeding), no model: clips/s of epoch 1 and epoch 2, per clip shape (--loader-shapes);
+           variants: decoding, --cache-clips (a fresh cache folder per run, so epoch 1 builds it and
+           epoch 2 reads it), and decoding with every video probed once in the parent (a candidate fix);
+  step     distill.train.train_one_epoch over one fixed, pre-loaded batch (forward + loss + backward +
+           optimizer step: the trainer's own code), per width, clip shape and torch thread count;
   train    distill.train.train() end to end at tiny width; clips/s and data-wait fraction from log.jsonl;
+           variants: decoding, --cache-clips, and one torch thread in the training process;
   profile  one process, no workers: where a sample's time goes (probe, shard rows, ffmpeg decode,
-           crop + normalisation, collation, cached read), and what starting ffmpeg costs.
-The goal from issue 4: loader clips/s >= 2 x step clips/s with 2 workers. Each measurement is repeated
-(--repeats) after a warm-up; the JSON keeps every run plus best and median. Timings depend on whatever
-else runs on the machine: the load average is recorded before and after.
+           normalisation, collation, cache build and read), what starting ffmpeg costs, and decoding a
+           video's clips in one ffmpeg process instead of one process per clip (a candidate fix).
+The goal from issue 4: loader clips/s >= 2 x step clips/s with 2 workers; "goal" in the JSON pairs every
+step with every loader variant of the same clip shape. Loader and step runs are interleaved round by
+round (--repeats rounds, after a warm-up) so both meet the same background load; the JSON keeps every
+run plus best and median, and the load average before, after and per round.
 
-Peak memory: ru_maxrss of the child (RUSAGE_SELF) and of its largest finished descendant (RUSAGE_CHILDREN:
-a DataLoader worker or an ffmpeg process), in MiB; torch.cuda.max_memory_allocated on CUDA.
+Memory: ru_maxrss of the child (RUSAGE_SELF) and of its largest finished descendant (RUSAGE_CHILDREN),
+in MiB. A forked process's ru_maxrss counts the pages it shares with its parent, so for DataLoader
+workers the loader also samples /proc/PID/smaps_rollup: the workers' summed Pss and the largest
+worker's private memory. torch.cuda.max_memory_allocated on CUDA.
 """
 
 from __future__ import annotations
@@ -256,7 +264,7 @@ def ffmpeg_start_seconds(repeats: int = 10) -> float:
     return statistics.median(durations)
 
 
-def profiled_epoch(config, train_ids, order, cache_folder) -> dict[str, Any]:
+def profiled_epoch(config, train_ids, order, cache_folder) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """One epoch of samples in the sampler's order, in this process, with the dataset's stages timed."""
     from torch.utils.data import default_collate
 
@@ -304,8 +312,48 @@ def profiled_epoch(config, train_ids, order, cache_folder) -> dict[str, Any]:
     stages["other (windows, crop, flip, tensors)"] = {
         "ms_per_clip": round(1e3 * (sample_seconds - inside_samples) / clips, 3), "calls": clips}
     total = sample_seconds + clock.seconds[COLLATE]
+    starts: dict[str, list[float]] = {}
+    for sample in samples:
+        starts.setdefault(sample["video_id"], []).append(sample["clip_start"])
     return {"clips": clips, "ms_per_clip_total": round(1e3 * total / clips, 3),
-            "one_process_clips_per_second": round(clips / total, 3), "stages": stages}
+            "one_process_clips_per_second": round(clips / total, 3), "stages": stages}, starts
+
+
+def grouped_decode(config, clip_starts: dict[str, list[float]]) -> dict[str, Any]:
+    """A candidate fix, measured: one ffmpeg process per video for all of its clips of an epoch
+    (read_frames over the union of their frames) against one process per clip (read_clip, as the
+    dataset decodes); the probe is cached on both sides, and the frames must be identical."""
+    import numpy as np
+
+    from distill.data import ClipSpec, open_targets, video_paths
+    from distill.targets_folder import resolve_targets_dir
+    from pipeline.video import probe, read_clip, read_frames
+
+    clip = ClipSpec(frames=config.frames, stride=config.stride, short_side=config.short_side, crop=config.crop)
+    store = open_targets(resolve_targets_dir(config.targets))
+    paths = video_paths(store, config.videos_root)
+    store.close()
+    separate_seconds = grouped_seconds = 0.0
+    identical = True
+    for video_id, starts in clip_starts.items():
+        info = probe(paths[video_id])
+        path, fps = paths[video_id], info.fps
+        first_frames = [round(start * fps) for start in starts]
+        started = time.perf_counter()
+        one_by_one = [read_clip(path, first / fps, clip.decoded_frames, stride=clip.stride, short_side=clip.short_side,
+                                threads=1) for first in first_frames]
+        separate_seconds += time.perf_counter() - started
+        times = [(first + offset * clip.stride) / fps for first in first_frames for offset in range(clip.decoded_frames)]
+        started = time.perf_counter()
+        together = read_frames(path, times, short_side=clip.short_side, threads=1)
+        grouped_seconds += time.perf_counter() - started
+        # Past the last frame read_clip repeats its last decoded frame, read_frames the video's last frame: compare the rest.
+        inside = [first + offset * clip.stride < info.frame_count for first in first_frames for offset in range(clip.decoded_frames)]
+        identical = identical and np.array_equal(together[inside], np.concatenate(one_by_one)[inside])
+    clips = sum(len(starts) for starts in clip_starts.values())
+    return {"clips": clips, "videos": len(clip_starts), "process_per_clip_ms_per_clip": round(1e3 * separate_seconds / clips, 3),
+            "process_per_video_ms_per_clip": round(1e3 * grouped_seconds / clips, 3),
+            "frames_identical_before_the_end": identical}
 
 
 def child_profile(spec: dict[str, Any]) -> dict[str, Any]:
@@ -323,12 +371,13 @@ def child_profile(spec: dict[str, Any]) -> dict[str, Any]:
     sampler = ResumableSampler(len(train_ids) * config.clips_per_video, shuffle=True, seed=config.seed)
     result: dict[str, Any] = {"ffmpeg_version_run_ms": round(1e3 * ffmpeg_start_seconds(), 2)}
     sampler.set_epoch(0)
-    result["decode"] = profiled_epoch(config, train_ids, list(sampler), None)
+    result["decode"], clip_starts = profiled_epoch(config, train_ids, list(sampler), None)
+    result["grouped_decode"] = grouped_decode(config, clip_starts)
     cache_folder = tempfile.mkdtemp(prefix="bench-distill-profile-cache-")
     try:
-        result["cache_epoch_1"] = profiled_epoch(config, train_ids, list(sampler), cache_folder)
+        result["cache_epoch_1"], _ = profiled_epoch(config, train_ids, list(sampler), cache_folder)
         sampler.set_epoch(1)
-        result["cache_epoch_2"] = profiled_epoch(config, train_ids, list(sampler), cache_folder)
+        result["cache_epoch_2"], _ = profiled_epoch(config, train_ids, list(sampler), cache_folder)
     finally:
         shutil.rmtree(cache_folder, ignore_errors=True)
     result["memory"] = peak_memory()
@@ -428,7 +477,7 @@ def summarise_loader(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def summarise_step(spec: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
     config = spec["config"]
     return {"width": config["width"], "crop": config["crop"], "short_side": config["short_side"],
-            "frames": config["frames"], "batch_size": config["batch_size"], "steps_per_repeat": spec["steps"],
+            "frames": config["frames"], "batch_size": config["batch_size"], "amp": config["amp"], "steps_per_repeat": spec["steps"],
             "warmup_steps": spec["warmup_steps"], "torch_threads": runs[0]["torch_threads"],
             "clips_per_second": summary([run["clips_per_second"]["best"] for run in runs]),
             "batch_shape": runs[0]["batch_shape"], "parameters": runs[0]["parameters"], "device": runs[0]["device"],
@@ -526,7 +575,8 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"{'measurement':52} {'best':>9} {'median':>9}  clips/s   notes")
     for name, rate, note in rows:
         print(f"{name:52} {rate['best']:9.2f} {rate['median']:9.2f}            {note}")
-    print(f"\nloader / step clips/s (ratio of medians; goal >= {GOAL_RATIO}, * = not met)")
+    if report.get("goal"):
+        print(f"\nloader / step clips/s (ratio of medians; goal >= {GOAL_RATIO}, * = not met)")
     for name, ratio in report.get("goal", {}).items():
         print(f"  {name:78} {ratio['ratio_of_medians']:8.2f}{'' if ratio['goal_met'] else ' *'}")
     profile = report.get("profile")
@@ -537,6 +587,11 @@ def print_report(report: dict[str, Any]) -> None:
                   f"({profile[part]['one_process_clips_per_second']} clips/s)")
             for stage, values in profile[part]["stages"].items():
                 print(f"    {stage:45} {values['ms_per_clip']:8.2f} ms/clip  ({values['calls']} calls)")
+        grouped = profile.get("grouped_decode")
+        if grouped:
+            print(f"  decode a video's {grouped['clips'] // grouped['videos']} clips in one ffmpeg process: "
+                  f"{grouped['process_per_video_ms_per_clip']} ms/clip against {grouped['process_per_clip_ms_per_clip']} "
+                  f"one process per clip (frames identical: {grouped['frames_identical_before_the_end']})")
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -546,6 +601,7 @@ def parse_arguments() -> argparse.Namespace:
     add("--videos", default=None, help="video root, if the videos moved since extraction")
     add("--out", type=Path, default=Path("bench/results/distill.json"))
     add("--only", nargs="+", choices=PARTS, default=list(PARTS), help="which parts to run")
+    add("--update", action="store_true", help="keep the other parts of an existing --out file (e.g. --only profile)")
     add("--student", default="r2plus1d_18")
     add("--widths", nargs="+", choices=("tiny", "full"), default=["tiny", "full"])
     add("--frames", type=int, default=8)
@@ -584,9 +640,13 @@ def main() -> None:
         return
     machine = machine_info()
     log(f"machine {machine['nproc']} cpus, load {machine['load_average_before']}")
-    report: dict[str, Any] = {"machine": machine}
-    report["settings"] = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(arguments).items()
-                          if key not in ("child", "spec")}
+    settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(arguments).items()
+                if key not in ("child", "spec")}
+    report: dict[str, Any] = {"machine": machine, "settings": settings}
+    if arguments.update and arguments.out.is_file():  # replace only the parts run now; note when and how
+        report = json.loads(arguments.out.read_text(encoding="utf-8"))
+        report.setdefault("updates", []).append({"parts": arguments.only, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                 "machine": machine, "settings": settings})
     if "loader" in arguments.only or "step" in arguments.only:
         loader, step, loads = measure_rounds(arguments)
         report.update({"loader": loader, "step": step, "load_average_per_round": loads})
@@ -603,7 +663,7 @@ def main() -> None:
         "step results above ran on CUDA" if ran_on_gpu else
         f"not run: no CUDA device here ({machine['nproc']} CPUs). Run: python bench/distill.py --only step --device cuda "
         "--amp bf16 --frames 16 --widths full --step-shapes 112:128 --step-threads 0 --full-steps 20 --full-warmup-steps 5")}
-    machine["load_average_after"] = load_average()
+    machine["load_average_after"] = load_average()  # `machine` is the update's entry when updating
     atomic_write_text(arguments.out, json.dumps(report, indent=2) + "\n")
     print_report(report)
     print(f"\nwrote {arguments.out}")
