@@ -104,7 +104,8 @@ def run_child(part: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]
 
 # ---------------------------------------------------------------------------------------------- children
 def child_context(config):
-    from distill.distributed import DistributedContext, resolve_device
+    from distill.distributed import DistributedContext
+    from pipeline.devices import resolve_device
 
     return DistributedContext(rank=0, world_size=1, local_rank=0, device=resolve_device(config.device))
 

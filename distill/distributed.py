@@ -8,7 +8,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from pipeline.errors import DistinitError
+from pipeline.devices import resolve_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,16 +25,6 @@ class DistributedContext:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DistinitError(f"--device {device}: torch sees no CUDA device; use --device cpu or auto")
-        return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
-    return torch.device(device)
 
 
 def init_distributed(device: str) -> DistributedContext:

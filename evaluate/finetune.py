@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from distill.checkpoint import save_checkpoint
-from distill.distributed import resolve_device
+from pipeline.devices import resolve_device
 from distill.sampler import ResumableSampler
 from distill.schedule import learning_rate
 from distill.seeding import seed_everything, seed_worker

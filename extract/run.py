@@ -15,17 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 from extract.config import CODE_VERSION, ExtractConfig
 from extract.pool import DecodePool
 from extract.sampling import SamplingConfig
 from extract.teachers import create_teacher
-from extract.teachers.base import resolve_device as resolve_teacher_device
 from extract.teaching import teach
 from pipeline.atomic import atomic_write_text
 from pipeline.config import config_to_dict
+from pipeline.devices import resolve_device
 from pipeline.datasets import load_dataset, manifest_hash, write_manifest as write_video_manifest
 from pipeline.errors import DistinitError
 from pipeline.provenance import write_provenance
@@ -67,12 +66,6 @@ class ExtractionReport:
     failures: list[dict[str, str]]
     seconds: float
     manifest: Path | None
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return resolve_teacher_device(device)
 
 
 def prepare(config: ExtractConfig) -> ExtractionPlan:
@@ -135,8 +128,10 @@ def shard_is_done(plan: ExtractionPlan, index: int) -> bool:
     return True
 
 
-def write_shard(plan: ExtractionPlan, index: int, pool: DecodePool, progress: tqdm) -> tuple[int, list[dict[str, str]]]:
-    """Write shard `index` from scratch; returns (rows, failed videos)."""
+def write_shard(
+    plan: ExtractionPlan, index: int, pool: DecodePool, videos_bar: tqdm, frames_bar: tqdm
+) -> tuple[int, list[dict[str, str]]]:
+    """Write shard `index` from scratch; returns (rows, failed videos). The bars count videos and frames (tqdm shows the rates)."""
     final_path = plan.targets_dir / shard_name(index, plan.config.shard_count)
     for stale in temporary_files(plan.targets_dir):
         if stale.name.startswith(f".{final_path.name}."):
@@ -166,11 +161,9 @@ def write_shard(plan: ExtractionPlan, index: int, pool: DecodePool, progress: tq
             if pending and (sum(len(v.frames) for v in pending) >= plan.batch_size or number == len(video_ids)):
                 rows = teach(plan.teachers, pending)
                 writer.append(rows)
-                progress.frames += len(rows["t_seconds"])
-                elapsed = max(time.monotonic() - progress.started, 1e-9)
-                progress.set_postfix_str(f"{progress.frames / elapsed:.1f} frames/s", refresh=False)
+                frames_bar.update(len(rows["t_seconds"]))
                 pending = []
-            progress.update(1)
+            videos_bar.update(1)
         rows = writer.row_count
     return rows, failures
 
@@ -188,10 +181,10 @@ def run_extraction(config: ExtractConfig, shard_part: tuple[int, int] = (0, 1), 
     total_videos = sum(len(plan.shards[index]) for index in todo)
     rows, failures = 0, []
     with DecodePool(config.workers, plan.sampling, plan.decode_short_side, config.decode_timeout_seconds) as pool:
-        with tqdm(total=total_videos, unit="video", desc="extract", disable=not show_progress) as progress:
-            progress.frames, progress.started = 0, time.monotonic()
+        with tqdm(total=total_videos, unit="video", desc="extract", disable=not show_progress) as videos_bar, \
+                tqdm(unit="frame", desc="teacher frames", position=1, disable=not show_progress) as frames_bar:
             for index in todo:
-                shard_rows, shard_failures = write_shard(plan, index, pool, progress)
+                shard_rows, shard_failures = write_shard(plan, index, pool, videos_bar, frames_bar)
                 rows += shard_rows
                 failures += shard_failures
     for teacher in plan.teachers:

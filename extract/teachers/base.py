@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as functional
 
-from pipeline.errors import ConfigError, DistinitError
+from pipeline.devices import resolve_device  # noqa: F401  (the teacher modules import it from here)
+from pipeline.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -125,12 +126,6 @@ def _check_frames(frames: np.ndarray, teacher_name: str) -> None:
         description = f"{type(frames).__name__} {getattr(frames, 'dtype', '')} {getattr(frames, 'shape', '')}"
         raise ValueError(f"teacher {teacher_name} expects uint8 frames of shape (N, H, W, 3); got {description}")
 
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise DistinitError(f"device {device} requested but torch sees no CUDA device; pass --device cpu")
-    return resolved
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:

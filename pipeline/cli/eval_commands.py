@@ -18,6 +18,19 @@ def _integers(text: str | None, option: str) -> list[int] | None:
         raise ConfigError(f"{option} {text!r}: expected comma-separated integers, e.g. 1,2,3") from None
 
 
+def _eval_config(config_path, overrides, splits, seeds, options):
+    """EvalConfig from the YAML file, `--set` pairs, comma lists and the remaining options (last wins)."""
+    from evaluate.config import EvalConfig
+    from pipeline.config import load_config, parse_overrides
+
+    values = {**parse_overrides(overrides), **{key: value for key, value in options.items() if value is not None}}
+    for name, text in (("splits", splits), ("seeds", seeds)):
+        parsed = _integers(text, f"--{name}")
+        if parsed is not None:
+            values[name] = parsed
+    return load_config(EvalConfig, config_path, values)
+
+
 @main.command(name="eval")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML config (configs/eval.yaml).")
 @click.option("--data", default=None, help="hmdb51 | ucf101")
@@ -54,17 +67,10 @@ def _integers(text: str | None, option: str) -> list[int] | None:
 @click.option("--no-progress", is_flag=True)
 def eval_command(config_path, overrides, splits, seeds, no_progress, **options) -> None:
     """Finetune a trunk (distilled, scratch or inflated) on HMDB-51 / UCF-101 splits and score it."""
-    from evaluate.config import EvalConfig
     from evaluate.finetune import run_eval
     from evaluate.results import format_table
-    from pipeline.config import load_config, parse_overrides
 
-    values = {**parse_overrides(overrides), **{key: value for key, value in options.items() if value is not None}}
-    for name, text in (("splits", splits), ("seeds", seeds)):
-        parsed = _integers(text, f"--{name}")
-        if parsed is not None:
-            values[name] = parsed
-    config = load_config(EvalConfig, config_path, values)
+    config = _eval_config(config_path, overrides, splits, seeds, options)
     result = run_eval(config, show_progress=not no_progress)
     click.echo(format_table(result))
     click.echo(f"{result.out_dir / 'results.json'}")
@@ -85,15 +91,8 @@ def eval_command(config_path, overrides, splits, seeds, no_progress, **options) 
 def compare(config_path, inits, splits, seeds, out, overrides, no_progress, **options) -> None:
     """Scratch vs inflated vs DistInit on the same data, splits, seeds and schedule -> RESULTS.md + plots."""
     from evaluate.compare import compare as run_compare
-    from evaluate.config import EvalConfig
-    from pipeline.config import load_config, parse_overrides
 
-    values = {**parse_overrides(overrides), **{key: value for key, value in options.items() if value is not None}}
-    for name, text in (("splits", splits), ("seeds", seeds)):
-        parsed = _integers(text, f"--{name}")
-        if parsed is not None:
-            values[name] = parsed
-    config = load_config(EvalConfig, config_path, values)
+    config = _eval_config(config_path, overrides, splits, seeds, options)
     comparison = run_compare(config, [init.strip() for init in inits.split(",") if init.strip()], out,
                              show_progress=not no_progress)
     click.echo(comparison.table)

@@ -16,7 +16,6 @@ from typing import Any, Iterable
 from pipeline.atomic import atomic_write_text
 from pipeline.errors import DatasetError
 
-SPLIT_ROLES = ("train", "test", "val", "unused")
 
 
 @dataclasses.dataclass(frozen=True)
