@@ -1,5 +1,10 @@
 # distinit — the pipeline driven by make. `make help` lists targets and variables.
 # Every target depends on `setup`, which builds .venv from requirements.txt once.
+#
+# Stages re-run only when something they depend on changed: `distinit stamps` rewrites
+# $(STAMPS)/<stage>.key only when that stage's key (its config, the keys of the stages it reads,
+# its code version; pipeline/stages.py) changed, and each stage's rule below depends on its .key
+# and on the stage before it. `make status` says which stages are stale and why.
 
 SHELL    := /bin/bash
 PYTHON   ?= python3
@@ -7,32 +12,54 @@ VENV     ?= .venv
 BIN      := $(VENV)/bin
 DISTINIT := $(BIN)/distinit
 DEMO_DIR ?= data/demo
+DEMO_SET ?=
 DATA     ?= demo
 ROOT     ?= $(if $(filter demo,$(DATA)),$(DEMO_DIR),)
 TEACHERS ?=
+EXTRACT_SET ?=
 EXTRACT_ARGS ?=
 DISTILL_CONFIG ?= $(if $(filter demo,$(DATA)),configs/demo-distill.yaml,configs/distill.yaml)
-TARGETS  ?= targets/$(DATA)
+DISTILL_SET ?=
 DISTILL_ARGS ?=
 EVAL_CONFIG ?= $(if $(filter demo,$(DATA)),configs/demo-eval.yaml,configs/eval.yaml)
 HMDB_ROOT ?= $(if $(filter demo,$(DATA)),$(DEMO_DIR)/actions/videos,)
 UCF_ROOT ?=
-INIT     ?= $(if $(filter demo,$(DATA)),runs/demo/distill,runs/distill)
-INITS    ?= scratch,inflated:efficientnet_lite0,$(INIT)
+DISTILL_OUT ?= $(if $(filter demo,$(DATA)),runs/demo/distill,runs/distill)
+INIT     ?= $(DISTILL_OUT)
+INITS    ?= scratch,inflated:efficientnet_lite0,$(DISTILL_OUT)
 SEEDS    ?= 0,1,2
+EVAL_SET ?=
 EVAL_ARGS ?=
+STAMPS   ?= .stamps/$(DATA)
 PYTEST_ARGS ?=
 POSE     ?= 1
 
+# `key=value` options that change a stage's output: passed to the stage and to its key alike.
+EXTRACT_SETS = $(if $(TEACHERS),teachers=[$(TEACHERS)]) $(EXTRACT_SET)
+STAGE_ARGS = --stamps $(STAMPS) --data $(DATA) $(if $(ROOT),--root $(ROOT)) --demo-dir $(DEMO_DIR) $(foreach pair,$(DEMO_SET),--demo-set $(pair)) \
+	$(foreach pair,$(EXTRACT_SETS),--extract-set $(pair)) \
+	--distill-config $(DISTILL_CONFIG) $(foreach pair,out=$(DISTILL_OUT) $(DISTILL_SET),--distill-set $(pair)) \
+	--eval-config $(EVAL_CONFIG) $(foreach pair,$(EVAL_SET),--eval-set $(pair)) $(if $(HMDB_ROOT),--eval-root $(HMDB_ROOT)) \
+	--inits $(INITS) --seeds $(SEEDS) --results results/$(DATA)
+
 .DEFAULT_GOAL := help
-.PHONY: help setup demo-data extract verify distill eval-hmdb eval-ucf compare demo test bench clean
+.PHONY: help setup demo-data extract verify distill eval-hmdb eval-ucf compare demo status test bench clean
 
 help: ## Show targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 	@echo
-	@echo "Variables: PYTHON=$(PYTHON) (interpreter for the venv), DEMO_DIR=$(DEMO_DIR),"
-	@echo "           PYTEST_ARGS='$(PYTEST_ARGS)' (e.g. PYTEST_ARGS='-m \"not slow\"'),"
-	@echo "           POSE=$(POSE) (1: also install the MediaPipe pose teacher, requirements-pose.txt)"
+	@echo "Variables (current value):"
+	@echo "  DEMO_SET='key=value ...'  demo-data options (configs/demo-data.yaml)"
+	@echo "  DATA=$(DATA)  stage-one dataset: kinetics | hmdb51 | ucf101 | folder | demo"
+	@echo "  ROOT=$(ROOT)  its folder (videos); DEMO_DIR=$(DEMO_DIR) for the demo"
+	@echo "  TEACHERS=$(TEACHERS)  comma list (see distinit teachers); default configs/extract.yaml's"
+	@echo "  EXTRACT_SET / DISTILL_SET / EVAL_SET='key=value ...'  options that change the output (part of the key)"
+	@echo "  EXTRACT_ARGS / DISTILL_ARGS / EVAL_ARGS='--workers 8 ...'  options that only change speed or device"
+	@echo "  DISTILL_CONFIG=$(DISTILL_CONFIG)  EVAL_CONFIG=$(EVAL_CONFIG)  DISTILL_OUT=$(DISTILL_OUT)"
+	@echo "  HMDB_ROOT=$(HMDB_ROOT)  UCF_ROOT=$(UCF_ROOT)  labeled video folders"
+	@echo "  INIT=$(INIT)  (eval-hmdb/eval-ucf)  INITS=$(INITS)  SEEDS=$(SEEDS)  (compare)"
+	@echo "  STAMPS=$(STAMPS)  PYTHON=$(PYTHON)  POSE=$(POSE) (1: install the MediaPipe pose teacher)"
+	@echo "  PYTEST_ARGS='$(PYTEST_ARGS)'  e.g. PYTEST_ARGS='-m \"not slow\"'"
 
 setup: $(VENV)/.installed ## Create .venv and install the pinned requirements + distinit (editable)
 
@@ -44,37 +71,61 @@ $(VENV)/.installed: requirements.txt requirements-pose.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
+# Each public stage target: refresh the stamps (`+`: also under make -n, it only records keys), then
+# let make bring the stage's .done up to date, re-running exactly the stale stages before it.
 demo-data: setup ## Generate the embedded demo data (unlabeled pool + HMDB-51-layout action set) into DEMO_DIR
-	$(DISTINIT) demo-data --out $(DEMO_DIR) --config configs/demo-data.yaml
+	+@$(DISTINIT) stamps $(STAGE_ARGS) --until demo-data
+	+@$(MAKE) --no-print-directory $(STAMPS)/demo-data.done
 
-extract: setup $(if $(filter demo,$(DATA)),demo-data) ## Stage one: teachers over sampled frames -> targets/DATA/KEY/ (DATA=kinetics|hmdb51|ucf101|folder|demo ROOT=dir)
+extract: setup ## Stage one: teachers over sampled frames -> targets/DATA/KEY/ (DATA=... ROOT=dir TEACHERS=a,b)
 	@test -n "$(ROOT)" || { echo "make extract: set ROOT=<dataset folder> for DATA=$(DATA)"; exit 2; }
-	$(DISTINIT) extract --config configs/extract.yaml --data $(DATA) --root $(ROOT) $(if $(TEACHERS),--teachers $(TEACHERS)) $(EXTRACT_ARGS)
+	+@$(DISTINIT) stamps $(STAGE_ARGS) --until extract
+	+@$(MAKE) --no-print-directory $(STAMPS)/extract.done
+
+distill: setup ## Stage two: train a 3D student on DATA's latest targets (DISTILL_CONFIG, DISTILL_SET, DISTILL_ARGS)
+	+@$(DISTINIT) stamps $(STAGE_ARGS) --until distill
+	+@$(MAKE) --no-print-directory $(STAMPS)/distill.done
+
+compare: setup ## Stage three: scratch vs inflated vs DistInit on HMDB-51 (INITS, SEEDS) -> results/DATA/RESULTS.md
+	@test -n "$(HMDB_ROOT)" || { echo "make compare: set HMDB_ROOT=<hmdb51 video folder>"; exit 2; }
+	+@$(DISTINIT) stamps $(STAGE_ARGS) --until eval
+	+@$(MAKE) --no-print-directory $(STAMPS)/eval.done
+
+demo: ## Every stage on the embedded demo data, ending with the results table (re-runs only what changed)
+	+@$(MAKE) --no-print-directory compare DATA=demo
+	@sed -n '/^| init/,/^$$/p' results/demo/RESULTS.md
+
+status: setup ## Say which stages are up to date, stale (and why) or missing, for DATA
+	@$(DISTINIT) status $(STAGE_ARGS)
+
+$(STAMPS)/demo-data.done: $(STAMPS)/demo-data.key
+	$(DISTINIT) demo-data --out $(DEMO_DIR) --config configs/demo-data.yaml $(foreach pair,$(DEMO_SET),--set $(pair))
+	cp $< $@
+
+$(STAMPS)/extract.done: $(STAMPS)/extract.key $(if $(filter demo,$(DATA)),$(STAMPS)/demo-data.done)
+	$(DISTINIT) extract --config configs/extract.yaml --data $(DATA) --root $(ROOT) $(foreach pair,$(EXTRACT_SETS),--set $(pair)) $(EXTRACT_ARGS)
+	$(DISTINIT) verify targets/$(DATA)/$$(cat targets/$(DATA)/latest)
+	$(DISTINIT) inspect targets/$(DATA)/$$(cat targets/$(DATA)/latest) --top-k 3
+	cp $< $@
+
+$(STAMPS)/distill.done: $(STAMPS)/distill.key $(STAMPS)/extract.done
+	$(DISTINIT) distill --config $(DISTILL_CONFIG) --targets targets/$(DATA) --set out=$(DISTILL_OUT) $(foreach pair,$(DISTILL_SET),--set $(pair)) $(DISTILL_ARGS)
+	cp $< $@
+
+$(STAMPS)/eval.done: $(STAMPS)/eval.key $(STAMPS)/distill.done
+	$(DISTINIT) compare --config $(EVAL_CONFIG) --data hmdb51 --root $(HMDB_ROOT) --inits $(INITS) --seeds $(SEEDS) --out results/$(DATA) $(foreach pair,$(EVAL_SET),--set $(pair)) $(EVAL_ARGS)
+	cp $< $@
 
 verify: setup ## Check the latest targets of DATA (checksums, row counts, NaN/inf, manifest)
 	$(DISTINIT) verify targets/$(DATA)/$$(cat targets/$(DATA)/latest)
 
-distill: setup ## Stage two: train a 3D student on the latest targets of DATA (TARGETS=dir, DISTILL_CONFIG=yaml, DISTILL_ARGS=...)
-	$(DISTINIT) distill --config $(DISTILL_CONFIG) --targets $(TARGETS) $(DISTILL_ARGS)
-
-eval-hmdb: setup ## Stage three: finetune INIT on HMDB-51 (HMDB_ROOT=dir, INIT=checkpoint|scratch|inflated:..., EVAL_ARGS=...)
+eval-hmdb: setup ## Finetune one INIT on HMDB-51 (HMDB_ROOT=dir, INIT=checkpoint|scratch|inflated:...; finished runs are cached)
 	@test -n "$(HMDB_ROOT)" || { echo "make eval-hmdb: set HMDB_ROOT=<hmdb51 video folder>"; exit 2; }
-	$(DISTINIT) eval --config $(EVAL_CONFIG) --data hmdb51 --root $(HMDB_ROOT) --init $(INIT) $(EVAL_ARGS)
+	$(DISTINIT) eval --config $(EVAL_CONFIG) --data hmdb51 --root $(HMDB_ROOT) --init $(INIT) $(foreach pair,$(EVAL_SET),--set $(pair)) $(EVAL_ARGS)
 
-eval-ucf: setup ## Stage three: finetune INIT on UCF-101 (UCF_ROOT=dir, INIT=..., EVAL_ARGS=...)
+eval-ucf: setup ## Finetune one INIT on UCF-101 (UCF_ROOT=dir, INIT=...; finished runs are cached)
 	@test -n "$(UCF_ROOT)" || { echo "make eval-ucf: set UCF_ROOT=<UCF-101 video folder>"; exit 2; }
-	$(DISTINIT) eval --config configs/eval.yaml --data ucf101 --root $(UCF_ROOT) --init $(INIT) $(EVAL_ARGS)
-
-compare: setup ## Scratch vs inflated vs DistInit on HMDB-51 (INITS=a,b,c SEEDS=0,1,2) -> results/$(DATA)/RESULTS.md
-	@test -n "$(HMDB_ROOT)" || { echo "make compare: set HMDB_ROOT=<hmdb51 video folder>"; exit 2; }
-	$(DISTINIT) compare --config $(EVAL_CONFIG) --data hmdb51 --root $(HMDB_ROOT) --inits $(INITS) --seeds $(SEEDS) --out results/$(DATA) $(EVAL_ARGS)
-
-demo: demo-data ## Run the whole pipeline on the embedded demo data (stages that exist so far)
-	$(DISTINIT) manifest --data hmdb51 --root $(DEMO_DIR)/actions/videos --out $(DEMO_DIR)/manifests/actions.jsonl
-	$(MAKE) --no-print-directory extract DATA=demo
-	$(MAKE) --no-print-directory verify DATA=demo
-	$(DISTINIT) inspect targets/demo/$$(cat targets/demo/latest) --top-k 3
-	$(MAKE) --no-print-directory distill DATA=demo
+	$(DISTINIT) eval --config configs/eval.yaml --data ucf101 --root $(UCF_ROOT) --init $(INIT) $(foreach pair,$(EVAL_SET),--set $(pair)) $(EVAL_ARGS)
 
 test: setup ## Run the test suite (slow and reliability tests included, as CI does)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -83,4 +134,4 @@ bench: demo-data ## Run the benchmarks on the demo data and write bench/results/
 	$(BIN)/python bench/decode.py --videos $(DEMO_DIR)/pool --out bench/results/decode.json
 
 clean: ## Remove generated data (keeps .venv)
-	rm -rf data targets runs results
+	rm -rf data targets runs results .stamps

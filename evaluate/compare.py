@@ -79,7 +79,9 @@ def write_report(out_dir: Path, config: EvalConfig, labels, results, table: str)
     header = (
         f"# {config.data}: scratch vs inflated vs DistInit\n\n"
         f"Splits {', '.join(map(str, config.splits))}, seeds {', '.join(map(str, config.seeds))} ({runs} runs per init), "
-        f"{config.epochs} epochs, {config.frames}x{config.crop}² clips, {config.test_clips} test clips per video"
+        f"{config.epochs} epochs ({config.optimizer}, lr {config.lr}"
+        f"{'' if config.linear_probe else f', trunk lr x{config.lr_trunk_scale}'}, the same for every init), "
+        f"{config.frames}x{config.crop}² clips, {config.test_clips} test clips per video"
         f"{' x 3 crops' if config.three_crop else ''}{', linear probe' if config.linear_probe else ''}. "
         f"Accuracies in %, mean ± sample std over the runs.\n\n"
     )
@@ -100,6 +102,11 @@ def compare(config: EvalConfig, inits: Sequence[str], out_dir: str | Path, show_
     if not inits:
         raise ConfigError("compare needs at least one --inits entry (scratch, inflated:<model>, a checkpoint)")
     out_dir = Path(out_dir)
+    if config.lr_trunk_scale is None and not config.linear_probe:
+        # One schedule for every init: the single-run default (0.1 for pretrained trunks) would give the
+        # pretrained rows a different trunk learning rate than scratch.
+        config = dataclasses.replace(config, lr_trunk_scale=1.0)
+        logger.info("compare: lr_trunk_scale unset; using 1.0 for every init so they share one schedule")
     scratch_student, scratch_width = scratch_architecture(inits, config)
     results = []
     for init in inits:

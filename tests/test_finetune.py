@@ -294,3 +294,6 @@ def test_compare_writes_the_table_results_and_plots(hmdb, checkpoint, tmp_path, 
     for name in ("results.json", "curves.png", "confusion.png", "provenance.json"):
         assert (tmp_path / "compare" / name).stat().st_size > 0
     assert all(len(result.runs) == 2 for result in comparison.results)
+    # one schedule for every row: an unset trunk scale is 1.0 for the pretrained init too, not its 0.1 default
+    assert config.lr_trunk_scale is None and "trunk lr x1.0, the same for every init" in report
+    assert {result.config.lr_trunk_scale for result in comparison.results} == {1.0}

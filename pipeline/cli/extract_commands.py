@@ -47,14 +47,16 @@ def _teacher_options(weights: tuple[str, ...], options: tuple[str, ...]) -> dict
 @click.option("--out", default=None, help="Targets root (default targets/).")
 @click.option("--max-failure-rate", type=float, default=None, help="Exit non-zero above this fraction of failed videos.")
 @click.option("--limit", type=int, default=None, help="Only the first N videos (quick trials).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other config option.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def extract(config_path, shard_part, finalize, weights, teacher_option, no_progress, **options) -> None:
+def extract(config_path, shard_part, finalize, weights, teacher_option, overrides, no_progress, **options) -> None:
     """Run the teachers over sampled frames and write targets/<data>/<key>/shard-*.h5 + manifest.json."""
     from extract.config import ExtractConfig, parse_shard_part
     from extract.run import finalize as finalize_targets, prepare, run_extraction
-    from pipeline.config import load_config
+    from pipeline.config import load_config, parse_overrides
 
-    if options.get("teachers"):
+    options = {**parse_overrides(overrides), **{key: value for key, value in options.items() if value is not None}}
+    if isinstance(options.get("teachers"), str):
         options["teachers"] = tuple(name.strip() for name in options["teachers"].split(",") if name.strip())
     teacher_options = _teacher_options(weights, teacher_option)
     if teacher_options:

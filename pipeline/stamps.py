@@ -1,0 +1,128 @@
+"""Stamp files that let make re-run exactly the stale stages, and the `distinit status` report.
+
+For each stage, `<stamps>/<stage>.key` holds its current inputs and key (pipeline/stages.py) and is
+rewritten only when the key changes, so its modification time is "when this stage's inputs last
+changed". A stage's make rule depends on its `.key` (and on the upstream `.done`) and, once the stage
+has succeeded, copies `.key` to `<stage>.done`: the record of what the outputs were made from.
+Touching a config or a video without changing its content leaves every `.key` alone, so nothing re-runs.
+A `.done` whose output folder has since disappeared is removed, so make re-runs that stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline.atomic import atomic_write_text
+from pipeline.stages import StageInputs
+
+
+@dataclasses.dataclass(frozen=True)
+class StageStatus:
+    stage: str
+    state: str  # "up to date" | "stale" | "missing"
+    reasons: tuple[str, ...]
+    key: str
+
+
+def key_path(stamps_dir: str | Path, stage: str) -> Path:
+    return Path(stamps_dir) / f"{stage}.key"
+
+
+def done_path(stamps_dir: str | Path, stage: str) -> Path:
+    return Path(stamps_dir) / f"{stage}.done"
+
+
+def stamp_record(stage: StageInputs) -> dict[str, Any]:
+    return {"stage": stage.stage, "key": stage.key, "inputs": stage.inputs, "output": str(stage.output)}
+
+
+def read_stamp(path: Path) -> dict[str, Any] | None:
+    """A stamp's record, or None when it is missing or unreadable (both mean: run the stage)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "key" in record else None
+
+
+def update_stamps(plan: list[StageInputs], stamps_dir: str | Path) -> list[str]:
+    """Rewrite the `.key` of every stage whose key changed; drop `.done` files whose output is gone.
+
+    Returns the stages whose `.key` was rewritten.
+    """
+    Path(stamps_dir).mkdir(parents=True, exist_ok=True)
+    changed = []
+    for stage in plan:
+        path = key_path(stamps_dir, stage.stage)
+        current = read_stamp(path)
+        if current is None or current["key"] != stage.key:
+            atomic_write_text(path, json.dumps(stamp_record(stage), indent=1, sort_keys=True, default=str) + "\n")
+            changed.append(stage.stage)
+            _age_behind_done(path, done_path(stamps_dir, stage.stage), stage.key)
+        if not stage.output.exists():
+            done_path(stamps_dir, stage.stage).unlink(missing_ok=True)
+    return changed
+
+
+def _age_behind_done(key_file: Path, done_file: Path, key: str) -> None:
+    """A key changed back to what last ran (an option tried and reverted) must not look newer than `.done`."""
+    done = read_stamp(done_file)
+    if done is not None and done["key"] == key:
+        done_time = done_file.stat().st_mtime_ns
+        os.utime(key_file, ns=(done_time - 1_000_000_000, done_time - 1_000_000_000))
+
+
+def stage_status(plan: list[StageInputs], stamps_dir: str | Path) -> list[StageStatus]:
+    """Each stage: up to date, stale (with what changed since it last ran) or missing (never ran / output gone)."""
+    statuses = []
+    stale_upstream: list[str] = []
+    for stage in plan:
+        done = read_stamp(done_path(stamps_dir, stage.stage))
+        if done is None or not stage.output.exists():
+            why = "never ran here" if done is None else f"its output {stage.output} is gone"
+            statuses.append(StageStatus(stage.stage, "missing", (why,), stage.key))
+            stale_upstream.append(stage.stage)
+            continue
+        if done["key"] == stage.key:
+            reasons = tuple(f"{name} will re-run first" for name in stale_upstream if name in _upstream_names(stage))
+            state = "stale" if reasons else "up to date"
+            statuses.append(StageStatus(stage.stage, state, reasons, stage.key))
+        else:
+            reasons = tuple(input_changes(done.get("inputs", {}), json.loads(json.dumps(stage.inputs, default=str))))
+            statuses.append(StageStatus(stage.stage, "stale", reasons or ("its key changed",), stage.key))
+        if statuses[-1].state != "up to date":
+            stale_upstream.append(stage.stage)
+    return statuses
+
+
+def input_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between two stages' inputs, in words: options by name, upstream stages, data, code."""
+    changes = []
+    old_config, new_config = before.get("config", {}), now.get("config", {})
+    for name in sorted(set(old_config) | set(new_config)):
+        if old_config.get(name) != new_config.get(name):
+            changes.append(f"option {name}: {_short(old_config.get(name))} -> {_short(new_config.get(name))}")
+    old_upstream, new_upstream = before.get("upstream", {}), now.get("upstream", {})
+    for name in sorted(set(old_upstream) | set(new_upstream)):
+        if old_upstream.get(name) != new_upstream.get(name):
+            changes.append(f"upstream {name} changed ({old_upstream.get(name)} -> {new_upstream.get(name)})")
+    if before.get("data") != now.get("data"):
+        changes.append("dataset contents changed (files added, removed or resized)")
+    if before.get("code") != now.get("code"):
+        changes.append(f"code version {before.get('code')} -> {now.get('code')}")
+    if before.get("out") != now.get("out"):
+        changes.append(f"output folder {before.get('out')} -> {now.get('out')}")
+    return changes
+
+
+def _upstream_names(stage: StageInputs) -> set[str]:
+    return set(stage.inputs.get("upstream", {}))
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
