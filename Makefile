@@ -21,18 +21,25 @@ EXTRACT_ARGS ?=
 DISTILL_CONFIG ?= $(if $(filter demo,$(DATA)),configs/demo-distill.yaml,configs/distill.yaml)
 DISTILL_SET ?=
 DISTILL_ARGS ?=
+NPROC    ?=
+TORCHRUN_ARGS ?=
 EVAL_CONFIG ?= $(if $(filter demo,$(DATA)),configs/demo-eval.yaml,configs/eval.yaml)
 HMDB_ROOT ?= $(if $(filter demo,$(DATA)),$(DEMO_DIR)/actions/videos,)
 UCF_ROOT ?=
 DISTILL_OUT ?= $(if $(filter demo,$(DATA)),runs/demo/distill,runs/distill)
 INIT     ?= $(DISTILL_OUT)
-INITS    ?= scratch,inflated:efficientnet_lite0,$(DISTILL_OUT)
+# The demo leaves out the inflated EfficientNet-Lite0 row by default: it is ~5 min a run on 2 CPU cores.
+comma    := ,
+INITS    ?= $(if $(filter demo,$(DATA)),scratch$(comma)$(DISTILL_OUT),scratch$(comma)inflated:efficientnet_lite0$(comma)$(DISTILL_OUT))
 SEEDS    ?= 0,1,2
 EVAL_SET ?=
 EVAL_ARGS ?=
 STAMPS   ?= .stamps/$(DATA)
 PYTEST_ARGS ?=
 POSE     ?= 1
+
+# NPROC=8: distill under torchrun with 8 processes (DDP); TORCHRUN_ARGS='--nnodes 2 --rdzv-endpoint host:29500 ...'.
+DISTILL_LAUNCH = $(if $(NPROC),$(BIN)/torchrun --nproc_per_node $(NPROC) $(TORCHRUN_ARGS) -m pipeline,$(DISTINIT))
 
 # `key=value` options that change a stage's output: passed to the stage and to its key alike.
 EXTRACT_SETS = $(if $(TEACHERS),teachers=[$(TEACHERS)]) $(EXTRACT_SET)
@@ -43,7 +50,7 @@ STAGE_ARGS = --stamps $(STAMPS) --data $(DATA) $(if $(ROOT),--root $(ROOT)) --de
 	--inits $(INITS) --seeds $(SEEDS) --results results/$(DATA)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo-data extract verify distill eval-hmdb eval-ucf compare demo status test bench clean
+.PHONY: help setup demo-data demo-data-stage extract verify distill eval-hmdb eval-ucf compare demo status test bench clean
 
 help: ## Show targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -56,6 +63,7 @@ help: ## Show targets and variables
 	@echo "  EXTRACT_SET / DISTILL_SET / EVAL_SET='key=value ...'  options that change the output (part of the key)"
 	@echo "  EXTRACT_ARGS / DISTILL_ARGS / EVAL_ARGS='--workers 8 ...'  options that only change speed or device"
 	@echo "  DISTILL_CONFIG=$(DISTILL_CONFIG)  EVAL_CONFIG=$(EVAL_CONFIG)  DISTILL_OUT=$(DISTILL_OUT)"
+	@echo "  NPROC=$(NPROC)  TORCHRUN_ARGS=$(TORCHRUN_ARGS)  distill under torchrun (processes per node, multi-node options)"
 	@echo "  HMDB_ROOT=$(HMDB_ROOT)  UCF_ROOT=$(UCF_ROOT)  labeled video folders"
 	@echo "  INIT=$(INIT)  (eval-hmdb/eval-ucf)  INITS=$(INITS)  SEEDS=$(SEEDS)  (compare)"
 	@echo "  STAMPS=$(STAMPS)  PYTHON=$(PYTHON)  POSE=$(POSE) (1: install the MediaPipe pose teacher)"
@@ -74,6 +82,9 @@ $(VENV)/.installed: requirements.txt requirements-pose.txt pyproject.toml
 # Each public stage target: refresh the stamps (`+`: also under make -n, it only records keys), then
 # let make bring the stage's .done up to date, re-running exactly the stale stages before it.
 demo-data: setup ## Generate the embedded demo data (unlabeled pool + HMDB-51-layout action set) into DEMO_DIR
+	+@$(MAKE) --no-print-directory demo-data-stage DATA=demo
+
+demo-data-stage:
 	+@$(DISTINIT) stamps $(STAGE_ARGS) --until demo-data
 	+@$(MAKE) --no-print-directory $(STAMPS)/demo-data.done
 
@@ -109,7 +120,7 @@ $(STAMPS)/extract.done: $(STAMPS)/extract.key $(if $(filter demo,$(DATA)),$(STAM
 	cp $< $@
 
 $(STAMPS)/distill.done: $(STAMPS)/distill.key $(STAMPS)/extract.done
-	$(DISTINIT) distill --config $(DISTILL_CONFIG) --targets targets/$(DATA) --set out=$(DISTILL_OUT) $(foreach pair,$(DISTILL_SET),--set $(pair)) $(DISTILL_ARGS)
+	$(DISTILL_LAUNCH) distill --config $(DISTILL_CONFIG) --targets targets/$(DATA) --set out=$(DISTILL_OUT) $(foreach pair,$(DISTILL_SET),--set $(pair)) $(DISTILL_ARGS)
 	cp $< $@
 
 $(STAMPS)/eval.done: $(STAMPS)/eval.key $(STAMPS)/distill.done

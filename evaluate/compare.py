@@ -41,7 +41,7 @@ def init_label(result: EvalResult) -> str:
     shape = f"{architecture.get('name', '?')}" + (" tiny" if architecture.get("width") == "tiny" else "")
     kind = {"checkpoint": "DistInit", "scratch": "scratch", "inflated": "inflated"}.get(init.get("kind"), init.get("kind"))
     if init.get("kind") == "inflated":
-        kind = f"inflated ({init.get('spec', '').split(':')[0]})"
+        kind = f"inflated ({init.get('spec', '').split(':', 1)[-1].split('@')[0]})"  # inflated:<2d model>[@file]
     return f"{kind} [{shape}]"
 
 

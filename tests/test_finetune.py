@@ -297,3 +297,14 @@ def test_compare_writes_the_table_results_and_plots(hmdb, checkpoint, tmp_path, 
     # one schedule for every row: an unset trunk scale is 1.0 for the pretrained init too, not its 0.1 default
     assert config.lr_trunk_scale is None and "trunk lr x1.0, the same for every init" in report
     assert {result.config.lr_trunk_scale for result in comparison.results} == {1.0}
+
+
+def test_compare_labels_name_the_init_and_its_network():
+    from types import SimpleNamespace
+
+    from evaluate.compare import init_label
+
+    inflated = {"kind": "inflated", "spec": "inflated:efficientnet_lite0", "architecture": {"name": "efficientnet_lite0_3d"}}
+    checkpoint = {"kind": "checkpoint", "architecture": {"name": "r2plus1d_18", "width": "tiny"}}
+    assert init_label(SimpleNamespace(init=inflated)) == "inflated (efficientnet_lite0) [efficientnet_lite0_3d]"
+    assert init_label(SimpleNamespace(init=checkpoint)) == "DistInit [r2plus1d_18 tiny]"

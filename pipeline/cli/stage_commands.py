@@ -24,7 +24,8 @@ def _spec_options(command):
         click.option("--eval-config", default=None, help="Default: configs/demo-eval.yaml for demo, else configs/eval.yaml."),
         click.option("--eval-set", multiple=True, metavar="KEY=VALUE"),
         click.option("--eval-root", default=None, help="HMDB-51 video folder for the eval stage."),
-        click.option("--inits", default="scratch,inflated:efficientnet_lite0,runs/demo/distill", show_default=True),
+        click.option("--inits", default=None, help="Default: scratch,runs/demo/distill for demo, else "
+                     "scratch,inflated:efficientnet_lite0,runs/distill (as make)."),
         click.option("--seeds", default="0,1,2", show_default=True),
         click.option("--results", "results_dir", default=None, help="Comparison folder (default results/<data>)."),
         click.option("--until", type=click.Choice(["demo-data", "extract", "distill", "eval"]), default="eval",
@@ -44,6 +45,7 @@ def _plan(options: dict):
         seeds = tuple(int(seed) for seed in options["seeds"].split(",") if seed.strip())
     except ValueError:
         raise ConfigError(f"--seeds {options['seeds']!r} is not a comma-separated list of integers") from None
+    default_inits = "scratch,runs/demo/distill" if data == "demo" else "scratch,inflated:efficientnet_lite0,runs/distill"
     spec = PipelineSpec(
         stamps_dir=options["stamps_dir"] or f".stamps/{data}",
         data=data, root=options["root"], demo_dir=options["demo_dir"], demo_config=options["demo_config"],
@@ -53,10 +55,13 @@ def _plan(options: dict):
         distill_set=options["distill_set"],
         eval_config=options["eval_config"] or ("configs/demo-eval.yaml" if data == "demo" else "configs/eval.yaml"),
         eval_set=options["eval_set"], eval_root=options["eval_root"],
-        inits=tuple(init.strip() for init in options["inits"].split(",") if init.strip()), seeds=seeds,
+        inits=tuple(init.strip() for init in (options["inits"] or default_inits).split(",") if init.strip()), seeds=seeds,
         results_dir=options["results_dir"],
     )
-    return spec, stage_plan(spec, until=options["until"])
+    until = options["until"]
+    if until == "eval" and data != "demo" and not options["eval_root"]:
+        until = "distill"  # no labeled data named: the eval stage is not part of this pipeline yet
+    return spec, stage_plan(spec, until=until)
 
 
 @main.command()
