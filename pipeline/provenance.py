@@ -23,7 +23,9 @@ def git_state() -> dict[str, Any]:
     def git(*arguments: str) -> str | None:
         try:
             done = subprocess.run(
-                ["git", *arguments], cwd=REPOSITORY, capture_output=True, text=True, timeout=10, check=True
+                # --no-optional-locks: `git status` would otherwise refresh .git/index, a write outside --out
+                ["git", "--no-optional-locks", *arguments],
+                cwd=REPOSITORY, capture_output=True, text=True, timeout=10, check=True,
             )
         except (OSError, subprocess.SubprocessError):
             return None
