@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from distill.checkpoint import CheckpointSaver, load_checkpoint
+from distill.checkpoint import CheckpointSaver, append_epoch_log, load_checkpoint, tidy_for_resume
 from distill.config import CODE_VERSION, DistillConfig
 from distill.data import ClipSpec, TargetClipDataset, open_targets, split_videos
 from distill.distributed import DistributedContext, all_reduce_sum, barrier, init_distributed, shutdown
@@ -32,7 +32,7 @@ from distill.seeding import restore_rng_states, rng_states, seed_everything, see
 from distill.heads import head_specs_from_teachers
 from distill.students import create_student
 from distill.targets_folder import check_targets, resolve_targets_dir, targets_fingerprint
-from pipeline.atomic import atomic_write_text
+from pipeline.atomic import atomic_write_text, make_output_folder, remove_leftover_temporary_files
 from pipeline.errors import DistinitError
 from pipeline.hashing import sha256_json
 from pipeline.provenance import git_state, write_provenance
@@ -243,7 +243,6 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
         check_targets(targets_dir)
     fingerprint = targets_fingerprint(targets_dir)
     run_dir = Path(config.out) / run_key(config, fingerprint)
-    run_dir.mkdir(parents=True, exist_ok=True)
     # ---------------------------------------------------------------- data, model, loss, optimizer
     store, train_loader, val_loader = build_loaders(config, targets_dir, context)
     heads = head_specs_from_teachers(store.teachers)
@@ -258,8 +257,11 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
     wrapped = DistributedDataParallel(model) if context.enabled else model
     provenance = {**git_state(), "targets_dir": str(targets_dir), "targets_manifest_sha256": fingerprint,
                   "code_version": CODE_VERSION, "world_size": context.world_size}
+    # Created only now, so a bad student name or unreadable targets leave no empty run folder behind.
+    make_output_folder(run_dir)
     saver = CheckpointSaver(run_dir)
     if context.is_main:
+        tidy_for_resume(run_dir, state["epoch"])
         write_provenance(run_dir, config, **provenance)
     steps_per_epoch = len(train_loader)
     total_steps = config.epochs * steps_per_epoch
@@ -289,8 +291,7 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
             history.append(record)
             val_loss = validation.get("val_loss", record.get("train_loss", math.inf))
             if context.is_main:
-                with open(run_dir / "log.jsonl", "a", encoding="utf-8") as log:
-                    log.write(json.dumps(record, sort_keys=True) + "\n")
+                append_epoch_log(run_dir / "log.jsonl", record)
                 logger.info("epoch %s", json.dumps(record, sort_keys=True))
             if val_loss < state["best_val_loss"]:
                 state["best_val_loss"] = val_loss
@@ -298,6 +299,7 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
                     saver.save_best(checkpoint_state(model, optimizer, state, config, provenance))
             save_last()
     if context.is_main and not state["stopped"]:
+        remove_leftover_temporary_files(config.out, "latest")
         atomic_write_text(Path(config.out) / "latest", run_dir.name + "\n")
     shutdown(context)
     return TrainingResult(run_dir, state["step"], state["epoch"], history, state["stopped"])

@@ -36,7 +36,7 @@ from evaluate.data import dataset_description, load_listing, split_records
 from evaluate.initialization import Initialization, resolve_init
 from evaluate.metrics import clip_accuracy, confusion_matrix, topk_accuracy, video_scores
 from evaluate.results import EvalResult, RunResult, summarise, write_results
-from pipeline.atomic import atomic_write_text
+from pipeline.atomic import atomic_write_text, make_output_folder
 from pipeline.errors import DistinitError
 from pipeline.hashing import sha256_json
 from pipeline.provenance import write_provenance
@@ -205,7 +205,7 @@ def _cached_run(out_dir: Path, key: str, split: int, seed: int, config: EvalConf
 
 def _store_run(out_dir: Path, key: str, run: RunResult, model: VideoClassifier, class_names, config: EvalConfig):
     record_path, weights_path = _run_paths(out_dir, run.split, run.seed)
-    record_path.parent.mkdir(parents=True, exist_ok=True)
+    make_output_folder(record_path.parent)
     if config.save_weights:
         save_checkpoint(weights_path, {"model": model.state_dict(), "architecture": model.backbone.architecture(),
                                        "class_names": list(class_names), "dropout": config.dropout, "key": key})
@@ -239,7 +239,7 @@ def _run_eval(config: EvalConfig, show_progress: bool) -> EvalResult:
     dataset = dataset_description(config, listing, splits_folder)
     key = results_key(config, dataset["manifest_sha256"], initialization.identity)
     out_dir = Path(config.out) if config.out else DEFAULT_OUT_ROOT / key
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out_dir)
     write_provenance(out_dir, config, key=key, init=initialization.description, dataset=dataset,
                      code_version=CODE_VERSION)
     device = resolve_device(config.device)

@@ -7,6 +7,9 @@ bad video never stops the run; the runner lists it in the manifest with its reas
 from __future__ import annotations
 
 import dataclasses
+import os
+import threading
+import time
 
 import numpy as np
 
@@ -14,6 +17,25 @@ from extract.sampling import SamplingConfig, sample_frames
 from pipeline.errors import DistinitError
 from pipeline.video import probe
 from pipeline.video.decode import read_frames
+
+
+# Frames are decoded with their short side at the teacher's size, so the long side grows with the aspect
+# ratio: an 8000x16 strip would come out 128000 px wide at short side 256 (196 MB a frame, GBs a video).
+# Real footage stays under ~4:1 (cinema 2.76:1, 32:9 displays 3.6:1, 360-degree video 2:1).
+MAX_ASPECT_RATIO = 8.0
+PARENT_CHECK_SECONDS = 0.5
+
+
+def aspect_problem(width: int, height: int, short_side: int) -> str | None:
+    """Why frames of this size cannot be decoded for the teachers, or None when they can."""
+    aspect = max(width, height) / max(1, min(width, height))
+    if aspect <= MAX_ASPECT_RATIO:
+        return None
+    long_side = round(max(width, height) * short_side / max(1, min(width, height)))
+    return (
+        f"aspect ratio {aspect:.0f}:1 ({width}x{height}) is beyond {MAX_ASPECT_RATIO:.0f}:1; at short side "
+        f"{short_side} every frame would be {long_side} px long"
+    )
 
 
 @dataclasses.dataclass
@@ -31,6 +53,9 @@ def decode_video(
 ) -> DecodedVideo:
     try:
         info = probe(path, timeout=timeout)
+        too_long = aspect_problem(info.width, info.height, short_side)
+        if too_long is not None:
+            return DecodedVideo(video_id, path, error=too_long)
         sampled = sample_frames(info.duration, info.fps, info.frame_count, sampling)
         if not sampled:
             return DecodedVideo(video_id, path, error="no frames to sample (empty or zero-length video)")
@@ -48,3 +73,18 @@ def decode_video(
         t_seconds=np.asarray(times, dtype=np.float64),
         frame_index=np.asarray([frame.frame_index for frame in sampled], dtype=np.int64),
     )
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: end this worker once the process that started it is gone.
+
+    A SIGKILLed runner cannot shut its pool down, and a worker blocked handing back decoded frames
+    never notices: it holds both ends of the result pipe (multiprocessing passes the queue whole), so the
+    write blocks forever instead of failing, with the frames in memory (found by the kill trials)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

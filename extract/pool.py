@@ -5,9 +5,10 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import multiprocessing
+import os
 from typing import Iterable, Iterator
 
-from extract.decode_worker import DecodedVideo, decode_video
+from extract.decode_worker import DecodedVideo, decode_video, exit_with_parent
 from extract.sampling import SamplingConfig
 
 
@@ -23,7 +24,8 @@ class DecodePool:
         if workers > 0:
             # spawn, not fork: the parent holds torch threads and teacher weights that must not be forked.
             self._executor = concurrent.futures.ProcessPoolExecutor(
-                max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+                max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=exit_with_parent, initargs=(os.getpid(),),
             )
 
     def decode(self, videos: Iterable[tuple[str, str]]) -> Iterator[DecodedVideo]:

@@ -22,7 +22,7 @@ from extract.pool import DecodePool
 from extract.sampling import SamplingConfig
 from extract.teachers import create_teacher
 from extract.teaching import teach
-from pipeline.atomic import atomic_write_text
+from pipeline.atomic import atomic_write_text, make_output_folder, remove_leftover_temporary_files
 from pipeline.config import config_to_dict
 from pipeline.devices import resolve_device
 from pipeline.datasets import load_dataset, manifest_hash, write_manifest as write_video_manifest
@@ -87,7 +87,7 @@ def prepare(config: ExtractConfig) -> ExtractionPlan:
         manifest_hash(listing), [teacher.describe() for teacher in teachers], dataclasses.asdict(sampling), CODE_VERSION
     )
     targets_dir = Path(config.out) / config.data / stage_key
-    targets_dir.mkdir(parents=True, exist_ok=True)
+    make_output_folder(targets_dir)
     check_shard_count(targets_dir, config.shard_count)
     write_video_manifest(listing, targets_dir / VIDEOS_MANIFEST)
     video_paths = {record.id: str(record.path) for record in listing.records}
@@ -222,7 +222,12 @@ def finalize(config: ExtractConfig, targets_dir: Path) -> Path:
     path = write_manifest(targets_dir, config=config_to_dict(config), shards=shard_files(targets_dir), extra={
         "videos_manifest": VIDEOS_MANIFEST, "videos_root": str(Path(config.root).resolve()),
     })
+    # Every shard exists (write_manifest checked), so no writer of this folder is still running: temp
+    # files here were left by a killed run (SIGKILL inside an atomic write cannot clean up after itself).
+    remove_leftover_temporary_files(targets_dir)
     write_provenance(targets_dir, config, stage="extract", code_version=CODE_VERSION)
+    # `latest` is shared by every extraction of this dataset; only its own leftovers are removed.
+    remove_leftover_temporary_files(Path(config.out) / config.data, "latest")
     atomic_write_text(Path(config.out) / config.data / "latest", targets_dir.name + "\n")
     manifest = read_manifest(targets_dir)
     logger.info("targets sealed: %s (%d rows, %d skipped videos)", targets_dir, manifest["total_rows"], manifest["skipped_count"])

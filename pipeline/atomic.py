@@ -1,23 +1,51 @@
 """Atomic writes: write to a temporary name in the same folder, then rename over the target.
 
 A reader never sees a half-written file, and an interrupted write leaves the old file untouched.
+A process killed mid-write (SIGKILL, power loss) cannot remove its temp file; the writer that next
+owns the folder removes such leftovers (`remove_leftover_temporary_files`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from pipeline.errors import OutputError, describe_os_error, output_error
+
+logger = logging.getLogger(__name__)
+
+
+def make_output_folder(folder: str | os.PathLike, option: str = "--out") -> Path:
+    """`folder` and its parents, created if missing; a file in the way or a folder that cannot be
+    written is a one-line OutputError naming it (`option` is the flag the user can change)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next((path for path in [folder, *folder.parents] if path.exists() and not path.is_dir()), folder)
+        raise OutputError(f"{blocking}: is a file, not a folder; pass a folder as {option} or move the file away") from None
+    except OSError as error:
+        raise OutputError(
+            f"{folder}: cannot create the folder ({describe_os_error(error)}); pass a writable {option} with free space"
+        ) from None
+    return folder
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
+    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
+
+    An OSError while writing (in the block, or the rename) becomes a one-line OutputError naming `target`."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    make_output_folder(target.parent)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    except OSError as error:
+        raise output_error(target, error) from None
     os.close(handle)
     # mkstemp creates 0600; give the file the mode an ordinary open() would, so shared storage stays readable.
     umask = os.umask(0)
@@ -27,6 +55,8 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         yield temporary
         os.replace(temporary, target)
+    except OSError as error:
+        raise output_error(target, error) from None
     finally:
         if temporary.exists():
             temporary.unlink()
@@ -42,3 +72,27 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def leftover_temporary_files(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Temp files of interrupted writes in `folder`: `.<name>.<anything>.tmp` (this module's and the shard
+    writer's names), for target `name` only, or for every target when `name` is None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    prefix = "." if name is None else f".{name}."
+    return sorted(
+        path for path in folder.iterdir()
+        if path.name.startswith(prefix) and path.name.endswith(".tmp") and path.name.count(".") >= 3 and path.is_file()
+    )
+
+
+def remove_leftover_temporary_files(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Delete what `leftover_temporary_files` finds. Only for a caller that owns the folder now: a
+    temp file of a writer that is still running would be pulled from under it."""
+    removed = []
+    for path in leftover_temporary_files(folder, name):
+        path.unlink(missing_ok=True)
+        logger.info("removed %s, left by an interrupted write", path)
+        removed.append(path)
+    return removed
