@@ -41,6 +41,7 @@ from distill.windows import (
 from pipeline.datasets import read_manifest
 from pipeline.errors import ConfigError, DistinitError, VideoError
 from pipeline.shards import ShardError, TargetStore, verify
+from pipeline.video.skipping import DecodeFailures, sample_skipping_failures
 from pipeline.video import probe, read_clip
 
 logger = logging.getLogger(__name__)
@@ -134,7 +135,9 @@ class TargetClipDataset(torch.utils.data.Dataset):
             flow_method=clip.flow_method if clip.modality == "flow" else None,
         )
         self._video_info: dict[str, tuple[float, int]] = {}
-        self.decode_failures, self.failed_videos = 0, set()
+        self.failures = DecodeFailures(self.max_decode_failures, (
+            f"{{path}}: more than {self.max_decode_failures} videos failed to decode in one worker, the last with "
+            "{reason}; check the videos or raise --max-decode-failures"))
 
     def _resolve_paths(self, videos_root) -> dict[str, Path]:
         every_path = video_paths(self.store, videos_root)
@@ -168,29 +171,22 @@ class TargetClipDataset(torch.utils.data.Dataset):
 
     # ------------------------------------------------------------------ samples
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"sample {index} outside a dataset of {len(self)}")
-        for offset in range(len(self)):
-            # A video that does not decode is replaced by the next sample: deterministic, whatever the worker.
-            candidate = (index + offset) % len(self)
-            video_id = self.video_ids[candidate % len(self.video_ids)]
-            if video_id in self.failed_videos:
-                continue
-            try:
-                return self._sample(candidate)
-            except VideoError as error:
-                self._count_failure(video_id, error)
-        raise DistinitError(f"{self.targets_dir}: none of the {len(self.video_ids)} videos decodes; check --videos")
+        return sample_skipping_failures(
+            index, len(self), video_of=self._video_of, describe=lambda candidate: f"video {self._video_of(candidate)}",
+            sample=self._sample, failures=self.failures,
+            none_decodes=f"{self.targets_dir}: none of the {len(self.video_ids)} videos decodes; check --videos",
+        )
 
-    def _count_failure(self, video_id: str, error: VideoError) -> None:
-        self.decode_failures += 1
-        self.failed_videos.add(video_id)
-        logger.warning("skipping video %s: %s (%d failures in this process)", video_id, error, self.decode_failures)
-        if self.decode_failures > self.max_decode_failures:
-            raise DistinitError(
-                f"{error.path}: more than {self.max_decode_failures} videos failed to decode in one worker, the last with "
-                f"{error.reason}; check the videos or raise --max-decode-failures"
-            )
+    def _video_of(self, index: int) -> str:
+        return self.video_ids[index % len(self.video_ids)]
+
+    @property
+    def decode_failures(self) -> int:
+        return self.failures.count
+
+    @property
+    def failed_videos(self) -> set:
+        return self.failures.videos
 
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch if self.train else 0, index, int(self.train)])

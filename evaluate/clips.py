@@ -30,6 +30,7 @@ from distill import augment
 from distill.windows import ClipSpec
 from pipeline.datasets import VideoRecord
 from pipeline.errors import DistinitError, VideoError
+from pipeline.video.skipping import DecodeFailures, sample_skipping_failures
 from pipeline.video import probe, read_clip, read_frames
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,9 @@ class TrainingClips(torch.utils.data.Dataset):
         self.clip, self.seed, self.epoch, self.flip = clip, int(seed), 0, bool(flip)
         self.max_decode_failures = int(max_decode_failures)
         self.videos = _VideoInfoCache()
-        self.decode_failures, self.failed_videos = 0, set()
+        self.failures = DecodeFailures(self.max_decode_failures, (
+            f"{{path}}: more than {self.max_decode_failures} training videos failed to decode, the last with "
+            "{reason}; check the videos or raise --set max_decode_failures=N"))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -104,28 +107,12 @@ class TrainingClips(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"sample {index} outside a dataset of {len(self)}")
-        for offset in range(len(self)):
-            # A video that does not decode is replaced by the next one: deterministic, whatever the worker.
-            candidate = (index + offset) % len(self)
-            if candidate in self.failed_videos:
-                continue
-            try:
-                return self._sample(candidate)
-            except VideoError as error:
-                self._count_failure(candidate, error)
-        raise DistinitError(f"none of the {len(self)} training videos decodes (e.g. {self.records[0].path}); check --root")
-
-    def _count_failure(self, index: int, error: VideoError) -> None:
-        self.decode_failures += 1
-        self.failed_videos.add(index)
-        logger.warning("skipping training video %s: %s", self.records[index].path, error.reason)
-        if self.decode_failures > self.max_decode_failures:
-            raise DistinitError(
-                f"{error.path}: more than {self.max_decode_failures} training videos failed to decode, the last with "
-                f"{error.reason}; check the videos or raise --set max_decode_failures=N"
-            )
+        return sample_skipping_failures(
+            index, len(self), video_of=lambda candidate: candidate,
+            describe=lambda candidate: f"training video {self.records[candidate].path}", sample=self._sample,
+            failures=self.failures,
+            none_decodes=f"none of the {len(self)} training videos decodes (e.g. {self.records[0].path}); check --root",
+        )
 
     def _sample(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
