@@ -12,13 +12,12 @@ Makefile can decide what is stale without starting a stage (pipeline/stamps.py w
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import config_to_dict, load_config, parse_overrides
 from pipeline.errors import ConfigError
-from pipeline.hashing import sha256_json
+from pipeline.hashing import sha256_file, sha256_json
 
 STAGES = ("demo-data", "extract", "distill", "eval")
 
@@ -102,7 +101,8 @@ def extract_inputs(spec: PipelineSpec, upstream: str | None) -> StageInputs:
     if upstream is not None:
         inputs = {"config": options, "upstream": {"demo-data": upstream}, "code": CODE_VERSION}
     else:
-        inputs = {"config": options, "data": dataset_manifest_hash(config), "code": CODE_VERSION}
+        inputs = {"config": options, "data": manifest_hash_of(
+            config.data, config.root, config.limit, splits_dir=config.splits_dir, annotations=config.annotations), "code": CODE_VERSION}
     return StageInputs("extract", inputs, Path(spec.targets_root) / spec.data / "latest")
 
 
@@ -133,7 +133,7 @@ def eval_inputs(spec: PipelineSpec, distill: StageInputs, demo: StageInputs | No
         upstream["demo-data"] = demo.key
         data = None
     else:
-        data = labeled_manifest_hash(config)
+        data = manifest_hash_of(config.data, config.root, splits_dir=config.splits_dir)
     inputs = {"config": {**config.key_fields(), "inits": list(spec.inits)}, "upstream": upstream, "code": CODE_VERSION}
     if data is not None:
         inputs["data"] = data
@@ -141,22 +141,15 @@ def eval_inputs(spec: PipelineSpec, distill: StageInputs, demo: StageInputs | No
     return StageInputs("eval", inputs, results_dir / "RESULTS.md")
 
 
-def dataset_manifest_hash(config) -> str:
-    """The extract input listing's hash (relative paths and sizes: touching a video changes nothing)."""
+def manifest_hash_of(data: str, root: str, limit: int | None = None, **options) -> str:
+    """A dataset listing's hash (relative paths and sizes: touching a video changes nothing)."""
     from pipeline.datasets import load_dataset
     from pipeline.datasets.records import manifest_hash
 
-    listing = load_dataset(config.data, config.root, splits_dir=config.splits_dir, annotations=config.annotations)
-    if config.limit is not None:
-        listing.records = listing.records[: config.limit]
+    listing = load_dataset(data, root, **options)
+    if limit is not None:
+        listing.records = listing.records[:limit]
     return manifest_hash(listing)
-
-
-def labeled_manifest_hash(config) -> str:
-    from pipeline.datasets import load_dataset
-    from pipeline.datasets.records import manifest_hash
-
-    return manifest_hash(load_dataset(config.data, config.root, splits_dir=config.splits_dir))
 
 
 def _with_file_hashes(teacher_options: dict[str, Any]) -> dict[str, Any]:
@@ -166,20 +159,12 @@ def _with_file_hashes(teacher_options: dict[str, Any]) -> dict[str, Any]:
         hashed[teacher] = {}
         for name, value in sorted(dict(options).items()):
             if isinstance(value, str) and Path(value).is_file():
-                value = {"path": value, "sha256": _file_sha256(Path(value))}
+                value = {"path": value, "sha256": sha256_file(value)}
             hashed[teacher][name] = value
     return hashed
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_under(init: str, folder: Path) -> bool:
     if init == "scratch" or init.startswith("inflated:"):
         return False
-    return Path(init).resolve() == folder.resolve() or Path(init).resolve().is_relative_to(folder.resolve())
+    return Path(init).resolve().is_relative_to(folder.resolve())  # the folder itself counts
