@@ -98,11 +98,12 @@ def extract_inputs(spec: PipelineSpec, upstream: str | None) -> StageInputs:
     config = load_config(ExtractConfig, spec.extract_config, overrides)
     options = {name: value for name, value in config_to_dict(config).items() if name not in EXTRACT_RUNTIME_OPTIONS}
     options["teacher_options"] = _with_file_hashes(config.teacher_options)
+    inputs: dict[str, Any] = {"config": options, "code": CODE_VERSION}
     if upstream is not None:
-        inputs = {"config": options, "upstream": {"demo-data": upstream}, "code": CODE_VERSION}
+        inputs["upstream"] = {"demo-data": upstream}
     else:
-        inputs = {"config": options, "data": manifest_hash_of(
-            config.data, config.root, config.limit, splits_dir=config.splits_dir, annotations=config.annotations), "code": CODE_VERSION}
+        inputs["data"] = manifest_hash_of(config.data, config.root, config.limit,
+                                          splits_dir=config.splits_dir, annotations=config.annotations)
     return StageInputs("extract", inputs, Path(spec.targets_root) / spec.data / "latest")
 
 
