@@ -105,7 +105,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
         self, targets_dir: str | os.PathLike, video_ids: Sequence[str], clip: ClipSpec, *, train: bool,
         target_agg: str = "mean", clips_per_video: int = 1, seed: int = 0, cache_clips: str | os.PathLike | None = None,
         videos_root: str | os.PathLike | None = None, max_decode_failures: int = 50, decode_threads: int | None = 1,
-        flow_method: str | None = None,
+        flow_method: str | None = None, temperature: float = 1.0,
     ):
         if flow_method is not None:  # a shorthand for ClipSpec.flow_method, as a CLI passes it
             clip = dataclasses.replace(clip, flow_method=flow_method)
@@ -114,6 +114,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
         if clips_per_video < 1:
             raise ConfigError(f"clips_per_video must be >= 1, got {clips_per_video}")
         self.clip, self.train, self.target_agg = clip, bool(train), target_agg
+        self.temperature = float(temperature)  # the loss's: a window's classifier target mixes probabilities at it
         self.clips_per_video, self.seed, self.epoch = int(clips_per_video), int(seed), 0
         self.max_decode_failures, self.decode_threads = int(max_decode_failures), decode_threads
         self.store = open_targets(targets_dir)
@@ -205,7 +206,8 @@ class TargetClipDataset(torch.utils.data.Dataset):
             start = eval_window_start(teacher_frames, frame_count, span, grid, clip_number, self.clips_per_video)
         inside = frames_in_window(teacher_frames, start, span)
         targets = aggregate_targets(
-            {key: rows[key][inside] for key in self.output_names}, self.output_kinds, self.target_agg, rng, self.heatmap_masks
+            {key: rows[key][inside] for key in self.output_names}, self.output_kinds, self.target_agg, rng, self.heatmap_masks,
+            self.temperature,
         )
         pixels = self._pixels(video_id, start, fps, cached)  # (T, H, W, 3) uint8 RGB or (T, H, W, 2) float16 flow
         top, left = augment.crop_box(pixels.shape[1], pixels.shape[2], self.clip.crop, rng if self.train else None)

@@ -30,6 +30,7 @@ TARGET_AGGREGATIONS = ("mean", "random")
 KIND_HEATMAPS = "heatmaps"
 KIND_FLAG = "flag"
 KIND_COUNT = "count"
+KIND_LOGITS = "logits"
 
 
 @dataclass(frozen=True)
@@ -149,14 +150,21 @@ def aggregate_targets(
     mode: str,
     rng: np.random.Generator | None = None,
     heatmap_masks: Mapping[str, str] | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """One target per output from the N >= 1 teacher frames inside a window: rows[key] is (N, *shape).
 
-    mode "random": every output from the same one frame, chosen with `rng`. mode "mean": flags take the
-    max over frames (any person seen), everything else the mean (logits, scores, counts). Heatmaps with a
-    flag in `heatmap_masks` average only the frames whose flag is set, so a frame without a person (all-zero
-    maps) does not dilute the others and the result is still a distribution per keypoint (all zero when no
-    frame has a person, which the flag's max then says too).
+    mode "random": every output from the same one frame, chosen with `rng`. mode "mean": the window's
+    target is the mixture of what its frames' teachers said, each output in its own terms:
+    - logits: the mixture of the frames' distributions at `temperature` T, written back as logits
+      (`mixture_logits`), so the loss's softmax(target / T) is exactly the mean of softmax(logits_i / T).
+      Averaging the logits instead would give a geometric mixture: one frame at p(dog) = 0.96 and one flat
+      frame would make 0.13, not 0.48;
+    - multilabel scores (objects), counts: the mean (scores are already probabilities);
+    - flags: the max over frames (any person seen);
+    - heatmaps with a flag in `heatmap_masks`: the mean over the frames whose flag is set, so a frame
+      without a person (all-zero maps) does not dilute the others and the result is still a distribution
+      per keypoint (all zero when no frame has a person, which the flag's max then says too).
     """
     if mode not in TARGET_AGGREGATIONS:
         raise ConfigError(f"target aggregation must be one of {TARGET_AGGREGATIONS}, got {mode!r}")
@@ -174,9 +182,33 @@ def aggregate_targets(
         values = np.asarray(values, dtype=np.float32)
         if kinds.get(key) == KIND_FLAG:
             targets[key] = values.max(axis=0)
+        elif kinds.get(key) == KIND_LOGITS:
+            targets[key] = mixture_logits(values, temperature)
         elif key in heatmap_masks and heatmap_masks[key] in rows:
             present = np.asarray(rows[heatmap_masks[key]]) > 0
             targets[key] = values[present].mean(axis=0) if present.any() else np.zeros_like(values[0])
         else:
             targets[key] = values.mean(axis=0)
     return {key: np.asarray(value, dtype=np.float32) for key, value in targets.items()}
+
+
+def mixture_logits(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """(N, C) logits of N frames -> (C,) logits z with softmax(z / T) = mean_i softmax(logits_i / T).
+
+    z = T * log(mean_i softmax(logits_i / T)), computed in log space (float64) so confident frames
+    (probabilities ~1e-30) stay finite. One frame gives back its own logits unchanged (the same
+    distribution at every temperature).
+    """
+    if not temperature > 0:
+        raise ConfigError(f"distillation temperature must be > 0; got {temperature}")
+    if len(logits) == 1:
+        return np.asarray(logits[0], dtype=np.float32)
+    scaled = np.asarray(logits, dtype=np.float64) / temperature  # (N, C)
+    log_probabilities = scaled - _logsumexp(scaled, axis=1)[:, None]  # (N, C)
+    log_mixture = _logsumexp(log_probabilities, axis=0) - math.log(len(scaled))  # (C,)
+    return (temperature * log_mixture).astype(np.float32)
+
+
+def _logsumexp(values: np.ndarray, axis: int) -> np.ndarray:
+    peak = values.max(axis=axis, keepdims=True)
+    return np.squeeze(peak, axis=axis) + np.log(np.exp(values - peak).sum(axis=axis))

@@ -151,7 +151,8 @@ def test_mean_aggregation_exact_values():
                                                      {"name": "count", "kind": "count"}]}])
     assert masks == {"k/heatmaps": "k/present"}
     targets = aggregate_targets(rows, kinds, "mean", heatmap_masks=masks)
-    np.testing.assert_allclose(targets["t/logits"], [3.0, 5.0])
+    # Logits mix as probabilities (see test_window_target_is_probability_mixture).
+    np.testing.assert_allclose(softmax(targets["t/logits"]), softmax(rows["t/logits"]).mean(axis=0), rtol=1e-5)
     assert targets["k/present"] == 1.0 and targets["k/count"] == 3.0
     # Heatmaps average only frames with a person: (a + b) / 2, still a distribution per keypoint.
     np.testing.assert_allclose(targets["k/heatmaps"], (rows["k/heatmaps"][0] + rows["k/heatmaps"][2]) / 2)
@@ -161,6 +162,33 @@ def test_mean_aggregation_exact_values():
     assert empty["k/present"] == 0.0 and not empty["k/heatmaps"].any()
     # Without a flag, heatmaps are a plain mean.
     np.testing.assert_allclose(aggregate_targets(rows, kinds, "mean")["k/heatmaps"], rows["k/heatmaps"].mean(axis=0))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_window_target_is_probability_mixture(temperature):
+    # One frame at p(dog) = 0.96 over 1000 classes and one flat frame: the window's target must be their
+    # probability mixture (p(dog) = 0.48 at T = 1), not softmax of the mean logits (p(dog) = 0.13).
+    classes, dog = 1000, 207
+    confident = np.zeros(classes)
+    confident[dog] = np.log(0.96 * (classes - 1) / 0.04)
+    rows = {"t/logits": np.stack([confident * temperature, np.zeros(classes)]).astype(np.float32)}
+    target = aggregate_targets(rows, {"t/logits": "logits"}, "mean", temperature=temperature)["t/logits"]
+    mixture = softmax(target.astype(np.float64) / temperature)
+    assert mixture[dog] == pytest.approx(0.48 + 0.5 / classes, abs=1e-5)
+    naive = softmax(rows["t/logits"].mean(axis=0) / temperature)[dog]
+    assert naive == pytest.approx(0.13, abs=0.01) and abs(mixture[dog] - naive) > 0.3
+    # What the loss sees, through its own softmax at T, is the mean of the frames' distributions.
+    teachers = softmax(rows["t/logits"].astype(np.float64) / temperature).mean(axis=0)
+    np.testing.assert_allclose(mixture, teachers, rtol=1e-5, atol=1e-9)
+    # A single frame's target is its own distribution; extreme logits stay finite.
+    single = aggregate_targets({"t/logits": rows["t/logits"][:1] * 50}, {"t/logits": "logits"}, "mean",
+                               temperature=temperature)["t/logits"]
+    assert np.isfinite(single).all() and single.argmax() == dog
 
 
 def test_random_aggregation_takes_one_whole_frame():
