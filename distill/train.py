@@ -63,7 +63,8 @@ def build_loaders(config: DistillConfig, targets_dir: Path, context: Distributed
     clip = ClipSpec(frames=config.frames, stride=config.stride, short_side=config.short_side, crop=config.crop,
                     modality=config.modality)
     common = dict(seed=config.seed, cache_clips=config.cache_clips, videos_root=config.videos_root,
-                  max_decode_failures=config.max_decode_failures, target_agg=config.target_agg)
+                  max_decode_failures=config.max_decode_failures, target_agg=config.target_agg,
+                  temperature=config.temperature)
     if config.modality == "flow":
         common["flow_method"] = config.flow_method
     train_set = TargetClipDataset(targets_dir, train_ids, clip, train=True, clips_per_video=config.clips_per_video, **common)
