@@ -32,6 +32,10 @@ class ExtractConfig:
     max_failure_rate: float = 0.05
     decode_timeout_seconds: float = 120.0
     limit: int | None = None
+    # Labeled datasets (hmdb51, ucf101, kinetics): extract only the videos whose role in this split is one of
+    # split_roles (e.g. split 1's train list), so pretraining never sees the videos it is scored on. None: all.
+    split: int | None = None
+    split_roles: tuple[str, ...] = ("train",)
 
     def __post_init__(self):
         positive = {
@@ -48,6 +52,8 @@ class ExtractConfig:
             raise ConfigError(f"option max_failure_rate must be in [0, 1], got {self.max_failure_rate}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"option limit must be >= 1, got {self.limit}")
+        if self.split is not None and self.split < 1:
+            raise ConfigError(f"option split must be a split number >= 1 (or null for every video), got {self.split}")
         if not self.teachers:
             raise ConfigError("option teachers is empty; name at least one (see `distinit teachers`)")
         unknown = sorted(set(self.teacher_options) - set(self.teachers))

@@ -26,6 +26,7 @@ from pipeline.atomic import atomic_write_text, make_output_folder, remove_leftov
 from pipeline.config import config_to_dict
 from pipeline.devices import resolve_device
 from pipeline.datasets import load_dataset, manifest_hash, write_manifest as write_video_manifest
+from pipeline.datasets.selection import select_records
 from pipeline.errors import DistinitError
 from pipeline.provenance import write_provenance
 from pipeline.shards import (
@@ -70,9 +71,8 @@ class ExtractionReport:
 
 def prepare(config: ExtractConfig) -> ExtractionPlan:
     options = {"splits_dir": config.splits_dir, "annotations": config.annotations}
-    listing = load_dataset(config.data, config.root, **options)
-    if config.limit is not None:
-        listing.records = listing.records[: config.limit]
+    listing = select_records(load_dataset(config.data, config.root, **options), split=config.split,
+                             roles=config.split_roles, limit=config.limit)
     if not listing.records:
         raise DistinitError(f"{config.root}: dataset {config.data} has no videos to extract")
     device = resolve_device(config.device)

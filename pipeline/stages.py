@@ -102,8 +102,9 @@ def extract_inputs(spec: PipelineSpec, upstream: str | None) -> StageInputs:
     if upstream is not None:
         inputs["upstream"] = {"demo-data": upstream}
     else:
-        inputs["data"] = manifest_hash_of(config.data, config.root, config.limit,
-                                          splits_dir=config.splits_dir, annotations=config.annotations)
+        inputs["data"] = manifest_hash_of(config.data, config.root, config.limit, split=config.split,
+                                          roles=config.split_roles, splits_dir=config.splits_dir,
+                                          annotations=config.annotations)
     return StageInputs("extract", inputs, Path(spec.targets_root) / spec.data / "latest")
 
 
@@ -142,14 +143,15 @@ def eval_inputs(spec: PipelineSpec, distill: StageInputs, demo: StageInputs | No
     return StageInputs("eval", inputs, results_dir / "RESULTS.md")
 
 
-def manifest_hash_of(data: str, root: str, limit: int | None = None, **options) -> str:
-    """A dataset listing's hash (relative paths and sizes: touching a video changes nothing)."""
+def manifest_hash_of(data: str, root: str, limit: int | None = None, split: int | None = None,
+                     roles: tuple[str, ...] = ("train",), **options) -> str:
+    """The hash of a dataset listing as a stage selects it (relative paths and sizes: touching a video
+    changes nothing)."""
     from pipeline.datasets import load_dataset
     from pipeline.datasets.records import manifest_hash
+    from pipeline.datasets.selection import select_records
 
-    listing = load_dataset(data, root, **options)
-    if limit is not None:
-        listing.records = listing.records[:limit]
+    listing = select_records(load_dataset(data, root, **options), split=split, roles=roles, limit=limit)
     return manifest_hash(listing)
 
 
