@@ -21,7 +21,8 @@ CODE_VERSION = "eval-1"
 
 # Options that change speed or where things are, never the results: left out of the results key. The
 # dataset enters the key through its manifest hash (ids, sizes, labels, split roles), not its path.
-NOT_IN_KEY = ("root", "splits_dir", "out", "workers", "device", "threads", "save_weights", "max_decode_failures")
+NOT_IN_KEY = ("root", "splits_dir", "out", "workers", "device", "threads", "save_weights", "max_decode_failures",
+              "allow_test_overlap")
 
 DATASETS = ("hmdb51", "ucf101")
 PRETRAINED_TRUNK_SCALE = 0.1
@@ -60,6 +61,9 @@ class EvalConfig:
     deterministic: bool = False
     max_decode_failures: int = 50  # videos that fail to decode before a run gives up
     save_weights: bool = False  # also write each run's finetuned model (runs/split<S>-seed<N>.pt)
+    # Evaluate a DistInit checkpoint whose pretraining videos include test videos (or cannot be checked);
+    # refused by default, and reported when allowed (evaluate/overlap.py).
+    allow_test_overlap: bool = False
     out: str | None = None  # default results/eval/<key>
     workers: int = 2
     device: str = "auto"

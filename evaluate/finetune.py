@@ -34,6 +34,7 @@ from evaluate.clips import EvaluationClips, TrainingClips
 from evaluate.config import CODE_VERSION, EvalConfig
 from evaluate.data import dataset_description, load_listing, split_records
 from evaluate.initialization import Initialization, resolve_init
+from evaluate.overlap import record_pretraining_overlap
 from evaluate.metrics import clip_accuracy, confusion_matrix, topk_accuracy, video_scores
 from evaluate.results import EvalResult, RunResult, summarise, write_results
 from pipeline.atomic import atomic_write_text, make_output_folder
@@ -235,6 +236,7 @@ def _run_eval(config: EvalConfig, show_progress: bool) -> EvalResult:
     listing, splits_folder = load_listing(config)
     split_lists = {split: split_records(listing, split, splits_folder) for split in config.splits}
     initialization = resolve_init(config.init, student=config.student, width=config.width)
+    record_pretraining_overlap(initialization, split_lists, config.allow_test_overlap)  # refuses seen test videos
     initialization.build_backbone().check_clip_shape(config.frames, config.crop)
     dataset = dataset_description(config, listing, splits_folder)
     key = results_key(config, dataset["manifest_sha256"], initialization.identity)

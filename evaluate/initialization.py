@@ -133,6 +133,7 @@ def checkpoint_init(path: Path, student: str | None, width: str | None) -> Initi
         "distill_epoch": state.get("epoch"),
         "distill_clip": _clip_of(state.get("config")),
         "distill_provenance": state.get("provenance"),
+        "distill_config": state.get("config"),  # e.g. shuffle_targets marks the control row in compare
     }
     logger.info("init from %s: %s (%s), %d trunk tensors, heads dropped", path, name, checkpoint_width, len(trunk_weights))
     return Initialization("checkpoint", description, True, description["sha256"], build_backbone)

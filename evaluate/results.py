@@ -3,7 +3,11 @@
 Accuracies are fractions in [0, 1]. Spreads are (mean, sample std) from `evaluate.metrics.mean_std`:
 - "over_splits": each split's value averaged over seeds, then mean +- std over splits (the paper's number);
 - "over_seeds": each seed's value averaged over splits, then mean +- std over seeds (run-to-run spread);
-- "over_runs": every (split, seed) run.
+- "over_runs": every (split, seed) run;
+- "ablations" (when runs carry test-time temporal ablations): per ablation and metric, the original and
+  ablated scores and the drop (original - ablated), each over the runs that have that ablation.
+Fields that runs of older code lack (`trunk_lr_scale`, `failed_test_videos`, `ablations`) are read with
+`run_value` and reported as "n/a" where absent.
 """
 
 from __future__ import annotations
@@ -15,12 +19,16 @@ from typing import Any, Iterable
 
 from evaluate.config import EvalConfig
 from evaluate.metrics import mean_std
+from evaluate.overlap import overlap_text
 from pipeline.atomic import atomic_write_text
 from pipeline.config import config_to_dict
 
 SCHEMA = "distinit-eval-1"
 METRICS = ("clip_top1", "video_top1", "video_top5")
 METRIC_TITLES = {"clip_top1": "clip top-1", "video_top1": "video top-1", "video_top5": "video top-5"}
+# Test-time temporal ablations: the same test clips with their frames shuffled in time, or one frame repeated.
+ABLATIONS = ("time_shuffled", "frame_repeated")
+ABLATION_TITLES = {"time_shuffled": "time-shuffled", "frame_repeated": "frame-repeated"}
 
 
 @dataclasses.dataclass
@@ -92,15 +100,62 @@ def _grouped_means(runs: list[RunResult], metric: str, group: str) -> dict[int, 
     return {name: sum(values) / len(values) for name, values in groups.items()}
 
 
+def run_value(run: Any, name: str, default: Any = None) -> Any:
+    """A RunResult field that runs written by older code may lack."""
+    return getattr(run, name, default)
+
+
+def failed_test_count(run: Any) -> int | None:
+    """Test videos of a run that did not decode (scored as wrong); None when the run does not say."""
+    value = run_value(run, "failed_test_videos")
+    if value is None:
+        value = run_value(run, "failed_videos")
+    if value is None:
+        return None
+    return int(value) if isinstance(value, (int, float)) else len(value)
+
+
+def trunk_lr_scale(run: Any, config: EvalConfig, pretrained: bool) -> float:
+    """The trunk's learning-rate multiplier a run used; the config's rule where the run does not record it."""
+    value = run_value(run, "trunk_lr_scale")
+    return float(value) if value is not None else config.trunk_scale(pretrained)
+
+
+def ablation_summary(runs: Iterable[Any]) -> dict[str, Any]:
+    """{ablation: {"runs": n, metric: {"original", "ablated", "drop"}}} over the runs that have each ablation."""
+    summary = {}
+    for ablation in ABLATIONS:
+        scored = [(run, (run_value(run, "ablations") or {}).get(ablation)) for run in runs]
+        scored = [(run, scores) for run, scores in scored if scores]
+        if not scored:
+            continue
+        entry: dict[str, Any] = {"runs": len(scored)}
+        for metric in METRICS:
+            pairs = {f"{run.split}/{run.seed}": (getattr(run, metric), scores[metric])
+                     for run, scores in scored if scores.get(metric) is not None}
+            if pairs:
+                entry[metric] = {
+                    "original": _spread({name: original for name, (original, _) in pairs.items()}),
+                    "ablated": _spread({name: ablated for name, (_, ablated) in pairs.items()}),
+                    "drop": _spread({name: original - ablated for name, (original, ablated) in pairs.items()}),
+                }
+        summary[ablation] = entry
+    return summary
+
+
 def summarise(runs: Iterable[RunResult]) -> dict[str, Any]:
-    """The three spreads of the module docstring, for each metric."""
+    """The spreads of the module docstring, for each metric."""
     runs = list(runs)
-    return {
+    summary = {
         "over_splits": {metric: _spread(_grouped_means(runs, metric, "split")) for metric in METRICS},
         "over_seeds": {metric: _spread(_grouped_means(runs, metric, "seed")) for metric in METRICS},
         "over_runs": {metric: _spread({f"{run.split}/{run.seed}": getattr(run, metric) for run in runs})
                       for metric in METRICS},
     }
+    ablations = ablation_summary(runs)
+    if ablations:
+        summary["ablations"] = ablations
+    return summary
 
 
 def write_results(result: EvalResult) -> Path:
@@ -125,4 +180,14 @@ def format_table(result: EvalResult) -> str:
             f"{100 * result.summary[name][m]['mean']:6.1f} ± {100 * result.summary[name][m]['std']:4.1f}" for m in METRICS
         )
         lines.append(f"{title:>11}  {cells}")
+    for ablation, entry in (result.summary.get("ablations") or {}).items():
+        if "video_top1" in entry:
+            ablated, drop = entry["video_top1"]["ablated"], entry["video_top1"]["drop"]
+            lines.append(f"{ABLATION_TITLES.get(ablation, ablation)} test clips: video top-1 "
+                         f"{100 * ablated['mean']:.1f} ± {100 * ablated['std']:.1f}, drop {100 * drop['mean']:.1f} ± "
+                         f"{100 * drop['std']:.1f} ({entry['runs']} runs)")
+    pretraining = result.init.get("pretraining")
+    if pretraining:
+        data, videos, overlap = overlap_text(pretraining)
+        lines.append(f"pretraining: {data}, {videos} videos; test videos among them: {overlap}")
     return "\n".join(lines)

@@ -62,6 +62,8 @@ def _eval_config(config_path, overrides, splits, seeds, options):
 @click.option("--amp", default=None, help="auto | bf16 | fp16 | off")
 @click.option("--deterministic/--no-deterministic", default=None)
 @click.option("--save-weights/--no-save-weights", default=None, help="Also write each run's finetuned model.")
+@click.option("--allow-test-overlap", is_flag=True, default=None,
+              help="Evaluate a checkpoint pretrained on test videos (or one that cannot be checked); reported as such.")
 @click.option("--out", default=None, help="Output folder (default results/eval/<key>).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other config option.")
 @click.option("--no-progress", is_flag=True)
@@ -79,12 +81,15 @@ def eval_command(config_path, overrides, splits, seeds, no_progress, **options) 
 @main.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML eval config shared by every init.")
 @click.option("--inits", required=True, metavar="INIT,INIT,...",
-              help="e.g. scratch,inflated:efficientnet_lite0,runs/distill (scratch copies the checkpoint's architecture).")
+              help="e.g. scratch,inflated:efficientnet_lite0,runs/distill (scratch copies the checkpoint's architecture and "
+                   "comes first: the reference of the paired differences).")
 @click.option("--data", default=None, help="hmdb51 | ucf101")
 @click.option("--root", default=None, help="Dataset video root.")
 @click.option("--splits", default=None, metavar="1,2,3")
 @click.option("--seeds", default=None, metavar="0,1,2")
 @click.option("--epochs", type=int, default=None)
+@click.option("--allow-test-overlap", is_flag=True, default=None,
+              help="Evaluate a checkpoint pretrained on test videos (or one that cannot be checked); reported as such.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Comparison folder (RESULTS.md, results.json, plots).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other eval config option.")
 @click.option("--no-progress", is_flag=True)

@@ -1,0 +1,133 @@
+"""Item 4: eval refuses a DistInit init whose pretraining videos include the test videos it is scored on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dataset_fixtures import make_hmdb51
+from distill.heads import HeadSpec
+from distill.students import create_student
+from evaluate.config import EvalConfig
+from evaluate.data import load_listing, split_records
+from evaluate.initialization import resolve_init
+from evaluate.overlap import TestOverlapError, check_pretraining_overlap, overlap_text, pretraining_videos
+from pipeline.cli import main
+from pipeline.datasets import DatasetListing, VideoRecord, write_manifest
+
+
+@pytest.fixture(scope="module")
+def hmdb(tmp_path_factory):
+    """HMDB-51 layout with placeholder files: listing and split lists only, nothing is decoded."""
+    return make_hmdb51(tmp_path_factory.mktemp("hmdb"))
+
+
+def _split_lists(layout, splits=(1,)):
+    config = EvalConfig(root=str(layout.root), splits_dir=str(layout.splits_dir), splits=splits)
+    listing, folder = load_listing(config)
+    return {split: split_records(listing, split, folder) for split in splits}
+
+
+def _stems(layout, split: int, role: str) -> list[str]:
+    return sorted(video_id.split("/", 1)[1] for video_id, (_, _, roles) in layout.expected.items()
+                  if roles[str(split)] == role)
+
+
+def _checkpoint(path: Path, provenance: dict, config: dict | None = None) -> Path:
+    student = create_student("r2plus1d_18", [HeadSpec("imagenet-test/logits", "logits", (5,))], width="tiny")
+    torch.save({"model": student.state_dict(), "architecture": student.architecture(), "optimizer": {}, "step": 1,
+                "epoch": 1, "rng": {}, "config": config or {"frames": 4, "stride": 2, "short_side": 32, "crop": 32},
+                "best_val_loss": 1.0, "provenance": provenance}, path)
+    return path
+
+
+def test_pretraining_overlap_with_test_list_is_refused(hmdb, tmp_path):
+    test_stems, train_stems = _stems(hmdb, 1, "test"), _stems(hmdb, 1, "train")
+    seen = [test_stems[0], test_stems[1], *train_stems]  # distilled on the whole dataset, two test videos included
+    provenance = {"targets_dir": str(tmp_path / "targets"),
+                  "pretraining_videos": {"count": len(seen), "names": sorted(seen), "dataset": "hmdb51"}}
+    description = resolve_init(str(_checkpoint(tmp_path / "seen.pt", provenance))).description
+    split_lists = _split_lists(hmdb)
+    with pytest.raises(TestOverlapError) as refused:
+        check_pretraining_overlap(description, split_lists, allow=False)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert f"2 of its {len(seen)} pretraining videos" in message and "split 1" in message
+    assert "--allow-test-overlap" in message
+    # the flag lets it through, and the report counts what was seen
+    report = check_pretraining_overlap(description, split_lists, allow=True)
+    assert report["test_overlap"] == 2 and report["test_overlap_by_split"] == {"1": 2}
+    assert report["videos"]["count"] == len(seen) and report["videos"]["dataset"] == "hmdb51"
+    assert report["test_overlap_examples"] == sorted(test_stems[:2])
+    data, videos, overlap = overlap_text(report)
+    assert (data, videos) == ("hmdb51", str(len(seen))) and overlap.startswith("2 (split 1: 2)") and "allowed" in overlap
+    # train videos only: nothing to refuse
+    clean = {**description, "distill_provenance": {"pretraining_videos": {"count": len(train_stems),
+                                                                          "names": train_stems}}}
+    report = check_pretraining_overlap(clean, split_lists, allow=False)
+    assert report["test_overlap"] == 0 and report["videos"]["count"] == len(train_stems)
+
+
+def test_eval_and_compare_refuse_before_any_run(hmdb, tmp_path):
+    seen = _stems(hmdb, 1, "test")[:1]
+    checkpoint = _checkpoint(tmp_path / "seen.pt", {"pretraining_videos": {"count": 1, "names": seen}})
+    common = ["--data", "hmdb51", "--root", str(hmdb.root), "--splits", "1", "--set", f"splits_dir={hmdb.splits_dir}",
+              "--epochs", "1", "--no-progress"]
+    for command in (["eval", "--init", str(checkpoint), "--out", str(tmp_path / "eval"), "--batch-size", "2"],
+                    ["compare", "--inits", f"scratch,{checkpoint}", "--out", str(tmp_path / "compare")]):
+        result = CliRunner().invoke(main, [*command, *common])
+        assert result.exit_code == 1, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+        assert "1 of its 1 pretraining videos are in the test list of split 1" in result.output
+    # refused before anything is written (compare: before scratch, listed first, ran)
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "compare").exists()
+
+
+def _targets(folder: Path, stems: list[str]) -> Path:
+    """A targets folder as extract leaves it: manifest.json naming videos.jsonl, and the video list."""
+    folder.mkdir(parents=True)
+    records = [VideoRecord(id=stem, path=folder / "videos" / f"{stem}.avi") for stem in stems]
+    write_manifest(DatasetListing("folder", folder / "videos", records), folder / "videos.jsonl")
+    (folder / "manifest.json").write_text(json.dumps({"extra": {"videos_manifest": "videos.jsonl"},
+                                                      "config": {"data": "hmdb51"}}))
+    return folder
+
+
+def test_older_checkpoints_fall_back_to_the_targets_video_list_or_are_refused(hmdb, tmp_path):
+    split_lists = _split_lists(hmdb, splits=(1, 2))
+    seen = _stems(hmdb, 2, "test")[:3]
+    targets = _targets(tmp_path / "targets", seen + ["kinetics_abc_000001_000011"])
+    description = {"kind": "checkpoint", "spec": "old.pt", "distill_provenance": {"targets_dir": str(targets)}}
+    videos = pretraining_videos(description)
+    assert videos["count"] == 4 and videos["dataset"] == "hmdb51" and videos["source"].endswith("videos.jsonl")
+    report = check_pretraining_overlap(description, split_lists, allow=True)
+    assert report["test_overlap_by_split"]["2"] == 3 and report["test_overlap"] >= 3
+    with pytest.raises(TestOverlapError, match="split .*2"):
+        check_pretraining_overlap(description, split_lists, allow=False)
+    # no recorded videos and no readable targets list: cannot be checked
+    unknown = {"kind": "checkpoint", "spec": "older.pt", "distill_provenance": {"targets_dir": str(tmp_path / "gone")}}
+    with pytest.raises(TestOverlapError, match=r"cannot be checked.*--allow-test-overlap") as refused:
+        check_pretraining_overlap(unknown, split_lists, allow=False)
+    assert "\n" not in str(refused.value)
+    report = check_pretraining_overlap(unknown, split_lists, allow=True)
+    assert report["test_overlap"] is None and overlap_text(report)[2] == "not checked (allowed)"
+
+
+def test_scratch_and_inflated_inits_saw_no_video(hmdb):
+    split_lists = _split_lists(hmdb)
+    for description in ({"kind": "scratch", "spec": "scratch"}, {"kind": "inflated", "spec": "inflated:resnet18"}):
+        report = check_pretraining_overlap(description, split_lists, allow=False)
+        assert report["test_overlap"] == 0 and report["videos"]["count"] == 0
+        assert overlap_text(report) == ("none (no video)", "0", "0")
+
+
+def test_allow_flag_reaches_the_config_and_stays_out_of_the_results_key():
+    from pipeline.cli.eval_commands import _eval_config
+
+    assert _eval_config(None, (), None, None, {"allow_test_overlap": True}).allow_test_overlap is True
+    assert _eval_config(None, (), None, None, {"allow_test_overlap": None}).allow_test_overlap is False
+    assert "allow_test_overlap" not in EvalConfig(allow_test_overlap=True).key_fields()
