@@ -1,7 +1,9 @@
 """Checkpoints: written to a temp file then renamed (timm's CheckpointSaver); last + periodic + best.
 
 A checkpoint holds the unwrapped model state_dict, the student's architecture (so loading needs no
-flags), the optimizer, the step and epoch, every RNG state, the config and provenance.
+flags), the optimizer, the step and epoch, every rank's RNG states (a list indexed by rank), the number of
+processes that wrote it (`world_size`: the batch size is per process, so the step count, the schedule and
+the global batch depend on it), the config and provenance.
 
 A run killed at any moment resumes from checkpoint-last.pt; `tidy_for_resume` first removes what the
 kill left that the checkpoint does not cover (temp files, log records of epochs it will redo).
@@ -9,8 +11,10 @@ kill left that the checkpoint does not cover (temp files, log records of epochs 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
@@ -18,6 +22,9 @@ from typing import Any
 
 import torch
 
+from distill.config import DistillConfig
+from distill.distributed import DistributedContext
+from distill.seeding import own_rng_state, restore_rng_states
 from pipeline.atomic import atomic_path, atomic_write_text, remove_leftover_temporary_files
 from pipeline.errors import DistinitError, output_error
 
@@ -25,7 +32,12 @@ logger = logging.getLogger(__name__)
 
 LAST = "checkpoint-last.pt"
 BEST = "checkpoint-best.pt"
-CHECKPOINT_KEYS = ("model", "architecture", "optimizer", "step", "epoch", "rng", "config", "best_val_loss", "provenance")
+CHECKPOINT_KEYS = ("model", "architecture", "optimizer", "step", "epoch", "rng", "world_size", "config", "best_val_loss",
+                   "provenance")
+
+
+class ResumeError(DistinitError):
+    """A checkpoint this run cannot resume (written by a different number of processes)."""
 
 
 def periodic_name(step: int) -> str:
@@ -51,6 +63,69 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "architecture" not in state:
         raise DistinitError(f"{path}: not a distinit checkpoint (no model/architecture); pass one written by distill")
     return state
+
+
+def saved_world_size(checkpoint: dict[str, Any]) -> int:
+    """How many processes wrote `checkpoint`: its field; before distill-2, the provenance's; else 1."""
+    if "world_size" in checkpoint:
+        return int(checkpoint["world_size"])
+    provenance = checkpoint.get("provenance") or {}
+    return int(provenance.get("world_size", 1))
+
+
+def check_resume_world_size(path: Path, checkpoint: dict[str, Any], world_size: int) -> None:
+    """Refuse, on every rank alike, to resume with another number of processes: the in-epoch position,
+    the schedule's length and the global batch would all silently change."""
+    saved = saved_world_size(checkpoint)
+    rng = checkpoint.get("rng")
+    if isinstance(rng, list) and saved == world_size:
+        saved = len(rng)  # one RNG state per rank that wrote it
+    if saved == world_size:
+        return
+
+    def processes(count: int) -> str:
+        return f"{count} process" + ("" if count == 1 else "es")
+
+    raise ResumeError(
+        f"{path} was written by {processes(saved)}, this run has {world_size}; resume with NPROC={saved} "
+        f"(torchrun --nproc_per_node {saved}), or start a new run with --out OTHER_FOLDER (make: DISTILL_OUT=...)"
+    )
+
+
+def resume_or_start(run_dir: Path, model, optimizer, context: DistributedContext) -> dict[str, Any]:
+    """Training state: restored from the run folder's last checkpoint when there is one ("resume
+    everything"), else fresh. A checkpoint written by another number of processes is refused."""
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "best_val_loss": math.inf, "stopped": False}
+    last = Path(run_dir) / LAST
+    if not last.is_file():
+        return state
+    checkpoint = load_checkpoint(last)
+    check_resume_world_size(last, checkpoint, context.world_size)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    own_state = own_rng_state(checkpoint["rng"], context.rank)
+    if own_state is not None:
+        restore_rng_states(own_state)
+    state.update(step=checkpoint["step"], epoch=checkpoint["epoch"], best_val_loss=checkpoint["best_val_loss"])
+    logger.info("resumed %s at step %d (epoch %d)", last, state["step"], state["epoch"])
+    return state
+
+
+def checkpoint_state(model, optimizer, state, config: DistillConfig, provenance: dict,
+                     rank_rng_states: list[dict]) -> dict[str, Any]:
+    """`rank_rng_states`: every rank's RNG states, indexed by rank (`all_gather_objects(rng_states(), ...)`)."""
+    return {
+        "model": model.state_dict(),
+        "architecture": model.architecture(),
+        "optimizer": optimizer.state_dict(),
+        "step": state["step"],
+        "epoch": state["epoch"],
+        "rng": rank_rng_states,
+        "world_size": len(rank_rng_states),
+        "config": dataclasses.asdict(config),
+        "best_val_loss": state["best_val_loss"],
+        "provenance": provenance,
+    }
 
 
 class CheckpointSaver:

@@ -8,7 +8,7 @@ from typing import Any
 from pipeline.errors import ConfigError
 
 # Bump when a change to stage two's code changes what a run produces (part of the run key).
-CODE_VERSION = "distill-1"
+CODE_VERSION = "distill-2"
 
 # Options that change speed or where things go, never the trained weights: left out of the run key.
 NOT_IN_KEY = ("out", "workers", "device", "cache_clips", "stop_after_steps")

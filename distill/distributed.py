@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -44,6 +45,28 @@ def all_reduce_sum(values: torch.Tensor, context: DistributedContext) -> torch.T
     if context.enabled:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def all_reduce_min(values: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    if context.enabled:
+        dist.all_reduce(values, op=dist.ReduceOp.MIN)
+    return values
+
+
+def sum_over_ranks(context: DistributedContext) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A function summing a tensor over ranks (for the loss's global person count); None in one process."""
+    if not context.enabled:
+        return None
+    return lambda values: all_reduce_sum(values, context)
+
+
+def all_gather_objects(value: Any, context: DistributedContext) -> list[Any]:
+    """Every rank's `value`, as a list indexed by rank (picklable objects; a collective: call on every rank)."""
+    if not context.enabled:
+        return [value]
+    gathered: list[Any] = [None] * context.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def barrier(context: DistributedContext) -> None:

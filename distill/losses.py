@@ -10,12 +10,16 @@
   over keypoints, mean over the samples whose person flag (`targets[mask_key]`) exceeds 0.5. Target maps
   are renormalised to sum to 1 (a window averaging frames with and without a person sums to less). A batch
   with nobody in it gives 0, still attached to the graph.
+  Under DDP the mean is over the masked samples of the whole step, all ranks together: with `sum_over_ranks`
+  giving the global count G and W ranks, each rank returns its own sum / G * W. DDP averages gradients over
+  the W ranks, so the step's gradient is that of (sum over all ranks) / G, as one process with the
+  concatenated batch would get; averaging the ranks' reported values gives the same figure.
 Terms are reported unweighted as `kd/<teacher>/<output>`; `loss` sums them with per-teacher weights.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as functional
@@ -25,13 +29,21 @@ from pipeline.errors import ConfigError
 
 PERSON_PRESENT_THRESHOLD = 0.5
 
+CountReducer = Callable[[torch.Tensor], torch.Tensor]
+
 
 class DistillationLoss:
-    def __init__(self, heads: Sequence[HeadSpec], temperature: float = 1.0, weights: Mapping[str, float] | None = None):
+    """`sum_over_ranks` (sums a tensor over the DDP ranks) and `world_size` make the keypoint term's mean
+    global (see the module docstring); without them it is this process's batch only."""
+
+    def __init__(self, heads: Sequence[HeadSpec], temperature: float = 1.0, weights: Mapping[str, float] | None = None,
+                 *, sum_over_ranks: CountReducer | None = None, world_size: int = 1):
         if not temperature > 0:
             raise ConfigError(f"distillation temperature must be > 0; got {temperature}")
         self.heads = list(heads)
         self.temperature = float(temperature)
+        self.sum_over_ranks = sum_over_ranks
+        self.world_size = int(world_size)
         teacher_names = sorted({spec.teacher for spec in self.heads})
         resolved = resolve_loss_weights(weights or {}, teacher_names)
         self.teacher_weights = {name: resolved.get(name, 1.0) for name in teacher_names}
@@ -50,7 +62,8 @@ class DistillationLoss:
             elif spec.kind == "multilabel_scores":
                 term = multilabel_kl(student, teacher)
             else:
-                term = heatmap_kl(student, teacher, _person_mask(spec, targets))
+                term = heatmap_kl(student, teacher, _person_mask(spec, targets), sum_over_ranks=self.sum_over_ranks,
+                                  world_size=self.world_size)
             terms[f"kd/{spec.key}"] = term
             weighted = self.teacher_weights[spec.teacher] * term
             total = weighted if total is None else total + weighted
@@ -58,6 +71,11 @@ class DistillationLoss:
             raise ConfigError("the distillation loss has no heads; the targets' teachers have no logits, scores or heatmaps")
         terms["loss"] = total
         return terms
+
+    @property
+    def term_names(self) -> list[str]:
+        """The keys `__call__` returns, in a fixed order (the same on every rank)."""
+        return ["loss"] + [f"kd/{spec.key}" for spec in self.heads]
 
 
 def classifier_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -78,8 +96,10 @@ def multilabel_kl(student_logits: torch.Tensor, teacher_scores: torch.Tensor) ->
     return (cross_entropy - own_entropy).mean()
 
 
-def heatmap_kl(student_logits: torch.Tensor, teacher_maps: torch.Tensor, person_mask: torch.Tensor | None) -> torch.Tensor:
-    """(B, K, G, G) logits and target maps, (B,) bool mask -> KL per keypoint, mean over keypoints and masked samples."""
+def heatmap_kl(student_logits: torch.Tensor, teacher_maps: torch.Tensor, person_mask: torch.Tensor | None, *,
+               sum_over_ranks: CountReducer | None = None, world_size: int = 1) -> torch.Tensor:
+    """(B, K, G, G) logits and target maps, (B,) bool mask -> KL per keypoint, mean over keypoints and masked
+    samples; with `sum_over_ranks`, this rank's sum / the global count * `world_size` (module docstring)."""
     batch, keypoints = student_logits.shape[:2]
     student_log_probabilities = functional.log_softmax(student_logits.reshape(batch, keypoints, -1), dim=-1)  # (B, K, G*G)
     teacher = teacher_maps.reshape(batch, keypoints, -1).clamp_min(0.0)
@@ -91,7 +111,10 @@ def heatmap_kl(student_logits: torch.Tensor, teacher_maps: torch.Tensor, person_
         return per_sample.mean()
     # where, not a product: a left-out sample can never leak a NaN into the sum.
     kept = torch.where(person_mask.to(per_sample.device), per_sample, torch.zeros_like(per_sample))
-    return kept.sum() / person_mask.sum().clamp_min(1).to(per_sample.dtype)
+    count = person_mask.to(per_sample.device).sum().to(per_sample.dtype)
+    if sum_over_ranks is None:
+        return kept.sum() / count.clamp_min(1)
+    return kept.sum() / sum_over_ranks(count).clamp_min(1) * world_size
 
 
 def _person_mask(spec: HeadSpec, targets: Mapping[str, torch.Tensor]) -> torch.Tensor | None:

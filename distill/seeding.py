@@ -42,3 +42,11 @@ def restore_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def own_rng_state(saved: dict | list, rank: int) -> dict | None:
+    """This rank's entry of a checkpoint's RNG states: a list indexed by rank; checkpoints before
+    distill-2 held rank 0's only (a dict), which no other rank should take as its own (None: keep the seed)."""
+    if isinstance(saved, dict):
+        return saved if rank == 0 else None
+    return saved[rank]

@@ -21,27 +21,26 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from distill.checkpoint import CheckpointSaver, append_epoch_log, load_checkpoint, tidy_for_resume
+from distill.checkpoint import CheckpointSaver, append_epoch_log, checkpoint_state, resume_or_start, tidy_for_resume
 from distill.config import CODE_VERSION, DistillConfig
-from distill.data import ClipSpec, TargetClipDataset, open_targets, split_videos
-from distill.distributed import DistributedContext, all_reduce_sum, barrier, init_distributed, shutdown
+from distill.data import ClipSpec, TargetClipDataset, open_targets, split_videos, video_paths
+from distill.distributed import (DistributedContext, all_gather_objects, all_reduce_sum, barrier, init_distributed,
+                                 shutdown, sum_over_ranks)
+from distill.loss_tracking import EpochTotals, NonFiniteWatch, TrainingError
 from distill.losses import DistillationLoss
 from distill.sampler import ResumableSampler
 from distill.schedule import learning_rate
-from distill.seeding import restore_rng_states, rng_states, seed_everything, seed_worker
+from distill.seeding import rng_states, seed_everything, seed_worker
 from distill.heads import head_specs_from_teachers
 from distill.students import create_student
 from distill.targets_folder import check_targets, resolve_targets_dir, targets_fingerprint
 from pipeline.atomic import atomic_write_text, make_output_folder, remove_leftover_temporary_files
-from pipeline.errors import DistinitError
 from pipeline.hashing import sha256_json
 from pipeline.provenance import git_state, write_provenance
 
 logger = logging.getLogger(__name__)
 
-
-class TrainingError(DistinitError):
-    """Training cannot go on (a non-finite loss)."""
+__all__ = ["TrainingError", "TrainingResult", "train", "train_one_epoch", "evaluate"]
 
 
 @dataclasses.dataclass
@@ -49,8 +48,9 @@ class TrainingResult:
     run_dir: Path
     step: int
     epoch: int
-    history: list[dict[str, Any]]
+    history: list[dict[str, Any]]  # every rank's figures, summed over all ranks
     stopped_early: bool
+    is_main: bool = True  # rank 0 (or the only process): the one that reports
 
 
 def run_key(config: DistillConfig, fingerprint: str) -> str:
@@ -124,10 +124,13 @@ def agreement_key(heads) -> str | None:
 def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, config, context, total_steps, progress,
                     on_checkpoint) -> dict[str, Any]:
     """One pass over this rank's part of the training clips. Calls `on_checkpoint()` every
-    `save_every_steps`; stops early (state["stopped"]) at `stop_after_steps`."""
+    `save_every_steps`; stops early (state["stopped"]) at `stop_after_steps`. Every rank raises the same
+    TrainingError, within NONFINITE_CHECK_EVERY steps and before any checkpoint, when a loss is non-finite
+    on any rank. Returns the epoch's sums and clips over all ranks, and this rank's timings."""
     model.train()
-    sums: dict[str, float] = {}
-    clips, data_wait, started = 0, 0.0, time.monotonic()
+    totals = EpochTotals(loss_fn.term_names, context.device)
+    watch = NonFiniteWatch(context, first_step=state["step"] + 1)
+    data_wait, started = 0.0, time.monotonic()
     waiting_since = time.monotonic()
     for batch in loader:
         data_wait += time.monotonic() - waiting_since
@@ -139,11 +142,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, 
         with autocast:
             predictions = model(video)
         terms = loss_fn({key: value.float() for key, value in predictions.items()}, targets)
-        if not torch.isfinite(terms["loss"]):
-            raise TrainingError(
-                f"step {state['step']}: loss is {terms['loss'].item()} (non-finite); lower --lr or check the targets "
-                f"with distinit verify"
-            )
+        watch.record(terms["loss"], state["step"] + 1)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(terms["loss"]).backward()
@@ -153,17 +152,20 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, 
             terms["loss"].backward()
             optimizer.step()
         state["step"] += 1
-        clips += len(video)
-        for name, value in terms.items():
-            sums[name] = sums.get(name, 0.0) + value.item() * len(video)
+        totals.add(terms, len(video))
         progress.update(1)
-        progress.set_postfix(loss=f"{terms['loss'].item():.3f}", lr=f"{lr:.2g}", refresh=False)
-        if state["step"] % config.save_every_steps == 0 or state["step"] == config.stop_after_steps:
+        saving = state["step"] % config.save_every_steps == 0 or state["step"] == config.stop_after_steps
+        if saving or watch.due(state["step"]):
+            watch.check(state["step"])  # waits for the device: the loss is ready to show without another wait
+            progress.set_postfix(loss=f"{terms['loss'].item():.3f}", lr=f"{lr:.2g}", refresh=False)
+        if saving:
             on_checkpoint()
         if state["step"] == config.stop_after_steps:
             state["stopped"] = True
             break
         waiting_since = time.monotonic()
+    watch.check(state["step"])
+    sums, clips = totals.global_sums(context)
     seconds = time.monotonic() - started
     return {"sums": sums, "clips": clips, "data_wait": data_wait, "seconds": seconds}
 
@@ -172,7 +174,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, 
 def evaluate(model, loader, loss_fn, autocast, context, agreement) -> dict[str, float]:
     """Held-out distillation loss (per term) and top-1 agreement with the ImageNet teacher, over all ranks."""
     model.eval()
-    names = ["loss"] + [f"kd/{head.key}" for head in loss_fn.heads]
+    names = loss_fn.term_names
     totals = torch.zeros(len(names) + 2, dtype=torch.float64)
     for batch in loader:
         video, targets = to_device(batch, context.device, context.device.type == "cuda")
@@ -194,36 +196,6 @@ def evaluate(model, loader, loss_fn, autocast, context, agreement) -> dict[str, 
     return result
 
 
-def resume_or_start(run_dir: Path, model, optimizer, config: DistillConfig) -> dict[str, Any]:
-    """Training state: restored from the run folder's last checkpoint when there is one ("resume
-    everything"), else fresh, optionally from `init_weights` ("start from these weights")."""
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "best_val_loss": math.inf, "stopped": False}
-    last = run_dir / "checkpoint-last.pt"
-    if not last.is_file():
-        return state
-    checkpoint = load_checkpoint(last)
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    restore_rng_states(checkpoint["rng"])
-    state.update(step=checkpoint["step"], epoch=checkpoint["epoch"], best_val_loss=checkpoint["best_val_loss"])
-    logger.info("resumed %s at step %d (epoch %d)", last, state["step"], state["epoch"])
-    return state
-
-
-def checkpoint_state(model, optimizer, state, config: DistillConfig, provenance: dict) -> dict[str, Any]:
-    return {
-        "model": model.state_dict(),
-        "architecture": model.architecture(),
-        "optimizer": optimizer.state_dict(),
-        "step": state["step"],
-        "epoch": state["epoch"],
-        "rng": rng_states(),
-        "config": dataclasses.asdict(config),
-        "best_val_loss": state["best_val_loss"],
-        "provenance": provenance,
-    }
-
-
 def epoch_record(state, stats: dict, validation: dict, lr: float) -> dict[str, Any]:
     clips = max(stats["clips"], 1)
     record = {"epoch": state["epoch"], "step": state["step"], "lr": lr}
@@ -233,6 +205,20 @@ def epoch_record(state, stats: dict, validation: dict, lr: float) -> dict[str, A
     record["data_wait_fraction"] = stats["data_wait"] / max(stats["seconds"], 1e-9)
     record["seconds"] = stats["seconds"]
     return record
+
+
+def run_provenance(config: DistillConfig, context: DistributedContext, store, targets_dir: Path,
+                   fingerprint: str) -> dict[str, Any]:
+    """What provenance.json and every checkpoint record about the run. `pretraining_videos` lists every video
+    of the targets, held-out ones included (they chose the best checkpoint), so evaluation can check that
+    none of its test videos was seen here."""
+    names = sorted(path.stem for path in video_paths(store, config.videos_root).values())
+    provenance = {**git_state(), "targets_dir": str(targets_dir), "targets_manifest_sha256": fingerprint,
+                  "code_version": CODE_VERSION, "world_size": context.world_size,
+                  "pretraining_videos": {"count": len(names), "names": names}}
+    if store.manifest.get("dataset"):
+        provenance["dataset"] = store.manifest["dataset"]
+    return provenance
 
 
 def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
@@ -251,13 +237,13 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
                            in_channels=2 if config.modality == "flow" else 3).to(context.device)
     if context.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last_3d)
-    loss_fn = DistillationLoss(heads, temperature=config.temperature, weights=dict(config.loss_weights) or None)
+    loss_fn = DistillationLoss(heads, temperature=config.temperature, weights=dict(config.loss_weights) or None,
+                               sum_over_ranks=sum_over_ranks(context), world_size=context.world_size)
     optimizer = build_optimizer(model, config)
     autocast, scaler = autocast_for(config, context.device)
-    state = resume_or_start(run_dir, model, optimizer, config)
+    state = resume_or_start(run_dir, model, optimizer, context)
     wrapped = DistributedDataParallel(model) if context.enabled else model
-    provenance = {**git_state(), "targets_dir": str(targets_dir), "targets_manifest_sha256": fingerprint,
-                  "code_version": CODE_VERSION, "world_size": context.world_size}
+    provenance = run_provenance(config, context, store, targets_dir, fingerprint)
     # Created only now, so a bad student name or unreadable targets leave no empty run folder behind.
     make_output_folder(run_dir)
     saver = CheckpointSaver(run_dir)
@@ -269,10 +255,14 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
     agreement = agreement_key(heads)
     history: list[dict[str, Any]] = []
 
+    def snapshot() -> dict[str, Any]:
+        # A collective (every rank's RNG states are gathered): every rank calls it, rank 0 saves it.
+        return checkpoint_state(model, optimizer, state, config, provenance, all_gather_objects(rng_states(), context))
+
     def save_last() -> None:
+        checkpoint = snapshot()
         if context.is_main:
-            periodic = state["step"] % config.save_every_steps == 0
-            saver.save_last(checkpoint_state(model, optimizer, state, config, provenance), periodic=periodic)
+            saver.save_last(checkpoint, periodic=state["step"] % config.save_every_steps == 0)
         barrier(context)
 
     # ---------------------------------------------------------------- the loop
@@ -290,17 +280,19 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
             validation = evaluate(wrapped, val_loader, loss_fn, autocast, context, agreement) if val_loader else {}
             record = epoch_record(state, stats, validation, optimizer.param_groups[0]["lr"])
             history.append(record)
+            # Global figures, identical on every rank, so every rank takes this branch alike.
             val_loss = validation.get("val_loss", record.get("train_loss", math.inf))
             if context.is_main:
                 append_epoch_log(run_dir / "log.jsonl", record)
                 logger.info("epoch %s", json.dumps(record, sort_keys=True))
             if val_loss < state["best_val_loss"]:
                 state["best_val_loss"] = val_loss
+                checkpoint = snapshot()
                 if context.is_main:
-                    saver.save_best(checkpoint_state(model, optimizer, state, config, provenance))
+                    saver.save_best(checkpoint)
             save_last()
     if context.is_main and not state["stopped"]:
         remove_leftover_temporary_files(config.out, "latest")
         atomic_write_text(Path(config.out) / "latest", run_dir.name + "\n")
     shutdown(context)
-    return TrainingResult(run_dir, state["step"], state["epoch"], history, state["stopped"])
+    return TrainingResult(run_dir, state["step"], state["epoch"], history, state["stopped"], context.is_main)

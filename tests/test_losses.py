@@ -178,3 +178,40 @@ def test_parse_and_resolve_loss_weights():
         DistillationLoss(HEADS, weights={"places365": 1})
     with pytest.raises(ConfigError, match="temperature"):
         DistillationLoss(HEADS, temperature=0)
+
+
+def test_keypoint_term_with_the_global_count_equals_one_process_over_the_concatenated_batch():
+    """Two ranks holding halves of one batch: each returns its sum / global count * world size. DDP averages
+    gradients (and we average the reported values) over ranks, which must give the one-process loss and gradient."""
+    present = [True, False, True, True, False, True]
+    halves = [slice(0, 2), slice(2, 6)]  # unequal person counts: 1 and 3
+    logits = torch.randn(6, 3, 4, 4, dtype=torch.float64)
+    heatmaps = torch.rand(6, 3, 4, 4, dtype=torch.float64)
+    flags = torch.tensor(present, dtype=torch.float64)
+    whole = logits.clone().requires_grad_(True)
+    single = DistillationLoss([KEYPOINTS])({KEYPOINTS.key: whole}, {KEYPOINTS.key: heatmaps, KEYPOINTS.mask_key: flags})
+    single["loss"].backward()
+    counts = [flags[half].sum() for half in halves]
+    rank_losses, rank_gradients = [], []
+    for rank, half in enumerate(halves):
+        other = counts[1 - rank]
+        # Stands in for an all-reduce (sum) of the count over the two ranks.
+        loss = DistillationLoss([KEYPOINTS], sum_over_ranks=lambda count, other=other: count + other, world_size=2)
+        mine = logits[half].clone().requires_grad_(True)
+        terms = loss({KEYPOINTS.key: mine}, {KEYPOINTS.key: heatmaps[half], KEYPOINTS.mask_key: flags[half]})
+        terms["loss"].backward()
+        rank_losses.append(terms["loss"].item())
+        rank_gradients.append(mine.grad / 2)  # DDP's average over 2 ranks
+    assert sum(rank_losses) / 2 == pytest.approx(single["loss"].item(), rel=1e-12)
+    torch.testing.assert_close(torch.cat(rank_gradients), whole.grad)
+    # Each rank's own mean (the old normalisation) differs here: the halves have 1 and 3 people.
+    own_means = [DistillationLoss([KEYPOINTS])({KEYPOINTS.key: logits[half]},
+                                               {KEYPOINTS.key: heatmaps[half], KEYPOINTS.mask_key: flags[half]})["loss"]
+                 for half in halves]
+    assert sum(value.item() for value in own_means) / 2 != pytest.approx(single["loss"].item(), rel=1e-6)
+
+
+def test_term_names_are_the_keys_returned():
+    predictions, targets = _inputs(present=[True, False, True])
+    loss = DistillationLoss(HEADS)
+    assert sorted(loss(predictions, targets)) == sorted(loss.term_names) and loss.term_names[0] == "loss"

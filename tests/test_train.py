@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 import distill.train as train_module
+from distill.checkpoint import CHECKPOINT_KEYS, ResumeError
 from distill.config import DistillConfig
 from distill.data import ClipSpec, TargetClipDataset, split_videos
 from distill.heads import head_specs_from_teachers
@@ -87,10 +88,16 @@ def test_train_writes_checkpoints_logs_and_provenance(tiny_targets, tmp_path):
     for key in ("train_loss", "val_loss", "val_agreement_top1", "clips_per_second", "data_wait_fraction", "lr"):
         assert key in records[0]
     checkpoint = torch.load(result.run_dir / "checkpoint-last.pt", weights_only=False)
-    assert set(checkpoint) == {"model", "architecture", "optimizer", "step", "epoch", "rng", "config", "best_val_loss",
-                               "provenance"}
+    assert set(checkpoint) == {"model", "architecture", "optimizer", "step", "epoch", "rng", "world_size", "config",
+                               "best_val_loss", "provenance"} == set(CHECKPOINT_KEYS)
     assert checkpoint["architecture"]["name"] == "r2plus1d_18" and checkpoint["step"] == 10
-    assert checkpoint["provenance"]["targets_manifest_sha256"]
+    assert checkpoint["world_size"] == 1 and len(checkpoint["rng"]) == 1 and "torch" in checkpoint["rng"][0]
+    provenance = checkpoint["provenance"]
+    assert provenance["targets_manifest_sha256"] and provenance["dataset"] == "folder"
+    # Every video of the targets, held-out ones included: all of them were seen before evaluation.
+    expected_names = [f"video_{number:02d}" for number in range(11)]
+    assert provenance["pretraining_videos"] == {"count": 11, "names": expected_names}
+    assert json.loads((result.run_dir / "provenance.json").read_text())["pretraining_videos"]["count"] == 11
     assert (tmp_path / "latest").read_text().strip() == result.run_dir.name
 
 
@@ -106,6 +113,30 @@ def test_resume_after_kill_gives_the_same_weights(tiny_targets, tmp_path, stop_a
     assert weights_straight.keys() == weights_resumed.keys()
     for name in weights_straight:
         assert torch.equal(weights_straight[name], weights_resumed[name]), name
+
+
+def test_resume_with_other_world_size(tiny_targets, tmp_path):
+    config = _config(tiny_targets, tmp_path, stop_after_steps=1)
+    first = train(config, show_progress=False)
+    last = first.run_dir / "checkpoint-last.pt"
+    checkpoint = torch.load(last, weights_only=False)
+    # As two processes would have written it: a world size of 2 and one RNG state per rank.
+    checkpoint["world_size"] = 2
+    checkpoint["rng"] = checkpoint["rng"] * 2
+    torch.save(checkpoint, last)
+    with pytest.raises(ResumeError) as refused:
+        train(_config(tiny_targets, tmp_path), show_progress=False)
+    message = str(refused.value)
+    assert "\n" not in message and str(last) in message
+    assert "written by 2 processes, this run has 1" in message and "--nproc_per_node 2" in message
+    assert torch.load(last, weights_only=False)["step"] == 1  # left as it was
+    # A checkpoint from before the field (distill-1) falls back on its provenance's world size.
+    del checkpoint["world_size"]
+    checkpoint["rng"] = checkpoint["rng"][0]  # distill-1 kept rank 0's states only
+    checkpoint["provenance"]["world_size"] = 2
+    torch.save(checkpoint, last)
+    with pytest.raises(ResumeError, match="written by 2 processes, this run has 1"):
+        train(_config(tiny_targets, tmp_path), show_progress=False)
 
 
 def test_non_finite_loss_stops_training(tiny_targets, tmp_path, monkeypatch):
@@ -160,8 +191,12 @@ def test_ddp_two_cpu_processes_train_and_checkpoint(tiny_targets, tmp_path):
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count(": done") == 1 and done.stdout.count("train_loss") == 1, done.stdout  # rank 0 reports
     run_dir = tmp_path / (tmp_path / "latest").read_text().strip()
     checkpoint = torch.load(run_dir / "checkpoint-last.pt", weights_only=False)
-    assert checkpoint["provenance"]["world_size"] == 2
+    assert checkpoint["provenance"]["world_size"] == checkpoint["world_size"] == 2
+    # Each rank's own RNG states (seeded differently), not rank 0's twice.
+    assert len(checkpoint["rng"]) == 2
+    assert not torch.equal(checkpoint["rng"][0]["torch"], checkpoint["rng"][1]["torch"])
     assert checkpoint["step"] == 3  # 10 train clips over 2 ranks -> 5 per rank -> 3 batches of 2
     assert len((run_dir / "log.jsonl").read_text().splitlines()) == 1

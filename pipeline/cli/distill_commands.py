@@ -55,6 +55,8 @@ def distill(config_path, overrides, loss_weights, no_progress, **options) -> Non
         values["loss_weights"] = weights
     config = load_config(DistillConfig, config_path, values)
     result = train(config, show_progress=not no_progress)
+    if not result.is_main:  # under torchrun, rank 0 reports the figures of all ranks
+        return
     if result.history:
         last = result.history[-1]
         summary = ", ".join(f"{key} {last[key]:.4g}" for key in ("train_loss", "val_loss", "val_agreement_top1") if key in last)

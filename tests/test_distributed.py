@@ -1,0 +1,153 @@
+"""Stage two under DDP, two gloo processes on the CPU: a non-finite loss on one rank stops every rank, and
+the keypoint term's global normalisation over real all-reduces.
+
+Each test forks two processes (a spawn re-imports torch in each: seconds instead of a fraction of one; the
+children use one CPU thread and no CUDA, which keeps forking safe) and waits at most PROCESS_TIMEOUT_S for
+them: a rank left hanging in an all-reduce fails the test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as multiprocessing
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from distill.config import DistillConfig
+from distill.distributed import init_distributed, shutdown, sum_over_ranks
+from distill.heads import HeadSpec
+from distill.loss_tracking import NONFINITE_CHECK_EVERY
+from distill.losses import DistillationLoss
+from distill.train import TrainingError, train_one_epoch
+
+PROCESS_TIMEOUT_S = 60
+WORLD_SIZE = 2
+CLASSIFIER = HeadSpec("teacher/logits", "logits", (5,))
+KEYPOINTS = HeadSpec("coco-keypoints/heatmaps", "heatmaps", (3, 4, 4), mask_key="coco-keypoints/person_present")
+
+
+class TinyStudent(torch.nn.Module):
+    """(B, 3, T, H, W) video -> {"teacher/logits": (B, 5)}."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 5)
+
+    def forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {CLASSIFIER.key: self.linear(video.mean(dim=(2, 3, 4)))}
+
+
+class LossTurningNaN(DistillationLoss):
+    """The real loss, made NaN from call `nan_from_call` on (counted from 1); never when it is None."""
+
+    def __init__(self, heads, nan_from_call: int | None):
+        super().__init__(heads)
+        self.nan_from_call = nan_from_call
+        self.calls = 0
+
+    def __call__(self, predictions, targets):
+        terms = super().__call__(predictions, targets)
+        self.calls += 1
+        if self.nan_from_call is not None and self.calls >= self.nan_from_call:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+
+def _train_with_nan_on_rank_1(context) -> dict:
+    torch.manual_seed(context.rank)
+    steps = NONFINITE_CHECK_EVERY + 5
+    loader = [{"video": torch.randn(2, 3, 2, 4, 4), "targets": {CLASSIFIER.key: torch.randn(2, 5)}} for _ in range(steps)]
+    model = DistributedDataParallel(TinyStudent())
+    loss_fn = LossTurningNaN([CLASSIFIER], nan_from_call=3 if context.rank == 1 else None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    config = DistillConfig(lr=0.01, warmup_steps=0, epochs=1, save_every_steps=1000)
+    state = {"step": 0, "epoch": 0, "stopped": False}
+    checkpoints = []
+    with tqdm(disable=True) as progress:
+        try:
+            train_one_epoch(model, loader, loss_fn, optimizer, None, torch.autocast("cpu", enabled=False), state,
+                            config, context, steps, progress, lambda: checkpoints.append(state["step"]))
+        except TrainingError as error:
+            return {"error": str(error), "step": state["step"], "checkpoints": checkpoints}
+    return {"error": None, "step": state["step"], "checkpoints": checkpoints}
+
+
+def _keypoint_loss_on_half_a_batch(context) -> dict:
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, 3, 4, 4, dtype=torch.float64, generator=generator)
+    heatmaps = torch.rand(6, 3, 4, 4, dtype=torch.float64, generator=generator)
+    flags = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+    half = slice(0, 2) if context.rank == 0 else slice(2, 6)  # 1 person on rank 0, 3 on rank 1
+    mine = logits[half].clone().requires_grad_(True)
+    loss = DistillationLoss([KEYPOINTS], sum_over_ranks=sum_over_ranks(context), world_size=context.world_size)
+    terms = loss({KEYPOINTS.key: mine}, {KEYPOINTS.key: heatmaps[half], KEYPOINTS.mask_key: flags[half]})
+    terms["loss"].backward()
+    whole = logits.clone().requires_grad_(True)
+    single = DistillationLoss([KEYPOINTS])({KEYPOINTS.key: whole}, {KEYPOINTS.key: heatmaps, KEYPOINTS.mask_key: flags})
+    single["loss"].backward()
+    return {"loss": terms["loss"].item(), "gradient": mine.grad.tolist(), "single_loss": single["loss"].item(),
+            "single_gradient": whole.grad[half].tolist()}
+
+
+SCENARIOS = {"nan_on_rank_1": _train_with_nan_on_rank_1, "keypoint_loss": _keypoint_loss_on_half_a_batch}
+
+
+def _worker(rank: int, port: int, scenario: str, results: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD_SIZE))
+    torch.set_num_threads(1)
+    context = init_distributed("cpu")
+    outcome = SCENARIOS[scenario](context)
+    shutdown(context)
+    (Path(results) / f"rank{rank}.json").write_text(json.dumps(outcome))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _run_two_ranks(scenario: str, results: Path) -> list[dict]:
+    processes = multiprocessing.start_processes(_worker, args=(_free_port(), scenario, str(results)), nprocs=WORLD_SIZE,
+                                                join=False, start_method="fork")
+    deadline = time.monotonic() + PROCESS_TIMEOUT_S
+    try:
+        while not processes.join(timeout=1):
+            if time.monotonic() > deadline:
+                pytest.fail(f"{scenario}: the two ranks did not finish within {PROCESS_TIMEOUT_S} s (a rank hangs)")
+    finally:
+        for process in processes.processes:
+            if process.is_alive():
+                process.kill()
+    return [json.loads((results / f"rank{rank}.json").read_text()) for rank in range(WORLD_SIZE)]
+
+
+def test_nonfinite_loss_stops_every_rank(tmp_path):
+    outcomes = _run_two_ranks("nan_on_rank_1", tmp_path)
+    for rank, outcome in enumerate(outcomes):
+        error = outcome["error"]
+        assert error is not None, f"rank {rank} trained on"
+        assert "\n" not in error and "non-finite" in error, error
+        assert f"steps 1-{NONFINITE_CHECK_EVERY}" in error and "at step 3 on rank 1" in error, error
+        # Stopped together at the first check, before the epoch's end and before any checkpoint.
+        assert outcome["step"] == NONFINITE_CHECK_EVERY and outcome["checkpoints"] == []
+    assert outcomes[0]["error"] == outcomes[1]["error"]
+
+
+def test_keypoint_loss_over_two_ranks_equals_one_process_over_the_whole_batch(tmp_path):
+    outcomes = _run_two_ranks("keypoint_loss", tmp_path)
+    single_loss = outcomes[0]["single_loss"]
+    assert math.isclose(sum(outcome["loss"] for outcome in outcomes) / WORLD_SIZE, single_loss, rel_tol=1e-12)
+    for outcome in outcomes:
+        # DDP averages the gradients over the ranks.
+        averaged = torch.tensor(outcome["gradient"], dtype=torch.float64) / WORLD_SIZE
+        torch.testing.assert_close(averaged, torch.tensor(outcome["single_gradient"], dtype=torch.float64))
