@@ -8,7 +8,9 @@
   DistInit does not train — replace it for your task — and `result.unexpected_keys` is empty. Every trunk
   weight is therefore loaded strictly; `load_exported_trunk` does this and checks it.
 - FILE's stem + ".heads.pt": the distillation heads' weights and the student's architecture
-  (HeadSpecs included), enough to rebuild the whole DistillStudent.
+  (HeadSpecs included), enough to rebuild the whole DistillStudent, and the input normalisation the
+  trunk was trained with (`input_normalisation`: mean/std of [0, 1] RGB; the video mean/std for
+  distilled RGB students, None for flow). Feed the exported trunk input normalised that way.
 A flow student (2 input channels) exports the same way; its first convolution takes 2 channels, so
 `load_exported_trunk` swaps torchvision's 3-channel first convolution for a 2-channel one before loading.
 Tiny-width students are not torchvision-shaped and are refused.
@@ -47,7 +49,8 @@ TORCHVISION_VIDEO_MODELS = ("r2plus1d_18", "r3d_18", "mc3_18", "s3d")
 
 def export_trunk(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike) -> dict[str, Any]:
     """Checkpoint (a dict with "model" and "architecture") -> torchvision trunk state_dict at `out_path`
-    plus heads beside it. Returns {"trunk": path, "heads": path, "name", "in_channels", "missing_keys"}."""
+    plus heads beside it. Returns {"trunk": path, "heads": path, "name", "in_channels", "input_normalisation",
+    "missing_keys"}."""
     checkpoint = load_checkpoint(checkpoint_path)  # the trainer's reader: one-line errors for bad files
     architecture = checkpoint["architecture"]
     if architecture.get("name") not in TORCHVISION_VIDEO_MODELS:
@@ -71,9 +74,11 @@ def export_trunk(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike
 
     # clone(): state_dict tensors share storage with the model; save compact, standalone tensors.
     trunk_state = {key: value.detach().clone() for key, value in student.trunk_state_dict().items()}
+    architecture = student.architecture()
     heads_payload = {
         "format": HEADS_FORMAT,
-        "architecture": student.architecture(),
+        "architecture": architecture,
+        "input_normalisation": architecture["input_normalisation"],
         "head_state_dict": {key: value.detach().clone() for key, value in student.head_state_dict().items()},
         "trunk_file": Path(out_path).name,
     }
@@ -86,13 +91,15 @@ def export_trunk(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike
     # Prove the promise before telling anyone: torchvision's model takes every trunk weight.
     model = load_exported_trunk(out_path, student.name)
     missing = sorted(key for key in model.state_dict() if key not in trunk_state)
-    logger.info("exported %s trunk (%d tensors) to %s, heads to %s; left to torchvision: %s",
-                student.name, len(trunk_state), out_path, heads_path, ", ".join(missing))
+    logger.info("exported %s trunk (%d tensors) to %s, heads to %s; left to torchvision: %s; input normalisation %s",
+                student.name, len(trunk_state), out_path, heads_path, ", ".join(missing),
+                architecture["input_normalisation"])
     return {
         "trunk": str(out_path),
         "heads": str(heads_path),
         "name": student.name,
         "in_channels": student.in_channels,
+        "input_normalisation": architecture["input_normalisation"],
         "missing_keys": missing,
     }
 

@@ -7,6 +7,9 @@
 Registered names follow torchvision.models.video (`r2plus1d_18` default, `r3d_18`, `mc3_18`, `s3d`).
 Weights start random (nothing is ever downloaded). `in_channels=2` gives the optical-flow student.
 A checkpoint stores `student.architecture()`; `DistillStudent.from_architecture` rebuilds the model.
+The architecture records the input normalisation the weights expect (`input_normalisation`, mean/std
+of [0, 1] RGB): the video mean/std the distilled students are trained with, an inflated 2D network's
+own ImageNet normalisation, None for an optical-flow trunk (flow has its own scaling, distill.flow).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
+from distill.augment import VIDEO_NORMALISATION, Normalisation
 from distill.heads import HeadSpec, build_head, head_module_name
 from distill.trunks import WIDTHS, mc3_18_trunk, r2plus1d_18_trunk, r3d_18_trunk, s3d_trunk
 from pipeline.errors import ConfigError
@@ -72,13 +76,15 @@ class DistillStudent(nn.Module):
     """A trunk plus named heads. `heads` is the list of HeadSpecs; the modules live in `head_modules`."""
 
     def __init__(
-        self, name: str, trunk: nn.Module, heads: Sequence[HeadSpec], *, width: str, in_channels: int, dropout: float
+        self, name: str, trunk: nn.Module, heads: Sequence[HeadSpec], *, width: str, in_channels: int, dropout: float,
+        input_normalisation: Normalisation | None = None,
     ):
         super().__init__()
         self.name = name
         self.width = width
         self.in_channels = in_channels
         self.dropout = dropout
+        self.input_normalisation = input_normalisation
         self.trunk = trunk
         self.feature_dim = int(trunk.feature_dim)
         self.heads = list(heads)
@@ -113,15 +119,18 @@ class DistillStudent(nn.Module):
             "in_channels": self.in_channels,
             "heads": [spec.to_dict() for spec in self.heads],
             "dropout": self.dropout,
+            "input_normalisation": None if self.input_normalisation is None else self.input_normalisation.to_dict(),
         }
 
     @classmethod
     def from_architecture(cls, architecture: dict[str, Any]) -> "DistillStudent":
+        """Rebuild from `architecture()`; one written before `input_normalisation` was recorded gets the default
+        (the video mean/std every student was then trained with)."""
         expected = {"name", "width", "in_channels", "heads", "dropout"}
-        if set(architecture) != expected:
+        if set(architecture) - {"input_normalisation"} != expected:
             raise ConfigError(
                 f"student architecture has keys {sorted(architecture)}; expected {sorted(expected)} "
-                "(a checkpoint from another version?)"
+                "and input_normalisation (a checkpoint from another version?)"
             )
         return create_student(
             architecture["name"],
@@ -129,6 +138,7 @@ class DistillStudent(nn.Module):
             width=architecture["width"],
             in_channels=int(architecture["in_channels"]),
             dropout=float(architecture["dropout"]),
+            input_normalisation=recorded_normalisation(architecture),
         )
 
     def trunk_state_dict(self) -> dict[str, torch.Tensor]:
@@ -155,6 +165,15 @@ class DistillStudent(nn.Module):
             )
 
 
+def recorded_normalisation(architecture: dict[str, Any]) -> Normalisation | None:
+    """The input normalisation an `architecture()` dict records; for RGB the video mean/std when it predates the
+    field (every student was trained on it then)."""
+    if "input_normalisation" not in architecture:
+        return VIDEO_NORMALISATION if int(architecture.get("in_channels", 3)) == 3 else None
+    recorded = architecture["input_normalisation"]
+    return None if recorded is None else Normalisation.from_dict(recorded)
+
+
 def create_student(
     name: str = "r2plus1d_18",
     heads: Sequence[HeadSpec] = (),
@@ -162,8 +181,11 @@ def create_student(
     width: str = "full",
     in_channels: int = 3,
     dropout: float = 0.0,
+    input_normalisation: Normalisation | None = None,
 ) -> DistillStudent:
-    """Build the registered student `name` with one head per spec (random weights, nothing downloaded)."""
+    """Build the registered student `name` with one head per spec (random weights, nothing downloaded).
+
+    `input_normalisation` defaults to the video mean/std for RGB (3 channels), None otherwise."""
     entry = student_entry(name)
     if width not in WIDTHS:
         raise ConfigError(f"student width {width!r} is unknown; use one of {', '.join(WIDTHS)}")
@@ -171,8 +193,13 @@ def create_student(
         raise ConfigError(f"student in_channels must be >= 1 (3 for RGB, 2 for optical flow); got {in_channels}")
     if not 0.0 <= float(dropout) < 1.0:
         raise ConfigError(f"student dropout must be in [0, 1); got {dropout}")
+    if input_normalisation is None and int(in_channels) == 3:
+        input_normalisation = VIDEO_NORMALISATION
+    elif input_normalisation is not None and int(in_channels) != 3:
+        raise ConfigError(f"student input_normalisation is for RGB input; a {in_channels}-channel student takes none")
     trunk = entry.build_trunk(width, int(in_channels))
-    student = DistillStudent(name, trunk, heads, width=width, in_channels=int(in_channels), dropout=float(dropout))
+    student = DistillStudent(name, trunk, heads, width=width, in_channels=int(in_channels), dropout=float(dropout),
+                             input_normalisation=input_normalisation)
     parameter_count = sum(parameter.numel() for parameter in student.parameters())
     logger.info(
         "student %s (%s, %d input channels): %d heads, %.2fM parameters",

@@ -4,9 +4,10 @@ Training, one clip per video per epoch (pytorchvideo-style sample dicts):
     {"video": (3, T, crop, crop) float32, "label": int, "video_index": int, "clip_start": seconds}
 a random start anywhere in the video, a random crop of the frames resized to `short_side`, a random
 left-right flip (unless `flip=False`, for classes a mirror changes: pan left / pan right), normalised
-like stage two (VIDEO_MEAN / VIDEO_STD). Randomness is a function of (seed, epoch, index) only, so
-any number of DataLoader workers gives the same clips; call `set_epoch` before each epoch with
-`persistent_workers=False`.
+with the init's `normalisation` (evaluate.initialization: the video mean/std of stage two for distilled
+and scratch trunks, the 2D model's own for inflated ones). Randomness is a function of (seed, epoch,
+index) only, so any number of DataLoader workers gives the same clips; call `set_epoch` before each
+epoch with `persistent_workers=False`.
 
 Testing, one sample per video holding all of its views:
     {"video": (clips x crops, 3, T, crop, crop), "label": int, "video_index": int, "failed": str | None}
@@ -14,6 +15,8 @@ Testing, one sample per video holding all of its views:
 centre-cropped, or with `three_crop` cropped at the start, centre and end of the long side (left/centre/
 right for landscape video, top/centre/bottom for portrait). All of a video's frames come from one decode.
 A test video that fails to decode comes back with zero views and `failed` set to the reason.
+With `temporal_ablations` the sample also holds "ablations": {name: views of the same shape}, the same
+views reordered in time (evaluate.ablations), made from the same decoded frames.
 
 A clip running past the end of a short video repeats its last frame (as `pipeline.video.read_clip` does).
 """
@@ -27,7 +30,9 @@ import numpy as np
 import torch
 
 from distill import augment
+from distill.augment import VIDEO_NORMALISATION, Normalisation
 from distill.windows import ClipSpec
+from evaluate.ablations import ablated_views
 from pipeline.datasets import VideoRecord
 from pipeline.errors import DistinitError, VideoError
 from pipeline.video.skipping import DecodeFailures, sample_skipping_failures
@@ -91,9 +96,10 @@ class TrainingClips(torch.utils.data.Dataset):
     """One random clip of each video per epoch (see the module docstring)."""
 
     def __init__(self, records: Sequence[VideoRecord], clip: ClipSpec, *, seed: int, flip: bool = True,
-                 max_decode_failures: int = 50):
+                 max_decode_failures: int = 50, normalisation: Normalisation = VIDEO_NORMALISATION):
         self.records = _check_records(records, "training")
         self.clip, self.seed, self.epoch, self.flip = clip, int(seed), 0, bool(flip)
+        self.normalisation = normalisation
         self.max_decode_failures = int(max_decode_failures)
         self.videos = _VideoInfoCache()
         self.failures = DecodeFailures(self.max_decode_failures, (
@@ -125,23 +131,29 @@ class TrainingClips(torch.utils.data.Dataset):
         frames = augment.crop_frames(frames, top, left, self.clip.crop)
         if rng.random() < augment.FLIP_PROBABILITY and self.flip:  # drawn either way: flip=False keeps the crops
             frames = augment.flip_frames(frames)
-        return {"video": augment.rgb_to_tensor(frames), "label": int(record.label), "video_index": index,
-                "clip_start": start / fps}
+        return {"video": augment.rgb_to_tensor(frames, self.normalisation), "label": int(record.label),
+                "video_index": index, "clip_start": start / fps}
 
 
 class EvaluationClips(torch.utils.data.Dataset):
     """Every view of one test video per sample (see the module docstring); use with batch_size=None."""
 
-    def __init__(self, records: Sequence[VideoRecord], clip: ClipSpec, *, clips_per_video: int, three_crop: bool):
+    def __init__(self, records: Sequence[VideoRecord], clip: ClipSpec, *, clips_per_video: int, three_crop: bool,
+                 normalisation: Normalisation = VIDEO_NORMALISATION, temporal_ablations: bool = False):
         if clips_per_video < 1:
             raise DistinitError(f"test clips per video must be >= 1, got {clips_per_video}")
         self.records = _check_records(records, "test")
         self.clip, self.clips_per_video, self.three_crop = clip, int(clips_per_video), bool(three_crop)
+        self.normalisation, self.temporal_ablations = normalisation, bool(temporal_ablations)
         self.videos = _VideoInfoCache()
 
     @property
+    def crops_per_clip(self) -> int:
+        return 3 if self.three_crop else 1
+
+    @property
     def views_per_video(self) -> int:
-        return self.clips_per_video * (3 if self.three_crop else 1)
+        return self.clips_per_video * self.crops_per_clip
 
     def __len__(self) -> int:
         return len(self.records)
@@ -153,12 +165,17 @@ class EvaluationClips(torch.utils.data.Dataset):
             frames = self._frames(record)  # (clips, T, H, W, 3)
         except VideoError as error:
             logger.warning("test video %s does not decode: %s", record.path, error.reason)
-            shape = (0, 3, self.clip.frames, self.clip.crop, self.clip.crop)
-            return {**sample, "video": torch.zeros(shape), "failed": error.reason}
-        offsets = crop_offsets(frames.shape[2], frames.shape[3], self.clip.crop, self.three_crop)
-        views = [augment.rgb_to_tensor(augment.crop_frames(clip, top, left, self.clip.crop))
-                 for clip in frames for top, left in offsets]
-        return {**sample, "video": torch.stack(views)}  # (clips x crops, 3, T, crop, crop)
+            views = torch.zeros((0, 3, self.clip.frames, self.clip.crop, self.clip.crop))
+            sample["failed"] = error.reason
+        else:
+            offsets = crop_offsets(frames.shape[2], frames.shape[3], self.clip.crop, self.three_crop)
+            views = torch.stack([augment.rgb_to_tensor(augment.crop_frames(clip, top, left, self.clip.crop),
+                                                       self.normalisation)
+                                 for clip in frames for top, left in offsets])  # (clips x crops, 3, T, crop, crop)
+        sample["video"] = views
+        if self.temporal_ablations:
+            sample["ablations"] = ablated_views(views, index, self.crops_per_clip)
+        return sample
 
     def _frames(self, record: VideoRecord) -> np.ndarray:
         fps, frame_count = self.videos.get(record.path)

@@ -7,6 +7,11 @@ what it was distilled on. `lr_trunk_scale` multiplies the learning rate of the t
 is 0.1 for a pretrained trunk (a distilled checkpoint or an inflated 2D network: keep most of what it
 learned, let the new classifier move fast) and 1.0 for `scratch` (nothing to keep). A linear probe
 trains only the classifier, so the scale does not apply there.
+
+Training batches drop the last, partial batch of an epoch (a batch norm on 2 clips is noisy), so a split
+needs at least `batch_size` training videos. With `temporal_ablations` the trained model is also scored on
+the test views shuffled in time and with one frame repeated (evaluate.ablations): 3x the test forward
+passes, nothing more. Clips are normalised as the init expects (evaluate.initialization).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from typing import Any
 from pipeline.errors import ConfigError
 
 # Bump when a change to stage three's code changes what a run produces (part of the results key).
-CODE_VERSION = "eval-1"
+# eval-2: per-init input normalisation, failed test videos counted wrong, drop_last, temporal ablations.
+CODE_VERSION = "eval-2"
 
 # Options that change speed or where things are, never the results: left out of the results key. The
 # dataset enters the key through its manifest hash (ids, sizes, labels, split roles), not its path.
@@ -47,6 +53,7 @@ class EvalConfig:
     flip: bool = True  # random left-right flips of training clips; off where a mirror changes the class
     test_clips: int = 10  # uniformly spaced clips per test video
     three_crop: bool = False  # x 3 crops along the long side at test time (else the centre crop)
+    temporal_ablations: bool = True  # also score the test views shuffled in time and with one frame repeated
     optimizer: str = "sgd"  # "sgd" (momentum, Nesterov) | "adamw"
     lr: float = 0.01  # the classifier's learning rate; the trunk's is lr * lr_trunk_scale
     lr_trunk_scale: float | None = None  # None: 0.1 for a pretrained trunk, 1.0 for scratch (module docstring)

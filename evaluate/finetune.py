@@ -1,10 +1,12 @@
 """Stage three: finetune (or linear-probe) an initialised trunk on each split's train list, score its test list.
 
-Read top to bottom: `run_eval` lists the dataset and checks every split, resolves INIT, names the output
-folder by a key, then for each (split, seed) `run_split`: seed -> data -> trunk from INIT + a new
-classifier -> optimizer -> train epochs (one random clip per video each) -> test (uniformly spaced clips
-per video, softmax averaged) -> a RunResult. Finished runs are kept in `<out>/runs/` and reused when the
-same command runs again. One process, one device (a 2-core CPU or one GPU is what eval needs).
+Read top to bottom: `run_eval` lists the dataset and checks every split, resolves INIT (its weights and
+the input normalisation they expect), names the output folder by a key, then for each (split, seed)
+`run_split`: seed -> data -> trunk from INIT + a new classifier -> optimizer -> train epochs (one random
+clip per video each, full batches only) -> test (uniformly spaced clips per video, softmax averaged; a
+video that fails to decode counts as wrong; with temporal ablations the same views shuffled in time and
+with one frame repeated, evaluate.ablations) -> a RunResult. Finished runs are kept in `<out>/runs/` and
+reused when the same command runs again. One process, one device (a 2-core CPU or one GPU is what eval needs).
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -29,14 +29,15 @@ from distill.schedule import learning_rate
 from distill.seeding import seed_everything, seed_worker
 from distill.train import autocast_for
 from distill.windows import ClipSpec
+from evaluate.ablations import ORIGINAL
 from evaluate.classifier import VideoClassifier, build_optimizer
 from evaluate.clips import EvaluationClips, TrainingClips
 from evaluate.config import CODE_VERSION, EvalConfig
 from evaluate.data import dataset_description, load_listing, split_records
 from evaluate.initialization import Initialization, resolve_init
 from evaluate.overlap import record_pretraining_overlap
-from evaluate.metrics import clip_accuracy, confusion_matrix, topk_accuracy, video_scores
 from evaluate.results import EvalResult, RunResult, summarise, write_results
+from evaluate.scoring import score
 from pipeline.atomic import atomic_write_text, make_output_folder
 from pipeline.errors import DistinitError
 from pipeline.hashing import sha256_json
@@ -86,18 +87,22 @@ def train_one_epoch(model, loader, optimizer, autocast, scaler, state, config, t
 
 @torch.no_grad()
 def predict(model, loader, batch_size: int, autocast, device, max_failures: int, show_progress: bool):
-    """(clip logits (N, C) float64, video index per clip (N,), failed {video index: reason}); views of
-    several videos share a forward batch."""
+    """({stream: clip logits (N, C) float64}, video index per clip (N,), failed {video index: reason}).
+
+    Stream "original" holds the test views; with temporal ablations each ablation (evaluate.ablations) is a
+    stream of the same views reordered in time, row for row. Views of several videos share a forward batch."""
     model.eval()
-    logits_parts, index_parts, failed = [], [], {}
-    pending_views, pending_index = [], []
+    logits_parts: dict[str, list[torch.Tensor]] = {}
+    pending: dict[str, list[torch.Tensor]] = {}
+    index_parts, pending_index, failed = [], [], {}
 
     def flush() -> None:
-        views = torch.cat(pending_views).to(device, non_blocking=True)
-        with autocast:
-            logits_parts.append(model(views).double().cpu())
+        for stream, parts in pending.items():
+            views = torch.cat(parts).to(device, non_blocking=True)
+            with autocast:
+                logits_parts.setdefault(stream, []).append(model(views).double().cpu())
         index_parts.append(torch.cat(pending_index))
-        pending_views.clear()
+        pending.clear()
         pending_index.clear()
 
     for sample in tqdm(loader, desc="test", unit="video", disable=not show_progress, leave=False):
@@ -107,36 +112,17 @@ def predict(model, loader, batch_size: int, autocast, device, max_failures: int,
                 raise FinetuneError(f"more than {max_failures} test videos failed to decode, the last with "
                                     f"{sample['failed']}; check the videos or raise --set max_decode_failures=N")
             continue
-        pending_views.append(sample["video"])
+        for stream, views in {ORIGINAL: sample["video"], **sample.get("ablations", {})}.items():
+            pending.setdefault(stream, []).append(views)
         pending_index.append(torch.full((len(sample["video"]),), sample["video_index"], dtype=torch.int64))
-        if sum(len(views) for views in pending_views) >= batch_size:
+        if sum(len(views) for views in pending[ORIGINAL]) >= batch_size:
             flush()
-    if pending_views:
+    if pending_index:
         flush()
     if not logits_parts:
         raise FinetuneError("no test video decoded; check the videos under --root")
-    return torch.cat(logits_parts).numpy(), torch.cat(index_parts).numpy(), failed
-
-
-def score(clip_logits: np.ndarray, clip_video_index: np.ndarray, records, num_classes: int) -> dict[str, Any]:
-    """Clip and video metrics over the videos that have views; video positions are compacted first."""
-    scored = sorted(set(clip_video_index.tolist()))
-    position = {video: place for place, video in enumerate(scored)}
-    clip_position = np.array([position[video] for video in clip_video_index], dtype=np.int64)
-    video_labels = np.array([records[video].label for video in scored], dtype=np.int64)
-    scores = video_scores(clip_logits, clip_position, len(scored))  # (V, C)
-    predicted = scores.argmax(axis=1)
-    return {
-        "clip_top1": clip_accuracy(clip_logits, video_labels[clip_position]),
-        "video_top1": topk_accuracy(scores, video_labels, 1),
-        "video_top5": topk_accuracy(scores, video_labels, 5),
-        "confusion": confusion_matrix(predicted, video_labels, num_classes).tolist(),
-        "predictions": [{"id": records[video].id, "label": int(label), "predicted": int(guess),
-                         "confidence": float(scores[place, guess])}
-                        for place, (video, label, guess) in enumerate(zip(scored, video_labels, predicted))],
-        "test_videos": len(scored),
-        "test_views": len(clip_logits),
-    }
+    return ({stream: torch.cat(parts).numpy() for stream, parts in logits_parts.items()},
+            torch.cat(index_parts).numpy(), failed)
 
 
 def run_split(train_records, test_records, split: int, seed: int, num_classes: int, config: EvalConfig,
@@ -146,20 +132,23 @@ def run_split(train_records, test_records, split: int, seed: int, num_classes: i
     # ---------------------------------------------------------------- seed, data
     seed_everything(seed, 0, config.deterministic)
     clip = ClipSpec(frames=config.frames, stride=config.stride, short_side=config.short_side, crop=config.crop)
-    train_set = TrainingClips(train_records, clip, seed=seed, flip=config.flip,
+    train_set = TrainingClips(train_records, clip, seed=seed, flip=config.flip, normalisation=initialization.normalisation,
                               max_decode_failures=config.max_decode_failures)
-    test_set = EvaluationClips(test_records, clip, clips_per_video=config.test_clips, three_crop=config.three_crop)
+    test_set = EvaluationClips(test_records, clip, clips_per_video=config.test_clips, three_crop=config.three_crop,
+                               normalisation=initialization.normalisation, temporal_ablations=config.temporal_ablations)
     sampler = ResumableSampler(len(train_set), shuffle=True, seed=seed)
     common = dict(num_workers=config.workers, worker_init_fn=seed_worker, persistent_workers=False,
                   pin_memory=device.type == "cuda")
-    train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
+    # drop_last: a last batch of 2 clips (HMDB-51 split 1) would give its batch norms noisy statistics
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,
                               generator=torch.Generator().manual_seed(seed), **common)
     test_loader = DataLoader(test_set, batch_size=None, shuffle=False, **common)
     # ---------------------------------------------------------------- model, optimizer
     model = VideoClassifier(initialization.build_backbone(), num_classes, config.dropout, config.linear_probe).to(device)
-    optimizer = build_optimizer(model, config, config.trunk_scale(initialization.pretrained))
+    trunk_lr_scale = 0.0 if config.linear_probe else config.trunk_scale(initialization.pretrained)
+    optimizer = build_optimizer(model, config, trunk_lr_scale)
     autocast, scaler = autocast_for(config, device)
-    total_steps = config.epochs * len(train_loader)
+    total_steps = config.epochs * len(train_loader)  # full batches only (drop_last)
     state, curves = {"step": 0}, []
     # ---------------------------------------------------------------- train, then test
     with tqdm(total=total_steps, unit="step", desc=f"split {split} seed {seed}", disable=not show_progress) as progress:
@@ -172,15 +161,17 @@ def run_split(train_records, test_records, split: int, seed: int, num_classes: i
             logger.info("split %d seed %d epoch %s", split, seed, json.dumps(record, sort_keys=True))
     clip_logits, clip_video_index, failed = predict(model, test_loader, config.batch_size, autocast, device,
                                                     config.max_decode_failures, show_progress)
-    metrics = score(clip_logits, clip_video_index, test_set.records, num_classes)
+    metrics = score(clip_logits, clip_video_index, test_set.records, num_classes, test_set.views_per_video)
     result = RunResult(split=split, seed=seed, train_videos=len(train_set),
                        failed_videos=[str(test_set.records[index].path) for index in sorted(failed)],
-                       curves=curves, seconds=time.monotonic() - started, **metrics)
+                       trunk_lr_scale=trunk_lr_scale, curves=curves, seconds=time.monotonic() - started, **metrics)
     return result, model
 
 
-def results_key(config: EvalConfig, manifest_sha256: str, init_identity: str) -> str:
-    return sha256_json({"config": config.key_fields(), "dataset": manifest_sha256, "init": init_identity,
+def results_key(config: EvalConfig, manifest_sha256: str, initialization: Initialization) -> str:
+    """What names a results folder and lets finished runs be reused: config, dataset, init, normalisation, code."""
+    return sha256_json({"config": config.key_fields(), "dataset": manifest_sha256, "init": initialization.identity,
+                        "input_normalisation": initialization.normalisation.to_dict(),
                         "code_version": CODE_VERSION})[:16]
 
 
@@ -238,8 +229,12 @@ def _run_eval(config: EvalConfig, show_progress: bool) -> EvalResult:
     initialization = resolve_init(config.init, student=config.student, width=config.width)
     record_pretraining_overlap(initialization, split_lists, config.allow_test_overlap)  # refuses seen test videos
     initialization.build_backbone().check_clip_shape(config.frames, config.crop)
+    for split, (train_records, _) in split_lists.items():
+        if len(train_records) < config.batch_size:
+            raise FinetuneError(f"split {split} has {len(train_records)} training videos, fewer than batch_size="
+                                f"{config.batch_size} (training drops the last partial batch); lower --batch-size")
     dataset = dataset_description(config, listing, splits_folder)
-    key = results_key(config, dataset["manifest_sha256"], initialization.identity)
+    key = results_key(config, dataset["manifest_sha256"], initialization)
     out_dir = Path(config.out) if config.out else DEFAULT_OUT_ROOT / key
     make_output_folder(out_dir)
     write_provenance(out_dir, config, key=key, init=initialization.description, dataset=dataset,
@@ -254,8 +249,12 @@ def _run_eval(config: EvalConfig, show_progress: bool) -> EvalResult:
                 run, model = run_split(train_records, test_records, split, seed, len(listing.class_names), config,
                                        initialization, device, show_progress)
                 _store_run(out_dir, key, run, model, listing.class_names, config)
-            logger.info("split %d seed %d: clip top-1 %.3f, video top-1 %.3f, top-5 %.3f", split, seed, run.clip_top1,
-                        run.video_top1, run.video_top5)
+            logger.info("split %d seed %d: clip top-1 %.3f, video top-1 %.3f, top-5 %.3f (%d of %d test videos "
+                        "failed to decode, counted wrong)", split, seed, run.clip_top1, run.video_top1, run.video_top5,
+                        run.failed_test_videos, run.test_videos)
+            for ablation, metrics in run.ablations.items():
+                logger.info("split %d seed %d, %s test clips: clip top-1 %.3f, video top-1 %.3f, top-5 %.3f", split,
+                            seed, ablation, metrics["clip_top1"], metrics["video_top1"], metrics["video_top5"])
             runs.append(run)
     result = EvalResult(out_dir=out_dir, key=key, config=config, init=initialization.description, dataset=dataset,
                         class_names=list(listing.class_names), runs=runs, summary=summarise(runs),

@@ -15,6 +15,10 @@ resolution, ResNet-18's at 1/4), strides time by 2 in layers 2-4 and pads time w
 mapped r3d_18 is not frame-for-frame ResNet-18; `inflate_module(resnet18)` (generic, keeps the
 max-pool, replicate padding) is, and is what the I3D-property test checks. The generic machinery lives
 in `evaluate.inflation`, re-exported here.
+
+Each source keeps its own input normalisation (the inflated network equals its 2D source only on input
+normalised as that source was trained): ResNet-18 torchvision's ImageNet mean/std, EfficientNet-Lite0
+(x - 0.498) / 0.502. The backbone records it as `input_normalisation`, and eval normalises with it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import torch
 import torch.nn as nn
 
+from distill.augment import Normalisation
 from evaluate.inflation import (  # noqa: F401  (re-exported: the public inflation API)
     INFLATION_RULES,
     InflatedConv3d,
@@ -38,6 +43,7 @@ from evaluate.inflation import (  # noqa: F401  (re-exported: the public inflati
     register_inflation,
     spatial_time_kernel,
 )
+from extract.teachers.imagenet_efficientnet import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
 from extract.teachers.weights import (
     RANDOM_INIT_SHA256,
     RANDOM_WEIGHTS,
@@ -55,6 +61,9 @@ logger = logging.getLogger(__name__)
 RESNET18_LABEL = "resnet18 (ImageNet weights to inflate)"
 _RESNET_BLOCK_KEY = re.compile(r"^(layer[1-4]\.\d+)\.(conv|bn)([12])\.(.+)$")
 _RESNET_DOWNSAMPLE_KEY = re.compile(r"^layer[1-4]\.\d+\.downsample\.[01]\.")
+# torchvision's ImageNet classifiers, ResNet18_Weights.IMAGENET1K_V1.transforms() (a test checks they agree).
+IMAGENET_NORMALISATION = Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+EFFICIENTNET_LITE_NORMALISATION = Normalisation(EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD)
 
 
 def load_resnet18_2d(weights: str | os.PathLike | None = None) -> tuple[nn.Module, str]:
@@ -117,12 +126,14 @@ class InflatedSource:
     first_conv_key: str  # that trunk's input conv weight (given 2 channels for optical flow)
     temporal_padding: str  # how its convs pad time: r3d_18 is torchvision's (zeros)
     trunk_state: Callable[[str | None], tuple[dict[str, torch.Tensor], str]]  # weights -> (3D state, 2D sha256)
+    input_normalisation: Normalisation  # what the 2D network was trained on (random weights keep it: a control)
 
 
 INFLATED_SOURCES = {
-    "resnet18": InflatedSource("r3d_18", "stem.0.weight", "zeros", _resnet18_trunk_state),
+    "resnet18": InflatedSource("r3d_18", "stem.0.weight", "zeros", _resnet18_trunk_state, IMAGENET_NORMALISATION),
     "efficientnet_lite0": InflatedSource(
-        "efficientnet_lite0_3d", "_conv_stem.weight", "replicate", _efficientnet_lite0_trunk_state
+        "efficientnet_lite0_3d", "_conv_stem.weight", "replicate", _efficientnet_lite0_trunk_state,
+        EFFICIENTNET_LITE_NORMALISATION,
     ),
 }
 
@@ -155,7 +166,8 @@ def build_inflated_backbone(
 
     `student`, when given, must be the student the spec inflates into; `weights` is the same as `@FILE`.
     `in_channels=2` gives a flow trunk whose first conv averages the RGB weights. The returned module's
-    `inflation` attribute (a JSON-ready dict) records the source and the 2D weights' sha256."""
+    `inflation` attribute (a JSON-ready dict) records the source and the 2D weights' sha256; its
+    `input_normalisation` is the 2D network's own (None for flow)."""
     from distill.students import create_student  # late: distill.students imports this package's student
 
     name, spec_weights = parse_inflated_spec(spec)
@@ -171,7 +183,9 @@ def build_inflated_backbone(
     trunk_state, sha256 = source.trunk_state(weights)
     if in_channels != 3:
         trunk_state[source.first_conv_key] = cross_modality_weight(trunk_state[source.first_conv_key], in_channels)
-    backbone = create_student(source.student, (), width="full", in_channels=in_channels)
+    normalisation = source.input_normalisation if in_channels == 3 else None
+    backbone = create_student(source.student, (), width="full", in_channels=in_channels,
+                              input_normalisation=normalisation)
     backbone.trunk.load_state_dict(trunk_state, strict=True)
     backbone.inflation = {
         "source": name,
@@ -180,6 +194,7 @@ def build_inflated_backbone(
         "weights_sha256": sha256,
         "temporal_padding": source.temporal_padding,
         "in_channels": in_channels,
+        "input_normalisation": None if normalisation is None else normalisation.to_dict(),
     }
     logger.info("inflated %s (%s weights, sha256 %s) into %s", name, weights or "default", sha256[:12], source.student)
     return backbone

@@ -7,6 +7,11 @@
 A checkpoint's architecture comes from the checkpoint (STYLE item 7); `student` / `width`, when given,
 must agree with it. Its heads (the teachers' outputs) are dropped: only `trunk.*` weights are loaded.
 A run folder (or a runs root with a `latest` file, as distill writes) stands for its checkpoint-last.pt.
+
+Each init carries the input normalisation its weights expect (`Initialization.normalisation`), which eval
+applies to every clip: a checkpoint's recorded value (the video mean/std for checkpoints written before
+students recorded one: they were all trained on it), the video mean/std for scratch, and the 2D model's
+own for `inflated:<model>`. It is also in the description (`input_normalisation`) and the results key.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from typing import Any, Callable
 
 import torch
 
+from distill.augment import VIDEO_NORMALISATION, Normalisation
 from distill.checkpoint import LAST, load_checkpoint
-from distill.students import DistillStudent, create_student
+from distill.students import DistillStudent, create_student, recorded_normalisation
 from pipeline.errors import DistinitError
 from pipeline.hashing import sha256_file
 
@@ -44,6 +50,7 @@ class Initialization:
     pretrained: bool  # whether the trunk starts from learned weights (sets the default trunk lr scale)
     identity: str  # what the results key hashes: the checkpoint's sha256, the architecture, the weights' hash
     build_backbone: Callable[[], DistillStudent]  # a fresh backbone; scratch draws from torch's RNG
+    normalisation: Normalisation = VIDEO_NORMALISATION  # the input normalisation the weights expect (docstring)
 
 
 def resolve_init(init: str, *, student: str | None = None, width: str | None = None) -> Initialization:
@@ -75,10 +82,12 @@ def scratch_init(student: str, width: str) -> Initialization:
     create_student(student, (), width=width)  # refuses an unknown student or width now, not after loading data
     return Initialization(
         kind="scratch",
-        description={"kind": "scratch", "spec": "scratch", "architecture": {"name": student, "width": width}},
+        description={"kind": "scratch", "spec": "scratch", "architecture": {"name": student, "width": width},
+                     "input_normalisation": VIDEO_NORMALISATION.to_dict()},
         pretrained=False,
         identity=f"scratch:{student}:{width}",
         build_backbone=lambda: create_student(student, (), width=width),
+        normalisation=VIDEO_NORMALISATION,
     )
 
 
@@ -111,9 +120,10 @@ def checkpoint_init(path: Path, student: str | None, width: str | None) -> Initi
     trunk_weights = {key[len(TRUNK_PREFIX):]: value for key, value in weights.items() if key.startswith(TRUNK_PREFIX)}
     if not trunk_weights:
         raise DistinitError(f"{path}: the checkpoint's model has no trunk.* weights; pass one written by distill")
+    normalisation = _checkpoint_normalisation(path, architecture)
 
     def build_backbone() -> DistillStudent:
-        backbone = create_student(name, (), width=checkpoint_width, in_channels=3)
+        backbone = create_student(name, (), width=checkpoint_width, in_channels=3, input_normalisation=normalisation)
         try:
             backbone.trunk.load_state_dict(trunk_weights)
         except RuntimeError as error:
@@ -128,6 +138,7 @@ def checkpoint_init(path: Path, student: str | None, width: str | None) -> Initi
         "path": str(path.resolve()),
         "sha256": sha256_file(path),
         "architecture": {"name": name, "width": checkpoint_width, "in_channels": 3},
+        "input_normalisation": normalisation.to_dict(),
         "dropped_heads": [head.get("key") for head in architecture.get("heads") or [] if isinstance(head, dict)],
         "distill_step": state.get("step"),
         "distill_epoch": state.get("epoch"),
@@ -136,7 +147,20 @@ def checkpoint_init(path: Path, student: str | None, width: str | None) -> Initi
         "distill_config": state.get("config"),  # e.g. shuffle_targets marks the control row in compare
     }
     logger.info("init from %s: %s (%s), %d trunk tensors, heads dropped", path, name, checkpoint_width, len(trunk_weights))
-    return Initialization("checkpoint", description, True, description["sha256"], build_backbone)
+    return Initialization("checkpoint", description, True, description["sha256"], build_backbone, normalisation)
+
+
+def _checkpoint_normalisation(path: Path, architecture: dict[str, Any]) -> Normalisation:
+    if "input_normalisation" not in architecture:
+        logger.info("%s records no input normalisation (an older checkpoint): using the video mean/std it was "
+                    "trained with", path)
+    try:
+        normalisation = recorded_normalisation(architecture)
+    except DistinitError as error:
+        raise DistinitError(f"{path}: {error}") from None
+    if normalisation is None:
+        raise DistinitError(f"{path}: the checkpoint records no RGB input normalisation; pass one written by distill")
+    return normalisation
 
 
 def _clip_of(config: Any) -> dict[str, Any] | None:
@@ -163,12 +187,13 @@ def inflated_init(spec: str, student: str | None, width: str | None) -> Initiali
         "source": spec,
         "architecture": {"name": prototype.name, "width": prototype.width, "in_channels": prototype.in_channels},
         "weights_sha256": state_dict_sha256(prototype),
+        "input_normalisation": prototype.input_normalisation.to_dict(),
     }
     details = getattr(prototype, "inflation", None)  # what evaluate.inflate may record about its source weights
     if isinstance(details, dict):
         description["inflation"] = details
     return Initialization("inflated", description, not spec.endswith(":random"), description["weights_sha256"],
-                          lambda: copy.deepcopy(prototype))
+                          lambda: copy.deepcopy(prototype), prototype.input_normalisation)
 
 
 def state_dict_sha256(module: torch.nn.Module) -> str:

@@ -39,9 +39,14 @@ class RunResult:
     video_top1: float  # softmax averaged over a video's views
     video_top5: float
     train_videos: int
-    test_videos: int  # scored (those that decoded)
-    test_views: int
-    failed_videos: list[str]  # test videos that did not decode, left out of the scores
+    test_videos: int  # in the test list, those that failed to decode included
+    test_views: int  # test_videos x views per video: the clip top-1 denominator
+    failed_videos: list[str]  # test videos that did not decode, counted as wrong (their views too)
+    failed_test_videos: int  # len(failed_videos)
+    trunk_lr_scale: float  # the trunk's learning rate / the classifier's; 0.0 for a linear probe (frozen trunk)
+    # evaluate.ablations: {"time_shuffled" | "frame_repeated": {"clip_top1", "video_top1", "video_top5"}}, the same
+    # model on the same test views reordered in time; {} when the config's temporal_ablations is off
+    ablations: dict[str, dict[str, float]]
     curves: list[dict[str, float]]  # per epoch: epoch, step, lr, train_loss, train_clip_top1, seconds, clips_per_second
     confusion: list[list[int]]  # video-level, row = true class, column = predicted
     predictions: list[dict[str, Any]]  # per test video: id, label, predicted, confidence

@@ -8,20 +8,23 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-from dataset_fixtures import make_hmdb51, make_ucf101
-from distill.augment import crop_frames, rgb_to_tensor
+from dataset_fixtures import PLACEHOLDER_BYTES, make_hmdb51, make_ucf101
+from distill.augment import VIDEO_NORMALISATION, Normalisation, crop_frames, rgb_to_tensor
 from distill.heads import HeadSpec
 from distill.students import create_student
 from distill.windows import ClipSpec
+from evaluate.ablations import FRAME_REPEATED, TIME_SHUFFLED, time_permutation
 from evaluate.clips import EvaluationClips, TrainingClips, clip_starts, crop_offsets
-from evaluate.config import EvalConfig
-from evaluate.finetune import run_eval
-from evaluate.initialization import checkpoint_path
+from evaluate.config import CODE_VERSION, EvalConfig
+from evaluate.finetune import _cached_run, _run_paths, results_key, run_eval
+from evaluate.initialization import checkpoint_path, resolve_init
+from evaluate.results import RunResult
 from pipeline.cli import main
 from pipeline.datasets import load_dataset
 from pipeline.hashing import sha256_file
@@ -136,6 +139,40 @@ def test_training_clips_without_flips_are_the_same_clips_unmirrored(hmdb):
     assert 0 < mirrored < 6  # seed 5 flips some of these six clips, not all
 
 
+def test_test_views_take_the_normalisation_they_are_given(hmdb):
+    listing = load_dataset("hmdb51", hmdb.root, splits_dir=hmdb.splits_dir)
+    clip = ClipSpec(frames=4, stride=2, short_side=32, crop=24)
+    imagenet = Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    start, = clip_starts(20, clip.span_frames, 1)  # one test clip: the middle one
+    frames = read_clip(listing.records[0].path, start / 10, 4, stride=2, short_side=32)
+    (top, left), = crop_offsets(32, 48, 24, three_crop=False)
+    test = EvaluationClips(listing.records[:1], clip, clips_per_video=1, three_crop=False, normalisation=imagenet)
+    assert torch.equal(test[0]["video"][0], rgb_to_tensor(crop_frames(frames, top, left, 24), imagenet))
+    training = TrainingClips(listing.records[:1], clip, seed=0, normalisation=imagenet)[0]["video"]
+    default = TrainingClips(listing.records[:1], clip, seed=0)[0]["video"]  # the same clip at the video mean/std
+    std, mean = torch.tensor(imagenet.std).view(3, 1, 1, 1), torch.tensor(imagenet.mean).view(3, 1, 1, 1)
+    video_std = torch.tensor(VIDEO_NORMALISATION.std).view(3, 1, 1, 1)
+    video_mean = torch.tensor(VIDEO_NORMALISATION.mean).view(3, 1, 1, 1)
+    torch.testing.assert_close(training * std + mean, default * video_std + video_mean, rtol=0, atol=1e-5)
+
+
+def test_temporal_ablations_are_the_test_views_reordered_in_time(hmdb):
+    listing = load_dataset("hmdb51", hmdb.root, splits_dir=hmdb.splits_dir)
+    clip = ClipSpec(frames=4, stride=2, short_side=32, crop=32)
+    dataset = EvaluationClips(listing.records[:2], clip, clips_per_video=3, three_crop=True, temporal_ablations=True)
+    sample = dataset[1]
+    views, ablations = sample["video"], sample["ablations"]  # views (9, 3, 4, 32, 32)
+    assert set(ablations) == {TIME_SHUFFLED, FRAME_REPEATED}
+    for view in range(9):
+        frames = views[view]  # (3, T, H, W); the test pattern changes every frame
+        assert all(not torch.equal(frames[:, a], frames[:, b]) for a in range(4) for b in range(a))
+        order = time_permutation(4, 1, view // 3)  # one permutation per clip: its three crops share it
+        assert sorted(order.tolist()) == [0, 1, 2, 3] and order.tolist() != [0, 1, 2, 3]
+        assert torch.equal(ablations[TIME_SHUFFLED][view], frames[:, order])
+        assert all(torch.equal(ablations[FRAME_REPEATED][view][:, step], frames[:, 2]) for step in range(4))
+    assert "ablations" not in EvaluationClips(listing.records[:1], clip, clips_per_video=1, three_crop=False)[0]
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 def test_eval_hmdb51_all_splits_from_a_checkpoint(hmdb, checkpoint, tmp_path):
     config = _config(hmdb, tmp_path / "out", splits=(1, 2, 3), init=str(checkpoint), student=None, width=None,
@@ -148,11 +185,19 @@ def test_eval_hmdb51_all_splits_from_a_checkpoint(hmdb, checkpoint, tmp_path):
     assert stored["init"]["architecture"] == {"name": "r2plus1d_18", "width": "tiny", "in_channels": 3}
     assert stored["init"]["dropped_heads"] == ["imagenet-test/logits"]
     assert [(run["split"], run["seed"]) for run in stored["runs"]] == [(1, 0), (2, 0), (3, 0)]
+    assert stored["init"]["input_normalisation"] == VIDEO_NORMALISATION.to_dict()  # what it was distilled on
     for run in result.runs:
         assert (run.train_videos, run.test_videos, run.test_views) == (9, 6, 6 * 2 * 3)
+        assert run.failed_test_videos == 0 and run.failed_videos == []
+        assert run.trunk_lr_scale == 0.1  # the pretrained default
+        assert set(run.ablations) == {TIME_SHUFFLED, FRAME_REPEATED}
+        for scores in run.ablations.values():
+            assert set(scores) == {"clip_top1", "video_top1", "video_top5"}
+            assert all(0.0 <= value <= 1.0 for value in scores.values()) and scores["video_top5"] == 1.0
         assert {prediction["id"] for prediction in run.predictions} == _test_ids(hmdb, run.split)
         assert sum(map(sum, run.confusion)) == 6 and len(run.confusion) == 3
         assert [curve["epoch"] for curve in run.curves] == [1, 2]
+        assert [curve["step"] for curve in run.curves] == [2, 4]  # 9 videos, batches of 4: the last clip dropped
         assert all(0.0 <= getattr(run, metric) <= 1.0 for metric in ("clip_top1", "video_top1", "video_top5"))
         assert run.video_top5 == 1.0  # 3 classes: every label is in the top 5
     spread = stored["summary"]["over_splits"]["video_top1"]
@@ -175,6 +220,7 @@ def test_linear_probe_leaves_the_trunk_bit_identical(hmdb, checkpoint, tmp_path)
     config = _config(hmdb, tmp_path, init=str(checkpoint), student=None, width=None, epochs=2, linear_probe=True,
                      save_weights=True)
     run_eval(config)
+    assert json.loads((tmp_path / "results.json").read_text())["runs"][0]["trunk_lr_scale"] == 0.0  # frozen trunk
     saved = torch.load(tmp_path / "runs" / "split1-seed0.pt", weights_only=False)["model"]
     original = torch.load(checkpoint, weights_only=False)["model"]
     trunk_after, trunk_before = _trunk(saved, "backbone.trunk."), _trunk(original, "trunk.")
@@ -201,7 +247,7 @@ def test_cli_eval_ucf101_scratch_all_splits(ucf, tmp_path):
     arguments = ["eval", "--data", "ucf101", "--root", str(ucf.root), "--splits-dir", str(ucf.splits_dir),
                  "--splits", "1,2,3", "--init", "scratch", "--width", "tiny", "--frames", "4", "--short-side", "32",
                  "--crop", "32", "--test-clips", "2", "--epochs", "1", "--batch-size", "6", "--workers", "0",
-                 "--device", "cpu", "--out", str(tmp_path), "--no-progress"]
+                 "--device", "cpu", "--out", str(tmp_path), "--no-progress", "--set", "temporal_ablations=false"]
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 0, result.output
     assert "over splits" in result.output and str(tmp_path / "results.json") in result.output
@@ -210,6 +256,7 @@ def test_cli_eval_ucf101_scratch_all_splits(ucf, tmp_path):
     assert stored["init"]["kind"] == "scratch" and stored["config"]["lr_trunk_scale"] is None
     for run in stored["runs"]:
         assert (run["train_videos"], run["test_videos"]) == (18, 6)
+        assert run["trunk_lr_scale"] == 1.0 and run["ablations"] == {}
         assert {prediction["id"] for prediction in run["predictions"]} == _test_ids(ucf, run["split"])
 
 
@@ -217,7 +264,51 @@ def test_eval_from_an_inflated_2d_network(hmdb, tmp_path):
     pytest.importorskip("evaluate.inflate")
     result = run_eval(_config(hmdb, tmp_path, init="inflated:resnet18:random", student=None, width=None, test_clips=1))
     assert result.init["kind"] == "inflated" and result.init["architecture"]["name"] == "r3d_18"
+    assert result.init["input_normalisation"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     assert result.run(1, 0).test_videos == 6
+
+
+def test_failed_test_video_counts_as_wrong(hmdb, tmp_path):
+    shutil.copytree(hmdb.root.parent, tmp_path / "data")
+    root, splits_dir = tmp_path / "data" / hmdb.root.name, tmp_path / "data" / hmdb.splits_dir.name
+    listing = load_dataset("hmdb51", root, splits_dir=splits_dir)
+    broken = next(record for record in listing.records if record.role(1) == "test")
+    broken.path.write_bytes(PLACEHOLDER_BYTES)  # listed in the test list, does not decode
+    config = _config(hmdb, tmp_path / "out", root=str(root), splits_dir=str(splits_dir))
+    run = run_eval(config).run(1, 0)
+    assert run.failed_videos == [str(broken.path)] and run.failed_test_videos == 1
+    assert (run.test_videos, run.test_views) == (6, 6 * 2)  # the whole test list, 2 views per video
+    assert broken.id not in {prediction["id"] for prediction in run.predictions} and len(run.predictions) == 5
+    right = sum(prediction["predicted"] == prediction["label"] for prediction in run.predictions)
+    assert run.video_top1 == right / 6
+    assert run.video_top5 == 5 / 6  # 3 classes: every decoded video is right in the top 5, the failed one is not
+    assert round(run.clip_top1 * 12) <= 10 and run.clip_top1 * 12 == pytest.approx(round(run.clip_top1 * 12))
+    for scores in run.ablations.values():  # the ablations are scored over the same test list
+        assert scores["video_top5"] == 5 / 6 and scores["clip_top1"] <= 10 / 12
+
+
+def test_runs_of_older_code_or_another_normalisation_are_not_reused(tmp_path, monkeypatch):
+    config = _config(SimpleNamespace(root="unused", splits_dir="unused"), tmp_path)
+    initialization = resolve_init("scratch", student="r2plus1d_18", width="tiny")
+    key = results_key(config, "manifest", initialization)
+    renormalised = dataclasses.replace(initialization, normalisation=Normalisation((0.5,) * 3, (0.5,) * 3))
+    assert results_key(config, "manifest", renormalised) != key
+    assert CODE_VERSION == "eval-2"
+    monkeypatch.setattr("evaluate.finetune.CODE_VERSION", "eval-1")
+    old_key = results_key(config, "manifest", initialization)
+    monkeypatch.undo()
+    assert old_key != key
+    run = RunResult(split=1, seed=0, clip_top1=0.5, video_top1=0.5, video_top5=1.0, train_videos=9, test_videos=6,
+                    test_views=12, failed_videos=[], failed_test_videos=0, trunk_lr_scale=1.0, ablations={},
+                    curves=[], confusion=[[0]], predictions=[], seconds=1.0)
+    record_path, _ = _run_paths(tmp_path, 1, 0)
+    record_path.parent.mkdir(parents=True)
+    old_fields = {name: value for name, value in run.to_dict().items()
+                  if name not in ("failed_test_videos", "trunk_lr_scale", "ablations")}
+    for stored_key, stored_run, reused in ((old_key, run.to_dict(), False), (key, old_fields, False),
+                                           (key, run.to_dict(), True)):
+        record_path.write_text(json.dumps({"key": stored_key, "run": stored_run}))
+        assert (_cached_run(tmp_path, key, 1, 0, config) == run) is reused
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -249,6 +340,12 @@ def test_file_that_is_not_a_distinit_checkpoint_is_a_one_line_error(hmdb, tmp_pa
     other = tmp_path / "weights.pt"
     torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, other)
     _one_line_error(_hmdb_arguments(hmdb, tmp_path, "--init", str(other)), str(other), "not a distinit checkpoint")
+
+
+def test_split_with_fewer_training_videos_than_a_batch_is_a_one_line_error(hmdb, tmp_path):
+    _one_line_error(_hmdb_arguments(hmdb, tmp_path, "--init", "scratch", "--width", "tiny", "--batch-size", "10"),
+                    "split 1 has 9 training videos, fewer than batch_size=10")
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_init_form_lists_the_forms(hmdb, tmp_path):

@@ -3,15 +3,23 @@ efficientnet_lite0_3d student and `build_inflated_backbone`'s specs."""
 
 from __future__ import annotations
 
+import subprocess
+
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torchvision
 
+from distill.augment import VIDEO_NORMALISATION, Normalisation, crop_frames
 from distill.heads import head_specs_from_teachers
 from distill.students import create_student, list_students
+from distill.windows import ClipSpec
+from evaluate.clips import EvaluationClips, crop_offsets
 from evaluate.efficientnet3d import efficientnet_time_kernel, load_efficientnet_lite0_2d
 from evaluate.inflate import (
+    EFFICIENTNET_LITE_NORMALISATION,
+    IMAGENET_NORMALISATION,
     InflatedConv3d,
     build_inflated_backbone,
     inflate_module,
@@ -21,10 +29,20 @@ from evaluate.inflate import (
     load_resnet18_2d,
     spatial_time_kernel,
 )
-from extract.teachers.imagenet_efficientnet import packaged_lite0_weights_path
+from evaluate.initialization import resolve_init
+from extract.teachers.base import frames_to_tensor, normalise
+from extract.teachers.imagenet_efficientnet import (
+    EFFICIENTNET_LITE_MEAN,
+    EFFICIENTNET_LITE_STD,
+    imagenet_class_names,
+    packaged_lite0_weights_path,
+)
 from extract.teachers.weights import MissingWeightsError
-from pipeline.errors import ConfigError
+from pipeline.datasets import VideoRecord
+from pipeline.errors import ConfigError, DistinitError
 from pipeline.hashing import sha256_file
+from pipeline.video import read_frames
+from pipeline.video.binary import ffmpeg_binary
 
 FRAMES = 4
 HEADS = head_specs_from_teachers([
@@ -320,3 +338,76 @@ def test_inflated_resnet18_backbone_specs(tmp_path):
         build_inflated_backbone("resnet18:random", student="r2plus1d_18")
     with pytest.raises(ConfigError, match="names its weights and weights= was given too"):
         build_inflated_backbone("resnet18:random", weights=weights_file)
+
+
+# ---- the init's own input normalisation ----------------------------------------------------------------
+
+
+def _still_video(path, image: np.ndarray, frames: int = 6, fps: int = 10):
+    """`image` (H, W, 3) uint8 as a lossless (FFV1) video of `frames` identical frames."""
+    height, width = image.shape[:2]
+    command = [ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0", "-c:v", "ffv1", str(path)]
+    subprocess.run(command, input=np.repeat(image[None], frames, axis=0).tobytes(), check=True, timeout=60)
+    return path
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual - expected).norm() / expected.norm())
+
+
+def test_inflated_init_matches_its_2d_model(tmp_path, efficientnet_2d):
+    """inflated:efficientnet_lite0 through eval's own clip preparation (decode at the short side, centre crop,
+    the init's normalisation) gives the 2D model's pooled features on the same pixels at its own preprocessing."""
+    skimage_data = pytest.importorskip("skimage.data")
+    video = _still_video(tmp_path / "coffee.mkv", skimage_data.coffee())  # (400, 600, 3): a real photo
+    initialization = resolve_init("inflated:efficientnet_lite0")
+    clip = ClipSpec(frames=4, stride=1, short_side=256, crop=224)  # the 2D model's 256 -> 224 evaluation view
+    record = VideoRecord("coffee", video, label=0)
+    views = EvaluationClips([record], clip, clips_per_video=1, three_crop=False,
+                            normalisation=initialization.normalisation)[0]["video"]  # (1, 3, 4, 224, 224)
+    # The 2D model: the same resized + cropped pixels, normalised as its teacher normalises them.
+    frame = read_frames(video, [0.0], short_side=256)  # (1, 256, 384, 3)
+    (top, left), = crop_offsets(frame.shape[1], frame.shape[2], 224, three_crop=False)
+    image = normalise(frames_to_tensor(crop_frames(frame, top, left, 224), torch.device("cpu")),
+                      EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD)  # (1, 3, 224, 224)
+    backbone = initialization.build_backbone().eval()
+    with torch.no_grad():
+        expected = efficientnet_2d._avg_pooling(efficientnet_2d.extract_features(image)).flatten(1)  # (1, 1280)
+        expected_probabilities = efficientnet_2d(image).softmax(dim=1)
+        pooled = backbone.features(views)
+        probabilities = efficientnet_2d._fc(pooled).softmax(dim=1)
+        # The control: the video mean/std every init used to get moves the features far off.
+        video_normalised = EvaluationClips([record], clip, clips_per_video=1, three_crop=False)[0]["video"]
+        misnormalised = backbone.features(video_normalised)
+    assert _relative_error(pooled, expected) < 1e-3
+    assert int(probabilities.argmax()) == int(expected_probabilities.argmax())
+    assert imagenet_class_names()[int(probabilities.argmax())] == "espresso" and float(probabilities.max()) > 0.9
+    assert _relative_error(misnormalised, expected) > 0.05
+
+
+def test_each_init_carries_the_normalisation_of_its_weights(tmp_path):
+    transforms = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
+    assert IMAGENET_NORMALISATION == Normalisation(tuple(transforms.mean), tuple(transforms.std))
+    assert EFFICIENTNET_LITE_NORMALISATION == Normalisation((0.498,) * 3, (0.502,) * 3)
+    inflated = resolve_init("inflated:resnet18:random")
+    assert inflated.normalisation == IMAGENET_NORMALISATION
+    assert inflated.description["input_normalisation"] == IMAGENET_NORMALISATION.to_dict()
+    assert inflated.build_backbone().architecture()["input_normalisation"] == IMAGENET_NORMALISATION.to_dict()
+    assert build_inflated_backbone("resnet18:random", in_channels=2).input_normalisation is None  # flow
+    assert resolve_init("scratch", width="tiny").normalisation == VIDEO_NORMALISATION
+    # A distilled checkpoint: its recorded value; one written before the field existed: the video mean/std.
+    student = create_student("r3d_18", width="tiny")
+    custom = Normalisation((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    for name, recorded, expected in (("new", custom.to_dict(), custom), ("old", None, VIDEO_NORMALISATION)):
+        architecture = {**student.architecture(), "input_normalisation": recorded}
+        if recorded is None:
+            del architecture["input_normalisation"]
+        torch.save({"model": student.state_dict(), "architecture": architecture}, tmp_path / f"{name}.pt")
+        initialization = resolve_init(str(tmp_path / f"{name}.pt"))
+        assert initialization.normalisation == expected
+        assert initialization.build_backbone().input_normalisation == expected
+    broken = {**student.architecture(), "input_normalisation": {"mean": [0.5], "std": [1.0]}}
+    torch.save({"model": student.state_dict(), "architecture": broken}, tmp_path / "broken.pt")
+    with pytest.raises(DistinitError, match=r"broken.pt: input normalisation needs 3 means"):
+        resolve_init(str(tmp_path / "broken.pt"))

@@ -108,7 +108,8 @@ def test_full_trunk_keys_are_torchvisions_without_the_classifier(name):
 def test_architecture_round_trip(name, width):
     student = create_student(name, HEADS, width=width, in_channels=2, dropout=0.25).eval()
     architecture = student.architecture()
-    assert set(architecture) == {"name", "width", "in_channels", "heads", "dropout"}
+    assert set(architecture) == {"name", "width", "in_channels", "heads", "dropout", "input_normalisation"}
+    assert architecture["input_normalisation"] is None  # a 2-channel (flow) student takes no RGB normalisation
     rebuilt = DistillStudent.from_architecture(architecture).eval()
     assert rebuilt.heads == student.heads and rebuilt.dropout == 0.25 and rebuilt.in_channels == 2
     original_state, rebuilt_state = student.state_dict(), rebuilt.state_dict()
