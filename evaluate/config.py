@@ -29,6 +29,9 @@ CODE_VERSION = "eval-2"
 # dataset enters the key through its manifest hash (ids, sizes, labels, split roles), not its path.
 NOT_IN_KEY = ("root", "splits_dir", "out", "workers", "device", "threads", "save_weights", "max_decode_failures",
               "allow_test_overlap")
+# Which runs to make, not what a run gives: each (split, seed) run is stored under its own name in the results
+# folder, so asking for seeds 0-9 after 0-2 reuses the first three. Stage keys (pipeline/stages.py) add them back.
+RUN_SELECTION = ("splits", "seeds")
 
 DATASETS = ("hmdb51", "ucf101")
 PRETRAINED_TRUNK_SCALE = 0.1
@@ -116,6 +119,7 @@ class EvalConfig:
         return PRETRAINED_TRUNK_SCALE if pretrained else SCRATCH_TRUNK_SCALE
 
     def key_fields(self) -> dict[str, Any]:
-        """Everything that changes the results, except `init` (the caller hashes what it points at)."""
+        """Everything that changes a run's results, except `init` (the caller hashes what it points at) and which
+        (split, seed) runs to make."""
         values = dataclasses.asdict(self)
-        return {name: value for name, value in values.items() if name not in NOT_IN_KEY + ("init",)}
+        return {name: value for name, value in values.items() if name not in NOT_IN_KEY + RUN_SELECTION + ("init",)}

@@ -136,7 +136,8 @@ def eval_inputs(spec: PipelineSpec, distill: StageInputs, demo: StageInputs | No
         data = None
     else:
         data = manifest_hash_of(config.data, config.root, splits_dir=config.splits_dir)
-    inputs = {"config": {**config.key_fields(), "inits": list(spec.inits)}, "upstream": upstream, "code": CODE_VERSION}
+    selection = {"splits": list(config.splits), "seeds": list(config.seeds), "inits": list(spec.inits)}
+    inputs = {"config": {**config.key_fields(), **selection}, "upstream": upstream, "code": CODE_VERSION}
     if data is not None:
         inputs["data"] = data
     results_dir = Path(spec.results_dir or f"results/{spec.data}")
