@@ -3,13 +3,9 @@
 Frames are (T, H, W, 3) uint8 here, already resized so the short side is the clip's short_side; the
 crop is taken from them (random for training, central for evaluation).
 
-Heatmap targets describe the teacher's FULL frame on a coarse grid (e.g. 14 x 14 cells), while the
-student sees a crop. A flip mirrors the maps along the width axis and swaps left/right keypoint
-channels, which is exact for the full frame. We do not also crop or shift the maps to follow the
-crop: a 112 crop of a 128 x 170 frame moves the picture by at most (170 - 112) / 2 pixels from the
-centre, under three cells of a 14-wide grid on the long side and one on the short side, and cropping
-a distribution would leave mass outside the window with nowhere to go. The spatial head learns the
-full-frame layout, as its teacher reported it.
+Heatmap targets are drawn over the crop itself, from the keypoint coordinates stage one stored
+(distill.keypoint_heatmaps), so they follow the crop. A flip mirrors the drawn maps along the width
+axis and swaps left/right keypoint channels (`flip_targets`), exactly as the frames are mirrored.
 """
 
 from __future__ import annotations

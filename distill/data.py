@@ -5,11 +5,14 @@ Sample `index` is clip `index // len(video_ids)` of video `video_ids[index % len
     {"video": (C, T, crop, crop) float32, "targets": {"<teacher>/<output>": (*shape) float32, ...},
      "video_id": str, "clip_start": seconds, "index": int, "num_teacher_frames": int}
 
-Every output of the store is in "targets" (flags and counts too); the trainer picks what its heads need.
+Every output of the store is in "targets" (flags and counts too), except that a pose teacher's stored
+keypoints arrive as "<teacher>/heatmaps" (K, G, G) drawn over this sample's crop, and its person_present
+says whether a person was seen inside the crop (distill.keypoint_heatmaps); the trainer picks what its
+heads need.
 C is 3 (RGB, normalised with torchvision's video mean/std) or 2 (flow x, y in [-1, 1]). "index" is the
 sample actually returned: when a video fails to decode, the next sample stands in (see __getitem__).
-Window placement and aggregation: distill.windows; crop/flip: distill.augment; flow: distill.flow;
-`cache_clips`: distill.clip_cache.
+Window placement and aggregation: distill.windows; crop/flip: distill.augment; keypoint heatmaps:
+distill.keypoint_heatmaps; flow: distill.flow; `cache_clips`: distill.clip_cache.
 
 Randomness is a function of (seed, epoch, index) only, never of the worker or of the order samples are
 drawn in, so any number of DataLoader workers yields the same samples. Workers copy the dataset when an
@@ -34,6 +37,7 @@ import torch
 
 from distill import augment, flow
 from distill.clip_cache import ClipCache
+from distill.keypoint_heatmaps import keypoint_targets, render_window, rendered_teachers
 from distill.windows import (
     TARGET_AGGREGATIONS, ClipSpec, aggregate_targets, eval_window_start, frames_in_window, heatmap_flags,
     teacher_frame_indices, train_window_start,
@@ -127,9 +131,15 @@ class TargetClipDataset(torch.utils.data.Dataset):
         if unknown:
             raise DistinitError(f"{self.targets_dir}: {len(unknown)} videos have no target rows, e.g. {unknown[0]!r}")
         self.paths = self._resolve_paths(videos_root)
-        self.output_kinds = {key: self.store.output_spec(key).get("kind", "") for key in self.store.output_names}
-        self.heatmap_masks = heatmap_flags(self.store.teachers)
-        self.flip_plan = augment.heatmap_flip_plan(self.store.teachers)
+        # Targets as the loss sees them: keypoints drawn as heatmaps over each sample's crop.
+        self.keypoint_targets = keypoint_targets(self.store.teachers)
+        target_teachers = rendered_teachers(self.store.teachers)
+        self.output_kinds = {
+            f"{teacher['name']}/{output['name']}": output.get("kind", "") for teacher in target_teachers
+            for output in teacher["outputs"]
+        }
+        self.heatmap_masks = heatmap_flags(target_teachers)
+        self.flip_plan = augment.heatmap_flip_plan(target_teachers)
         self.store.close()  # the parent's HDF5 handles must not be shared with forked workers
         self.cache = None if cache_clips is None else ClipCache(
             cache_clips, short_side=clip.short_side, grid=clip.start_grid, decode_threads=decode_threads,
@@ -205,14 +215,17 @@ class TargetClipDataset(torch.utils.data.Dataset):
             clip_number = index // len(self.video_ids)
             start = eval_window_start(teacher_frames, frame_count, span, grid, clip_number, self.clips_per_video)
         inside = frames_in_window(teacher_frames, start, span)
-        targets = aggregate_targets(
-            {key: rows[key][inside] for key in self.output_names}, self.output_kinds, self.target_agg, rng, self.heatmap_masks,
-            self.temperature,
-        )
+        stored_rows = {key: rows[key][inside] for key in self.output_names}
         pixels = self._pixels(video_id, start, fps, cached)  # (T, H, W, 3) uint8 RGB or (T, H, W, 2) float16 flow
-        top, left = augment.crop_box(pixels.shape[1], pixels.shape[2], self.clip.crop, rng if self.train else None)
+        height, width = pixels.shape[1:3]
+        top, left = augment.crop_box(height, width, self.clip.crop, rng if self.train else None)
         pixels = augment.crop_frames(pixels, top, left, self.clip.crop)
         flipped = self.train and rng.random() < augment.FLIP_PROBABILITY
+        # Keypoints -> heatmaps over this crop, in pixels of the frame at the clip's short side.
+        window_rows = render_window(stored_rows, self.keypoint_targets, height, width, top, left, self.clip.crop)
+        targets = aggregate_targets(
+            window_rows, self.output_kinds, self.target_agg, rng, self.heatmap_masks, self.temperature,
+        )
         if self.clip.modality == "rgb":
             video = augment.rgb_to_tensor(augment.flip_frames(pixels) if flipped else pixels)
         else:
@@ -226,7 +239,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
             "video_id": video_id,
             "clip_start": start / fps,
             "index": index,
-            "num_teacher_frames": int(inside.sum()),
+            "num_teacher_frames": len(stored_rows[self.output_names[0]]),
         }
 
     def _rows(self, video_id: str) -> dict[str, Any]:

@@ -6,7 +6,9 @@ A `HeadSpec` names a teacher output (`<teacher>/<output>`, the shards' row key) 
 - "heatmaps" (COCO keypoints): a spatial head on the trunk's last feature map — averaged over time, a
   1x1 convolution to K channels, bilinearly resized to the teacher's G x G grid. It returns LOGITS; the
   loss applies the spatial softmax. Its `mask_key` names the same teacher's flag output
-  (`person_present`), so frames with nobody in them are left out of the keypoint loss.
+  (`person_present`), so frames with nobody in them are left out of the keypoint loss. Pose teachers
+  store keypoint coordinates ("keypoints", (K, 3)); stage two draws them as `<teacher>/heatmaps`
+  (K, G, G) over each sample's crop (distill.keypoint_heatmaps), and that is what the head predicts.
 "count" and "flag" outputs get no head: they are bookkeeping (a flag becomes a heatmap head's mask).
 """
 
@@ -20,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as functional
 
+from distill.keypoint_heatmaps import rendered_teachers
 from pipeline.errors import ConfigError
 
 HEAD_KINDS = ("logits", "multilabel_scores", "heatmaps")
@@ -62,9 +65,10 @@ class HeadSpec:
 
 
 def head_specs_from_teachers(teachers: list[dict[str, Any]]) -> list[HeadSpec]:
-    """Teachers' `describe()` dicts (TargetStore.teachers) -> one HeadSpec per soft output, in stored order."""
+    """Teachers' `describe()` dicts (TargetStore.teachers) -> one HeadSpec per soft output, in stored order;
+    a keypoints output becomes the "heatmaps" head of the maps drawn from it."""
     specs = []
-    for teacher in teachers:
+    for teacher in rendered_teachers(teachers):
         outputs = teacher.get("outputs", [])
         flags = [output["name"] for output in outputs if output["kind"] == "flag"]
         mask_output = _PREFERRED_MASK_OUTPUT if _PREFERRED_MASK_OUTPUT in flags else (flags[0] if flags else None)

@@ -133,7 +133,8 @@ def frames_in_window(teacher_frames: np.ndarray, start: int, span_frames: int) -
 
 def heatmap_flags(teachers: list[dict]) -> dict[str, str]:
     """`<teacher>/<heatmaps output>` -> `<teacher>/<flag output>` for teachers with exactly one flag beside
-    their heatmaps (coco-keypoints' person_present says whether the heatmaps hold a person at all)."""
+    their heatmaps (coco-keypoints' person_present says whether the heatmaps hold a person at all). Pose
+    teachers store keypoints; pass `distill.keypoint_heatmaps.rendered_teachers` to see their drawn heatmaps."""
     masks = {}
     for teacher in teachers:
         outputs = teacher["outputs"]
@@ -162,9 +163,10 @@ def aggregate_targets(
       frame would make 0.13, not 0.48;
     - multilabel scores (objects), counts: the mean (scores are already probabilities);
     - flags: the max over frames (any person seen);
-    - heatmaps with a flag in `heatmap_masks`: the mean over the frames whose flag is set, so a frame
-      without a person (all-zero maps) does not dilute the others and the result is still a distribution
-      per keypoint (all zero when no frame has a person, which the flag's max then says too).
+    - heatmaps (drawn over the crop beforehand, distill.keypoint_heatmaps) with a flag in `heatmap_masks`:
+      the mean over the frames whose flag is set, so a frame without a person (all-zero maps) does not
+      dilute the others; all zero when no frame has a person, which the flag's max then says too. A
+      keypoint that leaves the crop in some frames sums to less than 1 (the loss renormalises each map).
     """
     if mode not in TARGET_AGGREGATIONS:
         raise ConfigError(f"target aggregation must be one of {TARGET_AGGREGATIONS}, got {mode!r}")

@@ -8,7 +8,7 @@ from typing import Any
 from pipeline.errors import ConfigError
 
 # Bump when a change to stage one's code changes the targets it writes (it is part of the stage key).
-CODE_VERSION = "extract-1"
+CODE_VERSION = "extract-2"  # 2: keypoints stored as frame-relative coordinates, not heatmaps
 
 
 @dataclasses.dataclass(frozen=True)

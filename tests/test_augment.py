@@ -7,13 +7,16 @@ import pytest
 import torch
 
 from distill import augment
+from distill.keypoint_heatmaps import rendered_teachers
 from extract.teachers.coco_classes import COCO_KEYPOINT_FLIP_INDEX, COCO_KEYPOINT_NAMES
 
 GRID = 4
+# As stored: keypoint coordinates, drawn as (17, GRID, GRID) heatmaps over the crop in stage two.
 KEYPOINTS_TEACHER = {
     "name": "coco-keypoints",
     "outputs": [
-        {"name": "heatmaps", "shape": [17, GRID, GRID], "kind": "heatmaps", "class_names": list(COCO_KEYPOINT_NAMES)},
+        {"name": "keypoints", "shape": [17, 3], "kind": "keypoints", "class_names": list(COCO_KEYPOINT_NAMES),
+         "attributes": {"heatmap_grid": GRID, "heatmap_sigma_cells": 1.0}},
         {"name": "person_present", "shape": [], "kind": "flag", "class_names": None},
     ],
 }
@@ -53,7 +56,7 @@ def test_flip_mirrors_heatmaps_and_swaps_left_right_keypoints():
         "coco-keypoints/person_present": np.float32(1.0),
         "imagenet/logits": np.arange(10, dtype=np.float32),
     }
-    plan = augment.heatmap_flip_plan([CLASSIFIER_TEACHER, KEYPOINTS_TEACHER])
+    plan = augment.heatmap_flip_plan(rendered_teachers([CLASSIFIER_TEACHER, KEYPOINTS_TEACHER]))
     assert set(plan) == {"coco-keypoints/heatmaps"}
     flipped = augment.flip_targets(targets, plan)
     mirrored = flipped["coco-keypoints/heatmaps"]

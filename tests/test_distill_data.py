@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,12 +15,16 @@ import pytest
 import torch
 
 from distill import augment, clip_cache, data
+from click.testing import CliRunner
+
 from distill.data import ClipSpec, TargetClipDataset, open_targets, split_videos
+from distill.keypoint_heatmaps import keypoint_targets, render_window
 from distill.windows import (
     aggregate_targets, eval_window_start, frames_in_window, heatmap_flags, last_start, teacher_frame_indices,
     train_window_start,
 )
 from extract.teachers.coco_classes import COCO_KEYPOINT_NAMES
+from pipeline.cli import main
 from pipeline.errors import ConfigError, DistinitError
 from pipeline.shards import ShardError, ShardWriter, shard_name, write_manifest
 from pipeline.video import ffmpeg_binary, read_clip
@@ -31,7 +36,8 @@ CLASSIFIER = {"name": "fake-imagenet", "outputs": [{"name": "logits", "shape": [
 KEYPOINTS = {
     "name": "coco-keypoints",
     "outputs": [
-        {"name": "heatmaps", "shape": [17, 4, 4], "dtype": "float16", "kind": "heatmaps", "class_names": list(COCO_KEYPOINT_NAMES)},
+        {"name": "keypoints", "shape": [17, 3], "dtype": "float16", "kind": "keypoints", "class_names": list(COCO_KEYPOINT_NAMES),
+         "attributes": {"heatmap_grid": 4, "heatmap_sigma_cells": 1.0}},
         {"name": "person_present", "shape": [], "dtype": "uint8", "kind": "flag"},
         {"name": "num_people", "shape": [], "dtype": "int16", "kind": "count"},
     ],
@@ -50,16 +56,16 @@ def write_video(path: Path, pattern: str) -> None:
 def video_rows(video_id: str, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     count = len(TEACHER_TIMES)
-    heatmaps = rng.random((count, 17, 4, 4)).astype(np.float32)
-    heatmaps /= heatmaps.sum(axis=(2, 3), keepdims=True)
+    # (x / width, y / height, confidence): mostly inside the centre crop, some keypoints outside it.
+    keypoints = np.concatenate([rng.uniform(0.05, 0.95, (count, 17, 2)), rng.uniform(0.2, 1, (count, 17, 1))], axis=2)
     present = np.array([1, 0, 1, 1], dtype=np.uint8)
-    heatmaps[present == 0] = 0.0
+    keypoints[present == 0] = 0.0
     return {
         "video_id": [video_id] * count,
         "t_seconds": np.array(TEACHER_TIMES),
         "frame_index": np.array([int(t * FPS) for t in TEACHER_TIMES]),
         "fake-imagenet/logits": rng.normal(0, 2, (count, 10)).astype(np.float32),
-        "coco-keypoints/heatmaps": heatmaps,
+        "coco-keypoints/keypoints": keypoints.astype(np.float32),
         "coco-keypoints/person_present": present,
         "coco-keypoints/num_people": np.array([1, 0, 2, 3], dtype=np.int16),
     }
@@ -393,3 +399,55 @@ def test_flow_samples_and_flow_flip(targets, monkeypatch):
     assert torch.equal(flipped["video"][0], -plain["video"][0].flip(-1))
     assert torch.equal(flipped["video"][1], plain["video"][1].flip(-1))
     assert dataset(targets, clip=FLOW_CLIP, flow_method="tvl1").clip.flow_method == "tvl1"
+
+
+# ---------------------------------------------------------------- keypoints drawn over each sample's crop
+def as_stored(values: np.ndarray) -> np.ndarray:
+    return np.asarray(values, dtype=np.float16).astype(np.float32)
+
+
+def expected_pose_targets(video_id: str, seed: int, clip_start: float, top: int, left: int) -> dict:
+    """The pose targets of a window of `video_id`, drawn by hand from its stored rows over the crop (top, left)
+    of the 42 x 32 frame (64 x 48 at short side 32)."""
+    rows = video_rows(video_id, seed)
+    start = round(clip_start * FPS)
+    inside = frames_in_window(teacher_frame_indices(rows["t_seconds"], FPS, FPS * SECONDS), start, CLIP.span_frames)
+    window = {"coco-keypoints/keypoints": as_stored(rows["coco-keypoints/keypoints"])[inside],
+              "coco-keypoints/person_present": rows["coco-keypoints/person_present"][inside].astype(np.float32)}
+    drawn = render_window(window, keypoint_targets([KEYPOINTS]), 32, 42, top, left, CLIP.crop)
+    kinds = {"coco-keypoints/heatmaps": "heatmaps", "coco-keypoints/person_present": "flag"}
+    return aggregate_targets(drawn, kinds, "mean", heatmap_masks={"coco-keypoints/heatmaps": "coco-keypoints/person_present"})
+
+
+def test_sample_heatmaps_are_drawn_over_its_own_crop(targets, monkeypatch):
+    sample = dataset(targets)[2]  # charlie, centre crop of the 42 x 32 frame: top 4, left 9
+    expected = expected_pose_targets("charlie", 2, sample["clip_start"], 4, 9)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(sample["targets"][key].numpy(), value)
+    assert sample["targets"]["coco-keypoints/heatmaps"].sum() > 0
+    # Training: the same window under two different crops gets two different targets, each its crop's own.
+    monkeypatch.setattr(augment, "FLIP_PROBABILITY", 0.0)
+    train_set = dataset(targets, train=True)
+    boxes = iter([(0, 0), (8, 18)])
+    monkeypatch.setattr(augment, "crop_box", lambda height, width, crop, rng: next(boxes))
+    first, second = train_set[2], train_set[2]
+    assert first["clip_start"] == second["clip_start"]
+    for sample, (top, left) in ((first, (0, 0)), (second, (8, 18))):
+        expected = expected_pose_targets("charlie", 2, sample["clip_start"], top, left)
+        np.testing.assert_array_equal(sample["targets"]["coco-keypoints/heatmaps"].numpy(), expected["coco-keypoints/heatmaps"])
+    assert not torch.equal(first["targets"]["coco-keypoints/heatmaps"], second["targets"]["coco-keypoints/heatmaps"])
+
+
+def test_a_cache_in_the_old_format_stops_distill_with_one_line(targets, tmp_path):
+    copy = tmp_path / "old"
+    shutil.copytree(targets, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    line = "shard format 1, this distinit reads 2 (keypoints are now stored as coordinates); re-run `make extract DATA=tiny`"
+    with pytest.raises(ShardError, match=re.escape(line)):
+        dataset(copy)
+    result = CliRunner().invoke(main, ["distill", "--targets", str(copy), "--device", "cpu", "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 1 and result.exception is not None and isinstance(result.exception, SystemExit)
+    assert line in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()

@@ -15,7 +15,8 @@ from extract.run import ExtractionError, prepare, run_extraction, finalize
 from pipeline.cli import main
 from pipeline.errors import ConfigError
 from pipeline.hashing import sha256_file
-from pipeline.shards import TargetStore, read_manifest, verify
+from distill.data import ClipSpec, TargetClipDataset
+from pipeline.shards import TargetStore, inspect, read_manifest, verify
 from pipeline.video.binary import ffmpeg_binary
 
 GOOD_VIDEOS = ("a_walk", "b_pan", "c_zoom", "d_still")
@@ -144,3 +145,27 @@ def test_other_shard_count_in_the_same_folder_is_refused(video_folder, tmp_path)
     run_extraction(_config(video_folder, tmp_path, shard_count=2), show_progress=False)
     with pytest.raises(Exception, match=r"--shard-count 2, not 3"):
         run_extraction(_config(video_folder, tmp_path, shard_count=3), show_progress=False)
+
+
+def test_pose_teacher_stores_coordinates_that_stage_two_draws_over_the_crop(video_folder, tmp_path):
+    options = {"backend": "torchvision", "weights": "random", "person_threshold": 0.0, "min_size": 64, "max_size": 96,
+               "grid": 7, "sigma": 0.5}
+    config = _config(video_folder, tmp_path, teachers=("coco-keypoints",), teacher_options={"coco-keypoints": options})
+    report = run_extraction(config, show_progress=False)
+    assert verify(report.targets_dir) == []
+    store = TargetStore(report.targets_dir)
+    assert store.output_names == ["coco-keypoints/keypoints", "coco-keypoints/person_present"]
+    spec = store.output_spec("coco-keypoints/keypoints")
+    assert spec["kind"] == "keypoints" and spec["shape"] == [17, 3]
+    assert spec["attributes"]["heatmap_grid"] == 7 and spec["attributes"]["heatmap_sigma_cells"] == 0.5
+    keypoints = store.rows_for_video("a_walk")["coco-keypoints/keypoints"]  # (frames, 17, 3)
+    assert keypoints.shape == (3, 17, 3) and ((keypoints[..., :2] > -0.1) & (keypoints[..., :2] < 1.1)).all()
+    assert any("a person's keypoints in " in line and "7x7 heatmaps" in line for line in inspect(report.targets_dir))
+    clip = ClipSpec(frames=2, stride=2, short_side=32, crop=24)
+    sample = TargetClipDataset(report.targets_dir, ["a_walk"], clip, train=False)[0]
+    heatmaps = sample["targets"]["coco-keypoints/heatmaps"]
+    assert heatmaps.shape == (17, 7, 7) and "coco-keypoints/keypoints" not in sample["targets"]
+    # Each map is a distribution over the crop, or empty for a keypoint outside it.
+    sums = heatmaps.sum(dim=(1, 2))
+    assert (((sums - 1).abs() < 1e-4) | (sums == 0)).all()
+    assert sample["targets"]["coco-keypoints/person_present"].item() == float(bool((sums > 0).any()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import time
 import zlib
@@ -16,6 +17,7 @@ import pytest
 
 from pipeline.errors import DistinitError
 from pipeline.shards import (
+    FORMAT_VERSION,
     ShardError,
     ShardWriter,
     TargetStore,
@@ -52,7 +54,8 @@ KEYPOINTS = {
     "mean": [0.0, 0.0, 0.0],
     "std": [1.0, 1.0, 1.0],
     "outputs": [
-        {"name": "heatmaps", "shape": [17, 4, 4], "dtype": "float16", "kind": "heatmaps", "meaning": "keypoint maps", "class_names": KEYPOINT_NAMES},
+        {"name": "keypoints", "shape": [17, 3], "dtype": "float16", "kind": "keypoints", "meaning": "x, y, confidence",
+         "class_names": KEYPOINT_NAMES, "attributes": {"heatmap_grid": 4, "heatmap_sigma_cells": 1.0}},
         {"name": "person_present", "shape": [], "dtype": "uint8", "kind": "flag", "meaning": "1 if a person", "class_names": None},
         {"name": "num_people", "shape": [], "dtype": "int16", "kind": "count", "meaning": "people seen", "class_names": None},
     ],
@@ -68,14 +71,15 @@ def video_rows(video_id: str, frames: int = 5, reverse: bool = False) -> dict:
     order = list(range(frames))[::-1] if reverse else list(range(frames))
     logits = rng.normal(0, 1, (frames, 10)).astype(np.float32)
     logits[np.arange(frames), np.array(order, dtype=np.int64) % 10] += 6.0
-    heatmaps = rng.random((frames, 17, 4, 4)).astype(np.float32)
+    present = np.array([k % 2 == 0 for k in order], dtype=np.uint8)
+    keypoints = rng.random((frames, 17, 3)).astype(np.float32) * present[:, None, None]  # nobody: all zero
     return {
         "video_id": [video_id] * frames,
         "t_seconds": np.array([0.5 * k + 0.25 for k in order]),
         "frame_index": np.array([15 * k for k in order]),
         "fake-classifier/logits": logits,
-        "fake-keypoints/heatmaps": heatmaps,
-        "fake-keypoints/person_present": np.array([k % 2 == 0 for k in order], dtype=np.uint8),
+        "fake-keypoints/keypoints": keypoints,
+        "fake-keypoints/person_present": present,
         "fake-keypoints/num_people": np.array([k % 3 for k in order], dtype=np.int16),
     }
 
@@ -126,7 +130,7 @@ def test_round_trip_by_row_and_by_video(tmp_path: Path):
         assert store.video_ids() == sorted(VIDEOS)
         assert store.output_names == [
             "fake-classifier/logits",
-            "fake-keypoints/heatmaps",
+            "fake-keypoints/keypoints",
             "fake-keypoints/person_present",
             "fake-keypoints/num_people",
         ]
@@ -167,7 +171,7 @@ def test_file_layout_dtypes_and_attributes(store_dir: Path):
         assert shard.attrs["code_version"] == "extract-1" and json.loads(shard.attrs["sampling_json"]) == ATTRIBUTES["sampling"]
         stored = {
             "video_id": "S256", "t_seconds": "float64", "frame_index": "int64", "fake-classifier/logits": "float16",
-            "fake-keypoints/heatmaps": "float16", "fake-keypoints/person_present": "uint8", "fake-keypoints/num_people": "int16",
+            "fake-keypoints/keypoints": "float16", "fake-keypoints/person_present": "uint8", "fake-keypoints/num_people": "int16",
         }
         for name, dtype in stored.items():
             dataset = shard[name]
@@ -180,9 +184,9 @@ def test_file_layout_dtypes_and_attributes(store_dir: Path):
         np.testing.assert_array_equal(group.attrs["input_size"], [64, 48])
         np.testing.assert_array_equal(group.attrs["std"], [1.0, 1.0, 1.0])
         assert json.loads(group.attrs["sampling_json"]) == ATTRIBUTES["sampling"] and group.attrs["code_version"] == "extract-1"
-        assert [output["name"] for output in json.loads(group.attrs["outputs_json"])] == ["heatmaps", "person_present", "num_people"]
-        assert list(group["heatmaps"].attrs["class_names"]) == KEYPOINT_NAMES
-        assert group["heatmaps"].attrs["kind"] == "heatmaps"
+        assert [output["name"] for output in json.loads(group.attrs["outputs_json"])] == ["keypoints", "person_present", "num_people"]
+        assert list(group["keypoints"].attrs["class_names"]) == KEYPOINT_NAMES
+        assert group["keypoints"].attrs["kind"] == "keypoints"
 
 
 def test_manifest_records_shards_and_skipped(store_dir: Path):
@@ -232,7 +236,7 @@ def test_writer_copies_rows_it_has_not_written_yet(tmp_path: Path):
     write_manifest(tmp_path, config={}, shards=[path])
     with TargetStore(tmp_path) as store:
         np.testing.assert_array_equal(store.rows([0, 1, 2])["t_seconds"], rows["t_seconds"])
-        np.testing.assert_array_equal(store.rows([0, 1, 2])["fake-keypoints/heatmaps"], as_stored(rows["fake-keypoints/heatmaps"]))
+        np.testing.assert_array_equal(store.rows([0, 1, 2])["fake-keypoints/keypoints"], as_stored(rows["fake-keypoints/keypoints"]))
 
 
 def test_error_inside_writer_leaves_no_file(tmp_path: Path):
@@ -254,8 +258,8 @@ def test_writer_refuses_bad_rows(tmp_path: Path):
         with pytest.raises(ShardError, match="'a'"):
             writer.append(rows)
         rows = video_rows("a", 2)
-        rows["fake-keypoints/heatmaps"] = rows["fake-keypoints/heatmaps"][:, :16]
-        with pytest.raises(ValueError, match="heatmaps"):
+        rows["fake-keypoints/keypoints"] = rows["fake-keypoints/keypoints"][:, :16]
+        with pytest.raises(ValueError, match="keypoints"):
             writer.append(rows)
         with pytest.raises(ShardError, match="bytes"):
             writer.append(video_rows("é" * 200, 1))
@@ -279,7 +283,7 @@ def _problems_naming(store_dir: Path, file_name: str) -> list[str]:
 def test_verify_catches_a_flipped_byte_inside_a_chunk(store_dir: Path):
     path = store_dir / shard_name(1, 2)
     with h5py.File(path, "r") as shard:
-        chunk = shard["fake-keypoints/heatmaps"].id.get_chunk_info(0)
+        chunk = shard["fake-keypoints/keypoints"].id.get_chunk_info(0)
     with open(path, "r+b") as stream:
         stream.seek(chunk.byte_offset + chunk.size // 2)
         value = stream.read(1)
@@ -287,7 +291,7 @@ def test_verify_catches_a_flipped_byte_inside_a_chunk(store_dir: Path):
         stream.write(bytes([value[0] ^ 0xFF]))
     problems = _problems_naming(store_dir, path.name)
     assert any("sha256" in problem for problem in problems)
-    assert any("heatmaps" in problem and "checksum" in problem for problem in problems)
+    assert any("keypoints" in problem and "checksum" in problem for problem in problems)
 
 
 def test_verify_catches_a_flipped_byte_anywhere(store_dir: Path):
@@ -392,6 +396,35 @@ def test_write_manifest_refuses_an_incomplete_set(tmp_path: Path):
     assert not (tmp_path / "manifest.json").exists()
 
 
+# ---------------------------------------------------------------- an older shard format
+FORMAT_LINE = (
+    "shard format 1, this distinit reads 2 (keypoints are now stored as coordinates); re-run `make extract DATA=demo`"
+)
+
+
+def test_a_cache_in_an_older_format_is_refused_in_one_line(store_dir: Path):
+    assert FORMAT_VERSION == 2
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (store_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardError) as refused:
+        TargetStore(store_dir)
+    message = str(refused.value)
+    assert message.startswith(f"{store_dir}: {FORMAT_LINE}") and "\n" not in message
+    assert verify(store_dir) == [message]
+    with pytest.raises(ShardError, match=re.escape(FORMAT_LINE)):
+        inspect(store_dir)
+
+
+def test_a_shard_in_an_older_format_is_refused_by_finalize_and_verify(store_dir: Path):
+    path = store_dir / shard_name(1, 2)
+    with h5py.File(path, "r+") as shard:
+        shard.attrs["format_version"] = 1  # as the previous distinit wrote it
+    assert any(FORMAT_LINE in problem for problem in verify_shard(path))
+    with pytest.raises(ShardError, match=re.escape(f"{path}: {FORMAT_LINE}")):
+        write_manifest(store_dir, config={}, shards=sorted(store_dir.glob("shard-*.h5")))
+
+
 # ---------------------------------------------------------------- inspect
 def test_inspect_summarises_the_cache_and_one_video(store_dir: Path):
     lines = inspect(store_dir)
@@ -399,12 +432,15 @@ def test_inspect_summarises_the_cache_and_one_video(store_dir: Path):
     assert f"rows {5 * len(VIDEOS)}, videos {len(VIDEOS)}" in text and "skipped videos 1" in text
     assert "top classes (mean softmax): class " in text
     assert "person_present rate: 60.0% of frames" in text  # frames 0, 2, 4 of 5
+    assert "a person's keypoints in 60.0% of frames" in text and "renders 4x4 heatmaps over each crop" in text
     video_lines = inspect(store_dir, video_id="video_03", top_k=2)[len(lines) :]
-    frame_lines = [line for line in video_lines if line.strip().startswith("t=")]
+    frame_lines = [line for line in video_lines if line.strip().startswith("t=") and "class" in line]
     assert len(frame_lines) == 5
     assert frame_lines[0].strip().startswith("t=0.25s  class 0 ")  # sorted by t although written in reverse
     assert frame_lines[3].strip().startswith("t=1.75s  class 3 ")
     assert frame_lines[0].count("class") == 2
+    keypoint_lines = [line.strip() for line in video_lines if line.strip().startswith("t=") and "/17" in line]
+    assert len(keypoint_lines) == 5 and keypoint_lines[1].startswith("t=0.75s  0/17")  # frame 1: nobody
     with pytest.raises(ShardError, match="no rows for video"):
         inspect(store_dir, video_id="nope")
 

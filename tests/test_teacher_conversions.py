@@ -18,12 +18,18 @@ from extract.teachers.coco_keypoints import frame_detections_to_keypoint_targets
 from extract.teachers.coco_objects import detections_to_object_targets
 from extract.teachers.detections import FrameDetections
 from extract.teachers.detectron2_models import detectron2_instances_to_detections
-from extract.teachers.keypoint_heatmaps import (
+from extract.teachers.keypoint_coordinates import (
+    DETECTRON2_KEYPOINT_PROBABILITY_AT_HALF,
+    HEATMAP_GRID_ATTRIBUTE,
+    HEATMAP_SIGMA_ATTRIBUTE,
+    KEYPOINT_COLUMNS,
+    NOWHERE,
+    TORCHVISION_KEYPOINT_LOGIT_AT_HALF,
     detectron2_keypoint_confidence,
-    heatmap_peak_cells,
-    keypoints_to_heatmaps,
+    keypoint_outputs,
     most_confident_person,
     person_keypoint_targets,
+    relative_keypoints,
     torchvision_keypoint_confidence,
 )
 from extract.teachers.mediapipe_pose import MEDIAPIPE_TO_COCO_KEYPOINTS, landmarks_to_coco_keypoints
@@ -103,48 +109,33 @@ def test_object_targets_with_no_detections():
     assert class_scores.shape == (80,) and not class_scores.any() and num_confident == 0
 
 
-# ---------------------------------------------------------------- heatmaps
+# ---------------------------------------------------------------- keypoints
 
 
-def test_heatmap_peak_lands_in_the_keypoint_cell():
-    width, height, grid = 640, 480, 14
-    keypoints = np.array([[0.75 * width, 0.25 * height], [10.0, 470.0]])  # cells (3, 10) and (13, 0)
-    heatmaps = keypoints_to_heatmaps(keypoints, np.array([1.0, 0.8]), width, height, grid=grid, sigma=1.0)
-    assert heatmaps.shape == (2, grid, grid) and heatmaps.dtype == np.float32
-    np.testing.assert_array_equal(heatmap_peak_cells(heatmaps), [[3, 10], [13, 0]])
-    np.testing.assert_allclose(heatmaps.sum(axis=(1, 2)), 1.0, atol=1e-5)
-
-
-def test_heatmap_confidence_mixes_peak_and_uniform():
-    keypoint = np.array([[100.0, 50.0]])
-    sharp = keypoints_to_heatmaps(keypoint, np.array([1.0]), 200, 200, grid=8, sigma=0.5)
-    half = keypoints_to_heatmaps(keypoint, np.array([0.5]), 200, 200, grid=8, sigma=0.5)
-    unsure = keypoints_to_heatmaps(keypoint, np.array([0.0]), 200, 200, grid=8, sigma=0.5)
-    np.testing.assert_allclose(unsure, 1 / 64, rtol=1e-6)
-    np.testing.assert_allclose(half, 0.5 * sharp + 0.5 / 64, rtol=1e-5)
-    assert sharp.max() > half.max() > unsure.max()
-    wide = keypoints_to_heatmaps(keypoint, np.array([1.0]), 200, 200, grid=8, sigma=2.0)
-    assert sharp.max() > wide.max()
-
-
-def test_keypoints_outside_the_frame_or_nan_are_uniform():
-    keypoints = np.array([[-5.0, 10.0], [10.0, 250.0], [np.nan, 3.0]])
-    heatmaps = keypoints_to_heatmaps(keypoints, np.array([1.0, 1.0, np.nan]), 100, 200, grid=4)
-    np.testing.assert_allclose(heatmaps, 1 / 16, rtol=1e-6)
+def test_keypoints_are_stored_relative_to_the_frame():
+    width, height = 640, 480
+    keypoints = np.array([[0.75 * width, 0.25 * height], [10.0, 470.0], [-5.0, 500.0], [np.nan, 3.0]])
+    stored = relative_keypoints(keypoints, np.array([1.0, 0.8, 1.7, 0.9]), width, height)
+    assert stored.shape == (4, 3) and stored.dtype == np.float32
+    np.testing.assert_allclose(stored[0], [0.75, 0.25, 1.0])
+    np.testing.assert_allclose(stored[1], [10 / 640, 470 / 480, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(stored[2], [-5 / 640, 500 / 480, 1.0], rtol=1e-6)  # outside the frame: kept, clipped confidence
+    np.testing.assert_array_equal(stored[3], [NOWHERE, NOWHERE, 0.0])  # no position: nowhere, unsure (never NaN)
+    assert list(KEYPOINT_COLUMNS) == ["x_relative", "y_relative", "confidence"]
 
 
 def test_person_targets_pick_the_most_confident_person():
     keypoints = np.zeros((3, 17, 2), np.float32)
     keypoints[0] += [10, 10]
-    keypoints[1] += [90, 90]  # the most confident person: every keypoint in the bottom-right cell
+    keypoints[1] += [90, 80]  # the most confident person
     keypoints[2] += [50, 10]
     confidence = np.ones((3, 17), np.float32)
     person_scores = np.array([0.6, 0.95, 0.7])
-    heatmaps, present = person_keypoint_targets(person_scores, keypoints, confidence, 100, 100, 4, 0.5, 0.5)
-    assert present == 1
-    assert (heatmap_peak_cells(heatmaps) == [3, 3]).all()
-    heatmaps, present = person_keypoint_targets(np.array([0.2, 0.3, 0.1]), keypoints, confidence, 100, 100, 4, 0.5, 0.5)
-    assert present == 0 and heatmaps.shape == (17, 4, 4) and not heatmaps.any()
+    stored, present = person_keypoint_targets(person_scores, keypoints, confidence, 100, 200, 0.5)
+    assert present == 1 and stored.shape == (17, 3)
+    np.testing.assert_allclose(stored, np.tile([0.9, 0.4, 1.0], (17, 1)), rtol=1e-6)
+    stored, present = person_keypoint_targets(np.array([0.2, 0.3, 0.1]), keypoints, confidence, 100, 200, 0.5)
+    assert present == 0 and stored.shape == (17, 3) and not stored.any()
     assert most_confident_person(np.zeros(0), 0.5) is None
 
 
@@ -156,11 +147,12 @@ def test_keypoint_targets_ignore_detections_that_are_not_people():
         keypoints_xy=keypoints,
         keypoint_confidence=np.ones((2, 17), np.float32),
     )
-    heatmaps, present = frame_detections_to_keypoint_targets(detections, 100, 100, 4, 0.5, 0.5)
-    assert present == 1 and (heatmap_peak_cells(heatmaps) == [3, 3]).all()
+    stored, present = frame_detections_to_keypoint_targets(detections, 100, 100, 0.5)
+    assert present == 1
+    np.testing.assert_allclose(stored[:, :2], 0.9, rtol=1e-6)
     nobody = FrameDetections(labels=np.zeros(0, np.int64), scores=np.zeros(0, np.float32))
-    heatmaps, present = frame_detections_to_keypoint_targets(nobody, 100, 100, 4, 0.5, 0.5)
-    assert present == 0 and not heatmaps.any()
+    stored, present = frame_detections_to_keypoint_targets(nobody, 100, 100, 0.5)
+    assert present == 0 and stored.shape == (17, 3) and not stored.any()
 
 
 def test_backend_keypoint_scores_become_confidences():
@@ -171,34 +163,49 @@ def test_backend_keypoint_scores_become_confidences():
     np.testing.assert_allclose(detectron2_confidence, [0.0, 0.5, 0.5 / 0.55], rtol=1e-6)
 
 
+# The same person (nose at (30, 60), the rest at (85, 25) of a 100 x 100 frame, confidence 0.5) as each
+# backend reports it; all three must store the same (17, 3) keypoints.
+SAME_PERSON = np.tile([0.85, 0.25, 0.5], (17, 1)).astype(np.float32)
+SAME_PERSON[0] = [0.30, 0.60, 0.5]
+
+
+def _same_person_pixels() -> torch.Tensor:
+    keypoints = torch.zeros(17, 2)
+    keypoints[:] = torch.tensor([85.0, 25.0])
+    keypoints[0] = torch.tensor([30.0, 60.0])
+    return keypoints
+
+
 def test_torchvision_keypoint_output_conversion():
-    keypoints = torch.zeros(2, 17, 3)
-    keypoints[..., 0], keypoints[..., 1], keypoints[..., 2] = 30.0, 60.0, 1.0
+    keypoints = torch.ones(2, 17, 3)  # torchvision's [..., 2] is always 1
+    keypoints[0, :, :2] = _same_person_pixels()
     output = {
         "labels": torch.tensor([1, 1]),
         "scores": torch.tensor([0.9, 0.4]),
         "keypoints": keypoints,
-        "keypoints_scores": torch.full((2, 17), 2.0),
+        "keypoints_scores": torch.full((2, 17), TORCHVISION_KEYPOINT_LOGIT_AT_HALF),
     }
     detections = torchvision_output_to_detections(output)
     np.testing.assert_array_equal(detections.labels, [0, 0])
-    np.testing.assert_allclose(detections.keypoints_xy[0, 0], [30.0, 60.0])
     np.testing.assert_allclose(detections.keypoint_confidence, 0.5)
+    stored, present = frame_detections_to_keypoint_targets(detections, 100, 100, 0.5)
+    assert present == 1
+    np.testing.assert_allclose(stored, SAME_PERSON, rtol=1e-6)
 
 
 def test_detectron2_keypoint_instances_conversion():
     pred_keypoints = torch.zeros(2, 17, 3)
-    pred_keypoints[0, :, :2] = torch.tensor([85.0, 25.0])
+    pred_keypoints[0, :, :2] = _same_person_pixels()
     pred_keypoints[1, :, :2] = torch.tensor([10.0, 90.0])
-    pred_keypoints[..., 2] = 0.2
+    pred_keypoints[..., 2] = DETECTRON2_KEYPOINT_PROBABILITY_AT_HALF
     instances = SimpleNamespace(
         scores=torch.tensor([0.97, 0.6]), pred_classes=torch.tensor([0, 0]), pred_keypoints=pred_keypoints
     )
     detections = detectron2_instances_to_detections(instances)
     assert detections.keypoints_xy.shape == (2, 17, 2)
-    np.testing.assert_allclose(detections.keypoint_confidence, 0.2 / 0.25, rtol=1e-6)
-    heatmaps, present = frame_detections_to_keypoint_targets(detections, 100, 100, 10, 1.0, 0.5)
-    assert present == 1 and (heatmap_peak_cells(heatmaps) == [2, 8]).all()  # y = 25 -> row 2, x = 85 -> column 8
+    stored, present = frame_detections_to_keypoint_targets(detections, 100, 100, 0.5)
+    assert present == 1
+    np.testing.assert_allclose(stored, SAME_PERSON, rtol=1e-6)
 
 
 def test_mediapipe_landmarks_map_to_coco_keypoints():
@@ -206,11 +213,26 @@ def test_mediapipe_landmarks_map_to_coco_keypoints():
     landmarks[:, 0] = np.arange(33) / 33  # x encodes the landmark index
     landmarks[:, 1] = 0.5
     landmarks[:, 2] = np.linspace(0, 1, 33)
-    keypoints_xy, confidence = landmarks_to_coco_keypoints(landmarks, frame_width=330, frame_height=100)
-    np.testing.assert_allclose(keypoints_xy[:, 0], np.array(MEDIAPIPE_TO_COCO_KEYPOINTS) * 10, rtol=1e-5)
-    np.testing.assert_allclose(keypoints_xy[:, 1], 50.0)
-    np.testing.assert_allclose(confidence, landmarks[list(MEDIAPIPE_TO_COCO_KEYPOINTS), 2], rtol=1e-6)
+    stored = landmarks_to_coco_keypoints(landmarks)
+    assert stored.shape == (17, 3) and stored.dtype == np.float32
+    np.testing.assert_allclose(stored[:, 0], np.array(MEDIAPIPE_TO_COCO_KEYPOINTS) / 33, rtol=1e-6)
+    np.testing.assert_allclose(stored[:, 1], 0.5)
+    np.testing.assert_allclose(stored[:, 2], landmarks[list(MEDIAPIPE_TO_COCO_KEYPOINTS), 2], rtol=1e-6)
     assert MEDIAPIPE_TO_COCO_KEYPOINTS[COCO_KEYPOINT_NAMES.index("left_hip")] == 23
+    same_person = np.zeros((33, 3))
+    same_person[list(MEDIAPIPE_TO_COCO_KEYPOINTS)] = SAME_PERSON
+    np.testing.assert_allclose(landmarks_to_coco_keypoints(same_person), SAME_PERSON, rtol=1e-6)
+    landmarks[0, 0] = np.nan  # the nose's x: nowhere, confidence 0
+    np.testing.assert_array_equal(landmarks_to_coco_keypoints(landmarks)[0], [NOWHERE, NOWHERE, 0.0])
+
+
+def test_every_pose_teacher_declares_the_same_outputs():
+    specs = [spec.describe() for spec in keypoint_outputs(14, 1.0, "any")]
+    assert [(spec["name"], spec["kind"], spec["shape"], spec["dtype"]) for spec in specs] == [
+        ("keypoints", "keypoints", [17, 3], "float16"), ("person_present", "flag", [], "uint8"),
+    ]
+    assert specs[0]["attributes"][HEATMAP_GRID_ATTRIBUTE] == 14 and specs[0]["attributes"][HEATMAP_SIGMA_ATTRIBUTE] == 1.0
+    assert specs[0]["class_names"] == list(COCO_KEYPOINT_NAMES)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import torch
 from extract.teachers import MissingWeightsError, create_teacher, list_teachers, teacher_options
 from extract.teachers.detections import detectron2_is_installed
 from extract.teachers.imagenet_efficientnet import packaged_lite0_weights_path
-from extract.teachers.keypoint_heatmaps import heatmap_peak_cells
+from extract.teachers.keypoint_coordinates import HEATMAP_GRID_ATTRIBUTE, HEATMAP_SIGMA_ATTRIBUTE
 from pipeline.errors import ConfigError, DistinitError
 from pipeline.hashing import sha256_file
 
@@ -170,18 +170,38 @@ def test_coco_objects_missing_weights_names_the_file(tmp_path, monkeypatch):
         create_teacher("coco-objects", backend="torchvision", **SMALL_DETECTOR)
 
 
+POSE_FIELDS = [("keypoints", "keypoints", [17, 3], "float16"), ("person_present", "flag", [], "uint8")]
+
+
+def _pose_fields(teacher) -> list[tuple]:
+    """What a pose teacher writes, as stage two reads it: names, kinds, shapes, dtypes and heatmap settings."""
+    described = teacher.describe()["outputs"]
+    assert described[0]["attributes"][HEATMAP_GRID_ATTRIBUTE] == teacher.grid
+    assert described[0]["attributes"][HEATMAP_SIGMA_ATTRIBUTE] == teacher.sigma
+    return [(output["name"], output["kind"], output["shape"], output["dtype"]) for output in described]
+
+
+def _assert_keypoint_rows(outputs: dict, frames: int) -> None:
+    keypoints, present = outputs["keypoints"], outputs["person_present"]
+    assert keypoints.shape == (frames, 17, 3) and keypoints.dtype == np.float32 and np.isfinite(keypoints).all()
+    assert present.shape == (frames,) and present.dtype == np.uint8
+    assert ((keypoints[..., 2] >= 0) & (keypoints[..., 2] <= 1)).all()
+    assert not keypoints[present == 0].any()  # nobody: all zero
+
+
 def test_coco_keypoints_torchvision_with_random_weights():
     options = {"person_threshold": 0.0, "grid": 8, **SMALL_DETECTOR}
     teacher = create_teacher("coco-keypoints", backend="torchvision", weights="random", **options)
+    assert _pose_fields(teacher) == POSE_FIELDS
     outputs = teacher(_small_frames(1))
-    heatmaps, present = outputs["heatmaps"], outputs["person_present"]
-    assert heatmaps.shape == (1, 17, 8, 8) and heatmaps.dtype == np.float32
-    assert present.dtype == np.uint8 and present.tolist() == [1]
-    np.testing.assert_allclose(heatmaps.sum(axis=(2, 3)), 1.0, atol=1e-4)
-    # nobody reaches a threshold of 1: all-zero heatmaps, flag 0
+    _assert_keypoint_rows(outputs, 1)
+    assert outputs["person_present"].tolist() == [1]
+    # Coordinates are fractions of the frame (a keypoint's box may reach a little past the frame's edge).
+    assert ((outputs["keypoints"][..., :2] > -0.1) & (outputs["keypoints"][..., :2] < 1.1)).all()
+    # nobody reaches a threshold of 1: all-zero keypoints, flag 0
     teacher.person_threshold = 1.0
     outputs = teacher(_small_frames(1))
-    assert outputs["person_present"].tolist() == [0] and not outputs["heatmaps"].any()
+    assert outputs["person_present"].tolist() == [0] and not outputs["keypoints"].any()
 
 
 def test_explicit_detectron2_backend_without_detectron2_says_how_to_install():
@@ -203,6 +223,9 @@ def test_detectron2_backend_runs_when_installed(teacher_name):
     for spec in teacher.outputs:
         assert outputs[spec.name].shape == (1, *spec.shape)
     assert teacher.weights_sha256 == "random-init"
+    if teacher_name == "coco-keypoints":  # the same fields as the torchvision and MediaPipe backends
+        assert _pose_fields(teacher) == POSE_FIELDS
+        _assert_keypoint_rows(outputs, 1)
 
 
 def test_detectron2_missing_weights_names_the_cache_file(tmp_path, monkeypatch):
@@ -227,19 +250,18 @@ def test_mediapipe_finds_the_astronaut_with_plausible_keypoints(blazepose):
     astronaut = skimage.data.astronaut()  # 512 x 512, a person from the waist up
     outputs = blazepose(astronaut[None])
     assert outputs["person_present"].tolist() == [1]
-    heatmaps = outputs["heatmaps"][0]
-    assert heatmaps.shape == (17, 14, 14)
-    np.testing.assert_allclose(heatmaps.sum(axis=(1, 2)), 1.0, atol=1e-4)
-    rows = heatmap_peak_cells(heatmaps)[:, 0]
-    nose, left_shoulder, right_shoulder, left_hip = rows[0], rows[5], rows[6], rows[11]
-    assert nose < 7 and nose < min(left_shoulder, right_shoulder)
-    assert max(left_shoulder, right_shoulder) <= 7 and left_hip > nose  # shoulders in the upper half, hips below
+    assert _pose_fields(blazepose) == POSE_FIELDS
+    _assert_keypoint_rows(outputs, 1)
+    heights = outputs["keypoints"][0, :, 1]  # y / frame height
+    nose, left_shoulder, right_shoulder, left_hip = heights[0], heights[5], heights[6], heights[11]
+    assert nose < 0.5 and nose < min(left_shoulder, right_shoulder)
+    assert max(left_shoulder, right_shoulder) < 8 / 14 and left_hip > nose  # shoulders in the upper rows, hips below
     assert blazepose.describe()["backend"] == "mediapipe"
 
 
 def test_mediapipe_sees_nobody_in_an_empty_frame(blazepose):
     outputs = blazepose(np.full((1, 240, 320, 3), 127, np.uint8))
-    assert outputs["person_present"].tolist() == [0] and not outputs["heatmaps"].any()
+    assert outputs["person_present"].tolist() == [0] and not outputs["keypoints"].any()
 
 
 def test_mediapipe_missing_says_which_extra_to_install(monkeypatch):

@@ -4,7 +4,7 @@ Registered teachers (see each module for its options):
 - imagenet-efficientnet-lite0: the default; real ImageNet weights shipped in a pip package; 1000 logits.
 - imagenet-torchvision: any torchvision ImageNet classifier, weights from the torch hub cache or a file.
 - coco-objects: per COCO class the best detection score, plus the count of confident detections.
-- coco-keypoints: the most confident person's 17 COCO keypoints as heatmaps, plus a person flag.
+- coco-keypoints: the most confident person's 17 COCO keypoints as frame-relative (x, y, confidence), plus a person flag.
 - mediapipe-pose: BlazePose (optional extra `distinit[pose]`), same outputs as coco-keypoints.
 """
 

@@ -20,17 +20,21 @@ from pipeline.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_KINDS = ("logits", "multilabel_scores", "heatmaps", "count", "flag")
+# "keypoints": (K, 3) = (x / frame width, y / frame height, confidence) per keypoint; stage two renders
+# them as heatmaps over the crop the student sees (distill.keypoint_heatmaps).
+OUTPUT_KINDS = ("logits", "multilabel_scores", "keypoints", "count", "flag")
 
 
 @dataclass(frozen=True)
 class OutputSpec:
-    name: str  # HDF5 dataset name, e.g. "logits", "scores", "num_confident", "heatmaps", "person_present"
-    shape: tuple[int, ...]  # per-frame shape, e.g. (1000,), (80,), (), (17, 14, 14)
+    name: str  # HDF5 dataset name, e.g. "logits", "scores", "num_confident", "keypoints", "person_present"
+    shape: tuple[int, ...]  # per-frame shape, e.g. (1000,), (80,), (), (17, 3)
     dtype: str  # numpy dtype stored: "float16" for soft outputs, "int16"/"uint8" for counts and flags
     kind: str  # how stage two treats it: one of OUTPUT_KINDS
     meaning: str  # one line for humans
     class_names: tuple[str, ...] | None = None
+    # Facts stage two needs to use the output, e.g. a keypoints output's heatmap grid and sigma.
+    attributes: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in OUTPUT_KINDS:
@@ -42,7 +46,7 @@ class OutputSpec:
         return np.dtype(np.float32) if stored.kind == "f" else stored
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described = {
             "name": self.name,
             "shape": list(self.shape),
             "dtype": self.dtype,
@@ -50,6 +54,9 @@ class OutputSpec:
             "meaning": self.meaning,
             "class_names": list(self.class_names) if self.class_names is not None else None,
         }
+        if self.attributes:
+            described["attributes"] = dict(self.attributes)
+        return described
 
 
 class Teacher:
@@ -90,7 +97,7 @@ class Teacher:
         raise NotImplementedError
 
     def extra_config(self) -> dict[str, Any]:
-        """Options that change the outputs (score thresholds, heatmap grid, ...); subclasses extend.
+        """Options that change the outputs (score thresholds, keypoint heatmap grid, ...); subclasses extend.
         batch_size is left out on purpose: it changes speed, not targets, so it must not change a stage key."""
         return {}
 

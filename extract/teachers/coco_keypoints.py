@@ -1,9 +1,10 @@
-"""`coco-keypoints`: where the most confident person's 17 COCO keypoints are, as coarse heatmaps.
+"""`coco-keypoints`: where the most confident person's 17 COCO keypoints are.
 
-Per frame: `heatmaps` (17, G, G) (default G = 14), each a distribution over a grid on the full frame
-(see keypoint_heatmaps for the exact construction), all zero when no person reaches `person_threshold`;
-`person_present` 0/1. Backends: Detectron2 keypoint_rcnn_R_50_FPN_3x when it imports, else torchvision's
-keypointrcnn_resnet50_fpn (COCO_V1).
+Per frame: `keypoints` (17, 3) = (x / frame width, y / frame height, confidence), all zero when no person
+reaches `person_threshold`; `person_present` 0/1 (see keypoint_coordinates). `grid` and `sigma` do not
+change what is stored: they are recorded on the output for stage two, which renders the (17, grid, grid)
+heatmaps over the crop each sample sees. Backends: Detectron2 keypoint_rcnn_R_50_FPN_3x when it imports,
+else torchvision's keypointrcnn_resnet50_fpn (COCO_V1); both write the same fields.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import numpy as np
 import torch
 
 from extract.teachers.base import (
-    OutputSpec,
     Teacher,
     require_positive,
     require_unit_interval,
@@ -20,50 +20,26 @@ from extract.teachers.base import (
 )
 from extract.teachers.coco_classes import COCO_KEYPOINT_NAMES, NUM_COCO_KEYPOINTS, PERSON_CLASS_INDEX
 from extract.teachers.detections import FrameDetections, build_detector, select_detection_backend
-from extract.teachers.keypoint_heatmaps import person_keypoint_targets
+from extract.teachers.keypoint_coordinates import empty_keypoints, keypoint_outputs, person_keypoint_targets
 from extract.teachers.registry import register_teacher
 
 PEOPLE_KEPT_PER_FRAME = 5
 PERSON_DETECTION_SCORE_THRESHOLD = 0.05  # both backends' default; person_threshold then picks the target
 
 
-def keypoint_outputs(grid: int, source: str) -> tuple[OutputSpec, OutputSpec]:
-    """The two outputs every pose teacher produces, so a student's pose head fits any of them."""
-    return (
-        OutputSpec(
-            name="heatmaps",
-            shape=(NUM_COCO_KEYPOINTS, grid, grid),
-            dtype="float16",
-            kind="heatmaps",
-            meaning=f"{source}: per COCO keypoint of the most confident person, a distribution over a {grid}x{grid} "
-            "grid on the full frame (confidence-weighted Gaussian + uniform); all zero when nobody is seen",
-            class_names=COCO_KEYPOINT_NAMES,
-        ),
-        OutputSpec(
-            name="person_present",
-            shape=(),
-            dtype="uint8",
-            kind="flag",
-            meaning="1 when a person was detected (heatmaps valid), else 0",
-        ),
-    )
-
-
 def frame_detections_to_keypoint_targets(
-    detections: FrameDetections, frame_width: int, frame_height: int, grid: int, sigma: float, person_threshold: float
+    detections: FrameDetections, frame_width: int, frame_height: int, person_threshold: float
 ) -> tuple[np.ndarray, int]:
-    """One frame's detections -> (heatmaps (17, G, G), person_present); only person detections count."""
+    """One frame's detections -> (keypoints (17, 3) frame-relative, person_present); only person detections count."""
     is_person = detections.labels == PERSON_CLASS_INDEX
     if detections.keypoints_xy is None or not is_person.any():
-        return np.zeros((NUM_COCO_KEYPOINTS, grid, grid), np.float32), 0
+        return empty_keypoints(NUM_COCO_KEYPOINTS), 0
     return person_keypoint_targets(
         detections.scores[is_person],
         detections.keypoints_xy[is_person],
         detections.keypoint_confidence[is_person],
         frame_width,
         frame_height,
-        grid,
-        sigma,
         person_threshold,
     )
 
@@ -112,18 +88,18 @@ class CocoKeypointsTeacher(Teacher):
         self.decode_short_side = int(min_size)
         self.mean, self.std = self.detector.mean, self.detector.std
         self.weights_sha256 = self.detector.weights_sha256
-        self.outputs = keypoint_outputs(self.grid, "Keypoint R-CNN")
+        self.outputs = keypoint_outputs(self.grid, self.sigma, "Keypoint R-CNN")
 
     def _forward_batch(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         frame_height, frame_width = frames.shape[1:3]
-        heatmaps, present = [], []
+        keypoints, present = [], []
         for detections in self.detector(frames):
-            frame_heatmaps, person_present = frame_detections_to_keypoint_targets(
-                detections, frame_width, frame_height, self.grid, self.sigma, self.person_threshold
+            frame_keypoints, person_present = frame_detections_to_keypoint_targets(
+                detections, frame_width, frame_height, self.person_threshold
             )
-            heatmaps.append(frame_heatmaps)
+            keypoints.append(frame_keypoints)
             present.append(person_present)
-        return {"heatmaps": np.stack(heatmaps), "person_present": np.asarray(present, dtype=np.uint8)}
+        return {"keypoints": np.stack(keypoints), "person_present": np.asarray(present, dtype=np.uint8)}
 
     def extra_config(self) -> dict:
         return {

@@ -22,7 +22,7 @@ class FrameDetections:
     labels: np.ndarray  # (D,) int64 contiguous COCO class index 0..79; -1 = not a COCO class (ignored)
     scores: np.ndarray  # (D,) float32 detection confidence in [0, 1]
     keypoints_xy: np.ndarray | None = None  # (D, 17, 2) float32, pixels of the full frame
-    keypoint_confidence: np.ndarray | None = None  # (D, 17) float32 in [0, 1] (see keypoint_heatmaps)
+    keypoint_confidence: np.ndarray | None = None  # (D, 17) float32 in [0, 1] (see keypoint_coordinates)
 
 
 def detectron2_is_installed() -> bool:

@@ -1,9 +1,9 @@
 """`mediapipe-pose`: BlazePose (MediaPipe 0.10.21, real weights inside the wheel) as a pose teacher.
 
 Optional extra: `pip install distinit[pose]`. BlazePose finds one person and 33 landmarks (x, y as a
-fraction of the frame, plus a visibility probability); we keep the 17 that COCO also has and build the
-same outputs as `coco-keypoints` (heatmaps + person_present), so a student's pose head can be taught by
-either. MediaPipe runs on the CPU, one frame at a time (its graph is not batched); `static_image_mode`
+fraction of the frame, plus a visibility probability); we keep the 17 that COCO also has and write the
+same outputs as `coco-keypoints` (keypoints + person_present, see keypoint_coordinates), so a student's
+pose head can be taught by either. MediaPipe runs on the CPU, one frame at a time (its graph is not batched); `static_image_mode`
 treats every sampled frame on its own, as the other teachers do.
 """
 
@@ -17,8 +17,7 @@ import torch
 
 from extract.teachers.base import Teacher, require_positive, require_unit_interval
 from extract.teachers.coco_classes import NUM_COCO_KEYPOINTS
-from extract.teachers.coco_keypoints import keypoint_outputs
-from extract.teachers.keypoint_heatmaps import empty_heatmaps, keypoints_to_heatmaps
+from extract.teachers.keypoint_coordinates import NOWHERE, empty_keypoints, keypoint_outputs
 from extract.teachers.registry import register_teacher
 from extract.teachers.weights import sha256_files
 from pipeline.errors import ConfigError, DistinitError
@@ -61,15 +60,15 @@ def mediapipe_model_files(mediapipe_module, model_complexity: int) -> list[Path]
     return files
 
 
-def landmarks_to_coco_keypoints(
-    landmarks: np.ndarray, frame_width: int, frame_height: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """BlazePose landmarks (33, 3) = (x fraction, y fraction, visibility) -> COCO keypoints_xy (17, 2) in
-    pixels and their confidences (17,)."""
+def landmarks_to_coco_keypoints(landmarks: np.ndarray) -> np.ndarray:
+    """BlazePose landmarks (33, 3) = (x fraction, y fraction, visibility) -> the stored COCO keypoints
+    (17, 3) = (x / frame width, y / frame height, confidence): BlazePose's fractions already are that."""
     landmarks = np.asarray(landmarks, dtype=np.float64).reshape(NUM_MEDIAPIPE_LANDMARKS, 3)
-    selected = landmarks[list(MEDIAPIPE_TO_COCO_KEYPOINTS)]
-    keypoints_xy = selected[:, :2] * np.array([frame_width, frame_height], dtype=np.float64)
-    return keypoints_xy.astype(np.float32), np.clip(selected[:, 2], 0.0, 1.0).astype(np.float32)
+    selected = landmarks[list(MEDIAPIPE_TO_COCO_KEYPOINTS)]  # (17, 3)
+    finite = np.isfinite(selected[:, :2]).all(axis=1)
+    relative = np.where(finite[:, None], selected[:, :2], NOWHERE)
+    confidence = np.where(finite, np.clip(np.nan_to_num(selected[:, 2]), 0.0, 1.0), 0.0)
+    return np.concatenate([relative, confidence[:, None]], axis=1).astype(np.float32)
 
 
 @register_teacher("mediapipe-pose")
@@ -109,7 +108,7 @@ class MediaPipePoseTeacher(Teacher):
         self.decode_short_side = 256
         self.mean = (0.5, 0.5, 0.5)
         self.std = (0.5, 0.5, 0.5)
-        self.outputs = keypoint_outputs(self.grid, "BlazePose (33 landmarks mapped to COCO)")
+        self.outputs = keypoint_outputs(self.grid, self.sigma, "BlazePose (33 landmarks mapped to COCO)")
         self._pose = mediapipe.solutions.pose.Pose(
             static_image_mode=True,
             model_complexity=self.model_complexity,
@@ -118,21 +117,17 @@ class MediaPipePoseTeacher(Teacher):
         )
 
     def _forward_batch(self, frames: np.ndarray) -> dict[str, np.ndarray]:
-        frame_height, frame_width = frames.shape[1:3]
-        heatmaps, present = [], []
+        keypoints, present = [], []
         for frame in frames:
             result = self._pose.process(np.ascontiguousarray(frame))
             if result.pose_landmarks is None:
-                heatmaps.append(empty_heatmaps(self.grid, NUM_COCO_KEYPOINTS))
+                keypoints.append(empty_keypoints(NUM_COCO_KEYPOINTS))
                 present.append(0)
                 continue
             landmarks = np.array([(mark.x, mark.y, mark.visibility) for mark in result.pose_landmarks.landmark])
-            keypoints_xy, confidence = landmarks_to_coco_keypoints(landmarks, frame_width, frame_height)
-            heatmaps.append(
-                keypoints_to_heatmaps(keypoints_xy, confidence, frame_width, frame_height, self.grid, self.sigma)
-            )
+            keypoints.append(landmarks_to_coco_keypoints(landmarks))
             present.append(1)
-        return {"heatmaps": np.stack(heatmaps), "person_present": np.asarray(present, dtype=np.uint8)}
+        return {"keypoints": np.stack(keypoints), "person_present": np.asarray(present, dtype=np.uint8)}
 
     def extra_config(self) -> dict:
         return {

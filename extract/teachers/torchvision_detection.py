@@ -18,7 +18,7 @@ from extract.teachers.coco_classes import (
     TORCHVISION_LABEL_TO_CONTIGUOUS,
 )
 from extract.teachers.detections import FrameDetections
-from extract.teachers.keypoint_heatmaps import torchvision_keypoint_confidence
+from extract.teachers.keypoint_coordinates import torchvision_keypoint_confidence
 from extract.teachers.weights import (
     RANDOM_INIT_SHA256,
     RANDOM_WEIGHTS,

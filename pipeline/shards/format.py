@@ -24,7 +24,9 @@ import numpy as np
 from pipeline.errors import DistinitError
 from pipeline.hashing import sha256_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# What changed at each version, for the one line that refuses an older cache.
+FORMAT_CHANGES = {2: "keypoints are now stored as coordinates"}
 MANIFEST_NAME = "manifest.json"
 
 # Row datasets every shard has, beside the teacher outputs.
@@ -76,7 +78,7 @@ ATTR_CLASS_NAMES = "class_names"
 # Output kinds the inspector knows how to summarise; any other kind is stored and read just the same.
 KIND_LOGITS = "logits"
 KIND_MULTILABEL = "multilabel_scores"
-KIND_HEATMAPS = "heatmaps"
+KIND_KEYPOINTS = "keypoints"  # (K, 3) = (x / frame width, y / frame height, confidence); stage two renders heatmaps
 KIND_FLAG = "flag"
 
 MAXIMUM_SHARD_COUNT = 99_999
@@ -85,6 +87,17 @@ SHARD_NAME_PATTERN = re.compile(r"^shard-(\d{5})-of-(\d{5})\.h5$")
 
 class ShardError(DistinitError):
     """A target cache (shard or manifest) that is missing, corrupt or inconsistent."""
+
+
+def format_mismatch(location: Any, found: Any, dataset: str | None = None) -> str:
+    """The one line refusing a cache written in another shard format, saying how to rebuild it."""
+    reason = FORMAT_CHANGES.get(FORMAT_VERSION)
+    why = f" ({reason})" if reason and isinstance(found, int) and found < FORMAT_VERSION else ""
+    data = dataset or "<data>"
+    return (
+        f"{location}: shard format {found}, this distinit reads {FORMAT_VERSION}{why}; re-run `make extract "
+        f"DATA={data}` (or `distinit extract --data {data} ...` with the options it was made with) to rebuild it"
+    )
 
 
 @dataclass(frozen=True)

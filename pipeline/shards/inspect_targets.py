@@ -11,6 +11,8 @@ import numpy as np
 from pipeline.shards import format as fmt
 from pipeline.shards.reader import TargetStore
 
+CONFIDENT_KEYPOINT = 0.5  # the confidence every backend's map puts at its own visibility threshold
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Softmax over the last axis, in float64 so large logits do not overflow."""
@@ -28,6 +30,9 @@ class _OutputSummary:
     total_squares: float = 0.0
     per_class: np.ndarray | None = None
     present_rows: int = 0
+    confidence_total: float = 0.0
+    confident_keypoints: int = 0
+    confident_inside: int = 0
     notes: list[str] = field(default_factory=list)
 
     def add(self, values: np.ndarray, spec: dict[str, Any]) -> None:
@@ -41,8 +46,28 @@ class _OutputSummary:
             self.per_class = block_sum if self.per_class is None else self.per_class + block_sum
         if spec["kind"] == fmt.KIND_FLAG:
             self.present_rows += int((values.reshape(len(values), -1) > 0.5).any(axis=1).sum())
-        elif spec["kind"] == fmt.KIND_HEATMAPS:
-            self.present_rows += int((values.reshape(len(values), -1) > 0).any(axis=1).sum())
+        elif spec["kind"] == fmt.KIND_KEYPOINTS:
+            self._add_keypoints(values)
+
+    def _add_keypoints(self, keypoints: np.ndarray) -> None:
+        """(N, K, 3) = (x / width, y / height, confidence): who is seen, how surely, and where."""
+        confidence = keypoints[..., 2]  # (N, K)
+        seen = (confidence > 0).any(axis=1)
+        self.present_rows += int(seen.sum())
+        self.confidence_total += float(confidence[seen].mean(axis=1).sum()) if seen.any() else 0.0
+        confident = confidence >= CONFIDENT_KEYPOINT
+        inside = ((keypoints[..., :2] >= 0) & (keypoints[..., :2] <= 1)).all(axis=-1)
+        self.confident_keypoints += int(confident.sum())
+        self.confident_inside += int((confident & inside).sum())
+
+
+def _keypoints_line(keypoints: np.ndarray) -> str:
+    """One frame's (K, 3) keypoints in a few words."""
+    confident = keypoints[:, 2] >= CONFIDENT_KEYPOINT
+    if not confident.any():
+        return f"0/{len(keypoints)} (nobody, or nobody sure)"
+    x, y = keypoints[confident, :2].mean(axis=0)
+    return f"{int(confident.sum())}/{len(keypoints)} at x {x:.2f}, y {y:.2f}"
 
 
 def _top_classes(scores: np.ndarray, class_names: list[str], top_k: int) -> str:
@@ -60,8 +85,15 @@ def _summary_lines(key: str, spec: dict[str, Any], summary: _OutputSummary, top_
         lines.append(f"    top classes ({label}): {_top_classes(summary.per_class / summary.rows, spec['class_names'], top_k)}")
     if spec["kind"] == fmt.KIND_FLAG and summary.rows:
         lines.append(f"    {spec['name']} rate: {summary.present_rows / summary.rows:.1%} of frames")
-    elif spec["kind"] == fmt.KIND_HEATMAPS and summary.rows:
-        lines.append(f"    non-empty heatmaps in {summary.present_rows / summary.rows:.1%} of frames")
+    elif spec["kind"] == fmt.KIND_KEYPOINTS and summary.rows:
+        mean_confidence = summary.confidence_total / max(summary.present_rows, 1)
+        inside = summary.confident_inside / max(summary.confident_keypoints, 1)
+        grid = (spec.get("attributes") or {}).get("heatmap_grid")
+        lines.append(
+            f"    a person's keypoints in {summary.present_rows / summary.rows:.1%} of frames, mean confidence "
+            f"{mean_confidence:.2f}; {inside:.1%} of confident (>= {CONFIDENT_KEYPOINT}) keypoints inside the frame; "
+            f"stage two renders {grid}x{grid} heatmaps over each crop"
+        )
     return lines
 
 
@@ -108,6 +140,9 @@ def _video_lines(store: TargetStore, video_id: str, top_k: int) -> list[str]:
         elif spec["kind"] == fmt.KIND_FLAG:
             flags = " ".join(f"{value:g}" for value in values.reshape(len(values), -1)[:, 0])
             lines.append(f"  {key} per frame: {flags}")
+        elif spec["kind"] == fmt.KIND_KEYPOINTS:
+            lines.append(f"  {key} per frame (confident keypoints, their mean x and y as fractions of the frame):")
+            lines.extend(f"    t={t:.2f}s  {_keypoints_line(frame)}" for t, frame in zip(times, values))
         else:
             lines.append(f"  {key}: mean {values.mean():.4g}, max {values.max():.4g} over the video")
     return lines

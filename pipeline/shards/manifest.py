@@ -84,6 +84,8 @@ def _check_consistent(ordered: list[tuple[int, Path]], summaries: list[dict[str,
     first = summaries[0]
     for (index, path), summary in zip(ordered, summaries):
         attributes = summary["attributes"]
+        if attributes["format_version"] != fmt.FORMAT_VERSION:  # a shard left from an older distinit
+            raise ShardError(fmt.format_mismatch(path, attributes["format_version"], attributes["dataset"]))
         for key in ("stage_key", "dataset", "code_version", "sampling", "shard_count"):
             if attributes[key] != first["attributes"][key]:
                 raise ShardError(
@@ -169,7 +171,5 @@ def read_manifest(targets_dir: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise ShardError(f"{path}: manifest lacks {missing}; {FINALIZE_HINT} to rewrite it")
     if manifest["format_version"] != fmt.FORMAT_VERSION:
-        raise ShardError(
-            f"{path}: shard format {manifest['format_version']}, this distinit reads {fmt.FORMAT_VERSION}; re-extract the targets"
-        )
+        raise ShardError(fmt.format_mismatch(Path(targets_dir), manifest["format_version"], manifest.get("dataset")))
     return manifest

@@ -18,7 +18,7 @@ from pipeline.shards.manifest import read_manifest
 
 logger = logging.getLogger(__name__)
 
-# Rows read at once while checking; bounds memory on big shards (heatmaps are ~6.6 kB a row).
+# Rows read at once while checking; bounds memory on big shards (ImageNet logits are 2 kB a row).
 VERIFY_BLOCK_ROWS = 4096
 # What h5py raises on damaged bytes depends on where they are: OSError for the superblock or a chunk,
 # KeyError for an object header that fails its checksum (found by flipping bytes: tests/reliability).
@@ -117,6 +117,8 @@ def _check_contents(
     except (KeyError, ValueError, OSError) as error:
         return [f"{path}: shard attributes unreadable ({error})"], None, None
     problems = []
+    if attributes["format_version"] != fmt.FORMAT_VERSION:
+        problems.append(fmt.format_mismatch(path, attributes["format_version"], attributes["dataset"]))
     if fmt.parse_shard_name(path.name) != (attributes["shard_index"], attributes["shard_count"]):
         said = f"{attributes['shard_index']} of {attributes['shard_count']}"
         problems.append(f"{path}: attributes say shard {said}, the file name disagrees")
