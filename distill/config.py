@@ -40,6 +40,9 @@ class DistillConfig:
     batch_size: int = 16
     val_fraction: float = 0.1
     dropout: float = 0.0
+    # The control: train (and measure the held-out loss) on targets dealt out to the wrong videos by a fixed
+    # seeded derangement (distill.shuffled_targets); a gain that survives it did not come from the teachers.
+    shuffle_targets: bool = False
     seed: int = 0
     deterministic: bool = False
     amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU) | "bf16" | "fp16" | "off"

@@ -3,12 +3,13 @@
 Sample `index` is clip `index // len(video_ids)` of video `video_ids[index % len(video_ids)]`:
 
     {"video": (C, T, crop, crop) float32, "targets": {"<teacher>/<output>": (*shape) float32, ...},
-     "video_id": str, "clip_start": seconds, "index": int, "num_teacher_frames": int}
+     "video_id": str, "target_video_id": str, "clip_start": seconds, "index": int, "num_teacher_frames": int}
 
 Every output of the store is in "targets" (flags and counts too), except that a pose teacher's stored
 keypoints arrive as "<teacher>/heatmaps" (K, G, G) drawn over this sample's crop, and its person_present
 says whether a person was seen inside the crop (distill.keypoint_heatmaps); the trainer picks what its
-heads need.
+heads need. "target_video_id" is the video whose teacher rows gave the targets: `video_id`, or with
+`shuffle_targets` another video's (distill.shuffled_targets, the control that trains on wrong targets).
 C is 3 (RGB, normalised with torchvision's video mean/std) or 2 (flow x, y in [-1, 1]). "index" is the
 sample actually returned: when a video fails to decode, the next sample stands in (see __getitem__).
 Window placement and aggregation: distill.windows; crop/flip: distill.augment; keypoint heatmaps:
@@ -38,6 +39,7 @@ import torch
 from distill import augment, flow
 from distill.clip_cache import ClipCache
 from distill.keypoint_heatmaps import keypoint_targets, render_window, rendered_teachers
+from distill.shuffled_targets import donor_rows_in_window, target_donors
 from distill.windows import (
     TARGET_AGGREGATIONS, ClipSpec, aggregate_targets, eval_window_start, frames_in_window, heatmap_flags,
     teacher_frame_indices, train_window_start,
@@ -109,7 +111,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
         self, targets_dir: str | os.PathLike, video_ids: Sequence[str], clip: ClipSpec, *, train: bool,
         target_agg: str = "mean", clips_per_video: int = 1, seed: int = 0, cache_clips: str | os.PathLike | None = None,
         videos_root: str | os.PathLike | None = None, max_decode_failures: int = 50, decode_threads: int | None = 1,
-        flow_method: str | None = None, temperature: float = 1.0,
+        flow_method: str | None = None, temperature: float = 1.0, shuffle_targets: bool = False,
     ):
         if flow_method is not None:  # a shorthand for ClipSpec.flow_method, as a CLI passes it
             clip = dataclasses.replace(clip, flow_method=flow_method)
@@ -140,6 +142,8 @@ class TargetClipDataset(torch.utils.data.Dataset):
         }
         self.heatmap_masks = heatmap_flags(target_teachers)
         self.flip_plan = augment.heatmap_flip_plan(target_teachers)
+        # video -> the video whose targets it takes; None trains on each video's own targets.
+        self.donors = target_donors(self.video_ids, self.seed, sorted(known)) if shuffle_targets else None
         self.store.close()  # the parent's HDF5 handles must not be shared with forked workers
         self.cache = None if cache_clips is None else ClipCache(
             cache_clips, short_side=clip.short_side, grid=clip.start_grid, decode_threads=decode_threads,
@@ -214,8 +218,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
         else:
             clip_number = index // len(self.video_ids)
             start = eval_window_start(teacher_frames, frame_count, span, grid, clip_number, self.clips_per_video)
-        inside = frames_in_window(teacher_frames, start, span)
-        stored_rows = {key: rows[key][inside] for key in self.output_names}
+        target_video_id, stored_rows = self._window_rows(video_id, rows, teacher_frames, start, fps)
         pixels = self._pixels(video_id, start, fps, cached)  # (T, H, W, 3) uint8 RGB or (T, H, W, 2) float16 flow
         height, width = pixels.shape[1:3]
         top, left = augment.crop_box(height, width, self.clip.crop, rng if self.train else None)
@@ -237,10 +240,21 @@ class TargetClipDataset(torch.utils.data.Dataset):
             "video": video,
             "targets": {key: torch.from_numpy(np.array(value, dtype=np.float32)) for key, value in targets.items()},
             "video_id": video_id,
+            "target_video_id": target_video_id,
             "clip_start": start / fps,
             "index": index,
             "num_teacher_frames": len(stored_rows[self.output_names[0]]),
         }
+
+    def _window_rows(self, video_id: str, rows: dict[str, Any], teacher_frames: np.ndarray, start: int, fps: float):
+        """(the video whose rows give the targets, its rows for the window starting at frame `start`)."""
+        if self.donors is None:
+            inside = frames_in_window(teacher_frames, start, self.clip.span_frames)
+            return video_id, {key: rows[key][inside] for key in self.output_names}
+        donor = self.donors[video_id]
+        donor_rows = self._rows(donor)
+        chosen = donor_rows_in_window(donor_rows["t_seconds"], rows["t_seconds"], fps, start, self.clip.span_frames)
+        return donor, {key: donor_rows[key][chosen] for key in self.output_names}
 
     def _rows(self, video_id: str) -> dict[str, Any]:
         try:

@@ -64,7 +64,9 @@ def build_loaders(config: DistillConfig, targets_dir: Path, context: Distributed
                     modality=config.modality)
     common = dict(seed=config.seed, cache_clips=config.cache_clips, videos_root=config.videos_root,
                   max_decode_failures=config.max_decode_failures, target_agg=config.target_agg,
-                  temperature=config.temperature)
+                  temperature=config.temperature,
+                  # The held-out loss shuffles too, so the control's best checkpoint is picked on its own terms.
+                  shuffle_targets=config.shuffle_targets)
     if config.modality == "flow":
         common["flow_method"] = config.flow_method
     train_set = TargetClipDataset(targets_dir, train_ids, clip, train=True, clips_per_video=config.clips_per_video, **common)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -19,6 +20,7 @@ from click.testing import CliRunner
 
 from distill.data import ClipSpec, TargetClipDataset, open_targets, split_videos
 from distill.keypoint_heatmaps import keypoint_targets, render_window
+from distill.shuffled_targets import donor_rows_in_window, target_donors
 from distill.windows import (
     aggregate_targets, eval_window_start, frames_in_window, heatmap_flags, last_start, teacher_frame_indices,
     train_window_start,
@@ -451,3 +453,80 @@ def test_a_cache_in_the_old_format_stops_distill_with_one_line(targets, tmp_path
     assert result.exit_code == 1 and result.exception is not None and isinstance(result.exception, SystemExit)
     assert line in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- the shuffled-targets control
+def test_shuffled_targets_come_from_another_video_and_keep_the_marginal(targets):
+    shuffled = dataset(targets, clips_per_video=4, shuffle_targets=True)
+    stored_logits = {video_id: as_stored(video_rows(video_id, seed)["fake-imagenet/logits"]) for seed, video_id in enumerate(GOOD_VIDEOS)}
+    donors, used = {}, []
+    for index in range(len(shuffled)):
+        sample = shuffled[index]
+        video_id, donor = sample["video_id"], sample["target_video_id"]
+        assert donor in GOOD_VIDEOS and donor != video_id
+        assert donors.setdefault(video_id, donor) == donor  # one donor per video
+        assert sample["num_teacher_frames"] == 1  # each eval window holds one teacher time
+        logits = sample["targets"]["fake-imagenet/logits"].numpy()
+        rows = [row for row in range(len(TEACHER_TIMES)) if np.array_equal(stored_logits[donor][row], logits)]
+        assert len(rows) == 1  # exactly one of the donor's rows...
+        assert not any(np.array_equal(own, logits) for own in stored_logits[video_id])  # ...never its own
+        used.append((donor, rows[0]))
+    # Every row of every video is used exactly once: the same targets, dealt to other clips.
+    assert sorted(used) == sorted((video_id, row) for video_id in GOOD_VIDEOS for row in range(len(TEACHER_TIMES)))
+    assert sorted(donors.values()) == sorted(GOOD_VIDEOS)
+    # The clips themselves are the videos' own.
+    assert torch.equal(shuffled[1]["video"], dataset(targets, clips_per_video=4)[1]["video"])
+
+
+def test_shuffled_targets_are_fixed_across_epochs_workers_and_copies(targets):
+    train_set = dataset(targets, train=True, clips_per_video=2, seed=5, shuffle_targets=True)
+    donors = {train_set[index]["video_id"]: train_set[index]["target_video_id"] for index in range(len(train_set))}
+    train_set.set_epoch(3)
+    assert {train_set[index]["video_id"]: train_set[index]["target_video_id"] for index in range(len(train_set))} == donors
+    assert pickle.loads(pickle.dumps(train_set)).donors == train_set.donors == donors
+    batches = {}
+    for workers in (0, 2):
+        batches[workers] = list(torch.utils.data.DataLoader(train_set, batch_size=3, num_workers=workers))
+    for main_batch, worker_batch in zip(batches[0], batches[2]):
+        assert main_batch["target_video_id"] == worker_batch["target_video_id"]
+        for key in main_batch["targets"]:
+            assert torch.equal(main_batch["targets"][key], worker_batch["targets"][key])
+    assert dataset(targets, train=True, seed=5, shuffle_targets=True).donors == donors
+
+
+def test_donors_are_a_seeded_derangement():
+    videos = [f"video_{index:02d}" for index in range(50)]
+    donors = target_donors(videos, 0, videos)
+    assert sorted(donors) == videos and sorted(donors.values()) == videos  # a permutation...
+    assert all(donor != video_id for video_id, donor in donors.items())  # ...with no fixed point
+    assert target_donors(list(reversed(videos)), 0, videos) == donors
+    assert target_donors(videos, 1, videos) != donors
+    lone = target_donors(["video_07"], 0, videos)  # a held-out side of one video borrows from the others
+    assert lone == target_donors(["video_07"], 0, videos) and lone["video_07"] != "video_07"
+    with pytest.raises(ConfigError, match="at least two videos"):
+        target_donors(["video_07"], 0, ["video_07"])
+
+
+def test_donor_rows_fall_in_the_same_window_or_nearest_its_relative_position():
+    own_times = np.array([0.25, 0.75, 1.25, 1.75])
+    # Window frames 4..10 at 10 fps: 0.4 s .. 1.0 s.
+    assert donor_rows_in_window(np.array([0.1, 0.5, 0.9, 1.5]), own_times, 10.0, 4, 6).tolist() == [False, True, True, False]
+    # A shorter donor: the window at 1.4..2.0 s (centre 1.7 s, 97% of the way from 0.25 to 1.75 s) takes
+    # the donor row nearest 97% of the way through the donor's rows.
+    assert donor_rows_in_window(np.array([0.25, 0.5, 0.75]), own_times, 10.0, 14, 6).tolist() == [False, False, True]
+    assert donor_rows_in_window(np.array([3.0, 5.0, 9.0]), own_times, 10.0, 0, 6).tolist() == [True, False, False]
+
+
+def test_the_control_is_part_of_the_run_key_and_shuffles_both_loaders(targets):
+    from distill.config import DistillConfig
+    from distill.distributed import DistributedContext
+    from distill.train import build_loaders, run_key
+
+    config = DistillConfig(targets=str(targets), shuffle_targets=True, frames=4, stride=2, short_side=32, crop=24,
+                           workers=0, batch_size=2, val_fraction=0.3)
+    assert config.key_fields()["shuffle_targets"] is True
+    assert run_key(config, "targets") != run_key(dataclasses.replace(config, shuffle_targets=False), "targets")
+    _, train_loader, val_loader = build_loaders(config, targets, DistributedContext(0, 1, 0, torch.device("cpu")))
+    # The held-out loss is measured on shuffled targets too (one held-out video borrows from the others).
+    for loader in (train_loader, val_loader):
+        assert loader.dataset.donors and all(donor != video for video, donor in loader.dataset.donors.items())
