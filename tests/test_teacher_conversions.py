@@ -208,6 +208,15 @@ def test_detectron2_keypoint_instances_conversion():
     np.testing.assert_allclose(stored, SAME_PERSON, rtol=1e-6)
 
 
+def test_detectron2_frame_without_detections():
+    instances = SimpleNamespace(scores=torch.zeros(0), pred_classes=torch.zeros(0, dtype=torch.int64),
+                                pred_keypoints=torch.zeros(0, 17, 3))
+    detections = detectron2_instances_to_detections(instances)
+    assert detections.keypoints_xy.shape == (0, 17, 2) and detections.keypoint_confidence.shape == (0, 17)
+    stored, present = frame_detections_to_keypoint_targets(detections, 100, 100, 0.5)
+    assert present == 0 and stored.shape == (17, 3) and not stored.any()
+
+
 def test_mediapipe_landmarks_map_to_coco_keypoints():
     landmarks = np.zeros((33, 3))
     landmarks[:, 0] = np.arange(33) / 33  # x encodes the landmark index

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from extract.teachers.base import freeze
+from extract.teachers.coco_classes import NUM_COCO_KEYPOINTS
 from extract.teachers.detections import FrameDetections
 from extract.teachers.keypoint_coordinates import detectron2_keypoint_confidence
 from extract.teachers.weights import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, iopath_cache_path, resolve_weights_file
@@ -47,7 +48,10 @@ def detectron2_instances_to_detections(instances) -> FrameDetections:
     keypoints = _field(instances, "pred_keypoints")
     if keypoints is None:
         return FrameDetections(labels=labels, scores=scores)
-    keypoints = keypoints.astype(np.float32).reshape(len(scores), -1, 3)
+    if keypoints.size:
+        keypoints = keypoints.astype(np.float32).reshape(len(scores), -1, 3)  # (D, 17, 3)
+    else:  # nobody detected; reshape(0, -1, 3) cannot infer the 17
+        keypoints = np.zeros((0, NUM_COCO_KEYPOINTS, 3), np.float32)
     return FrameDetections(
         labels=labels,
         scores=scores,
