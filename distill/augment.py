@@ -10,6 +10,8 @@ axis and swaps left/right keypoint channels (`flip_targets`), exactly as the fra
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 from typing import Any, Mapping, Sequence
 
