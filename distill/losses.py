@@ -7,7 +7,8 @@
   constant turns it into the Bernoulli KL: the same gradients as plain BCE, but 0 for a perfect student,
   like the other two terms (so "the loss fell by 80%" means the same thing for every head).
 - "heatmaps" (keypoints): KL(teacher map || softmax over the student's G x G logits) per keypoint, mean
-  over keypoints, mean over the samples whose person flag (`targets[mask_key]`) exceeds 0.5. Target maps
+  over the keypoints whose target map is not all zero (one outside the crop carries no mass), mean over the
+  samples whose person flag (`targets[mask_key]`) exceeds 0.5. Target maps
   are renormalised to sum to 1 (a window averaging frames with and without a person sums to less). A batch
   with nobody in it gives 0, still attached to the graph.
   Under DDP the mean is over the masked samples of the whole step, all ranks together: with `sum_over_ranks`
@@ -98,15 +99,18 @@ def multilabel_kl(student_logits: torch.Tensor, teacher_scores: torch.Tensor) ->
 
 def heatmap_kl(student_logits: torch.Tensor, teacher_maps: torch.Tensor, person_mask: torch.Tensor | None, *,
                sum_over_ranks: CountReducer | None = None, world_size: int = 1) -> torch.Tensor:
-    """(B, K, G, G) logits and target maps, (B,) bool mask -> KL per keypoint, mean over keypoints and masked
-    samples; with `sum_over_ranks`, this rank's sum / the global count * `world_size` (module docstring)."""
+    """(B, K, G, G) logits and target maps, (B,) bool mask -> KL per keypoint, mean over the keypoints with a
+    (non-zero) target map and over masked samples; with `sum_over_ranks`, this rank's sum / the global count * `world_size` (module docstring)."""
     batch, keypoints = student_logits.shape[:2]
     student_log_probabilities = functional.log_softmax(student_logits.reshape(batch, keypoints, -1), dim=-1)  # (B, K, G*G)
     teacher = teacher_maps.reshape(batch, keypoints, -1).clamp_min(0.0)
     teacher = teacher / teacher.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     # xlogy gives 0 where the target is 0: no NaN for frames with nobody (all-zero maps).
     per_keypoint = (torch.special.xlogy(teacher, teacher) - teacher * student_log_probabilities).sum(dim=-1)  # (B, K)
-    per_sample = per_keypoint.mean(dim=-1)  # (B,)
+    # Mean over the keypoints that have a target: one outside the student's crop has an all-zero map and says
+    # nothing, so it must not pull the sample's term towards 0 (the heatmap is rendered per crop in stage two).
+    has_target = (teacher_maps.reshape(batch, keypoints, -1) > 0).any(dim=-1).to(per_keypoint.dtype)  # (B, K)
+    per_sample = (per_keypoint * has_target).sum(dim=-1) / has_target.sum(dim=-1).clamp_min(1)  # (B,)
     if person_mask is None:
         return per_sample.mean()
     # where, not a product: a left-out sample can never leak a NaN into the sum.

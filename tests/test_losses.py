@@ -111,6 +111,21 @@ def test_every_term_and_the_weighted_sum_match_naive_formulas():
     assert predictions[KEYPOINTS.key].grad[2].abs().sum() == 0
 
 
+def test_keypoints_outside_the_crop_do_not_dilute_the_keypoint_term():
+    predictions, targets = _inputs(present=[True] * BATCH)
+    student, maps = predictions[KEYPOINTS.key].detach(), targets[KEYPOINTS.key].clone()
+    maps[0, 1] = 0.0  # keypoint 1 of sample 0 fell outside the student's crop: an all-zero map
+    targets[KEYPOINTS.key] = maps
+    term = DistillationLoss([KEYPOINTS])(predictions, targets)["loss"].item()
+    log_probabilities = torch.log_softmax(student.reshape(BATCH, 3, -1), dim=-1)
+    teacher = maps.reshape(BATCH, 3, -1)
+    teacher = teacher / teacher.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    per_keypoint = (torch.special.xlogy(teacher, teacher) - teacher * log_probabilities).sum(dim=-1)  # (B, 3)
+    first = (per_keypoint[0, 0] + per_keypoint[0, 2]) / 2  # the two keypoints it has, not three
+    expected = (first + per_keypoint[1:].mean(dim=1).sum()) / BATCH
+    assert term == pytest.approx(expected.item(), rel=1e-9)
+
+
 def test_temperature_squared_factor():
     predictions, targets = _inputs(present=[True] * BATCH)
     student, teacher = predictions[CLASSIFIER.key].detach(), targets[CLASSIFIER.key]
