@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from pipeline.datasets.selection import normalise_splits
 from pipeline.errors import ConfigError
 
 # Bump when a change to stage one's code changes the targets it writes (it is part of the stage key).
@@ -32,9 +33,11 @@ class ExtractConfig:
     max_failure_rate: float = 0.05
     decode_timeout_seconds: float = 120.0
     limit: int | None = None
-    # Labeled datasets (hmdb51, ucf101, kinetics): extract only the videos whose role in this split is one of
-    # split_roles (e.g. split 1's train list), so pretraining never sees the videos it is scored on. None: all.
-    split: int | None = None
+    # Labeled datasets (hmdb51, ucf101, kinetics): extract only the videos whose role is one of split_roles in
+    # every split listed here, so pretraining never sees the videos it is scored on. `split: 1` keeps split 1's
+    # train list (right for an evaluation on split 1 alone); `split: [1, 2, 3]` with split_roles [train, unused]
+    # keeps the videos in no test list (the 3-split protocol). None: every listed video.
+    split: int | tuple[int, ...] | None = None
     split_roles: tuple[str, ...] = ("train",)
 
     def __post_init__(self):
@@ -52,8 +55,7 @@ class ExtractConfig:
             raise ConfigError(f"option max_failure_rate must be in [0, 1], got {self.max_failure_rate}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"option limit must be >= 1, got {self.limit}")
-        if self.split is not None and self.split < 1:
-            raise ConfigError(f"option split must be a split number >= 1 (or null for every video), got {self.split}")
+        normalise_splits(self.split)  # refuses anything but null, a split number >= 1 or a list of them
         if not self.teachers:
             raise ConfigError("option teachers is empty; name at least one (see `distinit teachers`)")
         unknown = sorted(set(self.teacher_options) - set(self.teachers))

@@ -71,7 +71,7 @@ class ExtractionReport:
 
 def prepare(config: ExtractConfig) -> ExtractionPlan:
     options = {"splits_dir": config.splits_dir, "annotations": config.annotations}
-    listing = select_records(load_dataset(config.data, config.root, **options), split=config.split,
+    listing = select_records(load_dataset(config.data, config.root, **options), splits=config.split,
                              roles=config.split_roles, limit=config.limit)
     if not listing.records:
         raise DistinitError(f"{config.root}: dataset {config.data} has no videos to extract")

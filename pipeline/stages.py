@@ -97,12 +97,14 @@ def extract_inputs(spec: PipelineSpec, upstream: str | None) -> StageInputs:
         raise ConfigError(f"data {spec.data} needs its dataset folder: set ROOT=<folder> (make) or --root")
     config = load_config(ExtractConfig, spec.extract_config, overrides)
     options = {name: value for name, value in config_to_dict(config).items() if name not in EXTRACT_RUNTIME_OPTIONS}
+    if config.split is None:
+        options.pop("split_roles")  # without a split filter the roles select nothing
     options["teacher_options"] = _with_file_hashes(config.teacher_options)
     inputs: dict[str, Any] = {"config": options, "code": CODE_VERSION}
     if upstream is not None:
         inputs["upstream"] = {"demo-data": upstream}
     else:
-        inputs["data"] = manifest_hash_of(config.data, config.root, config.limit, split=config.split,
+        inputs["data"] = manifest_hash_of(config.data, config.root, config.limit, splits=config.split,
                                           roles=config.split_roles, splits_dir=config.splits_dir,
                                           annotations=config.annotations)
     return StageInputs("extract", inputs, Path(spec.targets_root) / spec.data / "latest")
@@ -144,7 +146,7 @@ def eval_inputs(spec: PipelineSpec, distill: StageInputs, demo: StageInputs | No
     return StageInputs("eval", inputs, results_dir / "RESULTS.md")
 
 
-def manifest_hash_of(data: str, root: str, limit: int | None = None, split: int | None = None,
+def manifest_hash_of(data: str, root: str, limit: int | None = None, splits: int | tuple[int, ...] | None = None,
                      roles: tuple[str, ...] = ("train",), **options) -> str:
     """The hash of a dataset listing as a stage selects it (relative paths and sizes: touching a video
     changes nothing)."""
@@ -152,7 +154,7 @@ def manifest_hash_of(data: str, root: str, limit: int | None = None, split: int 
     from pipeline.datasets.records import manifest_hash
     from pipeline.datasets.selection import select_records
 
-    listing = select_records(load_dataset(data, root, **options), split=split, roles=roles, limit=limit)
+    listing = select_records(load_dataset(data, root, **options), splits=splits, roles=roles, limit=limit)
     return manifest_hash(listing)
 
 

@@ -15,26 +15,50 @@ from pipeline.stages import manifest_hash_of
 def test_split_filter_keeps_only_that_splits_roles(tmp_path):
     layout = make_hmdb51(tmp_path)
     listing = load_dataset("hmdb51", layout.root, splits_dir=str(layout.splits_dir))
-    train = select_records(listing, split=1, roles=("train",))
+    train = select_records(listing, splits=1, roles=("train",))
     expected = sorted(video for video, (_, _, roles) in layout.expected.items() if roles["1"] == "train")
     assert sorted(record.id for record in train.records) == expected
     assert expected and len(expected) < len(listing.records)
     assert not any(record.role(1) == "test" for record in train.records)
-    both = select_records(listing, split=2, roles=("train", "unused"))
+    both = select_records(listing, splits=[2], roles=("train", "unused"))
     assert {record.role(2) for record in both.records} == {"train", "unused"}
     assert len(select_records(listing).records) == len(listing.records)  # no split: every video
-    assert len(select_records(listing, split=1, limit=2).records) == 2
+    assert len(select_records(listing, splits=1, limit=2).records) == 2
 
 
 def test_split_filter_changes_the_extract_key_and_refuses_bad_values(tmp_path):
     layout = make_hmdb51(tmp_path)
     everything = manifest_hash_of("hmdb51", str(layout.root), splits_dir=str(layout.splits_dir))
-    train_only = manifest_hash_of("hmdb51", str(layout.root), split=1, splits_dir=str(layout.splits_dir))
+    train_only = manifest_hash_of("hmdb51", str(layout.root), splits=1, splits_dir=str(layout.splits_dir))
     assert everything != train_only
     listing = load_dataset("hmdb51", layout.root, splits_dir=str(layout.splits_dir))
     with pytest.raises(ConfigError, match="split_roles"):
-        select_records(listing, split=1, roles=("training",))
-    with pytest.raises(DatasetError, match="split 7"):
-        select_records(listing, split=7)
-    with pytest.raises(ConfigError, match="split"):
-        ExtractConfig(split=0)
+        select_records(listing, splits=1, roles=("training",))
+    with pytest.raises(DatasetError, match=r"split\(s\) 7"):
+        select_records(listing, splits=7)
+    for bad in (0, [1, 0], "1"):
+        with pytest.raises(ConfigError, match="split"):
+            ExtractConfig(split=bad)
+    ExtractConfig(split=[1, 2, 3], split_roles=("train", "unused"))
+
+
+def test_three_split_selection_leaves_out_every_test_list(tmp_path):
+    layout = make_hmdb51(tmp_path)
+    listing = load_dataset("hmdb51", layout.root, splits_dir=str(layout.splits_dir))
+    chosen = select_records(listing, splits=[1, 2, 3], roles=("train", "unused"))
+    in_no_test_list = sorted(video for video, (_, _, roles) in layout.expected.items() if "test" not in roles.values())
+    assert sorted(record.id for record in chosen.records) == in_no_test_list
+    # Split 1's train list alone still holds test videos of splits 2 and 3 (the reason for the list form).
+    split_one = select_records(listing, splits=1)
+    assert any(record.role(2) == "test" or record.role(3) == "test" for record in split_one.records)
+
+
+def test_split_roles_do_not_enter_the_extract_key_without_a_split():
+    from pipeline.stages import PipelineSpec, extract_inputs
+
+    def key(*pairs):
+        spec = PipelineSpec(stamps_dir=".stamps/demo", data="demo", extract_set=tuple(pairs))
+        return extract_inputs(spec, upstream="demo-key").key
+
+    assert key() == key("split_roles=[test]")
+    assert key("split=1") != key("split=1", "split_roles=[test]")

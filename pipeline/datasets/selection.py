@@ -1,9 +1,12 @@
 """Which of a dataset's videos a stage uses: a split/role filter, then an optional `limit`.
 
 Stage one extracts every listed video by default. For a labeled dataset that is also scored (HMDB-51,
-UCF-101) that would put the test videos into pretraining, so `split=1, roles=("train",)` keeps only
-split 1's train list (records carry their role per split; see `VideoRecord.role`). The filter runs
-before the listing is hashed, so the stage key follows it.
+UCF-101) that would put the test videos into pretraining. `splits=[1], roles=("train",)` keeps split 1's
+train list, which is right for an evaluation on split 1 only: split 1's train list holds test videos of
+splits 2 and 3. For the usual 3-split protocol, `splits=[1, 2, 3], roles=("train", "unused")` keeps the
+videos that are in no split's test list: a record is kept when its role is one of `roles` in EVERY
+listed split (records carry their role per split; see `VideoRecord.role`). The filter runs before the
+listing is hashed, so the stage key follows it.
 """
 
 from __future__ import annotations
@@ -18,21 +21,34 @@ ROLES = ("train", "val", "test", "unused")
 
 
 def select_records(
-    listing: DatasetListing, *, split: int | None = None, roles: Sequence[str] = ("train",), limit: int | None = None
+    listing: DatasetListing, *, splits: Sequence[int] | int | None = None, roles: Sequence[str] = ("train",),
+    limit: int | None = None,
 ) -> DatasetListing:
-    """A copy of `listing` with the records whose role in `split` is one of `roles` (all records when
-    `split` is None), then the first `limit` of them. An empty selection is an error naming the filter."""
+    """A copy of `listing` with the records whose role is one of `roles` in every split of `splits` (all
+    records when `splits` is None or empty), then the first `limit` of them. An empty selection is an
+    error naming the filter."""
     unknown = sorted(set(roles) - set(ROLES))
     if unknown or not roles:
         raise ConfigError(f"split_roles {list(roles)!r}: each must be one of {', '.join(ROLES)}")
+    splits = normalise_splits(splits)
     records = list(listing.records)
-    if split is not None:
-        records = [record for record in records if record.role(split) in roles]
+    if splits:
+        records = [record for record in records if all(record.role(split) in roles for split in splits)]
         if not records:
             raise DatasetError(
-                f"{listing.root}: no {listing.dataset} video has role {'/'.join(roles)} in split {split}; check the "
-                "split files, or drop `split` to use every listed video"
+                f"{listing.root}: no {listing.dataset} video has role {'/'.join(roles)} in split(s) "
+                f"{', '.join(map(str, splits))}; check the split files, or drop `split` to use every listed video"
             )
     if limit is not None:
         records = records[:limit]
     return dataclasses.replace(listing, records=records)
+
+
+def normalise_splits(splits: Sequence[int] | int | None) -> tuple[int, ...]:
+    """None, one split number or a list of them -> a sorted tuple of distinct split numbers (each >= 1)."""
+    if splits is None:
+        return ()
+    values = (splits,) if isinstance(splits, int) else tuple(splits)
+    if any(not isinstance(value, int) or isinstance(value, bool) or value < 1 for value in values):
+        raise ConfigError(f"split {splits!r}: expected a split number >= 1 or a list of them (e.g. [1, 2, 3])")
+    return tuple(sorted(set(values)))
