@@ -167,8 +167,9 @@ def paired_text(labels: Sequence[str], differences: Sequence[PairedDifference | 
     resamples = next((difference.resamples for difference in differences if difference is not None), 0)
     return (
         "\n\nΔ: the paired difference in video top-1 against scratch on the same split and seed (percentage "
-        "points, per test video), mean over runs, with a 95% hierarchical bootstrap interval "
-        f"({resamples} resamples of runs, then of test videos within each run; evaluate/statistics.py).\n\n"
+        "points, per test video), mean over splits of the mean over seeds, with a 95% bootstrap interval "
+        f"({resamples} resamples: per split, one resample of its test videos shared by all its seeds, and its seeds "
+        "with replacement; splits fixed; evaluate/statistics.py).\n\n"
         "## Paired differences against scratch (video top-1)\n\n" + differences_table(labels, differences) + "\n"
     )
 

@@ -5,16 +5,26 @@ about a gap between rows. Two inits run on the same (split, seed) score the same
 per-video correctness can be paired:
 
     difference of one run = mean over its test videos of (init correct - reference correct), in points
+    statistic = mean over splits of (mean over the split's seeds of the run difference)
 
-The point estimate is the mean of the runs' differences (equal to the difference of the rows' mean video
-top-1 over runs). Its 95% interval is a hierarchical percentile bootstrap: each resample draws the
-(split, seed) runs with replacement, then, independently for every drawn run, its test videos with
-replacement, and takes the mean of the drawn runs' differences. Both sources of spread (which seeds and
-splits, which test videos) enter the interval.
+With the same seeds on every split the statistic is the mean of the runs' differences (and the difference
+of the rows' mean video top-1 over runs).
+
+Its 95% interval is a percentile bootstrap that follows how the runs were made. The splits are the
+protocol's fixed factor, kept as they are. Within a split, every seed is scored on the SAME test videos,
+so in each resample, for each split:
+- ONE resample of the split's test videos (with replacement, over its whole test list) is drawn and
+  applied to every seed of the split (the runs of a split are aligned to one ordered video-id list);
+- the split's seeds are drawn with replacement.
+Resampling the videos independently per run would let the test-video part of the uncertainty average out
+over seeds, and the interval would shrink with the number of seeds although the test videos stay the same
+(30 videos, identical per-video differences in every seed: ±20 with 1 seed, ±6 with 10). Here that part
+does not shrink with more seeds; only the seed-to-seed spread does.
 
 A test video in one run's predictions but not in its partner's counts as wrong where it is missing (a
-video that failed to decode is scored as wrong); one in neither (it failed in both) is a difference of 0.
-Numpy only; the RNG is seeded, so a report is reproducible.
+video that failed to decode is scored as wrong); one in neither (it failed in both) is a difference of 0,
+also when another seed of the split has predictions for it. Numpy only; the RNG is seeded, so a report is
+reproducible.
 """
 
 from __future__ import annotations
@@ -54,7 +64,7 @@ class PairedRun:
 
 @dataclasses.dataclass(frozen=True)
 class PairedDifference:
-    mean: float  # percentage points, the mean over paired runs
+    mean: float  # percentage points, the mean over splits of the mean over the split's seeds (module docstring)
     low: float  # the bootstrap interval's bounds, in points
     high: float
     confidence: float
@@ -104,38 +114,78 @@ def pair_runs(init_runs: Sequence[Any], reference_runs: Sequence[Any]) -> list[P
     if unmatched:
         logger.warning("runs %s have no reference run of the same split and seed; left out of the paired difference",
                        ", ".join(unmatched))
+    paired = [run for split_runs in by_split(paired).values() for run in align_split(split_runs)]
     missing = sum(pair.missing_videos for pair in paired)
     if missing:
         logger.warning("%d test videos appear in only one of two paired runs; counted as wrong where missing", missing)
     return paired
 
 
-def bootstrap_means(paired: Sequence[PairedRun], resamples: int, seed: int) -> np.ndarray:
-    """(resamples,) bootstrap replicates of the mean run difference, in points (module docstring).
+def by_split(paired: Iterable[PairedRun]) -> dict[int, list[PairedRun]]:
+    """split -> its paired runs, splits and seeds in order."""
+    splits: dict[int, list[PairedRun]] = {}
+    for run in sorted(paired, key=lambda run: (run.split, run.seed)):
+        splits.setdefault(run.split, []).append(run)
+    return splits
 
-    Drawing V videos with replacement from a run only matters through how often each distinct value is
-    drawn, which is multinomial with the values' shares: exact, and no (resamples, V) index array."""
+
+def align_split(runs: Sequence[PairedRun]) -> list[PairedRun]:
+    """The runs of one split on one ordered video-id list, so position v is the same test video in every seed.
+
+    The list is the union of the runs' video ids; a run without a listed id has it in neither of its two
+    runs' predictions (failed in both: 0). Anonymous trailing zeros (failed in both, pair_run's
+    `test_videos`) pad every run to the longest test list. Aligning aligned runs changes nothing."""
+    if len({run.split for run in runs}) > 1:
+        raise ValueError(f"align_split takes the runs of one split, got splits {sorted({run.split for run in runs})}")
+    video_ids = tuple(sorted(set().union(*(run.video_ids for run in runs))))
+    length = max([len(video_ids)] + [len(run.differences) for run in runs])
+    aligned = []
+    for run in runs:
+        by_id = dict(zip(run.video_ids, run.differences))
+        differences = [by_id.get(video, 0.0) for video in video_ids] + [0.0] * (length - len(video_ids))
+        in_one_run_only = run.missing_videos - (len(run.differences) - len(run.video_ids))
+        missing = in_one_run_only + length - len(run.video_ids)
+        aligned.append(PairedRun(run.split, run.seed, video_ids, np.array(differences, dtype=np.float64), missing))
+    return aligned
+
+
+def bootstrap_means(paired: Sequence[PairedRun], resamples: int, seed: int) -> np.ndarray:
+    """(resamples,) bootstrap replicates of the statistic, in points (module docstring).
+
+    Per split, a resample's statistic is (seed draw counts) @ D @ (video draw counts) / (S V), D the
+    (S seeds, V videos) aligned differences: only how often each seed and each video is drawn matters.
+    Videos whose column of D is the same pattern over seeds are interchangeable, so the video counts are
+    drawn per distinct column (multinomial with the columns' shares): exact, and cheap for many videos."""
     rng = np.random.default_rng(seed)
-    count = len(paired)
-    chosen = rng.integers(0, count, size=(resamples, count))  # which run fills each slot of each resample
-    slot_means = np.empty((resamples, count), dtype=np.float64)
-    for index, run in enumerate(paired):
-        slots = chosen == index
-        values, counts = np.unique(run.differences, return_counts=True)
-        draws = rng.multinomial(len(run.differences), counts / counts.sum(), size=int(slots.sum()))  # (n, K)
-        slot_means[slots] = draws @ values / len(run.differences)
-    return 100.0 * slot_means.mean(axis=1)
+    replicates = np.zeros(resamples, dtype=np.float64)
+    splits = by_split(paired)
+    for runs in splits.values():
+        differences = np.stack([run.differences for run in align_split(runs)])  # (S, V)
+        seeds, videos = differences.shape
+        columns, counts = np.unique(differences, axis=1, return_counts=True)  # (S, K), (K,)
+        video_counts = rng.multinomial(videos, counts / videos, size=resamples)  # (resamples, K)
+        seed_counts = rng.multinomial(seeds, np.full(seeds, 1.0 / seeds), size=resamples)  # (resamples, S)
+        replicates += ((seed_counts @ columns) * video_counts).sum(axis=1) / (seeds * videos)
+    return 100.0 * replicates / len(splits)
+
+
+def split_mean(paired: Sequence[PairedRun]) -> float:
+    """The statistic: the mean over splits of the mean over each split's seeds of the run difference."""
+    splits = by_split(paired).values()
+    return sum(sum(run.difference for run in runs) / len(runs) for runs in splits) / len(splits)
 
 
 def paired_difference(paired: Sequence[PairedRun], resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
                       seed: int = BOOTSTRAP_SEED) -> PairedDifference:
-    """Mean paired difference, its percentile bootstrap interval and the per-run / per-seed differences."""
+    """The statistic, its percentile bootstrap interval and the per-run / per-seed differences."""
     if not paired:
         raise ValueError("no paired runs: the two inits share no (split, seed)")
     if resamples < 1 or not 0.0 < confidence < 1.0:
         raise ValueError(f"need resamples >= 1 and 0 < confidence < 1, got {resamples} and {confidence}")
+    paired = [run for split_runs in by_split(paired).values() for run in align_split(split_runs)]
     per_run = {run.name: run.difference for run in paired}
-    mean, std = mean_std(list(per_run.values()))
+    _, std = mean_std(list(per_run.values()))
+    mean = split_mean(paired)
     replicates = bootstrap_means(paired, resamples, seed)
     tail = 100.0 * (1.0 - confidence) / 2.0
     low, high = np.percentile(replicates, [tail, 100.0 - tail])

@@ -1,7 +1,9 @@
-"""Item 8: the paired difference against scratch and its hierarchical bootstrap interval, on known answers."""
+"""Item 8: the paired difference against scratch and its bootstrap interval (test videos resampled once per split
+and shared by its seeds, seeds resampled within a split, splits fixed), on known answers."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,6 +21,17 @@ def _predictions(correct: list[bool], prefix: str = "v") -> list[dict]:
 def _run(split: int, seed: int, correct: list[bool], test_videos: int | None = None) -> SimpleNamespace:
     return SimpleNamespace(split=split, seed=seed, predictions=_predictions(correct),
                            test_videos=len(correct) if test_videos is None else test_videos)
+
+
+def _pair_from_differences(split: int, seed: int, differences) -> tuple[SimpleNamespace, SimpleNamespace]:
+    """An (init, reference) pair of runs whose per-video differences are `differences` (in {-1, 0, 1})."""
+    differences = np.asarray(differences)
+    return _run(split, seed, list(differences == 1)), _run(split, seed, list(differences == -1))
+
+
+def _width(pairs, resamples: int = 10_000, seed: int = 0) -> float:
+    difference = difference_against([p[0] for p in pairs], [p[1] for p in pairs], resamples=resamples, seed=seed)
+    return difference.high - difference.low
 
 
 def _random_runs(rng, runs: int, videos: int, accuracy: float) -> list[SimpleNamespace]:
@@ -76,17 +89,87 @@ def test_interval_shrinks_with_more_videos_and_is_deterministic_for_a_seed():
     assert not np.array_equal(bootstrap_means(paired, 100, 5), bootstrap_means(paired, 100, 6))
 
 
-def test_the_bootstrap_matches_a_naive_two_level_resampling():
-    """The multinomial shortcut draws the same distribution as resampling runs, then videos, by index."""
+def _reference_bootstrap(init_runs, reference_runs, resamples: int, seed: int) -> np.ndarray:
+    """The scheme in plain loops: per resample and split, one video resample shared by its seeds, seeds redrawn."""
+    rng, replicates = np.random.default_rng(seed), []
+    splits = sorted({run.split for run in init_runs})
+    matrices = []
+    for split in splits:
+        pairs = [(init, reference) for init in init_runs for reference in reference_runs
+                 if init.split == reference.split == split and init.seed == reference.seed]
+        ids = sorted({row["id"] for pair in pairs for run in pair for row in run.predictions})
+        rows = []
+        for init, reference in pairs:
+            init_right = {row["id"]: row["predicted"] == row["label"] for row in init.predictions}
+            reference_right = {row["id"]: row["predicted"] == row["label"] for row in reference.predictions}
+            rows.append([int(init_right.get(video, False)) - int(reference_right.get(video, False)) for video in ids])
+        matrices.append(np.array(rows, dtype=float))  # (seeds, videos), columns the same video in every seed
+    for _ in range(resamples):
+        split_means = []
+        for matrix in matrices:
+            seeds, videos = matrix.shape
+            video_draw = rng.integers(0, videos, videos)
+            split_means.append(np.mean([matrix[seed_index, video_draw].mean()
+                                        for seed_index in rng.integers(0, seeds, seeds)]))
+        replicates.append(100.0 * np.mean(split_means))
+    return np.array(replicates)
+
+
+def test_the_bootstrap_matches_a_plain_loop_of_the_scheme():
+    """The vectorised draw (counts per distinct column, per seed) has the distribution of the plain loop."""
     rng = np.random.default_rng(0)
-    paired = pair_runs(_random_runs(rng, 3, 40, 0.6), _random_runs(rng, 3, 40, 0.3))
-    fast = bootstrap_means(paired, 20000, seed=1)
-    naive_rng, naive = np.random.default_rng(2), []
-    for _ in range(20000):
-        chosen = naive_rng.integers(0, len(paired), len(paired))
-        naive.append(np.mean([paired[r].differences[naive_rng.integers(0, 40, 40)].mean() for r in chosen]) * 100)
-    assert fast.mean() == pytest.approx(np.mean(naive), abs=0.3)
-    assert fast.std() == pytest.approx(np.std(naive), rel=0.05)
+    # 2 splits x 3 seeds x 40 videos; the seeds share part of their per-video outcome, as real seeds do
+    init, reference = [], []
+    for split in (1, 2):
+        easy = rng.random(40) < 0.5
+        for seed in range(3):
+            init.append(_run(split, seed, list(easy | (rng.random(40) < 0.3))))
+            reference.append(_run(split, seed, list(easy & (rng.random(40) < 0.7))))
+    fast = bootstrap_means(pair_runs(init, reference), 20_000, seed=1)
+    plain = _reference_bootstrap(init, reference, 20_000, seed=2)
+    assert fast.mean() == pytest.approx(plain.mean(), abs=0.3)
+    assert fast.std() == pytest.approx(plain.std(), rel=0.05)
+
+
+def test_the_interval_does_not_shrink_with_seeds_that_see_the_same_test_videos():
+    """Identical per-video differences in every seed: more seeds add no information about the test videos."""
+    rng = np.random.default_rng(4)
+    differences = {split: rng.choice([-1, 0, 0, 1], size=30) for split in (1, 2, 3)}
+    widths = {seeds: _width([_pair_from_differences(split, seed, differences[split])
+                             for split in (1, 2, 3) for seed in range(seeds)]) for seeds in (1, 3, 10)}
+    assert widths[3] == pytest.approx(widths[1], rel=0.15) and widths[10] == pytest.approx(widths[1], rel=0.15)
+    # one split of 30 videos: at every seed count, the width of a bootstrap of one run's 30 videos,
+    # about 2 x 1.96 x (std of the video differences) / sqrt(30) (the old scheme: 4x narrower at 30 seeds)
+    one_split = rng.choice([-1, 0, 0, 1], size=30)
+    single = {seeds: _width([_pair_from_differences(1, seed, one_split) for seed in range(seeds)])
+              for seeds in (1, 10, 30)}
+    assert single[1] == pytest.approx(2 * 1.96 * 100 * one_split.std() / np.sqrt(30), rel=0.15)
+    assert single[10] == pytest.approx(single[1], rel=0.15) and single[30] == pytest.approx(single[1], rel=0.15)
+
+
+def test_seeds_that_disagree_widen_the_interval():
+    rng = np.random.default_rng(5)
+    common = rng.choice([-1, 0, 0, 1], size=30)
+    identical = [_pair_from_differences(1, seed, common) for seed in range(4)]
+    # the same per-video differences, except that half the seeds win 8 of the neutral videos and half lose them
+    neutral = np.flatnonzero(common == 0)[:8]
+    assert len(neutral) == 8
+    noisy = []
+    for seed in range(4):
+        shifted = common.copy()
+        shifted[neutral] = 1 if seed % 2 else -1
+        noisy.append(_pair_from_differences(1, seed, shifted))
+    mean = lambda pairs: difference_against([p[0] for p in pairs], [p[1] for p in pairs], resamples=100).mean
+    assert mean(noisy) == pytest.approx(mean(identical))
+    assert _width(noisy) > 1.2 * _width(identical)
+
+
+def test_ten_thousand_resamples_of_ten_seeds_on_thirty_videos_take_well_under_a_second():
+    rng = np.random.default_rng(6)
+    paired = pair_runs(_random_runs(rng, 30, 30, 0.6), _random_runs(rng, 30, 30, 0.4))  # 3 splits x 10 seeds
+    started = time.perf_counter()
+    bootstrap_means(paired, 10_000, seed=0)
+    assert time.perf_counter() - started < 0.5
 
 
 def test_videos_and_runs_that_do_not_pair():
@@ -98,6 +181,14 @@ def test_videos_and_runs_that_do_not_pair():
     # a fourth test video failed in both: a difference of 0, so the run's difference is over the whole list
     run = pair_run(1, 0, init, reference, test_videos=4)
     assert run.differences.tolist() == [0, 1, -1, 0] and run.difference == 0.0 and run.missing_videos == 2
+    # the seeds of a split are aligned on one video-id list: v3, in neither run of seed 0, is a 0 there
+    seed_0 = SimpleNamespace(split=1, seed=0, predictions=init, test_videos=0)
+    seed_1 = SimpleNamespace(split=1, seed=1, predictions=_predictions([True, True, True, False]), test_videos=0)
+    aligned = pair_runs([seed_0, seed_1], [SimpleNamespace(**{**vars(seed_0), "predictions": reference}),
+                                           SimpleNamespace(**{**vars(seed_1), "predictions": _predictions([False] * 4)})])
+    assert [run.video_ids for run in aligned] == [("v0", "v1", "v2", "v3")] * 2
+    assert aligned[0].differences.tolist() == [0, 1, -1, 0] and aligned[0].missing_videos == 2
+    assert aligned[1].differences.tolist() == [1, 1, 1, 0] and aligned[1].missing_videos == 0
     # runs are paired by (split, seed); an unmatched one is left out; nothing paired gives None
     assert len(pair_runs([_run(1, 0, [True]), _run(1, 1, [True])], [_run(1, 0, [False])])) == 1
     assert difference_against([_run(2, 0, [True])], [_run(1, 0, [False])]) is None
