@@ -38,7 +38,10 @@ STAMPS   ?= .stamps/$(DATA)
 PYTEST_ARGS ?=
 POSE     ?= 1
 
-# NPROC=8: distill under torchrun with 8 processes (DDP); TORCHRUN_ARGS='--nnodes 2 --rdzv-endpoint host:29500 ...'.
+# NPROC=8: distill under torchrun with 8 processes per node (DDP);
+# TORCHRUN_ARGS='--nnodes 2 --rdzv-endpoint host:29500 ...'.
+# batch_size is per process, so distill's key counts NPROC x the --nnodes N of TORCHRUN_ARGS (1 without one,
+# or for an elastic range such as 1:4, which cannot be known ahead): a change re-runs distill into its own folder.
 DISTILL_LAUNCH = $(if $(NPROC),$(BIN)/torchrun --nproc_per_node $(NPROC) $(TORCHRUN_ARGS) -m pipeline,$(DISTINIT))
 
 # `key=value` options that change a stage's output: passed to the stage and to its key alike.
@@ -46,6 +49,7 @@ EXTRACT_SETS = $(if $(TEACHERS),teachers=[$(TEACHERS)]) $(EXTRACT_SET)
 STAGE_ARGS = --stamps $(STAMPS) --data $(DATA) $(if $(ROOT),--root $(ROOT)) --demo-dir $(DEMO_DIR) $(foreach pair,$(DEMO_SET),--demo-set $(pair)) \
 	$(foreach pair,$(EXTRACT_SETS),--extract-set $(pair)) \
 	--distill-config $(DISTILL_CONFIG) $(foreach pair,out=$(DISTILL_OUT) $(DISTILL_SET),--distill-set $(pair)) \
+	--distill-nproc $(or $(NPROC),1) $(if $(TORCHRUN_ARGS),--torchrun-args '$(TORCHRUN_ARGS)') \
 	--eval-config $(EVAL_CONFIG) $(foreach pair,$(EVAL_SET),--eval-set $(pair)) $(if $(HMDB_ROOT),--eval-root $(HMDB_ROOT)) \
 	--inits $(INITS) --seeds $(SEEDS) --results results/$(DATA)
 
@@ -63,7 +67,7 @@ help: ## Show targets and variables
 	@echo "  EXTRACT_SET / DISTILL_SET / EVAL_SET='key=value ...'  options that change the output (part of the key)"
 	@echo "  EXTRACT_ARGS / DISTILL_ARGS / EVAL_ARGS='--workers 8 ...'  options that only change speed or device"
 	@echo "  DISTILL_CONFIG=$(DISTILL_CONFIG)  EVAL_CONFIG=$(EVAL_CONFIG)  DISTILL_OUT=$(DISTILL_OUT)"
-	@echo "  NPROC=$(NPROC)  TORCHRUN_ARGS=$(TORCHRUN_ARGS)  distill under torchrun (processes per node, multi-node options)"
+	@echo "  NPROC=$(NPROC)  TORCHRUN_ARGS=$(TORCHRUN_ARGS)  distill under torchrun (processes per node, multi-node options; part of distill's key)"
 	@echo "  HMDB_ROOT=$(HMDB_ROOT)  UCF_ROOT=$(UCF_ROOT)  labeled video folders"
 	@echo "  INIT=$(INIT)  (eval-hmdb/eval-ucf)  INITS=$(INITS)  SEEDS=$(SEEDS)  (compare)"
 	@echo "  STAMPS=$(STAMPS)  PYTHON=$(PYTHON)  POSE=$(POSE) (1: install the MediaPipe pose teacher)"

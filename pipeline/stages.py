@@ -12,6 +12,7 @@ Makefile can decide what is stale without starting a stage (pipeline/stamps.py w
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ class PipelineSpec:
     targets_root: str = "targets"
     distill_config: str = "configs/distill.yaml"
     distill_set: tuple[str, ...] = ()
+    distill_processes: int | str = 1  # how many processes distill runs as (`distill_process_count`)
     eval_config: str = "configs/eval.yaml"
     eval_set: tuple[str, ...] = ()
     eval_root: str | None = None
@@ -116,6 +118,10 @@ def distill_inputs(spec: PipelineSpec, extract_key: str) -> StageInputs:
     overrides = {**parse_overrides(spec.distill_set), "targets": str(Path(spec.targets_root) / spec.data)}
     config = load_config(DistillConfig, spec.distill_config, overrides)
     options = {name: value for name, value in config.key_fields().items() if name != "targets"}
+    # batch_size is per process: the number of processes changes the global batch and the schedule. Left out
+    # at 1, so the keys of single-process runs stay what they were before it was counted.
+    if spec.distill_processes != 1:
+        options["processes"] = spec.distill_processes
     inputs = {"config": options, "upstream": {"extract": extract_key}, "code": CODE_VERSION, "out": config.out}
     return StageInputs("distill", inputs, Path(config.out) / "latest")
 
@@ -144,6 +150,27 @@ def eval_inputs(spec: PipelineSpec, distill: StageInputs, demo: StageInputs | No
         inputs["data"] = data
     results_dir = Path(spec.results_dir or f"results/{spec.data}")
     return StageInputs("eval", inputs, results_dir / "RESULTS.md")
+
+
+def distill_process_count(processes_per_node: str | int | None, torchrun_args: str = "") -> int | str:
+    """How many processes make's distill runs as: NPROC (processes per node; unset: 1, no torchrun) times the
+    `--nnodes N` of TORCHRUN_ARGS (1 when it has none, or an elastic range such as 1:4, unknown ahead). NPROC as
+    torchrun's auto/cpu/gpu depends on the machine: that word stands in the key (`gpu x 2 nodes`)."""
+    try:
+        words = shlex.split(torchrun_args or "")
+    except ValueError:  # unbalanced quotes: torchrun gets them as make passes them, word by word
+        words = (torchrun_args or "").split()
+    nodes = 1
+    for position, word in enumerate(words):
+        value = word.split("=", 1)[1] if word.startswith("--nnodes=") else None
+        if word == "--nnodes" and position + 1 < len(words):
+            value = words[position + 1]
+        if value is not None and value.isdigit() and int(value) > 0:
+            nodes = int(value)
+    per_node = str(processes_per_node or "1").strip()
+    if per_node.isdigit():
+        return int(per_node) * nodes
+    return f"{per_node} x {nodes} nodes"
 
 
 def manifest_hash_of(data: str, root: str, limit: int | None = None, splits: int | tuple[int, ...] | None = None,

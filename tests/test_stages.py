@@ -13,7 +13,7 @@ import pytest
 from dataset_fixtures import write_video
 
 from pipeline.errors import ConfigError
-from pipeline.stages import PipelineSpec, stage_plan
+from pipeline.stages import PipelineSpec, distill_process_count, stage_plan
 from pipeline.stamps import done_path, key_path, stage_status, update_stamps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +49,18 @@ def changed_stages(before: PipelineSpec, after: PipelineSpec) -> set[str]:
 
 def test_a_distill_hyperparameter_changes_distill_and_eval_only(workdir):
     assert changed_stages(demo_spec(), demo_spec(distill_set=("lr=0.01",))) == {"distill", "eval"}
+
+
+def test_the_number_of_distill_processes_changes_distill_and_eval_only(workdir):
+    # batch_size is per process: NPROC changes the global batch and the schedule, so it is part of the key.
+    assert changed_stages(demo_spec(), demo_spec(distill_processes=8)) == {"distill", "eval"}
+    assert changed_stages(demo_spec(distill_processes=8), demo_spec(distill_processes=4)) == {"distill", "eval"}
+    assert changed_stages(demo_spec(), demo_spec(distill_processes=1)) == set()
+    assert distill_process_count(None) == distill_process_count("1", "") == 1
+    assert distill_process_count("8") == distill_process_count("4", "--nnodes 2 --rdzv-endpoint host:29500") == 8
+    assert distill_process_count("4", "--rdzv-backend c10d --nnodes=3") == 12
+    assert distill_process_count("4", "--nnodes 1:4") == 4  # an elastic range: the count is not known ahead
+    assert distill_process_count("gpu", "--nnodes 2") == "gpu x 2 nodes"
 
 
 def test_the_teachers_change_extract_distill_and_eval(workdir):
@@ -162,6 +174,14 @@ def test_status_command_prints_one_line_per_stage(workdir):
     lines = result.stdout.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["demo-data", "extract", "distill", "eval"]
     assert "stale: option epochs: 12 -> 3" in lines[2]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "status", "--eval-root", "data/demo/actions/videos",
+         "--inits", "scratch,runs/demo/distill", "--distill-nproc", "2",
+         "--torchrun-args", "--nnodes 2 --max-restarts 1"],
+        capture_output=True, text=True, check=True,
+    )
+    lines = result.stdout.strip().splitlines()
+    assert "stale: option processes: null -> 4" in lines[2] and lines[1].split()[1:3] == ["up", "to"]
 
 
 # --- the Makefile: `make -n demo` lists exactly the stale stages' commands ---------------------------------
@@ -177,9 +197,9 @@ def make_dry_run(workdir: Path, *variables: str) -> str:
 
 
 def stage_commands(output: str) -> set[str]:
-    names = {"demo-data": "distinit demo-data", "extract": "distinit extract", "distill": "distinit distill",
-             "eval": "distinit compare"}
-    return {stage for stage, command in names.items() if command in output}
+    names = {"demo-data": ("distinit demo-data",), "extract": ("distinit extract",),
+             "distill": ("distinit distill", "-m pipeline distill"), "eval": ("distinit compare",)}
+    return {stage for stage, commands in names.items() if any(command in output for command in commands)}
 
 
 @pytest.mark.skipif(shutil.which("make") is None or not (REPO / ".venv" / ".installed").exists(),
@@ -193,6 +213,8 @@ def test_make_dry_run_reruns_exactly_the_stale_stages(workdir):
     assert stage_commands(make_dry_run(workdir, "DISTILL_SET=lr=0.01")) == {"distill", "eval"}
     assert stage_commands(make_dry_run(workdir, "TEACHERS=imagenet-torchvision")) == {"extract", "distill", "eval"}
     assert stage_commands(make_dry_run(workdir, "EVAL_SET=epochs=3")) == {"eval"}
+    assert stage_commands(make_dry_run(workdir, "NPROC=2")) == {"distill", "eval"}
+    assert stage_commands(make_dry_run(workdir, "NPROC=1")) == set()
     fake_finished_run(stage_plan(demo_spec()))
     os.utime(workdir / "configs" / "demo-distill.yaml")
     assert stage_commands(make_dry_run(workdir)) == set()

@@ -21,6 +21,10 @@ def _spec_options(command):
         click.option("--targets-root", default="targets", show_default=True),
         click.option("--distill-config", default=None, help="Default: configs/demo-distill.yaml for demo, else configs/distill.yaml."),
         click.option("--distill-set", multiple=True, metavar="KEY=VALUE"),
+        click.option("--distill-nproc", default="1", show_default=True,
+                     help="Processes per node distill runs as under torchrun (make's NPROC); part of its key."),
+        click.option("--torchrun-args", default="",
+                     help="make's TORCHRUN_ARGS: its --nnodes N multiplies --distill-nproc."),
         click.option("--eval-config", default=None, help="Default: configs/demo-eval.yaml for demo, else configs/eval.yaml."),
         click.option("--eval-set", multiple=True, metavar="KEY=VALUE"),
         click.option("--eval-root", default=None, help="HMDB-51 video folder for the eval stage."),
@@ -38,7 +42,7 @@ def _spec_options(command):
 
 def _plan(options: dict):
     from pipeline.errors import ConfigError
-    from pipeline.stages import PipelineSpec, stage_plan
+    from pipeline.stages import PipelineSpec, distill_process_count, stage_plan
 
     data = options["data"]
     try:
@@ -53,6 +57,7 @@ def _plan(options: dict):
         targets_root=options["targets_root"],
         distill_config=options["distill_config"] or ("configs/demo-distill.yaml" if data == "demo" else "configs/distill.yaml"),
         distill_set=options["distill_set"],
+        distill_processes=distill_process_count(options["distill_nproc"], options["torchrun_args"]),
         eval_config=options["eval_config"] or ("configs/demo-eval.yaml" if data == "demo" else "configs/eval.yaml"),
         eval_set=options["eval_set"], eval_root=options["eval_root"],
         inits=tuple(init.strip() for init in (options["inits"] or default_inits).split(",") if init.strip()), seeds=seeds,
