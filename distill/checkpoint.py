@@ -3,7 +3,9 @@
 A checkpoint holds the unwrapped model state_dict, the student's architecture (so loading needs no
 flags), the optimizer, the step and epoch, every rank's RNG states (a list indexed by rank), the number of
 processes that wrote it (`world_size`: the batch size is per process, so the step count, the schedule and
-the global batch depend on it), the config and provenance.
+the global batch depend on it), the config and provenance, and the stems of every video its targets came from
+(`pretraining_videos`: {"count", "names", "sha256"}; the provenance keeps the count and hash only), which
+evaluation reads to check its test videos were not seen.
 
 A run killed at any moment resumes from checkpoint-last.pt; `tidy_for_resume` first removes what the
 kill left that the checkpoint does not cover (temp files, log records of epochs it will redo).
@@ -33,11 +35,12 @@ logger = logging.getLogger(__name__)
 LAST = "checkpoint-last.pt"
 BEST = "checkpoint-best.pt"
 CHECKPOINT_KEYS = ("model", "architecture", "optimizer", "step", "epoch", "rng", "world_size", "config", "best_val_loss",
-                   "provenance")
+                   "provenance", "pretraining_videos")
 
 
 class ResumeError(DistinitError):
-    """A checkpoint this run cannot resume (written by a different number of processes)."""
+    """A checkpoint this run cannot resume (written by a different number of processes: the number is part of
+    the run key, so this is a checkpoint put into the run folder by hand)."""
 
 
 def periodic_name(step: int) -> str:
@@ -65,6 +68,24 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
+def read_pretraining_videos(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A checkpoint's `pretraining_videos` ({"count", "names", "sha256"}; in checkpoints written before it had
+    its own key, the provenance's), read without loading its tensors (mmap); None when it records no names
+    or cannot be read."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as error:  # torch raises many types for a missing, damaged or pre-zip-format file
+        logger.warning("%s: cannot read its pretraining videos (%s)", path, type(error).__name__)
+        return None
+    if not isinstance(state, dict):
+        return None
+    provenance = state.get("provenance") if isinstance(state.get("provenance"), dict) else {}
+    for videos in (state.get("pretraining_videos"), provenance.get("pretraining_videos")):
+        if isinstance(videos, dict) and isinstance(videos.get("names"), (list, tuple)):
+            return videos
+    return None
+
+
 def saved_world_size(checkpoint: dict[str, Any]) -> int:
     """How many processes wrote `checkpoint`: its field; before distill-2, the provenance's; else 1."""
     if "world_size" in checkpoint:
@@ -75,7 +96,8 @@ def saved_world_size(checkpoint: dict[str, Any]) -> int:
 
 def check_resume_world_size(path: Path, checkpoint: dict[str, Any], world_size: int) -> None:
     """Refuse, on every rank alike, to resume with another number of processes: the in-epoch position,
-    the schedule's length and the global batch would all silently change."""
+    the schedule's length and the global batch would all silently change. The number is part of the run key,
+    so this guards against a checkpoint copied in by hand."""
     saved = saved_world_size(checkpoint)
     rng = checkpoint.get("rng")
     if isinstance(rng, list) and saved == world_size:
@@ -87,8 +109,9 @@ def check_resume_world_size(path: Path, checkpoint: dict[str, Any], world_size: 
         return f"{count} process" + ("" if count == 1 else "es")
 
     raise ResumeError(
-        f"{path} was written by {processes(saved)}, this run has {world_size}; resume with NPROC={saved} "
-        f"(torchrun --nproc_per_node {saved}), or start a new run with --out OTHER_FOLDER (make: DISTILL_OUT=...)"
+        f"{path} was written by {processes(saved)}, this run has {world_size}; run folders are keyed by the number "
+        f"of processes, so it was put here by hand: remove it, or resume it in the folder of a run with NPROC={saved} "
+        f"(torchrun --nproc_per_node {saved})"
     )
 
 
@@ -111,9 +134,10 @@ def resume_or_start(run_dir: Path, model, optimizer, context: DistributedContext
     return state
 
 
-def checkpoint_state(model, optimizer, state, config: DistillConfig, provenance: dict,
-                     rank_rng_states: list[dict]) -> dict[str, Any]:
-    """`rank_rng_states`: every rank's RNG states, indexed by rank (`all_gather_objects(rng_states(), ...)`)."""
+def checkpoint_state(model, optimizer, state, config: DistillConfig, provenance: dict, rank_rng_states: list[dict],
+                     pretraining_videos: dict[str, Any]) -> dict[str, Any]:
+    """`rank_rng_states`: every rank's RNG states, indexed by rank (`all_gather_objects(rng_states(), ...)`);
+    `pretraining_videos`: {"count", "names", "sha256"} (distill.train.pretraining_videos)."""
     return {
         "model": model.state_dict(),
         "architecture": model.architecture(),
@@ -125,6 +149,7 @@ def checkpoint_state(model, optimizer, state, config: DistillConfig, provenance:
         "config": dataclasses.asdict(config),
         "best_val_loss": state["best_val_loss"],
         "provenance": provenance,
+        "pretraining_videos": pretraining_videos,
     }
 
 

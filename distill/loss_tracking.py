@@ -1,6 +1,7 @@
 """What the training loop keeps of its losses, without a host sync each step.
 
-- `EpochTotals`: per-term sums on the device, made global (summed over ranks) once, at the end of the epoch.
+- `LossTotals`: per-term numerators and denominators summed on the device, made global (summed over ranks)
+  and divided once, at the end of the epoch: the figures one process would get over all the clips at once.
 - `NonFiniteWatch`: the first step whose loss was non-finite, on the device; every NONFINITE_CHECK_EVERY
   steps, before each checkpoint and at the end of the epoch all ranks compare notes (one all-reduce, MIN)
   and, if any rank saw one, every rank raises the same TrainingError together. Raising on the one rank
@@ -10,11 +11,12 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import torch
 
 from distill.distributed import DistributedContext, all_reduce_min, all_reduce_sum
+from distill.losses import DistillationLoss
 from pipeline.errors import DistinitError
 
 # Steps between non-finite checks: each one waits for the device, so not every step.
@@ -25,24 +27,32 @@ class TrainingError(DistinitError):
     """Training cannot go on (a non-finite loss)."""
 
 
-class EpochTotals:
-    """Clip-weighted sums of the loss terms `names` over one epoch, on `device`."""
+class LossTotals:
+    """An epoch's loss figures on `device`, the same for any batch size and number of processes: each `kd/` term's
+    numerator and denominator (`DistillationLoss.report_parts`) summed over steps and ranks, divided once; `loss`
+    is their teacher-weighted sum."""
 
-    def __init__(self, names: Sequence[str], device: torch.device):
-        self.names = list(names)
-        self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=device)
+    def __init__(self, loss_fn: DistillationLoss, device: torch.device):
+        self.loss_fn = loss_fn
+        self.names = loss_fn.term_names[1:]  # the kd/ terms
+        # (2, terms): numerators, denominators
+        self.parts = torch.zeros(2, len(self.names), dtype=torch.float64, device=device)
         self.clips = 0
 
     def add(self, terms: Mapping[str, torch.Tensor], clips: int) -> None:
-        values = torch.stack([terms[name].detach().to(torch.float64) for name in self.names])  # (terms,)
-        self.sums += values * clips
+        self.parts += self.loss_fn.report_parts(terms, clips)
         self.clips += clips
 
-    def global_sums(self, context: DistributedContext) -> tuple[dict[str, float], int]:
-        """(sums per term, clips), over all ranks. A collective: every rank calls it once per epoch."""
-        clips = torch.tensor([float(self.clips)], dtype=torch.float64, device=self.sums.device)
-        totals = all_reduce_sum(torch.cat([self.sums, clips]), context).tolist()
-        return dict(zip(self.names, totals[:-1])), int(totals[-1])
+    def global_figures(self, context: DistributedContext) -> tuple[dict[str, float], int]:
+        """({"loss": ..., "kd/<key>": ...}, clips), over all ranks. A collective: every rank calls it once per epoch."""
+        clips = torch.tensor([float(self.clips)], dtype=torch.float64, device=self.parts.device)
+        totals = all_reduce_sum(torch.cat([self.parts.reshape(-1), clips]), context).tolist()
+        count = len(self.names)
+        numerators, denominators = totals[:count], totals[count:2 * count]
+        # A keypoint term with nobody in the whole epoch is 0, as the loss gives for a batch with nobody.
+        figures = {name: numerator / denominator if denominator > 0 else 0.0
+                   for name, numerator, denominator in zip(self.names, numerators, denominators)}
+        return {"loss": self.loss_fn.weighted_total(figures), **figures}, int(totals[-1])
 
 
 class NonFiniteWatch:

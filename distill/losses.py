@@ -16,6 +16,9 @@
   the W ranks, so the step's gradient is that of (sum over all ranks) / G, as one process with the
   concatenated batch would get; averaging the ranks' reported values gives the same figure.
 Terms are reported unweighted as `kd/<teacher>/<output>`; `loss` sums them with per-teacher weights.
+For reporting, a keypoint term also comes with this process's summed per-sample KL and its sample count
+(`part_keys`), and `report_parts` turns a step's terms into sums whose ratio over an epoch is the figure one
+process would get over all its clips at once, whatever the batch size and number of processes.
 """
 
 from __future__ import annotations
@@ -63,8 +66,12 @@ class DistillationLoss:
             elif spec.kind == "multilabel_scores":
                 term = multilabel_kl(student, teacher)
             else:
-                term = heatmap_kl(student, teacher, _person_mask(spec, targets), sum_over_ranks=self.sum_over_ranks,
-                                  world_size=self.world_size)
+                mask = _person_mask(spec, targets)
+                kl_sum, count = heatmap_kl_parts(student, teacher, mask)
+                term = _keypoint_mean(kl_sum, count, masked=mask is not None, sum_over_ranks=self.sum_over_ranks,
+                                      world_size=self.world_size)
+                sum_key, count_key = part_keys(f"kd/{spec.key}")
+                terms[sum_key], terms[count_key] = kl_sum.detach(), count.detach()
             terms[f"kd/{spec.key}"] = term
             weighted = self.teacher_weights[spec.teacher] * term
             total = weighted if total is None else total + weighted
@@ -75,8 +82,34 @@ class DistillationLoss:
 
     @property
     def term_names(self) -> list[str]:
-        """The keys `__call__` returns, in a fixed order (the same on every rank)."""
+        """The loss terms `__call__` returns, in a fixed order (the same on every rank); `part_keys` of the
+        keypoint terms come besides."""
         return ["loss"] + [f"kd/{spec.key}" for spec in self.heads]
+
+    def report_parts(self, terms: Mapping[str, torch.Tensor], clips: int) -> torch.Tensor:
+        """(2, heads) float64 numerators and denominators of each `kd/` term for one step of `clips` clips:
+        batch means give (value * clips, clips), keypoint terms (summed KL, samples counted). Summed over an
+        epoch's steps and ranks, numerator / denominator is the term over all those clips at once; a keypoint
+        mean weighted by clips would instead depend on how the persons fall into batches and ranks."""
+        columns = []
+        for spec in self.heads:
+            name = f"kd/{spec.key}"
+            if spec.kind == "heatmaps":
+                numerator, denominator = (terms[key].detach().to(torch.float64) for key in part_keys(name))
+            else:
+                numerator = terms[name].detach().to(torch.float64) * clips
+                denominator = torch.full_like(numerator, float(clips))
+            columns.append(torch.stack([numerator, denominator]))
+        return torch.stack(columns, dim=1)
+
+    def weighted_total(self, figures: Mapping[str, float]) -> float:
+        """`loss` from reported per-term figures ({"kd/<key>": value}), with the per-teacher weights."""
+        return sum(self.teacher_weights[spec.teacher] * figures[f"kd/{spec.key}"] for spec in self.heads)
+
+
+def part_keys(term_name: str) -> tuple[str, str]:
+    """The extra keys under which `DistillationLoss` returns a keypoint term's summed KL and sample count."""
+    return f"{term_name}:kl_sum", f"{term_name}:count"
 
 
 def classifier_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -97,10 +130,10 @@ def multilabel_kl(student_logits: torch.Tensor, teacher_scores: torch.Tensor) ->
     return (cross_entropy - own_entropy).mean()
 
 
-def heatmap_kl(student_logits: torch.Tensor, teacher_maps: torch.Tensor, person_mask: torch.Tensor | None, *,
-               sum_over_ranks: CountReducer | None = None, world_size: int = 1) -> torch.Tensor:
-    """(B, K, G, G) logits and target maps, (B,) bool mask -> KL per keypoint, mean over the keypoints with a
-    (non-zero) target map and over masked samples; with `sum_over_ranks`, this rank's sum / the global count * `world_size` (module docstring)."""
+def heatmap_kl_parts(student_logits: torch.Tensor, teacher_maps: torch.Tensor,
+                     person_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, K, G, G) logits and target maps, (B,) bool mask -> (sum over the masked samples of their KL, mean over
+    the keypoints with a (non-zero) target map; the number of masked samples), as 0-dim tensors."""
     batch, keypoints = student_logits.shape[:2]
     student_log_probabilities = functional.log_softmax(student_logits.reshape(batch, keypoints, -1), dim=-1)  # (B, K, G*G)
     teacher = teacher_maps.reshape(batch, keypoints, -1).clamp_min(0.0)
@@ -112,13 +145,19 @@ def heatmap_kl(student_logits: torch.Tensor, teacher_maps: torch.Tensor, person_
     has_target = (teacher_maps.reshape(batch, keypoints, -1) > 0).any(dim=-1).to(per_keypoint.dtype)  # (B, K)
     per_sample = (per_keypoint * has_target).sum(dim=-1) / has_target.sum(dim=-1).clamp_min(1)  # (B,)
     if person_mask is None:
-        return per_sample.mean()
+        return per_sample.sum(), per_sample.new_tensor(float(batch))
     # where, not a product: a left-out sample can never leak a NaN into the sum.
     kept = torch.where(person_mask.to(per_sample.device), per_sample, torch.zeros_like(per_sample))
-    count = person_mask.to(per_sample.device).sum().to(per_sample.dtype)
-    if sum_over_ranks is None:
-        return kept.sum() / count.clamp_min(1)
-    return kept.sum() / sum_over_ranks(count).clamp_min(1) * world_size
+    return kept.sum(), person_mask.to(per_sample.device).sum().to(per_sample.dtype)
+
+
+def _keypoint_mean(kl_sum: torch.Tensor, count: torch.Tensor, *, masked: bool, sum_over_ranks: CountReducer | None,
+                   world_size: int) -> torch.Tensor:
+    """The training term: this process's mean without a mask or `sum_over_ranks`, else the global one (docstring)."""
+    if not masked or sum_over_ranks is None:
+        return kl_sum / count.clamp_min(1)
+    # A copy: the all-reduce works in place, and `count` is also reported as this process's own.
+    return kl_sum / sum_over_ranks(count.clone()).clamp_min(1) * world_size
 
 
 def _person_mask(spec: HeadSpec, targets: Mapping[str, torch.Tensor]) -> torch.Tensor | None:

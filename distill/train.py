@@ -26,7 +26,7 @@ from distill.config import CODE_VERSION, DistillConfig
 from distill.data import ClipSpec, TargetClipDataset, open_targets, split_videos, video_paths
 from distill.distributed import (DistributedContext, all_gather_objects, all_reduce_sum, barrier, init_distributed,
                                  shutdown, sum_over_ranks)
-from distill.loss_tracking import EpochTotals, NonFiniteWatch, TrainingError
+from distill.loss_tracking import LossTotals, NonFiniteWatch, TrainingError
 from distill.losses import DistillationLoss
 from distill.sampler import ResumableSampler
 from distill.schedule import learning_rate
@@ -53,8 +53,13 @@ class TrainingResult:
     is_main: bool = True  # rank 0 (or the only process): the one that reports
 
 
-def run_key(config: DistillConfig, fingerprint: str) -> str:
-    return sha256_json({"config": config.key_fields(), "targets": fingerprint, "code_version": CODE_VERSION})[:16]
+def run_key(config: DistillConfig, fingerprint: str, world_size: int = 1) -> str:
+    """The run folder's name. `batch_size` is per process, so the number of processes (global batch, steps,
+    schedule) is part of it; left out at 1, so single-process runs keep the folders they had before it was."""
+    fields = {"config": config.key_fields(), "targets": fingerprint, "code_version": CODE_VERSION}
+    if world_size != 1:
+        fields["world_size"] = world_size
+    return sha256_json(fields)[:16]
 
 
 def build_loaders(config: DistillConfig, targets_dir: Path, context: DistributedContext):
@@ -128,9 +133,9 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, 
     """One pass over this rank's part of the training clips. Calls `on_checkpoint()` every
     `save_every_steps`; stops early (state["stopped"]) at `stop_after_steps`. Every rank raises the same
     TrainingError, within NONFINITE_CHECK_EVERY steps and before any checkpoint, when a loss is non-finite
-    on any rank. Returns the epoch's sums and clips over all ranks, and this rank's timings."""
+    on any rank. Returns the epoch's loss figures and clips over all ranks, and this rank's timings."""
     model.train()
-    totals = EpochTotals(loss_fn.term_names, context.device)
+    totals = LossTotals(loss_fn, context.device)
     watch = NonFiniteWatch(context, first_step=state["step"] + 1)
     data_wait, started = 0.0, time.monotonic()
     waiting_since = time.monotonic()
@@ -167,59 +172,61 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, 
             break
         waiting_since = time.monotonic()
     watch.check(state["step"])
-    sums, clips = totals.global_sums(context)
+    figures, clips = totals.global_figures(context)
     seconds = time.monotonic() - started
-    return {"sums": sums, "clips": clips, "data_wait": data_wait, "seconds": seconds}
+    return {"figures": figures, "clips": clips, "data_wait": data_wait, "seconds": seconds}
 
 
 @torch.no_grad()
 def evaluate(model, loader, loss_fn, autocast, context, agreement) -> dict[str, float]:
-    """Held-out distillation loss (per term) and top-1 agreement with the ImageNet teacher, over all ranks."""
+    """Held-out distillation loss (per term, as over all clips at once: LossTotals) and top-1 agreement with the
+    ImageNet teacher, over all ranks."""
     model.eval()
-    names = loss_fn.term_names
-    totals = torch.zeros(len(names) + 2, dtype=torch.float64)
+    totals = LossTotals(loss_fn, context.device)
+    agreeing = torch.zeros((), dtype=torch.float64, device=context.device)
     for batch in loader:
         video, targets = to_device(batch, context.device, context.device.type == "cuda")
         with autocast:
             predictions = model(video)
-        terms = loss_fn({key: value.float() for key, value in predictions.items()}, targets)
-        count = len(video)
-        for position, name in enumerate(names):
-            totals[position] += terms[name].item() * count if name in terms else 0.0
+        totals.add(loss_fn({key: value.float() for key, value in predictions.items()}, targets), len(video))
         if agreement is not None:
-            agree = predictions[agreement].argmax(dim=1) == targets[agreement].argmax(dim=1)
-            totals[-2] += agree.sum().item()
-        totals[-1] += count
-    totals = all_reduce_sum(totals.to(context.device), context).cpu()
-    clips = max(totals[-1].item(), 1.0)
-    result = {f"val_{name}": totals[position].item() / clips for position, name in enumerate(names)}
+            agreeing += (predictions[agreement].argmax(dim=1) == targets[agreement].argmax(dim=1)).sum()
+    figures, clips = totals.global_figures(context)
+    result = {f"val_{name}": value for name, value in figures.items()}
     if agreement is not None:
-        result["val_agreement_top1"] = totals[-2].item() / clips
+        result["val_agreement_top1"] = all_reduce_sum(agreeing, context).item() / max(clips, 1)
     return result
 
 
 def epoch_record(state, stats: dict, validation: dict, lr: float) -> dict[str, Any]:
-    clips = max(stats["clips"], 1)
     record = {"epoch": state["epoch"], "step": state["step"], "lr": lr}
-    record.update({f"train_{name}": total / clips for name, total in stats["sums"].items()})
+    record.update({f"train_{name}": value for name, value in stats["figures"].items()})
     record.update(validation)
+    # Clips of all ranks over the epoch's wall time; the data-wait fraction is rank 0's own.
     record["clips_per_second"] = stats["clips"] / max(stats["seconds"], 1e-9)
     record["data_wait_fraction"] = stats["data_wait"] / max(stats["seconds"], 1e-9)
     record["seconds"] = stats["seconds"]
     return record
 
 
-def run_provenance(config: DistillConfig, context: DistributedContext, store, targets_dir: Path,
-                   fingerprint: str) -> dict[str, Any]:
-    """What provenance.json and every checkpoint record about the run. `pretraining_videos` lists every video
-    of the targets, held-out ones included (they chose the best checkpoint), so evaluation can check that
-    none of its test videos was seen here."""
-    names = sorted(path.stem for path in video_paths(store, config.videos_root).values())
+def pretraining_videos(store, videos_root: str | None) -> dict[str, Any]:
+    """Every video of the targets, held-out ones included (they chose the best checkpoint), so evaluation can
+    check that none of its test videos was seen here: {"count", "names" (file stems, sorted), "sha256"}. Kept
+    once per checkpoint, outside the provenance: for Kinetics the names are megabytes."""
+    names = sorted(path.stem for path in video_paths(store, videos_root).values())
+    return {"count": len(names), "names": names, "sha256": sha256_json(names)}
+
+
+def run_provenance(context: DistributedContext, store, targets_dir: Path, fingerprint: str,
+                   videos: dict[str, Any]) -> dict[str, Any]:
+    """What provenance.json and every checkpoint record about the run; of the pretraining `videos`, their number
+    and hash only (the names are in each checkpoint once, and would go on into every eval result from here)."""
+    dataset = store.manifest.get("dataset")
     provenance = {**git_state(), "targets_dir": str(targets_dir), "targets_manifest_sha256": fingerprint,
                   "code_version": CODE_VERSION, "world_size": context.world_size,
-                  "pretraining_videos": {"count": len(names), "names": names}}
-    if store.manifest.get("dataset"):
-        provenance["dataset"] = store.manifest["dataset"]
+                  "pretraining_videos": {"count": videos["count"], "sha256": videos["sha256"], "dataset": dataset}}
+    if dataset:
+        provenance["dataset"] = dataset
     return provenance
 
 
@@ -231,7 +238,7 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
     if context.is_main:
         check_targets(targets_dir)
     fingerprint = targets_fingerprint(targets_dir)
-    run_dir = Path(config.out) / run_key(config, fingerprint)
+    run_dir = Path(config.out) / run_key(config, fingerprint, context.world_size)
     # ---------------------------------------------------------------- data, model, loss, optimizer
     store, train_loader, val_loader = build_loaders(config, targets_dir, context)
     heads = head_specs_from_teachers(store.teachers)
@@ -245,7 +252,8 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
     autocast, scaler = autocast_for(config, context.device)
     state = resume_or_start(run_dir, model, optimizer, context)
     wrapped = DistributedDataParallel(model) if context.enabled else model
-    provenance = run_provenance(config, context, store, targets_dir, fingerprint)
+    videos = pretraining_videos(store, config.videos_root)
+    provenance = run_provenance(context, store, targets_dir, fingerprint, videos)
     # Created only now, so a bad student name or unreadable targets leave no empty run folder behind.
     make_output_folder(run_dir)
     saver = CheckpointSaver(run_dir)
@@ -259,7 +267,8 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
 
     def snapshot() -> dict[str, Any]:
         # A collective (every rank's RNG states are gathered): every rank calls it, rank 0 saves it.
-        return checkpoint_state(model, optimizer, state, config, provenance, all_gather_objects(rng_states(), context))
+        return checkpoint_state(model, optimizer, state, config, provenance, all_gather_objects(rng_states(), context),
+                                videos)
 
     def save_last() -> None:
         checkpoint = snapshot()

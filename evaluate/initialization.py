@@ -143,7 +143,7 @@ def checkpoint_init(path: Path, student: str | None, width: str | None) -> Initi
         "distill_step": state.get("step"),
         "distill_epoch": state.get("epoch"),
         "distill_clip": _clip_of(state.get("config")),
-        "distill_provenance": state.get("provenance"),
+        "distill_provenance": _without_video_names(state.get("provenance")),
         "distill_config": state.get("config"),  # e.g. shuffle_targets marks the control row in compare
     }
     logger.info("init from %s: %s (%s), %d trunk tensors, heads dropped", path, name, checkpoint_width, len(trunk_weights))
@@ -161,6 +161,16 @@ def _checkpoint_normalisation(path: Path, architecture: dict[str, Any]) -> Norma
     if normalisation is None:
         raise DistinitError(f"{path}: the checkpoint records no RGB input normalisation; pass one written by distill")
     return normalisation
+
+
+def _without_video_names(provenance: Any) -> Any:
+    """The provenance for the description (and so every result) without a list of pretraining video names, which
+    checkpoints written before the names moved to their own key keep there (megabytes for Kinetics);
+    evaluate.overlap reads the names from the checkpoint file."""
+    videos = provenance.get("pretraining_videos") if isinstance(provenance, dict) else None
+    if not isinstance(videos, dict) or "names" not in videos:
+        return provenance
+    return {**provenance, "pretraining_videos": {key: value for key, value in videos.items() if key != "names"}}
 
 
 def _clip_of(config: Any) -> dict[str, Any] | None:

@@ -4,8 +4,10 @@ DistInit uses no labels, but distilling on HMDB-51 (`DATA=hmdb51`) and then test
 trunk see the test videos before it is scored on them. Eval refuses such an init unless the option
 `allow_test_overlap` is set, and then every report says how many test videos the pretraining saw.
 
-The pretraining video set of a distill checkpoint is `provenance["pretraining_videos"]["names"]` (file
-stems of every video in its targets); for older checkpoints, the stems of the targets folder's video list
+The pretraining video set of a distill checkpoint is its top-level `pretraining_videos["names"]` (file stems
+of every video in its targets, read from the checkpoint file: the init's description, which goes into every
+result, keeps only their count and hash); in checkpoints written before that, the provenance's
+`pretraining_videos["names"]`; for older ones, the stems of the targets folder's video list
 (`<targets_dir>/videos.jsonl`). Videos are matched on file stems, which every dataset adapter keeps
 (HMDB-51 ids are "class/stem"; Kinetics stems carry the YouTube id and times). Scratch and inflated
 inits saw no video.
@@ -18,6 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from distill.checkpoint import read_pretraining_videos
 from pipeline.datasets import read_manifest
 from pipeline.errors import DatasetError, DistinitError
 
@@ -50,13 +53,16 @@ def pretraining_videos(description: Mapping[str, Any]) -> dict[str, Any]:
         return {"source": "none", "dataset": None, "targets_dir": None, "count": 0, "names": set()}
     provenance = description.get("distill_provenance") or {}
     targets_dir = provenance.get("targets_dir")
-    recorded = provenance.get("pretraining_videos")
-    if isinstance(recorded, Mapping) and isinstance(recorded.get("names"), (list, tuple)):
+    summary = provenance.get("pretraining_videos")
+    summary = summary if isinstance(summary, Mapping) else {}
+    dataset = summary.get("dataset") or provenance.get("dataset")
+    found = _recorded_videos(description, summary)
+    if found is not None:
+        source, recorded = found
         names = {str(name) for name in recorded["names"]}
-        return {"source": "checkpoint provenance", "dataset": recorded.get("dataset") or provenance.get("dataset"),
-                "targets_dir": targets_dir, "count": int(recorded.get("count", len(names))), "names": names}
-    unknown = {"source": "unknown", "dataset": provenance.get("dataset"), "targets_dir": targets_dir, "count": None,
-               "names": None}
+        return {"source": source, "dataset": dataset, "targets_dir": targets_dir,
+                "count": int(recorded.get("count", len(names))), "names": names}
+    unknown = {"source": "unknown", "dataset": dataset, "targets_dir": targets_dir, "count": None, "names": None}
     if not targets_dir:
         return unknown
     manifest, dataset = _targets_listing(Path(targets_dir))
@@ -70,6 +76,18 @@ def pretraining_videos(description: Mapping[str, Any]) -> dict[str, Any]:
     names = {Path(record.path).stem for record in records}
     return {**unknown, "source": str(manifest), "dataset": unknown["dataset"] or dataset, "count": len(names),
             "names": names}
+
+
+def _recorded_videos(description: Mapping[str, Any], summary: Mapping[str, Any]) -> tuple[str, Mapping] | None:
+    """(source, {"names", "count"}) of the videos the checkpoint records: read from the checkpoint file, else from
+    a description whose provenance still lists them (one built without the file); None when neither has them."""
+    if description.get("path"):
+        recorded = read_pretraining_videos(description["path"])
+        if recorded is not None:
+            return "checkpoint", recorded
+    if isinstance(summary.get("names"), (list, tuple)):
+        return "checkpoint provenance", summary
+    return None
 
 
 def test_stems(split_lists: Mapping[int, Sequence[Sequence[Any]]]) -> dict[int, set[str]]:

@@ -1,5 +1,6 @@
-"""Stage two under DDP, two gloo processes on the CPU: a non-finite loss on one rank stops every rank, and
-the keypoint term's global normalisation over real all-reduces.
+"""Stage two under DDP, two gloo processes on the CPU: a non-finite loss on one rank stops every rank, the
+keypoint term's global normalisation over real all-reduces, and the reported keypoint figure is that of one
+process over all the clips.
 
 Each test forks two processes (a spawn re-imports torch in each: seconds instead of a fraction of one; the
 children use one CPU thread and no CUDA, which keeps forking safe) and waits at most PROCESS_TIMEOUT_S for
@@ -26,7 +27,7 @@ from distill.distributed import init_distributed, shutdown, sum_over_ranks
 from distill.heads import HeadSpec
 from distill.loss_tracking import NONFINITE_CHECK_EVERY
 from distill.losses import DistillationLoss
-from distill.train import TrainingError, train_one_epoch
+from distill.train import TrainingError, evaluate, train_one_epoch
 
 PROCESS_TIMEOUT_S = 60
 WORLD_SIZE = 2
@@ -97,7 +98,35 @@ def _keypoint_loss_on_half_a_batch(context) -> dict:
             "single_gradient": whole.grad[half].tolist()}
 
 
-SCENARIOS = {"nan_on_rank_1": _train_with_nan_on_rank_1, "keypoint_loss": _keypoint_loss_on_half_a_batch}
+class KeypointLookUp(torch.nn.Module):
+    """(B,) sample indices -> those samples' fixed keypoint logits."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {KEYPOINTS.key: self.logits[indices]}
+
+
+def _keypoint_report_over_uneven_ranks(context) -> dict:
+    generator = torch.Generator().manual_seed(9)
+    logits = torch.randn(7, 3, 4, 4, generator=generator)
+    heatmaps = torch.rand(7, 3, 4, 4, generator=generator)
+    flags = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0])
+    # As many steps on each rank (the loss all-reduces each step), of other sizes and person counts.
+    batches = [[0], [1, 2]] if context.rank == 0 else [[3, 4], [5, 6]]
+    loader = [{"video": torch.tensor(indices), "targets": {KEYPOINTS.key: heatmaps[indices],
+                                                           KEYPOINTS.mask_key: flags[indices]}} for indices in batches]
+    loss = DistillationLoss([KEYPOINTS], sum_over_ranks=sum_over_ranks(context), world_size=context.world_size)
+    reported = evaluate(KeypointLookUp(logits), loader, loss, torch.autocast("cpu", enabled=False), context, None)
+    whole = DistillationLoss([KEYPOINTS])({KEYPOINTS.key: logits}, {KEYPOINTS.key: heatmaps, KEYPOINTS.mask_key: flags})
+    return {"reported": reported[f"val_kd/{KEYPOINTS.key}"], "val_loss": reported["val_loss"],
+            "whole": whole["loss"].item()}
+
+
+SCENARIOS = {"nan_on_rank_1": _train_with_nan_on_rank_1, "keypoint_loss": _keypoint_loss_on_half_a_batch,
+             "keypoint_report": _keypoint_report_over_uneven_ranks}
 
 
 def _worker(rank: int, port: int, scenario: str, results: str) -> None:
@@ -151,3 +180,10 @@ def test_keypoint_loss_over_two_ranks_equals_one_process_over_the_whole_batch(tm
         # DDP averages the gradients over the ranks.
         averaged = torch.tensor(outcome["gradient"], dtype=torch.float64) / WORLD_SIZE
         torch.testing.assert_close(averaged, torch.tensor(outcome["single_gradient"], dtype=torch.float64))
+
+
+def test_reported_keypoint_loss_over_two_ranks_equals_one_process_over_all_clips(tmp_path):
+    outcomes = _run_two_ranks("keypoint_report", tmp_path)
+    for outcome in outcomes:
+        assert math.isclose(outcome["reported"], outcome["whole"], rel_tol=1e-6), outcome
+        assert math.isclose(outcome["val_loss"], outcome["whole"], rel_tol=1e-6), outcome

@@ -77,7 +77,8 @@ def checkpoint(tmp_path_factory) -> Path:
     torch.save({"model": student.state_dict(), "architecture": student.architecture(), "optimizer": {}, "step": 7,
                 "epoch": 1, "rng": {}, "config": {"frames": 4, "stride": 2, "short_side": 32, "crop": 32},
                 "best_val_loss": 1.0,
-                "provenance": {"git_commit": None, "pretraining_videos": {"count": 1, "names": ["not_a_test_video"]}}},
+                "provenance": {"git_commit": None, "pretraining_videos": {"count": 1, "sha256": "0" * 64}},
+                "pretraining_videos": {"count": 1, "names": ["not_a_test_video"], "sha256": "0" * 64}},
                path)
     return path
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
 import torch
 
 from distill.heads import HeadSpec
-from distill.losses import DistillationLoss, parse_loss_weights, resolve_loss_weights
+from distill.distributed import DistributedContext
+from distill.losses import DistillationLoss, parse_loss_weights, part_keys, resolve_loss_weights
+from distill.train import evaluate
 from pipeline.errors import ConfigError
 
 CLASSIFIER = HeadSpec("imagenet-efficientnet-lite0/logits", "logits", (10,))
@@ -97,7 +100,9 @@ def test_every_term_and_the_weighted_sum_match_naive_formulas():
     expected_keypoints = naive_keypoint_term(
         predictions[KEYPOINTS.key].detach(), targets[KEYPOINTS.key], [True, True, False]
     )
-    assert set(terms) == {f"kd/{spec.key}" for spec in HEADS} | {"loss"}
+    assert set(terms) == {f"kd/{spec.key}" for spec in HEADS} | {"loss"} | set(part_keys(f"kd/{KEYPOINTS.key}"))
+    kl_sum, count = (terms[key].item() for key in part_keys(f"kd/{KEYPOINTS.key}"))
+    assert count == 2 and kl_sum / count == pytest.approx(expected_keypoints, rel=1e-9)
     assert terms[f"kd/{CLASSIFIER.key}"].item() == pytest.approx(expected_classifier, rel=1e-9)
     assert terms[f"kd/{OBJECTS.key}"].item() == pytest.approx(expected_objects, rel=1e-9)
     assert terms[f"kd/{KEYPOINTS.key}"].item() == pytest.approx(expected_keypoints, rel=1e-9)
@@ -154,9 +159,10 @@ def test_a_perfect_student_scores_zero_on_every_term():
         OBJECTS.key: torch.logit(targets[OBJECTS.key].clamp(1e-12, 1 - 1e-12)),
         KEYPOINTS.key: torch.log(targets[KEYPOINTS.key]),
     }
-    terms = DistillationLoss(HEADS, temperature=2.0)(predictions, targets)
-    for name, value in terms.items():
-        assert abs(value.item()) < 1e-9, name
+    loss = DistillationLoss(HEADS, temperature=2.0)
+    terms = loss(predictions, targets)
+    for name in loss.term_names:
+        assert abs(terms[name].item()) < 1e-9, name
 
 
 def test_no_person_in_the_batch_gives_zero_and_finite_gradients():
@@ -229,4 +235,52 @@ def test_keypoint_term_with_the_global_count_equals_one_process_over_the_concate
 def test_term_names_are_the_keys_returned():
     predictions, targets = _inputs(present=[True, False, True])
     loss = DistillationLoss(HEADS)
-    assert sorted(loss(predictions, targets)) == sorted(loss.term_names) and loss.term_names[0] == "loss"
+    returned = sorted(loss(predictions, targets))
+    assert returned == sorted(loss.term_names + list(part_keys(f"kd/{KEYPOINTS.key}"))) and loss.term_names[0] == "loss"
+
+
+class LookUpStudent(torch.nn.Module):
+    """(B,) sample indices -> each sample's fixed predictions: a student whose outputs do not depend on batching."""
+
+    def __init__(self, predictions: dict[str, torch.Tensor]):
+        super().__init__()
+        self.predictions = predictions
+
+    def forward(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {key: value[indices] for key, value in self.predictions.items()}
+
+
+def test_reported_keypoint_loss_is_the_whole_data_figure_for_any_batch_size():
+    """The held-out (and logged training) keypoint figure is KL summed over the persons / persons, over the whole
+    epoch: batches of any size give the figure of the whole data in one batch. A clip-weighted mean of each
+    batch's own keypoint mean (the old report) depends on how the persons fall into batches."""
+    generator = torch.Generator().manual_seed(2)
+    present = [True, False, True, True, False, True, True]
+    count = len(present)
+    predictions = {CLASSIFIER.key: torch.randn(count, 10, generator=generator) * 3,
+                   KEYPOINTS.key: torch.randn(count, 3, 4, 4, generator=generator)}
+    heatmaps = torch.rand(count, 3, 4, 4, generator=generator)
+    heatmaps[~torch.tensor(present)] = 0.0
+    targets = {CLASSIFIER.key: torch.randn(count, 10, generator=generator) * 3, KEYPOINTS.key: heatmaps,
+               KEYPOINTS.mask_key: torch.tensor(present, dtype=torch.float32)}
+    loss = DistillationLoss([CLASSIFIER, KEYPOINTS], temperature=2.0, weights={"coco-keypoints": 0.5})
+    whole = loss(predictions, targets)
+    model = LookUpStudent(predictions)
+    context = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    keypoint_name = f"kd/{KEYPOINTS.key}"
+
+    def batches(size: int) -> list[dict]:
+        return [{"video": torch.arange(start, min(start + size, count)),
+                 "targets": {key: value[start:start + size] for key, value in targets.items()}}
+                for start in range(0, count, size)]
+
+    agreeing = (predictions[CLASSIFIER.key].argmax(1) == targets[CLASSIFIER.key].argmax(1)).float().mean().item()
+    for size in (1, 2, 3, count):
+        reported = evaluate(model, batches(size), loss, contextlib.nullcontext(), context, CLASSIFIER.key)
+        assert reported[f"val_{keypoint_name}"] == pytest.approx(whole[keypoint_name].item(), rel=1e-6), size
+        assert reported["val_loss"] == pytest.approx(whole["loss"].item(), rel=1e-6), size
+        assert reported["val_agreement_top1"] == pytest.approx(agreeing)
+    by_clips = [(loss(model(batch["video"]), batch["targets"])[keypoint_name].item(), len(batch["video"]))
+                for batch in batches(2)]
+    old_report = sum(value * clips for value, clips in by_clips) / count
+    assert old_report != pytest.approx(whole[keypoint_name].item(), rel=1e-3)

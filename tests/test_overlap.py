@@ -18,6 +18,7 @@ from evaluate.initialization import resolve_init
 from evaluate.overlap import TestOverlapError, check_pretraining_overlap, overlap_text, pretraining_videos
 from pipeline.cli import main
 from pipeline.datasets import DatasetListing, VideoRecord, write_manifest
+from pipeline.hashing import sha256_json
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +38,33 @@ def _stems(layout, split: int, role: str) -> list[str]:
                   if roles[str(split)] == role)
 
 
-def _checkpoint(path: Path, provenance: dict, config: dict | None = None) -> Path:
+def _checkpoint(path: Path, provenance: dict, names: list[str] | None = None, dataset: str | None = None) -> Path:
+    """A distill-shaped checkpoint; `names`: its pretraining videos, kept as distill keeps them (the names once,
+    at the top level; count and hash in the provenance)."""
     student = create_student("r2plus1d_18", [HeadSpec("imagenet-test/logits", "logits", (5,))], width="tiny")
-    torch.save({"model": student.state_dict(), "architecture": student.architecture(), "optimizer": {}, "step": 1,
-                "epoch": 1, "rng": {}, "config": config or {"frames": 4, "stride": 2, "short_side": 32, "crop": 32},
-                "best_val_loss": 1.0, "provenance": provenance}, path)
+    state = {"model": student.state_dict(), "architecture": student.architecture(), "optimizer": {}, "step": 1,
+             "epoch": 1, "rng": {}, "config": {"frames": 4, "stride": 2, "short_side": 32, "crop": 32},
+             "best_val_loss": 1.0, "provenance": provenance}
+    if names is not None:
+        state["pretraining_videos"] = {"count": len(names), "names": names, "sha256": sha256_json(names)}
+        provenance["pretraining_videos"] = {"count": len(names), "sha256": sha256_json(names), "dataset": dataset}
+    torch.save(state, path)
     return path
+
+
+def _assert_no_names(*reported) -> None:
+    """What goes into results.json and provenance.json (the init's description, the overlap report) lists no
+    pretraining video names: for Kinetics that would be megabytes in every file."""
+    for value in reported:
+        text = json.dumps(value, default=str)
+        assert '"names"' not in text, text[:300]
 
 
 def test_pretraining_overlap_with_test_list_is_refused(hmdb, tmp_path):
     test_stems, train_stems = _stems(hmdb, 1, "test"), _stems(hmdb, 1, "train")
     seen = [test_stems[0], test_stems[1], *train_stems]  # distilled on the whole dataset, two test videos included
-    provenance = {"targets_dir": str(tmp_path / "targets"),
-                  "pretraining_videos": {"count": len(seen), "names": sorted(seen), "dataset": "hmdb51"}}
-    description = resolve_init(str(_checkpoint(tmp_path / "seen.pt", provenance))).description
+    provenance = {"targets_dir": str(tmp_path / "targets")}
+    description = resolve_init(str(_checkpoint(tmp_path / "seen.pt", provenance, sorted(seen), "hmdb51"))).description
     split_lists = _split_lists(hmdb)
     with pytest.raises(TestOverlapError) as refused:
         check_pretraining_overlap(description, split_lists, allow=False)
@@ -60,21 +74,22 @@ def test_pretraining_overlap_with_test_list_is_refused(hmdb, tmp_path):
     assert "--allow-test-overlap" in message
     # the flag lets it through, and the report counts what was seen
     report = check_pretraining_overlap(description, split_lists, allow=True)
+    _assert_no_names(description, report)
+    assert report["videos"]["source"] == "checkpoint"
     assert report["test_overlap"] == 2 and report["test_overlap_by_split"] == {"1": 2}
     assert report["videos"]["count"] == len(seen) and report["videos"]["dataset"] == "hmdb51"
     assert report["test_overlap_examples"] == sorted(test_stems[:2])
     data, videos, overlap = overlap_text(report)
     assert (data, videos) == ("hmdb51", str(len(seen))) and overlap.startswith("2 (split 1: 2)") and "allowed" in overlap
     # train videos only: nothing to refuse
-    clean = {**description, "distill_provenance": {"pretraining_videos": {"count": len(train_stems),
-                                                                          "names": train_stems}}}
+    clean = resolve_init(str(_checkpoint(tmp_path / "clean.pt", {}, train_stems))).description
     report = check_pretraining_overlap(clean, split_lists, allow=False)
     assert report["test_overlap"] == 0 and report["videos"]["count"] == len(train_stems)
 
 
 def test_eval_and_compare_refuse_before_any_run(hmdb, tmp_path):
     seen = _stems(hmdb, 1, "test")[:1]
-    checkpoint = _checkpoint(tmp_path / "seen.pt", {"pretraining_videos": {"count": 1, "names": seen}})
+    checkpoint = _checkpoint(tmp_path / "seen.pt", {}, seen)
     common = ["--data", "hmdb51", "--root", str(hmdb.root), "--splits", "1", "--set", f"splits_dir={hmdb.splits_dir}",
               "--epochs", "1", "--no-progress"]
     for command in (["eval", "--init", str(checkpoint), "--out", str(tmp_path / "eval"), "--batch-size", "2"],
@@ -95,6 +110,17 @@ def _targets(folder: Path, stems: list[str]) -> Path:
     (folder / "manifest.json").write_text(json.dumps({"extra": {"videos_manifest": "videos.jsonl"},
                                                       "config": {"data": "hmdb51"}}))
     return folder
+
+
+def test_names_kept_in_the_provenance_are_read_from_the_file_and_left_out_of_the_description(hmdb, tmp_path):
+    """Checkpoints written before the names had their own key kept them in the provenance."""
+    seen = _stems(hmdb, 1, "test")[:2]
+    provenance = {"pretraining_videos": {"count": 2, "names": seen, "dataset": "hmdb51"}}
+    description = resolve_init(str(_checkpoint(tmp_path / "older.pt", provenance))).description
+    _assert_no_names(description)
+    assert description["distill_provenance"]["pretraining_videos"] == {"count": 2, "dataset": "hmdb51"}
+    report = check_pretraining_overlap(description, _split_lists(hmdb), allow=True)
+    assert report["test_overlap"] == 2 and report["videos"]["source"] == "checkpoint"
 
 
 def test_older_checkpoints_fall_back_to_the_targets_video_list_or_are_refused(hmdb, tmp_path):

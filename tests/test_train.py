@@ -24,6 +24,7 @@ from extract.config import ExtractConfig
 from extract.run import run_extraction
 from pipeline.cli import main
 from pipeline.errors import DistinitError
+from pipeline.hashing import sha256_json
 from pipeline.shards import TargetStore
 from pipeline.video.binary import ffmpeg_binary
 
@@ -89,15 +90,19 @@ def test_train_writes_checkpoints_logs_and_provenance(tiny_targets, tmp_path):
         assert key in records[0]
     checkpoint = torch.load(result.run_dir / "checkpoint-last.pt", weights_only=False)
     assert set(checkpoint) == {"model", "architecture", "optimizer", "step", "epoch", "rng", "world_size", "config",
-                               "best_val_loss", "provenance"} == set(CHECKPOINT_KEYS)
+                               "best_val_loss", "provenance", "pretraining_videos"} == set(CHECKPOINT_KEYS)
     assert checkpoint["architecture"]["name"] == "r2plus1d_18" and checkpoint["step"] == 10
     assert checkpoint["world_size"] == 1 and len(checkpoint["rng"]) == 1 and "torch" in checkpoint["rng"][0]
     provenance = checkpoint["provenance"]
     assert provenance["targets_manifest_sha256"] and provenance["dataset"] == "folder"
-    # Every video of the targets, held-out ones included: all of them were seen before evaluation.
+    # Every video of the targets, held-out ones included: all of them were seen before evaluation. The names
+    # once, in the checkpoint; the provenance (and so provenance.json and every eval result) their count and hash.
     expected_names = [f"video_{number:02d}" for number in range(11)]
-    assert provenance["pretraining_videos"] == {"count": 11, "names": expected_names}
-    assert json.loads((result.run_dir / "provenance.json").read_text())["pretraining_videos"]["count"] == 11
+    videos_hash = sha256_json(expected_names)
+    assert checkpoint["pretraining_videos"] == {"count": 11, "names": expected_names, "sha256": videos_hash}
+    assert provenance["pretraining_videos"] == {"count": 11, "sha256": videos_hash, "dataset": "folder"}
+    provenance_file = (result.run_dir / "provenance.json").read_text()
+    assert json.loads(provenance_file)["pretraining_videos"]["count"] == 11 and "video_00" not in provenance_file
     assert (tmp_path / "latest").read_text().strip() == result.run_dir.name
 
 
@@ -118,11 +123,23 @@ def test_resume_after_kill_gives_the_same_weights(tiny_targets, tmp_path, stop_a
 def test_resume_with_other_world_size(tiny_targets, tmp_path):
     config = _config(tiny_targets, tmp_path, stop_after_steps=1)
     first = train(config, show_progress=False)
-    last = first.run_dir / "checkpoint-last.pt"
-    checkpoint = torch.load(last, weights_only=False)
+    fingerprint = train_module.targets_fingerprint(tiny_targets)
+    assert first.run_dir.name == train_module.run_key(config, fingerprint, 1)
+    checkpoint = torch.load(first.run_dir / "checkpoint-last.pt", weights_only=False)
     # As two processes would have written it: a world size of 2 and one RNG state per rank.
     checkpoint["world_size"] = 2
     checkpoint["rng"] = checkpoint["rng"] * 2
+    # The number of processes is part of the run key: a 2-process run has its own folder, which a 1-process
+    # run never resumes from; it trains its own model instead.
+    other_dir = tmp_path / train_module.run_key(config, fingerprint, 2)
+    assert other_dir != first.run_dir
+    other_dir.mkdir()
+    torch.save(checkpoint, other_dir / "checkpoint-last.pt")
+    (first.run_dir / "checkpoint-last.pt").unlink()
+    fresh = train(_config(tiny_targets, tmp_path, stop_after_steps=1), show_progress=False)
+    assert fresh.run_dir == first.run_dir and fresh.step == 1
+    # The refusal stays, for a checkpoint put into a run folder by hand.
+    last = first.run_dir / "checkpoint-last.pt"
     torch.save(checkpoint, last)
     with pytest.raises(ResumeError) as refused:
         train(_config(tiny_targets, tmp_path), show_progress=False)
@@ -150,6 +167,7 @@ def test_non_finite_loss_stops_training(tiny_targets, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module.DistillationLoss, "__call__", poisoned)
     with pytest.raises(TrainingError, match="non-finite"):
         train(_config(tiny_targets, tmp_path), show_progress=False)
+    assert not list(tmp_path.rglob("checkpoint-*.pt"))  # stopped before any checkpoint, the last one included
 
 
 def test_refuses_broken_targets_naming_the_shard(tiny_targets, tmp_path):
