@@ -108,7 +108,7 @@ compare: setup ## Stage three: scratch vs inflated vs DistInit on HMDB-51 (INITS
 
 demo: ## Every stage on the embedded demo data, ending with the results table (re-runs only what changed)
 	+@$(MAKE) --no-print-directory compare DATA=demo
-	@sed -n '/^| init/,/^$$/p' results/demo/RESULTS.md
+	@awk '/^\| init/ { printing = 1 } printing && /^$$/ { exit } printing' results/demo/RESULTS.md
 
 status: setup ## Say which stages are up to date, stale (and why) or missing, for DATA
 	@$(DISTINIT) status $(STAGE_ARGS)
