@@ -49,7 +49,7 @@ EXTRACT_SETS = $(if $(TEACHERS),teachers=[$(TEACHERS)]) $(EXTRACT_SET)
 STAGE_ARGS = --stamps $(STAMPS) --data $(DATA) $(if $(ROOT),--root $(ROOT)) --demo-dir $(DEMO_DIR) $(foreach pair,$(DEMO_SET),--demo-set $(pair)) \
 	$(foreach pair,$(EXTRACT_SETS),--extract-set $(pair)) \
 	--distill-config $(DISTILL_CONFIG) $(foreach pair,out=$(DISTILL_OUT) $(DISTILL_SET),--distill-set $(pair)) \
-	--distill-nproc $(or $(NPROC),1) $(if $(TORCHRUN_ARGS),--torchrun-args '$(TORCHRUN_ARGS)') \
+	--distill-nproc $(or $(NPROC),1) $(if $(and $(NPROC),$(TORCHRUN_ARGS)),--torchrun-args '$(TORCHRUN_ARGS)') \
 	--eval-config $(EVAL_CONFIG) $(foreach pair,$(EVAL_SET),--eval-set $(pair)) $(if $(HMDB_ROOT),--eval-root $(HMDB_ROOT)) \
 	--inits $(INITS) --seeds $(SEEDS) --results results/$(DATA)
 

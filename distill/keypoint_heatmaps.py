@@ -135,13 +135,14 @@ def render_window(
     top: int, left: int, crop: int,
 ) -> dict[str, np.ndarray]:
     """A window's rows (N frames each) with every keypoints output replaced by its heatmaps drawn over the crop,
-    and its flag set only where a person was seen with at least one keypoint inside the crop."""
+    and its flag set only where a person was seen with at least one confident (> 0) keypoint inside the crop."""
     rendered = dict(rows)
     for target in targets:
         keypoints = np.asarray(rendered.pop(target.keypoints_key), dtype=np.float64)  # (N, K, 3)
         points = crop_pixels(keypoints, frame_height, frame_width, top, left)  # (N, K, 2)
         maps, inside = draw_heatmaps(points, keypoints[..., 2], crop, target.grid, target.sigma)
-        present = inside.any(axis=1)  # (N,)
+        # Keypoints of confidence 0 inside the crop keep their uniform maps, but do not show a person on their own.
+        present = (inside & (keypoints[..., 2] > 0)).any(axis=1)  # (N,)
         if target.flag_key is not None and target.flag_key in rendered:
             flags = np.asarray(rendered[target.flag_key])
             present &= flags.reshape(len(flags)) > 0

@@ -160,17 +160,26 @@ def distill_process_count(processes_per_node: str | int | None, torchrun_args: s
         words = shlex.split(torchrun_args or "")
     except ValueError:  # unbalanced quotes: torchrun gets them as make passes them, word by word
         words = (torchrun_args or "").split()
-    nodes = 1
-    for position, word in enumerate(words):
-        value = word.split("=", 1)[1] if word.startswith("--nnodes=") else None
-        if word == "--nnodes" and position + 1 < len(words):
-            value = words[position + 1]
-        if value is not None and value.isdigit() and int(value) > 0:
-            nodes = int(value)
-    per_node = str(processes_per_node or "1").strip()
+    nodes = _option_value(words, ("--nnodes",))
+    nodes = int(nodes) if nodes is not None and nodes.isdigit() and int(nodes) > 0 else 1
+    # torchrun takes the last --nproc_per_node it is given: one inside TORCHRUN_ARGS overrides NPROC.
+    per_node = _option_value(words, ("--nproc_per_node", "--nproc-per-node")) or processes_per_node
+    per_node = str(per_node or "1").strip()
     if per_node.isdigit():
         return int(per_node) * nodes
     return f"{per_node} x {nodes} nodes"
+
+
+def _option_value(words: list[str], names: tuple[str, ...]) -> str | None:
+    """The value of the last `--name V` or `--name=V` among `words`, for any of `names`; None if absent."""
+    value = None
+    for position, word in enumerate(words):
+        for name in names:
+            if word.startswith(name + "="):
+                value = word.split("=", 1)[1]
+            elif word == name and position + 1 < len(words):
+                value = words[position + 1]
+    return value
 
 
 def manifest_hash_of(data: str, root: str, limit: int | None = None, splits: int | tuple[int, ...] | None = None,

@@ -138,3 +138,21 @@ def test_a_keypoints_output_without_its_grid_is_refused():
     broken = {"name": "pose", "outputs": [{**POSE_TEACHER["outputs"][0], "attributes": {}}, POSE_TEACHER["outputs"][1]]}
     with pytest.raises(ShardError, match="teacher pose output keypoints: no valid heatmap_grid"):
         keypoint_targets([broken])
+
+
+def test_zero_confidence_keypoints_alone_are_no_person():
+    from distill.keypoint_heatmaps import KeypointTarget
+    from extract.teachers.keypoint_coordinates import empty_keypoints
+
+    # Frame 0: its only keypoint inside the crop has confidence 0; frame 1: one confident keypoint inside.
+    rows = {"k/keypoints": np.zeros((2, 17, 3)), "k/person_present": np.ones(2, np.float32)}
+    rows["k/keypoints"][:, :, :2] = -1.0
+    rows["k/keypoints"][0, 0] = [0.5, 0.5, 0.0]
+    rows["k/keypoints"][1, 0] = [0.5, 0.5, 0.8]
+    target = KeypointTarget("k/keypoints", "k/heatmaps", "k/person_present", 14, 1.0)
+    rendered = render_window(rows, [target], frame_height=128, frame_width=170, top=8, left=29, crop=112)
+    assert rendered["k/person_present"].tolist() == [0.0, 1.0]
+    assert not rendered["k/heatmaps"][0].any() and rendered["k/heatmaps"][1, 0].sum() == pytest.approx(1.0)
+    # A frame with nobody in it stores every keypoint outside any crop, not at the top-left corner.
+    empty = empty_keypoints()
+    assert (empty[:, :2] < 0).all() and not empty[:, 2].any()

@@ -61,6 +61,7 @@ def test_the_number_of_distill_processes_changes_distill_and_eval_only(workdir):
     assert distill_process_count("4", "--rdzv-backend c10d --nnodes=3") == 12
     assert distill_process_count("4", "--nnodes 1:4") == 4  # an elastic range: the count is not known ahead
     assert distill_process_count("gpu", "--nnodes 2") == "gpu x 2 nodes"
+    assert distill_process_count("4", "--nproc_per_node 2 --nnodes 2") == 4  # torchrun takes the later value
 
 
 def test_the_teachers_change_extract_distill_and_eval(workdir):

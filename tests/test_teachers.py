@@ -186,7 +186,7 @@ def _assert_keypoint_rows(outputs: dict, frames: int) -> None:
     assert keypoints.shape == (frames, 17, 3) and keypoints.dtype == np.float32 and np.isfinite(keypoints).all()
     assert present.shape == (frames,) and present.dtype == np.uint8
     assert ((keypoints[..., 2] >= 0) & (keypoints[..., 2] <= 1)).all()
-    assert not keypoints[present == 0].any()  # nobody: all zero
+    assert _nobody(keypoints[present == 0])  # nobody: every keypoint NOWHERE, confidence 0
 
 
 def test_coco_keypoints_torchvision_with_random_weights():
@@ -201,7 +201,7 @@ def test_coco_keypoints_torchvision_with_random_weights():
     # nobody reaches a threshold of 1: all-zero keypoints, flag 0
     teacher.person_threshold = 1.0
     outputs = teacher(_small_frames(1))
-    assert outputs["person_present"].tolist() == [0] and not outputs["keypoints"].any()
+    assert outputs["person_present"].tolist() == [0] and _nobody(outputs["keypoints"])
 
 
 def test_explicit_detectron2_backend_without_detectron2_says_how_to_install():
@@ -261,7 +261,7 @@ def test_mediapipe_finds_the_astronaut_with_plausible_keypoints(blazepose):
 
 def test_mediapipe_sees_nobody_in_an_empty_frame(blazepose):
     outputs = blazepose(np.full((1, 240, 320, 3), 127, np.uint8))
-    assert outputs["person_present"].tolist() == [0] and not outputs["keypoints"].any()
+    assert outputs["person_present"].tolist() == [0] and _nobody(outputs["keypoints"])
 
 
 def test_mediapipe_missing_says_which_extra_to_install(monkeypatch):
@@ -277,3 +277,9 @@ def test_mediapipe_missing_says_which_extra_to_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", import_without_mediapipe)
     with pytest.raises(DistinitError, match=r"pip install distinit\[pose\]"):
         create_teacher("mediapipe-pose")
+
+
+def _nobody(keypoints) -> bool:
+    """Rows of a frame with nobody in it: every keypoint at NOWHERE (-1, -1) with confidence 0."""
+    keypoints = np.asarray(keypoints, dtype=np.float32)
+    return bool((keypoints[..., :2] == -1).all() and not keypoints[..., 2].any())

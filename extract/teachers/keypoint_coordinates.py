@@ -76,8 +76,11 @@ def relative_keypoints(
 
 
 def empty_keypoints(num_keypoints: int = NUM_COCO_KEYPOINTS) -> np.ndarray:
-    """The target of a frame with nobody in it: all zeros (and person_present = 0)."""
-    return np.zeros((num_keypoints, len(KEYPOINT_COLUMNS)), dtype=np.float32)
+    """The target of a frame with nobody in it: every keypoint NOWHERE with confidence 0 (and person_present = 0),
+    so even a reader that ignored the flag would find no keypoint inside any crop."""
+    empty = np.zeros((num_keypoints, len(KEYPOINT_COLUMNS)), dtype=np.float32)
+    empty[:, :2] = NOWHERE
+    return empty
 
 
 def most_confident_person(person_scores: np.ndarray, threshold: float) -> int | None:
