@@ -35,6 +35,7 @@ from distill.heads import head_specs_from_teachers
 from distill.students import create_student
 from distill.targets_folder import check_targets, resolve_targets_dir, targets_fingerprint
 from pipeline.atomic import atomic_write_text, make_output_folder, remove_leftover_temporary_files
+from pipeline.devices import capped_workers
 from pipeline.hashing import sha256_json
 from pipeline.provenance import git_state, write_provenance
 
@@ -80,7 +81,7 @@ def build_loaders(config: DistillConfig, targets_dir: Path, context: Distributed
                                      world_size=context.world_size)
     # Loaders get their own generators, so creating an iterator never draws from the global torch RNG
     # (a resumed run creates one at a different point than an uninterrupted run would).
-    loader_options = dict(batch_size=config.batch_size, num_workers=config.workers, worker_init_fn=seed_worker,
+    loader_options = dict(batch_size=config.batch_size, num_workers=capped_workers(config.workers, "loader workers"), worker_init_fn=seed_worker,
                           pin_memory=context.device.type == "cuda", persistent_workers=False,
                           generator=torch.Generator().manual_seed(config.seed))
     train_loader = DataLoader(train_set, sampler=train_sampler, **loader_options)

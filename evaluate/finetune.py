@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from distill.checkpoint import save_checkpoint
-from pipeline.devices import resolve_device
+from pipeline.devices import capped_workers, resolve_device
 from distill.sampler import ResumableSampler
 from distill.schedule import learning_rate
 from distill.seeding import seed_everything, seed_worker
@@ -137,7 +137,7 @@ def run_split(train_records, test_records, split: int, seed: int, num_classes: i
     test_set = EvaluationClips(test_records, clip, clips_per_video=config.test_clips, three_crop=config.three_crop,
                                normalisation=initialization.normalisation, temporal_ablations=config.temporal_ablations)
     sampler = ResumableSampler(len(train_set), shuffle=True, seed=seed)
-    common = dict(num_workers=config.workers, worker_init_fn=seed_worker, persistent_workers=False,
+    common = dict(num_workers=capped_workers(config.workers, "loader workers"), worker_init_fn=seed_worker, persistent_workers=False,
                   pin_memory=device.type == "cuda")
     # drop_last: a last batch of 2 clips (HMDB-51 split 1) would give its batch norms noisy statistics
     train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,

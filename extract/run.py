@@ -24,7 +24,7 @@ from extract.teachers import create_teacher
 from extract.teaching import teach
 from pipeline.atomic import atomic_write_text, make_output_folder, remove_leftover_temporary_files
 from pipeline.config import config_to_dict
-from pipeline.devices import resolve_device
+from pipeline.devices import capped_workers, resolve_device
 from pipeline.datasets import load_dataset, manifest_hash, write_manifest as write_video_manifest
 from pipeline.datasets.selection import select_records
 from pipeline.errors import DistinitError
@@ -180,7 +180,7 @@ def run_extraction(config: ExtractConfig, shard_part: tuple[int, int] = (0, 1), 
         logger.info("resuming: %d finished shards verified and kept", len(skipped_shards))
     total_videos = sum(len(plan.shards[index]) for index in todo)
     rows, failures = 0, []
-    with DecodePool(config.workers, plan.sampling, plan.decode_short_side, config.decode_timeout_seconds) as pool:
+    with DecodePool(capped_workers(config.workers, "decode workers"), plan.sampling, plan.decode_short_side, config.decode_timeout_seconds) as pool:
         with tqdm(total=total_videos, unit="video", desc="extract", disable=not show_progress) as videos_bar, \
                 tqdm(unit="frame", desc="teacher frames", position=1, disable=not show_progress) as frames_bar:
             for index in todo:
