@@ -206,11 +206,6 @@ def mixture_logits(logits: np.ndarray, temperature: float) -> np.ndarray:
     if len(logits) == 1:
         return np.asarray(logits[0], dtype=np.float32)
     scaled = np.asarray(logits, dtype=np.float64) / temperature  # (N, C)
-    log_probabilities = scaled - _logsumexp(scaled, axis=1)[:, None]  # (N, C)
-    log_mixture = _logsumexp(log_probabilities, axis=0) - math.log(len(scaled))  # (C,)
+    log_probabilities = scaled - np.logaddexp.reduce(scaled, axis=1)[:, None]  # (N, C)
+    log_mixture = np.logaddexp.reduce(log_probabilities, axis=0) - math.log(len(scaled))  # (C,)
     return (temperature * log_mixture).astype(np.float32)
-
-
-def _logsumexp(values: np.ndarray, axis: int) -> np.ndarray:
-    peak = values.max(axis=axis, keepdims=True)
-    return np.squeeze(peak, axis=axis) + np.log(np.exp(values - peak).sum(axis=axis))
