@@ -4,7 +4,10 @@
 # Stages re-run only when something they depend on changed: `distinit stamps` rewrites
 # $(STAMPS)/<stage>.key only when that stage's key (its config, the keys of the stages it reads,
 # its code version; pipeline/stages.py) changed, and each stage's rule below depends on its .key
-# and on the stage before it. `make status` says which stages are stale and why.
+# and on the .done of each stage it reads ($(STAMPS)/<stage>.needs names them). `make status` says
+# which stages are stale and why.
+#
+#   demo-data (DATA=demo) -> extract -> distill -> compare | eval-hmdb | eval-ucf
 
 SHELL    := /bin/bash
 PYTHON   ?= python3
@@ -26,6 +29,7 @@ TORCHRUN_ARGS ?=
 EVAL_CONFIG ?= $(if $(filter demo,$(DATA)),configs/demo-eval.yaml,configs/eval.yaml)
 HMDB_ROOT ?= $(if $(filter demo,$(DATA)),$(DEMO_DIR)/actions/videos,)
 UCF_ROOT ?=
+RESULTS  ?= results/$(DATA)
 DISTILL_OUT ?= $(if $(filter demo,$(DATA)),runs/demo/distill,runs/distill)
 INIT     ?= $(DISTILL_OUT)
 # The demo leaves out the inflated EfficientNet-Lite0 row by default: it is ~5 min a run on 2 CPU cores.
@@ -50,11 +54,21 @@ STAGE_ARGS = --stamps $(STAMPS) --data $(DATA) $(if $(ROOT),--root $(ROOT)) --de
 	$(foreach pair,$(EXTRACT_SETS),--extract-set $(pair)) \
 	--distill-config $(DISTILL_CONFIG) $(foreach pair,out=$(DISTILL_OUT) $(DISTILL_SET),--distill-set $(pair)) \
 	--distill-nproc $(or $(NPROC),1) $(if $(and $(NPROC),$(TORCHRUN_ARGS)),--torchrun-args '$(TORCHRUN_ARGS)') \
-	--eval-config $(EVAL_CONFIG) $(foreach pair,$(EVAL_SET),--eval-set $(pair)) $(if $(HMDB_ROOT),--eval-root $(HMDB_ROOT)) \
-	--inits $(INITS) --seeds $(SEEDS) --results results/$(DATA)
+	--eval-config $(EVAL_CONFIG) $(foreach pair,$(EVAL_SET),--eval-set $(pair)) \
+	$(if $(HMDB_ROOT),--eval-root $(HMDB_ROOT)) $(if $(UCF_ROOT),--ucf-root $(UCF_ROOT)) \
+	--inits $(INITS) --init $(INIT) --seeds $(SEEDS) --results $(RESULTS)
+
+# The .done files of the stages stage $(1) reads, as `distinit stamps` last listed them.
+needs = $(foreach stage,$(file < $(STAMPS)/$(1).needs),$(STAMPS)/$(stage).done)
+# Bring stage $(1) up to date: refresh the stamps (`+`: also under make -n, it only records keys), then let
+# make re-run exactly the stale stages up to it.
+define run_stage
+	+@$(DISTINIT) stamps $(STAGE_ARGS) --until $(1)
+	+@$(MAKE) --no-print-directory $(STAMPS)/$(1).done
+endef
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo-data demo-data-stage extract verify distill eval-hmdb eval-ucf compare demo status test bench clean
+.PHONY: help setup demo-data demo-data-stage extract verify distill compare eval-hmdb eval-ucf demo status test bench clean
 
 help: ## Show targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -69,7 +83,8 @@ help: ## Show targets and variables
 	@echo "  DISTILL_CONFIG=$(DISTILL_CONFIG)  EVAL_CONFIG=$(EVAL_CONFIG)  DISTILL_OUT=$(DISTILL_OUT)"
 	@echo "  NPROC=$(NPROC)  TORCHRUN_ARGS=$(TORCHRUN_ARGS)  distill under torchrun (processes per node, multi-node options; part of distill's key)"
 	@echo "  HMDB_ROOT=$(HMDB_ROOT)  UCF_ROOT=$(UCF_ROOT)  labeled video folders"
-	@echo "  INIT=$(INIT)  (eval-hmdb/eval-ucf)  INITS=$(INITS)  SEEDS=$(SEEDS)  (compare)"
+	@echo "  INIT=$(INIT)  (eval-hmdb/eval-ucf)  INITS=$(INITS)  (compare)  SEEDS=$(SEEDS)  (all three)"
+	@echo "  RESULTS=$(RESULTS)  where compare and the eval-* reports go"
 	@echo "  STAMPS=$(STAMPS)  PYTHON=$(PYTHON)  POSE=$(POSE) (1: install the MediaPipe pose teacher)"
 	@echo "  PYTEST_ARGS='$(PYTEST_ARGS)'  e.g. PYTEST_ARGS='-m \"not slow\"'"
 
@@ -83,64 +98,71 @@ $(VENV)/.installed: requirements.txt requirements-pose.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
-# Each public stage target: refresh the stamps (`+`: also under make -n, it only records keys), then
-# let make bring the stage's .done up to date, re-running exactly the stale stages before it.
 demo-data: setup ## Generate the embedded demo data (unlabeled pool + HMDB-51-layout action set) into DEMO_DIR
 	+@$(MAKE) --no-print-directory demo-data-stage DATA=demo
 
 demo-data-stage:
-	+@$(DISTINIT) stamps $(STAGE_ARGS) --until demo-data
-	+@$(MAKE) --no-print-directory $(STAMPS)/demo-data.done
+	$(call run_stage,demo-data)
 
 extract: setup ## Stage one: teachers over sampled frames -> targets/DATA/KEY/ (DATA=... ROOT=dir TEACHERS=a,b)
 	@test -n "$(ROOT)" || { echo "make extract: set ROOT=<dataset folder> for DATA=$(DATA)"; exit 2; }
-	+@$(DISTINIT) stamps $(STAGE_ARGS) --until extract
-	+@$(MAKE) --no-print-directory $(STAMPS)/extract.done
+	$(call run_stage,extract)
 
 distill: setup ## Stage two: train a 3D student on DATA's latest targets (DISTILL_CONFIG, DISTILL_SET, DISTILL_ARGS)
-	+@$(DISTINIT) stamps $(STAGE_ARGS) --until distill
-	+@$(MAKE) --no-print-directory $(STAMPS)/distill.done
+	$(call run_stage,distill)
 
-compare: setup ## Stage three: scratch vs inflated vs DistInit on HMDB-51 (INITS, SEEDS) -> results/DATA/RESULTS.md
+compare: setup ## Stage three: scratch vs inflated vs DistInit on HMDB-51 (INITS, SEEDS) -> RESULTS/RESULTS.md
 	@test -n "$(HMDB_ROOT)" || { echo "make compare: set HMDB_ROOT=<hmdb51 video folder>"; exit 2; }
-	+@$(DISTINIT) stamps $(STAGE_ARGS) --until eval
-	+@$(MAKE) --no-print-directory $(STAMPS)/eval.done
+	$(call run_stage,compare)
+
+eval-hmdb: setup ## Finetune one INIT on HMDB-51 (HMDB_ROOT=dir, INIT=run folder|scratch|inflated:..., SEEDS) -> RESULTS/eval-hmdb/
+	@test -n "$(HMDB_ROOT)" || { echo "make eval-hmdb: set HMDB_ROOT=<hmdb51 video folder>"; exit 2; }
+	$(call run_stage,eval-hmdb)
+	@cat $(RESULTS)/eval-hmdb/RESULTS.txt
+
+eval-ucf: setup ## Finetune one INIT on UCF-101 (UCF_ROOT=dir, INIT=..., SEEDS) -> RESULTS/eval-ucf/
+	@test -n "$(UCF_ROOT)" || { echo "make eval-ucf: set UCF_ROOT=<UCF-101 video folder>"; exit 2; }
+	$(call run_stage,eval-ucf)
+	@cat $(RESULTS)/eval-ucf/RESULTS.txt
 
 demo: ## Every stage on the embedded demo data, ending with the results table (re-runs only what changed)
 	+@$(MAKE) --no-print-directory compare DATA=demo
 	@awk '/^\| init/ { printing = 1 } printing && /^$$/ { exit } printing' results/demo/RESULTS.md
 
-status: setup ## Say which stages are up to date, stale (and why) or missing, for DATA
+status: setup ## Say which stages are up to date, stale (and why), missing or not set up, for DATA
 	@$(DISTINIT) status $(STAGE_ARGS)
 
+# Each stage's rule: its .key and what it reads (see `needs`); on success .key is copied to .done.
 $(STAMPS)/demo-data.done: $(STAMPS)/demo-data.key
 	$(DISTINIT) demo-data --out $(DEMO_DIR) --config configs/demo-data.yaml $(foreach pair,$(DEMO_SET),--set $(pair))
 	cp $< $@
 
-$(STAMPS)/extract.done: $(STAMPS)/extract.key $(if $(filter demo,$(DATA)),$(STAMPS)/demo-data.done)
+$(STAMPS)/extract.done: $(STAMPS)/extract.key $(call needs,extract)
 	$(DISTINIT) extract --config configs/extract.yaml --data $(DATA) --root $(ROOT) $(foreach pair,$(EXTRACT_SETS),--set $(pair)) $(EXTRACT_ARGS)
 	$(DISTINIT) verify targets/$(DATA)/$$(cat targets/$(DATA)/latest)
 	$(DISTINIT) inspect targets/$(DATA)/$$(cat targets/$(DATA)/latest) --top-k 3
 	cp $< $@
 
-$(STAMPS)/distill.done: $(STAMPS)/distill.key $(STAMPS)/extract.done
-	$(DISTILL_LAUNCH) distill --config $(DISTILL_CONFIG) --targets targets/$(DATA) --set out=$(DISTILL_OUT) $(foreach pair,$(DISTILL_SET),--set $(pair)) $(DISTILL_ARGS)
+# --videos: where the dataset is now (ROOT), which is not part of any key; moving it re-runs nothing.
+$(STAMPS)/distill.done: $(STAMPS)/distill.key $(call needs,distill)
+	$(DISTILL_LAUNCH) distill --config $(DISTILL_CONFIG) --targets targets/$(DATA) $(if $(ROOT),--videos $(ROOT)) --set out=$(DISTILL_OUT) $(foreach pair,$(DISTILL_SET),--set $(pair)) $(DISTILL_ARGS)
 	cp $< $@
 
-$(STAMPS)/eval.done: $(STAMPS)/eval.key $(STAMPS)/distill.done
-	$(DISTINIT) compare --config $(EVAL_CONFIG) --data hmdb51 --root $(HMDB_ROOT) --inits $(INITS) --seeds $(SEEDS) --out results/$(DATA) $(foreach pair,$(EVAL_SET),--set $(pair)) $(EVAL_ARGS)
+$(STAMPS)/compare.done: $(STAMPS)/compare.key $(call needs,compare)
+	$(DISTINIT) compare --config $(EVAL_CONFIG) --data hmdb51 --root $(HMDB_ROOT) --inits $(INITS) --seeds $(SEEDS) --out $(RESULTS) $(foreach pair,$(EVAL_SET),--set $(pair)) $(EVAL_ARGS)
+	cp $< $@
+
+# stdout (the table) is shown by the public target, from the report.
+$(STAMPS)/eval-hmdb.done: $(STAMPS)/eval-hmdb.key $(call needs,eval-hmdb)
+	$(DISTINIT) eval --config $(EVAL_CONFIG) --data hmdb51 --root $(HMDB_ROOT) --init $(INIT) --seeds $(SEEDS) --report $(RESULTS)/eval-hmdb $(foreach pair,$(EVAL_SET),--set $(pair)) $(EVAL_ARGS) > /dev/null
+	cp $< $@
+
+$(STAMPS)/eval-ucf.done: $(STAMPS)/eval-ucf.key $(call needs,eval-ucf)
+	$(DISTINIT) eval --config $(EVAL_CONFIG) --data ucf101 --root $(UCF_ROOT) --init $(INIT) --seeds $(SEEDS) --report $(RESULTS)/eval-ucf $(foreach pair,$(EVAL_SET),--set $(pair)) $(EVAL_ARGS) > /dev/null
 	cp $< $@
 
 verify: setup ## Check the latest targets of DATA (checksums, row counts, NaN/inf, manifest)
 	$(DISTINIT) verify targets/$(DATA)/$$(cat targets/$(DATA)/latest)
-
-eval-hmdb: setup ## Finetune one INIT on HMDB-51 (HMDB_ROOT=dir, INIT=checkpoint|scratch|inflated:...; finished runs are cached)
-	@test -n "$(HMDB_ROOT)" || { echo "make eval-hmdb: set HMDB_ROOT=<hmdb51 video folder>"; exit 2; }
-	$(DISTINIT) eval --config $(EVAL_CONFIG) --data hmdb51 --root $(HMDB_ROOT) --init $(INIT) $(foreach pair,$(EVAL_SET),--set $(pair)) $(EVAL_ARGS)
-
-eval-ucf: setup ## Finetune one INIT on UCF-101 (UCF_ROOT=dir, INIT=...; finished runs are cached)
-	@test -n "$(UCF_ROOT)" || { echo "make eval-ucf: set UCF_ROOT=<UCF-101 video folder>"; exit 2; }
-	$(DISTINIT) eval --config configs/eval.yaml --data ucf101 --root $(UCF_ROOT) --init $(INIT) $(foreach pair,$(EVAL_SET),--set $(pair)) $(EVAL_ARGS)
 
 test: setup ## Run the test suite (slow and reliability tests included, as CI does)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -26,10 +26,11 @@ from typing import Any, Callable
 import torch
 
 from distill.augment import VIDEO_NORMALISATION, Normalisation
-from distill.checkpoint import LAST, load_checkpoint
+from distill.checkpoint import load_checkpoint
 from distill.students import DistillStudent, create_student, recorded_normalisation
 from pipeline.errors import DistinitError
 from pipeline.hashing import sha256_file
+from pipeline.init_sources import INFLATED_PREFIX, checkpoint_file
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ INIT_FORMS = (
     "a distill checkpoint (.pt file or run folder), 'scratch', or 'inflated:<2d-model>' "
     "(resnet18, efficientnet_lite0; add ':random' for random 2D weights)"
 )
-INFLATED_PREFIX = "inflated:"
 DEFAULT_STUDENT = "r2plus1d_18"
 DEFAULT_WIDTH = "full"
 TRUNK_PREFIX = "trunk."
@@ -66,16 +66,8 @@ def resolve_init(init: str, *, student: str | None = None, width: str | None = N
 
 
 def checkpoint_path(init: str) -> Path | None:
-    """The checkpoint file INIT names, or None when INIT does not look like a path at all."""
-    path = Path(init)
-    if path.is_dir():
-        latest = path / "latest"
-        if latest.is_file() and not (path / LAST).exists():
-            path = path / latest.read_text().strip()
-        return path / LAST
-    if path.suffix in (".pt", ".pth") or "/" in init or path.exists():
-        return path
-    return None
+    """The checkpoint file INIT names, or None when INIT does not look like a path at all (pipeline.init_sources)."""
+    return checkpoint_file(init)
 
 
 def scratch_init(student: str, width: str) -> Initialization:

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from evaluate.config import EvalConfig
 from evaluate.metrics import mean_std
 from evaluate.overlap import overlap_text
-from pipeline.atomic import atomic_write_text
+from pipeline.atomic import atomic_write_text, make_output_folder
 from pipeline.config import config_to_dict
 
 SCHEMA = "distinit-eval-1"
@@ -166,6 +166,18 @@ def summarise(runs: Iterable[RunResult]) -> dict[str, Any]:
 def write_results(result: EvalResult) -> Path:
     path = Path(result.out_dir) / "results.json"
     atomic_write_text(path, json.dumps(result.to_dict(), indent=1, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def write_report_folder(result: EvalResult, folder: str | Path) -> Path:
+    """`distinit eval --report FOLDER` (make's eval-hmdb / eval-ucf): FOLDER/results.json (the run's results plus
+    `results_folder`, where the cached runs live) and FOLDER/RESULTS.txt (the table), at a fixed place."""
+    folder = Path(folder)
+    make_output_folder(folder, option="--report")
+    record = {**result.to_dict(), "results_folder": str(result.out_dir)}
+    atomic_write_text(folder / "RESULTS.txt", format_table(result) + "\n")
+    path = folder / "results.json"
+    atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")  # last: the stage's output
     return path
 
 

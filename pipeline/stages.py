@@ -5,8 +5,15 @@ stage before it (that stage's key, or a dataset's manifest hash for data nobody 
 version. The key is a hash of those inputs, computed from configs alone, before anything runs, so the
 Makefile can decide what is stale without starting a stage (pipeline/stamps.py writes the stamp files).
 
-    demo-data ──> extract ──> distill ──> eval (compare: scratch / inflated / DistInit)
-    (DATA=demo)     ^ or a dataset's manifest          ^ labeled data: demo-data's key or HMDB-51's manifest
+    demo-data ──> extract ──> distill ──┬──> compare    (scratch / inflated / DistInit on HMDB-51)
+    (DATA=demo)     ^ or a dataset's    ├──> eval-hmdb  (one INIT on HMDB-51)
+                      manifest hash     └──> eval-ucf   (one INIT on UCF-101)
+
+An eval stage reads distill only when one of its inits is the pipeline's own distill output (DISTILL_OUT);
+any other init enters its key by what it is (pipeline.init_sources): scratch, the sha256 of the 2D weights
+an inflated init starts from, or of a checkpoint file. Its labeled data enters by manifest hash (or the
+demo-data key when it lies inside the demo folder). Where a dataset lives is not part of any key: moving
+it and passing the new folder re-runs nothing.
 """
 
 from __future__ import annotations
@@ -14,16 +21,22 @@ from __future__ import annotations
 import dataclasses
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.config import config_to_dict, load_config, parse_overrides
 from pipeline.errors import ConfigError
 from pipeline.hashing import sha256_file, sha256_json
+from pipeline.init_sources import init_identity
 
-STAGES = ("demo-data", "extract", "distill", "eval")
+STAGES = ("demo-data", "extract", "distill", "compare", "eval-hmdb", "eval-ucf")
+# The eval stages: which labeled dataset each scores on, and the make variable naming its folder.
+EVAL_STAGES = {"compare": ("hmdb51", "HMDB_ROOT"), "eval-hmdb": ("hmdb51", "HMDB_ROOT"), "eval-ucf": ("ucf101", "UCF_ROOT")}
 
 # Options that change how fast or where a stage runs, never what it produces (so changing one re-runs nothing).
-EXTRACT_RUNTIME_OPTIONS = ("batch_size", "workers", "device", "max_failure_rate", "decode_timeout_seconds")
+# Where the dataset is (`root`) and where the targets go (`out`) are not what is extracted: the dataset enters
+# the key by its manifest hash, and a missing output re-runs the stage anyway.
+EXTRACT_RUNTIME_OPTIONS = ("batch_size", "workers", "device", "max_failure_rate", "decode_timeout_seconds",
+                           "root", "out")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +57,10 @@ class PipelineSpec:
     distill_processes: int | str = 1  # how many processes distill runs as (`distill_process_count`)
     eval_config: str = "configs/eval.yaml"
     eval_set: tuple[str, ...] = ()
-    eval_root: str | None = None
-    inits: tuple[str, ...] = ()
+    eval_root: str | None = None  # HMDB_ROOT: compare and eval-hmdb
+    ucf_root: str | None = None  # UCF_ROOT: eval-ucf
+    inits: tuple[str, ...] = ()  # INITS: compare
+    init: str | None = None  # INIT: eval-hmdb and eval-ucf
     seeds: tuple[int, ...] = (0,)
     results_dir: str | None = None
 
@@ -62,22 +77,64 @@ class StageInputs:
     def key(self) -> str:
         return sha256_json(self.inputs)[:16]
 
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The stages whose outputs this one reads (make's prerequisites)."""
+        return tuple(sorted(self.inputs.get("upstream", {})))
 
-def stage_plan(spec: PipelineSpec, until: str = "eval") -> list[StageInputs]:
-    """The stages `until` needs, in order, each with its inputs; upstream keys are filled in along the way."""
+
+@dataclasses.dataclass(frozen=True)
+class NotSetUp:
+    """A stage the Makefile's variables do not configure (e.g. eval-ucf without UCF_ROOT), and why."""
+
+    stage: str
+    reason: str
+
+
+def stage_plan(spec: PipelineSpec, until: str = "compare") -> list[StageInputs]:
+    """Stage `until` and every stage it reads, upstream first, each with its inputs (a missing variable: ConfigError)."""
     if until not in STAGES:
         raise ConfigError(f"unknown stage {until!r}; expected one of {', '.join(STAGES)}")
-    wanted = STAGES[: STAGES.index(until) + 1]
-    plan: list[StageInputs] = []
-    if spec.data == "demo":
-        plan.append(demo_data_inputs(spec))
-    if "extract" in wanted:
-        plan.append(extract_inputs(spec, upstream=plan[-1].key if plan else None))
-    if "distill" in wanted:
-        plan.append(distill_inputs(spec, extract_key=plan[-1].key))
-    if "eval" in wanted:
-        plan.append(eval_inputs(spec, distill=plan[-1], demo=plan[0] if spec.data == "demo" else None))
-    return plan
+    planner = _Planner(spec)
+    planner.inputs(until)
+    return planner.plan
+
+
+def full_plan(spec: PipelineSpec) -> list[StageInputs | NotSetUp]:
+    """Every stage of the pipeline, in order: its inputs, or why the variables do not set it up (for `status`)."""
+    planner = _Planner(spec)
+    entries: list[StageInputs | NotSetUp] = []
+    for stage in STAGES:
+        if stage == "demo-data" and spec.data != "demo":
+            continue
+        try:
+            entries.append(planner.inputs(stage))
+        except ConfigError as error:
+            entries.append(NotSetUp(stage, str(error)))
+    return entries
+
+
+class _Planner:
+    """Each stage's inputs computed once, upstream first (`plan` keeps that order)."""
+
+    def __init__(self, spec: PipelineSpec):
+        self.spec = spec
+        self.plan: list[StageInputs] = []
+        self._done: dict[str, StageInputs] = {}
+        self._builders: dict[str, Callable[[], StageInputs]] = {
+            "demo-data": lambda: demo_data_inputs(spec),
+            "extract": lambda: extract_inputs(spec, upstream=self.inputs("demo-data").key if spec.data == "demo" else None),
+            "distill": lambda: distill_inputs(spec, extract_key=self.inputs("extract").key),
+            **{stage: (lambda stage=stage: eval_inputs(spec, stage, self.inputs)) for stage in EVAL_STAGES},
+        }
+
+    def inputs(self, stage: str) -> StageInputs:
+        if stage not in self._done:
+            if stage == "demo-data" and self.spec.data != "demo":
+                raise ConfigError("demo-data is a stage of DATA=demo only")
+            self._done[stage] = self._builders[stage]()
+            self.plan.append(self._done[stage])
+        return self._done[stage]
 
 
 def demo_data_inputs(spec: PipelineSpec) -> StageInputs:
@@ -126,30 +183,57 @@ def distill_inputs(spec: PipelineSpec, extract_key: str) -> StageInputs:
     return StageInputs("distill", inputs, Path(config.out) / "latest")
 
 
-def eval_inputs(spec: PipelineSpec, distill: StageInputs, demo: StageInputs | None) -> StageInputs:
+def eval_inputs(spec: PipelineSpec, stage: str, upstream_inputs: Callable[[str], StageInputs]) -> StageInputs:
+    """compare (INITS on HMDB-51), eval-hmdb or eval-ucf (INIT on HMDB-51 / UCF-101)."""
     from evaluate.config import CODE_VERSION, EvalConfig
 
-    if not spec.inits:
-        raise ConfigError("the eval stage needs at least one init (INITS=scratch,inflated:...,runs/...)")
-    overrides = {**parse_overrides(spec.eval_set), "data": "hmdb51", "seeds": list(spec.seeds)}
-    if spec.eval_root:
-        overrides["root"] = spec.eval_root
+    data, root_variable = EVAL_STAGES[stage]
+    inits = spec.inits if stage == "compare" else ((spec.init,) if spec.init else ())
+    if not inits:
+        wanted = "INITS=scratch,inflated:...,runs/..." if stage == "compare" else "INIT=<checkpoint>|scratch|inflated:..."
+        raise ConfigError(f"the {stage} stage needs {'at least one init' if stage == 'compare' else 'an init'}: set {wanted}")
+    overrides = {**parse_overrides(spec.eval_set), "data": data, "seeds": list(spec.seeds)}
+    root = spec.ucf_root if data == "ucf101" else spec.eval_root
+    if root:
+        overrides["root"] = root
+    elif data == "ucf101":
+        overrides["root"] = ""  # the eval config's root is the HMDB-51 folder
     config = load_config(EvalConfig, spec.eval_config, overrides)
-    distill_out = Path(distill.inputs["out"])
-    upstream = {}
-    if any(_is_under(init, distill_out) for init in spec.inits):
-        upstream["distill"] = distill.key
-    if demo is not None and Path(config.root).resolve().is_relative_to(Path(spec.demo_dir).resolve()):
-        upstream["demo-data"] = demo.key
-        data = None
+    if not config.root:
+        raise ConfigError(f"the {stage} stage needs its {data} video folder: set {root_variable}=<folder>")
+    upstream: dict[str, str] = {}
+    distill_out = Path(distill_output_folder(spec))
+    identities = []
+    for init in inits:
+        if _is_under(init, distill_out):
+            upstream["distill"] = upstream_inputs("distill").key
+            identities.append({"kind": "distill output"})
+        else:
+            identities.append(init_identity(init))
+    data_hash = None
+    if spec.data == "demo" and Path(config.root).resolve().is_relative_to(Path(spec.demo_dir).resolve()):
+        upstream["demo-data"] = upstream_inputs("demo-data").key
     else:
-        data = manifest_hash_of(config.data, config.root, splits_dir=config.splits_dir)
-    selection = {"splits": list(config.splits), "seeds": list(config.seeds), "inits": list(spec.inits)}
+        data_hash = manifest_hash_of(config.data, config.root, splits_dir=config.splits_dir)
+    selection = {"splits": list(config.splits), "seeds": list(config.seeds)}
+    selection.update({"inits": identities} if stage == "compare" else {"init": identities[0]})
     inputs = {"config": {**config.key_fields(), **selection}, "upstream": upstream, "code": CODE_VERSION}
-    if data is not None:
-        inputs["data"] = data
+    if data_hash is not None:
+        inputs["data"] = data_hash
+    return StageInputs(stage, inputs, eval_output(spec, stage))
+
+
+def eval_output(spec: PipelineSpec, stage: str) -> Path:
+    """compare: <results>/RESULTS.md; eval-hmdb / eval-ucf: <results>/<stage>/results.json (`distinit eval --report`)."""
     results_dir = Path(spec.results_dir or f"results/{spec.data}")
-    return StageInputs("eval", inputs, results_dir / "RESULTS.md")
+    return results_dir / "RESULTS.md" if stage == "compare" else results_dir / stage / "results.json"
+
+
+def distill_output_folder(spec: PipelineSpec) -> str:
+    """Where the pipeline's distill writes its runs (DISTILL_OUT), from its config alone."""
+    from distill.config import DistillConfig
+
+    return load_config(DistillConfig, spec.distill_config, parse_overrides(spec.distill_set)).out
 
 
 def distill_process_count(processes_per_node: str | int | None, torchrun_args: str = "") -> int | str:

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import atomic_write_text
-from pipeline.stages import StageInputs
+from pipeline.stages import NotSetUp, StageInputs
 
 
 @dataclasses.dataclass(frozen=True)
 class StageStatus:
     stage: str
-    state: str  # "up to date" | "stale" | "missing"
+    state: str  # "up to date" | "stale" | "missing" | "not set up"
     reasons: tuple[str, ...]
     key: str
 
@@ -34,6 +34,10 @@ def key_path(stamps_dir: str | Path, stage: str) -> Path:
 
 def done_path(stamps_dir: str | Path, stage: str) -> Path:
     return Path(stamps_dir) / f"{stage}.done"
+
+
+def needs_path(stamps_dir: str | Path, stage: str) -> Path:
+    return Path(stamps_dir) / f"{stage}.needs"
 
 
 def stamp_record(stage: StageInputs) -> dict[str, Any]:
@@ -63,6 +67,10 @@ def update_stamps(plan: list[StageInputs], stamps_dir: str | Path) -> list[str]:
             atomic_write_text(path, json.dumps(stamp_record(stage), indent=1, sort_keys=True, default=str) + "\n")
             changed.append(stage.stage)
             _age_behind_done(path, done_path(stamps_dir, stage.stage), stage.key)
+        needs = needs_path(stamps_dir, stage.stage)
+        wanted = " ".join(stage.needs) + "\n"
+        if not needs.is_file() or needs.read_text() != wanted:
+            atomic_write_text(needs, wanted)
         if not stage.output.exists():
             done_path(stamps_dir, stage.stage).unlink(missing_ok=True)
     return changed
@@ -76,11 +84,15 @@ def _age_behind_done(key_file: Path, done_file: Path, key: str) -> None:
         os.utime(key_file, ns=(done_time - 1_000_000_000, done_time - 1_000_000_000))
 
 
-def stage_status(plan: list[StageInputs], stamps_dir: str | Path) -> list[StageStatus]:
-    """Each stage: up to date, stale (with what changed since it last ran) or missing (never ran / output gone)."""
+def stage_status(plan: list[StageInputs | NotSetUp], stamps_dir: str | Path) -> list[StageStatus]:
+    """Each stage: up to date, stale (with what changed since it last ran), missing (never ran / output gone) or
+    not set up (a make variable it needs is unset)."""
     statuses = []
     stale_upstream: list[str] = []
     for stage in plan:
+        if isinstance(stage, NotSetUp):
+            statuses.append(StageStatus(stage.stage, "not set up", (stage.reason,), ""))
+            continue
         done = read_stamp(done_path(stamps_dir, stage.stage))
         if done is None or not stage.output.exists():
             why = "never ran here" if done is None else f"its output {stage.output} is gone"
@@ -104,8 +116,12 @@ def input_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     changes = []
     old_config, new_config = before.get("config", {}), now.get("config", {})
     for name in sorted(set(old_config) | set(new_config)):
-        if old_config.get(name) != new_config.get(name):
-            changes.append(f"option {name}: {_short(old_config.get(name))} -> {_short(new_config.get(name))}")
+        if name not in new_config:
+            changes.append(f"option {name} is no longer part of the key (was {_short(old_config[name])})")
+        elif name not in old_config:
+            changes.append(f"option {name} is new in the key ({_short(new_config[name])})")
+        elif old_config[name] != new_config[name]:
+            changes.append(f"option {name}: {_short(old_config[name])} -> {_short(new_config[name])}")
     old_upstream, new_upstream = before.get("upstream", {}), now.get("upstream", {})
     for name in sorted(set(old_upstream) | set(new_upstream)):
         if old_upstream.get(name) != new_upstream.get(name):

@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from dataset_fixtures import write_video
+import torch
+from dataset_fixtures import make_hmdb51, make_kinetics, write_video
 
 from pipeline.errors import ConfigError
-from pipeline.stages import PipelineSpec, distill_process_count, stage_plan
+from pipeline.hashing import sha256_file
+from pipeline.stages import PipelineSpec, StageInputs, distill_process_count, full_plan, stage_plan
 from pipeline.stamps import done_path, key_path, stage_status, update_stamps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,13 +35,15 @@ def workdir(tmp_path, monkeypatch):
 def demo_spec(**changes) -> PipelineSpec:
     spec = PipelineSpec(
         stamps_dir=".stamps/demo", distill_config="configs/demo-distill.yaml", eval_config="configs/demo-eval.yaml",
-        eval_root="data/demo/actions/videos", inits=("scratch", "runs/demo/distill"), seeds=(0, 1, 2),
+        eval_root="data/demo/actions/videos", inits=("scratch", "runs/demo/distill"), init="runs/demo/distill",
+        seeds=(0, 1, 2),
     )
     return dataclasses.replace(spec, **changes)
 
 
 def keys(spec: PipelineSpec) -> dict[str, str]:
-    return {stage.stage: stage.key for stage in stage_plan(spec)}
+    """Every stage the spec sets up (eval-ucf needs UCF_ROOT, which the demo has not)."""
+    return {stage.stage: stage.key for stage in full_plan(spec) if isinstance(stage, StageInputs)}
 
 
 def changed_stages(before: PipelineSpec, after: PipelineSpec) -> set[str]:
@@ -47,14 +51,17 @@ def changed_stages(before: PipelineSpec, after: PipelineSpec) -> set[str]:
     return {stage for stage in new if old.get(stage) != new[stage]}
 
 
+DOWNSTREAM_OF_DISTILL = {"distill", "compare", "eval-hmdb"}
+
+
 def test_a_distill_hyperparameter_changes_distill_and_eval_only(workdir):
-    assert changed_stages(demo_spec(), demo_spec(distill_set=("lr=0.01",))) == {"distill", "eval"}
+    assert changed_stages(demo_spec(), demo_spec(distill_set=("lr=0.01",))) == DOWNSTREAM_OF_DISTILL
 
 
 def test_the_number_of_distill_processes_changes_distill_and_eval_only(workdir):
     # batch_size is per process: NPROC changes the global batch and the schedule, so it is part of the key.
-    assert changed_stages(demo_spec(), demo_spec(distill_processes=8)) == {"distill", "eval"}
-    assert changed_stages(demo_spec(distill_processes=8), demo_spec(distill_processes=4)) == {"distill", "eval"}
+    assert changed_stages(demo_spec(), demo_spec(distill_processes=8)) == DOWNSTREAM_OF_DISTILL
+    assert changed_stages(demo_spec(distill_processes=8), demo_spec(distill_processes=4)) == DOWNSTREAM_OF_DISTILL
     assert changed_stages(demo_spec(), demo_spec(distill_processes=1)) == set()
     assert distill_process_count(None) == distill_process_count("1", "") == 1
     assert distill_process_count("8") == distill_process_count("4", "--nnodes 2 --rdzv-endpoint host:29500") == 8
@@ -66,17 +73,19 @@ def test_the_number_of_distill_processes_changes_distill_and_eval_only(workdir):
 
 def test_the_teachers_change_extract_distill_and_eval(workdir):
     after = demo_spec(extract_set=("teachers=[imagenet-torchvision]",))
-    assert changed_stages(demo_spec(), after) == {"extract", "distill", "eval"}
+    assert changed_stages(demo_spec(), after) == {"extract"} | DOWNSTREAM_OF_DISTILL
 
 
 def test_an_eval_option_changes_eval_only(workdir):
-    assert changed_stages(demo_spec(), demo_spec(eval_set=("epochs=3",))) == {"eval"}
-    assert changed_stages(demo_spec(), demo_spec(seeds=(0,))) == {"eval"}
+    assert changed_stages(demo_spec(), demo_spec(eval_set=("epochs=3",))) == {"compare", "eval-hmdb"}
+    assert changed_stages(demo_spec(), demo_spec(seeds=(0,))) == {"compare", "eval-hmdb"}
+    assert changed_stages(demo_spec(), demo_spec(inits=("scratch",))) == {"compare"}
+    assert changed_stages(demo_spec(), demo_spec(init="scratch")) == {"eval-hmdb"}
 
 
 def test_demo_data_options_change_every_stage(workdir):
     assert changed_stages(demo_spec(), demo_spec(demo_set=("videos_per_class=6",))) == {
-        "demo-data", "extract", "distill", "eval"}
+        "demo-data", "extract"} | DOWNSTREAM_OF_DISTILL
 
 
 def test_touching_or_reformatting_a_config_changes_nothing(workdir):
@@ -94,8 +103,10 @@ def test_speed_only_options_change_nothing(workdir):
 
 
 def test_eval_without_the_distilled_init_does_not_depend_on_distill(workdir):
-    spec = demo_spec(inits=("scratch",))
+    spec = demo_spec(inits=("scratch",), init="inflated:efficientnet_lite0")
     assert changed_stages(spec, dataclasses.replace(spec, distill_set=("lr=0.01",))) == {"distill"}
+    assert [stage.stage for stage in stage_plan(spec, until="eval-hmdb")] == ["demo-data", "eval-hmdb"]
+    assert [stage.stage for stage in stage_plan(spec, until="compare")] == ["demo-data", "compare"]
 
 
 def test_a_real_dataset_is_keyed_by_its_content_not_its_mtimes(workdir):
@@ -119,6 +130,72 @@ def test_a_weights_file_is_keyed_by_its_content(workdir):
     assert keys(spec)["extract"] != before["extract"]
 
 
+def test_a_moved_dataset_keeps_every_key(workdir):
+    # Where a dataset lives is not what it is: moving Kinetics and passing the new ROOT must not re-run days of work.
+    kinetics = make_kinetics(workdir / "data").root
+    hmdb = make_hmdb51(workdir / "labeled").root
+    spec = PipelineSpec(stamps_dir=".stamps/kinetics", data="kinetics", root=str(kinetics.relative_to(workdir)),
+                        eval_root=str(hmdb), inits=("scratch", "runs/distill"), init="runs/distill")
+    shutil.copytree(kinetics, workdir / "moved" / "kinetics-400")
+    shutil.copytree(hmdb.parent, workdir / "mounted")
+    moved = dataclasses.replace(spec, root=str(workdir / "moved" / "kinetics-400"), targets_root="/tmp/other-targets",
+                                eval_root=str(workdir / "mounted" / hmdb.name))
+    assert keys(spec) == keys(moved) and set(keys(spec)) == {"extract", "distill", "compare", "eval-hmdb"}
+    assert stage_plan(moved, "extract")[0].output == Path("/tmp/other-targets/kinetics/latest")  # missing: re-run there
+    (workdir / "moved" / "kinetics-400" / "annotations" / "train.csv").unlink()  # what it holds does count
+    assert keys(moved)["extract"] != keys(spec)["extract"]
+
+
+def test_an_eval_init_is_keyed_by_its_weights(workdir):
+    weights = workdir / "lite0.pth"
+    weights.write_bytes(b"one")
+    before = keys(demo_spec(init=f"inflated:efficientnet_lite0@{weights}"))["eval-hmdb"]
+    assert keys(demo_spec(init=f"inflated:efficientnet_lite0@{weights}"))["eval-hmdb"] == before
+    weights.write_bytes(b"two")
+    assert keys(demo_spec(init=f"inflated:efficientnet_lite0@{weights}"))["eval-hmdb"] != before
+    # A checkpoint outside the pipeline's distill output: its file's sha256; no distill stage upstream.
+    checkpoint = workdir / "elsewhere" / "model.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"weights")
+    plan = stage_plan(demo_spec(init=str(checkpoint)), until="eval-hmdb")
+    assert [stage.stage for stage in plan] == ["demo-data", "eval-hmdb"]
+    assert plan[-1].inputs["config"]["init"] == {"kind": "checkpoint", "sha256": sha256_file(checkpoint)}
+    # The pipeline's own distill output: distill's key, and distill runs first.
+    plan = stage_plan(demo_spec(), until="eval-hmdb")
+    assert [stage.stage for stage in plan] == ["demo-data", "extract", "distill", "eval-hmdb"]
+    assert plan[-1].needs == ("demo-data", "distill") and plan[-1].inputs["upstream"]["distill"] == plan[2].key
+
+
+def test_default_inflated_weights_are_found_without_torch():
+    import torchvision
+
+    from pipeline.init_sources import RESNET18_IMAGENET_FILE, inflated_weights_file, torch_hub_dir
+
+    assert RESNET18_IMAGENET_FILE == Path(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url).name
+    assert torch_hub_dir() == Path(torch.hub.get_dir())
+    from extract.teachers.imagenet_efficientnet import packaged_lite0_weights_path
+
+    assert inflated_weights_file("efficientnet_lite0") == packaged_lite0_weights_path()
+    assert inflated_weights_file("resnet18:random") == "random"
+
+
+def test_each_eval_stage_names_the_variable_it_misses(workdir):
+    kinetics = PipelineSpec(stamps_dir=".stamps/kinetics", data="kinetics", init="runs/distill",
+                            inits=("scratch", "runs/distill"))
+    with pytest.raises(ConfigError, match="set HMDB_ROOT="):
+        stage_plan(kinetics, until="eval-hmdb")
+    with pytest.raises(ConfigError, match="set UCF_ROOT="):
+        stage_plan(dataclasses.replace(kinetics, eval_root="data/demo/actions/videos"), until="eval-ucf")
+    with pytest.raises(ConfigError, match="ROOT=<folder>"):  # the init is the distill output: extract needs ROOT
+        stage_plan(dataclasses.replace(kinetics, eval_root="data/demo/actions/videos"), until="eval-hmdb")
+    with pytest.raises(ConfigError, match="set INITS="):
+        stage_plan(dataclasses.replace(kinetics, inits=()), until="compare")
+    # scratch needs no pretraining: no ROOT, no extract, no distill.
+    hmdb = make_hmdb51(workdir).root
+    plan = stage_plan(dataclasses.replace(kinetics, init="scratch", eval_root=str(hmdb)), until="eval-hmdb")
+    assert [stage.stage for stage in plan] == ["eval-hmdb"] and plan[0].inputs["data"]
+
+
 def test_a_real_dataset_needs_its_root(workdir):
     with pytest.raises(ConfigError, match="ROOT"):
         stage_plan(PipelineSpec(stamps_dir=".stamps/kinetics", data="kinetics"), until="extract")
@@ -126,10 +203,10 @@ def test_a_real_dataset_needs_its_root(workdir):
 
 def test_stamps_are_rewritten_only_when_the_key_changes(workdir):
     plan = stage_plan(demo_spec())
-    assert update_stamps(plan, ".stamps/demo") == ["demo-data", "extract", "distill", "eval"]
+    assert update_stamps(plan, ".stamps/demo") == ["demo-data", "extract", "distill", "compare"]
     mtimes = {stage.stage: key_path(".stamps/demo", stage.stage).stat().st_mtime_ns for stage in plan}
     assert update_stamps(stage_plan(demo_spec()), ".stamps/demo") == []
-    assert update_stamps(stage_plan(demo_spec(distill_set=("lr=0.01",))), ".stamps/demo") == ["distill", "eval"]
+    assert update_stamps(stage_plan(demo_spec(distill_set=("lr=0.01",))), ".stamps/demo") == ["distill", "compare"]
     for stage in ("demo-data", "extract"):
         assert key_path(".stamps/demo", stage).stat().st_mtime_ns == mtimes[stage]
 
@@ -150,7 +227,7 @@ def test_status_says_what_changed(workdir):
     statuses = {entry.stage: entry for entry in stage_status(stage_plan(demo_spec(distill_set=("lr=0.01",))), ".stamps/demo")}
     assert [statuses[stage].state for stage in ("demo-data", "extract")] == ["up to date", "up to date"]
     assert statuses["distill"].state == "stale" and "option lr: 0.003 -> 0.01" in statuses["distill"].reasons
-    assert statuses["eval"].state == "stale" and any("upstream distill changed" in why for why in statuses["eval"].reasons)
+    assert statuses["compare"].state == "stale" and any("upstream distill changed" in why for why in statuses["compare"].reasons)
 
 
 def test_a_deleted_output_makes_its_stage_missing_and_the_next_ones_stale(workdir):
@@ -173,7 +250,8 @@ def test_status_command_prints_one_line_per_stage(workdir):
         capture_output=True, text=True, check=True,
     )
     lines = result.stdout.strip().splitlines()
-    assert [line.split()[0] for line in lines] == ["demo-data", "extract", "distill", "eval"]
+    assert [line.split()[0] for line in lines] == ["demo-data", "extract", "distill", "compare", "eval-hmdb", "eval-ucf"]
+    assert lines[4].split()[1] == "missing:" and "not set up: the eval-ucf stage needs" in lines[5] and "UCF_ROOT" in lines[5]
     assert "stale: option epochs: 12 -> 3" in lines[2]
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "status", "--eval-root", "data/demo/actions/videos",
@@ -182,15 +260,15 @@ def test_status_command_prints_one_line_per_stage(workdir):
         capture_output=True, text=True, check=True,
     )
     lines = result.stdout.strip().splitlines()
-    assert "stale: option processes: null -> 4" in lines[2] and lines[1].split()[1:3] == ["up", "to"]
+    assert "stale: option processes is new in the key (4)" in lines[2] and lines[1].split()[1:3] == ["up", "to"]
 
 
 # --- the Makefile: `make -n demo` lists exactly the stale stages' commands ---------------------------------
 
 
-def make_dry_run(workdir: Path, *variables: str) -> str:
+def make_dry_run(workdir: Path, *variables: str, target: str = "demo") -> str:
     result = subprocess.run(
-        ["make", "-n", "--no-print-directory", "demo", f"VENV={REPO / '.venv'}", "INITS=scratch,runs/demo/distill",
+        ["make", "-n", "--no-print-directory", target, f"VENV={REPO / '.venv'}", "INITS=scratch,runs/demo/distill",
          *variables], cwd=workdir, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
@@ -199,7 +277,8 @@ def make_dry_run(workdir: Path, *variables: str) -> str:
 
 def stage_commands(output: str) -> set[str]:
     names = {"demo-data": ("distinit demo-data",), "extract": ("distinit extract",),
-             "distill": ("distinit distill", "-m pipeline distill"), "eval": ("distinit compare",)}
+             "distill": ("distinit distill", "-m pipeline distill"), "compare": ("distinit compare",),
+             "eval-hmdb": ("distinit eval --config configs/demo-eval.yaml --data hmdb51",)}
     return {stage for stage, commands in names.items() if any(command in output for command in commands)}
 
 
@@ -208,14 +287,55 @@ def stage_commands(output: str) -> set[str]:
 def test_make_dry_run_reruns_exactly_the_stale_stages(workdir):
     for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "pyproject.toml"):
         shutil.copy2(REPO / name, workdir / name)  # copy2 keeps the old mtimes: setup stays done
-    assert stage_commands(make_dry_run(workdir)) == {"demo-data", "extract", "distill", "eval"}
+    assert stage_commands(make_dry_run(workdir)) == {"demo-data", "extract", "distill", "compare"}
     fake_finished_run(stage_plan(demo_spec()))
     assert stage_commands(make_dry_run(workdir)) == set()
-    assert stage_commands(make_dry_run(workdir, "DISTILL_SET=lr=0.01")) == {"distill", "eval"}
-    assert stage_commands(make_dry_run(workdir, "TEACHERS=imagenet-torchvision")) == {"extract", "distill", "eval"}
-    assert stage_commands(make_dry_run(workdir, "EVAL_SET=epochs=3")) == {"eval"}
-    assert stage_commands(make_dry_run(workdir, "NPROC=2")) == {"distill", "eval"}
+    assert stage_commands(make_dry_run(workdir, "DISTILL_SET=lr=0.01")) == {"distill", "compare"}
+    assert stage_commands(make_dry_run(workdir, "TEACHERS=imagenet-torchvision")) == {"extract", "distill", "compare"}
+    assert stage_commands(make_dry_run(workdir, "EVAL_SET=epochs=3")) == {"compare"}
+    assert stage_commands(make_dry_run(workdir, "NPROC=2")) == {"distill", "compare"}
     assert stage_commands(make_dry_run(workdir, "NPROC=1")) == set()
     fake_finished_run(stage_plan(demo_spec()))
     os.utime(workdir / "configs" / "demo-distill.yaml")
     assert stage_commands(make_dry_run(workdir)) == set()
+
+
+@pytest.mark.skipif(shutil.which("make") is None or not (REPO / ".venv" / ".installed").exists(),
+                    reason="needs make and the project's .venv (make setup)")
+def test_make_eval_hmdb_brings_its_upstream_up_to_date(workdir):
+    for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "pyproject.toml"):
+        shutil.copy2(REPO / name, workdir / name)
+
+    def dry_run(*variables):
+        return stage_commands(make_dry_run(workdir, *variables, target="eval-hmdb"))
+
+    assert dry_run() == {"demo-data", "extract", "distill", "eval-hmdb"}
+    fake_finished_run(stage_plan(demo_spec(), until="eval-hmdb"))
+    assert dry_run() == set()
+    assert dry_run("DISTILL_SET=lr=0.01") == {"distill", "eval-hmdb"}
+    assert dry_run("EVAL_SET=epochs=3") == {"eval-hmdb"}
+    assert dry_run("INIT=scratch") == {"eval-hmdb"}
+    assert dry_run("INIT=scratch", "DISTILL_SET=lr=0.01") == {"eval-hmdb"}  # scratch does not read distill
+    assert (workdir / ".stamps" / "demo" / "eval-hmdb.needs").read_text() == "demo-data\n"
+    assert dry_run() == set()  # back to the distilled init: its needs come back, and it ran with them
+
+
+@pytest.mark.skipif(shutil.which("make") is None or not (REPO / ".venv" / ".installed").exists(),
+                    reason="needs make and the project's .venv (make setup)")
+@pytest.mark.parametrize("target, variables, named", [
+    ("eval-hmdb", ["DATA=kinetics", "HMDB_ROOT=hmdb"], "ROOT"),
+    ("eval-hmdb", ["DATA=kinetics"], "HMDB_ROOT"),
+    ("eval-ucf", ["DATA=kinetics", "ROOT=kinetics"], "UCF_ROOT"),
+    ("distill", ["DATA=kinetics"], "ROOT"),
+    ("extract", ["DATA=kinetics"], "ROOT"),
+    ("compare", ["DATA=kinetics", "ROOT=kinetics"], "HMDB_ROOT"),
+])
+def test_a_missing_make_variable_is_one_line_naming_it(workdir, target, variables, named):
+    for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "pyproject.toml"):
+        shutil.copy2(REPO / name, workdir / name)
+    (workdir / "hmdb").mkdir()
+    result = subprocess.run(["make", "--no-print-directory", target, f"VENV={REPO / '.venv'}", *variables],
+                            cwd=workdir, capture_output=True, text=True)
+    assert result.returncode != 0
+    message = [line for line in (result.stdout + result.stderr).splitlines() if not line.startswith(("make: ", "make["))]
+    assert len(message) == 1 and f"{named}=" in message[0], result.stdout + result.stderr

@@ -64,18 +64,22 @@ def _eval_config(config_path, overrides, splits, seeds, options):
 @click.option("--save-weights/--no-save-weights", default=None, help="Also write each run's finetuned model.")
 @click.option("--allow-test-overlap", is_flag=True, default=None,
               help="Evaluate a checkpoint pretrained on test videos (or one that cannot be checked); reported as such.")
-@click.option("--out", default=None, help="Output folder (default results/eval/<key>).")
+@click.option("--out", default=None, help="Output folder (default results/eval/<key>: finished runs are reused).")
+@click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False),
+              help="Also write results.json and RESULTS.txt here (a fixed place; make's eval-hmdb uses results/<DATA>/eval-hmdb).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other config option.")
 @click.option("--no-progress", is_flag=True)
-def eval_command(config_path, overrides, splits, seeds, no_progress, **options) -> None:
+def eval_command(config_path, overrides, splits, seeds, report_dir, no_progress, **options) -> None:
     """Finetune a trunk (distilled, scratch or inflated) on HMDB-51 / UCF-101 splits and score it."""
     from evaluate.finetune import run_eval
-    from evaluate.results import format_table
+    from evaluate.results import format_table, write_report_folder
 
     config = _eval_config(config_path, overrides, splits, seeds, options)
     result = run_eval(config, show_progress=not no_progress)
     click.echo(format_table(result))
     click.echo(f"{result.out_dir / 'results.json'}")
+    if report_dir is not None:
+        click.echo(f"{write_report_folder(result, report_dir)}")
 
 
 @main.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from pipeline.cli import main
+from pipeline.stages import STAGES
 
 
 def _spec_options(command):
@@ -27,67 +28,71 @@ def _spec_options(command):
                      help="make's TORCHRUN_ARGS: its --nnodes N multiplies --distill-nproc."),
         click.option("--eval-config", default=None, help="Default: configs/demo-eval.yaml for demo, else configs/eval.yaml."),
         click.option("--eval-set", multiple=True, metavar="KEY=VALUE"),
-        click.option("--eval-root", default=None, help="HMDB-51 video folder for the eval stage."),
+        click.option("--eval-root", default=None, help="HMDB-51 video folder (make's HMDB_ROOT): compare and eval-hmdb."),
+        click.option("--ucf-root", default=None, help="UCF-101 video folder (make's UCF_ROOT): eval-ucf."),
+        click.option("--init", default=None, help="The init eval-hmdb and eval-ucf score (make's INIT; default: the "
+                     "distill output)."),
         click.option("--inits", default=None, help="Default: scratch,runs/demo/distill for demo, else "
                      "scratch,inflated:efficientnet_lite0,runs/distill (as make)."),
         click.option("--seeds", default="0,1,2", show_default=True),
         click.option("--results", "results_dir", default=None, help="Comparison folder (default results/<data>)."),
-        click.option("--until", type=click.Choice(["demo-data", "extract", "distill", "eval"]), default="eval",
-                     show_default=True, help="Last stage to consider."),
+        click.option("--until", type=click.Choice(STAGES), default="compare", show_default=True,
+                     help="`stamps`: the stage to bring up to date (with every stage it reads)."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def _plan(options: dict):
+def _spec(options: dict):
     from pipeline.errors import ConfigError
-    from pipeline.stages import PipelineSpec, distill_process_count, stage_plan
+    from pipeline.stages import PipelineSpec, distill_process_count
 
     data = options["data"]
     try:
         seeds = tuple(int(seed) for seed in options["seeds"].split(",") if seed.strip())
     except ValueError:
         raise ConfigError(f"--seeds {options['seeds']!r} is not a comma-separated list of integers") from None
-    default_inits = "scratch,runs/demo/distill" if data == "demo" else "scratch,inflated:efficientnet_lite0,runs/distill"
-    spec = PipelineSpec(
+    demo = data == "demo"
+    distill_out = "runs/demo/distill" if demo else "runs/distill"
+    default_inits = f"scratch,{distill_out}" if demo else f"scratch,inflated:efficientnet_lite0,{distill_out}"
+    return PipelineSpec(
         stamps_dir=options["stamps_dir"] or f".stamps/{data}",
         data=data, root=options["root"], demo_dir=options["demo_dir"], demo_config=options["demo_config"],
         demo_set=options["demo_set"], extract_config=options["extract_config"], extract_set=options["extract_set"],
         targets_root=options["targets_root"],
-        distill_config=options["distill_config"] or ("configs/demo-distill.yaml" if data == "demo" else "configs/distill.yaml"),
+        distill_config=options["distill_config"] or ("configs/demo-distill.yaml" if demo else "configs/distill.yaml"),
         distill_set=options["distill_set"],
         distill_processes=distill_process_count(options["distill_nproc"], options["torchrun_args"]),
-        eval_config=options["eval_config"] or ("configs/demo-eval.yaml" if data == "demo" else "configs/eval.yaml"),
-        eval_set=options["eval_set"], eval_root=options["eval_root"],
-        inits=tuple(init.strip() for init in (options["inits"] or default_inits).split(",") if init.strip()), seeds=seeds,
-        results_dir=options["results_dir"],
+        eval_config=options["eval_config"] or ("configs/demo-eval.yaml" if demo else "configs/eval.yaml"),
+        eval_set=options["eval_set"], eval_root=options["eval_root"], ucf_root=options["ucf_root"],
+        inits=tuple(init.strip() for init in (options["inits"] or default_inits).split(",") if init.strip()),
+        init=options["init"] or distill_out, seeds=seeds, results_dir=options["results_dir"],
     )
-    until = options["until"]
-    if until == "eval" and data != "demo" and not options["eval_root"]:
-        until = "distill"  # no labeled data named: the eval stage is not part of this pipeline yet
-    return spec, stage_plan(spec, until=until)
 
 
 @main.command()
 @_spec_options
 def status(**options) -> None:
-    """Print each stage: up to date, stale (and what changed) or missing."""
+    """Print every stage: up to date, stale (and what changed), missing, or not set up (which variable to set)."""
+    from pipeline.stages import full_plan
     from pipeline.stamps import stage_status
 
-    spec, plan = _plan(options)
-    for entry in stage_status(plan, spec.stamps_dir):
+    spec = _spec(options)
+    for entry in stage_status(full_plan(spec), spec.stamps_dir):
         reasons = f": {'; '.join(entry.reasons)}" if entry.reasons else ""
-        click.echo(f"{entry.stage:<10} {entry.state}{reasons}  [key {entry.key}]")
+        key = f"  [key {entry.key}]" if entry.key else ""
+        click.echo(f"{entry.stage:<10} {entry.state}{reasons}{key}")
 
 
 @main.command()
 @_spec_options
 def stamps(**options) -> None:
     """Rewrite the stamp file of each stage whose key changed (make's dependencies; see pipeline/stamps.py)."""
+    from pipeline.stages import stage_plan
     from pipeline.stamps import update_stamps
 
-    spec, plan = _plan(options)
-    changed = update_stamps(plan, spec.stamps_dir)
+    spec = _spec(options)
+    changed = update_stamps(stage_plan(spec, until=options["until"]), spec.stamps_dir)
     if changed:
         click.echo(f"inputs changed for: {', '.join(changed)}")
