@@ -22,7 +22,7 @@ from extract.pool import DecodePool
 from extract.sampling import SamplingConfig
 from extract.teachers import create_teacher
 from extract.teaching import teach
-from pipeline.atomic import atomic_write_text, make_output_folder, remove_leftover_temporary_files
+from pipeline.atomic import make_output_folder, remove_leftover_temporary_files, replace_shared_text
 from pipeline.config import config_to_dict
 from pipeline.devices import capped_workers, resolve_device
 from pipeline.datasets import load_dataset, manifest_hash, write_manifest as write_video_manifest
@@ -226,9 +226,8 @@ def finalize(config: ExtractConfig, targets_dir: Path) -> Path:
     # files here were left by a killed run (SIGKILL inside an atomic write cannot clean up after itself).
     remove_leftover_temporary_files(targets_dir)
     write_provenance(targets_dir, config, stage="extract", code_version=CODE_VERSION)
-    # `latest` is shared by every extraction of this dataset; only its own leftovers are removed.
-    remove_leftover_temporary_files(Path(config.out) / config.data, "latest")
-    atomic_write_text(Path(config.out) / config.data / "latest", targets_dir.name + "\n")
+    # `latest` is shared by every extraction of this dataset, which may finalize at the same moment.
+    replace_shared_text(Path(config.out) / config.data / "latest", targets_dir.name + "\n")
     manifest = read_manifest(targets_dir)
     logger.info("targets sealed: %s (%d rows, %d skipped videos)", targets_dir, manifest["total_rows"], manifest["skipped_count"])
     return path

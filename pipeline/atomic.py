@@ -2,12 +2,14 @@
 
 A reader never sees a half-written file, and an interrupted write leaves the old file untouched.
 A process killed mid-write (SIGKILL, power loss) cannot remove its temp file; the writer that next
-owns the folder removes such leftovers (`remove_leftover_temporary_files`).
+owns the folder removes such leftovers (`remove_leftover_temporary_files`). A file that several
+processes write (`targets/<data>/latest`) is written under a lock instead (`replace_shared_text`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import tempfile
@@ -96,3 +98,33 @@ def remove_leftover_temporary_files(folder: str | os.PathLike, name: str | None 
         logger.info("removed %s, left by an interrupted write", path)
         removed.append(path)
     return removed
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive `flock` on `lock_file` (created if missing) for the block. The kernel releases it when
+    its holder exits, killed or not, so it is never stale; the file stays (removing it would race the next
+    holder, who may have opened the old one)."""
+    lock_file = Path(lock_file)
+    make_output_folder(lock_file.parent)
+    try:
+        descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:
+        raise output_error(lock_file, error) from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def replace_shared_text(target: str | os.PathLike, text: str) -> None:
+    """Atomically write `target`, a file that several processes may write at the same time (two extractions of
+    one dataset finalizing together both write its `latest`). Every writer holds `.<name>.lock` beside it from
+    before its temp file exists until after the rename, so a temp file of `target` found under the lock was
+    left by a killed writer and is removed; one of a live writer cannot be, as `remove_leftover_temporary_files`
+    alone would (the last writer's text wins, as with any rename)."""
+    target = Path(target)
+    with exclusive_lock(target.parent / f".{target.name}.lock"):
+        remove_leftover_temporary_files(target.parent, target.name)
+        atomic_write_text(target, text)
