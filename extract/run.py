@@ -3,8 +3,9 @@
 Reading top to bottom: `prepare` lists the videos, builds the teachers and names the output folder by
 its stage key; `run_extraction` writes this process's shards (one writer per shard, decoding in worker
 processes ahead of batched teacher inference); `finalize` seals the folder with `manifest.json` once
-every shard exists. A finished shard that verifies is skipped on a re-run; a half-written one is
-redone from scratch, so an interrupted run resumes with byte-identical output.
+every shard exists. A finished shard whose bytes match its recorded sha256 and that verifies is skipped
+on a re-run; a half-written, damaged or unrecorded one is redone from scratch, so an interrupted run
+resumes with byte-identical output.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from pipeline.datasets.selection import select_records
 from pipeline.errors import DistinitError
 from pipeline.provenance import write_provenance
 from pipeline.shards import (
-    ShardWriter, compute_stage_key, output_key, parse_shard_name, partition_videos, read_manifest, shard_files, shard_name,
-    temporary_files, verify_shard, write_manifest,
+    MANIFEST_NAME, ShardWriter, compute_stage_key, output_key, parse_shard_name, partition_videos, read_manifest,
+    shard_files, shard_name, temporary_files, verify_shard, write_manifest,
 )
+from pipeline.shards.checksum import checksum_path, checksum_problem, recorded_checksum
 from pipeline.shards.header import file_attributes, open_read_only
 
 logger = logging.getLogger(__name__)
@@ -116,16 +118,34 @@ def check_shard_count(targets_dir: Path, shard_count: int) -> None:
 
 
 def shard_is_done(plan: ExtractionPlan, index: int) -> bool:
+    """A finished shard is kept when its bytes match the sha256 recorded for it, checked before HDF5 opens it
+    (a damaged attribute heap can hang the reader), and it then verifies; anything else is redone."""
     path = plan.targets_dir / shard_name(index, plan.config.shard_count)
     if not path.exists():
         return False
-    keys = [output_key(teacher.name, spec.name) for teacher in plan.teachers for spec in teacher.outputs]
-    problems = verify_shard(path, stage_key=plan.stage_key, output_keys=keys)
-    if problems:
-        logger.warning("redoing %s: %s", path.name, problems[0])
+    problem = checksum_problem(path, expected_sha256(plan.targets_dir, path))
+    if problem is None:
+        keys = [output_key(teacher.name, spec.name) for teacher in plan.teachers for spec in teacher.outputs]
+        problem = next(iter(verify_shard(path, stage_key=plan.stage_key, output_keys=keys)), None)
+    if problem is not None:
+        logger.warning("redoing %s: %s", path.name, problem)
         path.unlink()
+        checksum_path(path).unlink(missing_ok=True)
         return False
     return True
+
+
+def expected_sha256(targets_dir: Path, path: Path) -> str | None:
+    """The sha256 recorded beside the shard, else (a folder sealed by an older distinit, which wrote no
+    `.sha256` files) the one its manifest lists."""
+    recorded = recorded_checksum(path)
+    if recorded is not None or not (targets_dir / MANIFEST_NAME).is_file():
+        return recorded
+    try:
+        entries = read_manifest(targets_dir)["shards"]
+    except (DistinitError, KeyError, TypeError):
+        return None
+    return next((entry.get("sha256") for entry in entries if isinstance(entry, dict) and entry.get("file") == path.name), None)
 
 
 def write_shard(

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import DistinitError
+from pipeline.shards.checksum import checksum_path, recorded_checksum
 from pipeline.shards import (
     FORMAT_VERSION,
     ShardError,
@@ -356,6 +357,20 @@ def test_verify_shard_checks_one_shard_before_a_resume_skips_it(store_dir: Path)
     assert shard_files(store_dir) == [store_dir / shard_name(0, 2), store_dir / shard_name(1, 2)]
 
 
+def test_each_shard_records_its_sha256_which_finalize_checks_before_opening_it(store_dir: Path):
+    path = store_dir / shard_name(1, 2)
+    digest = read_manifest(store_dir)["shards"][1]["sha256"]
+    assert recorded_checksum(path) == digest
+    assert checksum_path(path).read_text() == f"{digest}  {path.name}\n"  # as sha256sum writes it (`sha256sum -c`)
+    assert shard_files(store_dir) == [store_dir / shard_name(0, 2), path]
+    assert verify(store_dir) == []  # the .sha256 files are no stray files
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=re.escape(f"{path}: sha256 ") + ".*recorded when it was written"):
+        write_manifest(store_dir, config={}, shards=shard_files(store_dir))
+
+
 def test_missing_or_corrupt_manifest_is_one_line(store_dir: Path):
     manifest_file = store_dir / "manifest.json"
     manifest_file.write_text("{not json")
@@ -420,6 +435,7 @@ def test_a_shard_in_an_older_format_is_refused_by_finalize_and_verify(store_dir:
     path = store_dir / shard_name(1, 2)
     with h5py.File(path, "r+") as shard:
         shard.attrs["format_version"] = 1  # as the previous distinit wrote it
+    checksum_path(path).unlink()  # which recorded no sha256 beside its shards
     assert any(FORMAT_LINE in problem for problem in verify_shard(path))
     with pytest.raises(ShardError, match=re.escape(f"{path}: {FORMAT_LINE}")):
         write_manifest(store_dir, config={}, shards=sorted(store_dir.glob("shard-*.h5")))

@@ -4,6 +4,7 @@ Layout of one stage-one output folder::
 
     targets/<dataset>/<stage key>/
         shard-00000-of-00016.h5 ... shard-00015-of-00016.h5
+        shard-00000-of-00016.h5.sha256 ...   (each shard's sha256, recorded when it was written)
         manifest.json
 
 Each shard holds rows = teacher frames. Datasets at the file root: `video_id` (fixed-length UTF-8),

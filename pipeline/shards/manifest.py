@@ -13,6 +13,7 @@ from pipeline.atomic import atomic_write_text
 from pipeline.hashing import sha256_file
 from pipeline.shards import format as fmt
 from pipeline.shards import header
+from pipeline.shards.checksum import recorded_checksum
 from pipeline.shards.format import ShardError
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ def manifest_path(targets_dir: str | os.PathLike) -> Path:
 
 
 def shard_files(targets_dir: str | os.PathLike) -> list[Path]:
-    """The finished shard files in a folder (temp files excluded), sorted by name, for `--finalize`."""
+    """The finished shard files in a folder (temp files and `.sha256` files excluded), sorted by name, for `--finalize`."""
     folder = Path(targets_dir)
     if not folder.is_dir():
         return []
@@ -62,6 +63,15 @@ def _check_complete(targets_dir: Path, shards: Sequence[Path]) -> list[tuple[int
 def _summarise_shard(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ShardError(f"{path}: shard missing; run `distinit extract` for it, then finalize")
+    digest = sha256_file(path)
+    recorded = recorded_checksum(path)
+    # Checked before HDF5 opens it: a damaged attribute heap can hang the reader. Shards of an older
+    # distinit have no recorded sha256 and are read as before.
+    if recorded is not None and recorded != digest:
+        raise ShardError(
+            f"{path}: sha256 {digest[:12]}… differs from the {recorded[:12]}… recorded when it was written "
+            "(changed or damaged); delete it and rerun `distinit extract` for it"
+        )
     try:
         with header.open_read_only(path) as shard:
             attributes = header.file_attributes(shard)
@@ -74,7 +84,7 @@ def _summarise_shard(path: Path) -> dict[str, Any]:
             }
     except (OSError, KeyError, ValueError) as error:
         raise ShardError(f"{path}: unreadable shard ({error}); delete it and rerun `distinit extract` for it") from None
-    summary["sha256"] = sha256_file(path)
+    summary["sha256"] = digest
     summary["bytes"] = path.stat().st_size
     return summary
 

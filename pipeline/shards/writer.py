@@ -1,4 +1,5 @@
-"""Write one shard: rows appended in the caller's order, a temp file renamed into place only when complete.
+"""Write one shard: rows appended in the caller's order, a temp file renamed into place only when complete,
+then its sha256 recorded beside it (pipeline.shards.checksum), so a re-run can check it before opening it.
 
 The file's bytes depend only on the rows and attributes written, never on the clock or on how the rows
 were batched into `append` calls: object timestamps are off, the HDF5 format version is pinned, and rows
@@ -19,7 +20,9 @@ import numpy as np
 from pipeline.atomic import make_output_folder
 from pipeline.errors import describe_os_error
 from pipeline.hashing import canonical_json
+from pipeline.hashing import sha256_file
 from pipeline.shards import format as fmt
+from pipeline.shards.checksum import write_checksum
 from pipeline.shards.format import ShardError
 
 logger = logging.getLogger(__name__)
@@ -291,7 +294,8 @@ class ShardWriter:
 
     # ------------------------------------------------------------------ finish
     def close(self) -> Path:
-        """Flush, close, fsync and rename the temp file onto the final path; returns the final path."""
+        """Flush, close, fsync and rename the temp file onto the final path, then record its sha256 beside it
+        (a kill between the two leaves a shard without one, which a re-run redoes); returns the final path."""
         if self.closed:
             return self.final_path
         try:
@@ -300,8 +304,10 @@ class ShardWriter:
             self._file.attrs[fmt.ATTR_SKIPPED_JSON] = canonical_json(self._skipped)
             self._file.close()
             _fsync_path(self.temporary_path)
+            digest = sha256_file(self.temporary_path)
             os.replace(self.temporary_path, self.final_path)
             _fsync_path(self.final_path.parent)
+            write_checksum(self.final_path, digest)
         except OSError as error:
             self.abort()
             raise self._write_error(error) from None
