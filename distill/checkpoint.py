@@ -5,7 +5,9 @@ flags), the optimizer, the step and epoch, every rank's RNG states (a list index
 processes that wrote it (`world_size`: the batch size is per process, so the step count, the schedule and
 the global batch depend on it), the config and provenance, and the stems of every video its targets came from
 (`pretraining_videos`: {"count", "names", "sha256"}; the provenance keeps the count and hash only), which
-evaluation reads to check its test videos were not seen.
+evaluation reads to check its test videos were not seen, and every rank's running figures of the epoch under
+way (`epoch_progress`: a list indexed by rank of {"totals": LossTotals.state_dict(), "data_wait", "seconds"},
+None entries at an epoch's end), so the figures logged for an epoch resumed mid-way cover the whole epoch.
 
 A run killed at any moment resumes from checkpoint-last.pt; `tidy_for_resume` first removes what the
 kill left that the checkpoint does not cover (temp files, log records of epochs it will redo).
@@ -35,7 +37,7 @@ logger = logging.getLogger(__name__)
 LAST = "checkpoint-last.pt"
 BEST = "checkpoint-best.pt"
 CHECKPOINT_KEYS = ("model", "architecture", "optimizer", "step", "epoch", "rng", "world_size", "config", "best_val_loss",
-                   "provenance", "pretraining_videos")
+                   "provenance", "pretraining_videos", "epoch_progress")
 
 
 class ResumeError(DistinitError):
@@ -117,8 +119,10 @@ def check_resume_world_size(path: Path, checkpoint: dict[str, Any], world_size: 
 
 def resume_or_start(run_dir: Path, model, optimizer, context: DistributedContext) -> dict[str, Any]:
     """Training state: restored from the run folder's last checkpoint when there is one ("resume
-    everything"), else fresh. A checkpoint written by another number of processes is refused."""
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "best_val_loss": math.inf, "stopped": False}
+    everything"), else fresh. A checkpoint written by another number of processes is refused.
+    state["epoch_progress"] is this rank's running figures of the epoch under way (None at an epoch's end, and
+    from checkpoints written before they were kept)."""
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "best_val_loss": math.inf, "stopped": False, "epoch_progress": None}
     last = Path(run_dir) / LAST
     if not last.is_file():
         return state
@@ -129,15 +133,25 @@ def resume_or_start(run_dir: Path, model, optimizer, context: DistributedContext
     own_state = own_rng_state(checkpoint["rng"], context.rank)
     if own_state is not None:
         restore_rng_states(own_state)
-    state.update(step=checkpoint["step"], epoch=checkpoint["epoch"], best_val_loss=checkpoint["best_val_loss"])
+    state.update(step=checkpoint["step"], epoch=checkpoint["epoch"], best_val_loss=checkpoint["best_val_loss"],
+                 epoch_progress=own_epoch_progress(checkpoint, context.rank))
     logger.info("resumed %s at step %d (epoch %d)", last, state["step"], state["epoch"])
     return state
 
 
+def own_epoch_progress(checkpoint: dict[str, Any], rank: int) -> dict[str, Any] | None:
+    """This rank's entry of `epoch_progress` (each rank summed its own part of the epoch); None when absent."""
+    progress = checkpoint.get("epoch_progress")
+    if isinstance(progress, list) and rank < len(progress):
+        return progress[rank]
+    return None
+
+
 def checkpoint_state(model, optimizer, state, config: DistillConfig, provenance: dict, rank_rng_states: list[dict],
-                     pretraining_videos: dict[str, Any]) -> dict[str, Any]:
+                     pretraining_videos: dict[str, Any], epoch_progress: list[dict | None]) -> dict[str, Any]:
     """`rank_rng_states`: every rank's RNG states, indexed by rank (`all_gather_objects(rng_states(), ...)`);
-    `pretraining_videos`: {"count", "names", "sha256"} (distill.train.pretraining_videos)."""
+    `pretraining_videos`: {"count", "names", "sha256"} (distill.train.pretraining_videos); `epoch_progress`:
+    every rank's running figures of the epoch under way, indexed by rank (entries None at an epoch's end)."""
     return {
         "model": model.state_dict(),
         "architecture": model.architecture(),
@@ -150,6 +164,7 @@ def checkpoint_state(model, optimizer, state, config: DistillConfig, provenance:
         "best_val_loss": state["best_val_loss"],
         "provenance": provenance,
         "pretraining_videos": pretraining_videos,
+        "epoch_progress": epoch_progress,
     }
 
 

@@ -2,6 +2,8 @@
 
 - `LossTotals`: per-term numerators and denominators summed on the device, made global (summed over ranks)
   and divided once, at the end of the epoch: the figures one process would get over all the clips at once.
+  A mid-epoch checkpoint keeps each rank's running sums (`state_dict`), so a resumed epoch's figures still
+  cover the whole epoch.
 - `NonFiniteWatch`: the first step whose loss was non-finite, on the device; every NONFINITE_CHECK_EVERY
   steps, before each checkpoint and at the end of the epoch all ranks compare notes (one all-reduce, MIN)
   and, if any rank saw one, every rank raises the same TrainingError together. Raising on the one rank
@@ -11,7 +13,7 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -42,6 +44,16 @@ class LossTotals:
     def add(self, terms: Mapping[str, torch.Tensor], clips: int) -> None:
         self.parts += self.loss_fn.report_parts(terms, clips)
         self.clips += clips
+
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's running sums, for a mid-epoch checkpoint (waits for the device; checkpoints wait anyway)."""
+        return {"parts": self.parts.to("cpu", copy=True), "clips": self.clips}
+
+    def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+        """Go on from the running sums `state_dict` gave (the same rank's, before a resume; the run key fixes
+        the targets, so the loss has the same terms)."""
+        self.parts.copy_(saved["parts"])
+        self.clips = int(saved["clips"])
 
     def global_figures(self, context: DistributedContext) -> tuple[dict[str, float], int]:
         """({"loss": ..., "kd/<key>": ...}, clips), over all ranks. A collective: every rank calls it once per epoch."""

@@ -130,15 +130,22 @@ def agreement_key(heads) -> str | None:
 
 
 def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, config, context, total_steps, progress,
-                    on_checkpoint) -> dict[str, Any]:
-    """One pass over this rank's part of the training clips. Calls `on_checkpoint()` every
-    `save_every_steps`; stops early (state["stopped"]) at `stop_after_steps`. Every rank raises the same
-    TrainingError, within NONFINITE_CHECK_EVERY steps and before any checkpoint, when a loss is non-finite
-    on any rank. Returns the epoch's loss figures and clips over all ranks, and this rank's timings."""
+                    on_checkpoint, resumed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One pass over this rank's part of the training clips (the rest of it, after a mid-epoch resume). Calls
+    `on_checkpoint(epoch_progress)` every `save_every_steps`, with this rank's running figures so far; stops early
+    (state["stopped"]) at `stop_after_steps`. `resumed`: the epoch_progress of the checkpoint this run resumed
+    from, so the returned figures cover the whole epoch. Every rank raises the same TrainingError, within
+    NONFINITE_CHECK_EVERY steps and before any checkpoint, when a loss is non-finite on any rank. Returns the
+    epoch's loss figures and clips over all ranks, and this rank's timings."""
     model.train()
     totals = LossTotals(loss_fn, context.device)
+    # A checkpoint follows a passed check, so the watch has nothing to carry over a resume.
     watch = NonFiniteWatch(context, first_step=state["step"] + 1)
-    data_wait, started = 0.0, time.monotonic()
+    data_wait, earlier_seconds = 0.0, 0.0
+    if resumed is not None:
+        totals.load_state_dict(resumed["totals"])
+        data_wait, earlier_seconds = resumed["data_wait"], resumed["seconds"]
+    started = time.monotonic()
     waiting_since = time.monotonic()
     for batch in loader:
         data_wait += time.monotonic() - waiting_since
@@ -167,14 +174,15 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, 
             watch.check(state["step"])  # waits for the device: the loss is ready to show without another wait
             progress.set_postfix(loss=f"{terms['loss'].item():.3f}", lr=f"{lr:.2g}", refresh=False)
         if saving:
-            on_checkpoint()
+            on_checkpoint({"totals": totals.state_dict(), "data_wait": data_wait,
+                           "seconds": earlier_seconds + time.monotonic() - started})
         if state["step"] == config.stop_after_steps:
             state["stopped"] = True
             break
         waiting_since = time.monotonic()
     watch.check(state["step"])
     figures, clips = totals.global_figures(context)
-    seconds = time.monotonic() - started
+    seconds = earlier_seconds + time.monotonic() - started
     return {"figures": figures, "clips": clips, "data_wait": data_wait, "seconds": seconds}
 
 
@@ -197,6 +205,17 @@ def evaluate(model, loader, loss_fn, autocast, context, agreement) -> dict[str, 
     if agreement is not None:
         result["val_agreement_top1"] = all_reduce_sum(agreeing, context).item() / max(clips, 1)
     return result
+
+
+def resumed_epoch_progress(state, step_in_epoch: int) -> dict[str, Any] | None:
+    """This rank's running figures of the epoch the run resumed in, from its checkpoint; taken once (None for the
+    epochs after it). A mid-epoch checkpoint without them predates them: say what the epoch's figures cover."""
+    resumed = state.pop("epoch_progress", None)
+    if step_in_epoch and resumed is None:
+        logger.warning("resumed mid-epoch from a checkpoint written before checkpoints kept the epoch's running "
+                       "figures: epoch %d's logged train figures cover only its steps after step %d",
+                       state["epoch"] + 1, state["step"])
+    return resumed
 
 
 def epoch_record(state, stats: dict, validation: dict, lr: float) -> dict[str, Any]:
@@ -266,13 +285,15 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
     agreement = agreement_key(heads)
     history: list[dict[str, Any]] = []
 
-    def snapshot() -> dict[str, Any]:
-        # A collective (every rank's RNG states are gathered): every rank calls it, rank 0 saves it.
-        return checkpoint_state(model, optimizer, state, config, provenance, all_gather_objects(rng_states(), context),
-                                videos)
+    def snapshot(epoch_progress: dict[str, Any] | None = None) -> dict[str, Any]:
+        # A collective (every rank's RNG states and running figures are gathered): every rank calls it, rank 0
+        # saves it.
+        gathered = all_gather_objects((rng_states(), epoch_progress), context)
+        return checkpoint_state(model, optimizer, state, config, provenance, [rng for rng, _ in gathered], videos,
+                                [progress for _, progress in gathered])
 
-    def save_last() -> None:
-        checkpoint = snapshot()
+    def save_last(epoch_progress: dict[str, Any] | None = None) -> None:
+        checkpoint = snapshot(epoch_progress)
         if context.is_main:
             saver.save_last(checkpoint, periodic=state["step"] % config.save_every_steps == 0)
         barrier(context)
@@ -285,7 +306,7 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
             train_loader.sampler.set_epoch(state["epoch"], start_index=step_in_epoch * config.batch_size)
             train_loader.dataset.set_epoch(state["epoch"])
             stats = train_one_epoch(wrapped, train_loader, loss_fn, optimizer, scaler, autocast, state, config, context,
-                                    total_steps, progress, save_last)
+                                    total_steps, progress, save_last, resumed_epoch_progress(state, step_in_epoch))
             if state["stopped"]:
                 break
             state["epoch"] += 1

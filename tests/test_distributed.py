@@ -1,6 +1,6 @@
-"""Stage two under DDP, two gloo processes on the CPU: a non-finite loss on one rank stops every rank, the
-keypoint term's global normalisation over real all-reduces, and the reported keypoint figure is that of one
-process over all the clips.
+"""Stage two under DDP, two gloo processes on the CPU: a non-finite loss on one rank stops every rank, an epoch
+resumed mid-way from each rank's own running figures reports the whole epoch's, the keypoint term's global
+normalisation over real all-reduces, and the reported keypoint figure is that of one process over all the clips.
 
 Each test forks two processes (a spawn re-imports torch in each: seconds instead of a fraction of one; the
 children use one CPU thread and no CUDA, which keeps forking safe) and waits at most PROCESS_TIMEOUT_S for
@@ -9,6 +9,7 @@ them: a rank left hanging in an all-reduce fails the test instead of hanging it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,7 +24,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from distill.config import DistillConfig
-from distill.distributed import init_distributed, shutdown, sum_over_ranks
+from distill.checkpoint import own_epoch_progress
+from distill.distributed import all_gather_objects, init_distributed, shutdown, sum_over_ranks
 from distill.heads import HeadSpec
 from distill.loss_tracking import NONFINITE_CHECK_EVERY
 from distill.losses import DistillationLoss
@@ -75,10 +77,40 @@ def _train_with_nan_on_rank_1(context) -> dict:
     with tqdm(disable=True) as progress:
         try:
             train_one_epoch(model, loader, loss_fn, optimizer, None, torch.autocast("cpu", enabled=False), state,
-                            config, context, steps, progress, lambda: checkpoints.append(state["step"]))
+                            config, context, steps, progress, lambda epoch_progress: checkpoints.append(state["step"]))
         except TrainingError as error:
             return {"error": str(error), "step": state["step"], "checkpoints": checkpoints}
     return {"error": None, "step": state["step"], "checkpoints": checkpoints}
+
+
+def _epoch_resumed_mid_way(context) -> dict:
+    """The same epoch run straight, and stopped after 2 of its 4 steps then resumed, with each rank's running
+    figures gathered as a checkpoint keeps them and the rank's own entry taken back."""
+    torch.manual_seed(context.rank)  # each rank its own clips, so each rank's running sums differ
+    loader = [{"video": torch.randn(2, 3, 2, 4, 4), "targets": {CLASSIFIER.key: torch.randn(2, 5)}} for _ in range(4)]
+    outcome = {}
+    for stop in (None, 2):
+        torch.manual_seed(100)
+        model = DistributedDataParallel(TinyStudent())
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        state, saved = {"step": 0, "epoch": 0, "stopped": False}, []
+        config = DistillConfig(lr=0.01, warmup_steps=0, epochs=1, save_every_steps=1000, stop_after_steps=stop)
+
+        def run(batches, config, resumed):
+            with tqdm(disable=True) as progress:
+                return train_one_epoch(model, batches, DistillationLoss([CLASSIFIER]), optimizer, None,
+                                       torch.autocast("cpu", enabled=False), state, config, context, len(loader),
+                                       progress, saved.append, resumed)
+
+        stats = run(loader, config, None)
+        if stop is not None:
+            checkpoint = {"epoch_progress": all_gather_objects(saved[-1], context)}
+            outcome["own_clips"] = saved[-1]["totals"]["clips"]
+            state["stopped"] = False
+            stats = run(loader[stop:], dataclasses.replace(config, stop_after_steps=None),
+                        own_epoch_progress(checkpoint, context.rank))
+        outcome["straight" if stop is None else "resumed"] = {"figures": stats["figures"], "clips": stats["clips"]}
+    return outcome
 
 
 def _keypoint_loss_on_half_a_batch(context) -> dict:
@@ -125,7 +157,8 @@ def _keypoint_report_over_uneven_ranks(context) -> dict:
             "whole": whole["loss"].item()}
 
 
-SCENARIOS = {"nan_on_rank_1": _train_with_nan_on_rank_1, "keypoint_loss": _keypoint_loss_on_half_a_batch,
+SCENARIOS = {"nan_on_rank_1": _train_with_nan_on_rank_1, "resumed_epoch": _epoch_resumed_mid_way,
+             "keypoint_loss": _keypoint_loss_on_half_a_batch,
              "keypoint_report": _keypoint_report_over_uneven_ranks}
 
 
@@ -170,6 +203,15 @@ def test_nonfinite_loss_stops_every_rank(tmp_path):
         # Stopped together at the first check, before the epoch's end and before any checkpoint.
         assert outcome["step"] == NONFINITE_CHECK_EVERY and outcome["checkpoints"] == []
     assert outcomes[0]["error"] == outcomes[1]["error"]
+
+
+def test_epoch_resumed_mid_way_reports_the_figures_of_the_whole_epoch(tmp_path):
+    outcomes = _run_two_ranks("resumed_epoch", tmp_path)
+    for outcome in outcomes:
+        assert outcome["own_clips"] == 4  # 2 steps of 2 clips on this rank
+        assert outcome["resumed"]["clips"] == outcome["straight"]["clips"] == 16  # 4 steps x 2 clips x 2 ranks
+        assert outcome["resumed"]["figures"] == pytest.approx(outcome["straight"]["figures"], rel=1e-9)
+    assert outcomes[0]["resumed"] == outcomes[1]["resumed"]
 
 
 def test_keypoint_loss_over_two_ranks_equals_one_process_over_the_whole_batch(tmp_path):

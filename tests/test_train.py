@@ -13,11 +13,13 @@ import torch
 from click.testing import CliRunner
 
 import distill.train as train_module
-from distill.checkpoint import CHECKPOINT_KEYS, ResumeError
+from distill.checkpoint import CHECKPOINT_KEYS, ResumeError, resume_or_start
 from distill.config import DistillConfig
 from distill.data import ClipSpec, TargetClipDataset, split_videos
+from distill.distributed import DistributedContext
 from distill.heads import head_specs_from_teachers
 from distill.losses import DistillationLoss
+from distill.seeding import rng_states
 from distill.students import create_student
 from distill.train import TrainingError, train
 from extract.config import ExtractConfig
@@ -90,8 +92,9 @@ def test_train_writes_checkpoints_logs_and_provenance(tiny_targets, tmp_path):
         assert key in records[0]
     checkpoint = torch.load(result.run_dir / "checkpoint-last.pt", weights_only=False)
     assert set(checkpoint) == {"model", "architecture", "optimizer", "step", "epoch", "rng", "world_size", "config",
-                               "best_val_loss", "provenance", "pretraining_videos"} == set(CHECKPOINT_KEYS)
+                               "best_val_loss", "provenance", "pretraining_videos", "epoch_progress"} == set(CHECKPOINT_KEYS)
     assert checkpoint["architecture"]["name"] == "r2plus1d_18" and checkpoint["step"] == 10
+    assert checkpoint["epoch_progress"] == [None]  # saved at an epoch's end: no epoch under way
     assert checkpoint["world_size"] == 1 and len(checkpoint["rng"]) == 1 and "torch" in checkpoint["rng"][0]
     provenance = checkpoint["provenance"]
     assert provenance["targets_manifest_sha256"] and provenance["dataset"] == "folder"
@@ -106,11 +109,20 @@ def test_train_writes_checkpoints_logs_and_provenance(tiny_targets, tmp_path):
     assert (tmp_path / "latest").read_text().strip() == result.run_dir.name
 
 
+def _logged_figures(run_dir: Path) -> list[dict]:
+    """log.jsonl's loss figures and clip counts per epoch (not the timings, which no two runs share)."""
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    timings = ("clips_per_second", "data_wait_fraction", "seconds")
+    return [{key: value for key, value in record.items() if key not in timings} for record in records]
+
+
 @pytest.mark.parametrize("stop_at", [5, 3])
-def test_resume_after_kill_gives_the_same_weights(tiny_targets, tmp_path, stop_at):
+def test_resume_after_kill_gives_the_same_weights_and_epoch_figures(tiny_targets, tmp_path, stop_at):
     straight = train(_config(tiny_targets, tmp_path / "straight"), show_progress=False)
     interrupted = train(_config(tiny_targets, tmp_path / "resumed", stop_after_steps=stop_at), show_progress=False)
     assert interrupted.stopped_early and interrupted.step == stop_at
+    progress = torch.load(interrupted.run_dir / "checkpoint-last.pt", weights_only=False)["epoch_progress"]
+    assert len(progress) == 1 and progress[0]["totals"]["clips"] == 2 * stop_at  # batch 2
     resumed = train(_config(tiny_targets, tmp_path / "resumed"), show_progress=False)
     assert resumed.step == straight.step == 10
     weights_straight = torch.load(straight.run_dir / "checkpoint-last.pt", weights_only=False)["model"]
@@ -118,6 +130,47 @@ def test_resume_after_kill_gives_the_same_weights(tiny_targets, tmp_path, stop_a
     assert weights_straight.keys() == weights_resumed.keys()
     for name in weights_straight:
         assert torch.equal(weights_straight[name], weights_resumed[name]), name
+    # The epoch cut by the kill is logged over all its steps, those before the kill included (stop_at=5: all of
+    # them), each kd/ term and the held-out figures alike.
+    logged_straight, logged_resumed = _logged_figures(straight.run_dir), _logged_figures(resumed.run_dir)
+    assert [record["epoch"] for record in logged_resumed] == [1, 2]
+    assert any(key.startswith("train_kd/") for key in logged_straight[0])
+    for record_straight, record_resumed in zip(logged_straight, logged_resumed):
+        assert record_resumed == pytest.approx(record_straight, rel=1e-9, abs=1e-12)
+    assert resumed.history[0]["clips_per_second"] > 0
+
+
+def test_resume_from_a_checkpoint_without_epoch_progress_warns_and_goes_on(tiny_targets, tmp_path, caplog):
+    """Checkpoints written before they kept the epoch's running figures still resume; the resumed epoch's train
+    figures then cover its remaining steps only, and a warning says so."""
+    interrupted = train(_config(tiny_targets, tmp_path, stop_after_steps=3), show_progress=False)
+    last = interrupted.run_dir / "checkpoint-last.pt"
+    checkpoint = torch.load(last, weights_only=False)
+    del checkpoint["epoch_progress"]
+    torch.save(checkpoint, last)
+    with caplog.at_level("WARNING", logger="distill.train"):
+        resumed = train(_config(tiny_targets, tmp_path), show_progress=False)
+    assert resumed.step == 10 and resumed.epoch == 2 and not resumed.stopped_early
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert any("epoch 1's logged train figures cover only its steps after step 3" in message for message in warnings)
+    assert all(record["train_loss"] > 0 for record in _logged_figures(resumed.run_dir))
+
+
+def test_each_rank_resumes_its_own_epoch_progress(tmp_path):
+    """Each rank summed its own part of the epoch: under DDP, rank r takes entry r of the checkpoint's list."""
+    model = torch.nn.Linear(2, 2)
+    model.architecture = lambda: {"name": "linear"}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    own = [{"totals": {"parts": torch.full((2, 1), float(rank)), "clips": rank + 1}, "data_wait": 0.0, "seconds": 1.0}
+           for rank in range(2)]
+    checkpoint = {"model": model.state_dict(), "architecture": {"name": "linear"}, "optimizer": optimizer.state_dict(),
+                  "step": 3, "epoch": 0, "rng": [rng_states(), rng_states()], "world_size": 2, "best_val_loss": 1.0,
+                  "epoch_progress": own}
+    torch.save(checkpoint, tmp_path / "checkpoint-last.pt")
+    for rank in range(2):
+        context = DistributedContext(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu"))
+        state = resume_or_start(tmp_path, model, optimizer, context)
+        assert state["step"] == 3 and state["epoch_progress"]["totals"]["clips"] == rank + 1
 
 
 def test_resume_with_other_world_size(tiny_targets, tmp_path):
