@@ -11,7 +11,7 @@ from pipeline.errors import ConfigError
 CODE_VERSION = "distill-2"
 
 # Options that change speed or where things go, never the trained weights: left out of the run key.
-NOT_IN_KEY = ("out", "workers", "device", "cache_clips", "stop_after_steps")
+NOT_IN_KEY = ("out", "workers", "device", "cache_clips", "stop_after_steps", "tensorboard")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,7 @@ class DistillConfig:
     device: str = "auto"
     cache_clips: str | None = None
     stop_after_steps: int | None = None  # stop (as if killed) after this many steps; for resume tests
+    tensorboard: bool = True  # TensorBoard event files beside log.jsonl, when the tensorboard package is installed
 
     def __post_init__(self):
         choices = {

@@ -34,6 +34,7 @@ from distill.seeding import rng_states, seed_everything, seed_worker
 from distill.heads import head_specs_from_teachers
 from distill.students import create_student
 from distill.targets_folder import check_targets, resolve_targets_dir, targets_fingerprint
+from distill.tensorboard_log import open_tensorboard_log
 from pipeline.atomic import atomic_write_text, make_output_folder, remove_leftover_temporary_files
 from pipeline.devices import capped_workers
 from pipeline.hashing import sha256_json
@@ -280,6 +281,7 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
     if context.is_main:
         tidy_for_resume(run_dir, state["epoch"])
         write_provenance(run_dir, config, **provenance)
+    tensorboard = open_tensorboard_log(run_dir, state["step"], enabled=config.tensorboard and context.is_main)
     steps_per_epoch = len(train_loader)
     total_steps = config.epochs * steps_per_epoch
     agreement = agreement_key(heads)
@@ -299,8 +301,8 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
         barrier(context)
 
     # ---------------------------------------------------------------- the loop
-    with tqdm(total=total_steps, initial=state["step"], unit="step", desc="distill",
-              disable=not (show_progress and context.is_main)) as progress:
+    with tensorboard, tqdm(total=total_steps, initial=state["step"], unit="step", desc="distill",
+                           disable=not (show_progress and context.is_main)) as progress:
         while state["epoch"] < config.epochs and not state["stopped"]:
             step_in_epoch = state["step"] - state["epoch"] * steps_per_epoch
             train_loader.sampler.set_epoch(state["epoch"], start_index=step_in_epoch * config.batch_size)
@@ -317,6 +319,7 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
             val_loss = validation.get("val_loss", record.get("train_loss", math.inf))
             if context.is_main:
                 append_epoch_log(run_dir / "log.jsonl", record)
+                tensorboard.write_epoch(record)
                 logger.info("epoch %s", json.dumps(record, sort_keys=True))
             if val_loss < state["best_val_loss"]:
                 state["best_val_loss"] = val_loss

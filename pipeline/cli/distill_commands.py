@@ -41,6 +41,8 @@ def _loss_weights(text: str | None) -> dict | None:
 @click.option("--deterministic/--no-deterministic", default=None)
 @click.option("--cache-clips", default=None, type=click.Path(file_okay=False), help="Folder for pre-decoded clips.")
 @click.option("--out", default=None, help="Runs root (default runs/distill).")
+@click.option("--tensorboard/--no-tensorboard", default=None,
+              help="TensorBoard event files beside log.jsonl (default on, when tensorboard is installed).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other config option.")
 @click.option("--no-progress", is_flag=True)
 def distill(config_path, overrides, loss_weights, no_progress, **options) -> None:
