@@ -90,15 +90,22 @@ def split_videos(video_ids: Sequence[str], val_fraction: float = 0.1, seed: int 
     return [video_id for video_id in unique if video_id not in held_out], sorted(held_out)
 
 
+MOVED_VIDEOS_HINT = "pass --videos <folder> (make: DISTILL_ARGS='--videos <folder>')"
+
+
 def video_paths(store: TargetStore, videos_root: str | os.PathLike | None = None) -> dict[str, Path]:
-    """video id -> file, from the targets folder's videos manifest, under `videos_root` (default: where
-    stage one read them, as its manifest recorded)."""
+    """video id -> file, from the targets folder's videos manifest, under `videos_root` (default: the root
+    stage one was given, as its manifest recorded; a relative one is taken from the current folder)."""
     extra = store.manifest.get("extra") or {}
     manifest_name = extra.get("videos_manifest", "videos.jsonl")
     root = videos_root if videos_root is not None else extra.get("videos_root")
     manifest_file = store.targets_dir / manifest_name
     if root is None:
-        raise DistinitError(f"{store.targets_dir}: the manifest does not say where the videos are; pass --videos ROOT")
+        raise DistinitError(f"{store.targets_dir}: the manifest does not say where the videos are; {MOVED_VIDEOS_HINT}")
+    if not Path(root).is_dir():
+        named_by = "--videos" if videos_root is not None else "the targets manifest"
+        looked_from = "" if Path(root).is_absolute() else f", looked for from {Path.cwd()}"
+        raise DistinitError(f"{root}: the videos folder {named_by} names is not there{looked_from}; {MOVED_VIDEOS_HINT}")
     if not manifest_file.is_file():
         raise DistinitError(f"{manifest_file}: the list of videos is missing; re-run `distinit extract --finalize` on {store.targets_dir}")
     return {record.id: Path(record.path) for record in read_manifest(manifest_file, root)}
@@ -162,7 +169,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
         paths = {video_id: every_path[video_id] for video_id in self.video_ids}
         absent = [path for path in paths.values() if not path.exists()]
         if len(absent) == len(paths):
-            raise DistinitError(f"{absent[0]}: none of the {len(paths)} videos exist there; pass --videos ROOT if they moved")
+            raise DistinitError(f"{absent[0]}: none of the {len(paths)} videos exist there; if they moved, {MOVED_VIDEOS_HINT}")
         if absent:
             logger.warning("%d of %d videos are missing (e.g. %s); their clips will be skipped", len(absent), len(paths), absent[0])
         return paths

@@ -27,6 +27,7 @@ from pipeline.atomic import make_output_folder, remove_leftover_temporary_files,
 from pipeline.config import config_to_dict
 from pipeline.devices import capped_workers, resolve_device
 from pipeline.datasets import load_dataset, manifest_hash, write_manifest as write_video_manifest
+from pipeline.datasets.records import relative_path
 from pipeline.datasets.selection import select_records
 from pipeline.errors import DistinitError
 from pipeline.provenance import write_provenance
@@ -39,6 +40,8 @@ from pipeline.shards.header import file_attributes, open_read_only
 
 logger = logging.getLogger(__name__)
 VIDEOS_MANIFEST = "videos.jsonl"
+# Where the output went is not what it holds (provenance.json keeps the whole config).
+MANIFEST_LEAVES_OUT = ("out",)
 
 
 class ExtractionError(DistinitError):
@@ -174,7 +177,8 @@ def write_shard(
             if video.error is not None:
                 logger.warning("skipping %s: %s", video.path, video.error)
                 failures.append({"video_id": video.video_id, "path": video.path, "reason": video.error})
-                writer.add_skipped(video.video_id, video.path, video.error)
+                # Stored relative to the dataset root, as videos.jsonl is, so the folder says nothing of where it was made.
+                writer.add_skipped(video.video_id, relative_path(Path(video.path), Path(plan.config.root)), video.error)
             else:
                 pending.append(video)
             # Batch boundaries depend only on the shard's video list, so a redone shard is byte-identical.
@@ -238,9 +242,14 @@ def check_failure_rate(plan: ExtractionPlan, shard_indices: list[int], max_failu
 
 
 def finalize(config: ExtractConfig, targets_dir: Path) -> Path:
-    """Write manifest.json once every shard of the run exists (after all `--shard i/N` parts)."""
-    path = write_manifest(targets_dir, config=config_to_dict(config), shards=shard_files(targets_dir), extra={
-        "videos_manifest": VIDEOS_MANIFEST, "videos_root": str(Path(config.root).resolve()),
+    """Write manifest.json once every shard of the run exists (after all `--shard i/N` parts).
+
+    The manifest says nothing of where the folder is (no `out`), so a copy elsewhere verifies, reads and hashes
+    the same (distill's run key holds that hash); the videos root is kept as the user gave it (videos.jsonl's
+    paths are relative to it), so a relative one is found from wherever distill runs, or passed with --videos."""
+    manifest_config = {name: value for name, value in config_to_dict(config).items() if name not in MANIFEST_LEAVES_OUT}
+    path = write_manifest(targets_dir, config=manifest_config, shards=shard_files(targets_dir), extra={
+        "videos_manifest": VIDEOS_MANIFEST, "videos_root": str(config.root),
     })
     # Every shard exists (write_manifest checked), so no writer of this folder is still running: temp
     # files here were left by a killed run (SIGKILL inside an atomic write cannot clean up after itself).

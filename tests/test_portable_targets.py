@@ -1,0 +1,92 @@
+"""A targets folder says nothing of where it was made (issue 12 item 4): moved to another folder or machine,
+it verifies, reads the same and distills to the same run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill.config import DistillConfig
+from distill.train import train
+from extract.config import ExtractConfig
+from extract.run import run_extraction
+from pipeline.errors import DistinitError
+from pipeline.shards import TargetStore, read_manifest, verify
+from pipeline.video.binary import ffmpeg_binary
+
+
+def _write_videos(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    for number, pattern in enumerate(("testsrc", "testsrc2", "smptebars", "rgbtestsrc")):
+        command = [
+            ffmpeg_binary(), "-v", "error", "-y", "-f", "lavfi", "-i", f"{pattern}=size=48x32:rate=10", "-t", "2",
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "5", "-threads", "1", str(folder / f"video_{number}.mp4"),
+        ]
+        subprocess.run(command, check=True, timeout=60)
+    (folder / "z_empty.mp4").write_bytes(b"")  # skipped: its path is stored in a shard and in the manifest
+
+
+def _distill(**overrides) -> tuple[str, dict[str, torch.Tensor]]:
+    """One epoch of a tiny student on targets/folder (its `latest`), from the current folder: (run key, weights)."""
+    values = dict(targets="targets/folder", out="runs", student="r2plus1d_18", width="tiny", frames=4, stride=2,
+                  short_side=32, crop=32, batch_size=2, epochs=1, val_fraction=0.25, workers=0, optimizer="adamw",
+                  lr=2e-3, warmup_steps=1, deterministic=True, seed=5)
+    result = train(DistillConfig(**{**values, **overrides}), show_progress=False)
+    return result.run_dir.name, torch.load(result.run_dir / "checkpoint-last.pt", weights_only=False)["model"]
+
+
+def _rows(targets_dir: Path) -> dict[str, dict[str, np.ndarray]]:
+    with TargetStore(targets_dir) as store:
+        return {video_id: store.rows_for_video(video_id) for video_id in store.video_ids()}
+
+
+def test_a_targets_folder_moved_elsewhere_verifies_and_distills_identically(tmp_path, monkeypatch):
+    here, there, elsewhere = tmp_path / "here", tmp_path / "there", tmp_path / "elsewhere"
+    _write_videos(here / "videos")
+    monkeypatch.chdir(here)
+    report = run_extraction(ExtractConfig(data="folder", root="videos", out="targets", shard_count=2, workers=0,
+                                          max_frames_per_video=2, max_failure_rate=0.5), show_progress=False)
+    targets_dir = here / report.targets_dir
+    manifest = read_manifest(targets_dir)
+    assert "out" not in manifest["config"] and manifest["extra"]["videos_root"] == "videos"
+    assert [entry["path"] for entry in manifest["skipped"]] == ["z_empty.mp4"]
+    for path in targets_dir.iterdir():  # the manifest, the videos list, every shard
+        if path.name != "provenance.json":  # which records the run as given, --out included
+            assert str(tmp_path).encode() not in path.read_bytes(), path.name
+    rows = _rows(targets_dir)
+    run_key, weights = _distill()
+
+    # Moved, with the dataset, to another folder (on this machine or another): the same run, found from there.
+    there.mkdir()
+    for name in ("targets", "videos"):
+        (here / name).rename(there / name)
+    monkeypatch.chdir(there)
+    moved = there / report.targets_dir
+    assert verify(moved) == []
+    moved_rows = _rows(moved)
+    assert moved_rows.keys() == rows.keys()
+    for video_id, columns in rows.items():
+        for name, values in columns.items():
+            assert np.array_equal(moved_rows[video_id][name], values), (video_id, name)
+    moved_key, moved_weights = _distill()
+    assert moved_key == run_key
+    assert moved_weights.keys() == weights.keys()
+    assert all(torch.equal(moved_weights[name], weights[name]) for name in weights)
+
+    # Without the videos beside it: one line naming the folder looked for, and how to point at them.
+    elsewhere.mkdir()
+    (there / "targets").rename(elsewhere / "targets")
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(DistinitError) as missing:
+        _distill()
+    message = str(missing.value)
+    assert "\n" not in message and message.startswith("videos: ") and str(elsewhere) in message
+    assert "pass --videos <folder> (make: DISTILL_ARGS='--videos <folder>')" in message
+    assert not (elsewhere / "runs").exists()
+    _, weights_by_option = _distill(videos_root=os.fspath(there / "videos"))
+    assert all(torch.equal(weights_by_option[name], weights[name]) for name in weights)
