@@ -10,8 +10,10 @@ from pipeline.errors import ConfigError
 # Bump when a change to stage two's code changes what a run produces (part of the run key).
 CODE_VERSION = "distill-2"
 
-# Options that change speed or where things go, never the trained weights: left out of the run key.
-NOT_IN_KEY = ("out", "workers", "device", "cache_clips", "stop_after_steps", "tensorboard")
+# Options that change speed or where things are, never the trained weights: left out of the run key. The targets
+# enter it by their content (distill.targets_folder.targets_fingerprint), the videos through the targets (their
+# manifest lists each video's relative path and size): not by the folders they are in.
+NOT_IN_KEY = ("out", "targets", "videos_root", "workers", "device", "cache_clips", "stop_after_steps", "tensorboard")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.errors import DistinitError
-from pipeline.hashing import sha256_file
-from pipeline.shards import MANIFEST_NAME, ShardError, verify
+from pipeline.hashing import sha256_json
+from pipeline.shards import MANIFEST_NAME, ShardError, read_manifest, verify
 
 
 def resolve_targets_dir(targets: str | Path) -> Path:
@@ -32,6 +32,13 @@ def check_targets(targets_dir: Path) -> None:
         raise ShardError(f"{problems[0]}{more}")
 
 
+# Manifest fields that say how and from where stage one ran (its config, with worker counts and the dataset
+# root as given; the videos root), not what it wrote: re-sealing the same shards from elsewhere changes them.
+NOT_CONTENT = ("config", "extra")
+
+
 def targets_fingerprint(targets_dir: Path) -> str:
-    """What identifies the targets' content: the sha256 of their manifest (which holds every shard's sha256)."""
-    return sha256_file(targets_dir / MANIFEST_NAME)
+    """What identifies the targets' content (part of the distill run key): their manifest without NOT_CONTENT,
+    which still holds every shard's sha256, the teachers, the sampling and the stage key."""
+    manifest = read_manifest(targets_dir)
+    return sha256_json({name: value for name, value in manifest.items() if name not in NOT_CONTENT})

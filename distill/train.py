@@ -37,8 +37,9 @@ from distill.targets_folder import check_targets, resolve_targets_dir, targets_f
 from distill.tensorboard_log import open_tensorboard_log
 from pipeline.atomic import atomic_write_text, make_output_folder, remove_leftover_temporary_files
 from pipeline.devices import capped_workers
-from pipeline.hashing import sha256_json
+from pipeline.hashing import sha256_file, sha256_json
 from pipeline.provenance import git_state, write_provenance
+from pipeline.shards import MANIFEST_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +244,8 @@ def run_provenance(context: DistributedContext, store, targets_dir: Path, finger
     """What provenance.json and every checkpoint record about the run; of the pretraining `videos`, their number
     and hash only (the names are in each checkpoint once, and would go on into every eval result from here)."""
     dataset = store.manifest.get("dataset")
-    provenance = {**git_state(), "targets_dir": str(targets_dir), "targets_manifest_sha256": fingerprint,
+    provenance = {**git_state(), "targets_dir": str(targets_dir), "targets_fingerprint": fingerprint,
+                  "targets_manifest_sha256": sha256_file(targets_dir / MANIFEST_NAME),
                   "code_version": CODE_VERSION, "world_size": context.world_size,
                   "pretraining_videos": {"count": videos["count"], "sha256": videos["sha256"], "dataset": dataset}}
     if dataset:

@@ -3,6 +3,7 @@ it verifies, reads the same and distills to the same run."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from pathlib import Path
@@ -12,9 +13,10 @@ import pytest
 import torch
 
 from distill.config import DistillConfig
-from distill.train import train
+from distill.targets_folder import targets_fingerprint
+from distill.train import run_key as distill_run_key, train
 from extract.config import ExtractConfig
-from extract.run import run_extraction
+from extract.run import finalize, run_extraction
 from pipeline.errors import DistinitError
 from pipeline.shards import TargetStore, read_manifest, verify
 from pipeline.video.binary import ffmpeg_binary
@@ -90,3 +92,18 @@ def test_a_targets_folder_moved_elsewhere_verifies_and_distills_identically(tmp_
     assert not (elsewhere / "runs").exists()
     _, weights_by_option = _distill(videos_root=os.fspath(there / "videos"))
     assert all(torch.equal(weights_by_option[name], weights[name]) for name in weights)
+
+    # Re-sealed from another folder with other speed options (make re-runs extract when only its key's form
+    # changed: every shard is kept, the manifest rewritten): the content fingerprint, hence the run, is the same.
+    monkeypatch.chdir(tmp_path)
+    before = (elsewhere / report.targets_dir / "manifest.json").read_bytes()
+    fingerprint = targets_fingerprint(elsewhere / report.targets_dir)
+    finalize(ExtractConfig(data="folder", root=os.fspath(there / "videos"), out=os.fspath(elsewhere / "targets"),
+                           shard_count=2, workers=1, max_frames_per_video=2, max_failure_rate=0.5, batch_size=3),
+             elsewhere / report.targets_dir)
+    assert (elsewhere / report.targets_dir / "manifest.json").read_bytes() != before
+    assert targets_fingerprint(elsewhere / report.targets_dir) == fingerprint
+    # Named by another path (absolute here, relative before): the same run folder.
+    config = DistillConfig(targets=os.fspath(elsewhere / "targets" / "folder"), videos_root=os.fspath(there / "videos"))
+    assert distill_run_key(config, fingerprint) == distill_run_key(dataclasses.replace(config, targets="targets/folder",
+                                                                       videos_root=None), fingerprint)
