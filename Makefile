@@ -59,7 +59,7 @@ STAGE_ARGS = --stamps $(STAMPS) --data $(DATA) $(if $(ROOT),--root $(ROOT)) --de
 	--inits $(INITS) --init $(INIT) --seeds $(SEEDS) --results $(RESULTS)
 
 # The .done files of the stages stage $(1) reads, as `distinit stamps` last listed them.
-needs = $(foreach stage,$(file < $(STAMPS)/$(1).needs),$(STAMPS)/$(stage).done)
+needs = $(foreach stage,$(shell cat $(STAMPS)/$(1).needs 2>/dev/null),$(STAMPS)/$(stage).done)
 # Bring stage $(1) up to date: refresh the stamps (`+`: also under make -n, it only records keys), then let
 # make re-run exactly the stale stages up to it.
 define run_stage
@@ -68,6 +68,9 @@ define run_stage
 endef
 
 .DEFAULT_GOAL := help
+# One stage at a time: each uses every core, and two public targets (make -j eval-hmdb compare) would otherwise
+# each start the upstream stages they share.
+.NOTPARALLEL:
 .PHONY: help setup demo-data demo-data-stage extract verify distill compare eval-hmdb eval-ucf demo status test bench clean
 
 help: ## Show targets and variables
@@ -113,21 +116,24 @@ distill: setup ## Stage two: train a 3D student on DATA's latest targets (DISTIL
 
 compare: setup ## Stage three: scratch vs inflated vs DistInit on HMDB-51 (INITS, SEEDS) -> RESULTS/RESULTS.md
 	@test -n "$(HMDB_ROOT)" || { echo "make compare: set HMDB_ROOT=<hmdb51 video folder>"; exit 2; }
+	@test -n "$(INITS)" || { echo "make compare: set INITS=scratch,inflated:...,<distill run folder>"; exit 2; }
 	$(call run_stage,compare)
 
 eval-hmdb: setup ## Finetune one INIT on HMDB-51 (HMDB_ROOT=dir, INIT=run folder|scratch|inflated:..., SEEDS) -> RESULTS/eval-hmdb/
 	@test -n "$(HMDB_ROOT)" || { echo "make eval-hmdb: set HMDB_ROOT=<hmdb51 video folder>"; exit 2; }
+	@test -n "$(INIT)" || { echo "make eval-hmdb: set INIT=<distill run folder>|scratch|inflated:<2d model>"; exit 2; }
 	$(call run_stage,eval-hmdb)
 	@cat $(RESULTS)/eval-hmdb/RESULTS.txt
 
 eval-ucf: setup ## Finetune one INIT on UCF-101 (UCF_ROOT=dir, INIT=..., SEEDS) -> RESULTS/eval-ucf/
 	@test -n "$(UCF_ROOT)" || { echo "make eval-ucf: set UCF_ROOT=<UCF-101 video folder>"; exit 2; }
+	@test -n "$(INIT)" || { echo "make eval-ucf: set INIT=<distill run folder>|scratch|inflated:<2d model>"; exit 2; }
 	$(call run_stage,eval-ucf)
 	@cat $(RESULTS)/eval-ucf/RESULTS.txt
 
 demo: ## Every stage on the embedded demo data, ending with the results table (re-runs only what changed)
 	+@$(MAKE) --no-print-directory compare DATA=demo
-	@awk '/^\| init/ { printing = 1 } printing && /^$$/ { exit } printing' results/demo/RESULTS.md
+	@awk '/^\| init/ { printing = 1 } printing && /^$$/ { exit } printing' $(RESULTS)/RESULTS.md
 
 status: setup ## Say which stages are up to date, stale (and why), missing or not set up, for DATA
 	@$(DISTINIT) status $(STAGE_ARGS)

@@ -31,10 +31,11 @@ from distill.distributed import DistributedContext
 from distill.seeding import own_rng_state, restore_rng_states
 from pipeline.atomic import atomic_path, atomic_write_text, remove_leftover_temporary_files
 from pipeline.errors import DistinitError, output_error
+from pipeline.init_sources import CHECKPOINT_LAST
 
 logger = logging.getLogger(__name__)
 
-LAST = "checkpoint-last.pt"
+LAST = CHECKPOINT_LAST  # evaluate finds it through pipeline.init_sources
 BEST = "checkpoint-best.pt"
 CHECKPOINT_KEYS = ("model", "architecture", "optimizer", "step", "epoch", "rng", "world_size", "config", "best_val_loss",
                    "provenance", "pretraining_videos", "epoch_progress")

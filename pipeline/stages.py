@@ -33,10 +33,11 @@ STAGES = ("demo-data", "extract", "distill", "compare", "eval-hmdb", "eval-ucf")
 EVAL_STAGES = {"compare": ("hmdb51", "HMDB_ROOT"), "eval-hmdb": ("hmdb51", "HMDB_ROOT"), "eval-ucf": ("ucf101", "UCF_ROOT")}
 
 # Options that change how fast or where a stage runs, never what it produces (so changing one re-runs nothing).
-# Where the dataset is (`root`) and where the targets go (`out`) are not what is extracted: the dataset enters
-# the key by its manifest hash, and a missing output re-runs the stage anyway.
+# Where the dataset and its lists are (`root`, `splits_dir`, `annotations`) and where the targets go (`out`) are
+# not what is extracted: the dataset enters the key by its manifest hash (ids, sizes, labels, split roles), and a
+# missing output re-runs the stage anyway. No stage key holds a folder, for the same reasons.
 EXTRACT_RUNTIME_OPTIONS = ("batch_size", "workers", "device", "max_failure_rate", "decode_timeout_seconds",
-                           "root", "out")
+                           "root", "out", "splits_dir", "annotations")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +144,7 @@ def demo_data_inputs(spec: PipelineSpec) -> StageInputs:
 
     config = load_config(DemoDataConfig, spec.demo_config, parse_overrides(spec.demo_set))
     options = {name: value for name, value in config_to_dict(config).items() if name not in _OPTIONS_WITHOUT_EFFECT}
-    inputs = {"config": options, "code": f"demo-data-{GENERATOR_VERSION}", "out": spec.demo_dir}
+    inputs = {"config": options, "code": f"demo-data-{GENERATOR_VERSION}"}
     return StageInputs("demo-data", inputs, Path(spec.demo_dir) / STAMP_NAME)
 
 
@@ -174,12 +175,12 @@ def distill_inputs(spec: PipelineSpec, extract_key: str) -> StageInputs:
 
     overrides = {**parse_overrides(spec.distill_set), "targets": str(Path(spec.targets_root) / spec.data)}
     config = load_config(DistillConfig, spec.distill_config, overrides)
-    options = {name: value for name, value in config.key_fields().items() if name != "targets"}
+    options = config.key_fields()
     # batch_size is per process: the number of processes changes the global batch and the schedule. Left out
     # at 1, so the keys of single-process runs stay what they were before it was counted.
     if spec.distill_processes != 1:
         options["processes"] = spec.distill_processes
-    inputs = {"config": options, "upstream": {"extract": extract_key}, "code": CODE_VERSION, "out": config.out}
+    inputs = {"config": options, "upstream": {"extract": extract_key}, "code": CODE_VERSION}
     return StageInputs("distill", inputs, Path(config.out) / "latest")
 
 
@@ -205,7 +206,7 @@ def eval_inputs(spec: PipelineSpec, stage: str, upstream_inputs: Callable[[str],
     distill_out = Path(distill_output_folder(spec))
     identities = []
     for init in inits:
-        if _is_under(init, distill_out):
+        if _is_same_folder(init, distill_out):
             upstream["distill"] = upstream_inputs("distill").key
             identities.append({"kind": "distill output"})
         else:
@@ -279,18 +280,20 @@ def manifest_hash_of(data: str, root: str, limit: int | None = None, splits: int
 
 
 def _with_file_hashes(teacher_options: dict[str, Any]) -> dict[str, Any]:
-    """Teacher options where a value names an existing file (weights) also carry that file's sha256."""
+    """Teacher options where a value names an existing file (weights) stand for that file's sha256."""
     hashed: dict[str, Any] = {}
     for teacher, options in sorted(teacher_options.items()):
         hashed[teacher] = {}
         for name, value in sorted(dict(options).items()):
             if isinstance(value, str) and Path(value).is_file():
-                value = {"path": value, "sha256": sha256_file(value)}
+                value = {"sha256": sha256_file(value)}  # what the file holds, not where it is
             hashed[teacher][name] = value
     return hashed
 
 
-def _is_under(init: str, folder: Path) -> bool:
+def _is_same_folder(init: str, folder: Path) -> bool:
+    """Whether INIT is the pipeline's distill output (its runs root, whose `latest` run eval scores). A run folder
+    or checkpoint inside it is a fixed file, keyed by its sha256 like any other checkpoint."""
     if init == "scratch" or init.startswith("inflated:"):
         return False
-    return Path(init).resolve().is_relative_to(folder.resolve())  # the folder itself counts
+    return Path(init).resolve() == folder.resolve()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import atomic_write_text
-from pipeline.stages import NotSetUp, StageInputs
+from pipeline.stages import STAGES, NotSetUp, StageInputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +59,7 @@ def update_stamps(plan: list[StageInputs], stamps_dir: str | Path) -> list[str]:
     Returns the stages whose `.key` was rewritten.
     """
     Path(stamps_dir).mkdir(parents=True, exist_ok=True)
+    _remove_stamps_of_old_stages(stamps_dir)
     changed = []
     for stage in plan:
         path = key_path(stamps_dir, stage.stage)
@@ -74,6 +75,13 @@ def update_stamps(plan: list[StageInputs], stamps_dir: str | Path) -> list[str]:
         if not stage.output.exists():
             done_path(stamps_dir, stage.stage).unlink(missing_ok=True)
     return changed
+
+
+def _remove_stamps_of_old_stages(stamps_dir: str | Path) -> None:
+    """Stamps of a stage this version does not have (`eval`, now `compare`) would only confuse a reader."""
+    for path in Path(stamps_dir).iterdir():
+        if path.suffix in (".key", ".done", ".needs") and path.stem not in STAGES:
+            path.unlink(missing_ok=True)
 
 
 def _age_behind_done(key_file: Path, done_file: Path, key: str) -> None:

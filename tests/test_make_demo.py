@@ -55,8 +55,12 @@ def test_make_runs_each_stage_once_and_then_only_what_changed(tmp_path):
     assert "video top-1" in first and (tmp_path / "results" / "demo" / "eval-hmdb" / "results.json").is_file()
     assert stages_run(make(tmp_path, "eval-hmdb")) == set()
 
-    # A distill option re-runs distill and what scores its output, nothing before it.
+    # A distill option re-runs distill and what scores its output, nothing before it; status says why first.
     changed = {"DISTILL_SET": REDUCED["DISTILL_SET"] + " lr=0.01"}
+    why = {line.split()[0]: line for line in make(tmp_path, "status", **changed).strip().splitlines()}
+    assert "stale: option lr: 0.003 -> 0.01" in why["distill"] and "up to date" in why["extract"]
+    assert "stale: upstream distill changed" in why["eval-hmdb"] and "missing: never ran here" in why["compare"]
+    assert "not set up" in why["eval-ucf"] and "UCF_ROOT=" in why["eval-ucf"]
     assert stages_run(make(tmp_path, "eval-hmdb", **changed)) == {"distill", "eval-hmdb"}
     assert states(make(tmp_path, "status", **changed)) == {
         "demo-data": "up to date", "extract": "up to date", "distill": "up to date", "compare": "missing",

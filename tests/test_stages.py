@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -141,6 +142,17 @@ def test_a_moved_dataset_keeps_every_key(workdir):
     moved = dataclasses.replace(spec, root=str(workdir / "moved" / "kinetics-400"), targets_root="/tmp/other-targets",
                                 eval_root=str(workdir / "mounted" / hmdb.name))
     assert keys(spec) == keys(moved) and set(keys(spec)) == {"extract", "distill", "compare", "eval-hmdb"}
+    # Its lists named explicitly, relative or absolute, and a teacher's weights file moved: the same keys too.
+    weights = workdir / "r50.pth"
+    weights.write_bytes(b"weights")
+    shutil.copy(weights, workdir / "moved" / "r50.pth")
+    teacher = "teachers=[imagenet-torchvision]"
+    listed = dataclasses.replace(spec, extract_set=(f"annotations={kinetics.relative_to(workdir)}/annotations", teacher,
+                                                    f"teacher_options={{imagenet-torchvision: {{weights: r50.pth}}}}"))
+    listed_moved = dataclasses.replace(moved, extract_set=(
+        f"annotations={workdir}/moved/kinetics-400/annotations", teacher,
+        f"teacher_options={{imagenet-torchvision: {{weights: {workdir}/moved/r50.pth}}}}"))
+    assert keys(listed) == keys(listed_moved) and keys(listed)["extract"] != keys(spec)["extract"]
     assert stage_plan(moved, "extract")[0].output == Path("/tmp/other-targets/kinetics/latest")  # missing: re-run there
     (workdir / "moved" / "kinetics-400" / "annotations" / "train.csv").unlink()  # what it holds does count
     assert keys(moved)["extract"] != keys(spec)["extract"]
@@ -160,23 +172,32 @@ def test_an_eval_init_is_keyed_by_its_weights(workdir):
     plan = stage_plan(demo_spec(init=str(checkpoint)), until="eval-hmdb")
     assert [stage.stage for stage in plan] == ["demo-data", "eval-hmdb"]
     assert plan[-1].inputs["config"]["init"] == {"kind": "checkpoint", "sha256": sha256_file(checkpoint)}
-    # The pipeline's own distill output: distill's key, and distill runs first.
+    # A run folder or checkpoint inside the distill output is a fixed file too: switching to it is a change.
+    best = workdir / "runs" / "demo" / "distill" / "0123" / "checkpoint-best.pt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b"best")
+    plan = stage_plan(demo_spec(init=str(best)), until="eval-hmdb")
+    assert [stage.stage for stage in plan] == ["demo-data", "eval-hmdb"]
+    assert plan[-1].inputs["config"]["init"] == {"kind": "checkpoint", "sha256": sha256_file(best)}
+    # The pipeline's own distill output (its runs root, however spelled): distill's key, and distill runs first.
+    assert keys(demo_spec(init="./runs/demo/distill/")) == keys(demo_spec(init=str(workdir / "runs/demo/distill")))
     plan = stage_plan(demo_spec(), until="eval-hmdb")
     assert [stage.stage for stage in plan] == ["demo-data", "extract", "distill", "eval-hmdb"]
     assert plan[-1].needs == ("demo-data", "distill") and plan[-1].inputs["upstream"]["distill"] == plan[2].key
 
 
-def test_default_inflated_weights_are_found_without_torch():
+def test_default_inflated_weights_are_identified_without_torch():
     import torchvision
 
-    from pipeline.init_sources import RESNET18_IMAGENET_FILE, inflated_weights_file, torch_hub_dir
+    from extract.teachers.imagenet_efficientnet import packaged_lite0_weights_path
+    from pipeline.init_sources import RESNET18_IMAGENET_FILE, inflated_weights
 
     assert RESNET18_IMAGENET_FILE == Path(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url).name
-    assert torch_hub_dir() == Path(torch.hub.get_dir())
-    from extract.teachers.imagenet_efficientnet import packaged_lite0_weights_path
-
-    assert inflated_weights_file("efficientnet_lite0") == packaged_lite0_weights_path()
-    assert inflated_weights_file("resnet18:random") == "random"
+    # torchvision's file by its published name (downloaded on first use: its bytes would change the key then).
+    assert inflated_weights("resnet18") == f"torchvision {RESNET18_IMAGENET_FILE}"
+    assert inflated_weights("efficientnet_lite0") == sha256_file(packaged_lite0_weights_path())
+    assert inflated_weights("resnet18:random") == "random"
+    assert inflated_weights("resnet18@/nowhere/r18.pth") == "missing: /nowhere/r18.pth"
 
 
 def test_each_eval_stage_names_the_variable_it_misses(workdir):
@@ -194,6 +215,14 @@ def test_each_eval_stage_names_the_variable_it_misses(workdir):
     hmdb = make_hmdb51(workdir).root
     plan = stage_plan(dataclasses.replace(kinetics, init="scratch", eval_root=str(hmdb)), until="eval-hmdb")
     assert [stage.stage for stage in plan] == ["eval-hmdb"] and plan[0].inputs["data"]
+
+
+def test_stamps_of_a_stage_this_version_has_not_are_removed(workdir):
+    Path(".stamps/demo").mkdir(parents=True)
+    for suffix in (".key", ".done"):
+        Path(f".stamps/demo/eval{suffix}").write_text("{}\n")  # the comparison's stage before it was `compare`
+    update_stamps(stage_plan(demo_spec()), ".stamps/demo")
+    assert sorted(path.name for path in Path(".stamps/demo").iterdir() if path.stem == "eval") == []
 
 
 def test_a_real_dataset_needs_its_root(workdir):
@@ -278,7 +307,7 @@ def make_dry_run(workdir: Path, *variables: str, target: str = "demo") -> str:
 def stage_commands(output: str) -> set[str]:
     names = {"demo-data": ("distinit demo-data",), "extract": ("distinit extract",),
              "distill": ("distinit distill", "-m pipeline distill"), "compare": ("distinit compare",),
-             "eval-hmdb": ("distinit eval --config configs/demo-eval.yaml --data hmdb51",)}
+             "eval-hmdb": ("distinit eval --config",)}
     return {stage for stage, commands in names.items() if any(command in output for command in commands)}
 
 
@@ -329,6 +358,8 @@ def test_make_eval_hmdb_brings_its_upstream_up_to_date(workdir):
     ("distill", ["DATA=kinetics"], "ROOT"),
     ("extract", ["DATA=kinetics"], "ROOT"),
     ("compare", ["DATA=kinetics", "ROOT=kinetics"], "HMDB_ROOT"),
+    ("eval-hmdb", ["DATA=kinetics", "HMDB_ROOT=hmdb", "INIT="], "INIT"),
+    ("compare", ["DATA=kinetics", "HMDB_ROOT=hmdb", "INITS="], "INITS"),
 ])
 def test_a_missing_make_variable_is_one_line_naming_it(workdir, target, variables, named):
     for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "pyproject.toml"):
@@ -338,4 +369,18 @@ def test_a_missing_make_variable_is_one_line_naming_it(workdir, target, variable
                             cwd=workdir, capture_output=True, text=True)
     assert result.returncode != 0
     message = [line for line in (result.stdout + result.stderr).splitlines() if not line.startswith(("make: ", "make["))]
-    assert len(message) == 1 and f"{named}=" in message[0], result.stdout + result.stderr
+    assert len(message) == 1 and re.search(rf"(?<![A-Z_]){named}=", message[0]), result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None or not (REPO / ".venv" / ".installed").exists(),
+                    reason="needs make and the project's .venv (make setup)")
+def test_make_eval_hmdb_on_kinetics_runs_extract_then_distill_then_eval(workdir):
+    for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "pyproject.toml"):
+        shutil.copy2(REPO / name, workdir / name)
+    kinetics, hmdb = make_kinetics(workdir / "data").root, make_hmdb51(workdir / "labeled").root
+    variables = ["DATA=kinetics", f"ROOT={kinetics}", f"HMDB_ROOT={hmdb}"]
+    output = make_dry_run(workdir, *variables, target="eval-hmdb")
+    commands = [line for line in output.splitlines() if " extract " in line or " distill " in line or " eval " in line]
+    assert ["extract" in commands[0], "distill" in commands[-2], " eval " in commands[-1]] == [True] * 3, output
+    assert f"--videos {kinetics}" in commands[-2] and "--init runs/distill" in commands[-1]
+    assert stage_commands(make_dry_run(workdir, *variables, "INIT=scratch", target="eval-hmdb")) == {"eval-hmdb"}

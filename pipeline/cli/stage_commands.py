@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from pipeline.cli import main
@@ -45,8 +47,9 @@ def _spec_options(command):
 
 
 def _spec(options: dict):
+    """The PipelineSpec of the options; INIT and INITS default to the distill output of the distill config."""
     from pipeline.errors import ConfigError
-    from pipeline.stages import PipelineSpec, distill_process_count
+    from pipeline.stages import PipelineSpec, distill_output_folder, distill_process_count
 
     data = options["data"]
     try:
@@ -54,9 +57,7 @@ def _spec(options: dict):
     except ValueError:
         raise ConfigError(f"--seeds {options['seeds']!r} is not a comma-separated list of integers") from None
     demo = data == "demo"
-    distill_out = "runs/demo/distill" if demo else "runs/distill"
-    default_inits = f"scratch,{distill_out}" if demo else f"scratch,inflated:efficientnet_lite0,{distill_out}"
-    return PipelineSpec(
+    spec = PipelineSpec(
         stamps_dir=options["stamps_dir"] or f".stamps/{data}",
         data=data, root=options["root"], demo_dir=options["demo_dir"], demo_config=options["demo_config"],
         demo_set=options["demo_set"], extract_config=options["extract_config"], extract_set=options["extract_set"],
@@ -66,9 +67,12 @@ def _spec(options: dict):
         distill_processes=distill_process_count(options["distill_nproc"], options["torchrun_args"]),
         eval_config=options["eval_config"] or ("configs/demo-eval.yaml" if demo else "configs/eval.yaml"),
         eval_set=options["eval_set"], eval_root=options["eval_root"], ucf_root=options["ucf_root"],
-        inits=tuple(init.strip() for init in (options["inits"] or default_inits).split(",") if init.strip()),
-        init=options["init"] or distill_out, seeds=seeds, results_dir=options["results_dir"],
+        seeds=seeds, results_dir=options["results_dir"],
     )
+    distill_out = distill_output_folder(spec)
+    default_inits = f"scratch,{distill_out}" if demo else f"scratch,inflated:efficientnet_lite0,{distill_out}"
+    inits = tuple(init.strip() for init in (options["inits"] or default_inits).split(",") if init.strip())
+    return dataclasses.replace(spec, inits=inits, init=options["init"] or distill_out)
 
 
 @main.command()
