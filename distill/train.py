@@ -35,7 +35,7 @@ from distill.heads import head_specs_from_teachers
 from distill.students import create_student
 from distill.targets_folder import check_targets, resolve_targets_dir, targets_fingerprint
 from distill.tensorboard_log import open_tensorboard_log
-from pipeline.atomic import atomic_write_text, make_output_folder, remove_leftover_temporary_files
+from pipeline.atomic import make_output_folder, replace_shared_text
 from pipeline.devices import capped_workers
 from pipeline.hashing import sha256_file, sha256_json
 from pipeline.provenance import git_state, write_provenance
@@ -330,7 +330,6 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
                     saver.save_best(checkpoint)
             save_last()
     if context.is_main and not state["stopped"]:
-        remove_leftover_temporary_files(config.out, "latest")
-        atomic_write_text(Path(config.out) / "latest", run_dir.name + "\n")
+        replace_shared_text(Path(config.out) / "latest", run_dir.name + "\n")  # runs of other keys may finish now too
     shutdown(context)
     return TrainingResult(run_dir, state["step"], state["epoch"], history, state["stopped"], context.is_main)

@@ -104,7 +104,8 @@ def remove_leftover_temporary_files(folder: str | os.PathLike, name: str | None 
 def exclusive_lock(lock_file: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive `flock` on `lock_file` (created if missing) for the block. The kernel releases it when
     its holder exits, killed or not, so it is never stale; the file stays (removing it would race the next
-    holder, who may have opened the old one)."""
+    holder, who may have opened the old one). Where the filesystem cannot lock, the block runs unlocked, with a
+    warning: as it was before the lock, rather than failing at the end of a finished stage."""
     lock_file = Path(lock_file)
     make_output_folder(lock_file.parent)
     try:
@@ -112,7 +113,10 @@ def exclusive_lock(lock_file: str | os.PathLike) -> Iterator[None]:
     except OSError as error:
         raise output_error(lock_file, error) from None
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except OSError as error:  # e.g. ENOLCK: a network filesystem mounted without lock support
+            logger.warning("%s: cannot lock (%s); going on without the lock", lock_file, describe_os_error(error))
         yield
     finally:
         os.close(descriptor)  # releases the lock

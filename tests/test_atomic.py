@@ -1,5 +1,6 @@
 """Atomic writes leave either the old file or the new one, never a partial file or a temp file."""
 
+import errno
 import threading
 
 import pytest
@@ -67,3 +68,14 @@ def test_a_shared_file_written_at_once_by_two_writers_loses_neither_write(tmp_pa
     second.join(10)
     assert errors == [] and target.read_text() == "second\n"
     assert atomic.leftover_temporary_files(tmp_path, "latest") == []
+
+
+def test_a_filesystem_that_cannot_lock_still_gets_the_write(tmp_path, monkeypatch, caplog):
+    # NFS or Lustre mounted without lock support: flock fails with ENOLCK. Finalize must not fail at its very end.
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(atomic.fcntl, "flock", no_locks)
+    atomic.replace_shared_text(tmp_path / "latest", "0123\n")
+    assert (tmp_path / "latest").read_text() == "0123\n"
+    assert "cannot lock" in caplog.text and "going on without the lock" in caplog.text

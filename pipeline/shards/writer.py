@@ -19,8 +19,7 @@ import numpy as np
 
 from pipeline.atomic import make_output_folder
 from pipeline.errors import describe_os_error
-from pipeline.hashing import canonical_json
-from pipeline.hashing import sha256_file
+from pipeline.hashing import canonical_json, sha256_file
 from pipeline.shards import format as fmt
 from pipeline.shards.checksum import write_checksum
 from pipeline.shards.format import ShardError
@@ -294,8 +293,9 @@ class ShardWriter:
 
     # ------------------------------------------------------------------ finish
     def close(self) -> Path:
-        """Flush, close, fsync and rename the temp file onto the final path, then record its sha256 beside it
-        (a kill between the two leaves a shard without one, which a re-run redoes); returns the final path."""
+        """Flush, close and fsync the temp file, record its sha256 beside the final path, then rename it there:
+        every shard on disk has its record (a kill between the two leaves a record without a shard, which the
+        re-run overwrites when it writes that shard); returns the final path."""
         if self.closed:
             return self.final_path
         try:
@@ -304,10 +304,9 @@ class ShardWriter:
             self._file.attrs[fmt.ATTR_SKIPPED_JSON] = canonical_json(self._skipped)
             self._file.close()
             _fsync_path(self.temporary_path)
-            digest = sha256_file(self.temporary_path)
+            write_checksum(self.final_path, sha256_file(self.temporary_path))
             os.replace(self.temporary_path, self.final_path)
             _fsync_path(self.final_path.parent)
-            write_checksum(self.final_path, digest)
         except OSError as error:
             self.abort()
             raise self._write_error(error) from None
