@@ -1,0 +1,88 @@
+"""A probed FrameLayout as a small JSON record, so a video is probed once (in stage one, or by `prepare`)
+and read many times (every epoch of stage two, every eval run) without probing again.
+
+    record = layout_record(probe_layout(path))           # JSON-ready dict, with the file's size and mtime
+    layout = layout_from_record(path, record)             # the same FrameLayout; None if the file changed
+
+Frame times are stored exactly and compactly as runs of equal steps in the stream's ticks: a constant
+frame rate video is one run `[first_tick, step, count]`, a variable one a few more. The file's size and
+modification time are kept beside it: a file that changed since (replaced, re-encoded, half-copied) gets
+None and is probed again by the caller.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from pipeline.video.probe import FrameLayout, VideoInfo
+
+RECORD_VERSION = 1
+
+
+def layout_record(layout: FrameLayout) -> dict[str, Any]:
+    """`layout` as a JSON-ready dict (see the module docstring); stat()s the file for its size and mtime."""
+    info = layout.info
+    status = os.stat(info.path)
+    ticks = np.rint(layout.frame_times / layout.tick_seconds).astype(np.int64)
+    return {
+        "version": RECORD_VERSION,
+        "fps": info.fps,
+        "frame_count": info.frame_count,
+        "duration": info.duration,
+        "width": info.width,
+        "height": info.height,
+        "codec": info.codec,
+        "tick_seconds": layout.tick_seconds,
+        "frame_ticks": tick_runs(ticks),
+        "keyframes": [int(index) for index in layout.keyframe_indices],
+        "seekable": layout.seekable,
+        "file": {"size": status.st_size, "mtime_ns": status.st_mtime_ns},
+    }
+
+
+def layout_from_record(path: str | os.PathLike, record: dict[str, Any] | None) -> FrameLayout | None:
+    """The FrameLayout `record` describes, for `path`; None when there is no usable record or the file's size or
+    modification time differ from the record's (the caller probes it again)."""
+    if not record or record.get("version") != RECORD_VERSION:
+        return None
+    path = os.fspath(path)
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    stamp = record.get("file") or {}
+    if stamp.get("size") != status.st_size or stamp.get("mtime_ns") != status.st_mtime_ns:
+        return None
+    ticks = ticks_from_runs(record["frame_ticks"])
+    info = VideoInfo(path=path, duration=record["duration"], fps=record["fps"], frame_count=record["frame_count"],
+                     width=record["width"], height=record["height"], codec=record["codec"])
+    return FrameLayout(info=info, frame_times=ticks * record["tick_seconds"],
+                       keyframe_indices=np.asarray(record["keyframes"], dtype=np.int64),
+                       tick_seconds=record["tick_seconds"], seekable=record["seekable"])
+
+
+def tick_runs(ticks: np.ndarray) -> list[list[int]]:
+    """Ascending ticks as runs [first, step, count]: ticks first, first + step, ... (count of them)."""
+    runs: list[list[int]] = []
+    position = 0
+    while position < len(ticks):
+        first = int(ticks[position])
+        if position + 1 == len(ticks):
+            runs.append([first, 0, 1])
+            break
+        step = int(ticks[position + 1] - ticks[position])
+        count = 2
+        while position + count < len(ticks) and ticks[position + count] - ticks[position + count - 1] == step:
+            count += 1
+        runs.append([first, step, count])
+        position += count
+    return runs
+
+
+def ticks_from_runs(runs: list[list[int]]) -> np.ndarray:
+    """The inverse of tick_runs: (frame_count,) int64."""
+    parts = [first + step * np.arange(count, dtype=np.int64) for first, step, count in runs]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
