@@ -9,7 +9,9 @@ from pipeline.datasets.selection import normalise_splits
 from pipeline.errors import ConfigError
 
 # Bump when a change to stage one's code changes the targets it writes (it is part of the stage key).
-CODE_VERSION = "extract-2"  # 2: keypoints stored as frame-relative coordinates, not heatmaps
+# 2: keypoints stored as frame-relative coordinates, not heatmaps. 3: videos cut short (holding clearly less
+# than their header declares) are skipped, and each video's probed layout is stored (layouts.jsonl).
+CODE_VERSION = "extract-3"
 
 
 @dataclasses.dataclass(frozen=True)

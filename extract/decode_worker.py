@@ -15,8 +15,9 @@ import numpy as np
 
 from extract.sampling import SamplingConfig, sample_frames
 from pipeline.errors import DistinitError
-from pipeline.video import probe
 from pipeline.video.decode import read_frames
+from pipeline.video.layout_record import layout_record
+from pipeline.video.probe import probe_layout
 
 
 # Frames are decoded with their short side at the teacher's size, so the long side grows with the aspect
@@ -45,6 +46,7 @@ class DecodedVideo:
     frames: np.ndarray | None = None  # (N, H, W, 3) uint8
     t_seconds: np.ndarray | None = None  # (N,) float64
     frame_index: np.ndarray | None = None  # (N,) int64
+    layout: dict | None = None  # pipeline.video.layout_record's record of the probed file, stored with the rows
     error: str | None = None
 
 
@@ -52,7 +54,9 @@ def decode_video(
     video_id: str, path: str, sampling: SamplingConfig, short_side: int, timeout: float, threads: int | None = 1
 ) -> DecodedVideo:
     try:
-        info = probe(path, timeout=timeout)
+        # Refuses a file holding clearly less than its header declares (cut short), like any unreadable one.
+        layout = probe_layout(path, timeout=timeout)
+        info = layout.info
         too_long = aspect_problem(info.width, info.height, short_side)
         if too_long is not None:
             return DecodedVideo(video_id, path, error=too_long)
@@ -61,6 +65,7 @@ def decode_video(
             return DecodedVideo(video_id, path, error="no frames to sample (empty or zero-length video)")
         times = [frame.t_seconds for frame in sampled]
         frames = read_frames(path, times, short_side=short_side, timeout=timeout, threads=threads)
+        record = layout_record(layout)
     except DistinitError as error:
         reason = error.reason if hasattr(error, "reason") else str(error)
         return DecodedVideo(video_id, path, error=reason)
@@ -72,6 +77,7 @@ def decode_video(
         frames=frames,
         t_seconds=np.asarray(times, dtype=np.float64),
         frame_index=np.asarray([frame.frame_index for frame in sampled], dtype=np.int64),
+        layout=record,
     )
 
 

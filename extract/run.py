@@ -180,6 +180,7 @@ def write_shard(
                 # Stored relative to the dataset root, as videos.jsonl is, so the folder says nothing of where it was made.
                 writer.add_skipped(video.video_id, relative_path(Path(video.path), Path(plan.config.root)), video.error)
             else:
+                writer.add_layout(video.video_id, video.layout)
                 pending.append(video)
             # Batch boundaries depend only on the shard's video list, so a redone shard is byte-identical.
             if pending and (sum(len(v.frames) for v in pending) >= plan.batch_size or number == len(video_ids)):

@@ -16,7 +16,7 @@ from pipeline.cli import main
 from pipeline.errors import ConfigError
 from pipeline.hashing import sha256_file
 from distill.data import ClipSpec, TargetClipDataset
-from pipeline.shards import TargetStore, inspect, read_manifest, verify
+from pipeline.shards import LAYOUTS_NAME, TargetStore, inspect, read_manifest, stored_layouts, verify
 from pipeline.video.binary import ffmpeg_binary
 
 GOOD_VIDEOS = ("a_walk", "b_pan", "c_zoom", "d_still")
@@ -60,6 +60,7 @@ def test_full_run_writes_verified_shards_and_lists_bad_videos(video_folder, tmp_
     assert all(reason for reason in skipped.values())
     store = TargetStore(report.targets_dir)
     assert sorted(store.video_ids()) == sorted(GOOD_VIDEOS)
+    assert sorted(stored_layouts(report.targets_dir)) == sorted(GOOD_VIDEOS)  # skipped videos have none
     # 2 teacher frames per second at interval centres: 1.5 s -> 3 frames, 2 s -> 4, 2.5 s -> 5, 3 s -> 6.
     assert len(store) == 3 + 4 + 5 + 6
     rows = store.rows_for_video("c_zoom")
@@ -113,6 +114,7 @@ def test_shard_parts_then_finalize_equal_one_full_run(video_folder, tmp_path):
     finalize(parts_config, prepare(parts_config).targets_dir)
     assert _shard_hashes(first.targets_dir) == _shard_hashes(full.targets_dir)
     assert read_manifest(first.targets_dir)["shards"] == read_manifest(full.targets_dir)["shards"]
+    assert (first.targets_dir / LAYOUTS_NAME).read_bytes() == (full.targets_dir / LAYOUTS_NAME).read_bytes()
     assert verify(first.targets_dir) == []
 
 

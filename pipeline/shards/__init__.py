@@ -4,7 +4,8 @@
 `video_id`, `t_seconds`, `frame_index` and `<teacher>/<output>` for every teacher output. Videos are
 assigned to shards by a stable hash of their id (`partition_videos`), so `--shard i/N` runs on different
 machines never overlap. `ShardWriter` writes one shard atomically; `write_manifest` seals the set;
-`TargetStore` reads rows by index or by video; `verify` and `inspect` back the CLI commands.
+`TargetStore` reads rows by index or by video; `stored_layouts` each video's probed layout (so stage two
+need not probe it); `verify` and `inspect` back the CLI commands.
 """
 
 from pipeline.shards.format import (
@@ -21,6 +22,7 @@ from pipeline.shards.format import (
     shard_of_video,
 )
 from pipeline.shards.inspect_targets import inspect
+from pipeline.shards.layouts import LAYOUTS_NAME, stored_layouts
 from pipeline.shards.manifest import read_manifest, shard_files, write_manifest
 from pipeline.shards.reader import TargetStore
 from pipeline.shards.verify import verify, verify_shard
@@ -28,6 +30,7 @@ from pipeline.shards.writer import ShardWriter, temporary_files, temporary_shard
 
 __all__ = [
     "FORMAT_VERSION",
+    "LAYOUTS_NAME",
     "MANIFEST_NAME",
     "OutputSpec",
     "ShardError",
@@ -43,6 +46,7 @@ __all__ = [
     "shard_name",
     "shard_files",
     "shard_of_video",
+    "stored_layouts",
     "temporary_files",
     "temporary_shard_path",
     "verify",

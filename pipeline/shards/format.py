@@ -5,12 +5,15 @@ Layout of one stage-one output folder::
     targets/<dataset>/<stage key>/
         shard-00000-of-00016.h5 ... shard-00015-of-00016.h5
         shard-00000-of-00016.h5.sha256 ...   (each shard's sha256, recorded when it was written)
+        layouts.jsonl                        (each video's probed layout, gathered from the shards)
         manifest.json
 
 Each shard holds rows = teacher frames. Datasets at the file root: `video_id` (fixed-length UTF-8),
 `t_seconds` (float64), `frame_index` (int64); one group per teacher holding one dataset per output
 (`<teacher>/<output>`, shape (rows, *output shape)). Every dataset is chunked along rows, byte-shuffled,
 gzip-compressed and fletcher32-checksummed, so a flipped bit on disk is an error, never a silent value.
+`video_layouts` (uint8, checksummed the same way) holds each of the shard's videos' probed layout as JSON
+lines (pipeline.shards.layouts); shards written before it existed lack it and read the same.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ VIDEO_ID = "video_id"
 T_SECONDS = "t_seconds"
 FRAME_INDEX = "frame_index"
 ROW_COLUMNS = (VIDEO_ID, T_SECONDS, FRAME_INDEX)
+# Not a row column: one JSON line per video (pipeline.shards.layouts). Optional, so no format version change:
+# a shard without it (written before) reads as before, and an older distinit ignores it.
+VIDEO_LAYOUTS = "video_layouts"
+LAYOUT_CHUNK_BYTES = 64 * 1024
 # Fixed-length so fletcher32 covers the ids too (variable-length strings live outside the checksummed chunks).
 VIDEO_ID_BYTES = 256
 
@@ -145,8 +152,8 @@ class OutputSpec:
 
 def teacher_name_of(teacher: dict[str, Any]) -> str:
     name = str(teacher.get("name", ""))
-    if not name or "/" in name or name in ROW_COLUMNS:
-        raise ValueError(f"teacher name {name!r} must be non-empty, without '/', and not a row column")
+    if not name or "/" in name or name in (*ROW_COLUMNS, VIDEO_LAYOUTS):
+        raise ValueError(f"teacher name {name!r} must be non-empty, without '/', and not a row column or {VIDEO_LAYOUTS}")
     return name
 
 

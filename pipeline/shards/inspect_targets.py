@@ -111,7 +111,8 @@ def _store_lines(store: TargetStore, top_k: int) -> list[str]:
         f"{store.targets_dir}: dataset {manifest.get('dataset')}, stage key {manifest['stage_key']}, "
         f"code version {manifest.get('code_version')}",
         f"rows {len(store)}, videos {manifest.get('total_videos')}, shards {manifest['shard_count']}, "
-        f"skipped videos {manifest.get('skipped_count', len(manifest.get('skipped', [])))}",
+        f"skipped videos {manifest.get('skipped_count', len(manifest.get('skipped', [])))}, "
+        f"stored video layouts {(manifest.get('layouts') or {}).get('videos', 0)}",
     ]
     summaries = {key: _OutputSummary() for key in store.output_names}
     specs = {key: store.output_spec(key) for key in store.output_names}

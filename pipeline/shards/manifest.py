@@ -15,6 +15,7 @@ from pipeline.shards import format as fmt
 from pipeline.shards import header
 from pipeline.shards.checksum import recorded_checksum
 from pipeline.shards.format import ShardError
+from pipeline.shards.layouts import write_layouts_file
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,8 @@ def write_manifest(
 
     `skipped` lists {video_id, path, reason}; None gathers what each shard's writer recorded via
     `add_skipped`. Stage key, dataset, code version, sampling and teachers are read from the shards,
-    which must all agree and be exactly shards 0..N-1 of one N.
+    which must all agree and be exactly shards 0..N-1 of one N. The shards' video layouts are gathered into
+    `layouts.jsonl`, listed as `layouts` (pipeline.shards.layouts).
     """
     targets_dir = Path(targets_dir)
     ordered = _check_complete(targets_dir, [Path(shard) for shard in shards])
@@ -154,6 +156,10 @@ def write_manifest(
         "skipped": skipped,
         "extra": extra or {},
     }
+    # Written before the manifest, which seals the folder; absent for shards written before layouts were stored.
+    layouts = write_layouts_file(targets_dir, [path for _, path in ordered])
+    if layouts is not None:
+        manifest["layouts"] = layouts
     target = manifest_path(targets_dir)
     atomic_write_text(target, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
     logger.info("wrote %s: %d shards, %d rows, %d skipped videos", target, len(ordered), manifest["total_rows"], len(skipped))

@@ -1,4 +1,5 @@
-"""Check a target cache end to end: manifest, file hashes, HDF5 checksums, row counts, finite values, stray files."""
+"""Check a target cache end to end: manifest, file hashes, HDF5 checksums, row counts, finite values, stored
+video layouts, stray files."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pipeline.hashing import sha256_file
 from pipeline.shards import format as fmt
 from pipeline.shards import header
 from pipeline.shards.format import ShardError
+from pipeline.shards.layouts import layouts_problems, shard_layout_problems
 from pipeline.shards.manifest import read_manifest
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ def verify(targets_dir: str | os.PathLike) -> list[str]:
     total_rows = sum(int(entry["rows"]) for entry in manifest["shards"])
     if total_rows != manifest["total_rows"]:
         problems.append(f"{manifest_file}: total_rows {manifest['total_rows']} but the shards list {total_rows}")
+    problems.extend(layouts_problems(targets_dir, manifest.get("layouts"), set(video_shards)))
     for path in sorted(targets_dir.iterdir()):
         if fmt.parse_shard_name(path.name) is not None and path.name not in listed:
             problems.append(f"{path}: stray shard, not in the manifest; delete it or rerun `distinit extract --finalize`")
@@ -147,6 +150,7 @@ def _check_datasets(
     shard_videos: set[str] = set()
     for name in present:
         problems.extend(_verify_dataset(path, shard[name], name, shard_videos))
+    problems.extend(shard_layout_problems(path, shard))
     return problems, lengths.get(fmt.T_SECONDS), shard_videos if fmt.VIDEO_ID in present else None
 
 

@@ -23,6 +23,7 @@ from pipeline.hashing import canonical_json, sha256_file
 from pipeline.shards import format as fmt
 from pipeline.shards.checksum import write_checksum
 from pipeline.shards.format import ShardError
+from pipeline.shards.layouts import layout_line, write_layout_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class ShardWriter:
         self.rows_written = 0
         self.closed = False
         self._skipped: list[dict[str, str]] = []
+        self._layout_lines: dict[str, bytes] = {}
         self._columns: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
         self._pending: dict[str, np.ndarray] = {}
         self._pending_rows = 0
@@ -260,6 +262,15 @@ class ShardWriter:
         """Record a video this shard should have held but could not (kept in the file for the manifest)."""
         self._skipped.append({"video_id": str(video_id), "path": str(path), "reason": str(reason)})
 
+    def add_layout(self, video_id: str, record: dict[str, Any]) -> None:
+        """Keep the probed layout of a video this shard holds (pipeline.video.layout_record's record), so
+        stage two reads it instead of probing the video again (pipeline.shards.layouts)."""
+        video_id = str(video_id)
+        self._encode_video_ids([video_id])  # the same id rules as the rows
+        if video_id in self._layout_lines:
+            raise ValueError(f"{self.final_path.name}: a second layout for video {video_id!r}")
+        self._layout_lines[video_id] = layout_line(video_id, record)
+
     def _encode_video_ids(self, video_ids: list[str]) -> np.ndarray:
         encoded = [video_id.encode("utf-8") for video_id in video_ids]
         for video_id, raw in zip(video_ids, encoded):
@@ -301,6 +312,8 @@ class ShardWriter:
         try:
             if self._pending_rows:
                 self._flush(self._pending_rows)
+            if self._layout_lines:
+                write_layout_dataset(self._file, b"".join(self._layout_lines.values()))
             self._file.attrs[fmt.ATTR_SKIPPED_JSON] = canonical_json(self._skipped)
             self._file.close()
             _fsync_path(self.temporary_path)

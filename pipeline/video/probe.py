@@ -5,7 +5,8 @@ imageio-ffmpeg ships no ffprobe, so one ffmpeg pass does the job with any ffmpeg
 excluded) packet by packet without decoding it. stdout then lists the time base, codec, size and one
 line per packet (timestamps, keyframe flag), which gives the exact frame count, every frame's
 presentation time and where the keyframes are; stderr carries the stream header (rotation). A 10 s
-clip takes a few tens of milliseconds. The same numbers would come from `ffprobe -show_packets`, so
+clip takes a few tens of milliseconds. A file holding clearly less than its header declares (cut short)
+is refused (pipeline.video.truncation). The same numbers would come from `ffprobe -show_packets`, so
 there is one code path whichever ffmpeg is configured.
 
 Timestamps are in seconds from the start of the file as ffmpeg's `-ss` counts it (ffmpeg shifts both
@@ -28,6 +29,7 @@ import numpy as np
 from pipeline.errors import VideoError
 from pipeline.video.binary import ffmpeg_binary
 from pipeline.video.process import GLOBAL_ARGUMENTS, check_video_path, ffmpeg_reason, run_ffmpeg
+from pipeline.video.truncation import truncation_problem
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +149,9 @@ def _parse_framecrc(path: str, framecrc_text: str, stderr_text: str) -> FrameLay
     distinct_times = bool(np.all(np.diff(ticks) > 0))  # repeated timestamps make a timestamp seek ambiguous
     seekable = has_pts and distinct_times and container is not None and container.group(1) in SEEKABLE_FORMATS
     fps = _frame_rate(ticks, packets, tick, stderr_text)
+    truncated = truncation_problem(path, container.group(1) if container else None, len(ticks), fps, stderr_text)
+    if truncated is not None:
+        raise VideoError(path, truncated)
     info = VideoInfo(
         path=path,
         duration=len(ticks) / fps,
