@@ -1,4 +1,4 @@
-"""pipeline.video.layout_record: a probed layout stored as JSON comes back identical, and not for a changed file."""
+"""pipeline.video.layout_record: a probed layout stored as JSON comes back identical, and not for a resized file."""
 
 from __future__ import annotations
 
@@ -31,8 +31,11 @@ def test_a_changed_file_has_no_stored_layout(tmp_path):
     path = encode(lossless_frames(), tmp_path / "clip.mkv", ["-c:v", "ffv1"])
     record = layout_record(probe_layout(path))
     assert layout_from_record(path, record) is not None
-    os.utime(path, ns=(record["file"]["mtime_ns"] + 1, record["file"]["mtime_ns"] + 1))
-    assert layout_from_record(path, record) is None  # touched: probe again
+    os.utime(path, ns=(10**18, 10**18))
+    assert layout_from_record(path, record) is not None  # touched, or copied without its mtime: the same file
+    with open(path, "ab") as appended:
+        appended.write(b"\0")
+    assert layout_from_record(path, record) is None  # another size: probe again
     clear_probe_cache()
     encode(lossless_frames()[:20], path, ["-c:v", "ffv1"])
     assert layout_from_record(path, layout_record(probe_layout(path))).info.frame_count == 20

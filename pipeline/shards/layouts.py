@@ -8,8 +8,8 @@ lines, in shard order, into `layouts.jsonl` beside them, and lists it in the man
     manifest["layouts"] = {"file": "layouts.jsonl", "sha256": ..., "videos": N, "bytes": B}
 
 Stage two reads them with `stored_layouts(targets_dir)` -> {video id: record} and calls
-`layout_from_record(path, record)`, which returns None (probe again) for a file changed since (size or
-mtime). A folder written before layouts were stored has neither dataset nor file nor manifest entry:
+`layout_from_record(path, record)`, which returns None (probe again) for a file whose size changed since
+(the record holds no mtime, so shard bytes never depend on when the videos were copied). A folder written before layouts were stored has neither dataset nor file nor manifest entry:
 `stored_layouts` returns {} and every video is probed as before.
 """
 

@@ -1,13 +1,15 @@
 """A probed FrameLayout as a small JSON record, so a video is probed once (in stage one, or by `prepare`)
 and read many times (every epoch of stage two, every eval run) without probing again.
 
-    record = layout_record(probe_layout(path))           # JSON-ready dict, with the file's size and mtime
+    record = layout_record(probe_layout(path))           # JSON-ready dict, with the file's size
     layout = layout_from_record(path, record)             # the same FrameLayout; None if the file changed
 
 Frame times are stored exactly and compactly as runs of equal steps in the stream's ticks: a constant
-frame rate video is one run `[first_tick, step, count]`, a variable one a few more. The file's size and
-modification time are kept beside it: a file that changed since (replaced, re-encoded, half-copied) gets
-None and is probed again by the caller.
+frame rate video is one run `[first_tick, step, count]`, a variable one a few more. The file's size is
+kept beside it: a file that changed since (replaced, re-encoded, half-copied) gets None and is probed
+again by the caller. Not its modification time: the record is part of what stage one writes (its bytes
+must not depend on when the videos were copied), and a dataset copied or re-mounted without its mtimes
+must keep its stored layouts. A file replaced by another of exactly the same size goes unnoticed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ RECORD_VERSION = 1
 
 
 def layout_record(layout: FrameLayout) -> dict[str, Any]:
-    """`layout` as a JSON-ready dict (see the module docstring); stat()s the file for its size and mtime."""
+    """`layout` as a JSON-ready dict (see the module docstring); stat()s the file for its size."""
     info = layout.info
     status = os.stat(info.path)
     ticks = np.rint(layout.frame_times / layout.tick_seconds).astype(np.int64)
@@ -39,13 +41,13 @@ def layout_record(layout: FrameLayout) -> dict[str, Any]:
         "frame_ticks": tick_runs(ticks),
         "keyframes": [int(index) for index in layout.keyframe_indices],
         "seekable": layout.seekable,
-        "file": {"size": status.st_size, "mtime_ns": status.st_mtime_ns},
+        "file": {"size": status.st_size},
     }
 
 
 def layout_from_record(path: str | os.PathLike, record: dict[str, Any] | None) -> FrameLayout | None:
-    """The FrameLayout `record` describes, for `path`; None when there is no usable record or the file's size or
-    modification time differ from the record's (the caller probes it again)."""
+    """The FrameLayout `record` describes, for `path`; None when there is no usable record or the file's size
+    differs from the record's (the caller probes it again)."""
     if not record or record.get("version") != RECORD_VERSION:
         return None
     path = os.fspath(path)
@@ -54,7 +56,7 @@ def layout_from_record(path: str | os.PathLike, record: dict[str, Any] | None) -
     except OSError:
         return None
     stamp = record.get("file") or {}
-    if stamp.get("size") != status.st_size or stamp.get("mtime_ns") != status.st_mtime_ns:
+    if stamp.get("size") != status.st_size:
         return None
     ticks = ticks_from_runs(record["frame_ticks"])
     info = VideoInfo(path=path, duration=record["duration"], fps=record["fps"], frame_count=record["frame_count"],
