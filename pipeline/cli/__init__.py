@@ -34,5 +34,6 @@ def main(verbose: int) -> None:
 
 # Command modules register themselves on `main`; imported last so `main` exists.
 from pipeline.cli import (  # noqa: E402,F401
-    data_commands, demo_commands, distill_commands, eval_commands, extract_commands, stage_commands, video_commands,
+    data_commands, demo_commands, distill_commands, eval_commands, extract_commands, prepare_commands, stage_commands,
+    video_commands,
 )
