@@ -3,6 +3,11 @@
 Frames are (T, H, W, 3) uint8 here, already resized so the short side is the clip's short_side; the
 crop is taken from them (random for training, central for evaluation).
 
+RGB clips leave the DataLoader workers as (3, T, H, W) uint8 (`rgb_frames_to_tensor`): a quarter of the
+bytes of float32 through the workers' shared memory and the host-to-device copy. The training and
+evaluation steps normalise them on the device (`video_to_device`, `normalise_video`), to the values
+`rgb_to_tensor` gives on the host (the same float32 operations in the same order).
+
 Heatmap targets are drawn over the crop itself, from the keypoint coordinates stage one stored
 (distill.keypoint_heatmaps), so they follow the crop. A flip mirrors the drawn maps along the width
 axis and swaps left/right keypoint channels (`flip_targets`), exactly as the frames are mirrored.
@@ -156,3 +161,44 @@ def rgb_to_tensor(frames: np.ndarray, normalisation: Normalisation = VIDEO_NORMA
     for channel in range(3):
         np.take(table[channel], frames[..., channel], out=video[channel])
     return torch.from_numpy(video)
+
+
+def rgb_frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (3, T, H, W) uint8, contiguous: a clip as it travels to the device."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(frames.transpose(3, 0, 1, 2)))
+
+
+@functools.lru_cache(maxsize=16)
+def _device_constants(normalisation: Normalisation, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(255, mean, std) as float32 tensors on `device`, made once: creating them each step would copy from the host
+    (a sync on CUDA), and a CPU scalar divisor would let CUDA multiply by its reciprocal instead of dividing."""
+    shape = (1, 3, 1, 1, 1)
+    return (torch.full((), 255.0, dtype=torch.float32, device=device),
+            torch.tensor(normalisation.mean, dtype=torch.float32, device=device).view(shape),
+            torch.tensor(normalisation.std, dtype=torch.float32, device=device).view(shape))
+
+
+def normalise_video(video: torch.Tensor, normalisation: Normalisation = VIDEO_NORMALISATION, *,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """(B, 3, T, H, W) uint8 on any device -> float32 on that device, (byte / 255 - mean) / std in `memory_format`:
+    rgb_to_tensor's values (its table holds the same float32 operations in the same order)."""
+    if video.dtype != torch.uint8 or video.dim() != 5 or video.shape[1] != 3:
+        raise ValueError(f"expected (B, 3, T, H, W) uint8 clips, got {tuple(video.shape)} {video.dtype}")
+    scale, mean, std = _device_constants(normalisation, video.device)
+    return video.to(torch.float32, memory_format=memory_format).div_(scale).sub_(mean).div_(std)
+
+
+def video_to_device(video: torch.Tensor, device: torch.device, normalisation: Normalisation | None, *,
+                    channels_last: bool = False) -> torch.Tensor:
+    """A batch of clips as the network takes it, on `device`: uint8 RGB (B, 3, T, H, W) copied without waiting
+    (from pinned memory on CUDA) and normalised there with `normalisation`; anything else (flow, clips already
+    normalised on the host) copied as it is."""
+    video = video.to(device, non_blocking=True)
+    memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+    if video.dtype == torch.uint8:
+        if normalisation is None:
+            raise ValueError("uint8 RGB clips need an input normalisation; this network takes none (a flow network?)")
+        return normalise_video(video, normalisation, memory_format=memory_format)
+    return video.contiguous(memory_format=memory_format) if channels_last else video

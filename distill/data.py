@@ -2,7 +2,7 @@
 
 Sample `index` is clip `index // len(video_ids)` of video `video_ids[index % len(video_ids)]`:
 
-    {"video": (C, T, crop, crop) float32, "targets": {"<teacher>/<output>": (*shape) float32, ...},
+    {"video": (C, T, crop, crop) uint8 or float32, "targets": {"<teacher>/<output>": (*shape) float32, ...},
      "video_id": str, "target_video_id": str, "clip_start": seconds, "index": int, "num_teacher_frames": int}
 
 Every output of the store is in "targets" (flags and counts too), except that a pose teacher's stored
@@ -10,18 +10,20 @@ keypoints arrive as "<teacher>/heatmaps" (K, G, G) drawn over this sample's crop
 says whether a person was seen inside the crop (distill.keypoint_heatmaps); the trainer picks what its
 heads need. "target_video_id" is the video whose teacher rows gave the targets: `video_id`, or with
 `shuffle_targets` another video's (distill.shuffled_targets, the control that trains on wrong targets).
-C is 3 (RGB, normalised with torchvision's video mean/std) or 2 (flow x, y in [-1, 1]). "index" is the
-sample actually returned: when a video fails to decode, the next sample stands in (see __getitem__).
+C is 3 (RGB bytes, uint8: the trainer normalises them on the device with the student's input normalisation,
+distill.augment.video_to_device) or 2 (flow x, y in [-1, 1], float32). "index" is the sample actually
+returned: when a video fails to decode, the next sample stands in (see __getitem__).
 Window placement and aggregation: distill.windows; crop/flip: distill.augment; keypoint heatmaps:
 distill.keypoint_heatmaps; flow: distill.flow; `cache_clips`: distill.clip_cache.
 
 Randomness is a function of (seed, epoch, index) only, never of the worker or of the order samples are
-drawn in, so any number of DataLoader workers yields the same samples. Workers copy the dataset when an
-iterator starts: call `set_epoch` before iterating each epoch, with `persistent_workers=False` (persistent
-workers keep the epoch they started with).
+drawn in, so any number of DataLoader workers yields the same samples. A key is an (index, epoch) pair, as
+distill.sampler.ResumableSampler yields them, so persistent workers (whose copy of the dataset never sees
+the main process's set_epoch) draw each epoch's samples; a plain index takes the epoch of `set_epoch`.
 
 Nothing that cannot cross a fork or a pickle is held open: the TargetStore reopens its HDF5 files per
-process, probe results and the decode-failure count are per process.
+process, probe results and the decode-failure count are per process (kept for the whole run by the
+trainer's persistent workers).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import torch
 from distill import augment, flow
 from distill.clip_cache import ClipCache
 from distill.keypoint_heatmaps import keypoint_targets, render_window, rendered_teachers
+from distill.sampler import sample_key
 from distill.shuffled_targets import donor_rows_in_window, target_donors
 from distill.windows import (
     TARGET_AGGREGATIONS, ClipSpec, aggregate_targets, eval_window_start, frames_in_window, heatmap_flags,
@@ -188,14 +191,15 @@ class TargetClipDataset(torch.utils.data.Dataset):
         return self.store.output_names
 
     def set_epoch(self, epoch: int) -> None:
-        """Training clips and augmentation depend on (seed, epoch, index); see the module docstring."""
+        """The epoch of plain integer keys (the sampler's (index, epoch) keys carry their own; module docstring)."""
         self.epoch = int(epoch)
 
     # ------------------------------------------------------------------ samples
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = sample_key(key, self.epoch)
         return sample_skipping_failures(
             index, len(self), video_of=self._video_of, describe=lambda candidate: f"video {self._video_of(candidate)}",
-            sample=self._sample, failures=self.failures,
+            sample=lambda candidate: self._sample(candidate, epoch), failures=self.failures,
             none_decodes=f"{self.targets_dir}: none of the {len(self.video_ids)} videos decodes; check --videos",
         )
 
@@ -210,11 +214,11 @@ class TargetClipDataset(torch.utils.data.Dataset):
     def failed_videos(self) -> set:
         return self.failures.videos
 
-    def _rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch if self.train else 0, index, int(self.train)])
+    def _rng(self, index: int, epoch: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch if self.train else 0, index, int(self.train)])
 
-    def _sample(self, index: int) -> dict[str, Any]:
-        rng = self._rng(index)
+    def _sample(self, index: int, epoch: int) -> dict[str, Any]:
+        rng = self._rng(index, epoch)
         video_id = self.video_ids[index % len(self.video_ids)]
         fps, frame_count, cached = self._video(video_id)
         rows = self._rows(video_id)
@@ -237,7 +241,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
             window_rows, self.output_kinds, self.target_agg, rng, self.heatmap_masks, self.temperature,
         )
         if self.clip.modality == "rgb":
-            video = augment.rgb_to_tensor(augment.flip_frames(pixels) if flipped else pixels)
+            video = augment.rgb_frames_to_tensor(augment.flip_frames(pixels) if flipped else pixels)  # (3, T, H, W)
         else:
             # Mirroring the flow (not recomputing it on mirrored frames) keeps a flip exact.
             video = flow.flow_to_tensor(flow.flip_flow(pixels) if flipped else pixels)

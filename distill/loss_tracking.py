@@ -7,7 +7,8 @@
 - `NonFiniteWatch`: the first step whose loss was non-finite, on the device; every NONFINITE_CHECK_EVERY
   steps, before each checkpoint and at the end of the epoch all ranks compare notes (one all-reduce, MIN)
   and, if any rank saw one, every rank raises the same TrainingError together. Raising on the one rank
-  alone would leave the others waiting in DDP's next all-reduce until the backend timed out.
+  alone would leave the others waiting in DDP's next all-reduce until the backend timed out. Eval's
+  finetuning (one process) uses it too, with its own error type and hint.
 """
 
 from __future__ import annotations
@@ -67,11 +68,17 @@ class LossTotals:
         return {"loss": self.loss_fn.weighted_total(figures), **figures}, int(totals[-1])
 
 
-class NonFiniteWatch:
-    """Remembers, on the device, the first step (counted from 1) at which this rank's loss was non-finite."""
+DISTILL_HINT = "lower --lr or check the targets with distinit verify"
 
-    def __init__(self, context: DistributedContext, first_step: int):
+
+class NonFiniteWatch:
+    """Remembers, on the device, the first step (counted from 1) at which this rank's loss was non-finite; `check`
+    raises `error` (a DistinitError class) ending with `hint`, what the user can do about it."""
+
+    def __init__(self, context: DistributedContext, first_step: int, *,
+                 error: type[DistinitError] = TrainingError, hint: str = DISTILL_HINT):
         self.context = context
+        self.error, self.hint = error, hint
         self.first_unchecked = first_step
         self.first_bad = torch.full((), math.inf, dtype=torch.float64, device=context.device)
 
@@ -83,7 +90,7 @@ class NonFiniteWatch:
         return step % NONFINITE_CHECK_EVERY == 0
 
     def check(self, step: int) -> None:
-        """All ranks, at the same step: raise TrainingError on every rank if any rank recorded a non-finite loss."""
+        """All ranks, at the same step: raise `error` on every rank if any rank recorded a non-finite loss."""
         if step < self.first_unchecked:
             return
         per_rank = torch.full((self.context.world_size,), math.inf, dtype=torch.float64, device=self.first_bad.device)
@@ -96,7 +103,7 @@ class NonFiniteWatch:
             return
         ranks = ", ".join(str(rank) for rank, first in enumerate(first_bad) if first == earliest)
         where, who = (f" on rank {ranks}", " on every rank") if self.context.enabled else ("", "")
-        raise TrainingError(
+        raise self.error(
             f"{checked}: the loss became non-finite (NaN or inf) at step {int(earliest)}{where}; training stopped"
-            f"{who} before saving; lower --lr or check the targets with distinit verify"
+            f"{who} before saving; {self.hint}"
         )

@@ -3,11 +3,16 @@
 Read top to bottom: set up (processes, seeds, data, model, optimizer) -> resume -> for each epoch,
 train one epoch, measure the held-out distillation loss, log one JSON line, save checkpoints.
 Runs as one process, or as many under `torchrun` (DDP; gloo on CPU, nccl on GPU).
+
+Feeding a GPU (distill.device_step): RGB clips travel as uint8 and are normalised on the device; on CUDA
+batches are pinned and copied without waiting, and cuDNN picks its fastest kernels for the fixed clip shape
+(not with --deterministic). Loader workers persist across epochs: the sampler passes each index's epoch
+(distill.sampler). A step never waits for the device: loss figures are summed there (distill.loss_tracking)
+and read every NONFINITE_CHECK_EVERY steps.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -24,6 +29,7 @@ from tqdm import tqdm
 from distill.checkpoint import CheckpointSaver, append_epoch_log, checkpoint_state, resume_or_start, tidy_for_resume
 from distill.config import CODE_VERSION, DistillConfig
 from distill.data import ClipSpec, TargetClipDataset, open_targets, split_videos, video_paths
+from distill.device_step import autocast_for, input_normalisation, to_device, use_fast_kernels
 from distill.distributed import (DistributedContext, all_gather_objects, all_reduce_sum, barrier, init_distributed,
                                  shutdown, sum_over_ranks)
 from distill.loss_tracking import LossTotals, NonFiniteWatch, TrainingError
@@ -82,9 +88,11 @@ def build_loaders(config: DistillConfig, targets_dir: Path, context: Distributed
     train_sampler = ResumableSampler(len(train_set), shuffle=True, seed=config.seed, rank=context.rank,
                                      world_size=context.world_size)
     # Loaders get their own generators, so creating an iterator never draws from the global torch RNG
-    # (a resumed run creates one at a different point than an uninterrupted run would).
-    loader_options = dict(batch_size=config.batch_size, num_workers=capped_workers(config.workers, "loader workers"), worker_init_fn=seed_worker,
-                          pin_memory=context.device.type == "cuda", persistent_workers=False,
+    # (a resumed run creates one at a different point than an uninterrupted run would). Workers persist: the
+    # sampler hands them each index's epoch.
+    workers = capped_workers(config.workers, "loader workers")
+    loader_options = dict(batch_size=config.batch_size, num_workers=workers, worker_init_fn=seed_worker,
+                          pin_memory=context.device.type == "cuda", persistent_workers=workers > 0,
                           generator=torch.Generator().manual_seed(config.seed))
     train_loader = DataLoader(train_set, sampler=train_sampler, **loader_options)
     val_loader = None
@@ -105,25 +113,6 @@ def build_optimizer(model: torch.nn.Module, config: DistillConfig) -> torch.opti
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def autocast_for(config: DistillConfig, device: torch.device):
-    amp = config.amp
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "off"
-    if amp == "off":
-        return contextlib.nullcontext(), None
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" and device.type == "cuda" else None
-    return torch.autocast(device_type=device.type, dtype=dtype), scaler
-
-
-def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool):
-    video = batch["video"].to(device, non_blocking=True)
-    if channels_last:
-        video = video.contiguous(memory_format=torch.channels_last_3d)
-    targets = {key: value.to(device, non_blocking=True) for key, value in batch["targets"].items()}
-    return video, targets
-
-
 def agreement_key(heads) -> str | None:
     """The ImageNet classifier head, whose top-1 agreement with its teacher is logged each epoch."""
     logits_heads = [head.key for head in heads if head.kind == "logits"]
@@ -141,6 +130,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, 
     epoch's loss figures and clips over all ranks, and this rank's timings."""
     model.train()
     totals = LossTotals(loss_fn, context.device)
+    normalisation = input_normalisation(model)
     # A checkpoint follows a passed check, so the watch has nothing to carry over a resume.
     watch = NonFiniteWatch(context, first_step=state["step"] + 1)
     data_wait, earlier_seconds = 0.0, 0.0
@@ -155,7 +145,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, 
                            total_steps=total_steps, min_lr_fraction=config.min_lr_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        video, targets = to_device(batch, context.device, context.device.type == "cuda")
+        video, targets = to_device(batch, context.device, context.device.type == "cuda", normalisation)
         with autocast:
             predictions = model(video)
         terms = loss_fn({key: value.float() for key, value in predictions.items()}, targets)
@@ -195,8 +185,9 @@ def evaluate(model, loader, loss_fn, autocast, context, agreement) -> dict[str, 
     model.eval()
     totals = LossTotals(loss_fn, context.device)
     agreeing = torch.zeros((), dtype=torch.float64, device=context.device)
+    normalisation = input_normalisation(model)
     for batch in loader:
-        video, targets = to_device(batch, context.device, context.device.type == "cuda")
+        video, targets = to_device(batch, context.device, context.device.type == "cuda", normalisation)
         with autocast:
             predictions = model(video)
         totals.add(loss_fn({key: value.float() for key, value in predictions.items()}, targets), len(video))
@@ -257,6 +248,7 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
     # ---------------------------------------------------------------- processes, seeds, targets
     context = init_distributed(config.device)
     seed_everything(config.seed, context.rank, config.deterministic)
+    use_fast_kernels(context.device, config.deterministic)
     targets_dir = resolve_targets_dir(config.targets)
     if context.is_main:
         check_targets(targets_dir)
@@ -307,8 +299,8 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
                            disable=not (show_progress and context.is_main)) as progress:
         while state["epoch"] < config.epochs and not state["stopped"]:
             step_in_epoch = state["step"] - state["epoch"] * steps_per_epoch
+            # The sampler hands the epoch to the (persistent) workers with each index.
             train_loader.sampler.set_epoch(state["epoch"], start_index=step_in_epoch * config.batch_size)
-            train_loader.dataset.set_epoch(state["epoch"])
             stats = train_one_epoch(wrapped, train_loader, loss_fn, optimizer, scaler, autocast, state, config, context,
                                     total_steps, progress, save_last, resumed_epoch_progress(state, step_in_epoch))
             if state["stopped"]:

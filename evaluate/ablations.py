@@ -5,8 +5,8 @@ Each test view (3, T, H, W) is scored twice more, with its frames reordered in t
   crops) from `np.random.default_rng([ABLATION_SEED, video_index, clip_index])`, never the identity
   when T > 1; the same permutations in every run, so inits are ablated alike;
 - "frame_repeated": its middle frame (index T // 2) repeated T times: no motion at all.
-Both are made from the same decoded, normalised frames as the original view (normalisation is per pixel,
-so reordering frames commutes with it): one decode per video, and nothing but the order in time changes.
+Both are made from the same decoded frames as the original view, uint8 or normalised (normalisation is per
+pixel, so reordering frames commutes with it): one decode per video, and nothing but the order in time changes.
 A network whose accuracy holds on them classifies single frames; a spatiotemporal one should drop.
 """
 

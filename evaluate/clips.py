@@ -1,15 +1,18 @@
 """Clips of labeled videos (HMDB-51 / UCF-101 records) for finetuning and for testing.
 
 Training, one clip per video per epoch (pytorchvideo-style sample dicts):
-    {"video": (3, T, crop, crop) float32, "label": int, "video_index": int, "clip_start": seconds}
+    {"video": (3, T, crop, crop) uint8 or float32, "label": int, "video_index": int, "clip_start": seconds}
 a random start anywhere in the video, a random crop of the frames resized to `short_side`, a random
-left-right flip (unless `flip=False`, for classes a mirror changes: pan left / pan right), normalised
-with the init's `normalisation` (evaluate.initialization: the video mean/std of stage two for distilled
-and scratch trunks, the 2D model's own for inflated ones). Randomness is a function of (seed, epoch,
-index) only, so any number of DataLoader workers gives the same clips; call `set_epoch` before each
-epoch with `persistent_workers=False`.
+left-right flip (unless `flip=False`, for classes a mirror changes: pan left / pan right). The init's
+normalisation (evaluate.initialization: the video mean/std of stage two for distilled and scratch
+trunks, the 2D model's own for inflated ones) is applied where `normalisation` says: with None the clips
+stay uint8 RGB bytes, which finetuning normalises on the device (distill.augment.video_to_device); with
+a Normalisation (the default: the video mean/std) they come out float32, normalised here, ready for a
+network. Randomness is a function of (seed, epoch, index) only, so any number of DataLoader workers gives
+the same clips; a key is an (index, epoch) pair as distill.sampler.ResumableSampler yields them, so
+persistent workers draw each epoch's clips (a plain index takes the epoch of `set_epoch`).
 
-Testing, one sample per video holding all of its views:
+Testing, one sample per video holding all of its views (uint8 or float32, as for training):
     {"video": (clips x crops, 3, T, crop, crop), "label": int, "video_index": int, "failed": str | None}
 `clips_per_video` starts spaced uniformly from the first frame to the last possible start; each clip is
 centre-cropped, or with `three_crop` cropped at the start, centre and end of the long side (left/centre/
@@ -31,6 +34,7 @@ import torch
 
 from distill import augment
 from distill.augment import VIDEO_NORMALISATION, Normalisation
+from distill.sampler import sample_key
 from distill.windows import ClipSpec
 from evaluate.ablations import ablated_views
 from pipeline.datasets import VideoRecord
@@ -82,6 +86,13 @@ class _VideoInfoCache:
         return self.info[key]
 
 
+def clip_tensor(frames: np.ndarray, normalisation: Normalisation | None) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (3, T, H, W): uint8 without a normalisation, else float32 normalised with it."""
+    if normalisation is None:
+        return augment.rgb_frames_to_tensor(frames)
+    return augment.rgb_to_tensor(frames, normalisation)
+
+
 def _check_records(records: Sequence[VideoRecord], what: str) -> list[VideoRecord]:
     records = list(records)
     if not records:
@@ -96,7 +107,7 @@ class TrainingClips(torch.utils.data.Dataset):
     """One random clip of each video per epoch (see the module docstring)."""
 
     def __init__(self, records: Sequence[VideoRecord], clip: ClipSpec, *, seed: int, flip: bool = True,
-                 max_decode_failures: int = 50, normalisation: Normalisation = VIDEO_NORMALISATION):
+                 max_decode_failures: int = 50, normalisation: Normalisation | None = VIDEO_NORMALISATION):
         self.records = _check_records(records, "training")
         self.clip, self.seed, self.epoch, self.flip = clip, int(seed), 0, bool(flip)
         self.normalisation = normalisation
@@ -110,18 +121,21 @@ class TrainingClips(torch.utils.data.Dataset):
         return len(self.records)
 
     def set_epoch(self, epoch: int) -> None:
+        """The epoch of plain integer keys (the sampler's (index, epoch) keys carry their own)."""
         self.epoch = int(epoch)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = sample_key(key, self.epoch)
         return sample_skipping_failures(
             index, len(self), video_of=lambda candidate: candidate,
-            describe=lambda candidate: f"training video {self.records[candidate].path}", sample=self._sample,
+            describe=lambda candidate: f"training video {self.records[candidate].path}",
+            sample=lambda candidate: self._sample(candidate, epoch),
             failures=self.failures,
             none_decodes=f"none of the {len(self)} training videos decodes (e.g. {self.records[0].path}); check --root",
         )
 
-    def _sample(self, index: int) -> dict[str, Any]:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+    def _sample(self, index: int, epoch: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, epoch, index])
         record = self.records[index]
         fps, frame_count = self.videos.get(record.path)
         start = int(rng.integers(last_start(frame_count, self.clip.span_frames) + 1))
@@ -131,7 +145,7 @@ class TrainingClips(torch.utils.data.Dataset):
         frames = augment.crop_frames(frames, top, left, self.clip.crop)
         if rng.random() < augment.FLIP_PROBABILITY and self.flip:  # drawn either way: flip=False keeps the crops
             frames = augment.flip_frames(frames)
-        return {"video": augment.rgb_to_tensor(frames, self.normalisation), "label": int(record.label),
+        return {"video": clip_tensor(frames, self.normalisation), "label": int(record.label),
                 "video_index": index, "clip_start": start / fps}
 
 
@@ -139,7 +153,7 @@ class EvaluationClips(torch.utils.data.Dataset):
     """Every view of one test video per sample (see the module docstring); use with batch_size=None."""
 
     def __init__(self, records: Sequence[VideoRecord], clip: ClipSpec, *, clips_per_video: int, three_crop: bool,
-                 normalisation: Normalisation = VIDEO_NORMALISATION, temporal_ablations: bool = False):
+                 normalisation: Normalisation | None = VIDEO_NORMALISATION, temporal_ablations: bool = False):
         if clips_per_video < 1:
             raise DistinitError(f"test clips per video must be >= 1, got {clips_per_video}")
         self.records = _check_records(records, "test")
@@ -165,12 +179,12 @@ class EvaluationClips(torch.utils.data.Dataset):
             frames = self._frames(record)  # (clips, T, H, W, 3)
         except VideoError as error:
             logger.warning("test video %s does not decode: %s", record.path, error.reason)
-            views = torch.zeros((0, 3, self.clip.frames, self.clip.crop, self.clip.crop))
+            dtype = torch.uint8 if self.normalisation is None else torch.float32
+            views = torch.zeros((0, 3, self.clip.frames, self.clip.crop, self.clip.crop), dtype=dtype)
             sample["failed"] = error.reason
         else:
             offsets = crop_offsets(frames.shape[2], frames.shape[3], self.clip.crop, self.three_crop)
-            views = torch.stack([augment.rgb_to_tensor(augment.crop_frames(clip, top, left, self.clip.crop),
-                                                       self.normalisation)
+            views = torch.stack([clip_tensor(augment.crop_frames(clip, top, left, self.clip.crop), self.normalisation)
                                  for clip in frames for top, left in offsets])  # (clips x crops, 3, T, crop, crop)
         sample["video"] = views
         if self.temporal_ablations:

@@ -7,6 +7,9 @@ clip per video each, full batches only) -> test (uniformly spaced clips per vide
 video that fails to decode counts as wrong; with temporal ablations the same views shuffled in time and
 with one frame repeated, evaluate.ablations) -> a RunResult. Finished runs are kept in `<out>/runs/` and
 reused when the same command runs again. One process, one device (a 2-core CPU or one GPU is what eval needs).
+Clips travel from the loader workers as uint8 and are normalised on the device with the init's normalisation;
+a training step never waits for the device (see train_one_epoch); the training loader's workers persist across
+epochs (the sampler passes the epoch).
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from distill.augment import Normalisation, video_to_device
 from distill.checkpoint import save_checkpoint
+from distill.device_step import autocast_for, use_fast_kernels
+from distill.distributed import DistributedContext
+from distill.loss_tracking import NonFiniteWatch
 from pipeline.devices import capped_workers, resolve_device
 from distill.sampler import ResumableSampler
 from distill.schedule import learning_rate
 from distill.seeding import seed_everything, seed_worker
-from distill.train import autocast_for
 from distill.windows import ClipSpec
 from evaluate.ablations import ORIGINAL
 from evaluate.classifier import VideoClassifier, build_optimizer
@@ -52,20 +58,27 @@ class FinetuneError(DistinitError):
     """Finetuning cannot go on (a non-finite loss, too many test videos that do not decode)."""
 
 
-def train_one_epoch(model, loader, optimizer, autocast, scaler, state, config, total_steps, device, progress):
+def train_one_epoch(model, loader, optimizer, autocast, scaler, state, config, total_steps, device, progress,
+                    normalisation: Normalisation):
+    """One epoch over full batches, without waiting for the device at each step: clips arrive as uint8 and are
+    normalised on the device with `normalisation`, the loss and correct clips are summed there, and a non-finite
+    loss is looked for every NONFINITE_CHECK_EVERY steps and at the end (FinetuneError; nothing is saved yet)."""
     model.train()
-    loss_sum, correct, clips, started = 0.0, 0, 0, time.monotonic()
+    watch = NonFiniteWatch(DistributedContext(0, 1, 0, device), first_step=state["step"] + 1, error=FinetuneError,
+                           hint="lower --lr")
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss x clips, correct clips
+    clips, lr, started = 0, None, time.monotonic()
     for batch in loader:
         lr = learning_rate(state["step"], base_lr=config.lr, warmup_steps=config.warmup_steps,
                            total_steps=total_steps, min_lr_fraction=config.min_lr_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
-        video, labels = batch["video"].to(device, non_blocking=True), batch["label"].to(device)
+        video = video_to_device(batch["video"], device, normalisation)
+        labels = batch["label"].to(device, non_blocking=True)
         with autocast:
             logits = model(video)
         loss = F.cross_entropy(logits.float(), labels)
-        if not torch.isfinite(loss):
-            raise FinetuneError(f"step {state['step']}: loss is {loss.item()} (non-finite); lower --lr")
+        watch.record(loss, state["step"] + 1)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -75,22 +88,27 @@ def train_one_epoch(model, loader, optimizer, autocast, scaler, state, config, t
             loss.backward()
             optimizer.step()
         state["step"] += 1
-        loss_sum += loss.item() * len(labels)
-        correct += int((logits.argmax(dim=1) == labels).sum())
+        sums += torch.stack([loss.detach().double() * len(labels), (logits.argmax(dim=1) == labels).sum().double()])
         clips += len(labels)
         progress.update(1)
-        progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2g}", refresh=False)
+        if watch.due(state["step"]):
+            watch.check(state["step"])  # waits for the device: the loss is ready to show without another wait
+            progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2g}", refresh=False)
+    watch.check(state["step"])
+    loss_sum, correct = sums.tolist()
     seconds = time.monotonic() - started
     return {"step": state["step"], "lr": lr, "train_loss": loss_sum / max(clips, 1),
             "train_clip_top1": correct / max(clips, 1), "seconds": seconds, "clips_per_second": clips / max(seconds, 1e-9)}
 
 
 @torch.no_grad()
-def predict(model, loader, batch_size: int, autocast, device, max_failures: int, show_progress: bool):
+def predict(model, loader, batch_size: int, autocast, device, max_failures: int, show_progress: bool,
+            normalisation: Normalisation):
     """({stream: clip logits (N, C) float64}, video index per clip (N,), failed {video index: reason}).
 
     Stream "original" holds the test views; with temporal ablations each ablation (evaluate.ablations) is a
-    stream of the same views reordered in time, row for row. Views of several videos share a forward batch."""
+    stream of the same views reordered in time, row for row. Views of several videos share a forward batch;
+    uint8 views are normalised on the device with `normalisation`, and the logits stay there until the end."""
     model.eval()
     logits_parts: dict[str, list[torch.Tensor]] = {}
     pending: dict[str, list[torch.Tensor]] = {}
@@ -98,9 +116,10 @@ def predict(model, loader, batch_size: int, autocast, device, max_failures: int,
 
     def flush() -> None:
         for stream, parts in pending.items():
-            views = torch.cat(parts).to(device, non_blocking=True)
+            # Each part on its own: a part is pinned on CUDA, a concatenation of them would not be.
+            views = torch.cat([video_to_device(part, device, normalisation) for part in parts])
             with autocast:
-                logits_parts.setdefault(stream, []).append(model(views).double().cpu())
+                logits_parts.setdefault(stream, []).append(model(views).double())
         index_parts.append(torch.cat(pending_index))
         pending.clear()
         pending_index.clear()
@@ -121,7 +140,7 @@ def predict(model, loader, batch_size: int, autocast, device, max_failures: int,
         flush()
     if not logits_parts:
         raise FinetuneError("no test video decoded; check the videos under --root")
-    return ({stream: torch.cat(parts).numpy() for stream, parts in logits_parts.items()},
+    return ({stream: torch.cat(parts).cpu().numpy() for stream, parts in logits_parts.items()},
             torch.cat(index_parts).numpy(), failed)
 
 
@@ -131,17 +150,20 @@ def run_split(train_records, test_records, split: int, seed: int, num_classes: i
     started = time.monotonic()
     # ---------------------------------------------------------------- seed, data
     seed_everything(seed, 0, config.deterministic)
+    use_fast_kernels(device, config.deterministic)
     clip = ClipSpec(frames=config.frames, stride=config.stride, short_side=config.short_side, crop=config.crop)
-    train_set = TrainingClips(train_records, clip, seed=seed, flip=config.flip, normalisation=initialization.normalisation,
+    normalisation = initialization.normalisation  # applied on the device: the datasets give uint8 clips (None)
+    train_set = TrainingClips(train_records, clip, seed=seed, flip=config.flip, normalisation=None,
                               max_decode_failures=config.max_decode_failures)
     test_set = EvaluationClips(test_records, clip, clips_per_video=config.test_clips, three_crop=config.three_crop,
-                               normalisation=initialization.normalisation, temporal_ablations=config.temporal_ablations)
+                               normalisation=None, temporal_ablations=config.temporal_ablations)
     sampler = ResumableSampler(len(train_set), shuffle=True, seed=seed)
-    common = dict(num_workers=capped_workers(config.workers, "loader workers"), worker_init_fn=seed_worker, persistent_workers=False,
-                  pin_memory=device.type == "cuda")
-    # drop_last: a last batch of 2 clips (HMDB-51 split 1) would give its batch norms noisy statistics
+    workers = capped_workers(config.workers, "loader workers")
+    common = dict(num_workers=workers, worker_init_fn=seed_worker, pin_memory=device.type == "cuda")
+    # drop_last: a last batch of 2 clips (HMDB-51 split 1) would give its batch norms noisy statistics.
+    # Persistent workers: the sampler hands them each index's epoch.
     train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,
-                              generator=torch.Generator().manual_seed(seed), **common)
+                              generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0, **common)
     test_loader = DataLoader(test_set, batch_size=None, shuffle=False, **common)
     # ---------------------------------------------------------------- model, optimizer
     model = VideoClassifier(initialization.build_backbone(), num_classes, config.dropout, config.linear_probe).to(device)
@@ -154,13 +176,13 @@ def run_split(train_records, test_records, split: int, seed: int, num_classes: i
     with tqdm(total=total_steps, unit="step", desc=f"split {split} seed {seed}", disable=not show_progress) as progress:
         for epoch in range(config.epochs):
             sampler.set_epoch(epoch)
-            train_set.set_epoch(epoch)
             record = {"epoch": epoch + 1, **train_one_epoch(model, train_loader, optimizer, autocast, scaler, state,
-                                                             config, total_steps, device, progress)}
+                                                             config, total_steps, device, progress, normalisation)}
             curves.append(record)
             logger.info("split %d seed %d epoch %s", split, seed, json.dumps(record, sort_keys=True))
+    del train_loader  # its persistent workers exit before the test loader starts its own
     clip_logits, clip_video_index, failed = predict(model, test_loader, config.batch_size, autocast, device,
-                                                    config.max_decode_failures, show_progress)
+                                                    config.max_decode_failures, show_progress, normalisation)
     metrics = score(clip_logits, clip_video_index, test_set.records, num_classes, test_set.views_per_video)
     result = RunResult(split=split, seed=seed, train_videos=len(train_set),
                        failed_videos=[str(test_set.records[index].path) for index in sorted(failed)],

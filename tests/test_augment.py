@@ -85,3 +85,12 @@ def test_rgb_normalisation_uses_the_video_mean_and_std():
     expected_green = (0.0 - augment.VIDEO_MEAN[1]) / augment.VIDEO_STD[1]
     assert torch.allclose(video[0], torch.full((2, 3, 3), expected_red))
     assert torch.allclose(video[1], torch.full((2, 3, 3), expected_green))
+
+
+def test_clips_travel_as_uint8_channels_first():
+    frames = np.random.default_rng(2).integers(0, 256, (2, 3, 5, 3), dtype=np.uint8)  # (T, H, W, 3)
+    video = augment.rgb_frames_to_tensor(augment.flip_frames(frames))  # a flipped view is made contiguous
+    assert video.shape == (3, 2, 3, 5) and video.dtype == torch.uint8 and video.is_contiguous()
+    assert video[2, 1, 0, 4] == frames[1, 0, 0, 2]
+    with pytest.raises(ValueError, match="uint8"):
+        augment.rgb_frames_to_tensor(frames.astype(np.float32))

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from distill.data import ClipSpec, TargetClipDataset, open_targets, split_videos
 from distill.keypoint_heatmaps import keypoint_targets, render_window
+from distill.sampler import EpochIndex, ResumableSampler
 from distill.shuffled_targets import donor_rows_in_window, target_donors
 from distill.windows import (
     aggregate_targets, eval_window_start, frames_in_window, heatmap_flags, last_start, teacher_frame_indices,
@@ -257,7 +258,7 @@ def test_eval_sample_layout_and_normalisation(targets):
     assert len(eval_set) == 3 and len(dataset(targets, clips_per_video=2)) == 6
     assert [teacher["name"] for teacher in eval_set.teachers] == ["fake-imagenet", "coco-keypoints"]
     sample = eval_set[1]
-    assert sample["video"].shape == (3, 4, 24, 24) and sample["video"].dtype == torch.float32
+    assert sample["video"].shape == (3, 4, 24, 24) and sample["video"].dtype == torch.uint8  # normalised on the device
     assert {key: tuple(value.shape) for key, value in sample["targets"].items()} == {
         "fake-imagenet/logits": (10,), "coco-keypoints/heatmaps": (17, 4, 4),
         "coco-keypoints/person_present": (), "coco-keypoints/num_people": (),
@@ -269,13 +270,13 @@ def test_eval_sample_layout_and_normalisation(targets):
     rows = video_rows("bravo", 1)
     stored = rows["fake-imagenet/logits"][2].astype(np.float16)  # the cache keeps soft targets as float16
     np.testing.assert_array_equal(sample["targets"]["fake-imagenet/logits"].numpy(), stored.astype(np.float32))
-    # The tensor is the decoded, centre-cropped clip, scaled and normalised.
+    # The tensor is the decoded, centre-cropped clip's bytes; normalised on the device, the host path's floats.
     frames = read_clip(eval_set.paths["bravo"], sample["clip_start"], 4, stride=2, short_side=32)
     top, left = (32 - 24) // 2, (42 - 24) // 2
-    expected = augment.rgb_to_tensor(frames[:, top : top + 24, left : left + 24])
-    assert torch.equal(sample["video"], expected)
-    unnormalised = sample["video"] * torch.tensor(augment.VIDEO_STD).view(3, 1, 1, 1) + torch.tensor(augment.VIDEO_MEAN).view(3, 1, 1, 1)
-    assert unnormalised.min() >= -1e-5 and unnormalised.max() <= 1 + 1e-5
+    cropped = frames[:, top : top + 24, left : left + 24]
+    assert torch.equal(sample["video"], torch.from_numpy(cropped).permute(3, 0, 1, 2))
+    normalised = augment.video_to_device(sample["video"][None], torch.device("cpu"), augment.VIDEO_NORMALISATION)[0]
+    assert torch.equal(normalised, augment.rgb_to_tensor(cropped))
 
 
 def test_eval_is_deterministic_and_train_varies_with_epoch_and_seed(targets):
@@ -324,6 +325,54 @@ def test_workers_give_the_same_batches_as_the_main_process(targets):
         assert torch.equal(main_batch["clip_start"], worker_batch["clip_start"])
         for key in main_batch["targets"]:
             assert torch.equal(main_batch["targets"][key], worker_batch["targets"][key])
+
+
+def _epochs_through_a_loader(train_set, sampler, workers: int, persistent: bool, epochs: int) -> list[list[dict]]:
+    """Each epoch's samples (batches of 2) as the trainer draws them: only the sampler is told the epoch."""
+    loader = torch.utils.data.DataLoader(train_set, batch_size=2, sampler=sampler, num_workers=workers,
+                                         persistent_workers=persistent)
+    drawn = []
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        drawn.append(list(loader))
+    sampler.set_epoch(1, start_index=2)  # a run resumed after epoch 1's first batch
+    drawn.append(list(loader))
+    return drawn
+
+
+def assert_batches_equal(first: list[dict], second: list[dict]) -> None:
+    assert len(first) == len(second)
+    for one, other in zip(first, second):
+        assert one["video_id"] == other["video_id"] and torch.equal(one["index"], other["index"])
+        assert torch.equal(one["video"], other["video"]) and torch.equal(one["clip_start"], other["clip_start"])
+        for key in one["targets"]:
+            assert torch.equal(one["targets"][key], other["targets"][key]), key
+
+
+def test_persistent_workers_draw_every_epoch_as_one_process_does(targets):
+    """The epoch travels with each index (distill.sampler), so workers kept from one epoch to the next draw that
+    epoch's clips: 0 workers, 2 fresh workers each epoch and 2 persistent ones give the same samples."""
+    train_set = dataset(targets, train=True, clips_per_video=2, seed=11)
+    runs = {(workers, persistent): _epochs_through_a_loader(
+                train_set, ResumableSampler(len(train_set), shuffle=True, seed=11), workers, persistent, epochs=3)
+            for workers, persistent in ((0, False), (2, False), (2, True))}
+    reference = runs[(0, False)]
+    for drawn in runs.values():
+        for epoch_batches, reference_batches in zip(drawn, reference):
+            assert_batches_equal(epoch_batches, reference_batches)
+    def clips_by_index(batches: list[dict]) -> dict[int, tuple]:
+        return {int(index): (float(start), int(video.sum())) for batch in batches
+                for index, start, video in zip(batch["index"], batch["clip_start"], batch["video"])}
+
+    by_epoch = [clips_by_index(batches) for batches in reference[:3]]
+    assert by_epoch[0] != by_epoch[1] and by_epoch[1] != by_epoch[2]  # each epoch draws its own clips...
+    assert train_set.epoch == 0  # ...though nobody told the dataset: a key carries its epoch
+    train_set.set_epoch(2)
+    plain_key = train_set[4]  # a plain index takes the dataset's epoch
+    train_set.set_epoch(0)
+    assert_samples_equal(train_set[EpochIndex(4, 2)], plain_key)
+    # Resumed mid-epoch: the rest of epoch 1, as it was.
+    assert_batches_equal(reference[3], reference[1][1:])
 
 
 def test_dataset_survives_a_pickle_as_spawned_workers_receive_it(targets):

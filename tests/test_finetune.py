@@ -3,6 +3,7 @@ seeds, determinism, the results files, the CLI, and one-line errors."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -15,14 +16,15 @@ import torch
 from click.testing import CliRunner
 
 from dataset_fixtures import PLACEHOLDER_BYTES, make_hmdb51, make_ucf101
-from distill.augment import VIDEO_NORMALISATION, Normalisation, crop_frames, rgb_to_tensor
+from distill.augment import VIDEO_NORMALISATION, Normalisation, crop_frames, rgb_to_tensor, video_to_device
 from distill.heads import HeadSpec
+from distill.sampler import EpochIndex, ResumableSampler
 from distill.students import create_student
 from distill.windows import ClipSpec
-from evaluate.ablations import FRAME_REPEATED, TIME_SHUFFLED, time_permutation
+from evaluate.ablations import FRAME_REPEATED, ORIGINAL, TIME_SHUFFLED, time_permutation
 from evaluate.clips import EvaluationClips, TrainingClips, clip_starts, crop_offsets
 from evaluate.config import CODE_VERSION, EvalConfig
-from evaluate.finetune import _cached_run, _run_paths, results_key, run_eval
+from evaluate.finetune import _cached_run, _run_paths, predict, results_key, run_eval
 from evaluate.initialization import checkpoint_path, resolve_init
 from evaluate.results import RunResult
 from pipeline.cli import main
@@ -172,6 +174,57 @@ def test_temporal_ablations_are_the_test_views_reordered_in_time(hmdb):
         assert torch.equal(ablations[TIME_SHUFFLED][view], frames[:, order])
         assert all(torch.equal(ablations[FRAME_REPEATED][view][:, step], frames[:, 2]) for step in range(4))
     assert "ablations" not in EvaluationClips(listing.records[:1], clip, clips_per_video=1, three_crop=False)[0]
+
+
+class MeanColourClassifier(torch.nn.Module):
+    """(B, 3, T, H, W) float clips -> (B, 3) logits from their mean colour."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(3, 3)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.linear(clips.mean(dim=(2, 3, 4)))
+
+
+def test_training_clips_travel_as_bytes_and_persistent_workers_draw_each_epoch(hmdb):
+    """Finetuning's loader: uint8 clips, normalised on the device to the host path's values, the same clips for
+    0 workers, 2 fresh workers each epoch and 2 persistent ones, told the epoch only through the sampler."""
+    listing = load_dataset("hmdb51", hmdb.root, splits_dir=hmdb.splits_dir)
+    clip = ClipSpec(frames=4, stride=2, short_side=32, crop=24)
+    imagenet = Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    travelling = TrainingClips(listing.records[:6], clip, seed=4, normalisation=None)
+    host = TrainingClips(listing.records[:6], clip, seed=4, normalisation=imagenet)
+    for workers, persistent in ((0, False), (2, False), (2, True)):
+        sampler = ResumableSampler(len(travelling), shuffle=True, seed=4)
+        loader = torch.utils.data.DataLoader(travelling, batch_size=3, sampler=sampler, num_workers=workers,
+                                             persistent_workers=persistent)
+        for epoch in range(2):
+            sampler.set_epoch(epoch)
+            for batch in loader:
+                assert batch["video"].dtype == torch.uint8
+                expected = torch.stack([host[EpochIndex(int(index), epoch)]["video"] for index in batch["video_index"]])
+                assert torch.equal(video_to_device(batch["video"], torch.device("cpu"), imagenet), expected)
+    starts = [[travelling[EpochIndex(index, epoch)]["clip_start"] for index in range(6)] for epoch in range(2)]
+    assert starts[0] != starts[1]  # each epoch its own clips
+
+
+def test_test_views_normalised_on_the_device_score_as_the_host_path(hmdb):
+    listing = load_dataset("hmdb51", hmdb.root, splits_dir=hmdb.splits_dir)
+    clip = ClipSpec(frames=4, stride=2, short_side=32, crop=24)
+    outcomes = []
+    for normalisation in (None, VIDEO_NORMALISATION):
+        test_set = EvaluationClips(listing.records[:3], clip, clips_per_video=2, three_crop=True,
+                                   normalisation=normalisation, temporal_ablations=True)
+        loader = torch.utils.data.DataLoader(test_set, batch_size=None)
+        outcomes.append(predict(MeanColourClassifier(), loader, 4, contextlib.nullcontext(), torch.device("cpu"), 0,
+                                False, VIDEO_NORMALISATION))
+    (bytes_logits, bytes_index, _), (host_logits, host_index, _) = outcomes
+    assert bytes_logits.keys() == host_logits.keys() == {ORIGINAL, TIME_SHUFFLED, FRAME_REPEATED}
+    assert (bytes_index == host_index).all() and len(bytes_index) == 3 * 2 * 3
+    for stream in bytes_logits:
+        assert (bytes_logits[stream] == host_logits[stream]).all(), stream
 
 
 # ---------------------------------------------------------------------------------------------- end to end

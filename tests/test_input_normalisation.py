@@ -28,6 +28,26 @@ def test_rgb_to_tensor_applies_the_given_normalisation_exactly():
     assert not torch.equal(rgb_to_tensor(frames, IMAGENET), rgb_to_tensor(frames))
 
 
+def test_uint8_clips_normalised_on_the_device_equal_the_host_path_bit_for_bit():
+    # Every byte value in every channel, in clips of odd sizes; a batch of two clips.
+    every_byte = np.arange(256, dtype=np.uint8).repeat(3).reshape(4, 8, 8, 3)
+    noise = np.random.default_rng(5).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    for normalisation in (VIDEO_NORMALISATION, IMAGENET, Normalisation((0.498,) * 3, (0.502,) * 3)):
+        host = torch.stack([rgb_to_tensor(frames, normalisation) for frames in (every_byte, noise)])  # (2, 3, T, H, W)
+        travelling = torch.stack([augment.rgb_frames_to_tensor(frames) for frames in (every_byte, noise)])
+        assert travelling.dtype == torch.uint8 and travelling.shape == host.shape and travelling.is_contiguous()
+        assert torch.equal(augment.normalise_video(travelling, normalisation), host)
+        channels_last = augment.video_to_device(travelling, torch.device("cpu"), normalisation, channels_last=True)
+        assert channels_last.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(channels_last, host)
+    # Flow (float) and clips normalised on the host pass through; uint8 without a normalisation is refused.
+    flow = torch.rand(2, 2, 4, 8, 8)
+    assert augment.video_to_device(flow, torch.device("cpu"), None) is flow
+    with pytest.raises(ValueError, match="normalisation"):
+        augment.video_to_device(travelling, torch.device("cpu"), None)
+    with pytest.raises(ValueError, match="uint8 clips"):
+        augment.normalise_video(travelling.float())
+
+
 def test_tables_are_built_once_per_normalisation_and_read_only():
     same = Normalisation([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # lists become tuples: equal and hashable
     assert same == IMAGENET and normalisation_table(same) is normalisation_table(IMAGENET)

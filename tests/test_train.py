@@ -15,6 +15,7 @@ from click.testing import CliRunner
 import distill.train as train_module
 from distill.checkpoint import CHECKPOINT_KEYS, ResumeError, resume_or_start
 from distill.config import DistillConfig
+from distill.augment import normalise_video
 from distill.data import ClipSpec, TargetClipDataset, split_videos
 from distill.distributed import DistributedContext
 from distill.heads import head_specs_from_teachers
@@ -71,13 +72,35 @@ def test_overfit_one_batch_loss_falls_by_80_percent(tiny_targets):
     loss_fn = DistillationLoss(heads, temperature=2.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
+    video = normalise_video(batch["video"], model.input_normalisation)  # uint8 clips, normalised as the trainer does
     for _ in range(50):
-        terms = loss_fn(model(batch["video"]), batch["targets"])
+        terms = loss_fn(model(video), batch["targets"])
         optimizer.zero_grad()
         terms["loss"].backward()
         optimizer.step()
         losses.append(terms["loss"].item())
     assert losses[-1] <= 0.2 * losses[0], f"loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+def test_loaders_keep_their_workers_and_give_the_batches_of_one_process(tiny_targets):
+    """The trainer's loaders: persistent workers whenever there are workers, told each epoch only through the
+    sampler, drawing the batches one process draws; pinned memory only for CUDA."""
+    context = DistributedContext(0, 1, 0, torch.device("cpu"))
+    epochs = {}
+    for workers in (0, 2):
+        _, train_loader, val_loader = train_module.build_loaders(_config(tiny_targets, Path("unused"), workers=workers),
+                                                                 tiny_targets, context)
+        assert train_loader.persistent_workers == val_loader.persistent_workers == (workers > 0)
+        assert not train_loader.pin_memory
+        drawn = []
+        for epoch in range(2):
+            train_loader.sampler.set_epoch(epoch)
+            drawn.append([(batch["video_id"], batch["clip_start"].tolist(), batch["video"]) for batch in train_loader])
+        epochs[workers] = drawn
+    assert [starts for _, starts, _ in epochs[0][0]] != [starts for _, starts, _ in epochs[0][1]]
+    for one_process, with_workers in zip(epochs[0], epochs[2]):
+        assert [(ids, starts) for ids, starts, _ in one_process] == [(ids, starts) for ids, starts, _ in with_workers]
+        assert all(torch.equal(first, second) for (_, _, first), (_, _, second) in zip(one_process, with_workers))
 
 
 def test_train_writes_checkpoints_logs_and_provenance(tiny_targets, tmp_path):
