@@ -7,7 +7,7 @@
 # and on the .done of each stage it reads ($(STAMPS)/<stage>.needs names them). `make status` says
 # which stages are stale and why.
 #
-#   demo-data (DATA=demo) -> extract -> distill -> compare | eval-hmdb | eval-ucf
+#   demo-data (DATA=demo) -> extract (-> prepare, PREPARE=1) -> distill -> compare | eval-hmdb | eval-ucf
 
 SHELL    := /bin/bash
 PYTHON   ?= python3
@@ -24,6 +24,10 @@ EXTRACT_ARGS ?=
 DISTILL_CONFIG ?= $(if $(filter demo,$(DATA)),configs/demo-distill.yaml,configs/distill.yaml)
 DISTILL_SET ?=
 DISTILL_ARGS ?=
+# PREPARE=1: distill reads the prepare stage's copies (short side 128, short GOPs; configs/prepare.yaml + PREPARE_SET).
+PREPARE  ?=
+PREPARE_SET ?=
+PREPARE_ARGS ?=
 NPROC    ?=
 TORCHRUN_ARGS ?=
 EVAL_CONFIG ?= $(if $(filter demo,$(DATA)),configs/demo-eval.yaml,configs/eval.yaml)
@@ -52,11 +56,15 @@ DISTILL_LAUNCH = $(if $(NPROC),$(BIN)/torchrun --nproc_per_node $(NPROC) $(TORCH
 EXTRACT_SETS = $(if $(TEACHERS),teachers=[$(TEACHERS)]) $(EXTRACT_SET)
 STAGE_ARGS = --stamps $(STAMPS) --data $(DATA) $(if $(ROOT),--root $(ROOT)) --demo-dir $(DEMO_DIR) $(foreach pair,$(DEMO_SET),--demo-set $(pair)) \
 	$(foreach pair,$(EXTRACT_SETS),--extract-set $(pair)) \
+	$(if $(filter 1,$(PREPARE)),--prepare) $(foreach pair,$(PREPARE_SET),--prepare-set $(pair)) \
 	--distill-config $(DISTILL_CONFIG) $(foreach pair,out=$(DISTILL_OUT) $(DISTILL_SET),--distill-set $(pair)) \
 	--distill-nproc $(or $(NPROC),1) $(if $(and $(NPROC),$(TORCHRUN_ARGS)),--torchrun-args '$(TORCHRUN_ARGS)') \
 	--eval-config $(EVAL_CONFIG) $(foreach pair,$(EVAL_SET),--eval-set $(pair)) \
 	$(if $(HMDB_ROOT),--eval-root $(HMDB_ROOT)) $(if $(UCF_ROOT),--ucf-root $(UCF_ROOT)) \
 	--inits $(INITS) --init $(INIT) --seeds $(SEEDS) --results $(RESULTS)
+
+# Extract's video selection (split, limit, ...), which prepare takes too: it prepares what is extracted.
+SELECTION_SETS = $(filter split=% split_roles=% limit=% splits_dir=% annotations=%,$(EXTRACT_SET))
 
 # The .done files of the stages stage $(1) reads, as `distinit stamps` last listed them.
 needs = $(foreach stage,$(shell cat $(STAMPS)/$(1).needs 2>/dev/null),$(STAMPS)/$(stage).done)
@@ -71,7 +79,7 @@ endef
 # One stage at a time: each uses every core, and two public targets (make -j eval-hmdb compare) would otherwise
 # each start the upstream stages they share.
 .NOTPARALLEL:
-.PHONY: help setup demo-data demo-data-stage extract verify distill compare eval-hmdb eval-ucf demo status test bench clean
+.PHONY: help setup demo-data demo-data-stage extract verify prepare distill compare eval-hmdb eval-ucf demo status test bench clean
 
 help: ## Show targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -84,6 +92,7 @@ help: ## Show targets and variables
 	@echo "  EXTRACT_SET / DISTILL_SET / EVAL_SET='key=value ...'  options that change the output (part of the key)"
 	@echo "  EXTRACT_ARGS / DISTILL_ARGS / EVAL_ARGS='--workers 8 ...'  options that only change speed or device"
 	@echo "  DISTILL_CONFIG=$(DISTILL_CONFIG)  EVAL_CONFIG=$(EVAL_CONFIG)  DISTILL_OUT=$(DISTILL_OUT)"
+	@echo "  PREPARE=$(PREPARE)  PREPARE_SET / PREPARE_ARGS  (1: distill reads prepare's copies; make prepare makes them)"
 	@echo "  NPROC=$(NPROC)  TORCHRUN_ARGS=$(TORCHRUN_ARGS)  distill under torchrun (processes per node, multi-node options; part of distill's key)"
 	@echo "  HMDB_ROOT=$(HMDB_ROOT)  UCF_ROOT=$(UCF_ROOT)  labeled video folders"
 	@echo "  INIT=$(INIT)  (eval-hmdb/eval-ucf)  INITS=$(INITS)  (compare)  SEEDS=$(SEEDS)  (all three)"
@@ -110,6 +119,10 @@ demo-data-stage:
 extract: setup ## Stage one: teachers over sampled frames -> targets/DATA/KEY/ (DATA=... ROOT=dir TEACHERS=a,b)
 	@test -n "$(ROOT)" || { echo "make extract: set ROOT=<dataset folder> for DATA=$(DATA)"; exit 2; }
 	$(call run_stage,extract)
+
+prepare: setup ## Re-encode DATA's videos once for stage two (short side 128, GOP 16) -> prepared/DATA/KEY/; PREPARE=1 makes distill read them
+	@test -n "$(ROOT)" || { echo "make prepare: set ROOT=<dataset folder> for DATA=$(DATA)"; exit 2; }
+	$(call run_stage,prepare)
 
 distill: setup ## Stage two: train a 3D student on DATA's latest targets (DISTILL_CONFIG, DISTILL_SET, DISTILL_ARGS)
 	$(call run_stage,distill)
@@ -149,9 +162,14 @@ $(STAMPS)/extract.done: $(STAMPS)/extract.key $(call needs,extract)
 	$(DISTINIT) inspect targets/$(DATA)/$$(cat targets/$(DATA)/latest) --top-k 3
 	cp $< $@
 
+$(STAMPS)/prepare.done: $(STAMPS)/prepare.key $(call needs,prepare)
+	$(DISTINIT) prepare --config configs/prepare.yaml --data $(DATA) --root $(ROOT) $(foreach pair,$(SELECTION_SETS) $(PREPARE_SET),--set $(pair)) $(PREPARE_ARGS)
+	cp $< $@
+
 # --videos: where the dataset is now (ROOT), which is not part of any key; moving it re-runs nothing.
+# PREPARE=1: --prepared, the prepare stage's latest copies (distill's key then holds prepare's).
 $(STAMPS)/distill.done: $(STAMPS)/distill.key $(call needs,distill)
-	$(DISTILL_LAUNCH) distill --config $(DISTILL_CONFIG) --targets targets/$(DATA) $(if $(ROOT),--videos $(ROOT)) --set out=$(DISTILL_OUT) $(foreach pair,$(DISTILL_SET),--set $(pair)) $(DISTILL_ARGS)
+	$(DISTILL_LAUNCH) distill --config $(DISTILL_CONFIG) --targets targets/$(DATA) $(if $(ROOT),--videos $(ROOT)) $(if $(filter 1,$(PREPARE)),--prepared prepared/$(DATA)) --set out=$(DISTILL_OUT) $(foreach pair,$(DISTILL_SET),--set $(pair)) $(DISTILL_ARGS)
 	cp $< $@
 
 $(STAMPS)/compare.done: $(STAMPS)/compare.key $(call needs,compare)

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from pipeline.errors import ConfigError
+from pipeline.video.backends import check_decoder
 
 # Bump when a change to stage two's code changes what a run produces (part of the run key).
 CODE_VERSION = "distill-2"
@@ -13,13 +14,21 @@ CODE_VERSION = "distill-2"
 # Options that change speed or where things are, never the trained weights: left out of the run key. The targets
 # enter it by their content (distill.targets_folder.targets_fingerprint), the videos through the targets (their
 # manifest lists each video's relative path and size): not by the folders they are in.
-NOT_IN_KEY = ("out", "targets", "videos_root", "workers", "device", "cache_clips", "stop_after_steps", "tensorboard")
+# The decoder gives the same frames whichever it is. Prepared copies (`prepared`) are the same frames with other
+# pixels (re-encoded): their folder's key enters the run key instead of its path (distill.train.run_key).
+NOT_IN_KEY = ("out", "targets", "videos_root", "prepared", "decoder", "decode_device", "workers", "device",
+              "cache_clips", "stop_after_steps", "tensorboard")
 
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
     targets: str = ""  # a targets folder (targets/<data>/<key>) or targets/<data> (its `latest`)
     videos_root: str | None = None  # where the videos are now, if they moved since extraction
+    # `distinit prepare`'s copies of the same videos (prepared/<data> or one of its key folders): read instead of
+    # the originals, with the layouts prepare stored. None: the originals, with the layouts stage one stored.
+    prepared: str | None = None
+    decoder: str = "auto"  # "auto" | "torchcodec" | "pyav" | "ffmpeg" (pipeline.video.backends)
+    decode_device: str = "cpu"  # "cuda": TorchCodec decodes on the GPU (NVDEC)
     student: str = "r2plus1d_18"
     width: str = "full"  # "full" | "tiny"
     modality: str = "rgb"  # "rgb" | "flow"
@@ -76,6 +85,7 @@ class DistillConfig:
             raise ConfigError(f"option val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.workers < 0 or self.warmup_steps < 0:
             raise ConfigError("options workers and warmup_steps must be >= 0")
+        check_decoder(self.decoder, self.decode_device)
 
     def key_fields(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)

@@ -51,7 +51,11 @@ from pipeline.datasets import read_manifest
 from pipeline.errors import ConfigError, DistinitError, VideoError
 from pipeline.shards import ShardError, TargetStore, verify
 from pipeline.video.skipping import DecodeFailures, sample_skipping_failures
-from pipeline.video import probe, read_clip
+from pipeline.prepared import prepared_videos
+from pipeline.shards import stored_layouts
+from pipeline.video import read_clip
+from pipeline.video.layout_record import layout_from_record
+from pipeline.video.probe import FrameLayout, probe_layout
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +126,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
         target_agg: str = "mean", clips_per_video: int = 1, seed: int = 0, cache_clips: str | os.PathLike | None = None,
         videos_root: str | os.PathLike | None = None, max_decode_failures: int = 50, decode_threads: int | None = 1,
         flow_method: str | None = None, temperature: float = 1.0, shuffle_targets: bool = False,
+        prepared: str | os.PathLike | None = None, decoder: str = "auto", decode_device: str = "cpu",
     ):
         if flow_method is not None:  # a shorthand for ClipSpec.flow_method, as a CLI passes it
             clip = dataclasses.replace(clip, flow_method=flow_method)
@@ -133,6 +138,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
         self.temperature = float(temperature)  # the loss's: a window's classifier target mixes probabilities at it
         self.clips_per_video, self.seed, self.epoch = int(clips_per_video), int(seed), 0
         self.max_decode_failures, self.decode_threads = int(max_decode_failures), decode_threads
+        self.decoder, self.decode_device = decoder, decode_device
         self.store = open_targets(targets_dir)
         self.targets_dir = self.store.targets_dir
         self.video_ids = list(video_ids)
@@ -142,7 +148,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
         unknown = [video_id for video_id in self.video_ids if video_id not in known]
         if unknown:
             raise DistinitError(f"{self.targets_dir}: {len(unknown)} videos have no target rows, e.g. {unknown[0]!r}")
-        self.paths = self._resolve_paths(videos_root)
+        self.paths, self.layout_records = self._resolve_paths(videos_root, prepared)
         # Targets as the loss sees them: keypoints drawn as heatmaps over each sample's crop.
         self.keypoint_targets = keypoint_targets(self.store.teachers)
         target_teachers = rendered_teachers(self.store.teachers)
@@ -159,13 +165,23 @@ class TargetClipDataset(torch.utils.data.Dataset):
             cache_clips, short_side=clip.short_side, grid=clip.start_grid, decode_threads=decode_threads,
             flow_method=clip.flow_method if clip.modality == "flow" else None,
         )
-        self._video_info: dict[str, tuple[float, int]] = {}
+        self._layouts: dict[str, FrameLayout] = {}  # per process: stored records turned layouts, or probes
         self.failures = DecodeFailures(self.max_decode_failures, (
             f"{{path}}: more than {self.max_decode_failures} videos failed to decode in one worker, the last with "
             "{reason}; check the videos or raise --max-decode-failures"))
 
-    def _resolve_paths(self, videos_root) -> dict[str, Path]:
-        every_path = video_paths(self.store, videos_root)
+    def _resolve_paths(self, videos_root, prepared) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
+        """(video id -> the file clips come from, video id -> its stored layout record): the originals with stage
+        one's layouts, or `prepare`'s copies with theirs (a video prepare skipped has none: skipped like a
+        missing file)."""
+        if prepared is not None:
+            copies = prepared_videos(prepared)
+            every_path = {video_id: path for video_id, (path, _) in copies.items()}
+            records = {video_id: record for video_id, (_, record) in copies.items()}
+            for video_id in self.video_ids:
+                every_path.setdefault(video_id, Path(prepared) / "not-prepared" / video_id)
+        else:
+            every_path, records = video_paths(self.store, videos_root), stored_layouts(self.targets_dir)
         missing_ids = [video_id for video_id in self.video_ids if video_id not in every_path]
         if missing_ids:
             raise DistinitError(f"{self.targets_dir}: video {missing_ids[0]!r} is not in the videos manifest ({len(missing_ids)} missing)")
@@ -175,7 +191,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
             raise DistinitError(f"{absent[0]}: none of the {len(paths)} videos exist there; if they moved, {MOVED_VIDEOS_HINT}")
         if absent:
             logger.warning("%d of %d videos are missing (e.g. %s); their clips will be skipped", len(absent), len(paths), absent[0])
-        return paths
+        return paths, {video_id: records[video_id] for video_id in self.video_ids if video_id in records}
 
     # ------------------------------------------------------------------ description
     def __len__(self) -> int:
@@ -276,19 +292,25 @@ class TargetClipDataset(torch.utils.data.Dataset):
             ) from None
 
     def _video(self, video_id: str):
-        """(fps, frame_count, cache entry or None), from the clip cache when there is one, else a probe."""
+        """(fps, frame_count, cache entry or None), from the clip cache when there is one, else the video's layout."""
         path = self.paths[video_id]
         if self.cache is not None:
             cached = self.cache.get(video_id, path)
             if cached is not None:
                 return cached.fps, cached.frame_count, cached
-        if video_id not in self._video_info:
-            info = probe(path)
-            if info.frame_count < 1 or info.fps <= 0:
+        info = self._layout(video_id).info
+        return info.fps, info.frame_count, None
+
+    def _layout(self, video_id: str) -> FrameLayout:
+        """The video's layout: its stored record (stage one's, or prepare's), else a probe (no record, or the file's
+        size changed since it was stored). Once per video per process."""
+        if video_id not in self._layouts:
+            path = self.paths[video_id]
+            layout = layout_from_record(path, self.layout_records.get(video_id)) or probe_layout(path)
+            if layout.info.frame_count < 1 or layout.info.fps <= 0:
                 raise VideoError(path, "no frames or no frame rate")
-            self._video_info[video_id] = (info.fps, info.frame_count)
-        fps, frame_count = self._video_info[video_id]
-        return fps, frame_count, None
+            self._layouts[video_id] = layout
+        return self._layouts[video_id]
 
     def _pixels(self, video_id: str, start: int, fps: float, cached) -> np.ndarray:
         """The clip's frames at the short side, uncropped: RGB, or the flow between consecutive frames."""
@@ -297,6 +319,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
             return cached.read_clip(start, length, self.clip.stride)
         frames = read_clip(
             self.paths[video_id], start / fps, self.clip.decoded_frames, stride=self.clip.stride,
-            short_side=self.clip.short_side, threads=self.decode_threads,
+            short_side=self.clip.short_side, threads=self.decode_threads, decoder=self.decoder,
+            layout=self._layout(video_id), decode_device=self.decode_device,
         )
         return frames if self.clip.modality == "rgb" else flow.clip_flow(frames, self.clip.flow_method)

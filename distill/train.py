@@ -44,6 +44,7 @@ from distill.tensorboard_log import open_tensorboard_log
 from pipeline.atomic import make_output_folder, replace_shared_text
 from pipeline.devices import capped_workers
 from pipeline.hashing import sha256_file, sha256_json
+from pipeline.prepared.manifest import sealed_folder
 from pipeline.provenance import git_state, write_provenance
 from pipeline.shards import MANIFEST_NAME
 
@@ -64,10 +65,13 @@ class TrainingResult:
 
 def run_key(config: DistillConfig, fingerprint: str, world_size: int = 1) -> str:
     """The run folder's name. `batch_size` is per process, so the number of processes (global batch, steps,
-    schedule) is part of it; left out at 1, so single-process runs keep the folders they had before it was."""
+    schedule) is part of it; left out at 1, so single-process runs keep the folders they had before it was.
+    Prepared copies hold other pixels than the originals: their folder's key is part of it too."""
     fields = {"config": config.key_fields(), "targets": fingerprint, "code_version": CODE_VERSION}
     if world_size != 1:
         fields["world_size"] = world_size
+    if config.prepared is not None:
+        fields["prepared"] = sealed_folder(config.prepared).name  # its key: the copies' options and videos
     return sha256_json(fields)[:16]
 
 
@@ -77,6 +81,7 @@ def build_loaders(config: DistillConfig, targets_dir: Path, context: Distributed
     clip = ClipSpec(frames=config.frames, stride=config.stride, short_side=config.short_side, crop=config.crop,
                     modality=config.modality)
     common = dict(seed=config.seed, cache_clips=config.cache_clips, videos_root=config.videos_root,
+                  prepared=config.prepared, decoder=config.decoder, decode_device=config.decode_device,
                   max_decode_failures=config.max_decode_failures, target_agg=config.target_agg,
                   temperature=config.temperature,
                   # The held-out loss shuffles too, so the control's best checkpoint is picked on its own terms.

@@ -27,6 +27,7 @@ A clip running past the end of a short video repeats its last frame (as `pipelin
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -40,7 +41,9 @@ from evaluate.ablations import ablated_views
 from pipeline.datasets import VideoRecord
 from pipeline.errors import DistinitError, VideoError
 from pipeline.video.skipping import DecodeFailures, sample_skipping_failures
-from pipeline.video import probe, read_clip, read_frames
+from pipeline.video import read_clip, read_frames
+from pipeline.video.layout_record import layout_from_record
+from pipeline.video.probe import FrameLayout, probe_layout
 
 logger = logging.getLogger(__name__)
 
@@ -70,20 +73,27 @@ def crop_offsets(height: int, width: int, crop: int, three_crop: bool) -> list[t
     return [(0, left), (top, left), (height - crop, left)]
 
 
-class _VideoInfoCache:
-    """(fps, frame_count) per video path, probed once per process."""
+class VideoLayouts:
+    """Each video's file and layout, looked up once per process: its prepared copy with the layout `prepare`
+    stored (`prepared`: pipeline.prepared.prepared_videos of the labeled dataset), else the original, probed."""
 
-    def __init__(self):
-        self.info: dict[str, tuple[float, int]] = {}
+    def __init__(self, prepared: dict[str, tuple[Path, dict[str, Any]]] | None = None):
+        self.prepared = prepared
+        self.layouts: dict[str, tuple[Path, FrameLayout]] = {}
 
-    def get(self, path) -> tuple[float, int]:
-        key = str(path)
-        if key not in self.info:
-            info = probe(path)
-            if info.frame_count < 1 or info.fps <= 0:
+    def get(self, record: VideoRecord) -> tuple[Path, FrameLayout]:
+        if record.id not in self.layouts:
+            if self.prepared is None:
+                path, layout = Path(record.path), probe_layout(record.path)
+            elif record.id in self.prepared:
+                path, stored = self.prepared[record.id]
+                layout = layout_from_record(path, stored) or probe_layout(path)
+            else:
+                raise VideoError(record.path, "has no prepared copy (prepare skipped it: its manifest says why)")
+            if layout.info.frame_count < 1 or layout.info.fps <= 0:
                 raise VideoError(path, "no frames or no frame rate")
-            self.info[key] = (info.fps, info.frame_count)
-        return self.info[key]
+            self.layouts[record.id] = (path, layout)
+        return self.layouts[record.id]
 
 
 def clip_tensor(frames: np.ndarray, normalisation: Normalisation | None) -> torch.Tensor:
@@ -107,12 +117,15 @@ class TrainingClips(torch.utils.data.Dataset):
     """One random clip of each video per epoch (see the module docstring)."""
 
     def __init__(self, records: Sequence[VideoRecord], clip: ClipSpec, *, seed: int, flip: bool = True,
-                 max_decode_failures: int = 50, normalisation: Normalisation | None = VIDEO_NORMALISATION):
+                 max_decode_failures: int = 50, normalisation: Normalisation | None = VIDEO_NORMALISATION,
+                 prepared: dict[str, tuple[Path, dict[str, Any]]] | None = None, decoder: str = "auto",
+                 decode_device: str = "cpu"):
         self.records = _check_records(records, "training")
         self.clip, self.seed, self.epoch, self.flip = clip, int(seed), 0, bool(flip)
         self.normalisation = normalisation
         self.max_decode_failures = int(max_decode_failures)
-        self.videos = _VideoInfoCache()
+        self.videos = VideoLayouts(prepared)
+        self.decoder, self.decode_device = decoder, decode_device
         self.failures = DecodeFailures(self.max_decode_failures, (
             f"{{path}}: more than {self.max_decode_failures} training videos failed to decode, the last with "
             "{reason}; check the videos or raise --set max_decode_failures=N"))
@@ -137,10 +150,11 @@ class TrainingClips(torch.utils.data.Dataset):
     def _sample(self, index: int, epoch: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, epoch, index])
         record = self.records[index]
-        fps, frame_count = self.videos.get(record.path)
+        path, layout = self.videos.get(record)
+        fps, frame_count = layout.info.fps, layout.info.frame_count
         start = int(rng.integers(last_start(frame_count, self.clip.span_frames) + 1))
-        frames = read_clip(record.path, start / fps, self.clip.frames, stride=self.clip.stride,
-                           short_side=self.clip.short_side, threads=1)  # (T, H, W, 3)
+        frames = read_clip(path, start / fps, self.clip.frames, stride=self.clip.stride, short_side=self.clip.short_side,
+                           threads=1, decoder=self.decoder, layout=layout, decode_device=self.decode_device)  # (T, H, W, 3)
         top, left = augment.crop_box(frames.shape[1], frames.shape[2], self.clip.crop, rng)
         frames = augment.crop_frames(frames, top, left, self.clip.crop)
         if rng.random() < augment.FLIP_PROBABILITY and self.flip:  # drawn either way: flip=False keeps the crops
@@ -153,13 +167,16 @@ class EvaluationClips(torch.utils.data.Dataset):
     """Every view of one test video per sample (see the module docstring); use with batch_size=None."""
 
     def __init__(self, records: Sequence[VideoRecord], clip: ClipSpec, *, clips_per_video: int, three_crop: bool,
-                 normalisation: Normalisation | None = VIDEO_NORMALISATION, temporal_ablations: bool = False):
+                 normalisation: Normalisation | None = VIDEO_NORMALISATION, temporal_ablations: bool = False,
+                 prepared: dict[str, tuple[Path, dict[str, Any]]] | None = None, decoder: str = "auto",
+                 decode_device: str = "cpu"):
         if clips_per_video < 1:
             raise DistinitError(f"test clips per video must be >= 1, got {clips_per_video}")
         self.records = _check_records(records, "test")
         self.clip, self.clips_per_video, self.three_crop = clip, int(clips_per_video), bool(three_crop)
         self.normalisation, self.temporal_ablations = normalisation, bool(temporal_ablations)
-        self.videos = _VideoInfoCache()
+        self.videos = VideoLayouts(prepared)
+        self.decoder, self.decode_device = decoder, decode_device
 
     @property
     def crops_per_clip(self) -> int:
@@ -192,9 +209,11 @@ class EvaluationClips(torch.utils.data.Dataset):
         return sample
 
     def _frames(self, record: VideoRecord) -> np.ndarray:
-        fps, frame_count = self.videos.get(record.path)
+        path, layout = self.videos.get(record)
+        fps, frame_count = layout.info.fps, layout.info.frame_count
         starts = clip_starts(frame_count, self.clip.span_frames, self.clips_per_video)
         indices = [min(start + step * self.clip.stride, frame_count - 1)
                    for start in starts for step in range(self.clip.frames)]
-        frames = read_frames(record.path, [frame / fps for frame in indices], short_side=self.clip.short_side, threads=1)
+        frames = read_frames(path, [frame / fps for frame in indices], short_side=self.clip.short_side, threads=1,
+                             decoder=self.decoder, layout=layout, decode_device=self.decode_device)
         return frames.reshape(len(starts), self.clip.frames, *frames.shape[1:])

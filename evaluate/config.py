@@ -20,6 +20,7 @@ import dataclasses
 from typing import Any
 
 from pipeline.errors import ConfigError
+from pipeline.video.backends import check_decoder
 
 # Bump when a change to stage three's code changes what a run produces (part of the results key).
 # eval-2: per-init input normalisation, failed test videos counted wrong, drop_last, temporal ablations.
@@ -28,7 +29,7 @@ CODE_VERSION = "eval-2"
 # Options that change speed or where things are, never the results: left out of the results key. The
 # dataset enters the key through its manifest hash (ids, sizes, labels, split roles), not its path.
 NOT_IN_KEY = ("root", "splits_dir", "out", "workers", "device", "threads", "save_weights", "max_decode_failures",
-              "allow_test_overlap")
+              "allow_test_overlap", "prepared", "decoder", "decode_device")
 # Which runs to make, not what a run gives: each (split, seed) run is stored under its own name in the results
 # folder, so asking for seeds 0-9 after 0-2 reuses the first three. Stage keys (pipeline/stages.py) add them back.
 RUN_SELECTION = ("splits", "seeds")
@@ -75,6 +76,11 @@ class EvalConfig:
     # refused by default, and reported when allowed (evaluate/overlap.py).
     allow_test_overlap: bool = False
     out: str | None = None  # default results/eval/<key>
+    # `distinit prepare --data <this dataset>`'s copies, read instead of the originals (their folder's key, not its
+    # path, enters the results key: evaluate.finetune.results_key); None: the originals, probed once per worker.
+    prepared: str | None = None
+    decoder: str = "auto"  # "auto" | "torchcodec" | "pyav" | "ffmpeg": the same frames, speed only
+    decode_device: str = "cpu"  # "cuda": TorchCodec on NVDEC
     workers: int = 2
     device: str = "auto"
     # torch's intra-op threads while eval runs (restored after); None keeps torch's default (one per core).
@@ -111,6 +117,7 @@ class EvalConfig:
             raise ConfigError("options workers, warmup_steps and max_decode_failures must be >= 0")
         if not self.init:
             raise ConfigError("option init is empty; pass a checkpoint, scratch or inflated:<2d-model>")
+        check_decoder(self.decoder, self.decode_device)
 
     def trunk_scale(self, pretrained: bool) -> float:
         """The trunk's learning-rate multiplier (see the module docstring)."""

@@ -47,6 +47,7 @@ from evaluate.scoring import score
 from pipeline.atomic import atomic_write_text, make_output_folder
 from pipeline.errors import DistinitError
 from pipeline.hashing import sha256_json
+from pipeline.prepared.manifest import prepared_videos, sealed_folder
 from pipeline.provenance import write_provenance
 
 logger = logging.getLogger(__name__)
@@ -153,10 +154,12 @@ def run_split(train_records, test_records, split: int, seed: int, num_classes: i
     use_fast_kernels(device, config.deterministic)
     clip = ClipSpec(frames=config.frames, stride=config.stride, short_side=config.short_side, crop=config.crop)
     normalisation = initialization.normalisation  # applied on the device: the datasets give uint8 clips (None)
+    videos = dict(prepared=prepared_videos(config.prepared) if config.prepared else None, decoder=config.decoder,
+                  decode_device=config.decode_device)
     train_set = TrainingClips(train_records, clip, seed=seed, flip=config.flip, normalisation=None,
-                              max_decode_failures=config.max_decode_failures)
+                              max_decode_failures=config.max_decode_failures, **videos)
     test_set = EvaluationClips(test_records, clip, clips_per_video=config.test_clips, three_crop=config.three_crop,
-                               normalisation=None, temporal_ablations=config.temporal_ablations)
+                               normalisation=None, temporal_ablations=config.temporal_ablations, **videos)
     sampler = ResumableSampler(len(train_set), shuffle=True, seed=seed)
     workers = capped_workers(config.workers, "loader workers")
     common = dict(num_workers=workers, worker_init_fn=seed_worker, pin_memory=device.type == "cuda")
@@ -192,9 +195,11 @@ def run_split(train_records, test_records, split: int, seed: int, num_classes: i
 
 def results_key(config: EvalConfig, manifest_sha256: str, initialization: Initialization) -> str:
     """What names a results folder and lets finished runs be reused: config, dataset, init, normalisation, code."""
-    return sha256_json({"config": config.key_fields(), "dataset": manifest_sha256, "init": initialization.identity,
-                        "input_normalisation": initialization.normalisation.to_dict(),
-                        "code_version": CODE_VERSION})[:16]
+    fields = {"config": config.key_fields(), "dataset": manifest_sha256, "init": initialization.identity,
+              "input_normalisation": initialization.normalisation.to_dict(), "code_version": CODE_VERSION}
+    if config.prepared:
+        fields["prepared"] = sealed_folder(config.prepared).name  # re-encoded copies: other pixels, same frames
+    return sha256_json(fields)[:16]
 
 
 def _run_paths(out_dir: Path, split: int, seed: int) -> tuple[Path, Path]:

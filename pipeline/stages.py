@@ -6,8 +6,9 @@ version. The key is a hash of those inputs, computed from configs alone, before 
 Makefile can decide what is stale without starting a stage (pipeline/stamps.py writes the stamp files).
 
     demo-data ──> extract ──> distill ──┬──> compare    (scratch / inflated / DistInit on HMDB-51)
-    (DATA=demo)     ^ or a dataset's    ├──> eval-hmdb  (one INIT on HMDB-51)
-                      manifest hash     └──> eval-ucf   (one INIT on UCF-101)
+    (DATA=demo)     ^ or a dataset's  ^ ├──> eval-hmdb  (one INIT on HMDB-51)
+                      manifest hash   | └──> eval-ucf   (one INIT on UCF-101)
+                  prepare ────────────┘  (PREPARE=1: distill reads re-encoded copies of the same videos)
 
 An eval stage reads distill only when one of its inits is the pipeline's own distill output (DISTILL_OUT);
 any other init enters its key by what it is (pipeline.init_sources): scratch, the sha256 of the 2D weights
@@ -28,7 +29,9 @@ from pipeline.errors import ConfigError
 from pipeline.hashing import sha256_file, sha256_json
 from pipeline.init_sources import init_identity
 
-STAGES = ("demo-data", "extract", "distill", "compare", "eval-hmdb", "eval-ucf")
+STAGES = ("demo-data", "extract", "prepare", "distill", "compare", "eval-hmdb", "eval-ucf")
+# Extract's options that choose which videos; prepare takes the same ones, so it prepares what is extracted.
+SELECTION_OPTIONS = ("split", "split_roles", "limit", "splits_dir", "annotations")
 # The eval stages: which labeled dataset each scores on, and the make variable naming its folder.
 EVAL_STAGES = {"compare": ("hmdb51", "HMDB_ROOT"), "eval-hmdb": ("hmdb51", "HMDB_ROOT"), "eval-ucf": ("ucf101", "UCF_ROOT")}
 
@@ -56,6 +59,10 @@ class PipelineSpec:
     distill_config: str = "configs/distill.yaml"
     distill_set: tuple[str, ...] = ()
     distill_processes: int | str = 1  # how many processes distill runs as (`distill_process_count`)
+    prepare: bool = False  # PREPARE=1: distill reads the prepare stage's copies of the videos
+    prepare_config: str = "configs/prepare.yaml"
+    prepare_set: tuple[str, ...] = ()
+    prepared_root: str = "prepared"
     eval_config: str = "configs/eval.yaml"
     eval_set: tuple[str, ...] = ()
     eval_root: str | None = None  # HMDB_ROOT: compare and eval-hmdb
@@ -106,7 +113,7 @@ def full_plan(spec: PipelineSpec) -> list[StageInputs | NotSetUp]:
     planner = _Planner(spec)
     entries: list[StageInputs | NotSetUp] = []
     for stage in STAGES:
-        if stage == "demo-data" and spec.data != "demo":
+        if (stage == "demo-data" and spec.data != "demo") or (stage == "prepare" and not spec.prepare):
             continue
         try:
             entries.append(planner.inputs(stage))
@@ -125,7 +132,9 @@ class _Planner:
         self._builders: dict[str, Callable[[], StageInputs]] = {
             "demo-data": lambda: demo_data_inputs(spec),
             "extract": lambda: extract_inputs(spec, upstream=self.inputs("demo-data").key if spec.data == "demo" else None),
-            "distill": lambda: distill_inputs(spec, extract_key=self.inputs("extract").key),
+            "prepare": lambda: prepare_inputs(spec, upstream=self.inputs("demo-data").key if spec.data == "demo" else None),
+            "distill": lambda: distill_inputs(spec, extract_key=self.inputs("extract").key,
+                                              prepare_key=self.inputs("prepare").key if spec.prepare else None),
             **{stage: (lambda stage=stage: eval_inputs(spec, stage, self.inputs)) for stage in EVAL_STAGES},
         }
 
@@ -160,17 +169,40 @@ def extract_inputs(spec: PipelineSpec, upstream: str | None) -> StageInputs:
     if config.split is None:
         options.pop("split_roles")  # without a split filter the roles select nothing
     options["teacher_options"] = _with_file_hashes(config.teacher_options)
-    inputs: dict[str, Any] = {"config": options, "code": CODE_VERSION}
-    if upstream is not None:
-        inputs["upstream"] = {"demo-data": upstream}
-    else:
-        inputs["data"] = manifest_hash_of(config.data, config.root, config.limit, splits=config.split,
-                                          roles=config.split_roles, splits_dir=config.splits_dir,
-                                          annotations=config.annotations)
+    inputs = _selected_videos({"config": options, "code": CODE_VERSION}, config, upstream)
     return StageInputs("extract", inputs, Path(spec.targets_root) / spec.data / "latest")
 
 
-def distill_inputs(spec: PipelineSpec, extract_key: str) -> StageInputs:
+def prepare_inputs(spec: PipelineSpec, upstream: str | None) -> StageInputs:
+    """The prepare stage: extract's selection of the videos (its split/limit options) re-encoded by configs/prepare.yaml."""
+    from extract.config import ExtractConfig
+    from pipeline.prepared.config import CODE_VERSION, PrepareConfig
+
+    extract_config = load_config(ExtractConfig, spec.extract_config, parse_overrides(spec.extract_set))
+    selection = {name: getattr(extract_config, name) for name in SELECTION_OPTIONS}
+    root = spec.demo_dir if spec.data == "demo" else spec.root
+    if not root:
+        raise ConfigError(f"data {spec.data} needs its dataset folder: set ROOT=<folder> (make) or --root")
+    overrides = {**parse_overrides(spec.prepare_set), **selection, "data": spec.data, "root": root,
+                 "out": spec.prepared_root}
+    config = load_config(PrepareConfig, spec.prepare_config, overrides)
+    # The selection too: the demo's listing enters through the demo-data key, which does not hold it.
+    options = {**config.key_fields(), **{name: selection[name] for name in ("split", "split_roles", "limit")}}
+    inputs = _selected_videos({"config": options, "code": CODE_VERSION}, config, upstream)
+    return StageInputs("prepare", inputs, Path(spec.prepared_root) / spec.data / "latest")
+
+
+def _selected_videos(inputs: dict[str, Any], config: Any, demo_data_key: str | None) -> dict[str, Any]:
+    """`inputs` plus what a stage reading a dataset reads: the demo-data stage's key, or the hash of the listing
+    the config selects (extract's and prepare's configs share the selection options)."""
+    if demo_data_key is not None:
+        return {**inputs, "upstream": {"demo-data": demo_data_key}}
+    return {**inputs, "data": manifest_hash_of(config.data, config.root, config.limit, splits=config.split,
+                                               roles=config.split_roles, splits_dir=config.splits_dir,
+                                               annotations=config.annotations)}
+
+
+def distill_inputs(spec: PipelineSpec, extract_key: str, prepare_key: str | None = None) -> StageInputs:
     from distill.config import CODE_VERSION, DistillConfig
 
     overrides = {**parse_overrides(spec.distill_set), "targets": str(Path(spec.targets_root) / spec.data)}
@@ -180,7 +212,10 @@ def distill_inputs(spec: PipelineSpec, extract_key: str) -> StageInputs:
     # at 1, so the keys of single-process runs stay what they were before it was counted.
     if spec.distill_processes != 1:
         options["processes"] = spec.distill_processes
-    inputs = {"config": options, "upstream": {"extract": extract_key}, "code": CODE_VERSION}
+    upstream = {"extract": extract_key}
+    if prepare_key is not None:
+        upstream["prepare"] = prepare_key  # re-encoded copies: the same frames, other pixels
+    inputs = {"config": options, "upstream": upstream, "code": CODE_VERSION}
     return StageInputs("distill", inputs, Path(config.out) / "latest")
 
 

@@ -202,3 +202,17 @@ def make_demo_pool(base: Path, video_source: Path | None = None, count: int = 3)
         expected[f"clip_{index:03d}"] = (None, None, {})
     make_hmdb51(root / "actions", video_source, root_name="videos")
     return Layout(root, None, expected)
+
+
+def write_test_pattern_videos(folder: Path, seconds: float = 2, gop: int = 5) -> list[Path]:
+    """Four 48x32 10 fps H.264 clips of ffmpeg's test patterns (real decodable video, distinct content)."""
+    folder.mkdir(parents=True)
+    paths = []
+    for number, pattern in enumerate(("testsrc", "testsrc2", "smptebars", "rgbtestsrc")):
+        paths.append(folder / f"video_{number}.mp4")
+        command = [
+            ffmpeg_binary(), "-v", "error", "-y", "-f", "lavfi", "-i", f"{pattern}=size=48x32:rate=10", "-t", str(seconds),
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", str(gop), "-threads", "1", str(paths[-1]),
+        ]
+        subprocess.run(command, check=True, timeout=60)
+    return paths

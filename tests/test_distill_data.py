@@ -411,9 +411,9 @@ def test_cached_clips_equal_decoded_clips_and_skip_the_decoder(targets, tmp_path
     def refuse(*args, **kwargs):
         raise AssertionError("the decoder ran on a cached video")
 
-    for module in (data, clip_cache):
+    for module, prober in ((data, "probe_layout"), (clip_cache, "probe")):
         monkeypatch.setattr(module, "read_clip", refuse)
-        monkeypatch.setattr(module, "probe", refuse)
+        monkeypatch.setattr(module, prober, refuse)
     fresh = dataset(targets, cache_clips=tmp_path / "cache", **options)  # e.g. a new worker, next epoch
     fresh.set_epoch(1)
     for index, sample in enumerate(expected):

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from dataset_fixtures import write_test_pattern_videos
 
 from distill.config import DistillConfig
 from distill.targets_folder import targets_fingerprint
@@ -19,17 +19,10 @@ from extract.config import ExtractConfig
 from extract.run import finalize, run_extraction
 from pipeline.errors import DistinitError
 from pipeline.shards import TargetStore, read_manifest, verify
-from pipeline.video.binary import ffmpeg_binary
 
 
 def _write_videos(folder: Path) -> None:
-    folder.mkdir(parents=True)
-    for number, pattern in enumerate(("testsrc", "testsrc2", "smptebars", "rgbtestsrc")):
-        command = [
-            ffmpeg_binary(), "-v", "error", "-y", "-f", "lavfi", "-i", f"{pattern}=size=48x32:rate=10", "-t", "2",
-            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "5", "-threads", "1", str(folder / f"video_{number}.mp4"),
-        ]
-        subprocess.run(command, check=True, timeout=60)
+    write_test_pattern_videos(folder)
     (folder / "z_empty.mp4").write_bytes(b"")  # skipped: its path is stored in a shard and in the manifest
 
 

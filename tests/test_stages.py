@@ -384,3 +384,32 @@ def test_make_eval_hmdb_on_kinetics_runs_extract_then_distill_then_eval(workdir)
     assert ["extract" in commands[0], "distill" in commands[-2], " eval " in commands[-1]] == [True] * 3, output
     assert f"--videos {kinetics}" in commands[-2] and "--init runs/distill" in commands[-1]
     assert stage_commands(make_dry_run(workdir, *variables, "INIT=scratch", target="eval-hmdb")) == {"eval-hmdb"}
+
+
+def test_prepared_copies_are_a_stage_distill_reads_only_with_prepare(workdir):
+    shutil.copy2(REPO / "configs" / "prepare.yaml", workdir / "configs" / "prepare.yaml")
+    prepared = demo_spec(prepare=True)
+    assert [stage.stage for stage in stage_plan(prepared, until="distill")] == [
+        "demo-data", "extract", "prepare", "distill"]
+    assert changed_stages(demo_spec(), prepared) == {"prepare"} | DOWNSTREAM_OF_DISTILL  # other pixels: distill again
+    crf = dataclasses.replace(prepared, prepare_set=("crf=23",))
+    assert changed_stages(prepared, crf) == {"prepare"} | DOWNSTREAM_OF_DISTILL
+    assert changed_stages(demo_spec(), demo_spec(prepare_set=("crf=23",))) == set()  # distill reads the originals
+    # It prepares what extract extracts: extract's selection options are prepare's too.
+    limited = dataclasses.replace(prepared, extract_set=("limit=3",))
+    assert {"prepare", "extract"} <= changed_stages(prepared, limited)
+
+
+@pytest.mark.skipif(shutil.which("make") is None or not (REPO / ".venv" / ".installed").exists(),
+                    reason="needs make and the project's .venv (make setup)")
+def test_make_distill_with_prepare_runs_prepare_and_reads_its_copies(workdir):
+    for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "pyproject.toml"):
+        shutil.copy2(REPO / name, workdir / name)
+    shutil.copy2(REPO / "configs" / "prepare.yaml", workdir / "configs" / "prepare.yaml")
+    kinetics = make_kinetics(workdir / "data").root
+    output = make_dry_run(workdir, "DATA=kinetics", f"ROOT={kinetics}", "PREPARE=1", "EXTRACT_SET=limit=2",
+                          target="distill")
+    prepare = [line for line in output.splitlines() if "distinit prepare" in line]
+    distill = [line for line in output.splitlines() if "distinit distill" in line]
+    assert len(prepare) == 1 and "--set limit=2" in prepare[0] and "--prepared prepared/kinetics" in distill[0]
+    assert "distinit prepare" not in make_dry_run(workdir, "DATA=kinetics", f"ROOT={kinetics}", target="distill")

@@ -20,6 +20,10 @@ def _loss_weights(text: str | None) -> dict | None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML config (configs/distill.yaml).")
 @click.option("--targets", default=None, help="targets/<data>/<key>, or targets/<data> for the latest extraction.")
 @click.option("--videos", "videos_root", default=None, help="Video root, if the videos moved since extraction.")
+@click.option("--prepared", default=None,
+              help="Read `distinit prepare`'s copies (prepared/<data> or a key folder) instead of the originals.")
+@click.option("--decoder", default=None, help="auto | torchcodec | pyav | ffmpeg (the same frames; speed only).")
+@click.option("--decode-device", default=None, help="cpu | cuda (TorchCodec on NVDEC).")
 @click.option("--student", default=None, help="r2plus1d_18 | r3d_18 | mc3_18 | s3d | efficientnet_lite0_3d (see `distinit students`).")
 @click.option("--width", default=None, help="full | tiny")
 @click.option("--modality", default=None, help="rgb | flow")

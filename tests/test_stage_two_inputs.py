@@ -1,0 +1,124 @@
+"""Stage two's inputs at scale (issue 13): it reads the layouts stage one stored instead of probing, and
+`prepare`'s copies give the same samples (frame indices, windows, crops, flips) as the originals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dataset_fixtures import write_test_pattern_videos
+
+import distill.data as distill_data
+import pipeline.video.backends as backends
+from distill import augment
+from distill.data import TargetClipDataset
+from distill.windows import ClipSpec
+from extract.config import ExtractConfig
+from extract.run import run_extraction
+from pipeline.prepared import PrepareConfig, run_prepare
+from pipeline.shards import TargetStore, stored_layouts
+from pipeline.video import decode as decode_module
+from pipeline.video.probe import clear_probe_cache
+
+CLIP = ClipSpec(frames=4, stride=2, short_side=32, crop=32)
+
+
+def _write_videos(folder: Path) -> None:
+    write_test_pattern_videos(folder, seconds=3, gop=25)
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(videos folder, targets folder, prepared folder) of four 3-s clips."""
+    base = tmp_path_factory.mktemp("stage_two")
+    _write_videos(base / "videos")
+    report = run_extraction(ExtractConfig(data="folder", root=str(base / "videos"), out=str(base / "targets"),
+                                          shard_count=2, workers=0, max_frames_per_video=4), show_progress=False)
+    run_prepare(PrepareConfig(data="folder", root=str(base / "videos"), out=str(base / "prepared"), short_side=32,
+                              gop=8, workers=1), show_progress=False)
+    return base / "videos", report.targets_dir, base / "prepared" / "folder"
+
+
+def _dataset(targets_dir: Path, train: bool = True, **options) -> TargetClipDataset:
+    with TargetStore(targets_dir) as store:
+        video_ids = sorted(store.video_ids())
+    return TargetClipDataset(targets_dir, video_ids, CLIP, train=train, clips_per_video=2, seed=3, **options)
+
+
+def _no_probing(monkeypatch) -> None:
+    def refuse(path, *arguments, **keywords):
+        raise AssertionError(f"probed {path}")
+
+    clear_probe_cache()
+    monkeypatch.setattr(distill_data, "probe_layout", refuse)
+    monkeypatch.setattr(decode_module, "probe_layout", refuse)
+
+
+@pytest.mark.parametrize("decoder", ["ffmpeg", "pyav"])
+def test_stage_two_never_probes_when_layouts_are_stored(extracted, monkeypatch, decoder):
+    if backends.unavailable_reason(decoder):
+        pytest.skip(backends.unavailable_reason(decoder))
+    _, targets_dir, prepared = extracted
+    assert len(stored_layouts(targets_dir)) == 4
+    _no_probing(monkeypatch)
+    for options in ({}, {"prepared": prepared}):
+        dataset = _dataset(targets_dir, decoder=decoder, **options)
+        for index in range(len(dataset)):
+            assert dataset[(index, 1)]["video"].shape == (3, CLIP.decoded_frames, 32, 32)
+
+
+def _sample_trace(dataset: TargetClipDataset, monkeypatch) -> list[tuple]:
+    """Per sample of two epochs: (video, clip start, crop box, flipped), and the decoded clips."""
+    boxes: list[tuple[int, int]] = []
+    flips: list[bool] = []
+    crop_box, flip_frames = augment.crop_box, augment.flip_frames
+    monkeypatch.setattr(augment, "crop_box", lambda *a, **k: boxes.append(crop_box(*a, **k)) or boxes[-1])
+    monkeypatch.setattr(augment, "flip_frames", lambda frames: flips.append(len(boxes)) or flip_frames(frames))
+    trace, clips = [], []
+    for epoch in (0, 1):
+        for index in range(len(dataset)):
+            sample = dataset[(index, epoch)]
+            trace.append((sample["video_id"], sample["clip_start"], boxes[-1], bool(flips) and flips[-1] == len(boxes)))
+            clips.append(sample["video"].numpy().astype(np.int16))
+    monkeypatch.undo()
+    return trace, clips
+
+
+def test_prepared_copies_give_the_same_samples_as_the_originals(extracted, monkeypatch):
+    _, targets_dir, prepared = extracted
+    original, original_clips = _sample_trace(_dataset(targets_dir), monkeypatch)
+    copied, copied_clips = _sample_trace(_dataset(targets_dir, prepared=prepared), monkeypatch)
+    assert copied == original  # the same windows, crops and flips, sample by sample
+    assert any(flipped for *_, flipped in original) and len({start for _, start, *_ in original}) > 2
+    # The same frames, re-encoded: pixel values move by compression only.
+    differences = [np.abs(a - b).mean() for a, b in zip(original_clips, copied_clips)]
+    assert max(differences) < 12, differences
+
+
+def test_eval_reads_prepared_copies_without_probing(tmp_path, monkeypatch):
+    import evaluate.clips as clips_module
+    from dataset_fixtures import make_hmdb51
+    from evaluate.clips import EvaluationClips, TrainingClips
+    from pipeline.datasets import load_dataset
+    from pipeline.prepared import prepared_videos
+
+    _write_videos(tmp_path / "source")
+    layout = make_hmdb51(tmp_path / "hmdb", video_source=tmp_path / "source" / "video_1.mp4")
+    run_prepare(PrepareConfig(data="hmdb51", root=str(layout.root), out=str(tmp_path / "prepared"), short_side=32,
+                              gop=8, workers=1), show_progress=False)
+    records = load_dataset("hmdb51", str(layout.root)).records[:4]
+    copies = prepared_videos(tmp_path / "prepared" / "hmdb51")
+    original = TrainingClips(records, CLIP, seed=1)
+    clear_probe_cache()
+    monkeypatch.setattr(clips_module, "probe_layout", lambda path, *a, **k: pytest.fail(f"probed {path}"))
+    monkeypatch.setattr(decode_module, "probe_layout", lambda path, *a, **k: pytest.fail(f"probed {path}"))
+    copied = TrainingClips(records, CLIP, seed=1, prepared=copies)
+    views = EvaluationClips(records, CLIP, clips_per_video=2, three_crop=False, prepared=copies)
+    for index in range(len(records)):
+        assert views[index]["failed"] is None and views[index]["video"].shape[0] == 2
+    monkeypatch.undo()
+    for index in range(len(records)):
+        ours, theirs = original[(index, 2)], copied[(index, 2)]
+        assert ours["clip_start"] == theirs["clip_start"]
+        assert (ours["video"] - theirs["video"]).abs().mean() < 0.5  # normalised units: compression only
