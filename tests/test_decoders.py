@@ -2,8 +2,9 @@
 
 Parity is checked on the fixtures of tests/test_video.py: the lossless FFV1 video bit for bit at its own
 size and resized; the lossy ones (H.264 with B-frames and with open GOPs in MP4, MPEG-4 with B-frames in
-AVI, MPEG-2 in MPEG-TS) frame by frame, each decoded frame named by its nearest frame of one full decode
-(every noise frame is far from every other), then pixel for pixel. PyAV scales with the same filter and
+AVI, MPEG-2 in MPEG-TS, an MP4 cut by stream copy whose edit list hides its first decoded frames) frame by
+frame, each decoded frame named by its nearest frame of one full decode (every noise frame is far from
+every other), then pixel for pixel. PyAV scales with the same filter and
 flags as the ffmpeg path and must be equal; TorchCodec is equal at the stored size, while its own resize
 (bilinear with antialiasing, on RGB) is held to RESIZE_TOLERANCE. TorchCodec is optional: its cases skip
 where it is not installed or cannot load FFmpeg's shared libraries.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_video import FPS, LOSSLESS_FRAMES, LOSSY_FRAMES, decoder, lossless_frames  # noqa: F401  (fixtures)
-from test_video import bad_files, lossless_video, lossy_video, lossy_video_mp4, video_folder  # noqa: F401
+from test_video import bad_files, edit_list_video, lossless_video, lossy_video, lossy_video_mp4, video_folder  # noqa: F401
 
 from pipeline.errors import ConfigError, DistinitError, VideoError
 from pipeline.video import backends, decode, read_clip, read_frames, torchcodec_decode
@@ -79,6 +80,23 @@ def test_lossy_parity_with_the_ffmpeg_path(lossy_video, in_process, short_side):
                                     (3.8, 2, [95, 97, 99, 99, 99, 99])]:
         clip = read_clip(lossy_video, start, 6, stride=stride, short_side=short_side, decoder=in_process)
         _assert_same_frames(clip, reference, expected, in_process, resized)
+
+
+@pytest.mark.parametrize("short_side", [None, 24])
+def test_edit_list_cut_parity_with_the_ffmpeg_path(edit_list_video, in_process, short_side):
+    # Frames decoded but hidden by the edit list are no frames: index 0 is the first shown frame everywhere.
+    count = probe_layout(edit_list_video).info.frame_count
+    reference = read_frames(edit_list_video, [k / FPS for k in range(count)], short_side=short_side,
+                            decoder="ffmpeg", strategy="sequential")
+    indices = [count - 1, 0, 1, 4, 9, 10, 11, 12, 20, 33, count - 2, 2]
+    resized = short_side is not None
+    for strategy in ("seek", "auto", "sequential"):
+        frames = read_frames(edit_list_video, [index / FPS for index in indices], short_side=short_side,
+                             decoder=in_process, strategy=strategy)
+        _assert_same_frames(frames, reference, indices, in_process, resized)
+    for start, stride in [(0, 2), (3, 1), (11, 3)]:
+        clip = read_clip(edit_list_video, start / FPS, 6, stride=stride, short_side=short_side, decoder=in_process)
+        _assert_same_frames(clip, reference, list(range(start, start + 6 * stride, stride)), in_process, resized)
 
 
 def test_a_given_layout_is_never_probed(lossy_video, decoder, monkeypatch):

@@ -2,9 +2,10 @@
 
 Synthetic videos are written here from numpy frames: a lossless one (FFV1 in Matroska) whose decoded
 frames must equal the source bit for bit, and lossy ones with B-frames and short GOPs (H.264 in MP4,
-open-GOP H.264, MPEG-4 Part 2 in AVI, MPEG-2 in MPEG-TS) checked against one full ffmpeg decode. The
-exactness tests run for every decoder backend installed here (the `decoder` fixture; TorchCodec is
-optional and skipped without it); tests/test_decoders.py compares the backends with each other.
+open-GOP H.264, MPEG-4 Part 2 in AVI, MPEG-2 in MPEG-TS, and a stream-copy cut of an MP4 whose edit list
+hides its first decoded frames) checked against one full ffmpeg decode. The exactness tests run for every
+decoder backend installed here (the `decoder` fixture; TorchCodec is optional and skipped without it);
+tests/test_decoders.py compares the backends with each other.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pipeline.video import VideoError, VideoInfo, ffmpeg_binary, probe, read_cli
 from pipeline.video import ffmpeg_decode, segments
 from pipeline.video.backends import unavailable_reason
 from pipeline.video.decode import Segment, frame_index_at, output_size, plan_segments
+from pipeline.video.probe import probe_layout
 from pipeline.video.process import ffmpeg_reason, run_ffmpeg
 
 FPS = 25
@@ -106,6 +108,73 @@ LOSSY_CODECS = {
 @pytest.fixture(scope="module", params=sorted(LOSSY_CODECS))
 def lossy_video(request, video_folder) -> Path:
     return encode(noise_frames(), video_folder / request.param, LOSSY_CODECS[request.param])
+
+
+# A stream-copy cut at a time between keyframes (1.3 s = frame 32.5): the MP4 starts at the keyframe before
+# the cut and carries an edit list that hides the frames before it (packets flagged discard, negative pts).
+EDIT_LIST_CUT_SECONDS = 1.3
+
+
+@pytest.fixture(scope="module")
+def edit_list_video(video_folder) -> Path:
+    whole = encode(noise_frames(), video_folder / "before_cut.mp4", LOSSY_CODECS["h264_bframes.mp4"])
+    cut = video_folder / "edit_list_cut.mp4"
+    subprocess.run(
+        [ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-y", "-ss", str(EDIT_LIST_CUT_SECONDS),
+         "-i", str(whole), "-c", "copy", str(cut)],
+        check=True, timeout=60,
+    )
+    return cut
+
+
+def _nearest_source_frames(frames: np.ndarray) -> list[int]:
+    distances = np.abs(frames.astype(np.int16)[:, None] - noise_frames().astype(np.int16)[None]).mean(axis=(2, 3, 4))
+    return distances.argmin(axis=1).tolist()
+
+
+def test_probe_counts_only_the_shown_frames_of_an_edit_list_cut(edit_list_video):
+    shown = decode_everything(edit_list_video)
+    layout = probe_layout(edit_list_video)
+    assert layout.info.frame_count == len(shown) < LOSSY_FRAMES
+    first_shown = LOSSY_FRAMES - len(shown)
+    assert _nearest_source_frames(shown) == list(range(first_shown, LOSSY_FRAMES))
+    assert first_shown % 10 != 0  # the cut is not at a keyframe of the source
+    np.testing.assert_allclose(layout.frame_times, np.arange(len(shown)) / FPS)
+    assert layout.seekable and 0 < layout.keyframe_indices[0] < 10  # the first shown frame is no keyframe
+    assert np.all(np.diff(layout.keyframe_indices) > 0) and layout.keyframe_indices[-1] < len(shown)
+
+
+def test_probe_parses_discard_flags_and_never_reports_a_time_before_the_start():
+    from pipeline.video.probe import _parse_framecrc
+
+    header = "#tb 0: 1/100\n#codec_id 0: h264\n#dimensions 0: 64x48\n"
+    stderr_text = "Input #0, mov,mp4,m4a,3gp,3g2,mj2, from 'x.mp4':\n"
+    # Discarded pre-roll (F=0x5: a keyframe, discarded); a keyframe with side data and no F= field; an edit
+    # list starting inside a frame leaves one shown frame at -2 ticks: no seeks then, times from 0.
+    lines = ["0, -12, -8, 4, 10, 0x1, F=0x5", "0, -8, -4, 4, 10, 0x1, F=0x4", "0, -4, -2, 4, 10, 0x1, F=0x0",
+             "0, 0, 2, 4, 10, 0x1, S=1, 8, 0x2", "0, 4, 6, 4, 10, 0x1, F=0x0"]
+    layout = _parse_framecrc("x.mp4", header + "\n".join(lines), stderr_text)
+    assert layout.info.frame_count == 3 and not layout.seekable
+    np.testing.assert_allclose(layout.frame_times, [0.0, 0.04, 0.08])
+    assert layout.keyframe_indices.tolist() == [1]
+    layout = _parse_framecrc("x.mp4", header + "\n".join(lines[:2] + lines[3:]), stderr_text)
+    assert layout.seekable and layout.frame_times.tolist() == [0.02, 0.06]
+
+
+@pytest.mark.parametrize("strategy", ["seek", "auto", "sequential"])
+def test_edit_list_cut_frames_equal_a_full_decode(edit_list_video, strategy, decoder):
+    reference = decode_everything(edit_list_video)
+    count = len(reference)
+    indices = [count - 1, 0, 1, 2, 5, 9, 10, 11, 12, 13, 20, 21, 33, count - 2, 3]
+    frames = read_frames(edit_list_video, [index / FPS for index in indices], strategy=strategy, decoder=decoder)
+    np.testing.assert_array_equal(frames, reference[indices])
+    everything = read_frames(edit_list_video, [index / FPS for index in range(count)], strategy=strategy,
+                             decoder=decoder)
+    np.testing.assert_array_equal(everything, reference)
+    for start, stride in [(0, 1), (2, 3), (11, 2), (count - 3, 1)]:
+        clip = read_clip(edit_list_video, start / FPS, 6, stride=stride, decoder=decoder)
+        expected = [min(index, count - 1) for index in range(start, start + 6 * stride, stride)]
+        np.testing.assert_array_equal(clip, reference[expected])
 
 
 def test_probe_reports_exact_fields(lossless_video):

@@ -9,6 +9,12 @@ clip takes a few tens of milliseconds. A file holding clearly less than its head
 is refused (pipeline.video.truncation). The same numbers would come from `ffprobe -show_packets`, so
 there is one code path whichever ffmpeg is configured.
 
+Only shown frames count. An MP4 cut by stream copy (`ffmpeg -ss 1.3 -i in.mp4 -c copy cut.mp4`) starts at
+the keyframe before the cut, and its edit list hides the frames before it: their packets are flagged
+discard (negative pts) and every decoder (ffmpeg, PyAV, TorchCodec) drops their frames. The probe drops
+those packets too, so frame 0 is the first shown frame, at time 0, and keyframe indices count shown frames
+(the first shown frame may be no keyframe: decoding before the first shown keyframe starts at frame 0).
+
 Timestamps are in seconds from the start of the file as ffmpeg's `-ss` counts it (ffmpeg shifts both
 by the container's start time), so `decode` can seek to them exactly.
 """
@@ -34,6 +40,11 @@ from pipeline.video.truncation import truncation_problem
 logger = logging.getLogger(__name__)
 
 _NO_TIMESTAMP = -9223372036854775808  # AV_NOPTS_VALUE as framecrc prints it
+_KEYFRAME_FLAG = 0x1  # AV_PKT_FLAG_KEY
+# AV_PKT_FLAG_DISCARD: a packet decoded only to build references, its frame not shown; the MP4 demuxer sets
+# it on the pre-roll of an edit list (a stream-copy cut starts at the keyframe before the cut and hides
+# the frames before it). Decoders drop those frames, so they are no frames of the video.
+_DISCARD_FLAG = 0x4
 _ROTATION = re.compile(r"display ?matrix: rotation of (-?[0-9.]+) degrees", re.IGNORECASE)
 _INPUT_FORMAT = re.compile(r"^Input #0, (.+), from '", re.MULTILINE)
 # Containers whose timestamp seeks were checked to land exactly (tests/test_video.py and bench runs);
@@ -122,9 +133,12 @@ def _probe_uncached(path: str, timeout: float) -> FrameLayout:
     return _parse_framecrc(path, stdout.decode("utf-8", "replace"), stderr_text)
 
 
-def _parse_framecrc(path: str, framecrc_text: str, stderr_text: str) -> FrameLayout:
+def _read_framecrc(framecrc_text: str) -> tuple[dict[str, str], list[tuple[int, int, int, bool]], int]:
+    """framecrc's headers, (dts, pts, duration, is_keyframe) of each shown frame's packet, and how many
+    packets were dropped as discarded (an edit list's pre-roll)."""
     headers: dict[str, str] = {}
-    packets: list[tuple[int, int, int, bool]] = []  # (dts, pts, duration, is_keyframe)
+    packets: list[tuple[int, int, int, bool]] = []
+    discarded = 0
     for line in framecrc_text.splitlines():
         if line.startswith("#"):
             name, _, value = line[1:].partition(":")
@@ -133,8 +147,17 @@ def _parse_framecrc(path: str, framecrc_text: str, stderr_text: str) -> FrameLay
         fields = [field.strip() for field in line.split(",")]
         if len(fields) < 6:
             continue
-        flags = int(fields[6].partition("=")[2], 16) if len(fields) > 6 else 1
-        packets.append((int(fields[1]), int(fields[2]), int(fields[3]), bool(flags & 1)))
+        # framecrc omits the flags field when it is exactly "keyframe"; side data ("S=") may follow.
+        flags = next((int(field[2:], 16) for field in fields[6:] if field.startswith("F=")), _KEYFRAME_FLAG)
+        if flags & _DISCARD_FLAG:
+            discarded += 1
+            continue
+        packets.append((int(fields[1]), int(fields[2]), int(fields[3]), bool(flags & _KEYFRAME_FLAG)))
+    return headers, packets, discarded
+
+
+def _parse_framecrc(path: str, framecrc_text: str, stderr_text: str) -> FrameLayout:
+    headers, packets, discarded = _read_framecrc(framecrc_text)
     if not packets or "dimensions" not in headers:
         lowered = stderr_text.lower()
         cause = f" ({ffmpeg_reason(stderr_text, path)})" if "error" in lowered or "invalid" in lowered else ""
@@ -148,6 +171,13 @@ def _parse_framecrc(path: str, framecrc_text: str, stderr_text: str) -> FrameLay
     container = _INPUT_FORMAT.search(stderr_text)
     distinct_times = bool(np.all(np.diff(ticks) > 0))  # repeated timestamps make a timestamp seek ambiguous
     seekable = has_pts and distinct_times and container is not None and container.group(1) in SEEKABLE_FORMATS
+    if discarded:
+        logger.debug("%s: %d pre-roll packets (edit list) are decoded but not shown; not counted", path, discarded)
+    if ticks[0] < 0:
+        # A shown frame before the file's start (an edit list starting inside a frame): -ss cannot reach it.
+        # Decode such a file from its start only, with times counted from its first shown frame.
+        logger.debug("%s: first shown frame at %d ticks, before the start; decoding from frame 0", path, ticks[0])
+        ticks, seekable = ticks - ticks[0], False
     fps = _frame_rate(ticks, packets, tick, stderr_text)
     truncated = truncation_problem(path, container.group(1) if container else None, len(ticks), fps, stderr_text)
     if truncated is not None:
