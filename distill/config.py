@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.video.backends import check_decoder
+from pipeline.video.backends import check_decoder, decoder_key
 
 # Bump when a change to stage two's code changes what a run produces (part of the run key).
 CODE_VERSION = "distill-2"
@@ -14,7 +14,7 @@ CODE_VERSION = "distill-2"
 # Options that change speed or where things are, never the trained weights: left out of the run key. The targets
 # enter it by their content (distill.targets_folder.targets_fingerprint), the videos through the targets (their
 # manifest lists each video's relative path and size): not by the folders they are in.
-# The decoder gives the same frames whichever it is. Prepared copies (`prepared`) are the same frames with other
+# The decoder gives the same frames whichever it is (but see pipeline.video.backends.decoder_key). Prepared copies (`prepared`) are the same frames with other
 # pixels (re-encoded): their folder's key enters the run key instead of its path (distill.train.run_key).
 NOT_IN_KEY = ("out", "targets", "videos_root", "prepared", "decoder", "decode_device", "workers", "device",
               "cache_clips", "stop_after_steps", "tensorboard")
@@ -86,7 +86,12 @@ class DistillConfig:
         if self.workers < 0 or self.warmup_steps < 0:
             raise ConfigError("options workers and warmup_steps must be >= 0")
         check_decoder(self.decoder, self.decode_device)
+        if self.decode_device != "cpu":
+            # Decoding runs in the CPU loader workers, which crop and flip numpy frames; CUDA there is not wired.
+            raise ConfigError(f"decode_device {self.decode_device!r}: decoding on the GPU is not wired into the loader "
+                              "yet (it runs in CPU worker processes); use decode_device=cpu")
 
     def key_fields(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
-        return {name: value for name, value in values.items() if name not in NOT_IN_KEY}
+        fields = {name: value for name, value in values.items() if name not in NOT_IN_KEY}
+        return {**fields, **decoder_key(self.decoder)}

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -54,7 +55,8 @@ from pipeline.video.skipping import DecodeFailures, sample_skipping_failures
 from pipeline.prepared import prepared_videos
 from pipeline.shards import stored_layouts
 from pipeline.video import read_clip
-from pipeline.video.layout_record import layout_from_record
+from pipeline.video.backends import resolve_decoder
+from pipeline.video.layout_record import layout_from_record, layout_record
 from pipeline.video.probe import FrameLayout, probe_layout
 
 logger = logging.getLogger(__name__)
@@ -118,6 +120,17 @@ def video_paths(store: TargetStore, videos_root: str | os.PathLike | None = None
     return {record.id: Path(record.path) for record in read_manifest(manifest_file, root)}
 
 
+def video_sizes(store: TargetStore) -> dict[str, int | None]:
+    """video id -> its file size when stage one listed it (the videos manifest's rows)."""
+    manifest_name = (store.manifest.get("extra") or {}).get("videos_manifest", "videos.jsonl")
+    try:
+        lines = (store.targets_dir / manifest_name).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {}
+    rows = [json.loads(line) for line in lines if line.strip()]
+    return {row["id"]: row.get("size") for row in rows}
+
+
 class TargetClipDataset(torch.utils.data.Dataset):
     """Clips of `video_ids` with their aggregated teacher targets (see the module docstring)."""
 
@@ -165,7 +178,10 @@ class TargetClipDataset(torch.utils.data.Dataset):
             cache_clips, short_side=clip.short_side, grid=clip.start_grid, decode_threads=decode_threads,
             flow_method=clip.flow_method if clip.modality == "flow" else None,
         )
-        self._layouts: dict[str, FrameLayout] = {}  # per process: stored records turned layouts, or probes
+        # Per process: each video's layout as its compact record (a Kinetics-size run would hold ~0.6 GB of frame
+        # times per worker as FrameLayouts), rebuilt per clip (microseconds); a probe's record joins on first use.
+        self._probed: dict[str, dict[str, Any]] = {}
+        resolve_decoder(decoder, decode_device, resizing=True)  # not installed: one line here, not in a worker
         self.failures = DecodeFailures(self.max_decode_failures, (
             f"{{path}}: more than {self.max_decode_failures} videos failed to decode in one worker, the last with "
             "{reason}; check the videos or raise --max-decode-failures"))
@@ -175,7 +191,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
         one's layouts, or `prepare`'s copies with theirs (a video prepare skipped has none: skipped like a
         missing file)."""
         if prepared is not None:
-            copies = prepared_videos(prepared)
+            copies = prepared_videos(prepared, short_side=self.clip.short_side, sources=video_sizes(self.store))
             every_path = {video_id: path for video_id, (path, _) in copies.items()}
             records = {video_id: record for video_id, (_, record) in copies.items()}
             for video_id in self.video_ids:
@@ -304,13 +320,15 @@ class TargetClipDataset(torch.utils.data.Dataset):
     def _layout(self, video_id: str) -> FrameLayout:
         """The video's layout: its stored record (stage one's, or prepare's), else a probe (no record, or the file's
         size changed since it was stored). Once per video per process."""
-        if video_id not in self._layouts:
-            path = self.paths[video_id]
-            layout = layout_from_record(path, self.layout_records.get(video_id)) or probe_layout(path)
+        path = self.paths[video_id]
+        record = self._probed.get(video_id) or self.layout_records.get(video_id)
+        layout = layout_from_record(path, record)
+        if layout is None:
+            layout = probe_layout(path)
             if layout.info.frame_count < 1 or layout.info.fps <= 0:
                 raise VideoError(path, "no frames or no frame rate")
-            self._layouts[video_id] = layout
-        return self._layouts[video_id]
+            self._probed[video_id] = layout_record(layout)
+        return layout
 
     def _pixels(self, video_id: str, start: int, fps: float, cached) -> np.ndarray:
         """The clip's frames at the short side, uncropped: RGB, or the flow between consecutive frames."""

@@ -104,7 +104,8 @@ def build_loaders(config: DistillConfig, targets_dir: Path, context: Distributed
     if val_set is not None:
         val_sampler = ResumableSampler(len(val_set), shuffle=False, seed=config.seed, rank=context.rank,
                                        world_size=context.world_size)
-        val_loader = DataLoader(val_set, sampler=val_sampler, **loader_options)
+        # Not persistent: its workers would sit idle (holding memory) through every training epoch.
+        val_loader = DataLoader(val_set, sampler=val_sampler, **{**loader_options, "persistent_workers": False})
     return store, train_loader, val_loader
 
 

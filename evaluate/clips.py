@@ -42,7 +42,8 @@ from pipeline.datasets import VideoRecord
 from pipeline.errors import DistinitError, VideoError
 from pipeline.video.skipping import DecodeFailures, sample_skipping_failures
 from pipeline.video import read_clip, read_frames
-from pipeline.video.layout_record import layout_from_record
+from pipeline.video.backends import resolve_decoder
+from pipeline.video.layout_record import layout_from_record, layout_record
 from pipeline.video.probe import FrameLayout, probe_layout
 
 logger = logging.getLogger(__name__)
@@ -79,21 +80,23 @@ class VideoLayouts:
 
     def __init__(self, prepared: dict[str, tuple[Path, dict[str, Any]]] | None = None):
         self.prepared = prepared
-        self.layouts: dict[str, tuple[Path, FrameLayout]] = {}
+        self.records: dict[str, dict[str, Any]] = {}  # probed layouts, as compact records (rebuilt per read)
 
     def get(self, record: VideoRecord) -> tuple[Path, FrameLayout]:
-        if record.id not in self.layouts:
-            if self.prepared is None:
-                path, layout = Path(record.path), probe_layout(record.path)
-            elif record.id in self.prepared:
-                path, stored = self.prepared[record.id]
-                layout = layout_from_record(path, stored) or probe_layout(path)
-            else:
-                raise VideoError(record.path, "has no prepared copy (prepare skipped it: its manifest says why)")
+        if self.prepared is None:
+            path, stored = Path(record.path), self.records.get(record.id)
+        elif record.id in self.prepared:
+            path, stored = self.prepared[record.id]
+            stored = self.records.get(record.id, stored)
+        else:
+            raise VideoError(record.path, "has no prepared copy (prepare skipped it: its manifest says why)")
+        layout = layout_from_record(path, stored)
+        if layout is None:
+            layout = probe_layout(path)
             if layout.info.frame_count < 1 or layout.info.fps <= 0:
                 raise VideoError(path, "no frames or no frame rate")
-            self.layouts[record.id] = (path, layout)
-        return self.layouts[record.id]
+            self.records[record.id] = layout_record(layout)
+        return path, layout
 
 
 def clip_tensor(frames: np.ndarray, normalisation: Normalisation | None) -> torch.Tensor:
@@ -126,6 +129,7 @@ class TrainingClips(torch.utils.data.Dataset):
         self.max_decode_failures = int(max_decode_failures)
         self.videos = VideoLayouts(prepared)
         self.decoder, self.decode_device = decoder, decode_device
+        resolve_decoder(decoder, decode_device, resizing=True)  # not installed: one line here, not in a worker
         self.failures = DecodeFailures(self.max_decode_failures, (
             f"{{path}}: more than {self.max_decode_failures} training videos failed to decode, the last with "
             "{reason}; check the videos or raise --set max_decode_failures=N"))
@@ -177,6 +181,7 @@ class EvaluationClips(torch.utils.data.Dataset):
         self.normalisation, self.temporal_ablations = normalisation, bool(temporal_ablations)
         self.videos = VideoLayouts(prepared)
         self.decoder, self.decode_device = decoder, decode_device
+        resolve_decoder(decoder, decode_device, resizing=True)  # not installed: one line here, not in a worker
 
     @property
     def crops_per_clip(self) -> int:

@@ -20,7 +20,7 @@ import dataclasses
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.video.backends import check_decoder
+from pipeline.video.backends import check_decoder, decoder_key
 
 # Bump when a change to stage three's code changes what a run produces (part of the results key).
 # eval-2: per-init input normalisation, failed test videos counted wrong, drop_last, temporal ablations.
@@ -118,6 +118,10 @@ class EvalConfig:
         if not self.init:
             raise ConfigError("option init is empty; pass a checkpoint, scratch or inflated:<2d-model>")
         check_decoder(self.decoder, self.decode_device)
+        if self.decode_device != "cpu":
+            # Decoding runs in the CPU loader workers, which crop and flip numpy frames; CUDA there is not wired.
+            raise ConfigError(f"decode_device {self.decode_device!r}: decoding on the GPU is not wired into the loader "
+                              "yet (it runs in CPU worker processes); use decode_device=cpu")
 
     def trunk_scale(self, pretrained: bool) -> float:
         """The trunk's learning-rate multiplier (see the module docstring)."""
@@ -129,4 +133,5 @@ class EvalConfig:
         """Everything that changes a run's results, except `init` (the caller hashes what it points at) and which
         (split, seed) runs to make."""
         values = dataclasses.asdict(self)
-        return {name: value for name, value in values.items() if name not in NOT_IN_KEY + RUN_SELECTION + ("init",)}
+        fields = {name: value for name, value in values.items() if name not in NOT_IN_KEY + RUN_SELECTION + ("init",)}
+        return {**fields, **decoder_key(self.decoder)}

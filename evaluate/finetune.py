@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import logging
 import time
 from pathlib import Path
@@ -154,8 +155,11 @@ def run_split(train_records, test_records, split: int, seed: int, num_classes: i
     use_fast_kernels(device, config.deterministic)
     clip = ClipSpec(frames=config.frames, stride=config.stride, short_side=config.short_side, crop=config.crop)
     normalisation = initialization.normalisation  # applied on the device: the datasets give uint8 clips (None)
-    videos = dict(prepared=prepared_videos(config.prepared) if config.prepared else None, decoder=config.decoder,
-                  decode_device=config.decode_device)
+    prepared = None
+    if config.prepared:
+        sizes = {record.id: _file_size(record.path) for record in [*train_records, *test_records]}
+        prepared = prepared_videos(config.prepared, short_side=config.short_side, sources=sizes)
+    videos = dict(prepared=prepared, decoder=config.decoder, decode_device=config.decode_device)
     train_set = TrainingClips(train_records, clip, seed=seed, flip=config.flip, normalisation=None,
                               max_decode_failures=config.max_decode_failures, **videos)
     test_set = EvaluationClips(test_records, clip, clips_per_video=config.test_clips, three_crop=config.three_crop,
@@ -191,6 +195,13 @@ def run_split(train_records, test_records, split: int, seed: int, num_classes: i
                        failed_videos=[str(test_set.records[index].path) for index in sorted(failed)],
                        trunk_lr_scale=trunk_lr_scale, curves=curves, seconds=time.monotonic() - started, **metrics)
     return result, model
+
+
+def _file_size(path) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
 
 
 def results_key(config: EvalConfig, manifest_sha256: str, initialization: Initialization) -> str:

@@ -175,19 +175,21 @@ def extract_inputs(spec: PipelineSpec, upstream: str | None) -> StageInputs:
 
 def prepare_inputs(spec: PipelineSpec, upstream: str | None) -> StageInputs:
     """The prepare stage: extract's selection of the videos (its split/limit options) re-encoded by configs/prepare.yaml."""
-    from extract.config import ExtractConfig
     from pipeline.prepared.config import CODE_VERSION, PrepareConfig
 
-    extract_config = load_config(ExtractConfig, spec.extract_config, parse_overrides(spec.extract_set))
-    selection = {name: getattr(extract_config, name) for name in SELECTION_OPTIONS}
+    # As make runs it: configs/prepare.yaml, then EXTRACT_SET's selection options, then PREPARE_SET. A selection
+    # written into configs/extract.yaml alone is not forwarded: prepare then copies more videos than are
+    # extracted, which costs time, never a missing copy.
+    selection = {name: value for name, value in parse_overrides(spec.extract_set).items() if name in SELECTION_OPTIONS}
     root = spec.demo_dir if spec.data == "demo" else spec.root
     if not root:
         raise ConfigError(f"data {spec.data} needs its dataset folder: set ROOT=<folder> (make) or --root")
-    overrides = {**parse_overrides(spec.prepare_set), **selection, "data": spec.data, "root": root,
+    overrides = {**selection, **parse_overrides(spec.prepare_set), "data": spec.data, "root": root,
                  "out": spec.prepared_root}
     config = load_config(PrepareConfig, spec.prepare_config, overrides)
     # The selection too: the demo's listing enters through the demo-data key, which does not hold it.
-    options = {**config.key_fields(), **{name: selection[name] for name in ("split", "split_roles", "limit")}}
+    options = {**config.key_fields(), "split": config.split, "split_roles": list(config.split_roles),
+               "limit": config.limit}
     inputs = _selected_videos({"config": options, "code": CODE_VERSION}, config, upstream)
     return StageInputs("prepare", inputs, Path(spec.prepared_root) / spec.data / "latest")
 

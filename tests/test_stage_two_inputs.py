@@ -122,3 +122,27 @@ def test_eval_reads_prepared_copies_without_probing(tmp_path, monkeypatch):
         ours, theirs = original[(index, 2)], copied[(index, 2)]
         assert ours["clip_start"] == theirs["clip_start"]
         assert (ours["video"] - theirs["video"]).abs().mean() < 0.5  # normalised units: compression only
+
+
+def test_a_prepared_folder_that_does_not_fit_the_run_is_refused(extracted, tmp_path):
+    from pipeline.errors import DistinitError
+    from pipeline.prepared import prepared_videos
+
+    _, targets_dir, prepared = extracted
+    with pytest.raises(DistinitError, match="prepared at short side 32, but clips are read at 24"):
+        prepared_videos(prepared, short_side=24)
+    with pytest.raises(DistinitError, match="was prepared from a file of .* bytes, not the 7 of the video read here"):
+        prepared_videos(prepared, sources={"video_0": 7})
+    assert len(prepared_videos(prepared, short_side=32, sources=distill_data.video_sizes(TargetStore(targets_dir)))) == 4
+
+
+def test_decode_on_the_gpu_is_refused_until_the_loader_can_use_it():
+    from distill.config import DistillConfig
+    from evaluate.config import EvalConfig
+    from pipeline.errors import ConfigError
+
+    for config in (DistillConfig, EvalConfig):
+        with pytest.raises(ConfigError, match="decode_device 'cuda': decoding on the GPU is not wired"):
+            config(decode_device="cuda")
+    assert "decoder" not in DistillConfig(decoder="pyav").key_fields()
+    assert DistillConfig(decoder="torchcodec").key_fields()["decoder"] == "torchcodec"  # its resize is its own

@@ -31,8 +31,8 @@ from pipeline.video.layout_record import layout_record
 from pipeline.video.probe import FrameLayout, probe_layout
 from pipeline.video.process import GLOBAL_ARGUMENTS, run_ffmpeg
 
-# 2000-01-01T00:00:00Z. Layout records hold the file's mtime (a changed file is then noticed and re-probed);
-# a fixed one keeps them, and so videos.jsonl, the same however often the run was interrupted.
+# 2000-01-01T00:00:00Z. Every copy gets it, so a copy's metadata is a function of its bytes too (layout records
+# hold only the size; the fixed time keeps tree hashes and rsync comparisons stable across interrupted runs).
 FIXED_MTIME = 946684800
 # Area averaging is the right filter to shrink by; accurate rounding and bitexact keep the pixels the same on
 # every CPU (no SIMD-dependent rounding).
@@ -130,7 +130,6 @@ def check_same_frames(source: str, source_layout: FrameLayout, layout: FrameLayo
 
 
 def restore_fixed_mtime(path: str | os.PathLike) -> None:
-    """Give a verified copy back the modification time its layout record holds, if it was touched since (its
-    bytes are unchanged; readers would otherwise take the record as stale and probe the file again)."""
+    """Give a verified copy back its fixed modification time if it was touched since (its bytes are unchanged)."""
     if os.stat(path).st_mtime_ns != FIXED_MTIME * 1_000_000_000:
         os.utime(path, (FIXED_MTIME, FIXED_MTIME))

@@ -113,11 +113,21 @@ def sealed_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
-def prepared_videos(folder: str | os.PathLike) -> dict[str, tuple[Path, dict[str, Any]]]:
+def prepared_videos(folder: str | os.PathLike, short_side: int | None = None,
+                    sources: dict[str, int | None] | None = None) -> dict[str, tuple[Path, dict[str, Any]]]:
     """{video id: (absolute path of its prepared copy, its layout record)} of a sealed folder (`<out>/<data>/<key>`,
     or `<out>/<data>` for its `latest`). Skipped videos are absent. Read a clip without probing with
-    `layout_from_record(path, record)` (None if the file changed since: probe it then)."""
+    `layout_from_record(path, record)` (None if the file changed since: probe it then).
+
+    A reader that decodes at `short_side` must get copies made at it (else a copy is resampled twice and its
+    frames come out a pixel off in width: other crop boxes); `sources` ({id: the size of the video it stands for})
+    refuses copies of other files than the reader's."""
     folder = sealed_folder(folder).resolve()
+    if short_side is not None:
+        prepared_side = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))["options"]["short_side"]
+        if prepared_side != short_side:
+            raise DistinitError(f"{folder}: prepared at short side {prepared_side}, but clips are read at {short_side}; "
+                                f"prepare again with --short-side {short_side}, or read the originals")
     videos: dict[str, tuple[Path, dict[str, Any]]] = {}
     manifest_file = folder / VIDEOS_MANIFEST
     try:
@@ -128,7 +138,10 @@ def prepared_videos(folder: str | os.PathLike) -> dict[str, tuple[Path, dict[str
         try:
             row = json.loads(line)
             videos[row["id"]] = (folder / VIDEOS_FOLDER / row["path"], row["layout"])
+            source_size = row["source_size"]
         except (ValueError, KeyError, TypeError):
             raise DistinitError(f"{manifest_file}:{number}: not a prepared-video row; prepare the videos again") from None
+        if sources is not None and row["id"] in sources and sources[row["id"]] not in (None, source_size):
+            raise DistinitError(f"{manifest_file}:{number}: {row['id']} was prepared from a file of {source_size} bytes, "
+                                f"not the {sources[row['id']]} of the video read here; prepare these videos again")
     return videos
-

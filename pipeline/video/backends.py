@@ -64,6 +64,13 @@ def check_decoder(decoder: str, decode_device: str = "cpu") -> None:
         raise ConfigError(f"decode_device {decode_device!r} is not one of {', '.join(DECODE_DEVICES)} (or cuda:N)")
 
 
+def decoder_key(decoder: str) -> dict[str, str]:
+    """What a stage key records of `decoder`: nothing where every backend it may pick gives the ffmpeg path's pixels
+    (auto resizes only with PyAV or ffmpeg, both through swscale's `scale`), {"decoder": "torchcodec"} where it may
+    not (TorchCodec's own resize is bilinear on RGB: a few levels apart)."""
+    return {"decoder": decoder} if decoder == "torchcodec" else {}
+
+
 def resolve_decoder(decoder: str, decode_device: str = "cpu", resizing: bool = False) -> str:
     """The backend to run for `decoder` ('auto' resolved): a one-line error for an unknown name, a backend that
     is not installed (with how to install it), or a CUDA decode_device without TorchCodec."""
