@@ -145,7 +145,7 @@ def heatmap_kl_parts(student_logits: torch.Tensor, teacher_maps: torch.Tensor,
     has_target = (teacher_maps.reshape(batch, keypoints, -1) > 0).any(dim=-1).to(per_keypoint.dtype)  # (B, K)
     per_sample = (per_keypoint * has_target).sum(dim=-1) / has_target.sum(dim=-1).clamp_min(1)  # (B,)
     if person_mask is None:
-        return per_sample.sum(), per_sample.new_tensor(float(batch))
+        return per_sample.sum(), per_sample.new_full((), float(batch))  # a fill on the device, not a host copy
     # where, not a product: a left-out sample can never leak a NaN into the sum.
     kept = torch.where(person_mask.to(per_sample.device), per_sample, torch.zeros_like(per_sample))
     return kept.sum(), person_mask.to(per_sample.device).sum().to(per_sample.dtype)
