@@ -160,7 +160,11 @@ def test_decoder_option_errors(lossless_video, monkeypatch):
 
 def test_auto_picks_torchcodec_only_where_its_pixels_are_exact(monkeypatch):
     monkeypatch.setattr(backends, "unavailable_reason", lambda name: None)
+    assert backends.resolve_decoder("auto", resizing=False) == "pyav"  # the faster one on CPU (bench/kinetics_like.py)
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name: "not installed" if name == "pyav" else None)
     assert backends.resolve_decoder("auto", resizing=False) == "torchcodec"
+    assert backends.resolve_decoder("auto", resizing=True) == "ffmpeg"
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name: None)
     assert backends.resolve_decoder("auto", resizing=True) == "pyav"
     assert backends.resolve_decoder("auto", "cuda", resizing=True) == "torchcodec"
     assert backends.resolve_decoder("torchcodec", resizing=True) == "torchcodec"

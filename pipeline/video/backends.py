@@ -80,7 +80,9 @@ def resolve_decoder(decoder: str, decode_device: str = "cpu", resizing: bool = F
         if on_cuda:
             wanted = ["torchcodec"]
         else:
-            wanted = ["pyav", "ffmpeg"] if resizing else ["torchcodec", "pyav", "ffmpeg"]
+            # PyAV first, resizing or not: measured faster than TorchCodec on CPU here (bench/kinetics_like.py:
+            # 3.9 against 4.6 ms per prepared clip, 24.1 against 28.9 on originals) and bit-exact everywhere.
+            wanted = ["pyav", "ffmpeg"] if resizing else ["pyav", "torchcodec", "ffmpeg"]
         found = [name for name in wanted if unavailable_reason(name) is None]
         if found:
             return found[0]
