@@ -26,7 +26,9 @@ DISTILL_SET ?=
 DISTILL_ARGS ?=
 # PREPARE=1: distill reads the prepare stage's copies (short side 128, short GOPs; configs/prepare.yaml + PREPARE_SET).
 PREPARE  ?=
-PREPARE_SET ?=
+# The copies must have the short side distill reads at (the demo's config reads 72 px; configs/distill.yaml 128,
+# prepare's default): another is refused in one line.
+PREPARE_SET ?= $(if $(filter demo,$(DATA)),short_side=72,)
 PREPARE_ARGS ?=
 NPROC    ?=
 TORCHRUN_ARGS ?=
