@@ -26,9 +26,9 @@ from extract.teaching import teach
 from pipeline.atomic import make_output_folder, remove_leftover_temporary_files, replace_shared_text
 from pipeline.config import config_to_dict
 from pipeline.devices import capped_workers, resolve_device
-from pipeline.datasets import load_dataset, manifest_hash, write_manifest as write_video_manifest
+from pipeline.datasets import manifest_hash, write_manifest as write_video_manifest
 from pipeline.datasets.records import relative_path
-from pipeline.datasets.selection import select_records
+from pipeline.datasets.selection import selected_listing
 from pipeline.errors import DistinitError
 from pipeline.provenance import write_provenance
 from pipeline.shards import (
@@ -75,9 +75,7 @@ class ExtractionReport:
 
 
 def prepare(config: ExtractConfig) -> ExtractionPlan:
-    options = {"splits_dir": config.splits_dir, "annotations": config.annotations}
-    listing = select_records(load_dataset(config.data, config.root, **options), splits=config.split,
-                             roles=config.split_roles, limit=config.limit)
+    listing = selected_listing(config)
     if not listing.records:
         raise DistinitError(f"{config.root}: dataset {config.data} has no videos to extract")
     device = resolve_device(config.device)

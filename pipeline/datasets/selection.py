@@ -52,3 +52,12 @@ def normalise_splits(splits: Sequence[int] | int | None) -> tuple[int, ...]:
     if any(not isinstance(value, int) or isinstance(value, bool) or value < 1 for value in values):
         raise ConfigError(f"split {splits!r}: expected a split number >= 1 or a list of them (e.g. [1, 2, 3])")
     return tuple(sorted(set(values)))
+
+
+def selected_listing(config) -> DatasetListing:
+    """The listing a stage reading a dataset works on: `config`'s data/root (with its splits_dir and annotations),
+    narrowed by its split/split_roles/limit. Extract and prepare configs share these options, so both call this."""
+    from pipeline.datasets import load_dataset
+
+    listing = load_dataset(config.data, config.root, splits_dir=config.splits_dir, annotations=config.annotations)
+    return select_records(listing, splits=config.split, roles=config.split_roles, limit=config.limit)

@@ -26,9 +26,9 @@ from typing import Any, Callable
 from tqdm import tqdm
 
 from pipeline.atomic import make_output_folder, remove_leftover_temporary_files
-from pipeline.datasets import load_dataset, manifest_hash
+from pipeline.datasets import manifest_hash
 from pipeline.datasets.records import VideoRecord, relative_path
-from pipeline.datasets.selection import select_records
+from pipeline.datasets.selection import selected_listing
 from pipeline.errors import DistinitError, VideoError
 from pipeline.prepared.config import CODE_VERSION, PrepareConfig, prepare_key
 from pipeline.prepared.encoding import Encoding, encode_video, restore_fixed_mtime
@@ -77,9 +77,7 @@ class PrepareReport:
 
 
 def plan_prepare(config: PrepareConfig) -> PreparePlan:
-    options = {"splits_dir": config.splits_dir, "annotations": config.annotations}
-    listing = select_records(load_dataset(config.data, config.root, **options), splits=config.split,
-                             roles=config.split_roles, limit=config.limit)
+    listing = selected_listing(config)
     if not listing.records:
         raise DistinitError(f"{config.root}: dataset {config.data} has no videos to prepare")
     listing_hash = manifest_hash(listing)
