@@ -252,7 +252,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
     def _sample(self, index: int, epoch: int) -> dict[str, Any]:
         rng = self._rng(index, epoch)
         video_id = self.video_ids[index % len(self.video_ids)]
-        fps, frame_count, cached = self._video(video_id)
+        fps, frame_count, cached, layout = self._video(video_id)
         rows = self._rows(video_id)
         teacher_frames = teacher_frame_indices(rows["t_seconds"], fps, frame_count)
         span, grid = self.clip.span_frames, self.clip.start_grid
@@ -262,7 +262,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
             clip_number = index // len(self.video_ids)
             start = eval_window_start(teacher_frames, frame_count, span, grid, clip_number, self.clips_per_video)
         target_video_id, stored_rows = self._window_rows(video_id, rows, teacher_frames, start, fps)
-        pixels = self._pixels(video_id, start, fps, cached)  # (T, H, W, 3) uint8 RGB or (T, H, W, 2) float16 flow
+        pixels = self._pixels(video_id, start, fps, cached, layout)  # (T, H, W, 3) uint8 RGB or (T, H, W, 2) float16 flow
         height, width = pixels.shape[1:3]
         top, left = augment.crop_box(height, width, self.clip.crop, rng if self.train else None)
         pixels = augment.crop_frames(pixels, top, left, self.clip.crop)
@@ -308,18 +308,19 @@ class TargetClipDataset(torch.utils.data.Dataset):
             ) from None
 
     def _video(self, video_id: str):
-        """(fps, frame_count, cache entry or None), from the clip cache when there is one, else the video's layout."""
+        """(fps, frame_count, cache entry or None, layout or None): from the clip cache when there is one, else
+        from the video's layout (looked up once per sample)."""
         path = self.paths[video_id]
         if self.cache is not None:
             cached = self.cache.get(video_id, path)
             if cached is not None:
-                return cached.fps, cached.frame_count, cached
-        info = self._layout(video_id).info
-        return info.fps, info.frame_count, None
+                return cached.fps, cached.frame_count, cached, None
+        layout = self._layout(video_id)
+        return layout.info.fps, layout.info.frame_count, None, layout
 
     def _layout(self, video_id: str) -> FrameLayout:
         """The video's layout: its stored record (stage one's, or prepare's), else a probe (no record, or the file's
-        size changed since it was stored). Once per video per process."""
+        size changed since it was stored), probed at most once per video per process."""
         path = self.paths[video_id]
         record = self._probed.get(video_id) or self.layout_records.get(video_id)
         layout = layout_from_record(path, record)
@@ -330,7 +331,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
             self._probed[video_id] = layout_record(layout)
         return layout
 
-    def _pixels(self, video_id: str, start: int, fps: float, cached) -> np.ndarray:
+    def _pixels(self, video_id: str, start: int, fps: float, cached, layout: FrameLayout | None) -> np.ndarray:
         """The clip's frames at the short side, uncropped: RGB, or the flow between consecutive frames."""
         length = self.clip.frames if self.clip.modality == "flow" else self.clip.decoded_frames
         if cached is not None:
@@ -338,6 +339,6 @@ class TargetClipDataset(torch.utils.data.Dataset):
         frames = read_clip(
             self.paths[video_id], start / fps, self.clip.decoded_frames, stride=self.clip.stride,
             short_side=self.clip.short_side, threads=self.decode_threads, decoder=self.decoder,
-            layout=self._layout(video_id), decode_device=self.decode_device,
+            layout=layout, decode_device=self.decode_device,
         )
         return frames if self.clip.modality == "rgb" else flow.clip_flow(frames, self.clip.flow_method)
