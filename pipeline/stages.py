@@ -199,9 +199,10 @@ def _selected_videos(inputs: dict[str, Any], config: Any, demo_data_key: str | N
     the config selects (extract's and prepare's configs share the selection options)."""
     if demo_data_key is not None:
         return {**inputs, "upstream": {"demo-data": demo_data_key}}
-    return {**inputs, "data": manifest_hash_of(config.data, config.root, config.limit, splits=config.split,
-                                               roles=config.split_roles, splits_dir=config.splits_dir,
-                                               annotations=config.annotations)}
+    from pipeline.datasets.records import manifest_hash
+    from pipeline.datasets.selection import selected_listing
+
+    return {**inputs, "data": manifest_hash(selected_listing(config))}
 
 
 def distill_inputs(spec: PipelineSpec, extract_key: str, prepare_key: str | None = None) -> StageInputs:
