@@ -23,9 +23,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from extract.teachers.coco_classes import COCO_KEYPOINT_FLIP_INDEX, COCO_KEYPOINT_NAMES
 from distill.windows import KIND_HEATMAPS
 from pipeline.errors import ConfigError
+from pipeline.shards.format import KEYPOINT_FLIP_INDEX_ATTRIBUTE as FLIP_INDEX_ATTRIBUTE
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +54,20 @@ def flip_frames(frames: np.ndarray) -> np.ndarray:
     return frames[:, :, ::-1]
 
 
-def keypoint_flip_permutation(class_names: Sequence[str] | None, channels: int) -> np.ndarray:
+def keypoint_flip_permutation(
+    class_names: Sequence[str] | None, channels: int, flip_index: Sequence[int] | None = None
+) -> np.ndarray:
     """Channel order of the mirrored image's heatmaps: mirrored[k] = heatmaps[permutation[k]].
 
-    Named channels swap `left_X` with `right_X` (COCO's names, and any pose teacher that follows them);
-    17 unnamed channels are taken to be COCO's order; anything else keeps its order (with a warning).
+    The teacher's own `flip_index` (stored with its keypoints output) wins; without one, named channels swap
+    `left_X` with `right_X`; anything else keeps its order (with a warning).
     """
+    if flip_index is not None:
+        permutation = np.asarray(flip_index, dtype=np.int64)
+        if permutation.shape != (channels,) or sorted(permutation.tolist()) != list(range(channels)):
+            raise ValueError(f"flip_index {list(flip_index)} is not a permutation of {channels} keypoint channels")
+        return permutation
     if class_names is None:
-        if channels == len(COCO_KEYPOINT_NAMES):
-            return np.array(COCO_KEYPOINT_FLIP_INDEX, dtype=np.int64)
         logger.warning("%d unnamed heatmap channels: a flip mirrors them but cannot swap left and right", channels)
         return np.arange(channels, dtype=np.int64)
     names = list(class_names)
@@ -86,7 +91,10 @@ def heatmap_flip_plan(teachers: Sequence[dict[str, Any]]) -> dict[str, np.ndarra
         for output in teacher["outputs"]:
             if output.get("kind") == KIND_HEATMAPS:
                 shape = tuple(output["shape"])
-                plan[f"{teacher['name']}/{output['name']}"] = keypoint_flip_permutation(output.get("class_names"), shape[0])
+                flip_index = (output.get("attributes") or {}).get(FLIP_INDEX_ATTRIBUTE)
+                plan[f"{teacher['name']}/{output['name']}"] = keypoint_flip_permutation(
+                    output.get("class_names"), shape[0], flip_index
+                )
     return plan
 
 

@@ -32,11 +32,11 @@ import numpy as np
 
 from distill.windows import KIND_FLAG, KIND_HEATMAPS
 from pipeline.shards import ShardError
+from pipeline.shards.format import KEYPOINT_GRID_ATTRIBUTE as GRID_ATTRIBUTE
+from pipeline.shards.format import KEYPOINT_SIGMA_ATTRIBUTE as SIGMA_ATTRIBUTE
 
 KIND_KEYPOINTS = "keypoints"
 RENDERED_OUTPUT = "heatmaps"
-GRID_ATTRIBUTE = "heatmap_grid"
-SIGMA_ATTRIBUTE = "heatmap_sigma_cells"
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,7 @@ def rendered_teachers(teachers: Sequence[Mapping[str, Any]]) -> list[dict[str, A
             outputs.append({
                 "name": RENDERED_OUTPUT, "shape": [int(output["shape"][0]), target.grid, target.grid],
                 "dtype": "float32", "kind": KIND_HEATMAPS, "class_names": output.get("class_names"),
+                "attributes": dict(output.get("attributes") or {}),
                 "meaning": f"drawn per sample over the crop from {target.keypoints_key} (distill.keypoint_heatmaps)",
             })
         teacher["outputs"] = outputs

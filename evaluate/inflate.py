@@ -14,7 +14,7 @@ norms copied. The architectures differ: r3d_18 has no max-pool after its stem (i
 resolution, ResNet-18's at 1/4), strides time by 2 in layers 2-4 and pads time with zeros. So the
 mapped r3d_18 is not frame-for-frame ResNet-18; `inflate_module(resnet18)` (generic, keeps the
 max-pool, replicate padding) is, and is what the I3D-property test checks. The generic machinery lives
-in `evaluate.inflation`, re-exported here.
+in `distill.inflation`, re-exported here.
 
 Each source keeps its own input normalisation (the inflated network equals its 2D source only on input
 normalised as that source was trained): ResNet-18 torchvision's ImageNet mean/std, EfficientNet-Lite0
@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from distill.augment import Normalisation
-from evaluate.inflation import (  # noqa: F401  (re-exported: the public inflation API)
+from distill.inflation import (  # noqa: F401  (re-exported: the public inflation API)
     INFLATION_RULES,
     InflatedConv3d,
     Inflater,
@@ -43,8 +43,8 @@ from evaluate.inflation import (  # noqa: F401  (re-exported: the public inflati
     register_inflation,
     spatial_time_kernel,
 )
-from extract.teachers.imagenet_efficientnet import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
-from extract.teachers.weights import (
+from pipeline.weights.lite0 import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
+from pipeline.weights.files import (
     RANDOM_INIT_SHA256,
     RANDOM_WEIGHTS,
     load_weights_into,
@@ -116,7 +116,7 @@ def _resnet18_trunk_state(weights: str | None) -> tuple[dict[str, torch.Tensor],
 
 
 def _efficientnet_lite0_trunk_state(weights: str | None) -> tuple[dict[str, torch.Tensor], str]:
-    from evaluate.efficientnet3d import inflated_efficientnet_lite0_3d_state_and_sha256
+    from distill.efficientnet3d import inflated_efficientnet_lite0_3d_state_and_sha256
 
     return inflated_efficientnet_lite0_3d_state_and_sha256(weights)
 

@@ -10,8 +10,9 @@ from pipeline.errors import ConfigError
 
 # Bump when a change to stage one's code changes the targets it writes (it is part of the stage key).
 # 2: keypoints stored as frame-relative coordinates, not heatmaps. 3: videos cut short (holding clearly less
-# than their header declares) are skipped, and each video's probed layout is stored (layouts.jsonl).
-CODE_VERSION = "extract-3"
+# than their header declares) are skipped, and each video's probed layout is stored (layouts.jsonl). 4: teachers
+# are named instances of a kind; keypoint outputs carry their flip index; embedding outputs.
+CODE_VERSION = "extract-4"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,7 +40,23 @@ def test_centre_crop_and_random_crop_stay_inside():
 def test_coco_names_give_the_coco_flip_permutation():
     from_names = augment.keypoint_flip_permutation(COCO_KEYPOINT_NAMES, 17)
     assert from_names.tolist() == list(COCO_KEYPOINT_FLIP_INDEX)
-    assert augment.keypoint_flip_permutation(None, 17).tolist() == list(COCO_KEYPOINT_FLIP_INDEX)
+    assert augment.keypoint_flip_permutation(None, 17).tolist() == list(range(17))  # unnamed: nothing to swap
+
+
+def test_a_stored_flip_index_wins_over_names_and_a_bad_one_is_refused():
+    stored = augment.keypoint_flip_permutation(["a", "b", "c"], 3, flip_index=[1, 0, 2])
+    assert stored.tolist() == [1, 0, 2]
+    with pytest.raises(ValueError, match="not a permutation"):
+        augment.keypoint_flip_permutation(["a", "b", "c"], 3, flip_index=[0, 0, 2])
+
+
+def test_the_flip_plan_reads_the_flip_index_the_teacher_wrote():
+    from extract.teachers.keypoint_coordinates import keypoint_outputs
+
+    described = {"name": "pose", "outputs": [spec.describe() for spec in keypoint_outputs(14, 1.0, "a pose teacher")]}
+    described["outputs"][0]["class_names"] = None  # names gone: the stored flip index alone must swap sides
+    plan = augment.heatmap_flip_plan(rendered_teachers([described]))
+    assert plan["pose/heatmaps"].tolist() == list(COCO_KEYPOINT_FLIP_INDEX)
     assert augment.keypoint_flip_permutation(["a", "b", "c"], 3).tolist() == [0, 1, 2]
     assert augment.keypoint_flip_permutation(["left_hand", "nose", "right_hand"], 3).tolist() == [2, 1, 0]
 

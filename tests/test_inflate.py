@@ -16,7 +16,7 @@ from distill.heads import head_specs_from_teachers
 from distill.students import create_student, list_students
 from distill.windows import ClipSpec
 from evaluate.clips import EvaluationClips, crop_offsets
-from evaluate.efficientnet3d import efficientnet_time_kernel, load_efficientnet_lite0_2d
+from distill.efficientnet3d import efficientnet_time_kernel, load_efficientnet_lite0_2d
 from evaluate.inflate import (
     EFFICIENTNET_LITE_NORMALISATION,
     IMAGENET_NORMALISATION,
@@ -31,13 +31,9 @@ from evaluate.inflate import (
 )
 from evaluate.initialization import resolve_init
 from extract.teachers.base import frames_to_tensor, normalise
-from extract.teachers.imagenet_efficientnet import (
-    EFFICIENTNET_LITE_MEAN,
-    EFFICIENTNET_LITE_STD,
-    imagenet_class_names,
-    packaged_lite0_weights_path,
-)
-from extract.teachers.weights import MissingWeightsError
+from extract.teachers.imagenet_efficientnet import imagenet_class_names
+from pipeline.weights.lite0 import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, packaged_lite0_weights_path
+from pipeline.weights.files import MissingWeightsError
 from pipeline.datasets import VideoRecord
 from pipeline.errors import ConfigError, DistinitError
 from pipeline.hashing import sha256_file

@@ -413,14 +413,15 @@ def test_write_manifest_refuses_an_incomplete_set(tmp_path: Path):
 
 # ---------------------------------------------------------------- an older shard format
 FORMAT_LINE = (
-    "shard format 1, this distinit reads 2 (keypoints are now stored as coordinates); re-run `make extract DATA=demo`"
+    "shard format 2, this distinit reads 3 (teachers are named instances of a kind, keypoint outputs carry their "
+    "flip index, embeddings are a kind); re-run `make extract DATA=demo`"
 )
 
 
 def test_a_cache_in_an_older_format_is_refused_in_one_line(store_dir: Path):
-    assert FORMAT_VERSION == 2
+    assert FORMAT_VERSION == 3
     manifest = json.loads((store_dir / "manifest.json").read_text())
-    manifest["format_version"] = 1
+    manifest["format_version"] = 2
     (store_dir / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ShardError) as refused:
         TargetStore(store_dir)
@@ -434,7 +435,7 @@ def test_a_cache_in_an_older_format_is_refused_in_one_line(store_dir: Path):
 def test_a_shard_in_an_older_format_is_refused_by_finalize_and_verify(store_dir: Path):
     path = store_dir / shard_name(1, 2)
     with h5py.File(path, "r+") as shard:
-        shard.attrs["format_version"] = 1  # as the previous distinit wrote it
+        shard.attrs["format_version"] = 2  # as the previous distinit wrote it
     checksum_path(path).unlink()  # which recorded no sha256 beside its shards
     assert any(FORMAT_LINE in problem for problem in verify_shard(path))
     with pytest.raises(ShardError, match=re.escape(f"{path}: {FORMAT_LINE}")):

@@ -189,7 +189,7 @@ def test_an_eval_init_is_keyed_by_its_weights(workdir):
 def test_default_inflated_weights_are_identified_without_torch():
     import torchvision
 
-    from extract.teachers.imagenet_efficientnet import packaged_lite0_weights_path
+    from pipeline.weights.lite0 import packaged_lite0_weights_path
     from pipeline.init_sources import RESNET18_IMAGENET_FILE, inflated_weights
 
     assert RESNET18_IMAGENET_FILE == Path(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url).name

@@ -18,10 +18,10 @@ from extract.teachers.coco_keypoints import frame_detections_to_keypoint_targets
 from extract.teachers.coco_objects import detections_to_object_targets
 from extract.teachers.detections import FrameDetections
 from extract.teachers.detectron2_models import detectron2_instances_to_detections
+from pipeline.shards.format import KEYPOINT_GRID_ATTRIBUTE as HEATMAP_GRID_ATTRIBUTE
+from pipeline.shards.format import KEYPOINT_SIGMA_ATTRIBUTE as HEATMAP_SIGMA_ATTRIBUTE
 from extract.teachers.keypoint_coordinates import (
     DETECTRON2_KEYPOINT_PROBABILITY_AT_HALF,
-    HEATMAP_GRID_ATTRIBUTE,
-    HEATMAP_SIGMA_ATTRIBUTE,
     KEYPOINT_COLUMNS,
     NOWHERE,
     TORCHVISION_KEYPOINT_LOGIT_AT_HALF,

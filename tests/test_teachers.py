@@ -13,8 +13,8 @@ import torch
 
 from extract.teachers import MissingWeightsError, create_teacher, list_teachers, teacher_options
 from extract.teachers.detections import detectron2_is_installed
-from extract.teachers.imagenet_efficientnet import packaged_lite0_weights_path
-from extract.teachers.keypoint_coordinates import HEATMAP_GRID_ATTRIBUTE, HEATMAP_SIGMA_ATTRIBUTE
+from pipeline.weights.lite0 import packaged_lite0_weights_path
+from pipeline.shards.format import KEYPOINT_GRID_ATTRIBUTE as HEATMAP_GRID_ATTRIBUTE, KEYPOINT_SIGMA_ATTRIBUTE as HEATMAP_SIGMA_ATTRIBUTE
 from pipeline.errors import ConfigError, DistinitError
 from pipeline.hashing import sha256_file
 

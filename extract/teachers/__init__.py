@@ -10,7 +10,7 @@ Registered teachers (see each module for its options):
 
 from extract.teachers.base import OutputSpec, Teacher
 from extract.teachers.registry import TEACHERS, create_teacher, list_teachers, register_teacher, teacher_options
-from extract.teachers.weights import MissingWeightsError
+from pipeline.weights.files import MissingWeightsError
 
 # Importing the modules registers their teachers; none imports an optional dependency at import time.
 from extract.teachers import imagenet_efficientnet  # noqa: E402,F401

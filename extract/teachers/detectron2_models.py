@@ -18,7 +18,7 @@ from extract.teachers.base import freeze
 from extract.teachers.coco_classes import NUM_COCO_KEYPOINTS
 from extract.teachers.detections import FrameDetections
 from extract.teachers.keypoint_coordinates import detectron2_keypoint_confidence
-from extract.teachers.weights import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, iopath_cache_path, resolve_weights_file
+from pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, iopath_cache_path, resolve_weights_file
 from pipeline.errors import ConfigError
 from pipeline.hashing import sha256_file
 

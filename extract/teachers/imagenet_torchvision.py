@@ -24,7 +24,7 @@ from extract.teachers.base import (
     resolve_device,
 )
 from extract.teachers.registry import register_teacher
-from extract.teachers.weights import (
+from pipeline.weights.files import (
     RANDOM_INIT_SHA256,
     RANDOM_WEIGHTS,
     load_weights_into,

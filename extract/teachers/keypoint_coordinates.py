@@ -24,13 +24,16 @@ from __future__ import annotations
 import numpy as np
 
 from extract.teachers.base import OutputSpec
-from extract.teachers.coco_classes import COCO_KEYPOINT_NAMES, NUM_COCO_KEYPOINTS
+from extract.teachers.coco_classes import COCO_KEYPOINT_FLIP_INDEX, COCO_KEYPOINT_NAMES, NUM_COCO_KEYPOINTS
+from pipeline.shards.format import (
+    KEYPOINT_FLIP_INDEX_ATTRIBUTE,
+    KEYPOINT_GRID_ATTRIBUTE,
+    KEYPOINT_SIGMA_ATTRIBUTE,
+)
 
 TORCHVISION_KEYPOINT_LOGIT_AT_HALF = 2.0
 DETECTRON2_KEYPOINT_PROBABILITY_AT_HALF = 0.05
 KEYPOINT_COLUMNS = ("x_relative", "y_relative", "confidence")
-HEATMAP_GRID_ATTRIBUTE = "heatmap_grid"
-HEATMAP_SIGMA_ATTRIBUTE = "heatmap_sigma_cells"
 # Where a keypoint without finite coordinates goes: outside every crop, with confidence 0 (the cache
 # refuses NaN, see pipeline.shards.verify).
 NOWHERE = -1.0
@@ -47,8 +50,8 @@ def keypoint_outputs(grid: int, sigma: float, source: str) -> tuple[OutputSpec, 
             meaning=f"{source}: per COCO keypoint of the most confident person, (x / frame width, y / frame height, "
             f"confidence); stage two renders them as {grid}x{grid} heatmaps over the crop; all zero when nobody is seen",
             class_names=COCO_KEYPOINT_NAMES,
-            attributes={HEATMAP_GRID_ATTRIBUTE: int(grid), HEATMAP_SIGMA_ATTRIBUTE: float(sigma),
-                        "columns": list(KEYPOINT_COLUMNS)},
+            attributes={KEYPOINT_GRID_ATTRIBUTE: int(grid), KEYPOINT_SIGMA_ATTRIBUTE: float(sigma),
+                        KEYPOINT_FLIP_INDEX_ATTRIBUTE: list(COCO_KEYPOINT_FLIP_INDEX), "columns": list(KEYPOINT_COLUMNS)},
         ),
         OutputSpec(
             name="person_present",

@@ -19,7 +19,7 @@ from extract.teachers.base import Teacher, require_positive, require_unit_interv
 from extract.teachers.coco_classes import NUM_COCO_KEYPOINTS
 from extract.teachers.keypoint_coordinates import NOWHERE, empty_keypoints, keypoint_outputs
 from extract.teachers.registry import register_teacher
-from extract.teachers.weights import sha256_files
+from pipeline.weights.files import sha256_files
 from pipeline.errors import ConfigError, DistinitError
 
 logger = logging.getLogger(__name__)

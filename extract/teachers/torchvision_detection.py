@@ -19,7 +19,7 @@ from extract.teachers.coco_classes import (
 )
 from extract.teachers.detections import FrameDetections
 from extract.teachers.keypoint_coordinates import torchvision_keypoint_confidence
-from extract.teachers.weights import (
+from pipeline.weights.files import (
     RANDOM_INIT_SHA256,
     RANDOM_WEIGHTS,
     load_weights_into,

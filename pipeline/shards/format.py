@@ -28,10 +28,19 @@ import numpy as np
 from pipeline.errors import DistinitError
 from pipeline.hashing import sha256_json
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # What changed at each version, for the one line that refuses an older cache.
-FORMAT_CHANGES = {2: "keypoints are now stored as coordinates"}
+FORMAT_CHANGES = {
+    2: "keypoints are now stored as coordinates",
+    3: "teachers are named instances of a kind, keypoint outputs carry their flip index, embeddings are a kind",
+}
 MANIFEST_NAME = "manifest.json"
+
+# A keypoints output's attributes (OutputSpec.attributes): stage two draws heatmaps on a grid x grid map with
+# Gaussians of sigma cells, and mirrors a clip by taking channel flip_index[k] for channel k.
+KEYPOINT_GRID_ATTRIBUTE = "heatmap_grid"
+KEYPOINT_SIGMA_ATTRIBUTE = "heatmap_sigma_cells"
+KEYPOINT_FLIP_INDEX_ATTRIBUTE = "flip_index"
 
 # Row datasets every shard has, beside the teacher outputs.
 VIDEO_ID = "video_id"

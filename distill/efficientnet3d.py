@@ -31,9 +31,9 @@ import torch.nn as nn
 import torch.nn.functional as functional
 
 from distill.trunks import TrunkOutput
-from evaluate.inflation import Inflater, inflate_state_dict, register_inflation
-from extract.teachers.imagenet_efficientnet import packaged_lite0_weights_path
-from extract.teachers.weights import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into
+from distill.inflation import Inflater, inflate_state_dict, register_inflation
+from pipeline.weights.lite0 import packaged_lite0_weights_path
+from pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into
 from pipeline.errors import ConfigError, DistinitError
 
 try:

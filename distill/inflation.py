@@ -8,7 +8,7 @@ and divided by t (temporal stride 1 unless asked); BatchNorm2d becomes BatchNorm
 statistics; pools get a temporal kernel of 1; AdaptiveAvgPool2d(o) becomes AdaptiveAvgPool3d((1, o)).
 Parameter-free layers (activations, dropout, flatten) and Linear are kept; containers, custom ones
 included, are recursed into and kept — so a custom container must not call 2D-only functions in its
-forward (EfficientNet's blocks do; `evaluate.efficientnet3d` registers rules for them). A layer with
+forward (EfficientNet's blocks do; `distill.efficientnet3d` registers rules for them). A layer with
 weights and no rule is an error, never silently kept.
 
 Temporal padding repeats the first and last frame ("replicate") rather than adding zeros. That is what
