@@ -17,12 +17,14 @@ import torch.nn.functional as functional
 
 from pipeline.devices import resolve_device  # noqa: F401  (the teacher modules import it from here)
 from pipeline.errors import ConfigError
+from pipeline.weights.source import WeightsSource
 
 logger = logging.getLogger(__name__)
 
 # "keypoints": (K, 3) = (x / frame width, y / frame height, confidence) per keypoint; stage two renders
 # them as heatmaps over the crop the student sees (distill.keypoint_heatmaps).
-OUTPUT_KINDS = ("logits", "multilabel_scores", "keypoints", "count", "flag")
+# "embedding": (D,) image features (CLIP, DINOv2, a classifier's pooled features) for feature distillation.
+OUTPUT_KINDS = ("logits", "multilabel_scores", "keypoints", "count", "flag", "embedding")
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,14 @@ class OutputSpec:
 
 
 class Teacher:
-    """Base class. Subclasses set the attributes below in __init__ and implement `_forward_batch`."""
+    """Base class. Subclasses set the attributes below in __init__ and implement `_forward_batch`.
+
+    `kind` is the registered name (what the teacher is); `name` is this instance's name (the HDF5 group, the
+    student's head and the loss weight are keyed by it). They are equal unless a run names instances
+    (`teachers: [places=places365, objects=imagenet-torchvision]`); `create_teacher` sets both."""
 
     name: str
+    kind: str
     backend: str
     input_size: int
     mean: tuple[float, float, float]
@@ -105,6 +112,7 @@ class Teacher:
         """JSON-able facts written as HDF5 attributes and hashed into the stage key."""
         return {
             "name": self.name,
+            "kind": getattr(self, "kind", self.name),
             "backend": self.backend,
             "weights_sha256": self.weights_sha256,
             "input_size": self.input_size,
@@ -123,6 +131,12 @@ class Teacher:
 
     def close(self) -> None:
         """Release resources held outside torch (MediaPipe graphs); a no-op for torch teachers."""
+
+    @classmethod
+    def weights_sources(cls, **options: Any) -> tuple[WeightsSource, ...]:
+        """The weight files this teacher would load with these options (its defaults where not given), without
+        building it or touching the network: for `distinit teachers`. Subclasses with weights override it."""
+        return ()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, backend={self.backend!r}, device={self.device})"
