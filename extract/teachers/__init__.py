@@ -8,16 +8,17 @@ Registered teachers (see each module for its options):
 - mediapipe-pose: BlazePose (optional extra `distinit[pose]`), same outputs as coco-keypoints.
 """
 
+import importlib
+import pkgutil
+
 from extract.teachers.base import OutputSpec, Teacher
 from extract.teachers.registry import TEACHERS, create_teacher, list_teachers, register_teacher, teacher_options
 from pipeline.weights.files import MissingWeightsError
 
-# Importing the modules registers their teachers; none imports an optional dependency at import time.
-from extract.teachers import imagenet_efficientnet  # noqa: E402,F401
-from extract.teachers import imagenet_torchvision  # noqa: E402,F401
-from extract.teachers import coco_objects  # noqa: E402,F401
-from extract.teachers import coco_keypoints  # noqa: E402,F401
-from extract.teachers import mediapipe_pose  # noqa: E402,F401
+# Importing every module of this package registers its teachers (a new teacher module needs no line here);
+# none imports an optional dependency at import time.
+for _module in sorted(pkgutil.iter_modules(__path__), key=lambda module: module.name):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 DEFAULT_TEACHER = "imagenet-efficientnet-lite0"
 
