@@ -6,7 +6,8 @@
 
 Specs: `<model>` (its default ImageNet weights), `<model>@FILE` (a state_dict .pth) or `<model>:random`
 (random 2D weights, for tests). ResNet-18's default is torchvision's IMAGENET1K_V1 file in the torch hub
-cache — never downloaded: the error names the path and the URL. EfficientNet-Lite0's ships with pip.
+cache, downloaded there on first use with its hash checked (offline, `--offline`: the error names the path
+and the URL). EfficientNet-Lite0's ships with pip.
 
 ResNet-18 -> r3d_18 (the paper's baseline) is a weight mapping onto r3d_18's architecture: conv1 7x7 ->
 stem 3x7x7, every 3x3 -> 3x3x3 and downsample 1x1 -> 1x1x1 (repeated over time, divided by t), batch
@@ -44,13 +45,8 @@ from distill.inflation import (  # noqa: F401  (re-exported: the public inflatio
     spatial_time_kernel,
 )
 from pipeline.weights.lite0 import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
-from pipeline.weights.files import (
-    RANDOM_INIT_SHA256,
-    RANDOM_WEIGHTS,
-    load_weights_into,
-    resolve_weights_file,
-    torch_hub_checkpoint_path,
-)
+from pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into
+from pipeline.weights.download import fetch_torch_hub_file
 from pipeline.errors import ConfigError
 from pipeline.init_sources import split_inflated_spec
 
@@ -68,14 +64,15 @@ EFFICIENTNET_LITE_NORMALISATION = Normalisation(EFFICIENTNET_LITE_MEAN, EFFICIEN
 
 
 def load_resnet18_2d(weights: str | os.PathLike | None = None) -> tuple[nn.Module, str]:
-    """(torchvision resnet18, weights sha256): the torch hub cache's IMAGENET1K_V1 file, a FILE, or "random"."""
+    """(torchvision resnet18, weights sha256): the torch hub cache's IMAGENET1K_V1 file (downloaded on first use),
+    a FILE, or "random"."""
     import torchvision.models
 
     model = torchvision.models.resnet18(weights=None)
     if weights == RANDOM_WEIGHTS:
         return model, RANDOM_INIT_SHA256
     url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
-    path = resolve_weights_file(weights, torch_hub_checkpoint_path(url), url, RESNET18_LABEL)
+    path = fetch_torch_hub_file(url, RESNET18_LABEL, weights=weights)
     return model, load_weights_into(model, path, RESNET18_LABEL)
 
 

@@ -121,13 +121,15 @@ def test_torchvision_classifier_with_random_weights():
     assert teacher.mean == (0.485, 0.456, 0.406) and teacher.input_size == 224
 
 
-def test_torchvision_classifier_missing_weights_names_the_hub_file(tmp_path, monkeypatch):
+def test_torchvision_classifier_offline_without_weights_names_the_hub_file(tmp_path, monkeypatch):
+    # Online, the file would be downloaded (tests/test_weights_download.py); offline, the error says where to put it.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("DISTINIT_OFFLINE", "1")
     expected = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     with pytest.raises(MissingWeightsError) as caught:
         create_teacher("imagenet-torchvision", model="resnet18")
     message = str(caught.value)
-    assert "\n" not in message and str(expected) in message
+    assert "\n" not in message and str(expected) in message and "offline (DISTINIT_OFFLINE=1)" in message
     assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
 
 

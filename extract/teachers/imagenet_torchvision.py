@@ -2,13 +2,15 @@
 
 Weights come from `weights=FILE` (a state_dict .pth) or the torch hub cache, under the file name of the
 model's torchvision weights (e.g. `<torch hub dir>/checkpoints/resnet50-11ad3fa6.pth` for
-ResNet50_Weights.IMAGENET1K_V2, the DEFAULT). Nothing is downloaded. Resize, crop, interpolation and
-normalisation come from the chosen torchvision weights' own evaluation transforms.
+ResNet50_Weights.IMAGENET1K_V2, the DEFAULT); a file not there yet is downloaded into that cache on first
+use with torch.hub's hash check, as torchvision itself would (never when offline: `--offline`). Resize, crop,
+interpolation and normalisation come from the chosen torchvision weights' own evaluation transforms.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,14 +26,10 @@ from extract.teachers.base import (
     resolve_device,
 )
 from extract.teachers.registry import register_teacher
-from pipeline.weights.files import (
-    RANDOM_INIT_SHA256,
-    RANDOM_WEIGHTS,
-    load_weights_into,
-    resolve_weights_file,
-    torch_hub_checkpoint_path,
-)
 from pipeline.errors import ConfigError
+from pipeline.weights.download import fetch_torch_hub_file
+from pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into, torch_hub_checkpoint_path
+from pipeline.weights.source import WeightsSource
 
 logger = logging.getLogger(__name__)
 
@@ -118,10 +116,23 @@ class TorchvisionClassifierTeacher(Teacher):
         if weights == RANDOM_WEIGHTS:
             self.weights_sha256 = RANDOM_INIT_SHA256
         else:
-            cached_path = torch_hub_checkpoint_path(self.weights_url)
-            path = resolve_weights_file(weights, cached_path, self.weights_url, self.name)
+            path = fetch_torch_hub_file(self.weights_url, self.name, weights=weights)
             self.weights_sha256 = load_weights_into(network, path, self.name)
         self.model = freeze(network).to(self.device)
+
+    @classmethod
+    def weights_sources(
+        cls, *, weights: str | None = None, model: str = "resnet50", weights_tag: str = "DEFAULT", **_options
+    ) -> tuple[WeightsSource, ...]:
+        if weights == RANDOM_WEIGHTS:
+            return ()
+        torchvision_weights = torchvision_classifier_weights(model, weights_tag)
+        description = f"torchvision {model} {torchvision_weights.name}"
+        if weights is not None:
+            path = Path(weights).expanduser()
+            return (WeightsSource(description, "weights=FILE", path, path.is_file()),)
+        cached_path = torch_hub_checkpoint_path(torchvision_weights.url)
+        return (WeightsSource(description, torchvision_weights.url, cached_path, cached_path.is_file()),)
 
     def _forward_batch(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         images = frames_to_tensor(frames, self.device)

@@ -20,6 +20,7 @@ from extract.teachers.coco_classes import NUM_COCO_KEYPOINTS
 from extract.teachers.keypoint_coordinates import NOWHERE, empty_keypoints, keypoint_outputs
 from extract.teachers.registry import register_teacher
 from pipeline.weights.files import sha256_files
+from pipeline.weights.source import WeightsSource
 from pipeline.errors import ConfigError, DistinitError
 
 logger = logging.getLogger(__name__)
@@ -44,13 +45,17 @@ def _import_mediapipe():
     return mediapipe
 
 
-def mediapipe_model_files(mediapipe_module, model_complexity: int) -> list[Path]:
-    """The detector and landmark .tflite files BlazePose will load; only complexity 1 ships in the wheel."""
-    modules = Path(mediapipe_module.__file__).parent / "modules"
-    files = [
+def _model_files_under(package_folder: Path, model_complexity: int) -> list[Path]:
+    modules = package_folder / "modules"
+    return [
         modules / "pose_detection" / "pose_detection.tflite",
         modules / "pose_landmark" / _LANDMARK_MODEL_FILES[model_complexity],
     ]
+
+
+def mediapipe_model_files(mediapipe_module, model_complexity: int) -> list[Path]:
+    """The detector and landmark .tflite files BlazePose will load; only complexity 1 ships in the wheel."""
+    files = _model_files_under(Path(mediapipe_module.__file__).parent, model_complexity)
     for path in files:
         if not path.is_file():  # MediaPipe would try to download it; we never download at run time
             raise DistinitError(
@@ -115,6 +120,26 @@ class MediaPipePoseTeacher(Teacher):
             enable_segmentation=False,
             min_detection_confidence=self.person_threshold,
         )
+
+    @classmethod
+    def weights_sources(cls, *, model_complexity: int = 1, **_options) -> tuple[WeightsSource, ...]:
+        """The .tflite files inside the mediapipe wheel, found without importing mediapipe (slow, and maybe absent)."""
+        import importlib.util
+
+        if model_complexity not in _LANDMARK_MODEL_FILES:
+            raise ConfigError(f"teacher mediapipe-pose: model_complexity={model_complexity!r} must be 0, 1 or 2")
+        spec = importlib.util.find_spec("mediapipe")
+        if spec is None or not spec.submodule_search_locations:
+            names = ("pose_detection.tflite", _LANDMARK_MODEL_FILES[model_complexity])
+            origin = "pip package mediapipe (pip install distinit[pose])"
+            return tuple(WeightsSource(f"BlazePose {name}", origin, None, False) for name in names)
+        package_folder = Path(list(spec.submodule_search_locations)[0])
+        sources = []
+        for path in _model_files_under(package_folder, model_complexity):
+            # Only complexity 1's files ship in the wheel; the others are copied in by hand (never downloaded).
+            origin = "pip package mediapipe" if path.is_file() else f"copy {_MODEL_ASSET_URL}{path.name} by hand"
+            sources.append(WeightsSource(f"BlazePose {path.name}", origin, path, path.is_file()))
+        return tuple(sources)
 
     def _forward_batch(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         keypoints, present = [], []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from pipeline.cli import main
+from pipeline.cli.extract_commands import offline_option
 from pipeline.errors import ConfigError
 
 
@@ -72,6 +73,7 @@ def _eval_config(config_path, overrides, splits, seeds, options):
               help="Also write results.json and RESULTS.txt here (a fixed place; make's eval-hmdb uses results/<DATA>/eval-hmdb).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other config option.")
 @click.option("--no-progress", is_flag=True)
+@offline_option
 def eval_command(config_path, overrides, splits, seeds, report_dir, no_progress, **options) -> None:
     """Finetune a trunk (distilled, scratch or inflated) on HMDB-51 / UCF-101 splits and score it."""
     from evaluate.finetune import run_eval
@@ -100,6 +102,7 @@ def eval_command(config_path, overrides, splits, seeds, report_dir, no_progress,
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Comparison folder (RESULTS.md, results.json, plots).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other eval config option.")
 @click.option("--no-progress", is_flag=True)
+@offline_option
 def compare(config_path, inits, splits, seeds, out, overrides, no_progress, **options) -> None:
     """Scratch vs inflated vs DistInit on the same data, splits, seeds and schedule -> RESULTS.md + plots."""
     from evaluate.compare import compare as run_compare

@@ -8,6 +8,20 @@ import yaml
 from pipeline.cli import main
 
 
+def _enable_offline(context: click.Context, parameter: click.Parameter, value: bool) -> None:
+    if value:
+        from pipeline.weights.download import enable_offline
+
+        enable_offline()
+
+
+# Eager, so it takes effect while the options are parsed, before the command builds anything.
+offline_option = click.option(
+    "--offline", is_flag=True, expose_value=False, is_eager=True, callback=_enable_offline,
+    help="Never download weights: use only files already cached or given (also DISTINIT_OFFLINE=1).",
+)
+
+
 def _teacher_options(weights: tuple[str, ...], options: tuple[str, ...]) -> dict[str, dict]:
     """`--weights NAME=FILE` and `--teacher-option NAME.KEY=VALUE` -> {teacher: {option: value}}."""
     from pipeline.errors import ConfigError
@@ -49,6 +63,7 @@ def _teacher_options(weights: tuple[str, ...], options: tuple[str, ...]) -> dict
 @click.option("--limit", type=int, default=None, help="Only the first N videos (quick trials).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other config option.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@offline_option
 def extract(config_path, shard_part, finalize, weights, teacher_option, overrides, no_progress, **options) -> None:
     """Run the teachers over sampled frames and write targets/<data>/<key>/shard-*.h5 + manifest.json."""
     from extract.config import ExtractConfig, parse_shard_part
@@ -105,10 +120,49 @@ def inspect_command(targets_dir: str, video_id: str | None, top_k: int) -> None:
 
 
 @main.command()
-def teachers() -> None:
-    """List the registered teachers and their options."""
+@click.option("--teacher", "teacher_name", default=None, help="Show only this teacher.")
+@click.option("--option", "option_pairs", multiple=True, metavar="OPTION=VALUE",
+              help="With --teacher: list the weights these options would use (e.g. model=resnet18).")
+@offline_option
+def teachers(teacher_name: str | None, option_pairs: tuple[str, ...]) -> None:
+    """List the registered teachers, their options, and where each one's weights come from (and whether they are
+    here already). Touches no network and imports no optional package that is missing."""
     from extract.teachers import list_teachers, teacher_options
+    from extract.teachers.registry import TEACHERS
+    from pipeline.errors import ConfigError
 
-    for name in list_teachers():
-        options = ", ".join(f"{key}={value!r}" for key, value in teacher_options(name).items())
-        click.echo(f"{name:30s} {options}")
+    if teacher_name is not None and teacher_name not in TEACHERS:
+        raise ConfigError(f"unknown teacher {teacher_name!r}; known teachers: {', '.join(list_teachers())}")
+    if option_pairs and teacher_name is None:
+        raise ConfigError("--option needs --teacher NAME: options belong to one teacher")
+    chosen = _teacher_options((), tuple(f"{teacher_name}.{pair}" for pair in option_pairs)).get(teacher_name, {})
+    for name in [teacher_name] if teacher_name is not None else list_teachers():
+        options = teacher_options(name)
+        unknown = sorted(set(chosen) - set(options))
+        if unknown:
+            known = ", ".join(options)
+            raise ConfigError(f"teacher {name!r} has no option {', '.join(unknown)}; its options are: {known}")
+        options.update(chosen)
+        click.echo(f"{name:30s} {', '.join(f'{key}={value!r}' for key, value in options.items())}")
+        for line in _weights_lines(TEACHERS[name], options):
+            click.echo(f"    {line}")
+
+
+def _weights_lines(teacher_class, options: dict) -> list[str]:
+    """A teacher's weights sources as lines: what, its state, where it comes from and where it is kept."""
+    from pipeline.weights.download import presence
+
+    try:
+        sources = teacher_class.weights_sources(**options)
+    except Exception as error:  # one teacher failing to list (a missing package, a bad option) must not stop the rest
+        reason = " ".join(str(error).split()) or type(error).__name__
+        return [f"weights: cannot list them ({reason})"]
+    if not sources:
+        return ["weights: not listed by this teacher"]
+    lines = []
+    for source in sources:
+        lines.append(f"weights: {source.description}: {presence(source)}")
+        lines.append(f"  from {source.origin}")
+        where = source.local_path or "not known here (its package or framework decides)"
+        lines.append(f"  at   {where}")
+    return lines

@@ -14,14 +14,17 @@ import contextlib
 import http.client
 import logging
 import os
+import re
 import socket
 import sys
 import urllib.error
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlparse
 
 from pipeline.errors import ConfigError
-from pipeline.weights.files import MissingWeightsError
+from pipeline.weights.files import MissingWeightsError, given_weights_file, torch_hub_checkpoint_path
+from pipeline.weights.source import WeightsSource
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,10 @@ _TRUE_VALUES = ("1", "true", "yes", "on")  # what huggingface_hub accepts for HF
 # Network errors of the HTTP clients frameworks use (requests, httpx, urllib3, huggingface_hub) that are not
 # OSError subclasses; recognised by module so none of them has to be imported here.
 _NETWORK_ERROR_MODULES = ("requests", "httpx", "httpcore", "urllib3", "huggingface_hub")
+# torch.hub's convention: a published file is named `<name>-<first hex digits of its sha256>.<extension>`.
+_HASH_IN_FILE_NAME = re.compile(r"-([a-f0-9]+)\.[^-]*$")
+# Origins a teacher fetches on first use; any other origin (a pip package, a file to copy by hand) is not fetched.
+DOWNLOADED_ORIGIN_PREFIXES = ("http://", "https://", "file://", "hf-hub:")
 
 
 def offline_variable() -> str | None:
@@ -45,6 +52,13 @@ def offline_variable() -> str | None:
 def offline() -> bool:
     """True when no download may be attempted: DISTINIT_OFFLINE=1 (the CLI's --offline) or HF_HUB_OFFLINE=1."""
     return offline_variable() is not None
+
+
+def enable_offline() -> None:
+    """Never download in this process and the processes it starts (the CLI's --offline): set before anything
+    is built, so decode workers inherit it and huggingface_hub reads it when first imported."""
+    os.environ["DISTINIT_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def download_timeout_seconds() -> float:
@@ -70,13 +84,6 @@ def _offline_error(teacher_name: str, url: str, cache_path: Path) -> MissingWeig
     return MissingWeightsError(
         f"{missing_message(teacher_name, url, cache_path)}; offline ({offline_variable()}=1), so nothing is downloaded"
     )
-
-
-def _given_weights_file(weights: str | os.PathLike, teacher_name: str) -> Path:
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise MissingWeightsError(f"teacher {teacher_name}: weights file {path} does not exist; pass an existing file")
-    return path
 
 
 def _one_line_reason(error: BaseException) -> str:
@@ -120,7 +127,7 @@ def fetch_weights_file(
     offline) `url` downloaded to `cache_path` with torch.hub's downloader (a temporary file renamed when
     complete; its sha256 must start with `hash_prefix` when given)."""
     if weights is not None:
-        return _given_weights_file(weights, teacher_name)
+        return given_weights_file(weights, teacher_name)
     cache_path = Path(cache_path)
     if cache_path.is_file():
         return cache_path
@@ -194,7 +201,8 @@ def framework_download(teacher_name: str, origin: str, cache_path: Path | None) 
         guard = _hub_offline()
     else:
         if cache_path is None or not cache_path.exists():
-            logger.info("teacher %s: fetching %s (cached at %s)", teacher_name, origin, cache_path or "the framework's cache")
+            where = cache_path or "the framework's cache"
+            logger.info("teacher %s: fetching %s (cached at %s)", teacher_name, origin, where)
         guard = contextlib.nullcontext()
     try:
         with guard, _socket_timeout(download_timeout_seconds()):
@@ -211,3 +219,25 @@ def framework_download(teacher_name: str, origin: str, cache_path: Path | None) 
                 f"offline ({offline_variable()}=1), so nothing is downloaded"
             ) from None
         raise MissingWeightsError(_network_message(teacher_name, origin, cache_path, error)) from None
+
+
+def torch_hub_hash_prefix(url: str) -> str | None:
+    """The sha256 prefix a torch.hub file name carries (`resnet18-f37072fd.pth` -> "f37072fd"), or None."""
+    match = _HASH_IN_FILE_NAME.search(os.path.basename(urlparse(url).path))
+    return match.group(1) if match else None
+
+
+def fetch_torch_hub_file(url: str, teacher_name: str, *, weights: str | os.PathLike | None = None) -> Path:
+    """A torchvision-published weights file: cached where torch.hub caches it, checked against its name's hash."""
+    return fetch_weights_file(
+        url, torch_hub_checkpoint_path(url), teacher_name, weights=weights, hash_prefix=torch_hub_hash_prefix(url)
+    )
+
+
+def presence(source: WeightsSource) -> str:
+    """Whether a weights source is usable now, in words, for `distinit teachers`."""
+    if source.present:
+        return "present"
+    if source.origin.startswith(DOWNLOADED_ORIGIN_PREFIXES):
+        return "offline: missing" if offline() else "not downloaded yet: fetched on first use"
+    return "missing"

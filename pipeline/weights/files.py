@@ -1,8 +1,9 @@
-"""Finding and loading teacher weights without ever downloading at run time.
+"""Finding and loading teacher weight files: where frameworks cache them, loading them strictly, hashing them.
 
 Weights come from (in order): an explicit `weights=FILE`, the file a pip package ships, or a framework's
-local cache (torch hub, Detectron2's iopath cache). When none is there, the error names the exact path
-to put the file at and the URL it comes from, so a user on an offline cluster can copy it in.
+local cache (torch hub, Detectron2's iopath cache); `pipeline.weights.download` fills a cache on first use
+(unless offline). The errors name the exact path to put a file at and the URL it comes from, so a user on
+an offline cluster can copy it in.
 """
 
 from __future__ import annotations
@@ -39,19 +40,23 @@ def iopath_cache_path(url: str) -> Path:
     return cache_directory / urlparse(url).path.lstrip("/")
 
 
+def given_weights_file(weights: str | os.PathLike, teacher_name: str) -> Path:
+    """A user's `weights=FILE`, which must exist."""
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise MissingWeightsError(f"teacher {teacher_name}: weights file {path} does not exist; pass an existing file")
+    return path
+
+
 def resolve_weights_file(weights: str | os.PathLike | None, cached_path: Path, url: str, teacher_name: str) -> Path:
-    """The file to load: `weights` if given (must exist), else `cached_path` (must exist); never downloads."""
+    """The file to load: `weights` if given (must exist), else `cached_path` (must exist); never downloads.
+    Callers that know a URL use pipeline.weights.download.fetch_weights_file, which downloads it when missing."""
     if weights is not None:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise MissingWeightsError(
-                f"teacher {teacher_name}: weights file {path} does not exist; pass an existing file"
-            )
-        return path
+        return given_weights_file(weights, teacher_name)
     if not cached_path.is_file():
         raise MissingWeightsError(
             f"teacher {teacher_name}: no weights at {cached_path}; download {url} to that path "
-            f"(or pass weights=FILE); distinit never downloads at run time"
+            f"(or pass weights=FILE)"
         )
     return cached_path
 
