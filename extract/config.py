@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import re
+from typing import Any, Iterable
 
 from pipeline.datasets.selection import normalise_splits
 from pipeline.errors import ConfigError
+from pipeline.shards.format import ROW_COLUMNS, VIDEO_LAYOUTS
 
 # Bump when a change to stage one's code changes the targets it writes (it is part of the stage key).
 # 2: keypoints stored as frame-relative coordinates, not heatmaps. 3: videos cut short (holding clearly less
@@ -21,8 +23,10 @@ class ExtractConfig:
     root: str = "data/demo"
     splits_dir: str | None = None
     annotations: str | None = None
+    # Each entry KIND (the instance named KIND) or INSTANCE=KIND: `[r18=imagenet-torchvision, r50=imagenet-torchvision]`
+    # runs two torchvision classifiers, each with its own HDF5 group, student head and loss weight.
     teachers: tuple[str, ...] = ("imagenet-efficientnet-lite0",)
-    # {teacher name: {option: value}}; weights files go here too as {"weights": "path.pth"}.
+    # {instance name: {option: value}}; weights files go here too as {"weights": "path.pth"}.
     teacher_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     frames_per_second: float = 2.0
     max_frames_per_video: int = 64
@@ -59,11 +63,94 @@ class ExtractConfig:
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"option limit must be >= 1, got {self.limit}")
         normalise_splits(self.split)  # refuses anything but null, a split number >= 1 or a list of them
-        if not self.teachers:
-            raise ConfigError("option teachers is empty; name at least one (see `distinit teachers`)")
-        unknown = sorted(set(self.teacher_options) - set(self.teachers))
-        if unknown:
-            raise ConfigError(f"teacher_options name teachers not in teachers: {', '.join(unknown)}")
+        instances = parse_teacher_entries(self.teachers)
+        # One spelling per instance (`lite0=lite0` is `lite0`), so configs that mean the same read the same.
+        object.__setattr__(self, "teachers", tuple(instance.entry for instance in instances))
+        check_teacher_options(self.teacher_options, [instance.name for instance in instances])
+
+    @property
+    def teacher_instances(self) -> tuple["TeacherInstance", ...]:
+        return parse_teacher_entries(self.teachers)
+
+
+# An instance name is an HDF5 group, the first half of a `<teacher>/<output>` key and a student head's name.
+INSTANCE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+INSTANCE_EXAMPLE = "r18=imagenet-torchvision,r50=imagenet-torchvision"
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherInstance:
+    name: str  # what the shards, heads and loss weights key on
+    kind: str  # the registered teacher (`distinit teachers`)
+
+    @property
+    def entry(self) -> str:
+        return self.kind if self.name == self.kind else f"{self.name}={self.kind}"
+
+
+def parse_teacher_entries(entries: Iterable[str]) -> tuple[TeacherInstance, ...]:
+    """`teachers` entries (KIND or INSTANCE=KIND) -> their instances; one-line ConfigError on a bad name, a name
+    given twice, or two unnamed entries of one kind. Kinds are checked against the registry when teachers are
+    built (extract.run.prepare): importing every teacher here would cost each config (and `make`) seconds."""
+    if isinstance(entries, str) or not all(isinstance(entry, str) for entry in entries):
+        raise ConfigError(f"option teachers must be a list of KIND or INSTANCE=KIND entries; got {entries!r}")
+    instances = []
+    for entry in entries:
+        name, separator, kind = entry.strip().rpartition("=")
+        instance = TeacherInstance(name=(name if separator else kind).strip(), kind=kind.strip())
+        for text, what in ((instance.name, "instance name"), (instance.kind, "kind")):
+            if not INSTANCE_NAME_PATTERN.fullmatch(text):
+                raise ConfigError(
+                    f"teachers entry {entry!r}: {what} {text!r} must start with a letter or digit and hold only "
+                    f"letters, digits, '_', '.' and '-'; write KIND or INSTANCE=KIND (e.g. {INSTANCE_EXAMPLE})"
+                )
+        if instance.name in (*ROW_COLUMNS, VIDEO_LAYOUTS):
+            raise ConfigError(
+                f"teachers entry {entry!r}: {instance.name!r} names a shard's own dataset; choose another name"
+            )
+        instances.append(instance)
+    if not instances:
+        raise ConfigError("option teachers is empty; name at least one (see `distinit teachers`)")
+    _check_names_distinct(instances)
+    return tuple(instances)
+
+
+def _check_names_distinct(instances: list[TeacherInstance]) -> None:
+    seen: dict[str, TeacherInstance] = {}
+    for instance in instances:
+        # Stage two names a head after its key with every character outside [A-Za-z0-9_] made '_'.
+        head_name = re.sub(r"[^0-9A-Za-z_]", "_", instance.name)
+        earlier = seen.get(head_name)
+        if earlier is not None and earlier.name == instance.name == instance.kind == earlier.kind:
+            raise ConfigError(
+                f"teachers lists {instance.kind} twice; name each instance, e.g. "
+                f"{instance.kind}-a={instance.kind},{instance.kind}-b={instance.kind}"
+            )
+        if earlier is not None and earlier.name == instance.name:
+            raise ConfigError(f"teachers name the instance {instance.name!r} twice; give each instance its own name")
+        if earlier is not None:
+            raise ConfigError(
+                f"teacher instances {earlier.name!r} and {instance.name!r} differ only in '_', '.' or '-', so their "
+                f"student heads would clash; rename one"
+            )
+        seen[head_name] = instance
+
+
+def check_teacher_options(teacher_options: Any, instance_names: list[str]) -> None:
+    """teacher_options is keyed by instance name (a bare KIND entry's instance is named KIND)."""
+    if not isinstance(teacher_options, dict):
+        raise ConfigError(
+            f"option teacher_options must map an instance name to its options; got {teacher_options!r}"
+        )
+    unknown = sorted(set(teacher_options) - set(instance_names))
+    if unknown:
+        raise ConfigError(
+            f"teacher_options name {', '.join(map(str, unknown))}, not a teacher instance of this run; "
+            f"the instances are: {', '.join(instance_names)}"
+        )
+    for name, options in teacher_options.items():
+        if not isinstance(options, dict):
+            raise ConfigError(f"teacher_options for {name}: expected a mapping of option: value, got {options!r}")
 
 
 def parse_shard_part(text: str | None) -> tuple[int, int]:

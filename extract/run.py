@@ -22,6 +22,7 @@ from extract.config import CODE_VERSION, ExtractConfig
 from extract.pool import DecodePool
 from extract.sampling import SamplingConfig
 from extract.teachers import create_teacher
+from extract.teachers.registry import check_teacher_kinds
 from extract.teaching import teach
 from pipeline.atomic import make_output_folder, remove_leftover_temporary_files, replace_shared_text
 from pipeline.config import config_to_dict
@@ -75,12 +76,16 @@ class ExtractionReport:
 
 
 def prepare(config: ExtractConfig) -> ExtractionPlan:
+    instances = config.teacher_instances
+    check_teacher_kinds(instance.kind for instance in instances)  # before listing what may be a large dataset
     listing = selected_listing(config)
     if not listing.records:
         raise DistinitError(f"{config.root}: dataset {config.data} has no videos to extract")
     device = resolve_device(config.device)
     teachers = [
-        create_teacher(name, device=device, **dict(config.teacher_options.get(name, {}))) for name in config.teachers
+        create_teacher(instance.kind, name=instance.name, device=device,
+                       **dict(config.teacher_options.get(instance.name, {})))
+        for instance in instances
     ]
     batch_size = config.batch_size or (64 if device.type == "cuda" else 8)
     for teacher in teachers:

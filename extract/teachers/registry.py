@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from pipeline.errors import ConfigError
 from extract.teachers.base import Teacher
@@ -40,25 +40,40 @@ def teacher_options(name: str) -> dict[str, Any]:
     }
 
 
-def create_teacher(name: str, device: Any = "cpu", weights: str | None = None, **options: Any) -> Teacher:
-    """Build the registered teacher `name`. Option values given as strings (from the CLI) are converted
-    to the type of the option's default."""
-    defaults = teacher_options(name)
+def create_teacher(
+    kind: str, *, name: str | None = None, device: Any = "cpu", weights: str | None = None, **options: Any
+) -> Teacher:
+    """Build the registered teacher `kind` as the instance `name` (default: `kind`), the name its HDF5 group,
+    student head and loss weight key on. Option values given as strings (from the CLI) are converted to the type
+    of the option's default."""
+    instance = name or kind
+    described = kind if instance == kind else f"{instance} ({kind})"
+    defaults = teacher_options(kind)
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         known = ", ".join(sorted(defaults)) or "none"
-        raise ConfigError(f"teacher {name!r} has no option {', '.join(unknown)}; its options are: {known}")
-    converted = {key: _convert_option(name, key, value, defaults[key]) for key, value in options.items()}
-    return _teacher_class(name)(device=device, weights=weights, **converted)
+        raise ConfigError(f"teacher {described} has no option {', '.join(unknown)}; its options are: {known}")
+    converted = {key: _convert_option(described, key, value, defaults[key]) for key, value in options.items()}
+    teacher = _teacher_class(kind)(device=device, weights=weights, **converted)
+    # Constructors name a teacher after its kind; the run's instance name is set here, once, for every teacher.
+    teacher.kind = kind
+    teacher.name = instance
+    return teacher
 
 
-def _teacher_class(name: str) -> type[Teacher]:
-    if name not in TEACHERS:
-        raise ConfigError(f"unknown teacher {name!r}; known teachers: {', '.join(list_teachers())}")
-    return TEACHERS[name]
+def check_teacher_kinds(kinds: Iterable[str]) -> None:
+    """ConfigError naming the known kinds for the first kind that is not registered."""
+    for kind in kinds:
+        _teacher_class(kind)
 
 
-def _convert_option(teacher_name: str, key: str, value: Any, default: Any) -> Any:
+def _teacher_class(kind: str) -> type[Teacher]:
+    if kind not in TEACHERS:
+        raise ConfigError(f"unknown teacher {kind!r}; known teachers: {', '.join(list_teachers())}")
+    return TEACHERS[kind]
+
+
+def _convert_option(described: str, key: str, value: Any, default: Any) -> Any:
     if not isinstance(value, str) or default is None or isinstance(default, str):
         return value
     try:
@@ -69,5 +84,5 @@ def _convert_option(teacher_name: str, key: str, value: Any, default: Any) -> An
         return type(default)(value)
     except ValueError:
         raise ConfigError(
-            f"teacher {teacher_name!r} option {key}={value!r} is not of type {type(default).__name__}"
+            f"teacher {described} option {key}={value!r} is not of type {type(default).__name__}"
         ) from None
