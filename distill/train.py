@@ -119,11 +119,13 @@ def build_optimizer(model: torch.nn.Module, config: DistillConfig) -> torch.opti
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def agreement_key(heads) -> str | None:
-    """The ImageNet classifier head, whose top-1 agreement with its teacher is logged each epoch."""
-    logits_heads = [head.key for head in heads if head.kind == "logits"]
-    imagenet = [key for key in logits_heads if key.startswith("imagenet")]
-    return (imagenet or logits_heads or [None])[0]
+def agreement_key(heads, teachers: list[dict[str, Any]]) -> str | None:
+    """The ImageNet classifier head, whose top-1 agreement with its teacher is logged each epoch. What a teacher
+    is comes from its kind: an instance may be named anything (`objects=imagenet-torchvision`)."""
+    kinds = {teacher["name"]: teacher.get("kind", teacher["name"]) for teacher in teachers}
+    logits_heads = [head for head in heads if head.kind == "logits"]
+    imagenet = [head.key for head in logits_heads if kinds.get(head.teacher, head.teacher).startswith("imagenet")]
+    return (imagenet or [head.key for head in logits_heads] or [None])[0]
 
 
 def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, config, context, total_steps, progress,
@@ -284,7 +286,7 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
     tensorboard = open_tensorboard_log(run_dir, state["step"], enabled=config.tensorboard and context.is_main)
     steps_per_epoch = len(train_loader)
     total_steps = config.epochs * steps_per_epoch
-    agreement = agreement_key(heads)
+    agreement = agreement_key(heads, store.teachers)
     history: list[dict[str, Any]] = []
 
     def snapshot(epoch_progress: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -190,3 +190,14 @@ def test_one_distill_learns_a_head_per_instance_with_its_loss_weight(two_instanc
         step = loss_fn(student(normalise_video(batch["video"], student.input_normalisation)), batch["targets"])
     assert set(step) == {"loss", "kd/r18/logits", "kd/small/logits"}
     torch.testing.assert_close(step["loss"], 0.5 * step["kd/r18/logits"] + 2.0 * step["kd/small/logits"])
+
+
+def test_the_logged_agreement_follows_the_kind_not_the_instance_name():
+    from distill.heads import HeadSpec
+    from distill.train import agreement_key
+
+    heads = [HeadSpec(key="places/logits", kind="logits", shape=(365,)),
+             HeadSpec(key="objects/logits", kind="logits", shape=(1000,))]
+    teachers = [{"name": "places", "kind": "places365"}, {"name": "objects", "kind": "imagenet-torchvision"}]
+    assert agreement_key(heads, teachers) == "objects/logits"
+    assert agreement_key(heads[:1], teachers) == "places/logits"  # no ImageNet teacher: the first classifier
