@@ -23,7 +23,7 @@ RESNET50_URL = "https://download.pytorch.org/models/resnet50-11ad3fa6.pth"
 
 @pytest.fixture
 def torch_home(monkeypatch, tmp_path):
-    for variable in ("DISTINIT_OFFLINE", "HF_HUB_OFFLINE"):
+    for variable in ("DISTINIT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     return tmp_path
@@ -104,9 +104,7 @@ def test_mediapipe_files_in_the_wheel_or_missing(monkeypatch):
     assert all("pip install distinit[pose]" in source.origin and source.local_path is None for source in sources)
 
 
-def test_presence_words(monkeypatch):
-    monkeypatch.delenv("DISTINIT_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+def test_presence_words(torch_home, monkeypatch):
     assert presence(WeightsSource("x", "pip package y", None, True)) == "present"
     assert presence(WeightsSource("x", "hf-hub:timm/vit", None, False)) == "not downloaded yet: fetched on first use"
     assert presence(WeightsSource("x", "pip package y", None, False)) == "missing"

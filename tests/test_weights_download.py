@@ -86,7 +86,7 @@ class WeightsServer:
 @pytest.fixture
 def online(monkeypatch, tmp_path):
     """Downloads allowed (whatever the calling shell says), torch.hub's cache in a temporary TORCH_HOME."""
-    for variable in ("DISTINIT_OFFLINE", "HF_HUB_OFFLINE", "DISTINIT_DOWNLOAD_TIMEOUT"):
+    for variable in ("DISTINIT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DISTINIT_DOWNLOAD_TIMEOUT"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     return tmp_path
@@ -222,7 +222,7 @@ def test_a_bad_timeout_setting_is_a_config_error(online, monkeypatch):
 # ---------------------------------------------------------------- offline: today's message, no request
 
 
-@pytest.mark.parametrize("variable", ["DISTINIT_OFFLINE", "HF_HUB_OFFLINE"])
+@pytest.mark.parametrize("variable", ["DISTINIT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
 def test_offline_names_the_file_and_makes_no_request(online, tiny_file, monkeypatch, variable):
     name, content = tiny_file
     monkeypatch.setenv(variable, "1")
@@ -258,6 +258,13 @@ def test_framework_download_turns_network_errors_into_one_line(online):
             raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
     message = _assert_one_line(caught.value)
     assert "Connection refused" in message and str(cache_path) in message and "https://example.invalid" in message
+
+    class ConnectError(Exception):  # an HTTP client's own error type, not an OSError (httpx2's, for one)
+        __module__ = "httpx2._exceptions"
+
+    with pytest.raises(MissingWeightsError, match=r"cannot download hf-hub:some/model \(no route\)"):
+        with framework_download("clip", "hf-hub:some/model", None):
+            raise ConnectError("no route")
     with pytest.raises(ZeroDivisionError):  # not a network error: left alone
         with framework_download("coco-objects", "https://example.invalid/model.pkl", cache_path):
             raise ZeroDivisionError

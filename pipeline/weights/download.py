@@ -28,13 +28,13 @@ from pipeline.weights.source import WeightsSource
 
 logger = logging.getLogger(__name__)
 
-OFFLINE_VARIABLES = ("DISTINIT_OFFLINE", "HF_HUB_OFFLINE")
+OFFLINE_VARIABLES = ("DISTINIT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # the last two: the hub's own
 TIMEOUT_VARIABLE = "DISTINIT_DOWNLOAD_TIMEOUT"
 DEFAULT_TIMEOUT_SECONDS = 20.0  # a stalled connect or read; real downloads never pause this long
 _TRUE_VALUES = ("1", "true", "yes", "on")  # what huggingface_hub accepts for HF_HUB_OFFLINE
-# Network errors of the HTTP clients frameworks use (requests, httpx, urllib3, huggingface_hub) that are not
-# OSError subclasses; recognised by module so none of them has to be imported here.
-_NETWORK_ERROR_MODULES = ("requests", "httpx", "httpcore", "urllib3", "huggingface_hub")
+# Network errors of the HTTP clients frameworks use (requests, httpx and huggingface_hub 2's httpx2, urllib3,
+# huggingface_hub) that are not OSError subclasses; recognised by module so none of them is imported here.
+_NETWORK_ERROR_MODULES = ("requests", "httpx", "httpcore", "urllib3", "huggingface_hub")  # prefixes of the module
 # torch.hub's convention: a published file is named `<name>-<first hex digits of its sha256>.<extension>`.
 _HASH_IN_FILE_NAME = re.compile(r"-([a-f0-9]+)\.[^-]*$")
 # Origins a teacher fetches on first use; any other origin (a pip package, a file to copy by hand) is not fetched.
@@ -50,7 +50,8 @@ def offline_variable() -> str | None:
 
 
 def offline() -> bool:
-    """True when no download may be attempted: DISTINIT_OFFLINE=1 (the CLI's --offline) or HF_HUB_OFFLINE=1."""
+    """True when no download may be attempted: DISTINIT_OFFLINE=1 (the CLI's --offline), or the hub's own
+    HF_HUB_OFFLINE=1 / TRANSFORMERS_OFFLINE=1."""
     return offline_variable() is not None
 
 
@@ -100,7 +101,7 @@ def _one_line_reason(error: BaseException) -> str:
 def _is_network_error(error: BaseException) -> bool:
     if isinstance(error, (OSError, http.client.HTTPException)):
         return True
-    return any(klass.__module__.split(".")[0] in _NETWORK_ERROR_MODULES for klass in type(error).__mro__)
+    return any(klass.__module__.startswith(_NETWORK_ERROR_MODULES) for klass in type(error).__mro__)
 
 
 @contextlib.contextmanager
