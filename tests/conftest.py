@@ -1,4 +1,5 @@
-"""Shared test setup: every test is seeded; `gpu` tests skip without CUDA; the device comes from DISTINIT_TEST_DEVICE."""
+"""Shared test setup: every test is seeded and offline (a test that downloads from its own local server says so by
+clearing DISTINIT_OFFLINE); `gpu` tests skip without CUDA; the device comes from DISTINIT_TEST_DEVICE."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ def _seed_everything():
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """No test reaches the network by accident: a missing weights file fails at once instead of downloading."""
+    monkeypatch.setenv("DISTINIT_OFFLINE", "1")
     yield
 
 

@@ -271,6 +271,7 @@ def test_load_resnet18_2d_reads_a_file_or_names_the_hub_file(tmp_path, monkeypat
     assert sha256 == sha256_file(weights_file)
     torch.testing.assert_close(model.conv1.weight, torch.load(weights_file)["conv1.weight"])
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    monkeypatch.setenv("DISTINIT_OFFLINE", "1")  # online, the hub file would be downloaded
     with pytest.raises(MissingWeightsError, match=r"no weights at .*hub/checkpoints/resnet18-f37072fd.pth; download https"):
         load_resnet18_2d()
 
