@@ -90,7 +90,7 @@ help: ## Show targets and variables
 	@echo "  DEMO_SET='key=value ...'  demo-data options (configs/demo-data.yaml)"
 	@echo "  DATA=$(DATA)  stage-one dataset: kinetics | hmdb51 | ucf101 | folder | demo"
 	@echo "  ROOT=$(ROOT)  its folder (videos); DEMO_DIR=$(DEMO_DIR) for the demo"
-	@echo "  TEACHERS=$(TEACHERS)  comma list (see distinit teachers); default configs/extract.yaml's"
+	@echo "  TEACHERS=$(TEACHERS)  comma list of KIND or INSTANCE=KIND (see distinit teachers); default configs/extract.yaml's"
 	@echo "  EXTRACT_SET / DISTILL_SET / EVAL_SET='key=value ...'  options that change the output (part of the key)"
 	@echo "  EXTRACT_ARGS / DISTILL_ARGS / EVAL_ARGS='--workers 8 ...'  options that only change speed or device"
 	@echo "  DISTILL_CONFIG=$(DISTILL_CONFIG)  EVAL_CONFIG=$(EVAL_CONFIG)  DISTILL_OUT=$(DISTILL_OUT)"

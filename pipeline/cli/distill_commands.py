@@ -33,7 +33,7 @@ def _loss_weights(text: str | None) -> dict | None:
 @click.option("--crop", type=int, default=None)
 @click.option("--target-agg", default=None, help="mean | random")
 @click.option("--temperature", type=float, default=None)
-@click.option("--loss-weights", default=None, metavar="TEACHER=W,...", help="e.g. imagenet=1,coco-keypoints=0.5")
+@click.option("--loss-weights", default=None, metavar="INSTANCE=W,...", help="Per teacher instance (or a unique prefix), e.g. r18=0.5,coco-keypoints=1")
 @click.option("--optimizer", default=None, help="sgd | adamw")
 @click.option("--lr", type=float, default=None)
 @click.option("--epochs", type=int, default=None)

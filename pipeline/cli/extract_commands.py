@@ -30,13 +30,13 @@ def _teacher_options(weights: tuple[str, ...], options: tuple[str, ...]) -> dict
     for pair in weights:
         name, _, path = pair.partition("=")
         if not path:
-            raise ConfigError(f"--weights {pair!r} is not of the form TEACHER=FILE")
+            raise ConfigError(f"--weights {pair!r} is not of the form INSTANCE=FILE (a teacher kind, or a name given in --teachers)")
         result.setdefault(name, {})["weights"] = path
     for pair in options:
         key, _, text = pair.partition("=")
         name, _, option = key.rpartition(".")
         if not (name and option and text):
-            raise ConfigError(f"--teacher-option {pair!r} is not of the form TEACHER.OPTION=VALUE")
+            raise ConfigError(f"--teacher-option {pair!r} is not of the form INSTANCE.OPTION=VALUE")
         result.setdefault(name, {})[option] = yaml.safe_load(text)
     return result
 
@@ -47,9 +47,11 @@ def _teacher_options(weights: tuple[str, ...], options: tuple[str, ...]) -> dict
 @click.option("--root", default=None, help="Dataset root folder.")
 @click.option("--splits", "splits_dir", default=None, help="Split-file folder (HMDB-51, UCF-101).")
 @click.option("--annotations", default=None, help="Kinetics annotation CSV file or folder.")
-@click.option("--teachers", default=None, help="Comma-separated teacher names (see `distinit teachers`).")
-@click.option("--weights", multiple=True, metavar="TEACHER=FILE", help="Weights file for a teacher.")
-@click.option("--teacher-option", multiple=True, metavar="TEACHER.OPTION=VALUE", help="Option for a teacher.")
+@click.option("--teachers", default=None,
+              help="Comma-separated KIND or INSTANCE=KIND (see `distinit teachers`), e.g. "
+              "r18=imagenet-torchvision,r50=imagenet-torchvision.")
+@click.option("--weights", multiple=True, metavar="INSTANCE=FILE", help="Weights file for a teacher instance.")
+@click.option("--teacher-option", multiple=True, metavar="INSTANCE.OPTION=VALUE", help="Option for a teacher instance.")
 @click.option("--frames-per-second", type=float, default=None, help="Teacher frames per second of video (default 2).")
 @click.option("--max-frames-per-video", type=int, default=None, help="Cap on teacher frames per video.")
 @click.option("--shard-count", type=int, default=None, help="Number of HDF5 shards (default 16).")
