@@ -9,6 +9,11 @@ A `HeadSpec` names a teacher output (`<teacher>/<output>`, the shards' row key) 
   (`person_present`), so frames with nobody in them are left out of the keypoint loss. Pose teachers
   store keypoint coordinates ("keypoints", (K, 3)); stage two draws them as `<teacher>/heatmaps`
   (K, G, G) over each sample's crop (distill.keypoint_heatmaps), and that is what the head predicts.
+- "embedding" (CLIP, DINOv2, a classifier's pooled features): pooled trunk features -> Linear -> GELU ->
+  Linear -> D, compared by direction only (cosine loss). An MLP rather than one Linear: the target lives in
+  another network's feature space, and a non-linear projection head lets the trunk keep features that
+  serve other tasks while the head does the mapping (SimCLR found the features below a non-linear
+  projection head transfer better than those below a linear one); it costs F x F + F x D weights.
 "count" and "flag" outputs get no head: they are bookkeeping (a flag becomes a heatmap head's mask).
 """
 
@@ -25,7 +30,7 @@ import torch.nn.functional as functional
 from distill.keypoint_heatmaps import rendered_teachers
 from pipeline.errors import ConfigError
 
-HEAD_KINDS = ("logits", "multilabel_scores", "heatmaps")
+HEAD_KINDS = ("logits", "multilabel_scores", "heatmaps", "embedding")
 _PREFERRED_MASK_OUTPUT = "person_present"
 
 
@@ -33,7 +38,7 @@ _PREFERRED_MASK_OUTPUT = "person_present"
 class HeadSpec:
     key: str  # "<teacher>/<output>", e.g. "imagenet-efficientnet-lite0/logits"
     kind: str  # one of HEAD_KINDS
-    shape: tuple[int, ...]  # per-sample output shape: (1000,), (80,), (17, 14, 14)
+    shape: tuple[int, ...]  # per-sample output shape: (1000,), (80,), (17, 14, 14), (512,)
     class_names: tuple[str, ...] | None = None
     mask_key: str | None = None  # heatmaps only: "<teacher>/person_present", else None
 
@@ -126,7 +131,24 @@ class SpatialHead(nn.Module):
         return functional.interpolate(per_location, size=self.grid_size, mode="bilinear", align_corners=False)
 
 
+class EmbeddingHead(nn.Module):
+    """Pooled features (B, F) -> (B, D) embedding: Linear(F, F) -> GELU -> Linear(F, D) (see the module docstring).
+    Dropout applies to its input, as in the classifier head."""
+
+    def __init__(self, feature_dim: int, embedding_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(p=dropout)
+        self.hidden = nn.Linear(feature_dim, feature_dim)
+        self.activation = nn.GELU()
+        self.out = nn.Linear(feature_dim, embedding_dim)
+
+    def forward(self, pooled_features: torch.Tensor) -> torch.Tensor:
+        return self.out(self.activation(self.hidden(self.dropout(pooled_features))))
+
+
 def build_head(spec: HeadSpec, feature_dim: int, dropout: float) -> nn.Module:
     if spec.kind == "heatmaps":
         return SpatialHead(feature_dim, spec.shape[0], (spec.shape[1], spec.shape[2]))
+    if spec.kind == "embedding":
+        return EmbeddingHead(feature_dim, spec.shape[0], dropout)
     return ClassifierHead(feature_dim, spec.shape[0], dropout)

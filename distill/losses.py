@@ -15,6 +15,9 @@
   giving the global count G and W ranks, each rank returns its own sum / G * W. DDP averages gradients over
   the W ranks, so the step's gradient is that of (sum over all ranks) / G, as one process with the
   concatenated batch would get; averaging the ranks' reported values gives the same figure.
+- "embedding" (CLIP, DINOv2, pooled features): the cosine distance 1 - cos(student, target), mean over the
+  batch. Only the direction counts: teachers' embeddings differ in scale (CLIP's are unnormalised), and a
+  window's target is already a mean of unit vectors (distill.windows). 0 for a perfect student, at most 2.
 Terms are reported unweighted as `kd/<teacher>/<output>`; `loss` sums them with per-teacher weights.
 For reporting, a keypoint term also comes with this process's summed per-sample KL and its sample count
 (`part_keys`), and `report_parts` turns a step's terms into sums whose ratio over an epoch is the figure one
@@ -65,6 +68,8 @@ class DistillationLoss:
                 term = classifier_kl(student, teacher, self.temperature)
             elif spec.kind == "multilabel_scores":
                 term = multilabel_kl(student, teacher)
+            elif spec.kind == "embedding":
+                term = cosine_distance(student, teacher)
             else:
                 mask = _person_mask(spec, targets)
                 kl_sum, count = heatmap_kl_parts(student, teacher, mask)
@@ -76,7 +81,9 @@ class DistillationLoss:
             weighted = self.teacher_weights[spec.teacher] * term
             total = weighted if total is None else total + weighted
         if total is None:
-            raise ConfigError("the distillation loss has no heads; the targets' teachers have no logits, scores or heatmaps")
+            raise ConfigError(
+                "the distillation loss has no heads; the targets' teachers have no logits, scores, heatmaps or embeddings"
+            )
         terms["loss"] = total
         return terms
 
@@ -128,6 +135,11 @@ def multilabel_kl(student_logits: torch.Tensor, teacher_scores: torch.Tensor) ->
     cross_entropy = functional.binary_cross_entropy_with_logits(student_logits, scores, reduction="none")
     own_entropy = -(torch.special.xlogy(scores, scores) + torch.special.xlogy(1 - scores, 1 - scores))
     return (cross_entropy - own_entropy).mean()
+
+
+def cosine_distance(student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor) -> torch.Tensor:
+    """(B, D) each -> mean over the batch of 1 - cos(student, teacher); an all-zero vector counts as cos 0."""
+    return (1.0 - functional.cosine_similarity(student_embeddings, teacher_embeddings, dim=-1, eps=1e-8)).mean()
 
 
 def heatmap_kl_parts(student_logits: torch.Tensor, teacher_maps: torch.Tensor,

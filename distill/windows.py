@@ -31,6 +31,7 @@ KIND_HEATMAPS = "heatmaps"
 KIND_FLAG = "flag"
 KIND_COUNT = "count"
 KIND_LOGITS = "logits"
+KIND_EMBEDDING = "embedding"
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ def aggregate_targets(
       frame would make 0.13, not 0.48;
     - multilabel scores (objects), counts: the mean (scores are already probabilities);
     - flags: the max over frames (any person seen);
+    - embeddings: the mean of the frames' L2-normalised embeddings (`mean_direction`);
     - heatmaps (drawn over the crop beforehand, distill.keypoint_heatmaps) with a flag in `heatmap_masks`:
       the mean over the frames whose flag is set, so a frame without a person (all-zero maps) does not
       dilute the others; all zero when no frame has a person, which the flag's max then says too. A
@@ -186,6 +188,8 @@ def aggregate_targets(
             targets[key] = values.max(axis=0)
         elif kinds.get(key) == KIND_LOGITS:
             targets[key] = mixture_logits(values, temperature)
+        elif kinds.get(key) == KIND_EMBEDDING:
+            targets[key] = mean_direction(values)
         elif key in heatmap_masks and heatmap_masks[key] in rows:
             present = np.asarray(rows[heatmap_masks[key]]) > 0
             targets[key] = values[present].mean(axis=0) if present.any() else np.zeros_like(values[0])
@@ -209,3 +213,19 @@ def mixture_logits(logits: np.ndarray, temperature: float) -> np.ndarray:
     log_probabilities = scaled - np.logaddexp.reduce(scaled, axis=1)[:, None]  # (N, C)
     log_mixture = np.logaddexp.reduce(log_probabilities, axis=0) - math.log(len(scaled))  # (C,)
     return (temperature * log_mixture).astype(np.float32)
+
+
+def mean_direction(embeddings: np.ndarray) -> np.ndarray:
+    """(N, D) embeddings of N frames -> (D,) mean of their L2-normalised vectors.
+
+    The loss compares directions only (cosine), so each frame gets an equal vote whatever its norm (a raw mean
+    would let the frame with the largest embedding decide). And it is what the per-frame losses agree on: the
+    direction u maximising sum_i cos(u, e_i) is that of sum_i e_i / |e_i|, so a student fitting this target
+    fits the window's frames together as well as one direction can. Left unnormalised: its length (1 when the
+    frames agree, less when they differ) is ignored by the loss and says how much the window's frames agree.
+    An all-zero frame counts as zero.
+    """
+    values = np.asarray(embeddings, dtype=np.float64)  # (N, D)
+    norms = np.linalg.norm(values, axis=1, keepdims=True)  # (N, 1)
+    unit = np.divide(values, norms, out=np.zeros_like(values), where=norms > 0)
+    return unit.mean(axis=0).astype(np.float32)

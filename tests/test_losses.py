@@ -17,7 +17,8 @@ from pipeline.errors import ConfigError
 CLASSIFIER = HeadSpec("imagenet-efficientnet-lite0/logits", "logits", (10,))
 OBJECTS = HeadSpec("coco-objects/scores", "multilabel_scores", (6,))
 KEYPOINTS = HeadSpec("coco-keypoints/heatmaps", "heatmaps", (3, 4, 4), mask_key="coco-keypoints/person_present")
-HEADS = [CLASSIFIER, OBJECTS, KEYPOINTS]
+EMBEDDING = HeadSpec("clip/embedding", "embedding", (5,))
+HEADS = [CLASSIFIER, OBJECTS, KEYPOINTS, EMBEDDING]
 BATCH = 3
 
 
@@ -66,11 +67,22 @@ def naive_keypoint_term(student: torch.Tensor, teacher: torch.Tensor, present: l
     return sum(per_sample) / len(per_sample) if per_sample else 0.0
 
 
+def naive_embedding_term(student: torch.Tensor, teacher: torch.Tensor) -> float:
+    """Mean over the batch of 1 - cos(student, teacher)."""
+    distances = []
+    for student_row, teacher_row in zip(student.tolist(), teacher.tolist()):
+        dot = sum(a * b for a, b in zip(student_row, teacher_row))
+        norms = math.sqrt(sum(a * a for a in student_row)) * math.sqrt(sum(b * b for b in teacher_row))
+        distances.append(1 - dot / norms)
+    return sum(distances) / len(distances)
+
+
 def _inputs(present: list[bool]) -> tuple[dict, dict]:
     predictions = {
         CLASSIFIER.key: torch.randn(BATCH, 10, dtype=torch.float64) * 3,
         OBJECTS.key: torch.randn(BATCH, 6, dtype=torch.float64) * 2,
         KEYPOINTS.key: torch.randn(BATCH, 3, 4, 4, dtype=torch.float64),
+        EMBEDDING.key: torch.randn(BATCH, 5, dtype=torch.float64),
     }
     scores = torch.rand(BATCH, 6, dtype=torch.float64)
     scores[0, :2] = torch.tensor([0.0, 1.0])  # hard 0 and 1 scores must not give NaN
@@ -85,6 +97,7 @@ def _inputs(present: list[bool]) -> tuple[dict, dict]:
         OBJECTS.key: scores,
         KEYPOINTS.key: heatmaps,
         KEYPOINTS.mask_key: present_tensor,
+        EMBEDDING.key: torch.randn(BATCH, 5, dtype=torch.float64) * 4,  # unnormalised, as CLIP's are stored
     }
     for value in predictions.values():
         value.requires_grad_(True)
@@ -93,7 +106,7 @@ def _inputs(present: list[bool]) -> tuple[dict, dict]:
 
 def test_every_term_and_the_weighted_sum_match_naive_formulas():
     predictions, targets = _inputs(present=[True, True, False])
-    loss = DistillationLoss(HEADS, temperature=3.0, weights={"imagenet": 2.0, "coco-keypoints": 0.5})
+    loss = DistillationLoss(HEADS, temperature=3.0, weights={"imagenet": 2.0, "coco-keypoints": 0.5, "clip": 0.25})
     terms = loss(predictions, targets)
     expected_classifier = naive_classifier_term(predictions[CLASSIFIER.key].detach(), targets[CLASSIFIER.key], 3.0)
     expected_objects = naive_objects_term(predictions[OBJECTS.key].detach(), targets[OBJECTS.key])
@@ -106,8 +119,10 @@ def test_every_term_and_the_weighted_sum_match_naive_formulas():
     assert terms[f"kd/{CLASSIFIER.key}"].item() == pytest.approx(expected_classifier, rel=1e-9)
     assert terms[f"kd/{OBJECTS.key}"].item() == pytest.approx(expected_objects, rel=1e-9)
     assert terms[f"kd/{KEYPOINTS.key}"].item() == pytest.approx(expected_keypoints, rel=1e-9)
+    expected_embedding = naive_embedding_term(predictions[EMBEDDING.key].detach(), targets[EMBEDDING.key])
+    assert terms[f"kd/{EMBEDDING.key}"].item() == pytest.approx(expected_embedding, rel=1e-9)
     # coco-objects is not named, so it weighs 1.
-    expected_total = 2.0 * expected_classifier + 1.0 * expected_objects + 0.5 * expected_keypoints
+    expected_total = 2.0 * expected_classifier + 1.0 * expected_objects + 0.5 * expected_keypoints + 0.25 * expected_embedding
     assert terms["loss"].item() == pytest.approx(expected_total, rel=1e-9)
     terms["loss"].backward()
     for value in predictions.values():
@@ -158,6 +173,7 @@ def test_a_perfect_student_scores_zero_on_every_term():
         CLASSIFIER.key: targets[CLASSIFIER.key] + 7.0,  # softmax ignores a shift
         OBJECTS.key: torch.logit(targets[OBJECTS.key].clamp(1e-12, 1 - 1e-12)),
         KEYPOINTS.key: torch.log(targets[KEYPOINTS.key]),
+        EMBEDDING.key: targets[EMBEDDING.key] * 0.3,  # the cosine ignores length
     }
     loss = DistillationLoss(HEADS, temperature=2.0)
     terms = loss(predictions, targets)

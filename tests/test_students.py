@@ -30,12 +30,14 @@ TEACHERS = [
             {"name": "person_present", "shape": [], "kind": "flag", "class_names": None},
         ],
     },
+    {"name": "clip", "outputs": [{"name": "embedding", "shape": [512], "kind": "embedding", "class_names": None}]},
 ]
 HEADS = head_specs_from_teachers(TEACHERS)
 EXPECTED_SHAPES = {
     "imagenet-efficientnet-lite0/logits": (1, 1000),
     "coco-objects/scores": (1, 80),
     "coco-keypoints/heatmaps": (1, 17, 14, 14),
+    "clip/embedding": (1, 512),
 }
 # S3D shrinks time by 8 and space by 32 and its BatchNorm needs > 1 value per channel when training.
 CLIP_SHAPES = {"s3d": (1, 3, 8, 64, 64)}
@@ -56,6 +58,7 @@ def test_head_specs_from_teachers_one_head_per_soft_output():
         ("imagenet-efficientnet-lite0/logits", "logits", (1000,), None),
         ("coco-objects/scores", "multilabel_scores", (80,), None),
         ("coco-keypoints/heatmaps", "heatmaps", (17, 14, 14), "coco-keypoints/person_present"),
+        ("clip/embedding", "embedding", (512,), None),
     ]
     assert HEADS[1].class_names == COCO_CLASS_NAMES
     assert HEADS[2].teacher == "coco-keypoints"
