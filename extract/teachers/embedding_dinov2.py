@@ -1,0 +1,127 @@
+"""`dinov2`: DINOv2 image features through timm, for feature distillation (self-supervised features, as MVD-style
+work distils from image models).
+
+Options: `model` (a timm model with hub weights, default vit_small_patch14_dinov2.lvd142m, 384-d),
+`image_size` (default 224), `batch_size`. The embedding is timm's pooled pre-logits features,
+`forward_head(forward_features(x), pre_logits=True)`: for DINOv2 the CLS token after the final norm.
+
+image_size: timm's data config for these weights says 518 (the last, high-resolution phase of DINOv2's
+training), but DINOv2's own linear evaluations run at 224, and 518 costs about six times the compute per
+frame (1369 patches against 256) for frames the student sees at 112 pixels. So 224 by default, with timm
+resampling the position embeddings as it loads; `image_size=0` takes the data config's size. Mean, std,
+interpolation and crop fraction come from timm's data config (`timm.data.resolve_data_config`).
+Weights: the model's file from the Hugging Face hub (cached by huggingface_hub, downloaded on first use
+unless offline), `weights=FILE` (a state_dict timm loads for this model: timm's or DINOv2's own release),
+or `weights=random`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+
+from extract.teachers.base import Teacher, freeze, frames_to_tensor, require_positive, resolve_device
+from extract.teachers.embedding_hub import (
+    embedding_output, embedding_view, fetch_hub_file, given_weights_file, hub_weights_sources, load_failure,
+)
+from extract.teachers.registry import register_teacher
+from pipeline.errors import ConfigError, DistinitError
+from pipeline.hashing import sha256_file
+from pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS
+from pipeline.weights.source import WeightsSource
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "vit_small_patch14_dinov2.lvd142m"
+DEFAULT_IMAGE_SIZE = 224
+# timm's hub file names, in the order timm itself tries them.
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise DistinitError("the dinov2 teacher needs timm; pip install timm (the `embeddings` extra)") from None
+    return timm
+
+
+def hub_location(model: str) -> tuple[str, tuple[str, ...]]:
+    """(hub repository, file names to try) of a timm model's pretrained weights."""
+    timm = _timm()
+    if not timm.is_model(model):
+        raise ConfigError(f"timm has no model {model!r}; DINOv2's are: {', '.join(timm.list_models('*dinov2*', pretrained=True))}")
+    config = timm.models.get_pretrained_cfg(model)
+    repo_id = getattr(config, "hf_hub_id", None) if config is not None else None
+    if not repo_id:
+        raise ConfigError(f"timm model {model!r} has no weights on the Hugging Face hub; name its tag (e.g. {DEFAULT_MODEL}) or pass weights=FILE")
+    named_file = getattr(config, "hf_hub_filename", None)
+    return repo_id, (named_file,) if named_file else _HUB_FILES
+
+
+@register_teacher("dinov2")
+class Dinov2Teacher(Teacher):
+    def __init__(self, *, device: str | torch.device = "cpu", weights: str | None = None, model: str = DEFAULT_MODEL,
+                 image_size: int = DEFAULT_IMAGE_SIZE, batch_size: int = 32):
+        require_positive("batch_size", batch_size)
+        if image_size < 0:
+            raise ConfigError(f"teacher option image_size={image_size} must be positive (or 0: timm's data config)")
+        timm = _timm()
+        repo_id, filenames = hub_location(model)
+        self.name = self.kind = "dinov2"
+        self.backend = "timm"
+        self.model_name = model
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size)
+        size_option = {"img_size": int(image_size)} if image_size else {}
+        if weights == RANDOM_WEIGHTS:
+            network = timm.create_model(model, pretrained=False, num_classes=0, **size_option)
+            self.weights_sha256 = RANDOM_INIT_SHA256
+        else:
+            path = given_weights_file(weights, self.name) if weights is not None else fetch_hub_file(self.name, repo_id, filenames)
+            try:
+                # timm's own loader from a local file: it converts DINOv2's release format and resamples the
+                # position embeddings to image_size.
+                network = timm.create_model(model, pretrained=True, num_classes=0,
+                                            pretrained_cfg_overlay={"file": str(path)}, **size_option)
+            except (RuntimeError, ValueError, KeyError, OSError) as error:
+                raise load_failure(self.name, path, error) from None
+            logger.info("teacher %s loaded timm %s weights from %s", self.name, model, path)
+            self.weights_sha256 = sha256_file(path)
+        data_config = timm.data.resolve_data_config({}, model=network)
+        self.input_size = int(image_size) or int(data_config["input_size"][-1])
+        # timm's evaluation view: resize the short side to size / crop_pct, centre-crop size.
+        self.resize_size = int(math.floor(self.input_size / float(data_config.get("crop_pct", 1.0))))
+        self.decode_short_side = self.resize_size
+        self.interpolation = str(data_config.get("interpolation", "bicubic"))
+        self.mean = tuple(float(value) for value in data_config["mean"])
+        self.std = tuple(float(value) for value in data_config["std"])
+        self.outputs = (embedding_output(int(network.num_features), (
+            f"pooled pre-logits features of timm {model} at {self.input_size} px (the CLS token after the final "
+            "norm for DINOv2), unnormalised")),)
+        self.model = freeze(network).to(self.device)
+
+    @classmethod
+    def weights_sources(cls, *, weights: str | None = None, model: str = DEFAULT_MODEL,
+                        **_options) -> tuple[WeightsSource, ...]:
+        description = f"timm {model}"
+        if weights is not None:
+            return hub_weights_sources(description, "", (), weights)
+        return hub_weights_sources(description, *hub_location(model), weights)
+
+    def _forward_batch(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+        images = embedding_view(
+            frames_to_tensor(frames, self.device), resize_size=self.resize_size, crop_size=self.input_size,
+            interpolation=self.interpolation, resize_mode="shortest", mean=self.mean, std=self.std,
+        )
+        tokens = self.model.forward_features(images)  # (N, 1 + patches, D)
+        return {"embedding": self.model.forward_head(tokens, pre_logits=True).float().cpu().numpy()}  # (N, D)
+
+    def extra_config(self) -> dict:
+        return {
+            **super().extra_config(), "model": self.model_name, "resize_size": self.resize_size,
+            "crop_size": self.input_size, "interpolation": self.interpolation,
+        }
