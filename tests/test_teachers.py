@@ -35,11 +35,14 @@ def _small_frames(count: int = 2) -> np.ndarray:
 
 def test_registry_lists_every_teacher():
     assert list_teachers() == [
+        "clip",
         "coco-keypoints",
         "coco-objects",
+        "dinov2",
         "imagenet-efficientnet-lite0",
         "imagenet-torchvision",
         "mediapipe-pose",
+        "places365",
     ]
     assert teacher_options("coco-objects")["confident_threshold"] == 0.5
 

@@ -25,12 +25,12 @@ import torch
 
 from extract.teachers.base import Teacher, freeze, frames_to_tensor, require_positive, resolve_device
 from extract.teachers.embedding_hub import (
-    embedding_output, embedding_view, fetch_hub_file, given_weights_file, hub_weights_sources, load_failure,
+    embedding_output, embedding_view, fetch_hub_file, hub_weights_sources, load_failure,
 )
 from extract.teachers.registry import register_teacher
 from pipeline.errors import ConfigError, DistinitError
 from pipeline.hashing import sha256_file
-from pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS
+from pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, given_weights_file
 from pipeline.weights.source import WeightsSource
 
 logger = logging.getLogger(__name__)

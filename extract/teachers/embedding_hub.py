@@ -95,13 +95,6 @@ def _published_file(teacher_name: str, repo_id: str, filenames: Sequence[str]) -
     )
 
 
-def given_weights_file(weights: str, teacher_name: str) -> Path:
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise MissingWeightsError(f"teacher {teacher_name}: weights file {path} does not exist; pass an existing file")
-    return path
-
-
 def hub_weights_sources(description: str, repo_id: str, filenames: Sequence[str],
                         weights: str | None) -> tuple[WeightsSource, ...]:
     """For `distinit teachers`: the given file, or the hub file and whether its cache holds it (no network)."""
