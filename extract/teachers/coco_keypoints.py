@@ -1,10 +1,15 @@
 """`coco-keypoints`: where the most confident person's 17 COCO keypoints are.
 
-Per frame: `keypoints` (17, 3) = (x / frame width, y / frame height, confidence), all zero when no person
-reaches `person_threshold`; `person_present` 0/1 (see keypoint_coordinates). `grid` and `sigma` do not
-change what is stored: they are recorded on the output for stage two, which renders the (17, grid, grid)
-heatmaps over the crop each sample sees. Backends: Detectron2 keypoint_rcnn_R_50_FPN_3x when it imports,
-else torchvision's keypointrcnn_resnet50_fpn (COCO_V1); both write the same fields.
+Per frame: `keypoints` (17, 3) = (x / frame width, y / frame height, confidence); when no person reaches
+`person_threshold`, every keypoint sits at -1 (outside any crop) with confidence 0 and `person_present` is 0
+(see keypoint_coordinates). `grid` and `sigma` do not change what is stored: they are recorded on the output
+for stage two, which renders the (17, grid, grid) heatmaps over the crop each sample sees. Backends:
+Detectron2 keypoint_rcnn_R_50_FPN_3x when it imports, else torchvision's keypointrcnn_resnet50_fpn
+(COCO_V1); both write the same fields with the same meanings.
+
+Test size: frames are decoded at a short side of `min_size` (default 512, both backends; in the stage key)
+and the detector tests at that size (max_size caps the long side): not the frameworks' 800, which upscales
+a Kinetics-size 256-px frame ~3x and doubles a CPU run's cost against 512 (see detections.py).
 """
 
 from __future__ import annotations
@@ -19,9 +24,16 @@ from extract.teachers.base import (
     resolve_device,
 )
 from extract.teachers.coco_classes import COCO_KEYPOINT_NAMES, NUM_COCO_KEYPOINTS, PERSON_CLASS_INDEX
-from extract.teachers.detections import FrameDetections, build_detector, select_detection_backend
+from extract.teachers.detections import (
+    DEFAULT_DETECTION_SHORT_SIDE,
+    FrameDetections,
+    build_detector,
+    detector_weights_sources,
+    select_detection_backend,
+)
 from extract.teachers.keypoint_coordinates import empty_keypoints, keypoint_outputs, person_keypoint_targets
 from extract.teachers.registry import register_teacher
+from pipeline.weights.source import WeightsSource
 
 PEOPLE_KEPT_PER_FRAME = 5
 PERSON_DETECTION_SCORE_THRESHOLD = 0.05  # both backends' default; person_threshold then picks the target
@@ -56,7 +68,7 @@ class CocoKeypointsTeacher(Teacher):
         grid: int = 14,
         sigma: float = 1.0,
         person_threshold: float = 0.5,
-        min_size: int = 800,
+        min_size: int = DEFAULT_DETECTION_SHORT_SIDE,
         max_size: int = 1333,
         batch_size: int = 4,
     ):
@@ -90,6 +102,12 @@ class CocoKeypointsTeacher(Teacher):
         self.weights_sha256 = self.detector.weights_sha256
         self.outputs = keypoint_outputs(self.grid, self.sigma, "Keypoint R-CNN")
 
+    @classmethod
+    def weights_sources(
+        cls, *, weights: str | None = None, backend: str = "auto", model: str | None = None, **_options
+    ) -> tuple[WeightsSource, ...]:
+        return detector_weights_sources(backend, "keypoints", model, weights, "coco-keypoints")
+
     def _forward_batch(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         frame_height, frame_width = frames.shape[1:3]
         keypoints, present = [], []
@@ -104,7 +122,7 @@ class CocoKeypointsTeacher(Teacher):
     def extra_config(self) -> dict:
         return {
             **super().extra_config(),
-            "model": getattr(self.detector, "model_name", None) or getattr(self.detector, "config_path", None),
+            "model": self.detector.model_name,
             "weights_url": self.detector.weights_url,
             "min_size": self.input_size,
             "max_size": self.max_size,

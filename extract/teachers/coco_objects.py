@@ -5,6 +5,10 @@ multi-label target; `num_confident` = how many detections reach `confident_thres
 `score_threshold` (the detectors' own default, 0.05) are dropped by the detector and so count as 0.
 Backends: Detectron2 model zoo (faster_rcnn_R_50_FPN_3x) when it imports, else torchvision's
 fasterrcnn_resnet50_fpn (COCO_V1); the outputs mean the same on both.
+
+Test size: frames are decoded at a short side of `min_size` (default 512, both backends; in the stage key)
+and the detector tests at that size (max_size caps the long side): not the frameworks' 800, which upscales
+a Kinetics-size 256-px frame ~3x and doubles a CPU run's cost against 512 (see detections.py).
 """
 
 from __future__ import annotations
@@ -20,8 +24,14 @@ from extract.teachers.base import (
     resolve_device,
 )
 from extract.teachers.coco_classes import COCO_CLASS_NAMES, NUM_COCO_CLASSES
-from extract.teachers.detections import build_detector, select_detection_backend
+from extract.teachers.detections import (
+    DEFAULT_DETECTION_SHORT_SIDE,
+    build_detector,
+    detector_weights_sources,
+    select_detection_backend,
+)
 from extract.teachers.registry import register_teacher
+from pipeline.weights.source import WeightsSource
 
 
 def detections_to_object_targets(
@@ -52,7 +62,7 @@ class CocoObjectsTeacher(Teacher):
         weights: str | None = None,
         backend: str = "auto",
         model: str | None = None,
-        min_size: int = 800,
+        min_size: int = DEFAULT_DETECTION_SHORT_SIDE,
         max_size: int = 1333,
         score_threshold: float = 0.05,
         confident_threshold: float = 0.5,
@@ -102,6 +112,12 @@ class CocoObjectsTeacher(Teacher):
             ),
         )
 
+    @classmethod
+    def weights_sources(
+        cls, *, weights: str | None = None, backend: str = "auto", model: str | None = None, **_options
+    ) -> tuple[WeightsSource, ...]:
+        return detector_weights_sources(backend, "objects", model, weights, "coco-objects")
+
     def _forward_batch(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         class_scores, counts = [], []
         for detections in self.detector(frames):
@@ -115,7 +131,7 @@ class CocoObjectsTeacher(Teacher):
     def extra_config(self) -> dict:
         return {
             **super().extra_config(),
-            "model": getattr(self.detector, "model_name", None) or getattr(self.detector, "config_path", None),
+            "model": self.detector.model_name,
             "weights_url": self.detector.weights_url,
             "min_size": self.input_size,
             "max_size": self.max_size,

@@ -1,7 +1,9 @@
 """torchvision's COCO detectors (Faster / Mask / Keypoint R-CNN, ResNet-50-FPN) as frozen, batched models.
 
 torchvision labels detections with the original COCO category ids (1..90, 0 = background, 10 ids
-unused); we map them to the contiguous 0..79 classes Detectron2 and our outputs use.
+unused); we map them to the contiguous 0..79 classes Detectron2 and our outputs use. Weights: `weights=FILE`
+(a state_dict .pth), else torchvision's COCO_V1 file in the torch hub cache (`<torch hub dir>/checkpoints/`),
+downloaded there on first use with torch.hub's hash check, as torchvision itself would (never when offline).
 """
 
 from __future__ import annotations
@@ -19,14 +21,9 @@ from extract.teachers.coco_classes import (
 )
 from extract.teachers.detections import FrameDetections
 from extract.teachers.keypoint_coordinates import torchvision_keypoint_confidence
-from pipeline.weights.files import (
-    RANDOM_INIT_SHA256,
-    RANDOM_WEIGHTS,
-    load_weights_into,
-    resolve_weights_file,
-    torch_hub_checkpoint_path,
-)
 from pipeline.errors import ConfigError
+from pipeline.weights.download import fetch_torch_hub_file
+from pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +34,15 @@ TORCHVISION_OBJECT_DETECTORS = (
     "maskrcnn_resnet50_fpn_v2",
 )
 TORCHVISION_KEYPOINT_DETECTORS = ("keypointrcnn_resnet50_fpn",)
+# weights="random" is one fixed initialisation (its stage key says "random-init", so it must give the same targets).
+RANDOM_INIT_SEED = 0
+
+
+def torchvision_detector_weights_url(model_name: str) -> str:
+    """The COCO weights torchvision publishes for a detector builder name."""
+    import torchvision.models
+
+    return torchvision.models.get_model_weights(model_name).COCO_V1.url
 
 
 def torchvision_labels_to_contiguous(labels: np.ndarray) -> np.ndarray:
@@ -89,26 +95,24 @@ class TorchvisionDetector:
             )
         self.model_name = model_name
         self.device = device
-        weights_enum = torchvision.models.get_model_weights(model_name)
-        self.weights_url = weights_enum.COCO_V1.url
+        self.weights_url = torchvision_detector_weights_url(model_name)
         keypoint_model = model_name in TORCHVISION_KEYPOINT_DETECTORS
-        network = torchvision.models.get_model(
-            model_name,
-            weights=None,
-            weights_backbone=None,
-            num_classes=2 if keypoint_model else NUM_TORCHVISION_DETECTION_CLASSES,
-            min_size=min_size,
-            max_size=max_size,
-            box_score_thresh=score_threshold,
-            box_detections_per_img=max_detections,
-            **({"num_keypoints": NUM_COCO_KEYPOINTS} if keypoint_model else {}),
-        )
-        if weights == RANDOM_WEIGHTS:
-            self.weights_sha256 = RANDOM_INIT_SHA256
-        else:
-            cached_path = torch_hub_checkpoint_path(self.weights_url)
-            path = resolve_weights_file(weights, cached_path, self.weights_url, teacher_name)
-            self.weights_sha256 = load_weights_into(network, path, teacher_name)
+        # The file first: a missing one fails before the model is built. The torch hub cache, filled on first use.
+        path = None if weights == RANDOM_WEIGHTS else fetch_torch_hub_file(self.weights_url, teacher_name, weights=weights)
+        with torch.random.fork_rng(devices=[]):  # built on the CPU: the seed fixes weights="random" on any device
+            torch.manual_seed(RANDOM_INIT_SEED)
+            network = torchvision.models.get_model(
+                model_name,
+                weights=None,
+                weights_backbone=None,
+                num_classes=2 if keypoint_model else NUM_TORCHVISION_DETECTION_CLASSES,
+                min_size=min_size,
+                max_size=max_size,
+                box_score_thresh=score_threshold,
+                box_detections_per_img=max_detections,
+                **({"num_keypoints": NUM_COCO_KEYPOINTS} if keypoint_model else {}),
+            )
+        self.weights_sha256 = RANDOM_INIT_SHA256 if path is None else load_weights_into(network, path, teacher_name)
         self.mean = tuple(float(value) for value in network.transform.image_mean)
         self.std = tuple(float(value) for value in network.transform.image_std)
         self.model = freeze(network).to(device)
