@@ -25,6 +25,7 @@ import torch
 
 from distill.windows import KIND_HEATMAPS
 from pipeline.errors import ConfigError
+from pipeline.shards import ShardError
 from pipeline.shards.format import KEYPOINT_FLIP_INDEX_ATTRIBUTE as FLIP_INDEX_ATTRIBUTE
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ def keypoint_flip_permutation(
     if flip_index is not None:
         permutation = np.asarray(flip_index, dtype=np.int64)
         if permutation.shape != (channels,) or sorted(permutation.tolist()) != list(range(channels)):
-            raise ValueError(f"flip_index {list(flip_index)} is not a permutation of {channels} keypoint channels")
+            raise ShardError(f"flip_index {list(flip_index)} stored with the keypoints is not a permutation of "
+                             f"{channels} keypoint channels; re-run extract")
         return permutation
     if class_names is None:
         logger.warning("%d unnamed heatmap channels: a flip mirrors them but cannot swap left and right", channels)
@@ -92,9 +94,11 @@ def heatmap_flip_plan(teachers: Sequence[dict[str, Any]]) -> dict[str, np.ndarra
             if output.get("kind") == KIND_HEATMAPS:
                 shape = tuple(output["shape"])
                 flip_index = (output.get("attributes") or {}).get(FLIP_INDEX_ATTRIBUTE)
-                plan[f"{teacher['name']}/{output['name']}"] = keypoint_flip_permutation(
-                    output.get("class_names"), shape[0], flip_index
-                )
+                key = f"{teacher['name']}/{output['name']}"
+                try:
+                    plan[key] = keypoint_flip_permutation(output.get("class_names"), shape[0], flip_index)
+                except ShardError as error:
+                    raise ShardError(f"teacher output {key}: {error}") from None
     return plan
 
 

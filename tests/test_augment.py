@@ -9,6 +9,7 @@ import torch
 from distill import augment
 from distill.keypoint_heatmaps import rendered_teachers
 from extract.teachers.coco_classes import COCO_KEYPOINT_FLIP_INDEX, COCO_KEYPOINT_NAMES
+from pipeline.shards import ShardError
 
 GRID = 4
 # As stored: keypoint coordinates, drawn as (17, GRID, GRID) heatmaps over the crop in stage two.
@@ -46,7 +47,7 @@ def test_coco_names_give_the_coco_flip_permutation():
 def test_a_stored_flip_index_wins_over_names_and_a_bad_one_is_refused():
     stored = augment.keypoint_flip_permutation(["a", "b", "c"], 3, flip_index=[1, 0, 2])
     assert stored.tolist() == [1, 0, 2]
-    with pytest.raises(ValueError, match="not a permutation"):
+    with pytest.raises(ShardError, match="not a permutation of 3 keypoint channels; re-run extract"):
         augment.keypoint_flip_permutation(["a", "b", "c"], 3, flip_index=[0, 0, 2])
 
 

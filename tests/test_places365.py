@@ -165,6 +165,19 @@ def test_categories_file_is_checked(tmp_path):
         create_teacher("places365", weights="random", arch="resnet18", categories=str(tmp_path / "nowhere.txt"))
     with pytest.raises(ConfigError, match=r"arch='resnet152' is unknown"):
         create_teacher("places365", weights="random", arch="resnet152")
+    swapped = tmp_path / "resnet18_places365.pth.tar"  # the options swapped: a checkpoint given as categories
+    swapped.write_bytes(bytes(range(128, 256)) * 4)
+    with pytest.raises(ConfigError, match=r"is not text; pass the authors' categories_places365.txt"):
+        create_teacher("places365", weights="random", arch="resnet18", categories=str(swapped))
+
+
+def test_a_missing_given_file_is_listed_as_missing_not_as_fetched_on_first_use(tmp_path):
+    sources = places365_module.Places365Teacher.weights_sources(
+        weights=str(tmp_path / "mine.pth.tar"), categories=str(tmp_path / "cats.txt")
+    )
+    assert [(source.origin, source.present) for source in sources] == [
+        ("weights=FILE", False), ("categories=FILE", False)
+    ]
 
 
 def test_random_weights_without_categories_read_nothing():

@@ -83,19 +83,25 @@ def places365_categories_cache_path() -> Path:
 
 def read_places365_categories(path: Path) -> tuple[str, ...]:
     """The 365 class names in logit order from the authors' `categories_places365.txt`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"teacher places365: categories file {path} is not text; pass the authors' categories_places365.txt "
+            "(a checkpoint goes to weights=FILE)"
+        ) from None
     names = []
-    with open(path, encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            well_formed = len(fields) == 2 and re.fullmatch(r"/[a-z]/\S+", fields[0]) is not None
-            if not well_formed or fields[1] != str(len(names)):
-                raise ConfigError(
-                    f"teacher places365: categories file {path} line {line_number} is {line.strip()!r}, not "
-                    f"'/x/name {len(names)}'; pass the authors' categories_places365.txt ({PLACES365_CATEGORIES_URL})"
-                )
-            names.append(fields[0][3:])  # "/a/arena/hockey" -> "arena/hockey"
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        well_formed = len(fields) == 2 and re.fullmatch(r"/[a-z]/\S+", fields[0]) is not None
+        if not well_formed or fields[1] != str(len(names)):
+            raise ConfigError(
+                f"teacher places365: categories file {path} line {line_number} is {line.strip()!r}, not "
+                f"'/x/name {len(names)}'; pass the authors' categories_places365.txt ({PLACES365_CATEGORIES_URL})"
+            )
+        names.append(fields[0][3:])  # "/a/arena/hockey" -> "arena/hockey"
     if len(names) != PLACES365_CLASS_COUNT:
         raise ConfigError(
             f"teacher places365: categories file {path} lists {len(names)} classes, not {PLACES365_CLASS_COUNT}; "
@@ -229,8 +235,11 @@ class Places365Teacher(Teacher):
             categories_path = places365_categories_cache_path()
         sources = []
         if checkpoint_path is not None:
-            sources.append(_source(f"Places365 {arch} checkpoint", url, checkpoint_path))
-        sources.append(_source("Places365 class names", PLACES365_CATEGORIES_URL, categories_path))
+            # A file the user gave is not fetched on first use: its origin says so, and a missing one is missing.
+            origin = "weights=FILE" if weights is not None else url
+            sources.append(_source(f"Places365 {arch} checkpoint", origin, checkpoint_path))
+        categories_origin = "categories=FILE" if categories is not None else PLACES365_CATEGORIES_URL
+        sources.append(_source("Places365 class names", categories_origin, categories_path))
         return tuple(sources)
 
 
