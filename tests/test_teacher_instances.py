@@ -201,3 +201,18 @@ def test_the_logged_agreement_follows_the_kind_not_the_instance_name():
     teachers = [{"name": "places", "kind": "places365"}, {"name": "objects", "kind": "imagenet-torchvision"}]
     assert agreement_key(heads, teachers) == "objects/logits"
     assert agreement_key(heads[:1], teachers) == "places/logits"  # no ImageNet teacher: the first classifier
+
+
+def test_a_constructor_error_names_the_instance(tmp_path):
+    from pipeline.weights.files import MissingWeightsError
+
+    with pytest.raises(MissingWeightsError, match=r"^teacher r50 \(imagenet-torchvision\): weights file .* does not exist"):
+        create_teacher("imagenet-torchvision", name="r50", weights=str(tmp_path / "missing.pth"))
+
+
+def test_inspect_names_an_instance_with_its_kind():
+    from pipeline.shards.inspect_targets import _teacher_line
+
+    named = {"name": "scenes", "kind": "places365", "backend": "torchvision", "weights_sha256": "ab" * 32}
+    assert _teacher_line(named).startswith("teacher scenes (places365): backend torchvision")
+    assert _teacher_line({**named, "name": "places365"}).startswith("teacher places365: backend")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Iterable, TypeVar
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DistinitError
 from extract.teachers.base import Teacher
 
 TeacherClass = TypeVar("TeacherClass", bound=type)
@@ -54,7 +54,13 @@ def create_teacher(
         known = ", ".join(sorted(defaults)) or "none"
         raise ConfigError(f"teacher {described} has no option {', '.join(unknown)}; its options are: {known}")
     converted = {key: _convert_option(described, key, value, defaults[key]) for key, value in options.items()}
-    teacher = _teacher_class(kind)(device=device, weights=weights, **converted)
+    try:
+        teacher = _teacher_class(kind)(device=device, weights=weights, **converted)
+    except DistinitError as error:
+        if instance == kind:
+            raise
+        # Constructors speak of `teacher <kind>`; the user wrote the instance, so name it too.
+        raise type(error)(str(error).replace(f"teacher {kind}", f"teacher {described}", 1)) from error
     # Constructors name a teacher after its kind; the run's instance name is set here, once, for every teacher.
     teacher.kind = kind
     teacher.name = instance

@@ -97,10 +97,16 @@ def _summary_lines(key: str, spec: dict[str, Any], summary: _OutputSummary, top_
     return lines
 
 
+def _kind_note(teacher: dict[str, Any]) -> str:
+    """" (places365)" for an instance named other than its kind; "" otherwise (and for shards without a kind)."""
+    kind = teacher.get("kind")
+    return f" ({kind})" if kind and kind != teacher["name"] else ""
+
+
 def _teacher_line(teacher: dict[str, Any]) -> str:
     sha = str(teacher.get("weights_sha256") or "none")[:12]
     return (
-        f"teacher {teacher['name']}: backend {teacher.get('backend', '?')}, weights sha256 {sha}, "
+        f"teacher {teacher['name']}{_kind_note(teacher)}: backend {teacher.get('backend', '?')}, weights sha256 {sha}, "
         f"input {teacher.get('input_size')}, mean {teacher.get('mean')}, std {teacher.get('std')}"
     )
 
