@@ -102,13 +102,27 @@ help: ## Show targets and variables
 	@echo "  STAMPS=$(STAMPS)  PYTHON=$(PYTHON)  POSE=$(POSE) (1: install the MediaPipe pose teacher)"
 	@echo "  PYTEST_ARGS='$(PYTEST_ARGS)'  e.g. PYTEST_ARGS='-m \"not slow\"'"
 
-setup: $(VENV)/.installed ## Create .venv and install the pinned requirements + distinit (editable)
+# Detectron2 is not on PyPI (users install it from its official repository, README). Tests and CI install the
+# CPU wheel built from that repository which shared/wheels/ beside this checkout holds, or DETECTRON2_WHEEL=FILE;
+# with neither, setup goes on without it and the Detectron2 tests skip. Its dependencies are pinned in
+# requirements-detectron2.txt, and the other pins are constraints so it changes none of them (torch, numpy, protobuf).
+REPO_ROOT := $(patsubst %/,%,$(dir $(abspath $(firstword $(MAKEFILE_LIST)))))
+DETECTRON2_WHEEL ?= $(lastword $(sort $(wildcard $(abspath $(REPO_ROOT)/../shared/wheels)/detectron2-*.whl)))
+DETECTRON2_STAMP := $(VENV)/.detectron2-wheel
+# The stamp holds the wheel's name and sha256 ("none" without one) and is rewritten only when that changes, so
+# setup re-runs when a wheel appears or changes, whatever its file time.
+detectron2_identity := $(if $(DETECTRON2_WHEEL),$(notdir $(DETECTRON2_WHEEL)) $(firstword $(shell sha256sum '$(DETECTRON2_WHEEL)' 2>/dev/null || echo missing)),none)
+$(shell mkdir -p $(VENV) && { [ "$$(cat $(DETECTRON2_STAMP) 2>/dev/null)" = '$(detectron2_identity)' ] || echo '$(detectron2_identity)' > $(DETECTRON2_STAMP); })
 
-$(VENV)/.installed: requirements.txt requirements-pose.txt pyproject.toml
+setup: $(VENV)/.installed ## Create .venv and install the pinned requirements + distinit (editable); Detectron2 from DETECTRON2_WHEEL
+
+$(VENV)/.installed: requirements.txt requirements-pose.txt requirements-detectron2.txt pyproject.toml $(DETECTRON2_STAMP)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(if $(filter 1,$(POSE)),$(BIN)/python -m pip install -q -r requirements-pose.txt)
+	$(if $(DETECTRON2_WHEEL),$(BIN)/python -m pip install -q -r requirements-detectron2.txt '$(DETECTRON2_WHEEL)' \
+		-c requirements.txt $(if $(filter 1,$(POSE)),-c requirements-pose.txt),@echo "make setup: no Detectron2 wheel (DETECTRON2_WHEEL); its tests will skip")
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
