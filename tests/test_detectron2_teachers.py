@@ -267,3 +267,18 @@ def test_default_test_size_is_the_same_on_both_backends():
     assert detectron2_teacher.describe()["config"]["min_size"] == 512
     assert detectron2_teacher.detector.config.INPUT.MIN_SIZE_TEST == 512
     assert tuple(detectron2_teacher.detector.resize.short_edge_length) == (512, 512)
+
+
+def test_a_refused_download_is_one_line(tmp_path, monkeypatch):
+    """Online, Detectron2's own download (iopath) meets a refused connection: one line at once, nothing cached."""
+    import extract.teachers.detectron2_models as detectron2_models
+
+    monkeypatch.delenv("DISTINIT_OFFLINE")
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path))
+    url = "http://127.0.0.1:9/detectron2/COCO-Detection/model_final.pkl"  # the discard port: nothing listens
+    monkeypatch.setitem(detectron2_models.DETECTRON2_CHECKPOINT_URLS, DETECTRON2_OBJECTS_CONFIG, url)
+    with pytest.raises(MissingWeightsError) as raised:
+        create_teacher("coco-objects", backend="detectron2", **SMALL)
+    message = str(raised.value)
+    assert "\n" not in message and f"cannot download {url}" in message and str(iopath_cache_path(url)) in message
+    assert not iopath_cache_path(url).exists()
