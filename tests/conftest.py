@@ -1,10 +1,12 @@
 """Shared test setup: every test is seeded and offline (a test that downloads from its own local server says so by
-clearing DISTINIT_OFFLINE); `gpu` tests skip without CUDA; the device comes from DISTINIT_TEST_DEVICE."""
+clearing DISTINIT_OFFLINE) with the hub's offline variables and the download timeout cleared whatever the shell
+exported; `gpu` tests skip without CUDA; the device comes from DISTINIT_TEST_DEVICE."""
 
 from __future__ import annotations
 
 import os
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -19,10 +21,22 @@ def _seed_everything():
     yield
 
 
+# Set by the CLI's --offline (straight into os.environ) or exported by a cluster's shell: cleared for every test so
+# no result depends on the test order or on the user's shell.
+CLEARED_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DISTINIT_DOWNLOAD_TIMEOUT")
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     """No test reaches the network by accident: a missing weights file fails at once instead of downloading."""
+    for variable in CLEARED_VARIABLES:
+        # setenv first: delenv of an unset variable records nothing, so one a test sets would outlive it.
+        monkeypatch.setenv(variable, "x")
+        monkeypatch.delenv(variable)
     monkeypatch.setenv("DISTINIT_OFFLINE", "1")
+    hub_constants = sys.modules.get("huggingface_hub.constants")
+    if hub_constants is not None:  # the hub read HF_HUB_OFFLINE once, when imported (maybe under --offline)
+        monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     yield
 
 
