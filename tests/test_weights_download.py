@@ -1,9 +1,11 @@
 """Weights downloads through a local HTTP server and file:// URLs: downloaded once into torch.hub's cache with its
-hash checked, reused, refused offline, and every failure (refused connection, silent server, wrong hash) a
-one-line MissingWeightsError that leaves nothing in the cache."""
+hash checked, reused, refused offline, and every failure (refused connection, silent server, wrong hash, a body
+cut short) a one-line MissingWeightsError that leaves nothing in the cache; offline, a framework's own download
+makes no connection; this machine's errors (a full disk, a permission) are never called network errors."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.server
 import io
@@ -21,7 +23,7 @@ from click.testing import CliRunner
 import extract.teachers.imagenet_torchvision as imagenet_torchvision
 from extract.teachers import create_teacher
 from pipeline.cli import main
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, OutputError
 from pipeline.hashing import sha256_file
 from pipeline.weights.download import (
     fetch_torch_hub_file,
@@ -47,10 +49,11 @@ def _hub_name(stem: str, content: bytes) -> str:
 
 
 class WeightsServer:
-    """Serves `files` (name -> bytes) on 127.0.0.1 and counts the requests it answers."""
+    """Serves `files` (name -> bytes) on 127.0.0.1 and counts the requests it answers. A name in `announced`
+    is sent with that Content-Length instead of its own, then the connection closes (a body cut short)."""
 
-    def __init__(self, files: dict[str, bytes]):
-        self.files, self.requests = files, []
+    def __init__(self, files: dict[str, bytes], announced: dict[str, int] | None = None):
+        self.files, self.announced, self.requests = files, announced or {}, []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -61,7 +64,7 @@ class WeightsServer:
                     self.send_error(404)
                     return
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(content)))
+                self.send_header("Content-Length", str(server.announced.get(self.path.lstrip("/"), len(content))))
                 self.end_headers()
                 self.wfile.write(content)
 
@@ -85,9 +88,8 @@ class WeightsServer:
 
 @pytest.fixture
 def online(monkeypatch, tmp_path):
-    """Downloads allowed (whatever the calling shell says), torch.hub's cache in a temporary TORCH_HOME."""
-    for variable in ("DISTINIT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DISTINIT_DOWNLOAD_TIMEOUT"):
-        monkeypatch.delenv(variable, raising=False)
+    """Downloads allowed (conftest clears the hub's offline variables), torch.hub's cache in a temporary TORCH_HOME."""
+    monkeypatch.delenv("DISTINIT_OFFLINE")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     return tmp_path
 
@@ -136,6 +138,18 @@ def test_wrong_hash_is_one_line_and_leaves_nothing_in_the_cache(online, tiny_fil
     assert _cache_folder_entries(url) == []
 
 
+def test_a_body_cut_short_is_one_line_and_leaves_nothing_in_the_cache(online):
+    # No hash to check (the places365 files have none in their names): only the byte count catches it.
+    cache_path = online / "cache" / "x.pth.tar"
+    with WeightsServer({"x.pth.tar": b"x" * 1000}, announced={"x.pth.tar": 100_000}) as server:
+        url = server.url("x.pth.tar")
+        outcome = _run_guarded(lambda: fetch_weights_file(url, cache_path, "places365"))
+    assert isinstance(outcome.get("error"), MissingWeightsError)
+    message = _assert_one_line(outcome["error"])
+    assert "stopped after 1000 of 100000 bytes" in message and url in message and str(cache_path) in message
+    assert sorted(os.listdir(cache_path.parent)) == []  # neither the file nor its partial download
+
+
 def test_missing_file_on_the_server_names_the_status(online):
     with WeightsServer({}) as server:
         url = server.url("gone-12345678.pth")
@@ -153,6 +167,17 @@ def test_file_url_is_copied_into_the_cache(online, tiny_file, tmp_path):
     url = source.as_uri()
     assert fetch_torch_hub_file(url, "tiny").read_bytes() == content
     assert torch_hub_checkpoint_path(url).is_file()
+
+
+def test_a_cache_folder_that_cannot_be_written_is_not_called_a_network_error(online, tiny_file, tmp_path):
+    name, content = tiny_file
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"a file where the cache folder should be")
+    with WeightsServer({name: content}) as server:
+        with pytest.raises(OutputError) as caught:
+            fetch_weights_file(server.url(name), blocker / name, "tiny")
+    message = _assert_one_line(caught.value)
+    assert f"into {blocker} (" in message and "--offline" not in message and "cannot download" not in message
 
 
 def test_an_explicit_file_wins_and_must_exist(online, tmp_path):
@@ -284,6 +309,44 @@ def test_framework_download_offline(online, monkeypatch):
     assert "HF_HUB_OFFLINE" not in os.environ  # restored after the block
 
 
+def test_framework_download_offline_refuses_every_connection(online, tiny_file, tmp_path, monkeypatch):
+    """Offline with nothing known to look for (cache_path None), a framework that downloads anyway, here through
+    torch.hub's own downloader, gets the offline one line and the server sees no request."""
+    monkeypatch.setenv("DISTINIT_OFFLINE", "1")
+    name, content = tiny_file
+    with WeightsServer({name: content}) as server:
+        url = server.url(name)
+        with pytest.raises(MissingWeightsError) as caught:
+            with framework_download("clip", "hf-hub:some/model", None):
+                torch.hub.download_url_to_file(url, str(tmp_path / name), progress=False)
+        assert server.requests == []
+        message = _assert_one_line(caught.value)
+        assert "hf-hub:some/model is not in the framework's cache" in message
+        assert "offline (DISTINIT_OFFLINE=1), so nothing is downloaded" in message
+        monkeypatch.delenv("DISTINIT_OFFLINE")  # after the block every connection works again
+        assert "connect" not in vars(socket.socket) and fetch_torch_hub_file(url, "tiny").read_bytes() == content
+        assert server.requests == [f"/{name}"]
+
+
+@pytest.mark.parametrize("error", [
+    PermissionError(errno.EACCES, "Permission denied", "/cache/model.pkl"),
+    OSError(errno.ENOSPC, "No space left on device"),
+], ids=["permission", "full-disk"])
+def test_framework_download_passes_this_machines_errors_through_unchanged(online, error):
+    """Not network errors, so never "cannot download ... run with --offline": the error itself, which names the
+    file (framework_download cannot know which folder a framework was writing)."""
+    with pytest.raises(type(error)) as caught:
+        with framework_download("coco-objects", "https://example.invalid/model.pkl", online / "model.pkl"):
+            raise error
+    assert caught.value is error
+
+
+def test_framework_download_counts_an_unreachable_network_as_a_network_error(online):
+    with pytest.raises(MissingWeightsError, match=r"cannot download .*\(Network is unreachable\)"):
+        with framework_download("coco-objects", "https://example.invalid/model.pkl", online / "model.pkl"):
+            raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+
 # ---------------------------------------------------------------- a teacher downloaded end to end
 
 
@@ -336,6 +399,12 @@ def test_cli_extract_offline_without_cached_weights_is_one_error_line(online, tm
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "offline (DISTINIT_OFFLINE=1)" in lines[0]
     assert str(Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in lines[0]
     assert os.environ["DISTINIT_OFFLINE"] == "1"  # set for the process and the workers it starts
+
+
+def test_the_hubs_offline_variables_are_cleared_for_every_test():
+    """The CLI test above set HF_HUB_OFFLINE=1 in os.environ (--offline does); conftest undoes it, so a later test
+    (downloading from its own local server) is not offline by accident."""
+    assert "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ
 
 
 @pytest.mark.parametrize("command", ["extract", "eval", "compare", "teachers"])

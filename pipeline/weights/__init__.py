@@ -1,1 +1,1 @@
-"""Teacher and student weights shared by the stages: finding, loading and (later) downloading weight files."""
+"""Teacher and student weights shared by the stages: finding, loading and downloading weight files."""

@@ -1,40 +1,48 @@
 """Downloading teacher weights the way each framework does, with a way to never download.
 
 By default a missing weights file is downloaded once into its framework's own cache (torchvision's files
-through torch.hub's cache and downloader, with torch.hub's sha256-prefix check; Detectron2, timm and
-open_clip through their own code inside `framework_download`). Offline (`--offline`, DISTINIT_OFFLINE=1,
-or the hub's own HF_HUB_OFFLINE=1) nothing is downloaded: a missing file is a one-line error naming the
-file, its URL and where to put it. With no network a download fails within seconds (a socket timeout,
-DISTINIT_DOWNLOAD_TIMEOUT, default 20 s of silence), also as one line: never a hang or a traceback.
+into torch.hub's cache, named and hash-checked as torch.hub does, by a transfer loop of ours that also
+refuses a body shorter than its Content-Length; Detectron2, timm and open_clip through their own code inside
+`framework_download`). Offline (`--offline`, DISTINIT_OFFLINE=1, or the hub's own HF_HUB_OFFLINE=1) nothing
+is downloaded: a missing file is a one-line error naming the file, its URL and where to put it, and inside
+`framework_download` every connection is refused, whatever downloader a framework uses. With no network a
+download fails within seconds (a socket timeout, DISTINIT_DOWNLOAD_TIMEOUT, default 20 s of silence), also as
+one line: never a hang or a traceback. The timeout does not cover the name lookup (getaddrinfo takes none), so
+a DNS server that never answers is waited for as long as the system resolver allows (resolv.conf's timeout).
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
+import hashlib
 import logging
 import os
 import re
-import socket
 import sys
-import urllib.error
+import urllib.request
+import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 from urllib.parse import urlparse
 
-from pipeline.errors import ConfigError
+from tqdm import tqdm
+
+from pipeline.errors import ConfigError, OutputError
 from pipeline.weights.files import MissingWeightsError, given_weights_file, torch_hub_checkpoint_path
+from pipeline.weights.network import (  # download_timeout_seconds: also imported from here by teachers
+    download_timeout_seconds,
+    is_network_error,
+    no_connections,
+    one_line_reason,
+    socket_timeout,
+)
 from pipeline.weights.source import WeightsSource
 
 logger = logging.getLogger(__name__)
 
 OFFLINE_VARIABLES = ("DISTINIT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # the last two: the hub's own
-TIMEOUT_VARIABLE = "DISTINIT_DOWNLOAD_TIMEOUT"
-DEFAULT_TIMEOUT_SECONDS = 20.0  # a stalled connect or read; real downloads never pause this long
 _TRUE_VALUES = ("1", "true", "yes", "on")  # what huggingface_hub accepts for HF_HUB_OFFLINE
-# Network errors of the HTTP clients frameworks use (requests, httpx and huggingface_hub 2's httpx2, urllib3,
-# huggingface_hub) that are not OSError subclasses; recognised by module so none of them is imported here.
-_NETWORK_ERROR_MODULES = ("requests", "httpx", "httpcore", "urllib3", "huggingface_hub")  # prefixes of the module
+_CHUNK_BYTES = 1 << 16
 # torch.hub's convention: a published file is named `<name>-<first hex digits of its sha256>.<extension>`.
 _HASH_IN_FILE_NAME = re.compile(r"-([a-f0-9]+)\.[^-]*$")
 # Origins a teacher fetches on first use; any other origin (a pip package, a file to copy by hand) is not fetched.
@@ -62,20 +70,6 @@ def enable_offline() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-def download_timeout_seconds() -> float:
-    """Seconds a download may wait for the next bytes (or a connection) before it fails."""
-    text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
-    if not text:
-        return DEFAULT_TIMEOUT_SECONDS
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise ConfigError(f"{TIMEOUT_VARIABLE}={text!r}: expected a positive number of seconds")
-    return seconds
-
-
 def missing_message(teacher_name: str, url: str, cache_path: Path) -> str:
     """Today's one line for a file that is not there: the file, its URL and where to put it."""
     return f"teacher {teacher_name}: no weights at {cache_path}; download {url} to that path (or pass weights=FILE)"
@@ -87,33 +81,21 @@ def _offline_error(teacher_name: str, url: str, cache_path: Path) -> MissingWeig
     )
 
 
-def _one_line_reason(error: BaseException) -> str:
-    """A network error's cause in a few words: 'Connection refused', 'HTTP Error 404: Not Found', a timeout."""
-    cause = error
-    if not isinstance(error, urllib.error.HTTPError) and isinstance(error, urllib.error.URLError):
-        cause = error.reason  # urllib wraps the socket's error (or a plain string)
-    if isinstance(cause, TimeoutError):  # socket.timeout is TimeoutError
-        return f"no answer within {download_timeout_seconds():g} s, see {TIMEOUT_VARIABLE}"
-    text = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
-    return " ".join(text.split()) or type(cause).__name__
-
-
-def _is_network_error(error: BaseException) -> bool:
-    if isinstance(error, (OSError, http.client.HTTPException)):
-        return True
-    return any(klass.__module__.startswith(_NETWORK_ERROR_MODULES) for klass in type(error).__mro__)
+class _CacheWriteError(Exception):
+    """Writing a download into its cache folder failed (a full disk, no permission): this machine's fault."""
 
 
 @contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    """Every socket opened inside times out after `seconds` of silence. urllib (torch.hub, iopath) opens its
-    sockets with the process-wide default timeout, which is None (wait forever) unless set."""
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
+def _writing_cache() -> Iterator[None]:
+    """Around a write into the cache folder: its OSError is this machine's, never read as a network error."""
     try:
         yield
-    finally:
-        socket.setdefaulttimeout(previous)
+    except OSError as error:
+        raise _CacheWriteError() from error
+
+
+class _RejectedDownload(Exception):
+    """A download arrived but is not the file: shorter than its Content-Length, or the wrong sha256."""
 
 
 def fetch_weights_file(
@@ -125,8 +107,8 @@ def fetch_weights_file(
     hash_prefix: str | None = None,
 ) -> Path:
     """The weights file to load: `weights` if given (must exist), else `cache_path` if present, else (unless
-    offline) `url` downloaded to `cache_path` with torch.hub's downloader (a temporary file renamed when
-    complete; its sha256 must start with `hash_prefix` when given)."""
+    offline) `url` downloaded to `cache_path` (a temporary file renamed only when complete and, when
+    `hash_prefix` is given, when its sha256 starts with it)."""
     if weights is not None:
         return given_weights_file(weights, teacher_name)
     cache_path = Path(cache_path)
@@ -134,35 +116,79 @@ def fetch_weights_file(
         return cache_path
     if offline():
         raise _offline_error(teacher_name, url, cache_path)
-    import torch.hub
-
     timeout = download_timeout_seconds()
     logger.info("teacher %s: downloading %s to %s", teacher_name, url, cache_path)
     try:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        with _socket_timeout(timeout):
-            # torch.hub writes `<cache_path>.<uuid>.partial`, checks the hash, then moves it into place; on any
-            # failure it deletes the partial file, so the cache never holds a broken download.
-            torch.hub.download_url_to_file(url, str(cache_path), hash_prefix=hash_prefix, progress=sys.stderr.isatty())
+        _download(url, cache_path, hash_prefix, timeout)
     except ValueError as error:  # urllib's "unknown url type"
         raise ConfigError(f"teacher {teacher_name}: cannot download {url!r} ({error})") from None
-    except RuntimeError as error:  # torch.hub's hash check
+    except _RejectedDownload as error:
         raise MissingWeightsError(
-            f"teacher {teacher_name}: download of {url} failed its check ({_one_line_reason(error)}); "
-            f"nothing was kept; put the right file at {cache_path} (or pass weights=FILE)"
+            f"teacher {teacher_name}: download of {url} {error}; nothing was kept; try again, "
+            f"or put the right file at {cache_path} (or pass weights=FILE)"
+        ) from None
+    except _CacheWriteError as error:
+        raise OutputError(
+            f"teacher {teacher_name}: cannot write the download of {url} into {cache_path.parent} "
+            f"({one_line_reason(error.__cause__)}); free space or allow writing there (or pass weights=FILE)"
         ) from None
     except Exception as error:
-        if not _is_network_error(error):
+        if not is_network_error(error):
             raise
         raise MissingWeightsError(_network_message(teacher_name, url, cache_path, error)) from None
     logger.info("teacher %s: downloaded %s", teacher_name, cache_path)
     return cache_path
 
 
+def _download(url: str, cache_path: Path, hash_prefix: str | None, timeout: float) -> None:
+    """`url` into `cache_path` through a temporary file beside it (torch.hub's `<file>.<uuid>.partial`), renamed
+    only when every byte arrived and the hash fits; the temporary file is deleted on any failure."""
+    temporary = cache_path.with_name(f"{cache_path.name}.{uuid.uuid4().hex}.partial")
+    with _writing_cache():
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        output = open(temporary, "xb")  # not tempfile's: its 0600 would hide a shared cache from other users
+    try:
+        with output:
+            sha256, received, expected = _copy_response(url, output, timeout)
+        # urllib hands back a short body without complaint when a server closes early: count the bytes.
+        if expected is not None and received != expected:
+            raise _RejectedDownload(f"stopped after {received} of {expected} bytes (the connection closed early)")
+        if hash_prefix is not None and not sha256.startswith(hash_prefix):
+            raise _RejectedDownload(
+                f"failed its check (its sha256 starts with {sha256[:len(hash_prefix)]}, not {hash_prefix})"
+            )
+        with _writing_cache():
+            os.replace(temporary, cache_path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _copy_response(url: str, output: BinaryIO, timeout: float) -> tuple[str, int, int | None]:
+    """Copy `url`'s body into `output`; its sha256, the bytes received and the Content-Length (None if not sent).
+    Every connect and read waits at most `timeout` seconds; a progress bar like torch.hub's on a terminal."""
+    request = urllib.request.Request(url, headers={"User-Agent": "distinit"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        length = (response.headers.get("Content-Length") or "").strip()
+        expected = int(length) if length.isdigit() else None
+        sha256, received = hashlib.sha256(), 0
+        with tqdm(total=expected, disable=not sys.stderr.isatty(), unit="B", unit_scale=True, unit_divisor=1024) \
+                as progress:
+            while chunk := response.read(_CHUNK_BYTES):
+                with _writing_cache():
+                    output.write(chunk)
+                sha256.update(chunk)
+                received += len(chunk)
+                progress.update(len(chunk))
+        with _writing_cache():  # a full disk may only show when the last buffered bytes are written
+            output.flush()
+    return sha256.hexdigest(), received, expected
+
+
 def _network_message(teacher_name: str, url: str | None, cache_path: Path | None, error: BaseException) -> str:
     where = f"put it at {cache_path}" if cache_path is not None else "put it in the framework's cache"
     return (
-        f"teacher {teacher_name}: cannot download {url} ({_one_line_reason(error)}); {where} (or pass weights=FILE), "
+        f"teacher {teacher_name}: cannot download {url} ({one_line_reason(error)}); {where} (or pass weights=FILE), "
         "or run with --offline (DISTINIT_OFFLINE=1) to never try"
     )
 
@@ -189,34 +215,41 @@ def _hub_offline() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _offline_block() -> Iterator[None]:
+    with _hub_offline(), no_connections():
+        yield
+
+
+@contextlib.contextmanager
 def framework_download(teacher_name: str, origin: str, cache_path: Path | None) -> Iterator[None]:
     """Around a framework's own download-and-cache (Detectron2's checkpointer, timm/open_clip's hub).
 
-    Offline with `cache_path` known and missing: the one-line error before the block runs. Offline otherwise:
-    the block runs with the hub offline. Inside, sockets time out and network errors become one line naming
-    `origin` and where the framework caches it."""
+    Offline with `cache_path` known and missing: the one-line error before the block runs. Offline otherwise
+    (`cache_path` None, or present while the framework looks for more): the block runs with the hub offline and
+    every connection refused, so whatever the framework tries to download fails as the offline one line.
+    Online, sockets time out and network errors become one line naming `origin` and where it is cached."""
     cache_path = Path(cache_path) if cache_path is not None else None
     if offline():
         if cache_path is not None and not cache_path.exists():
             raise _offline_error(teacher_name, origin, cache_path)
-        guard = _hub_offline()
+        guard = _offline_block()
     else:
         if cache_path is None or not cache_path.exists():
             where = cache_path or "the framework's cache"
             logger.info("teacher %s: fetching %s (cached at %s)", teacher_name, origin, where)
         guard = contextlib.nullcontext()
     try:
-        with guard, _socket_timeout(download_timeout_seconds()):
+        with guard, socket_timeout(download_timeout_seconds()):
             yield
     except MissingWeightsError:
         raise
     except Exception as error:
-        if not _is_network_error(error):
+        if not is_network_error(error):
             raise
         if offline():
             raise MissingWeightsError(
                 f"teacher {teacher_name}: {origin} is not in the framework's cache"
-                f"{f' ({cache_path})' if cache_path is not None else ''} ({_one_line_reason(error)}); "
+                f"{f' ({cache_path})' if cache_path is not None else ''} ({one_line_reason(error)}); "
                 f"offline ({offline_variable()}=1), so nothing is downloaded"
             ) from None
         raise MissingWeightsError(_network_message(teacher_name, origin, cache_path, error)) from None
