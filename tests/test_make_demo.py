@@ -46,7 +46,7 @@ def states(status_output: str) -> dict[str, str]:
                     reason="needs make and the project's .venv (make setup)")
 def test_make_runs_each_stage_once_and_then_only_what_changed(tmp_path):
     shutil.copytree(REPO / "configs", tmp_path / "configs")
-    for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "pyproject.toml"):
+    for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "requirements-detectron2.txt", "pyproject.toml"):
         shutil.copy2(REPO / name, tmp_path / name)  # copy2 keeps the old mtimes: setup stays done
 
     # From an empty folder, `make eval-hmdb` runs every stage it reads first.

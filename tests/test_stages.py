@@ -314,13 +314,18 @@ def stage_commands(output: str) -> set[str]:
 @pytest.mark.skipif(shutil.which("make") is None or not (REPO / ".venv" / ".installed").exists(),
                     reason="needs make and the project's .venv (make setup)")
 def test_make_dry_run_reruns_exactly_the_stale_stages(workdir):
-    for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "pyproject.toml"):
+    for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "requirements-detectron2.txt", "pyproject.toml"):
         shutil.copy2(REPO / name, workdir / name)  # copy2 keeps the old mtimes: setup stays done
     assert stage_commands(make_dry_run(workdir)) == {"demo-data", "extract", "distill", "compare"}
     fake_finished_run(stage_plan(demo_spec()))
     assert stage_commands(make_dry_run(workdir)) == set()
     assert stage_commands(make_dry_run(workdir, "DISTILL_SET=lr=0.01")) == {"distill", "compare"}
     assert stage_commands(make_dry_run(workdir, "TEACHERS=imagenet-torchvision")) == {"extract", "distill", "compare"}
+    # A YAML value with braces and a comma reaches distinit as one argument (bash would brace-expand it unquoted).
+    both = 'EXTRACT_SET=teacher_options={"imagenet-efficientnet-lite0":{"outputs":"logits,embedding"}}'
+    output = make_dry_run(workdir, both)
+    assert stage_commands(output) == {"extract", "distill", "compare"}
+    assert """--set 'teacher_options={"imagenet-efficientnet-lite0":{"outputs":"logits,embedding"}}'""" in output
     assert stage_commands(make_dry_run(workdir, "EVAL_SET=epochs=3")) == {"compare"}
     assert stage_commands(make_dry_run(workdir, "NPROC=2")) == {"distill", "compare"}
     assert stage_commands(make_dry_run(workdir, "NPROC=1")) == set()
@@ -332,7 +337,7 @@ def test_make_dry_run_reruns_exactly_the_stale_stages(workdir):
 @pytest.mark.skipif(shutil.which("make") is None or not (REPO / ".venv" / ".installed").exists(),
                     reason="needs make and the project's .venv (make setup)")
 def test_make_eval_hmdb_brings_its_upstream_up_to_date(workdir):
-    for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "pyproject.toml"):
+    for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "requirements-detectron2.txt", "pyproject.toml"):
         shutil.copy2(REPO / name, workdir / name)
 
     def dry_run(*variables):
@@ -362,7 +367,7 @@ def test_make_eval_hmdb_brings_its_upstream_up_to_date(workdir):
     ("compare", ["DATA=kinetics", "HMDB_ROOT=hmdb", "INITS="], "INITS"),
 ])
 def test_a_missing_make_variable_is_one_line_naming_it(workdir, target, variables, named):
-    for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "pyproject.toml"):
+    for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "requirements-detectron2.txt", "pyproject.toml"):
         shutil.copy2(REPO / name, workdir / name)
     (workdir / "hmdb").mkdir()
     result = subprocess.run(["make", "--no-print-directory", target, f"VENV={REPO / '.venv'}", *variables],
@@ -375,7 +380,7 @@ def test_a_missing_make_variable_is_one_line_naming_it(workdir, target, variable
 @pytest.mark.skipif(shutil.which("make") is None or not (REPO / ".venv" / ".installed").exists(),
                     reason="needs make and the project's .venv (make setup)")
 def test_make_eval_hmdb_on_kinetics_runs_extract_then_distill_then_eval(workdir):
-    for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "pyproject.toml"):
+    for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "requirements-detectron2.txt", "pyproject.toml"):
         shutil.copy2(REPO / name, workdir / name)
     kinetics, hmdb = make_kinetics(workdir / "data").root, make_hmdb51(workdir / "labeled").root
     variables = ["DATA=kinetics", f"ROOT={kinetics}", f"HMDB_ROOT={hmdb}"]
@@ -403,7 +408,7 @@ def test_prepared_copies_are_a_stage_distill_reads_only_with_prepare(workdir):
 @pytest.mark.skipif(shutil.which("make") is None or not (REPO / ".venv" / ".installed").exists(),
                     reason="needs make and the project's .venv (make setup)")
 def test_make_distill_with_prepare_runs_prepare_and_reads_its_copies(workdir):
-    for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "pyproject.toml"):
+    for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "requirements-detectron2.txt", "pyproject.toml"):
         shutil.copy2(REPO / name, workdir / name)
     shutil.copy2(REPO / "configs" / "prepare.yaml", workdir / "configs" / "prepare.yaml")
     kinetics = make_kinetics(workdir / "data").root
