@@ -6,6 +6,7 @@ Skipped only where Detectron2 is not importable (CI installs shared/wheels' buil
 from __future__ import annotations
 
 import pickle
+import socket
 
 import numpy as np
 import pytest
@@ -170,7 +171,21 @@ def test_random_weights_are_one_fixed_initialisation():
 # ---------------------------------------------------------------- weights
 
 
-def test_model_zoo_checkpoint_in_iopath_cache_loads_offline(tmp_path, monkeypatch):
+def _model_zoo_checkpoint(model: torch.nn.Module, *, pixel_statistics: bool = False) -> dict:
+    """A checkpoint shaped as the 2019 model-zoo files are: numpy arrays under "model", the zoo's author, and the
+    anchor generator's cell_anchors.0-4, persistent buffers then; pixel_statistics: also pixel_mean and pixel_std,
+    as checkpoints of early Detectron2 releases hold them. Non-persistent now, so state_dict() has none of them."""
+    buffers = dict(model.named_buffers())
+    saved = [name for name in buffers if "anchor_generator.cell_anchors." in name]
+    assert len(saved) == 5 and not any(name in model.state_dict() for name in saved)
+    if pixel_statistics:
+        saved += ["pixel_mean", "pixel_std"]
+    state = {name: tensor.numpy().copy() for name, tensor in model.state_dict().items()}
+    state.update({name: buffers[name].numpy().copy() for name in saved})
+    return {"model": state, "__author__": "Detectron2 Model Zoo"}
+
+
+def test_model_zoo_checkpoint_in_iopath_cache_loads_offline(tmp_path, monkeypatch, object_teacher):
     """A file in the model zoo's format where Detectron2 caches the zoo's URL loads without the network
     (tests run with DISTINIT_OFFLINE=1) and names the stage key's weights by its sha256."""
     monkeypatch.setenv("FVCORE_CACHE", str(tmp_path))
@@ -179,17 +194,33 @@ def test_model_zoo_checkpoint_in_iopath_cache_loads_offline(tmp_path, monkeypatc
     assert cached.parent.parent.parent == tmp_path / "detectron2" / "COCO-Detection"
     (source,) = CocoObjectsTeacher.weights_sources(backend="detectron2")
     assert source.origin == url and source.local_path == cached and not source.present
-    random_teacher = create_teacher("coco-objects", backend="detectron2", weights="random", **SMALL)
-    state = {name: tensor.numpy().copy() for name, tensor in random_teacher.detector.model.state_dict().items()}
-    state["roi_heads.box_predictor.cls_score.bias"] += 1.5  # a value the random initialisation cannot have
+    checkpoint = _model_zoo_checkpoint(object_teacher.detector.model)
+    assert "pixel_mean" not in checkpoint["model"]
+    checkpoint["model"]["roi_heads.box_predictor.cls_score.bias"] += 1.5  # a value the random init cannot have
     cached.parent.mkdir(parents=True)
     with open(cached, "wb") as file:
-        pickle.dump({"model": state, "__author__": "Detectron2 Model Zoo"}, file)
+        pickle.dump(checkpoint, file)
     teacher = create_teacher("coco-objects", backend="detectron2", **SMALL)
     assert teacher.weights_sha256 == sha256_file(cached)
     loaded = teacher.detector.model.state_dict()["roi_heads.box_predictor.cls_score.bias"]
-    np.testing.assert_array_equal(loaded.numpy(), state["roi_heads.box_predictor.cls_score.bias"])
+    np.testing.assert_array_equal(loaded.numpy(), checkpoint["model"]["roi_heads.box_predictor.cls_score.bias"])
     assert CocoObjectsTeacher.weights_sources(backend="detectron2")[0].present
+
+
+def test_a_checkpoint_holding_pixel_mean_and_std_loads(tmp_path, object_teacher):
+    """Saved while pixel_mean/pixel_std were persistent: Detectron2 reports them as unexpected; they still fit."""
+    checkpoint = _model_zoo_checkpoint(object_teacher.detector.model, pixel_statistics=True)
+    checkpoint["model"]["roi_heads.box_predictor.bbox_pred.bias"] += 0.25
+    path = tmp_path / "early-detectron2.pkl"
+    with open(path, "wb") as file:
+        pickle.dump(checkpoint, file)
+    teacher = create_teacher("coco-objects", backend="detectron2", weights=str(path), **SMALL)
+    model = teacher.detector.model
+    np.testing.assert_array_equal(model.state_dict()["roi_heads.box_predictor.bbox_pred.bias"].numpy(),
+                                  checkpoint["model"]["roi_heads.box_predictor.bbox_pred.bias"])
+    config_mean = torch.tensor(teacher.detector.config.MODEL.PIXEL_MEAN).view(-1, 1, 1)
+    torch.testing.assert_close(model.pixel_mean, config_mean)  # the model's own, from its config
+    assert teacher.weights_sha256 == sha256_file(path)
 
 
 def test_offline_without_a_cached_checkpoint_is_one_line(tmp_path, monkeypatch):
@@ -202,12 +233,18 @@ def test_offline_without_a_cached_checkpoint_is_one_line(tmp_path, monkeypatch):
     assert "offline (DISTINIT_OFFLINE=1)" in message and not cached.exists()
 
 
-def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+def test_a_checkpoint_of_another_model_is_refused(tmp_path, keypoint_teachers):
     foreign = tmp_path / "foreign.pkl"
     with open(foreign, "wb") as file:
         pickle.dump({"model": {"backbone.other.weight": np.zeros(3, np.float32)}, "__author__": "someone"}, file)
     with pytest.raises(DistinitError, match="does not fit the model"):
         create_teacher("coco-objects", backend="detectron2", weights=str(foreign), **SMALL)
+    # The keypoint model's own checkpoint, buffers and all, is another model for coco-objects.
+    keypoint_model = tmp_path / "keypoint_rcnn.pkl"
+    with open(keypoint_model, "wb") as file:
+        pickle.dump(_model_zoo_checkpoint(keypoint_teachers["detectron2"].detector.model, pixel_statistics=True), file)
+    with pytest.raises(DistinitError, match=r"does not fit the model \(\d+ keys .*e\.g\. 'roi_heads\."):
+        create_teacher("coco-objects", backend="detectron2", weights=str(keypoint_model), **SMALL)
     broken = tmp_path / "broken.pkl"
     broken.write_bytes(b"not a pickle")
     with pytest.raises(DistinitError, match="cannot read weights file"):
@@ -275,7 +312,10 @@ def test_a_refused_download_is_one_line(tmp_path, monkeypatch):
 
     monkeypatch.delenv("DISTINIT_OFFLINE")
     monkeypatch.setenv("FVCORE_CACHE", str(tmp_path))
-    url = "http://127.0.0.1:9/detectron2/COCO-Detection/model_final.pkl"  # the discard port: nothing listens
+    with socket.socket() as probe:  # a port nothing listens on once closed (a fixed one may hold a service)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/detectron2/COCO-Detection/model_final.pkl"
     monkeypatch.setitem(detectron2_models.DETECTRON2_CHECKPOINT_URLS, DETECTRON2_OBJECTS_CONFIG, url)
     with pytest.raises(MissingWeightsError) as raised:
         create_teacher("coco-objects", backend="detectron2", **SMALL)

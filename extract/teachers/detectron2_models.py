@@ -10,7 +10,8 @@ Weights: `weights=FILE` (a model-zoo .pkl or a .pth checkpoint), else the model-
 Detectron2's own path manager downloads into iopath's cache (`$FVCORE_CACHE` or `~/.torch/iopath_cache`,
 then the URL's path) on first use; a file already there is read without touching the network, and offline
 (`--offline`) a missing one is a one-line error naming the file and its URL. Every key of the checkpoint must
-fit the model (Detectron2's checkpointer only logs a mismatch and leaves those layers random).
+fit the model (Detectron2's checkpointer only logs a mismatch and leaves those layers random), except the
+buffers older checkpoints saved and the model now takes from its config (keys_not_fitting).
 """
 
 from __future__ import annotations
@@ -142,11 +143,27 @@ def detectron2_weights_file(weights: str | None, url: str, teacher_name: str) ->
         return Path(PathManager.get_local_path(url))
 
 
+def keys_not_fitting(network: torch.nn.Module, incompatible) -> list[str]:
+    """The checkpoint keys that make it another model's, from what Detectron2's checkpointer reports.
+
+    Not counted: an unexpected key naming one of the model's own buffers (the anchor generator's cell_anchors.N,
+    pixel_mean, pixel_std). They are non-persistent buffers now, set from the config, but checkpoints written while
+    they were persistent hold them: the 2019 model zoo's files the cell anchors, those of early Detectron2 releases
+    (users' own models) the pixel statistics too. Detectron2 drops the cell anchors from the unexpected keys but
+    the pixel statistics only from the missing ones, so its report alone would refuse such files. Nor a missing
+    key whose tensor was loaded under another name (a module used in two places; fvcore filters its warning so).
+    """
+    from fvcore.common.checkpoint import _filter_reused_missing_keys
+
+    own_buffers = {name for name, _ in network.named_buffers()}
+    missing = _filter_reused_missing_keys(network, incompatible.missing_keys) if incompatible.missing_keys else []
+    unexpected = [key for key in incompatible.unexpected_keys if key not in own_buffers]
+    return [*sorted(missing), *unexpected, *(key for key, _, _ in incompatible.incorrect_shapes)]
+
+
 def load_detectron2_weights(network: torch.nn.Module, path: Path, teacher_name: str) -> str:
     """Load a checkpoint file into `network` with every key fitting; the file's sha256."""
-    incompatible = _load_checkpoint(network, path, teacher_name)
-    not_fitting = [*incompatible.missing_keys, *incompatible.unexpected_keys,
-                   *(key for key, _, _ in incompatible.incorrect_shapes)]
+    not_fitting = keys_not_fitting(network, _load_checkpoint(network, path, teacher_name))
     if not_fitting:
         raise DistinitError(
             f"teacher {teacher_name}: weights file {path} does not fit the model ({len(not_fitting)} keys missing, "
