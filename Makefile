@@ -103,16 +103,24 @@ help: ## Show targets and variables
 	@echo "  PYTEST_ARGS='$(PYTEST_ARGS)'  e.g. PYTEST_ARGS='-m \"not slow\"'"
 
 # Detectron2 is not on PyPI (users install it from its official repository, README). Tests and CI install the
-# CPU wheel built from that repository which shared/wheels/ beside this checkout holds, or DETECTRON2_WHEEL=FILE;
-# with neither, setup goes on without it and the Detectron2 tests skip. Its dependencies are pinned in
-# requirements-detectron2.txt, and the other pins are constraints so it changes none of them (torch, numpy, protobuf).
+# CPU wheel built from that repository which shared/wheels/ beside this checkout holds (DETECTRON2_WHEEL_DIR), or
+# DETECTRON2_WHEEL=FILE; with neither, setup says so and goes on without it (the Detectron2 tests skip). Its
+# dependencies are pinned in requirements-detectron2.txt, and the other pins are constraints so it changes none
+# of them (torch, numpy, protobuf).
 REPO_ROOT := $(patsubst %/,%,$(dir $(abspath $(firstword $(MAKEFILE_LIST)))))
-DETECTRON2_WHEEL ?= $(lastword $(sort $(wildcard $(abspath $(REPO_ROOT)/../shared/wheels)/detectron2-*.whl)))
+DETECTRON2_WHEEL_DIR ?= $(abspath $(REPO_ROOT)/../shared/wheels)
+# Only a wheel built for the Python it installs into fits (detectron2-*-cp311-cp311-*.whl for 3.11; newest version
+# first). That Python is the venv's, read from its pyvenv.cfg (starting pyenv's python3 shim alone takes ~0.1 s),
+# or $(PYTHON)'s before the venv exists. These are recursive (=) variables: only the setup recipes below compute
+# them, never parsing, `make help` or an up-to-date stage.
+detectron2_python_tag = $(shell sed -n 's/^version *= *\([0-9]*\)\.\([0-9]*\)\..*/cp\1\2/p' '$(VENV)/pyvenv.cfg' 2>/dev/null \
+	| grep . || $(PYTHON) -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+detectron2_wheel_pattern = detectron2-*-$(1)-$(1)-*.whl
+DETECTRON2_WHEEL ?= $(shell cd '$(DETECTRON2_WHEEL_DIR)' 2>/dev/null && ls -1 $(call detectron2_wheel_pattern,$(detectron2_python_tag)) \
+	2>/dev/null | sort -t- -k2,2V | tail -n 1 | sed 's|^|$(DETECTRON2_WHEEL_DIR)/|')
 DETECTRON2_STAMP := $(VENV)/.detectron2-wheel
-# The stamp holds the wheel's name and sha256 ("none" without one) and is rewritten only when that changes, so
-# setup re-runs when a wheel appears or changes, whatever its file time.
-detectron2_identity := $(if $(DETECTRON2_WHEEL),$(notdir $(DETECTRON2_WHEEL)) $(firstword $(shell sha256sum '$(DETECTRON2_WHEEL)' 2>/dev/null || echo missing)),none)
-$(shell mkdir -p $(VENV) && { [ "$$(cat $(DETECTRON2_STAMP) 2>/dev/null)" = '$(detectron2_identity)' ] || echo '$(detectron2_identity)' > $(DETECTRON2_STAMP); })
+detectron2_no_wheel = make setup: no Detectron2 wheel for this Python ($(call detectron2_wheel_pattern,$(detectron2_python_tag))) \
+	in $(DETECTRON2_WHEEL_DIR)/: going on without it (its tests will skip); DETECTRON2_WHEEL=FILE installs one
 
 setup: $(VENV)/.installed ## Create .venv and install the pinned requirements + distinit (editable); Detectron2 from DETECTRON2_WHEEL
 
@@ -122,9 +130,28 @@ $(VENV)/.installed: requirements.txt requirements-pose.txt requirements-detectro
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(if $(filter 1,$(POSE)),$(BIN)/python -m pip install -q -r requirements-pose.txt)
 	$(if $(DETECTRON2_WHEEL),$(BIN)/python -m pip install -q -r requirements-detectron2.txt '$(DETECTRON2_WHEEL)' \
-		-c requirements.txt $(if $(filter 1,$(POSE)),-c requirements-pose.txt),@echo "make setup: no Detectron2 wheel (DETECTRON2_WHEEL); its tests will skip")
+		-c requirements.txt $(if $(filter 1,$(POSE)),-c requirements-pose.txt),@echo "$(detectron2_no_wheel)")
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
+
+# The stamp holds the installed wheel's name and sha256 ("none" for a venv set up without one) and is rewritten
+# only when that changes, so setup re-runs when a wheel appears or changes, whatever its file time. Finding no
+# wheel leaves it alone: pip would uninstall nothing, and a one-off DETECTRON2_WHEEL= must not make the next make
+# reinstall. The sha256 is recomputed only when the wheel's name, size or time changed ($@.hashed keeps them).
+# `+`: it runs under make -n and -q too, so they tell whether setup would re-run (as `distinit stamps` does for
+# stages); it writes nothing unless the wheel changed.
+$(DETECTRON2_STAMP): FORCE
+	+@wheel='$(DETECTRON2_WHEEL)'; stamp='$@'; mkdir -p '$(VENV)' || exit 1; \
+	if [ -z "$$wheel" ]; then \
+		[ -e "$$stamp" ] || { echo none > "$$stamp.tmp" && mv "$$stamp.tmp" "$$stamp"; }; exit; fi; \
+	[ -f "$$wheel" ] || { echo "make setup: DETECTRON2_WHEEL=$$wheel is not a file; name a Detectron2 wheel" >&2; exit 2; }; \
+	seen="$$(basename "$$wheel") $$(stat -c '%s %Y' "$$wheel")" && hashed="$$(cat "$$stamp.hashed" 2>/dev/null)"; \
+	if [ "$${hashed% *}" != "$$seen" ]; then hashed="$$seen $$(sha256sum < "$$wheel" | cut -c1-64)" \
+		&& echo "$$hashed" > "$$stamp.hashed.tmp" && mv "$$stamp.hashed.tmp" "$$stamp.hashed" || exit 1; fi; \
+	identity="$${seen%% *} $${hashed##* }"; \
+	[ "$$(cat "$$stamp" 2>/dev/null)" = "$$identity" ] || { echo "$$identity" > "$$stamp.tmp" && mv "$$stamp.tmp" "$$stamp"; }
+
+FORCE:
 
 demo-data: setup ## Generate the embedded demo data (unlabeled pool + HMDB-51-layout action set) into DEMO_DIR
 	+@$(MAKE) --no-print-directory demo-data-stage DATA=demo
