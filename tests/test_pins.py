@@ -1,19 +1,33 @@
-"""requirements.txt and environment.yml must pin the same packages at the same versions."""
+"""requirements.txt and environment.yml must pin the same packages at the same versions; every requirements file
+pins exactly, and the optional ones (pose, Detectron2's dependencies) agree with requirements.txt where they overlap:
+`make setup` passes requirements.txt as constraints when it installs them."""
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _requirements_pins() -> dict[str, str]:
+REQUIREMENTS_FILES = ("requirements.txt", "requirements-pose.txt", "requirements-detectron2.txt")
+
+
+def _requirement_lines(file_name: str) -> list[str]:
+    lines = (line.split("#", 1)[0].strip() for line in (ROOT / file_name).read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def _normalised(name: str) -> str:
+    """pip's spelling-insensitive package name (open_clip_torch is open-clip-torch)."""
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _requirements_pins(file_name: str = "requirements.txt") -> dict[str, str]:
     pins = {}
-    for line in (ROOT / "requirements.txt").read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            name, version = line.split("==")
-            pins[name.lower()] = version
+    for line in _requirement_lines(file_name):
+        name, version = line.split("==")
+        pins[name.lower()] = version
     return pins
 
 
@@ -23,11 +37,28 @@ def _environment_pins() -> dict[str, str]:
     return {name.lower(): version for name, version in (entry.split("==") for entry in pip_section)}
 
 
-def test_every_requirement_is_pinned_exactly():
-    for line in (ROOT / "requirements.txt").read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            assert "==" in line, f"{line} is not pinned with =="
+@pytest.mark.parametrize("file_name", REQUIREMENTS_FILES)
+def test_every_requirement_is_pinned_exactly(file_name):
+    lines = _requirement_lines(file_name)
+    assert lines, f"{file_name} pins nothing"
+    for line in lines:
+        name, separator, version = line.partition("==")
+        assert separator and name.strip() and version.strip() and not any(c in version for c in "<>=!~*,;"), (
+            f"{file_name}: {line} is not pinned with =="
+        )
+
+
+@pytest.mark.parametrize("file_name", REQUIREMENTS_FILES[1:])
+def test_optional_pins_agree_with_requirements(file_name):
+    """Installed with requirements.txt as constraints: a package pinned in both at two versions cannot install."""
+    base = {_normalised(name): version for name, version in _requirements_pins().items()}
+    for name, version in _requirements_pins(file_name).items():
+        assert base.get(_normalised(name), version) == version, f"{file_name} pins {name}=={version}, requirements.txt another"
+
+
+def test_detectron2_dependencies_are_pinned():
+    pins = {_normalised(name) for name in _requirements_pins("requirements-detectron2.txt")}
+    assert {"fvcore", "iopath", "pycocotools", "omegaconf", "hydra-core", "yacs"} <= pins
 
 
 def test_environment_yml_agrees_with_requirements():
