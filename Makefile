@@ -94,6 +94,7 @@ help: ## Show targets and variables
 	@echo "  EXTRACT_SET / DISTILL_SET / EVAL_SET='key=value ...'  options that change the output (part of the key)"
 	@echo "  EXTRACT_ARGS / DISTILL_ARGS / EVAL_ARGS='--workers 8 ...'  options that only change speed or device"
 	@echo "  DISTILL_CONFIG=$(DISTILL_CONFIG)  EVAL_CONFIG=$(EVAL_CONFIG)  DISTILL_OUT=$(DISTILL_OUT)"
+	@echo "  DETECTRON2_WHEEL=FILE  DETECTRON2_WHEEL_DIR=DIR  the Detectron2 wheel setup installs (default: the newest for this Python in ../shared/wheels)"
 	@echo "  PREPARE=$(PREPARE)  PREPARE_SET / PREPARE_ARGS  (1: distill reads prepare's copies; make prepare makes them)"
 	@echo "  NPROC=$(NPROC)  TORCHRUN_ARGS=$(TORCHRUN_ARGS)  distill under torchrun (processes per node, multi-node options; part of distill's key)"
 	@echo "  HMDB_ROOT=$(HMDB_ROOT)  UCF_ROOT=$(UCF_ROOT)  labeled video folders"
