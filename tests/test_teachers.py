@@ -110,6 +110,36 @@ def test_efficientnet_batches_match_single_frames(efficientnet):
     assert efficientnet(frames[:0])["logits"].shape == (0, 1000)
 
 
+# ---------------------------------------------------------------- the evaluation view
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("height,width,resize_size,crop_size", [
+    (256, 340, 224, 224),  # a Kinetics/HMDB frame: long side 297.5 -> 297, where rounding gave 298
+    (256, 340, 256, 224),  # no resize, only the crop
+    (340, 256, 224, 224),  # portrait
+    (240, 427, 256, 224),  # upscaled, long side 455.47 -> 455: crop corner 115.5 -> 116 (rounded half to even)
+    (256, 341, 240, 224),  # long side 319.69 -> 319 (not 320), crop corner 47.5 -> 48 (floor gave 47)
+])
+def test_view_matches_torchvision_resize_and_center_crop(height, width, resize_size, crop_size, interpolation):
+    """The teachers' view is the reference transform's to the pixel: torchvision's Resize(short side) +
+    CenterCrop, which the teachers' own evaluation code (and timm, open_clip, DINOv2 through PIL) uses."""
+    from torchvision.transforms import v2
+
+    from extract.teachers.base import frames_to_tensor, resize_short_side_and_center_crop
+
+    frames = np.random.default_rng(2).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
+    images = frames_to_tensor(frames, torch.device("cpu"))
+    ours = resize_short_side_and_center_crop(images, resize_size, crop_size, interpolation)
+    reference = v2.Compose([
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Resize(resize_size, interpolation=v2.InterpolationMode(interpolation), antialias=True),
+        v2.CenterCrop(crop_size),
+    ])(torch.from_numpy(frames).permute(0, 3, 1, 2))
+    assert ours.shape == reference.shape == (1, 3, crop_size, crop_size)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6)
+
+
 # ---------------------------------------------------------------- ImageNet, torchvision
 
 

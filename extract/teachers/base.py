@@ -176,10 +176,15 @@ def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
 def resize_short_side_and_center_crop(
     images: torch.Tensor, resize_size: int, crop_size: int, interpolation: str = "bilinear"
 ) -> torch.Tensor:
-    """The standard ImageNet evaluation view: resize the short side, then take the central square."""
+    """The standard ImageNet evaluation view: resize the short side, then take the central square, pixel for
+    pixel as torchvision's Resize(resize_size) + CenterCrop(crop_size) make it (which the PIL pipelines of timm,
+    open_clip and the teachers' papers use too): the long side truncated, int(resize_size * long / short), not
+    rounded (340x256 -> 297x224, not 298), and the crop's corner rounded half to even, as torchvision does."""
     height, width = images.shape[-2:]
-    scale = resize_size / min(height, width)
-    new_height, new_width = max(crop_size, round(height * scale)), max(crop_size, round(width * scale))
+    short_side, long_side = min(height, width), max(height, width)
+    new_long = max(crop_size, int(resize_size * long_side / short_side))
+    new_short = max(crop_size, resize_size)
+    new_height, new_width = (new_short, new_long) if height <= width else (new_long, new_short)
     if (new_height, new_width) != (height, width):
         smooth = interpolation in ("bilinear", "bicubic")
         images = functional.interpolate(
@@ -189,7 +194,7 @@ def resize_short_side_and_center_crop(
             align_corners=False if smooth else None,
             antialias=smooth,  # downscaling without it aliases, and torchvision's eval transforms use it
         )
-    top, left = (new_height - crop_size) // 2, (new_width - crop_size) // 2
+    top, left = round((new_height - crop_size) / 2.0), round((new_width - crop_size) / 2.0)
     return images[..., top : top + crop_size, left : left + crop_size]
 
 
