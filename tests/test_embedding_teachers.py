@@ -4,7 +4,9 @@ the hub cache, the cosine loss, the embedding head, window targets, and extract 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import socket
 import subprocess
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from distill.losses import DistillationLoss, cosine_distance
 from distill.students import create_student
 from distill.windows import aggregate_targets, mean_direction
 from extract.teachers.base import frames_to_tensor, normalise, resize_short_side_and_center_crop
+from extract.teachers.embedding_dinov2 import eval_resize_size
 from extract.teachers.registry import TEACHERS, create_teacher
 from pipeline.errors import ConfigError, DistinitError
 from pipeline.hashing import sha256_file
@@ -142,8 +145,9 @@ def test_lite0_weights_come_from_its_pip_package():
     assert given.origin == "weights=FILE" and not given.present
 
 
-@pytest.mark.parametrize("kind,dimension", [("clip", 512), ("dinov2", 384)])
-def test_hub_teachers_with_random_weights_give_finite_embeddings(kind, dimension):
+@pytest.mark.slow  # 4.5-6 s each alone on 2 shared CPU cores (timm's import, building the ViT, two frames)
+@pytest.mark.parametrize("kind,dimension,resize_size", [("clip", 512, 224), ("dinov2", 384, 256)])
+def test_hub_teachers_with_random_weights_give_finite_embeddings(kind, dimension, resize_size):
     teacher = create_teacher(kind, weights="random", batch_size=1)
     outputs = teacher(_frames(2))
     assert list(outputs) == ["embedding"] and outputs["embedding"].shape == (2, dimension)
@@ -151,8 +155,46 @@ def test_hub_teachers_with_random_weights_give_finite_embeddings(kind, dimension
     described = teacher.describe()
     assert described["outputs"][0]["kind"] == "embedding" and described["outputs"][0]["attributes"]["dim"] == dimension
     assert described["weights_sha256"] == "random-init"
-    assert (teacher.input_size, teacher.resize_size, described["config"]["interpolation"]) == (224, 224, "bicubic")
+    assert (teacher.input_size, teacher.resize_size, described["config"]["interpolation"]) == (224, resize_size, "bicubic")
     assert TEACHERS[kind].weights_sources(weights="random") == ()
+
+
+def dinov2_eval_view(frames: np.ndarray, resize_size: int, crop_size: int) -> torch.Tensor:
+    """DINOv2's classification evaluation transform (dinov2/data/transforms.py): Resize(short side, bicubic),
+    CenterCrop, ImageNet mean/std; torchvision's v2 on tensors standing in for its PIL images."""
+    from torchvision.transforms import v2
+
+    images = v2.Compose([
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Resize(resize_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.CenterCrop(crop_size),
+    ])(torch.from_numpy(frames).permute(0, 3, 1, 2))
+    # PIL stores the resized image as bytes, so bicubic's overshoot is clipped to 0..1 before normalising.
+    return v2.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])(images.clamp(0, 1))
+
+
+def test_dinov2_view_is_dinov2s_evaluation_transform():
+    """DINOv2's evaluation proportions at any image_size: short side 256 for a 224 crop (its linear and k-NN
+    evaluations; not timm's crop_pct=1.0, which is the 518-px config's), so 128 for 112. The default 224 is
+    checked against the transform in test_dinov2_loads_the_hub_cache_without_network."""
+    assert eval_resize_size(224) == 256 and eval_resize_size(518) == 592
+    teacher = create_teacher("dinov2", weights="random", image_size=112, batch_size=2)
+    assert (teacher.input_size, teacher.resize_size, teacher.decode_short_side) == (112, 128, 128)
+    assert (teacher.mean, teacher.std, teacher.interpolation) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic")
+    described = teacher.describe()["config"]
+    assert (described["resize_size"], described["crop_size"]) == (128, 112)
+    frames = np.random.default_rng(4).integers(0, 256, (2, 256, 340, 3), dtype=np.uint8)
+    seen = []
+    network_forward = teacher.model.forward_features
+
+    def recording_forward(images: torch.Tensor) -> torch.Tensor:  # what the network is given
+        seen.append(images)
+        return network_forward(images)
+
+    teacher.model.forward_features = recording_forward
+    embedding = teacher(frames)["embedding"]
+    torch.testing.assert_close(seen[0], dinov2_eval_view(frames, 128, 112), rtol=0, atol=2e-5)
+    assert embedding.shape == (2, 384) and np.isfinite(embedding).all()
 
 
 @pytest.fixture
@@ -194,8 +236,7 @@ def test_dinov2_loads_the_hub_cache_without_network(hub_cache, monkeypatch):
     teacher = create_teacher("dinov2")  # still offline: the cached file is used as it is
     assert teacher.weights_sha256 == sha256_file(path)
     frames = _frames(2)
-    images = resize_short_side_and_center_crop(frames_to_tensor(frames, teacher.device), 224, 224, "bicubic")
-    images = normalise(images.clamp(0, 1), teacher.mean, teacher.std)
+    images = dinov2_eval_view(frames, 256, 224)
     with torch.no_grad():
         expected = reference.forward_head(reference.forward_features(images), pre_logits=True)
     torch.testing.assert_close(torch.from_numpy(teacher(frames)["embedding"]), expected, rtol=1e-4, atol=1e-5)
@@ -212,10 +253,57 @@ def test_clip_weights_options_fail_in_one_line(tmp_path, hub_cache, monkeypatch)
         create_teacher("clip", weights=str(wrong))
     assert "\n" not in str(raised.value)
     monkeypatch.setenv("DISTINIT_OFFLINE", "1")
-    with pytest.raises(MissingWeightsError, match="hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K.*offline"):
+    with pytest.raises(MissingWeightsError, match="hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K.*offline") as raised:
         create_teacher("clip")
+    # What a person can do: pass the file, or let the hub's CLI lay out its cache (refs/, snapshots/).
+    assert "weights=FILE" in str(raised.value) and "put it at" not in str(raised.value)
+    assert "`hf download laion/CLIP-ViT-B-32-laion2B-s34B-b79K open_clip_model.safetensors`" in str(raised.value)
     (source,) = TEACHERS["clip"].weights_sources(pretrained="openai")
     assert source.origin == "hf-hub:timm/vit_base_patch32_clip_224.openai" and not source.present
+
+
+def test_clip_weights_file_without_a_tag_warns_that_the_default_tag_is_assumed(tmp_path, caplog):
+    """A file loads strictly under any tag (QuickGELU has no weights), so OpenAI's file under the default tag
+    would run with GELU and give wrong features silently: the tag assumed is said aloud."""
+    absent = str(tmp_path / "clip.pt")  # the warning comes before the file is read
+    with caplog.at_level(logging.WARNING, logger="extract.teachers.embedding_clip"):
+        with pytest.raises(MissingWeightsError):
+            create_teacher("clip", weights=absent)
+    (warning,) = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert "laion2b_s34b_b79k" in warning.getMessage() and "pretrained=openai" in warning.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="extract.teachers.embedding_clip"):
+        for pretrained in ("laion2b_s34b_b79k", "openai", ""):  # the file's tag named: nothing to warn about
+            with pytest.raises(MissingWeightsError):
+                create_teacher("clip", weights=absent, pretrained=pretrained)
+    assert not [record for record in caplog.records if record.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize("kind,repo_id", [
+    ("clip", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"), ("dinov2", "timm/vit_small_patch14_dinov2.lvd142m"),
+])
+def test_a_refused_hub_connection_is_one_line(kind, repo_id, hub_cache, monkeypatch):
+    """Online with nothing cached and a hub that refuses connections (a closed local port as HF_ENDPOINT): one
+    MissingWeightsError line, within the download timeout, saying how to supply the file; nothing cached."""
+    from huggingface_hub import constants
+
+    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.delenv("DISTINIT_OFFLINE")
+    monkeypatch.setenv("DISTINIT_DOWNLOAD_TIMEOUT", "5")  # a bound, should the refusal not come at once
+    monkeypatch.setenv("HF_ENDPOINT", closed)
+    # The hub read HF_ENDPOINT when imported: its constants are pointed at the closed port too.
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        constants.HUGGINGFACE_CO_URL_TEMPLATE.replace(constants.ENDPOINT, closed, 1))
+    monkeypatch.setattr(constants, "ENDPOINT", closed)
+    with pytest.raises(MissingWeightsError) as raised:
+        create_teacher(kind)
+    message = str(raised.value)
+    assert "\n" not in message and f"cannot download hf-hub:{repo_id}" in message
+    assert "refused" in message.lower() and closed in message  # the reason, and the URL it tried
+    assert "weights=FILE" in message and f"`hf download {repo_id} " in message and "put it at" not in message
+    assert not [path for path in hub_cache.rglob("*") if path.is_file()]
 
 
 # ----------------------------------------------------------------------------------------------- end to end

@@ -6,6 +6,10 @@ LAION-2B one gives the better image features at the same cost (ImageNet zero-sho
 63.3%, open_clip's own table), was trained on open data, and is stored on the hub as one safetensors file;
 `pretrained=openai` gives OpenAI's weights (with the QuickGELU they were trained with); `pretrained=""`
 (no tag) takes the model config's preprocessing, for a `weights=FILE` of one's own.
+With `weights=FILE`, `pretrained` names what the file holds: the tag still picks the architecture variant
+(QuickGELU for openai) and the preprocessing, and a file of another tag loads strictly all the same (the
+activation has no weights), so OpenAI's file under the default tag runs with GELU and gives wrong features
+without an error. A file given without `pretrained` is therefore taken as the default tag, with a warning.
 
 The output is the image tower's embedding, `encode_image(normalize=False)`: stored unnormalised (its norm
 is a fact of the teacher worth keeping); stage two's cosine loss and window mean normalise it.
@@ -86,8 +90,17 @@ def hub_location(model: str, config: dict) -> tuple[str, tuple[str, ...]]:
 @register_teacher("clip")
 class ClipTeacher(Teacher):
     def __init__(self, *, device: str | torch.device = "cpu", weights: str | None = None, model: str = DEFAULT_MODEL,
-                 pretrained: str = DEFAULT_PRETRAINED, batch_size: int = 32):
+                 pretrained: str | None = None, batch_size: int = 32):
         require_positive("batch_size", batch_size)
+        if pretrained is None:  # not given: the default tag, which a weights file may not be (see the docstring)
+            pretrained = DEFAULT_PRETRAINED
+            if weights is not None and weights != RANDOM_WEIGHTS:
+                logger.warning(
+                    "teacher clip: weights=%s is taken as open_clip %s %s weights (that tag's activation and "
+                    "preprocessing) since no pretrained tag was given; name the file's tag with pretrained=TAG "
+                    "(OpenAI's weights need pretrained=openai for their QuickGELU; naming %s silences this), or "
+                    "pretrained='' for the model config's own", weights, model, pretrained, pretrained,
+                )
         config = pretrained_config(model, pretrained)
         self.name = self.kind = "clip"
         self.backend = "open_clip"
@@ -130,7 +143,8 @@ class ClipTeacher(Teacher):
 
     @classmethod
     def weights_sources(cls, *, weights: str | None = None, model: str = DEFAULT_MODEL,
-                        pretrained: str = DEFAULT_PRETRAINED, **_options) -> tuple[WeightsSource, ...]:
+                        pretrained: str | None = None, **_options) -> tuple[WeightsSource, ...]:
+        pretrained = DEFAULT_PRETRAINED if pretrained is None else pretrained
         description = f"open_clip {model} {pretrained}"
         if weights is not None:
             return hub_weights_sources(description, "", (), weights)

@@ -6,10 +6,13 @@ Options: `model` (a timm model with hub weights, default vit_small_patch14_dinov
 `forward_head(forward_features(x), pre_logits=True)`: for DINOv2 the CLS token after the final norm.
 
 image_size: timm's data config for these weights says 518 (the last, high-resolution phase of DINOv2's
-training), but DINOv2's own linear evaluations run at 224, and 518 costs about six times the compute per
-frame (1369 patches against 256) for frames the student sees at 112 pixels. So 224 by default, with timm
-resampling the position embeddings as it loads; `image_size=0` takes the data config's size. Mean, std,
-interpolation and crop fraction come from timm's data config (`timm.data.resolve_data_config`).
+training), but DINOv2's own linear and k-NN evaluations run at 224, and 518 costs about six times the compute
+per frame (1369 patches against 256) for frames the student sees at 112 pixels. So 224 by default, with timm
+resampling the position embeddings as it loads; `image_size=0` takes the data config's size (518).
+The view is DINOv2's evaluation transform (make_classification_eval_transform in its dinov2/data/transforms.py):
+resize the short side to 256 and centre-crop 224, bicubic, ImageNet mean/std. At another image_size S the
+same proportions: short side round(S * 256 / 224), crop S (not timm's crop_pct of 1.0, which belongs to the
+518-px config and would show the network the whole short side).
 Weights: the model's file from the Hugging Face hub (cached by huggingface_hub, downloaded on first use
 unless offline), `weights=FILE` (a state_dict timm loads for this model: timm's or DINOv2's own release),
 or `weights=random`.
@@ -18,7 +21,6 @@ or `weights=random`.
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 import torch
@@ -37,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "vit_small_patch14_dinov2.lvd142m"
 DEFAULT_IMAGE_SIZE = 224
+# DINOv2's evaluation view: short side 256 for a 224 crop (the ImageNet convention, crop fraction 0.875), bicubic.
+EVAL_RESIZE_SIZE, EVAL_CROP_SIZE = 256, 224
+EVAL_INTERPOLATION = "bicubic"
 # timm's hub file names, in the order timm itself tries them.
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -60,6 +65,11 @@ def hub_location(model: str) -> tuple[str, tuple[str, ...]]:
         raise ConfigError(f"timm model {model!r} has no weights on the Hugging Face hub; name its tag (e.g. {DEFAULT_MODEL}) or pass weights=FILE")
     named_file = getattr(config, "hf_hub_filename", None)
     return repo_id, (named_file,) if named_file else _HUB_FILES
+
+
+def eval_resize_size(crop_size: int) -> int:
+    """The short side DINOv2's evaluation resizes to before centre-cropping `crop_size`: 256 for 224."""
+    return int(round(crop_size * EVAL_RESIZE_SIZE / EVAL_CROP_SIZE))
 
 
 @register_teacher("dinov2")
@@ -91,14 +101,13 @@ class Dinov2Teacher(Teacher):
                 raise load_failure(self.name, path, error) from None
             logger.info("teacher %s loaded timm %s weights from %s", self.name, model, path)
             self.weights_sha256 = sha256_file(path)
-        data_config = timm.data.resolve_data_config({}, model=network)
-        self.input_size = int(image_size) or int(data_config["input_size"][-1])
-        # timm's evaluation view: resize the short side to size / crop_pct, centre-crop size.
-        self.resize_size = int(math.floor(self.input_size / float(data_config.get("crop_pct", 1.0))))
+        self.input_size = int(image_size) or int(timm.data.resolve_data_config({}, model=network)["input_size"][-1])
+        self.resize_size = eval_resize_size(self.input_size)
         self.decode_short_side = self.resize_size
-        self.interpolation = str(data_config.get("interpolation", "bicubic"))
-        self.mean = tuple(float(value) for value in data_config["mean"])
-        self.std = tuple(float(value) for value in data_config["std"])
+        self.interpolation = EVAL_INTERPOLATION
+        # DINOv2 normalises with ImageNet's statistics (its IMAGENET_DEFAULT_MEAN/STD, the same numbers as timm's).
+        self.mean = tuple(float(value) for value in timm.data.IMAGENET_DEFAULT_MEAN)
+        self.std = tuple(float(value) for value in timm.data.IMAGENET_DEFAULT_STD)
         self.outputs = (embedding_output(int(network.num_features), (
             f"pooled pre-logits features of timm {model} at {self.input_size} px (the CLS token after the final "
             "norm for DINOv2), unnormalised")),)

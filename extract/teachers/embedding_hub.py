@@ -3,8 +3,10 @@ and the output every embedding teacher (Lite0's pooled features too) declares.
 
 open_clip and timm publish their weights on the Hugging Face hub. A teacher asks for one file of a hub
 repository: already in the hub's cache (huggingface_hub.try_to_load_from_cache, no network) it is used as
-is; otherwise it is downloaded into that cache by huggingface_hub inside `framework_download`, so offline
-runs and network failures end in one line. The file's sha256 goes into the stage key like every teacher's.
+is; otherwise huggingface_hub downloads it into that cache (under the download timeout). Offline, or when
+the download fails for the network's reasons, it is one line saying how to supply the file by hand: as
+weights=FILE, or through the hub's own `hf download` into the same cache (whose refs/ and snapshots/ layout
+nobody should build by hand). The file's sha256 goes into the stage key like every teacher's.
 Loading the file into the model is left to each library (open_clip and timm convert their own formats).
 """
 
@@ -18,8 +20,9 @@ import torch
 
 from extract.teachers.base import OutputSpec, normalise, resize_short_side_and_center_crop
 from pipeline.errors import ConfigError
-from pipeline.weights.download import download_timeout_seconds, framework_download, offline
+from pipeline.weights.download import offline, offline_variable
 from pipeline.weights.files import RANDOM_WEIGHTS, MissingWeightsError
+from pipeline.weights.network import download_timeout_seconds, is_network_error, one_line_reason, socket_timeout
 from pipeline.weights.source import WeightsSource
 
 logger = logging.getLogger(__name__)
@@ -38,11 +41,11 @@ def hub_origin(repo_id: str) -> str:
 
 
 def hub_cache_folder(repo_id: str) -> Path:
-    """Where huggingface_hub keeps `repo_id`'s files (honours HF_HOME / HF_HUB_CACHE)."""
+    """Where huggingface_hub keeps `repo_id`'s files (honours HF_HOME / HF_HUB_CACHE): its documented cache
+    layout, models--<org>--<name>, built from public constants rather than the hub's internal helper."""
     from huggingface_hub import constants
-    from huggingface_hub.file_download import repo_folder_name
 
-    return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    return Path(constants.HF_HUB_CACHE) / constants.REPO_ID_SEPARATOR.join(("models", *repo_id.split("/")))
 
 
 def cached_hub_file(repo_id: str, filenames: Sequence[str]) -> Path | None:
@@ -57,16 +60,48 @@ def cached_hub_file(repo_id: str, filenames: Sequence[str]) -> Path | None:
 
 
 def fetch_hub_file(teacher_name: str, repo_id: str, filenames: Sequence[str]) -> Path:
-    """The cached file, or the first of `filenames` the repository has, downloaded into the hub cache."""
+    """The cached file, or the first of `filenames` the repository has, downloaded into the hub cache.
+    Offline or without a network: one MissingWeightsError line saying how to supply the file by hand."""
     cached = cached_hub_file(repo_id, filenames)
     if cached is not None:
         return cached
+    if offline():
+        raise MissingWeightsError(
+            f"{_not_cached(teacher_name, repo_id, filenames)}; offline ({offline_variable()}=1), so nothing is downloaded"
+        )
     from huggingface_hub import constants, hf_hub_download
 
-    with framework_download(teacher_name, hub_origin(repo_id), hub_cache_folder(repo_id)):
-        # Offline, the block runs with the hub offline and fails at once on the file that is not cached.
-        filename = filenames[0] if offline() else _published_file(teacher_name, repo_id, filenames)
-        return Path(hf_hub_download(repo_id, filename, cache_dir=constants.HF_HUB_CACHE))
+    logger.info("teacher %s: fetching %s into %s", teacher_name, hub_origin(repo_id), hub_cache_folder(repo_id))
+    # Not framework_download: its advice (put the file at the cache path) cannot be followed for the hub's cache,
+    # whose refs/ and snapshots/ a person cannot lay out by hand; the timeout and error test are the same.
+    with socket_timeout(download_timeout_seconds()):
+        try:
+            filename = _published_file(teacher_name, repo_id, filenames)
+            return Path(hf_hub_download(repo_id, filename, cache_dir=constants.HF_HUB_CACHE))
+        except MissingWeightsError:
+            raise
+        except Exception as error:
+            if not is_network_error(error):
+                raise
+            raise MissingWeightsError(
+                f"teacher {teacher_name}: cannot download {hub_origin(repo_id)} ({one_line_reason(error)}); "
+                f"{_by_hand(repo_id, filenames)}; or run with --offline (DISTINIT_OFFLINE=1) to never try"
+            ) from None
+
+
+def _not_cached(teacher_name: str, repo_id: str, filenames: Sequence[str]) -> str:
+    return (f"teacher {teacher_name}: {hub_origin(repo_id)} is not in the Hugging Face hub cache "
+            f"({hub_cache_folder(repo_id)}); {_by_hand(repo_id, filenames)}")
+
+
+def _by_hand(repo_id: str, filenames: Sequence[str]) -> str:
+    """How a person supplies a hub file this machine cannot download: the file itself, or the hub's own CLI,
+    which lays out the cache (refs/, snapshots/) the teacher reads."""
+    from huggingface_hub import hf_hub_url
+
+    others = f" (or {', '.join(filenames[1:])})" if len(filenames) > 1 else ""
+    return (f"download {hf_hub_url(repo_id, filenames[0])}{others} on a machine with network and pass weights=FILE, "
+            f"or fill the cache with `hf download {repo_id} {filenames[0]}` under the same HF_HOME")
 
 
 def _published_file(teacher_name: str, repo_id: str, filenames: Sequence[str]) -> str:
@@ -74,22 +109,14 @@ def _published_file(teacher_name: str, repo_id: str, filenames: Sequence[str]) -
     retries a failing connection for half a minute when nothing is cached, so without a network this is
     where a download fails, within one timeout."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    from huggingface_hub.errors import RemoteEntryNotFoundError
 
     for filename in filenames:
         try:
             get_hf_file_metadata(hf_hub_url(repo_id, filename), timeout=download_timeout_seconds())
             return filename
-        except EntryNotFoundError as error:
-            if isinstance(error, LocalEntryNotFoundError):  # not cached and not reachable: not a missing name
-                raise
+        except RemoteEntryNotFoundError:
             continue  # the repository has no file of that name: try the next name
-        except Exception as error:
-            if not type(error).__module__.startswith("httpx"):
-                raise
-            # The hub's HTTP client (httpx2) has its own error types; as a ConnectionError framework_download
-            # reports it in one line.
-            raise ConnectionError(str(error) or type(error).__name__) from None
     raise MissingWeightsError(
         f"teacher {teacher_name}: {hub_origin(repo_id)} has none of {', '.join(filenames)}; pass weights=FILE"
     )
