@@ -55,13 +55,15 @@ POSE     ?= 1
 DISTILL_LAUNCH = $(if $(NPROC),$(BIN)/torchrun --nproc_per_node $(NPROC) $(TORCHRUN_ARGS) -m pipeline,$(DISTINIT))
 
 # `key=value` options that change a stage's output: passed to the stage and to its key alike.
+# Each reaches distinit as one literal shell word (bash would brace-expand {a,b} and glob [..]; a ' inside is kept).
+quote = '$(subst ','\'',$(1))'
 EXTRACT_SETS = $(if $(TEACHERS),teachers=[$(TEACHERS)]) $(EXTRACT_SET)
-STAGE_ARGS = --stamps $(STAMPS) --data $(DATA) $(if $(ROOT),--root $(ROOT)) --demo-dir $(DEMO_DIR) $(foreach pair,$(DEMO_SET),--demo-set '$(pair)') \
-	$(foreach pair,$(EXTRACT_SETS),--extract-set '$(pair)') \
-	$(if $(filter 1,$(PREPARE)),--prepare) $(foreach pair,$(PREPARE_SET),--prepare-set '$(pair)') \
-	--distill-config $(DISTILL_CONFIG) $(foreach pair,out=$(DISTILL_OUT) $(DISTILL_SET),--distill-set '$(pair)') \
+STAGE_ARGS = --stamps $(STAMPS) --data $(DATA) $(if $(ROOT),--root $(ROOT)) --demo-dir $(DEMO_DIR) $(foreach pair,$(DEMO_SET),--demo-set $(call quote,$(pair))) \
+	$(foreach pair,$(EXTRACT_SETS),--extract-set $(call quote,$(pair))) \
+	$(if $(filter 1,$(PREPARE)),--prepare) $(foreach pair,$(PREPARE_SET),--prepare-set $(call quote,$(pair))) \
+	--distill-config $(DISTILL_CONFIG) $(foreach pair,out=$(DISTILL_OUT) $(DISTILL_SET),--distill-set $(call quote,$(pair))) \
 	--distill-nproc $(or $(NPROC),1) $(if $(and $(NPROC),$(TORCHRUN_ARGS)),--torchrun-args '$(TORCHRUN_ARGS)') \
-	--eval-config $(EVAL_CONFIG) $(foreach pair,$(EVAL_SET),--eval-set '$(pair)') \
+	--eval-config $(EVAL_CONFIG) $(foreach pair,$(EVAL_SET),--eval-set $(call quote,$(pair))) \
 	$(if $(HMDB_ROOT),--eval-root $(HMDB_ROOT)) $(if $(UCF_ROOT),--ucf-root $(UCF_ROOT)) \
 	--inits $(INITS) --init $(INIT) --seeds $(SEEDS) --results $(RESULTS)
 
@@ -133,6 +135,7 @@ $(VENV)/.installed: requirements.txt requirements-pose.txt requirements-detectro
 	$(if $(DETECTRON2_WHEEL),$(BIN)/python -m pip install -q -r requirements-detectron2.txt '$(DETECTRON2_WHEEL)' \
 		-c requirements.txt $(if $(filter 1,$(POSE)),-c requirements-pose.txt),@echo "$(detectron2_no_wheel)")
 	$(BIN)/python -m pip install -q --no-deps -e .
+	$(if $(DETECTRON2_WHEEL),,echo none > $(DETECTRON2_STAMP))  # what was installed, whatever a dry run recorded
 	touch $@
 
 # The stamp holds the installed wheel's name and sha256 ("none" for a venv set up without one) and is rewritten
@@ -197,36 +200,36 @@ status: setup ## Say which stages are up to date, stale (and why), missing or no
 
 # Each stage's rule: its .key and what it reads (see `needs`); on success .key is copied to .done.
 $(STAMPS)/demo-data.done: $(STAMPS)/demo-data.key
-	$(DISTINIT) demo-data --out $(DEMO_DIR) --config configs/demo-data.yaml $(foreach pair,$(DEMO_SET),--set '$(pair)')
+	$(DISTINIT) demo-data --out $(DEMO_DIR) --config configs/demo-data.yaml $(foreach pair,$(DEMO_SET),--set $(call quote,$(pair)))
 	cp $< $@
 
 $(STAMPS)/extract.done: $(STAMPS)/extract.key $(call needs,extract)
-	$(DISTINIT) extract --config configs/extract.yaml --data $(DATA) --root $(ROOT) $(foreach pair,$(EXTRACT_SETS),--set '$(pair)') $(EXTRACT_ARGS)
+	$(DISTINIT) extract --config configs/extract.yaml --data $(DATA) --root $(ROOT) $(foreach pair,$(EXTRACT_SETS),--set $(call quote,$(pair))) $(EXTRACT_ARGS)
 	$(DISTINIT) verify targets/$(DATA)/$$(cat targets/$(DATA)/latest)
 	$(DISTINIT) inspect targets/$(DATA)/$$(cat targets/$(DATA)/latest) --top-k 3
 	cp $< $@
 
 $(STAMPS)/prepare.done: $(STAMPS)/prepare.key $(call needs,prepare)
-	$(DISTINIT) prepare --config configs/prepare.yaml --data $(DATA) --root $(ROOT) $(foreach pair,$(SELECTION_SETS) $(PREPARE_SET),--set '$(pair)') $(PREPARE_ARGS)
+	$(DISTINIT) prepare --config configs/prepare.yaml --data $(DATA) --root $(ROOT) $(foreach pair,$(SELECTION_SETS) $(PREPARE_SET),--set $(call quote,$(pair))) $(PREPARE_ARGS)
 	cp $< $@
 
 # --videos: where the dataset is now (ROOT), which is not part of any key; moving it re-runs nothing.
 # PREPARE=1: --prepared, the prepare stage's latest copies (distill's key then holds prepare's).
 $(STAMPS)/distill.done: $(STAMPS)/distill.key $(call needs,distill)
-	$(DISTILL_LAUNCH) distill --config $(DISTILL_CONFIG) --targets targets/$(DATA) $(if $(ROOT),--videos $(ROOT)) $(if $(filter 1,$(PREPARE)),--prepared prepared/$(DATA)) --set out=$(DISTILL_OUT) $(foreach pair,$(DISTILL_SET),--set '$(pair)') $(DISTILL_ARGS)
+	$(DISTILL_LAUNCH) distill --config $(DISTILL_CONFIG) --targets targets/$(DATA) $(if $(ROOT),--videos $(ROOT)) $(if $(filter 1,$(PREPARE)),--prepared prepared/$(DATA)) --set $(call quote,out=$(DISTILL_OUT)) $(foreach pair,$(DISTILL_SET),--set $(call quote,$(pair))) $(DISTILL_ARGS)
 	cp $< $@
 
 $(STAMPS)/compare.done: $(STAMPS)/compare.key $(call needs,compare)
-	$(DISTINIT) compare --config $(EVAL_CONFIG) --data hmdb51 --root $(HMDB_ROOT) --inits $(INITS) --seeds $(SEEDS) --out $(RESULTS) $(foreach pair,$(EVAL_SET),--set '$(pair)') $(EVAL_ARGS)
+	$(DISTINIT) compare --config $(EVAL_CONFIG) --data hmdb51 --root $(HMDB_ROOT) --inits $(INITS) --seeds $(SEEDS) --out $(RESULTS) $(foreach pair,$(EVAL_SET),--set $(call quote,$(pair))) $(EVAL_ARGS)
 	cp $< $@
 
 # stdout (the table) is shown by the public target, from the report.
 $(STAMPS)/eval-hmdb.done: $(STAMPS)/eval-hmdb.key $(call needs,eval-hmdb)
-	$(DISTINIT) eval --config $(EVAL_CONFIG) --data hmdb51 --root $(HMDB_ROOT) --init $(INIT) --seeds $(SEEDS) --report $(RESULTS)/eval-hmdb $(foreach pair,$(EVAL_SET),--set '$(pair)') $(EVAL_ARGS) > /dev/null
+	$(DISTINIT) eval --config $(EVAL_CONFIG) --data hmdb51 --root $(HMDB_ROOT) --init $(INIT) --seeds $(SEEDS) --report $(RESULTS)/eval-hmdb $(foreach pair,$(EVAL_SET),--set $(call quote,$(pair))) $(EVAL_ARGS) > /dev/null
 	cp $< $@
 
 $(STAMPS)/eval-ucf.done: $(STAMPS)/eval-ucf.key $(call needs,eval-ucf)
-	$(DISTINIT) eval --config $(EVAL_CONFIG) --data ucf101 --root $(UCF_ROOT) --init $(INIT) --seeds $(SEEDS) --report $(RESULTS)/eval-ucf $(foreach pair,$(EVAL_SET),--set '$(pair)') $(EVAL_ARGS) > /dev/null
+	$(DISTINIT) eval --config $(EVAL_CONFIG) --data ucf101 --root $(UCF_ROOT) --init $(INIT) --seeds $(SEEDS) --report $(RESULTS)/eval-ucf $(foreach pair,$(EVAL_SET),--set $(call quote,$(pair))) $(EVAL_ARGS) > /dev/null
 	cp $< $@
 
 verify: setup ## Check the latest targets of DATA (checksums, row counts, NaN/inf, manifest)

@@ -7,6 +7,7 @@ config file cannot quietly train the wrong model.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -63,12 +64,16 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    """`key=value` strings from the command line; values are parsed as YAML scalars (`3`, `0.1`, `true`)."""
+    """`key=value` strings from the command line; values are parsed as YAML scalars (`3`, `0.1`, `true`). A value
+    starting with `~/` is a path under the home folder, as a shell would have expanded it unquoted (make passes
+    each pair quoted)."""
     overrides = {}
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"override {pair!r} is not of the form key=value")
         key, text = pair.split("=", 1)
+        if text.startswith("~/"):
+            text = os.path.expanduser(text)
         overrides[key.strip().replace("-", "_")] = yaml.safe_load(text) if text else ""
     return overrides
 

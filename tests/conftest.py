@@ -34,6 +34,8 @@ def _offline(monkeypatch):
         monkeypatch.setenv(variable, "x")
         monkeypatch.delenv(variable)
     monkeypatch.setenv("DISTINIT_OFFLINE", "1")
+    for variable in ("NO_PROXY", "no_proxy"):  # tests' own servers listen on this machine: never through a proxy
+        monkeypatch.setenv(variable, "127.0.0.1,localhost")
     hub_constants = sys.modules.get("huggingface_hub.constants")
     if hub_constants is not None:  # the hub read HF_HUB_OFFLINE once, when imported (maybe under --offline)
         monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)

@@ -53,6 +53,12 @@ def test_overrides_parse_yaml_scalars_and_comma_lists():
         parse_overrides(["seed"])
 
 
+def test_a_home_path_override_is_expanded_as_an_unquoted_shell_word_would_be(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/researcher")
+    overrides = parse_overrides(["annotations=~/k400/annotations", "name=a~b", "pretrained=''"])
+    assert overrides == {"annotations": "/home/researcher/k400/annotations", "name": "a~b", "pretrained": ""}
+
+
 def test_missing_or_broken_yaml(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(ExampleConfig, tmp_path / "absent.yaml")

@@ -368,3 +368,8 @@ def test_lite0_embeddings_through_extract_distill_and_export(tmp_path):
     with torch.no_grad():
         embedding = rebuilt(torch.randn(1, 3, 4, 32, 32))["imagenet-efficientnet-lite0/embedding"]
     assert embedding.shape == (1, 1280) and torch.isfinite(embedding).all()
+
+
+def test_dinov2_refuses_a_model_that_is_not_dinov2():
+    with pytest.raises(ConfigError, match="model='vit_base_patch16_clip_224.openai' is not a DINOv2 model"):
+        create_teacher("dinov2", weights="random", model="vit_base_patch16_clip_224.openai")

@@ -297,7 +297,8 @@ def test_status_command_prints_one_line_per_stage(workdir):
 
 def make_dry_run(workdir: Path, *variables: str, target: str = "demo") -> str:
     result = subprocess.run(
-        ["make", "-n", "--no-print-directory", target, f"VENV={REPO / '.venv'}", "INITS=scratch,runs/demo/distill",
+        ["make", "-n", "--no-print-directory", "-o", str(REPO / ".venv" / ".installed"), target, f"VENV={REPO / '.venv'}",
+         "INITS=scratch,runs/demo/distill",
          *variables], cwd=workdir, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
@@ -370,7 +371,8 @@ def test_a_missing_make_variable_is_one_line_naming_it(workdir, target, variable
     for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "requirements-detectron2.txt", "pyproject.toml"):
         shutil.copy2(REPO / name, workdir / name)
     (workdir / "hmdb").mkdir()
-    result = subprocess.run(["make", "--no-print-directory", target, f"VENV={REPO / '.venv'}", *variables],
+    result = subprocess.run(["make", "--no-print-directory", "-o", str(REPO / ".venv" / ".installed"), target, f"VENV={REPO / '.venv'}",
+                             *variables],
                             cwd=workdir, capture_output=True, text=True)
     assert result.returncode != 0
     message = [line for line in (result.stdout + result.stderr).splitlines() if not line.startswith(("make: ", "make["))]
@@ -416,5 +418,5 @@ def test_make_distill_with_prepare_runs_prepare_and_reads_its_copies(workdir):
                           target="distill")
     prepare = [line for line in output.splitlines() if "distinit prepare" in line]
     distill = [line for line in output.splitlines() if "distinit distill" in line]
-    assert len(prepare) == 1 and "--set limit=2" in prepare[0] and "--prepared prepared/kinetics" in distill[0]
+    assert len(prepare) == 1 and "--set 'limit=2'" in prepare[0] and "--prepared prepared/kinetics" in distill[0]
     assert "distinit prepare" not in make_dry_run(workdir, "DATA=kinetics", f"ROOT={kinetics}", target="distill")

@@ -411,3 +411,30 @@ def test_the_hubs_offline_variables_are_cleared_for_every_test():
 def test_commands_that_may_download_take_offline(command):
     result = CliRunner().invoke(main, [command, "--help"])
     assert result.exit_code == 0 and "--offline" in result.output
+
+
+def test_offline_refusal_leaves_local_unix_sockets_alone(tmp_path, monkeypatch):
+    import socket
+
+    from pipeline.weights.network import no_connections
+
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / "local.sock"))
+    server.listen(1)
+    with no_connections():
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(str(tmp_path / "local.sock"))  # multiprocessing's fd passing works like this
+        client.close()
+        internet = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with pytest.raises(ConnectionRefusedError):
+            internet.connect(("127.0.0.1", 9))
+        internet.close()
+    server.close()
+
+
+def test_a_malformed_hub_repository_id_is_not_called_a_network_error():
+    from huggingface_hub.errors import HFValidationError
+
+    from pipeline.weights.network import is_network_error
+
+    assert not is_network_error(HFValidationError("Repo id must be in the form 'repo_name'"))

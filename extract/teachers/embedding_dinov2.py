@@ -79,6 +79,10 @@ class Dinov2Teacher(Teacher):
         require_positive("batch_size", batch_size)
         if image_size < 0:
             raise ConfigError(f"teacher option image_size={image_size} must be positive (or 0: timm's data config)")
+        if "dinov2" not in model:
+            # The view below is DINOv2's evaluation transform (ImageNet statistics, 256/224): another model's would differ.
+            raise ConfigError(f"teacher dinov2: model={model!r} is not a DINOv2 model; choose a timm "
+                              "vit_*_patch14_dinov2* model (e.g. vit_base_patch14_dinov2.lvd142m)")
         timm = _timm()
         repo_id, filenames = hub_location(model)
         self.name = self.kind = "dinov2"

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import http.client
 import os
+import _socket
 import socket
 import ssl
 import threading
@@ -31,6 +32,7 @@ _NETWORK_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDO
 # The errors of the HTTP clients frameworks use (requests, httpx and huggingface_hub 2's httpx2, urllib3,
 # huggingface_hub), many not OSErrors; recognised by module so none of them is imported here.
 _NETWORK_ERROR_MODULES = ("requests", "httpx", "httpcore", "urllib3", "huggingface_hub")  # prefixes of the module
+_USER_ERROR_NAMES = ("HFValidationError",)
 _OFFLINE_REFUSAL = "offline: a connection was attempted and refused"  # the reason inside framework_download
 
 
@@ -66,6 +68,8 @@ def is_network_error(error: BaseException) -> bool:
         return True
     if isinstance(error, OSError) and error.errno in _NETWORK_ERRNOS:
         return True
+    if any(klass.__name__ in _USER_ERROR_NAMES for klass in type(error).__mro__):
+        return False  # the hub saying a repository id is malformed: the user's option, not the network
     return any(klass.__module__.startswith(_NETWORK_ERROR_MODULES) for klass in type(error).__mro__)
 
 
@@ -81,11 +85,24 @@ def socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
+_INTERNET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
 def _refuse_connection(*arguments, **keywords):
     raise ConnectionRefusedError(errno.ECONNREFUSED, _OFFLINE_REFUSAL)
 
 
-def _refuse_connection_number(*arguments, **keywords) -> int:  # connect_ex reports by number instead of raising
+def _refuse_socket_connection(self, *arguments, **keywords):
+    # Only internet sockets: AF_UNIX ones carry multiprocessing's file-descriptor passing (torch tensors between
+    # processes), forkserver and Manager, which have nothing to do with downloads.
+    if self.family not in _INTERNET_FAMILIES:
+        return _socket.socket.connect(self, *arguments, **keywords)
+    raise ConnectionRefusedError(errno.ECONNREFUSED, _OFFLINE_REFUSAL)
+
+
+def _refuse_socket_connection_number(self, *arguments, **keywords) -> int:  # connect_ex reports by number
+    if self.family not in _INTERNET_FAMILIES:
+        return _socket.socket.connect_ex(self, *arguments, **keywords)
     return errno.ECONNREFUSED
 
 
@@ -94,8 +111,8 @@ def _refuse_name_lookup(*arguments, **keywords):  # before connecting, urllib3 l
 
 
 _REFUSALS = (
-    (socket.socket, "connect", _refuse_connection),  # ssl.SSLSocket connects through it too
-    (socket.socket, "connect_ex", _refuse_connection_number),
+    (socket.socket, "connect", _refuse_socket_connection),  # ssl.SSLSocket connects through it too
+    (socket.socket, "connect_ex", _refuse_socket_connection_number),
     (socket, "create_connection", _refuse_connection),  # http.client, httpcore
     (socket, "getaddrinfo", _refuse_name_lookup),
 )
@@ -106,7 +123,7 @@ _refusal_state = {"depth": 0, "saved": []}  # nested or concurrent blocks: the f
 
 @contextlib.contextmanager
 def no_connections() -> Iterator[None]:
-    """Every outgoing connection in the process is refused while the block runs, whatever client tries it
+    """Every outgoing internet connection in the process is refused while the block runs, whatever client tries it
     (torch.hub, urllib, iopath, requests, httpx): offline, a framework that looks for a file it has not cached
     fails at once instead of downloading it. Process-wide, so other threads are refused too, as offline means."""
     with _refusal_lock:
