@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluate.compare import compare  # noqa: E402
+from evaluate.compare import compare, ordered_inits  # noqa: E402
 from evaluate.config import EvalConfig  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 
@@ -77,7 +77,8 @@ def main() -> None:
         "seeds": [int(seed) for seed in arguments.seeds.split(",")],
         "linear_probe": not arguments.finetune,
     })
-    comparison = compare(config, [init for init in arguments.inits.split(",") if init], out / "compare")
+    inits = [init for init in arguments.inits.split(",") if init]
+    comparison = compare(config, inits, out / "compare")
     print(comparison.table)
     record = {
         "what": "demo action videos relabeled by their photo (appearance), " +
@@ -85,6 +86,8 @@ def main() -> None:
         "config": {key: value for key, value in dataclasses.asdict(config).items() if key in
                    ("splits", "seeds", "epochs", "lr", "frames", "crop", "linear_probe")},
         "classes": comparison.results[0].class_names,
+        # Rows of several distilled runs share a label but for a "#n": say what each was initialised from.
+        "inits": dict(zip(comparison.labels, ordered_inits(inits))),
         "rows": {label: result.summary["over_runs"] for label, result in zip(comparison.labels, comparison.results)},
     }
     Path(arguments.json).parent.mkdir(parents=True, exist_ok=True)
