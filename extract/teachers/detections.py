@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -116,6 +115,5 @@ def detector_weights_sources(
     else:
         description += f" (backend {chosen})"
     if weights is not None:
-        path = Path(weights).expanduser()
-        return (WeightsSource(description, "weights=FILE", path, path.is_file()),)
-    return (WeightsSource(description, url, cached_path, cached_path.is_file()),)
+        return (WeightsSource.given(description, weights),)
+    return (WeightsSource.at(description, url, cached_path),)

@@ -128,8 +128,7 @@ def hub_weights_sources(description: str, repo_id: str, filenames: Sequence[str]
     if weights == RANDOM_WEIGHTS:
         return ()
     if weights is not None:
-        path = Path(weights).expanduser()
-        return (WeightsSource(description, "weights=FILE", path, path.is_file()),)
+        return (WeightsSource.given(description, weights),)
     cached = cached_hub_file(repo_id, filenames)
     local_path = cached if cached is not None else hub_cache_folder(repo_id)
     return (WeightsSource(description, hub_origin(repo_id), local_path, cached is not None),)

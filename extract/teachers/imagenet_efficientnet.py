@@ -122,13 +122,12 @@ class EfficientNetLite0Teacher(Teacher):
             return ()
         description = "EfficientNet-Lite0 ImageNet weights"
         if weights is not None:
-            path = Path(weights).expanduser()
-            return (WeightsSource(description, "weights=FILE", path, path.is_file()),)
+            return (WeightsSource.given(description, weights),)
         try:
             path = packaged_lite0_weights_path()
         except DistinitError:  # the package is not installed: nothing on this machine yet
             return (WeightsSource(description, f"pip package {LITE0_WEIGHTS_PACKAGE}", None, False),)
-        return (WeightsSource(description, f"pip package {LITE0_WEIGHTS_PACKAGE}", path, path.is_file()),)
+        return (WeightsSource.at(description, f"pip package {LITE0_WEIGHTS_PACKAGE}", path),)
 
     def _forward_batch(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         images = frames_to_tensor(frames, self.device)

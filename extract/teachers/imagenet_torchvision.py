@@ -10,7 +10,6 @@ interpolation and normalisation come from the chosen torchvision weights' own ev
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -129,10 +128,9 @@ class TorchvisionClassifierTeacher(Teacher):
         torchvision_weights = torchvision_classifier_weights(model, weights_tag)
         description = f"torchvision {model} {torchvision_weights.name}"
         if weights is not None:
-            path = Path(weights).expanduser()
-            return (WeightsSource(description, "weights=FILE", path, path.is_file()),)
+            return (WeightsSource.given(description, weights),)
         cached_path = torch_hub_checkpoint_path(torchvision_weights.url)
-        return (WeightsSource(description, torchvision_weights.url, cached_path, cached_path.is_file()),)
+        return (WeightsSource.at(description, torchvision_weights.url, cached_path),)
 
     def _forward_batch(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         images = frames_to_tensor(frames, self.device)

@@ -223,25 +223,14 @@ class Places365Teacher(Teacher):
     ) -> tuple[WeightsSource, ...]:
         _require_arch(arch)
         url = places365_weights_url(arch)
-        if weights == RANDOM_WEIGHTS:
-            checkpoint_path = None
-        else:
-            checkpoint_path = Path(weights).expanduser() if weights is not None else torch_hub_checkpoint_path(url)
-        if categories is not None:
-            categories_path = Path(categories).expanduser()
-        elif weights == RANDOM_WEIGHTS:
-            return ()  # random weights with generic class names read nothing
-        else:
-            categories_path = places365_categories_cache_path()
+        checkpoint, names = f"Places365 {arch} checkpoint", "Places365 class names"
         sources = []
-        if checkpoint_path is not None:
-            # A file the user gave is not fetched on first use: its origin says so, and a missing one is missing.
-            origin = "weights=FILE" if weights is not None else url
-            sources.append(_source(f"Places365 {arch} checkpoint", origin, checkpoint_path))
-        categories_origin = "categories=FILE" if categories is not None else PLACES365_CATEGORIES_URL
-        sources.append(_source("Places365 class names", categories_origin, categories_path))
+        if weights is not None and weights != RANDOM_WEIGHTS:
+            sources.append(WeightsSource.given(checkpoint, weights))
+        elif weights is None:
+            sources.append(WeightsSource.at(checkpoint, url, torch_hub_checkpoint_path(url)))
+        if categories is not None:
+            sources.append(WeightsSource.given(names, categories, option="categories"))
+        elif weights != RANDOM_WEIGHTS:  # random weights with generic class names read nothing
+            sources.append(WeightsSource.at(names, PLACES365_CATEGORIES_URL, places365_categories_cache_path()))
         return tuple(sources)
-
-
-def _source(description: str, url: str, path: Path) -> WeightsSource:
-    return WeightsSource(description=description, origin=url, local_path=path, present=path.is_file())

@@ -48,19 +48,6 @@ def given_weights_file(weights: str | os.PathLike, teacher_name: str) -> Path:
     return path
 
 
-def resolve_weights_file(weights: str | os.PathLike | None, cached_path: Path, url: str, teacher_name: str) -> Path:
-    """The file to load: `weights` if given (must exist), else `cached_path` (must exist); never downloads.
-    Callers that know a URL use pipeline.weights.download.fetch_weights_file, which downloads it when missing."""
-    if weights is not None:
-        return given_weights_file(weights, teacher_name)
-    if not cached_path.is_file():
-        raise MissingWeightsError(
-            f"teacher {teacher_name}: no weights at {cached_path}; download {url} to that path "
-            f"(or pass weights=FILE)"
-        )
-    return cached_path
-
-
 def load_state_dict_file(path: Path, teacher_name: str) -> dict[str, torch.Tensor]:
     """A plain tensor state_dict from a .pth file (weights_only: a weight file cannot run code)."""
     try:

@@ -14,3 +14,13 @@ class WeightsSource:
     origin: str  # where it comes from: a URL, "hf-hub:<repo>", or "pip package <name>"
     local_path: Path | None  # where it is (or will be cached); None when only the framework knows
     present: bool  # already on this machine: using it needs no network
+
+    @classmethod
+    def at(cls, description: str, origin: str, path: Path) -> "WeightsSource":
+        """A file that comes from `origin` and is (or will be) at `path`: present when it is there now."""
+        return cls(description, origin, path, path.is_file())
+
+    @classmethod
+    def given(cls, description: str, path: str | Path, option: str = "weights") -> "WeightsSource":
+        """A file the user named (`weights=FILE`): never fetched, so a missing one is missing."""
+        return cls.at(description, f"{option}=FILE", Path(path).expanduser())
