@@ -9,7 +9,8 @@ from pipeline.errors import ConfigError
 from pipeline.video.backends import check_decoder, decoder_key
 
 # Bump when a change to stage two's code changes what a run produces (part of the run key).
-CODE_VERSION = "distill-2"
+# distill-3: crops drawn inside the teachers' view; checkpoints record pretraining videos' content hashes.
+CODE_VERSION = "distill-3"
 
 # Options that change speed or where things are, never the trained weights: left out of the run key. The targets
 # enter it by their content (distill.targets_folder.targets_fingerprint), the videos through the targets (their

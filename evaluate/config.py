@@ -24,7 +24,8 @@ from pipeline.video.backends import check_decoder, decoder_key
 
 # Bump when a change to stage three's code changes what a run produces (part of the results key).
 # eval-2: per-init input normalisation, failed test videos counted wrong, drop_last, temporal ablations.
-CODE_VERSION = "eval-2"
+# eval-3: a validation part held out of each train list (by source group), tuned lr/epoch, one architecture per row.
+CODE_VERSION = "eval-3"
 
 # Options that change speed or where things are, never the results: left out of the results key. The
 # dataset enters the key through its manifest hash (ids, sizes, labels, split roles), not its path.

@@ -14,7 +14,8 @@ from pipeline.shards.format import ROW_COLUMNS, VIDEO_LAYOUTS
 # 2: keypoints stored as frame-relative coordinates, not heatmaps. 3: videos cut short (holding clearly less
 # than their header declares) are skipped, and each video's probed layout is stored (layouts.jsonl). 4: teachers
 # are named instances of a kind; keypoint outputs carry their flip index; embedding outputs.
-CODE_VERSION = "extract-4"
+# 5: the region of the frame each teacher saw (view boxes) and each video's content hash (sha256) are stored.
+CODE_VERSION = "extract-5"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -413,13 +413,13 @@ def test_write_manifest_refuses_an_incomplete_set(tmp_path: Path):
 
 # ---------------------------------------------------------------- an older shard format
 FORMAT_LINE = (
-    "shard format 2, this distinit reads 3 (teachers are named instances of a kind, keypoint outputs carry their "
-    "flip index, embeddings are a kind); re-run `make extract DATA=demo`"
+    "shard format 2, this distinit reads 4 (each output records the part of the frame its teacher saw, and each "
+    "video its content hash); re-run `make extract DATA=demo`"
 )
 
 
 def test_a_cache_in_an_older_format_is_refused_in_one_line(store_dir: Path):
-    assert FORMAT_VERSION == 3
+    assert FORMAT_VERSION == 4
     manifest = json.loads((store_dir / "manifest.json").read_text())
     manifest["format_version"] = 2
     (store_dir / "manifest.json").write_text(json.dumps(manifest))

@@ -28,11 +28,12 @@ import numpy as np
 from pipeline.errors import DistinitError
 from pipeline.hashing import sha256_json
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # What changed at each version, for the one line that refuses an older cache.
 FORMAT_CHANGES = {
     2: "keypoints are now stored as coordinates",
     3: "teachers are named instances of a kind, keypoint outputs carry their flip index, embeddings are a kind",
+    4: "each output records the part of the frame its teacher saw, and each video its content hash",
 }
 MANIFEST_NAME = "manifest.json"
 

@@ -1,0 +1,47 @@
+"""Source groups: the clips of a labeled data set that were cut from one source video.
+
+UCF-101 cuts each of its videos into several clips named `v_{Class}_g{XX}_c{YY}`: the clips of one group
+`gXX` of a class come from one long source video. HMDB-51 names clips `{source}_{tags}_{N}` where the trailing
+number counts the clips taken from that source. Kinetics clips are cut from one YouTube video each
+(`{youtube_id}_{start}_{end}`). Clips of one group share scene, people and camera, so they are not independent
+draws: a bootstrap resamples groups, a train/validation division keeps a group on one side, and a pretraining
+video of the same group as a test video is contamination.
+
+    source_group("ucf101", "v_ApplyEyeMakeup_g08_c01")                            # "ApplyEyeMakeup_g08"
+    source_group("hmdb51", "brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0")   # "April_09_brush_hair_u_nm_np1_ba_goo"
+    source_group("kinetics", "abc123DEF45_000010_000020")                        # "abc123DEF45"
+
+The group is computed from the file stem alone (any folder in the id is dropped), so a pretraining video of
+another adapter (a folder of copied HMDB-51 clips) falls into the same group as the labeled original. A name
+that does not follow its data set's pattern is its own group.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+
+UCF_CLIP = re.compile(r"^v_(?P<group>.+_g\d+)_c\d+$")
+TRAILING_CLIP_NUMBER = re.compile(r"^(?P<group>.+)_\d+$")
+KINETICS_CLIP = re.compile(r"^(?P<group>.+)_\d{6}_\d{6}$")
+
+
+def stem_of(video_id: str) -> str:
+    """The file stem a video id ends in: "class/name" -> "name"; a trailing video extension is dropped."""
+    name = PurePosixPath(str(video_id)).name
+    return name.rsplit(".", 1)[0] if re.search(r"\.(avi|mp4|mkv|webm|mov)$", name, re.IGNORECASE) else name
+
+
+def source_group(dataset: str, video_id: str) -> str:
+    """The source-group name of one clip of `dataset` (see the module docstring)."""
+    stem = stem_of(video_id)
+    patterns = {"ucf101": UCF_CLIP, "hmdb51": TRAILING_CLIP_NUMBER, "demo": TRAILING_CLIP_NUMBER,
+                "kinetics": KINETICS_CLIP}
+    pattern = patterns.get(dataset)
+    match = pattern.match(stem) if pattern is not None else None
+    return match["group"] if match else stem
+
+
+def group_ids(dataset: str, video_ids: list[str]) -> list[str]:
+    """`source_group` of each id, in order."""
+    return [source_group(dataset, video_id) for video_id in video_ids]
