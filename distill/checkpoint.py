@@ -4,10 +4,12 @@ A checkpoint holds the unwrapped model state_dict, the student's architecture (s
 flags), the optimizer, the step and epoch, every rank's RNG states (a list indexed by rank), the number of
 processes that wrote it (`world_size`: the batch size is per process, so the step count, the schedule and
 the global batch depend on it), the config and provenance, and the stems of every video its targets came from
-(`pretraining_videos`: {"count", "names", "sha256"}; the provenance keeps the count and hash only), which
-evaluation reads to check its test videos were not seen, and every rank's running figures of the epoch under
-way (`epoch_progress`: a list indexed by rank of {"totals": LossTotals.state_dict(), "data_wait", "seconds"},
-None entries at an epoch's end), so the figures logged for an epoch resumed mid-way cover the whole epoch.
+(`pretraining_videos`: {"count", "names", "sha256" (of the names), "content_sha256"}; the provenance keeps the
+count and hash only), which evaluation reads to check its test videos were not seen (by name, source group and
+content: `content_sha256` is the sorted first CONTENT_HASH_DIGITS hex digits of each video file's sha256, as stage
+one stored them; absent in checkpoints written before, or from targets without them), and every rank's running
+figures of the epoch under way (`epoch_progress`: a list indexed by rank of {"totals": LossTotals.state_dict(),
+"data_wait", "seconds"}, None entries at an epoch's end), so the figures logged for an epoch resumed mid-way cover the whole epoch.
 
 A run killed at any moment resumes from checkpoint-last.pt; `tidy_for_resume` first removes what the
 kill left that the checkpoint does not cover (temp files, log records of epochs it will redo).
@@ -32,6 +34,8 @@ from distill.seeding import own_rng_state, restore_rng_states
 from pipeline.atomic import atomic_path, atomic_write_text, remove_leftover_temporary_files
 from pipeline.errors import DistinitError, output_error
 from pipeline.init_sources import CHECKPOINT_LAST
+from pipeline.shards import stored_layouts
+from pipeline.video.layout_record import record_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +43,9 @@ LAST = CHECKPOINT_LAST  # evaluate finds it through pipeline.init_sources
 BEST = "checkpoint-best.pt"
 CHECKPOINT_KEYS = ("model", "architecture", "optimizer", "step", "epoch", "rng", "world_size", "config", "best_val_loss",
                    "provenance", "pretraining_videos", "epoch_progress")
+# Of each pretraining video's sha256, the first 16 hex digits (64 bits): a chance match between any of ~650k
+# Kinetics videos and any of ~13k UCF-101 test videos has a probability under 1e-9, at a quarter of the size.
+CONTENT_HASH_DIGITS = 16
 
 
 class ResumeError(DistinitError):
@@ -71,10 +78,20 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
+def pretraining_content_hashes(targets_dir: str | os.PathLike, video_ids) -> list[str] | None:
+    """The content hashes of `video_ids` that stage one stored in `targets_dir`'s layouts, each cut to its first
+    CONTENT_HASH_DIGITS hex digits, sorted and distinct; None when the targets store none (written before
+    extract-5). They are the hashes of the files stage one read, the originals, even when distill reads `prepare`'s
+    re-encoded copies."""
+    layouts = stored_layouts(targets_dir)
+    hashes = {record_sha256(layouts.get(video_id)) for video_id in video_ids} - {None}
+    return sorted(digest[:CONTENT_HASH_DIGITS] for digest in hashes) if hashes else None
+
+
 def read_pretraining_videos(path: str | os.PathLike) -> dict[str, Any] | None:
-    """A checkpoint's `pretraining_videos` ({"count", "names", "sha256"}; in checkpoints written before it had
-    its own key, the provenance's), read without loading its tensors (mmap); None when it records no names
-    or cannot be read."""
+    """A checkpoint's `pretraining_videos` ({"count", "names", "sha256", and "content_sha256" from distill-3 on};
+    in checkpoints written before it had its own key, the provenance's), read without loading its tensors (mmap);
+    None when it records no names or cannot be read."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as error:  # torch raises many types for a missing, damaged or pre-zip-format file
@@ -151,8 +168,8 @@ def own_epoch_progress(checkpoint: dict[str, Any], rank: int) -> dict[str, Any] 
 def checkpoint_state(model, optimizer, state, config: DistillConfig, provenance: dict, rank_rng_states: list[dict],
                      pretraining_videos: dict[str, Any], epoch_progress: list[dict | None]) -> dict[str, Any]:
     """`rank_rng_states`: every rank's RNG states, indexed by rank (`all_gather_objects(rng_states(), ...)`);
-    `pretraining_videos`: {"count", "names", "sha256"} (distill.train.pretraining_videos); `epoch_progress`:
-    every rank's running figures of the epoch under way, indexed by rank (entries None at an epoch's end)."""
+    `pretraining_videos`: {"count", "names", "sha256", "content_sha256"} (distill.train.pretraining_videos);
+    `epoch_progress`: every rank's running figures of the epoch under way, indexed by rank (entries None at an epoch's end)."""
     return {
         "model": model.state_dict(),
         "architecture": model.architecture(),

@@ -26,7 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from distill.checkpoint import CheckpointSaver, append_epoch_log, checkpoint_state, resume_or_start, tidy_for_resume
+from distill.checkpoint import (CheckpointSaver, append_epoch_log, checkpoint_state, pretraining_content_hashes,
+                               resume_or_start, tidy_for_resume)
 from distill.config import CODE_VERSION, DistillConfig
 from distill.data import ClipSpec, TargetClipDataset, open_targets, split_videos, video_paths
 from distill.device_step import autocast_for, input_normalisation, to_device, use_fast_kernels
@@ -232,10 +233,17 @@ def epoch_record(state, stats: dict, validation: dict, lr: float) -> dict[str, A
 
 def pretraining_videos(store, videos_root: str | None) -> dict[str, Any]:
     """Every video of the targets, held-out ones included (they chose the best checkpoint), so evaluation can
-    check that none of its test videos was seen here: {"count", "names" (file stems, sorted), "sha256"}. Kept
-    once per checkpoint, outside the provenance: for Kinetics the names are megabytes."""
-    names = sorted(path.stem for path in video_paths(store, videos_root).values())
-    return {"count": len(names), "names": names, "sha256": sha256_json(names)}
+    check that none of its test videos was seen here: {"count", "names" (file stems, sorted), "sha256" (of the
+    names), "content_sha256"}. Kept once per checkpoint, outside the provenance: for Kinetics the names are
+    megabytes. "content_sha256" (distill.checkpoint.pretraining_content_hashes): the original files' content hashes
+    as stage one stored them, so eval finds a renamed copy of a test video; absent when the targets hold none."""
+    paths = video_paths(store, videos_root)
+    names = sorted(path.stem for path in paths.values())
+    videos = {"count": len(names), "names": names, "sha256": sha256_json(names)}
+    content = pretraining_content_hashes(store.targets_dir, paths)
+    if content is not None:
+        videos["content_sha256"] = content
+    return videos
 
 
 def run_provenance(context: DistributedContext, store, targets_dir: Path, fingerprint: str,

@@ -6,7 +6,7 @@ import dataclasses
 import re
 from typing import Any, Iterable
 
-from pipeline.datasets.selection import normalise_splits
+from pipeline.datasets.selection import check_labeled_selection, normalise_splits
 from pipeline.errors import ConfigError
 from pipeline.shards.format import ROW_COLUMNS, VIDEO_LAYOUTS
 
@@ -44,9 +44,13 @@ class ExtractConfig:
     # Labeled datasets (hmdb51, ucf101, kinetics): extract only the videos whose role is one of split_roles in
     # every split listed here, so pretraining never sees the videos it is scored on. `split: 1` keeps split 1's
     # train list (right for an evaluation on split 1 alone); `split: [1, 2, 3]` with split_roles [train, unused]
-    # keeps the videos in no test list (the 3-split protocol). None: every listed video.
+    # keeps the videos in no test list (the 3-split protocol). None: every listed video, which hmdb51 and ucf101
+    # refuse unless allow_labeled_test_videos (pipeline.datasets.selection.check_labeled_selection).
     split: int | tuple[int, ...] | None = None
     split_roles: tuple[str, ...] = ("train",)
+    # true: extract every video of hmdb51/ucf101, test videos included (eval then refuses the student unless
+    # allow_test_overlap). Changes nothing else; like every option, it enters the stage key.
+    allow_labeled_test_videos: bool = False
 
     def __post_init__(self):
         positive = {
@@ -64,6 +68,7 @@ class ExtractConfig:
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"option limit must be >= 1, got {self.limit}")
         normalise_splits(self.split)  # refuses anything but null, a split number >= 1 or a list of them
+        check_labeled_selection(self.data, self.split, self.allow_labeled_test_videos)
         instances = parse_teacher_entries(self.teachers)
         # One spelling per instance (`lite0=lite0` is `lite0`), so configs that mean the same read the same.
         object.__setattr__(self, "teachers", tuple(instance.entry for instance in instances))

@@ -15,6 +15,7 @@ import numpy as np
 
 from extract.sampling import SamplingConfig, sample_frames
 from pipeline.errors import DistinitError
+from pipeline.hashing import sha256_file
 from pipeline.video.decode import read_frames
 from pipeline.video.layout_record import layout_record
 from pipeline.video.probe import probe_layout
@@ -65,7 +66,9 @@ def decode_video(
             return DecodedVideo(video_id, path, error="no frames to sample (empty or zero-length video)")
         times = [frame.t_seconds for frame in sampled]
         frames = read_frames(path, times, short_side=short_side, timeout=timeout, threads=threads)
-        record = layout_record(layout)
+        # The file's content hash, so eval can find a renamed or copied test video among the pretraining videos
+        # (evaluate/overlap.py). Streamed in 1 MiB chunks here, in the worker, right after the probe read the file.
+        record = layout_record(layout, sha256=sha256_file(path))
     except DistinitError as error:
         reason = error.reason if hasattr(error, "reason") else str(error)
         return DecodedVideo(video_id, path, error=reason)

@@ -50,3 +50,24 @@ def test_tick_runs_round_trip_variable_steps():
     assert np.array_equal(ticks_from_runs(runs), ticks)
     assert tick_runs(np.array([7], dtype=np.int64)) == [[7, 0, 1]]
     assert ticks_from_runs([]).shape == (0,)
+
+
+def test_stage_one_records_the_files_content_hash_and_older_records_still_read(tmp_path):
+    """Stage one's decode worker keeps the sha256 of the file's bytes in the layout record (eval matches test
+    videos by it); a version-1 record (a prepared folder written before) still gives its layout."""
+    import hashlib
+
+    from extract.decode_worker import decode_video
+    from extract.sampling import SamplingConfig
+    from pipeline.video.layout_record import RECORD_VERSION, record_sha256
+
+    path = encode(lossless_frames(), tmp_path / "clip.mkv", ["-c:v", "ffv1"])
+    decoded = decode_video("clip", str(path), SamplingConfig(frames_per_second=2.0), short_side=32, timeout=60)
+    assert decoded.error is None and decoded.layout["version"] == RECORD_VERSION == 2
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert decoded.layout["file"] == {"size": path.stat().st_size, "sha256": expected}
+    assert record_sha256(json.loads(json.dumps(decoded.layout))) == expected
+    plain = layout_record(probe_layout(path))  # prepare's and eval's records: no hash, nothing read twice
+    assert "sha256" not in plain["file"] and record_sha256(plain) is None and record_sha256(None) is None
+    older = {**plain, "version": 1}
+    assert layout_from_record(path, older).info == layout_from_record(path, decoded.layout).info

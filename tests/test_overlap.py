@@ -70,17 +70,20 @@ def test_pretraining_overlap_with_test_list_is_refused(hmdb, tmp_path):
         check_pretraining_overlap(description, split_lists, allow=False)
     message = str(refused.value)
     assert "\n" not in message
-    assert f"2 of its {len(seen)} pretraining videos" in message and "split 1" in message
+    assert f"2 test videos of split 1 overlap its {len(seen)} pretraining videos (2 by name," in message
     assert "--allow-test-overlap" in message
     # the flag lets it through, and the report counts what was seen
     report = check_pretraining_overlap(description, split_lists, allow=True)
     _assert_no_names(description, report)
     assert report["videos"]["source"] == "checkpoint"
     assert report["test_overlap"] == 2 and report["test_overlap_by_split"] == {"1": 2}
+    assert report["test_overlap_by_kind"] == {"exact_stem": 2, "same_content": 0, "same_group": 0}
+    assert report["test_dataset"] == "hmdb51" and report["content_checked"] is False  # no hashes recorded
     assert report["videos"]["count"] == len(seen) and report["videos"]["dataset"] == "hmdb51"
     assert report["test_overlap_examples"] == sorted(test_stems[:2])
     data, videos, overlap = overlap_text(report)
-    assert (data, videos) == ("hmdb51", str(len(seen))) and overlap.startswith("2 (split 1: 2)") and "allowed" in overlap
+    assert (data, videos) == ("hmdb51", str(len(seen))) and "allowed" in overlap
+    assert overlap.startswith("2 (split 1: 2); 2 by name, 0 same content, 0 same source video; content not checked")
     # train videos only: nothing to refuse
     clean = resolve_init(str(_checkpoint(tmp_path / "clean.pt", {}, train_stems))).description
     report = check_pretraining_overlap(clean, split_lists, allow=False)
@@ -97,7 +100,7 @@ def test_eval_and_compare_refuse_before_any_run(hmdb, tmp_path):
         result = CliRunner().invoke(main, [*command, *common])
         assert result.exit_code == 1, result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
-        assert "1 of its 1 pretraining videos are in the test list of split 1" in result.output
+        assert "1 test videos of split 1 overlap its 1 pretraining videos (1 by name" in result.output
     # refused before anything is written (compare: before scratch, listed first, ran)
     assert not (tmp_path / "eval").exists() and not (tmp_path / "compare").exists()
 
@@ -157,3 +160,79 @@ def test_allow_flag_reaches_the_config_and_stays_out_of_the_results_key():
     assert _eval_config(None, (), None, None, {"allow_test_overlap": True}).allow_test_overlap is True
     assert _eval_config(None, (), None, None, {"allow_test_overlap": None}).allow_test_overlap is False
     assert "allow_test_overlap" not in EvalConfig(allow_test_overlap=True).key_fields()
+
+
+def _content_checkpoint(path: Path, names: list[str], files: list[Path]) -> str:
+    """A distill-3 checkpoint: `names` and the content hashes of `files`, cut as distill cuts them."""
+    from distill.checkpoint import CONTENT_HASH_DIGITS
+    from pipeline.hashing import sha256_file
+
+    checkpoint = _checkpoint(path, {}, names, "folder")
+    state = torch.load(checkpoint, weights_only=False)
+    state["pretraining_videos"]["content_sha256"] = sorted(sha256_file(file)[:CONTENT_HASH_DIGITS] for file in files)
+    torch.save(state, checkpoint)
+    return resolve_init(str(checkpoint)).description
+
+
+def test_another_clip_of_a_test_source_video_is_caught_by_group(hmdb, tmp_path):
+    """HMDB-51: a clip of a test video's source (its name with another clip number); UCF-101: a gXX sibling."""
+    from dataset_fixtures import make_ucf101
+
+    split_lists = _split_lists(hmdb)
+    test_stem = _stems(hmdb, 1, "test")[0]
+    sibling = test_stem.rsplit("_", 1)[0] + "_9"  # not in the dataset: another clip of the same source video
+    description = resolve_init(str(_checkpoint(tmp_path / "sibling.pt", {}, [sibling]))).description
+    with pytest.raises(TestOverlapError, match="1 test videos of split 1 overlap .*1 same source video") as refused:
+        check_pretraining_overlap(description, split_lists, allow=False)
+    assert "\n" not in str(refused.value) and test_stem in str(refused.value)
+    ucf = make_ucf101(tmp_path / "ucf")
+    config = EvalConfig(data="ucf101", root=str(ucf.root), splits_dir=str(ucf.splits_dir), splits=(1,))
+    listing, folder = load_listing(config)
+    ucf_lists = {1: split_records(listing, 1, folder)}
+    # split 1 tests on group g01 (two clips each class); c07 is a clip of that group the lists never name
+    description = resolve_init(str(_checkpoint(tmp_path / "ucf.pt", {}, ["v_ApplyEyeMakeup_g01_c07"]))).description
+    report = check_pretraining_overlap(description, ucf_lists, allow=True)
+    assert report["test_dataset"] == "ucf101"  # inferred from the test stems; the caller may also name it
+    assert report["test_overlap_by_kind"] == {"exact_stem": 0, "same_content": 0, "same_group": 2}
+    assert report["test_overlap_examples"] == ["v_ApplyEyeMakeup_g01_c01", "v_ApplyEyeMakeup_g01_c02"]
+    # the test dataset's rule names both sides: under HMDB-51's rule, c07 and c01 are different sources
+    assert check_pretraining_overlap(description, ucf_lists, allow=True, dataset="hmdb51")["test_overlap"] == 0
+    clean = resolve_init(str(_checkpoint(tmp_path / "clean.pt", {}, ["v_ApplyEyeMakeup_g02_c07"]))).description
+    assert check_pretraining_overlap(clean, ucf_lists, allow=False)["test_overlap"] == 0
+
+
+def test_a_renamed_copy_of_a_test_video_is_caught_by_content(tmp_path):
+    layout = make_hmdb51(tmp_path / "hmdb")
+    for video_id in layout.expected:  # placeholders all hold the same bytes: give each its own
+        class_name, stem = video_id.split("/", 1)
+        (layout.root / class_name / f"{stem}.avi").write_bytes(f"video {video_id}\n".encode())
+    split_lists = _split_lists(layout)
+    test_stem = _stems(layout, 1, "test")[0]
+    test_file = next(layout.root.glob(f"*/{test_stem}.avi"))
+    copy = tmp_path / "pool" / "holiday.avi"
+    copy.parent.mkdir()
+    copy.write_bytes(test_file.read_bytes())
+    train_files = [next(layout.root.glob(f"*/{stem}.avi")) for stem in _stems(layout, 1, "train")]
+    description = _content_checkpoint(tmp_path / "copied.pt", ["holiday"] + [file.stem for file in train_files],
+                                      [copy, *train_files])
+    with pytest.raises(TestOverlapError, match="1 test videos .*0 by name, 1 same content, 0 same source video"):
+        check_pretraining_overlap(description, split_lists, allow=False)
+    report = check_pretraining_overlap(description, split_lists, allow=True)
+    _assert_no_names(report, description)
+    assert report["content_checked"] is True and report["test_overlap_examples"] == [test_stem]
+    assert "; 0 by name, 1 same content, 0 same source video **(allowed" in overlap_text(report)[2]
+    copy.write_bytes(b"another video\n")  # the same name, other bytes: nothing seen
+    clean = _content_checkpoint(tmp_path / "clean.pt", ["holiday"], [copy])
+    report = check_pretraining_overlap(clean, split_lists, allow=False)
+    assert report["test_overlap"] == 0 and report["content_checked"] is True
+    assert "content not checked" not in overlap_text(report)[2]
+
+
+def test_an_old_checkpoint_without_hashes_is_reported_not_refused(hmdb, tmp_path):
+    """Written before distill-3: matched by name and source group, and every report says content was not checked."""
+    train_stems = _stems(hmdb, 1, "train")
+    description = resolve_init(str(_checkpoint(tmp_path / "old.pt", {}, train_stems, "hmdb51"))).description
+    report = check_pretraining_overlap(description, _split_lists(hmdb), allow=False)
+    assert report["test_overlap"] == 0 and report["content_checked"] is False
+    expected = "0 (split 1: 0); 0 by name, 0 same content, 0 same source video; content not checked"
+    assert overlap_text(report)[2] == expected

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from dataset_fixtures import make_hmdb51
@@ -62,3 +64,46 @@ def test_split_roles_do_not_enter_the_extract_key_without_a_split():
 
     assert key() == key("split_roles=[test]")
     assert key("split=1") != key("split=1", "split_roles=[test]")
+
+
+def _one_line_naming_the_choices(message: str) -> None:
+    assert "\n" not in message.strip(), message
+    for option in ("split=[1,2,3] split_roles=[train,unused]", "split=1", "EXTRACT_SET=", "--set split=",
+                   "allow_labeled_test_videos=true"):
+        assert option in message, (option, message)
+
+
+@pytest.mark.parametrize("data", ["hmdb51", "ucf101"])
+def test_labeled_extract_without_split_is_refused(tmp_path, data):
+    """A labeled dataset that is scored is refused without a split: in its config, in `distinit extract` and when
+    make computes the extract key, before any video is read; a split or the explicit override lets it through,
+    and the unlabeled pretraining sources are never refused."""
+    from click.testing import CliRunner
+
+    from dataset_fixtures import make_ucf101
+    from pipeline.cli import main
+    from pipeline.stages import PipelineSpec, extract_inputs
+
+    layout = make_hmdb51(tmp_path) if data == "hmdb51" else make_ucf101(tmp_path)
+    with pytest.raises(ConfigError, match=f"data {data}: no split chosen") as refused:
+        ExtractConfig(data=data, root=str(layout.root))
+    _one_line_naming_the_choices(str(refused.value))
+    for allowed in ({"split": 1}, {"split": [1, 2, 3], "split_roles": ("train", "unused")},
+                    {"allow_labeled_test_videos": True}):
+        ExtractConfig(data=data, root=str(layout.root), **allowed)
+    for unlabeled in ("kinetics", "folder", "demo"):
+        ExtractConfig(data=unlabeled, root=str(tmp_path))
+    out = tmp_path / "targets"
+    result = CliRunner().invoke(main, ["extract", "--data", data, "--root", str(layout.root), "--splits",
+                                       str(layout.splits_dir), "--out", str(out), "--workers", "0", "--no-progress"])
+    assert result.exit_code == 1 and f"data {data}: no split chosen" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    _one_line_naming_the_choices(result.output)
+    assert not out.exists()  # refused before anything was written
+    spec = PipelineSpec(stamps_dir=str(tmp_path / "stamps"), data=data, root=str(layout.root),
+                        targets_root=str(out), extract_set=(f"splits_dir={layout.splits_dir}",))
+    with pytest.raises(ConfigError, match="no split chosen"):
+        extract_inputs(spec, upstream=None)  # what `make extract DATA=...` computes first
+    keys = {extract_inputs(dataclasses.replace(spec, extract_set=(*spec.extract_set, choice)), upstream=None).key
+            for choice in ("split=1", "allow_labeled_test_videos=true")}
+    assert len(keys) == 2  # each choice extracts its own videos, so its own targets folder

@@ -27,7 +27,7 @@ from extract.config import ExtractConfig
 from extract.run import run_extraction
 from pipeline.cli import main
 from pipeline.errors import DistinitError
-from pipeline.hashing import sha256_json
+from pipeline.hashing import sha256_file, sha256_json
 from pipeline.shards import TargetStore
 from pipeline.video.binary import ffmpeg_binary
 
@@ -125,7 +125,11 @@ def test_train_writes_checkpoints_logs_and_provenance(tiny_targets, tmp_path):
     # once, in the checkpoint; the provenance (and so provenance.json and every eval result) their count and hash.
     expected_names = [f"video_{number:02d}" for number in range(11)]
     videos_hash = sha256_json(expected_names)
-    assert checkpoint["pretraining_videos"] == {"count": 11, "names": expected_names, "sha256": videos_hash}
+    # ... and the first 16 hex digits of each original file's sha256, as stage one stored them (eval matches by it)
+    videos_root = Path(json.loads((tiny_targets / "manifest.json").read_text())["extra"]["videos_root"])
+    content = sorted(sha256_file(videos_root / f"{name}.mp4")[:16] for name in expected_names)
+    assert checkpoint["pretraining_videos"] == {"count": 11, "names": expected_names, "sha256": videos_hash,
+                                                "content_sha256": content}
     assert provenance["pretraining_videos"] == {"count": 11, "sha256": videos_hash, "dataset": "folder"}
     provenance_file = (result.run_dir / "provenance.json").read_text()
     assert json.loads(provenance_file)["pretraining_videos"]["count"] == 11 and "video_00" not in provenance_file

@@ -7,6 +7,11 @@ splits 2 and 3. For the usual 3-split protocol, `splits=[1, 2, 3], roles=("train
 videos that are in no split's test list: a record is kept when its role is one of `roles` in EVERY
 listed split (records carry their role per split; see `VideoRecord.role`). The filter runs before the
 listing is hashed, so the stage key follows it.
+
+Because every listed video is the default, stage one refuses a labeled dataset that is scored (LABELED_DATASETS)
+without a `split` (`check_labeled_selection`): otherwise the test videos go into pretraining and the refusal
+would come only at evaluation, after the distillation. `allow_labeled_test_videos` extracts them all anyway.
+Kinetics, a folder and the demo's pool are pretraining sources that nothing is scored on: never refused.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from pipeline.datasets.records import DatasetListing
 from pipeline.errors import ConfigError, DatasetError
 
 ROLES = ("train", "val", "test", "unused")
+# The data sets stage three scores on: their test lists must stay out of pretraining.
+LABELED_DATASETS = ("hmdb51", "ucf101")
+THREE_SPLIT_CHOICE = "split=[1,2,3] split_roles=[train,unused]"
 
 
 def select_records(
@@ -52,6 +60,20 @@ def normalise_splits(splits: Sequence[int] | int | None) -> tuple[int, ...]:
     if any(not isinstance(value, int) or isinstance(value, bool) or value < 1 for value in values):
         raise ConfigError(f"split {splits!r}: expected a split number >= 1 or a list of them (e.g. [1, 2, 3])")
     return tuple(sorted(set(values)))
+
+
+def check_labeled_selection(data: str, splits: Sequence[int] | int | None, allow_test_videos: bool) -> None:
+    """Refuse, in one line saying how to choose, to pretrain on every video of a labeled dataset that is scored
+    (`data` in LABELED_DATASETS, no `splits`), unless `allow_test_videos`."""
+    if data not in LABELED_DATASETS or normalise_splits(splits) or allow_test_videos:
+        return
+    raise ConfigError(
+        f"data {data}: no split chosen, so every listed video would be extracted, the test videos that eval scores "
+        f"on included; choose the videos with `{THREE_SPLIT_CHOICE}` (in no test list: the 3-split protocol) or "
+        f"`split=1` (split 1's train list: split 1 alone), e.g. make extract EXTRACT_SET='{THREE_SPLIT_CHOICE}' or "
+        f"distinit extract --set split=[1,2,3] --set split_roles=[train,unused], or pass "
+        f"allow_labeled_test_videos=true (--set allow_labeled_test_videos=true) to extract them all anyway"
+    )
 
 
 def selected_listing(config) -> DatasetListing:

@@ -3,6 +3,7 @@ and read many times (every epoch of stage two, every eval run) without probing a
 
     record = layout_record(probe_layout(path))           # JSON-ready dict, with the file's size
     layout = layout_from_record(path, record)             # the same FrameLayout; None if the file changed
+    record = layout_record(layout, sha256=sha256_file(path))  # stage one: with the file's content hash
 
 Frame times are stored exactly and compactly as runs of equal steps in the stream's ticks: a constant
 frame rate video is one run `[first_tick, step, count]`, a variable one a few more. The file's size is
@@ -10,6 +11,12 @@ kept beside it: a file that changed since (replaced, re-encoded, half-copied) ge
 again by the caller. Not its modification time: the record is part of what stage one writes (its bytes
 must not depend on when the videos were copied), and a dataset copied or re-mounted without its mtimes
 must keep its stored layouts. A file replaced by another of exactly the same size goes unnoticed.
+
+Stage one also keeps the sha256 of the file's bytes (`record["file"]["sha256"]`, 64 hex digits): evaluation
+matches a DistInit init's pretraining videos against its test videos by content, so a renamed copy of a test
+video is caught (evaluate/overlap.py). Only stage one pays for it (it reads each file whole anyway); prepare's
+and eval's records of the files they probe leave it out. Version 2 added the field; a version-1 record (a
+prepared folder written before) holds the same layout fields and is still read.
 """
 
 from __future__ import annotations
@@ -21,13 +28,19 @@ import numpy as np
 
 from pipeline.video.probe import FrameLayout, VideoInfo
 
-RECORD_VERSION = 1
+# 2: the file's stamp may carry its content hash ("sha256"); the layout fields are those of version 1.
+RECORD_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
-def layout_record(layout: FrameLayout) -> dict[str, Any]:
-    """`layout` as a JSON-ready dict (see the module docstring); stat()s the file for its size."""
+def layout_record(layout: FrameLayout, sha256: str | None = None) -> dict[str, Any]:
+    """`layout` as a JSON-ready dict (see the module docstring); stat()s the file for its size. `sha256`: the
+    file's content hash (pipeline.hashing.sha256_file, streaming), kept in the record's file stamp when given."""
     info = layout.info
     status = os.stat(info.path)
+    stamp: dict[str, Any] = {"size": status.st_size}
+    if sha256 is not None:
+        stamp["sha256"] = str(sha256)
     ticks = np.rint(layout.frame_times / layout.tick_seconds).astype(np.int64)
     return {
         "version": RECORD_VERSION,
@@ -41,14 +54,14 @@ def layout_record(layout: FrameLayout) -> dict[str, Any]:
         "frame_ticks": tick_runs(ticks),
         "keyframes": [int(index) for index in layout.keyframe_indices],
         "seekable": layout.seekable,
-        "file": {"size": status.st_size},
+        "file": stamp,
     }
 
 
 def layout_from_record(path: str | os.PathLike, record: dict[str, Any] | None) -> FrameLayout | None:
     """The FrameLayout `record` describes, for `path`; None when there is no usable record or the file's size
     differs from the record's (the caller probes it again)."""
-    if not record or record.get("version") != RECORD_VERSION:
+    if not record or record.get("version") not in READABLE_VERSIONS:
         return None
     path = os.fspath(path)
     try:
@@ -88,3 +101,11 @@ def ticks_from_runs(runs: list[list[int]]) -> np.ndarray:
     """The inverse of tick_runs: (frame_count,) int64."""
     parts = [first + step * np.arange(count, dtype=np.int64) for first, step, count in runs]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def record_sha256(record: dict[str, Any] | None) -> str | None:
+    """The content hash a layout record keeps (stage one's records); None for one without (older, or not stage
+    one's)."""
+    stamp = (record or {}).get("file") or {}
+    value = stamp.get("sha256")
+    return value if isinstance(value, str) and len(value) == 64 else None
