@@ -216,3 +216,36 @@ def write_test_pattern_videos(folder: Path, seconds: float = 2, gop: int = 5) ->
         ]
         subprocess.run(command, check=True, timeout=60)
     return paths
+
+
+# HMDB-51 cuts several clips from one source video (`{source}_{N}.avi`, N counting its clips) and its split
+# files keep a source on one side. Clips per source of each class, and each source's split code, rotated by split.
+HMDB_SOURCE_CLIPS = (3, 1, 2, 4, 2, 1, 3)
+HMDB_SOURCE_CODE_CYCLE = ("1", "2", "1", "1", "0", "1", "2")
+
+
+def hmdb_source_clip_name(class_name: str, source: int, clip: int) -> str:
+    return f"Source{source:02d}_{class_name}_f_cm_np1_le_med_{clip}.avi"
+
+
+def make_hmdb51_grouped(base: Path, video_source: Path | None = None) -> Layout:
+    """Like `make_hmdb51`, with several clips per source video (source groups of 1-4 clips; per class and split
+    4 sources train, 2 test, 1 unused), so a group can be split only by code that ignores it."""
+    root = base / "hmdb51_org"
+    splits_dir = base / "testTrainMulti_7030_splits"
+    expected = {}
+    for label, class_name in enumerate(HMDB_CLASSES):
+        for split in ("1", "2", "3"):
+            lines = []
+            for source, clips in enumerate(HMDB_SOURCE_CLIPS):
+                code = HMDB_SOURCE_CODE_CYCLE[(source + int(split)) % len(HMDB_SOURCE_CODE_CYCLE)]
+                for clip in range(clips):
+                    name = hmdb_source_clip_name(class_name, source, clip)
+                    lines.append(f"{name} {code} ")
+                    roles = expected.setdefault(f"{class_name}/{Path(name).stem}", (label, class_name, {}))[2]
+                    roles[split] = HMDB_ROLES[code]
+            write_lines(splits_dir / f"{class_name}_test_split{split}.txt", lines)
+        for source, clips in enumerate(HMDB_SOURCE_CLIPS):
+            for clip in range(clips):
+                write_video(root / class_name / hmdb_source_clip_name(class_name, source, clip), video_source)
+    return Layout(root, splits_dir, expected)

@@ -1,5 +1,6 @@
-"""Item 8: the paired difference against scratch and its bootstrap interval (test videos resampled once per split
-and shared by its seeds, seeds resampled within a split, splits fixed), on known answers."""
+"""The paired difference against scratch and its bootstrap interval (issue 8; issue 19 item 4: source groups of test
+videos resampled once per split and shared by its runs, seeds resampled within a distillation run, distillation runs
+resampled, splits fixed), on known answers and seeded simulations."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from evaluate.statistics import bootstrap_means, difference_against, pair_run, pair_runs, paired_difference
+from evaluate.statistics import (
+    PairedRun,
+    bootstrap_means,
+    difference_across_distillations,
+    difference_against,
+    pair_run,
+    pair_runs,
+    paired_difference,
+    split_units,
+)
+from pipeline.datasets.groups import source_group
 
 
 def _predictions(correct: list[bool], prefix: str = "v") -> list[dict]:
@@ -189,8 +200,146 @@ def test_videos_and_runs_that_do_not_pair():
     assert [run.video_ids for run in aligned] == [("v0", "v1", "v2", "v3")] * 2
     assert aligned[0].differences.tolist() == [0, 1, -1, 0] and aligned[0].missing_videos == 2
     assert aligned[1].differences.tolist() == [1, 1, 1, 0] and aligned[1].missing_videos == 0
+    # a test video failed in both runs and known only from the list's length is a group of its own
+    units = split_units([pair_run(1, 0, init, reference, test_videos=5, dataset="ucf101")])
+    assert len(units.groups) == 5 and units.members[3:] == ((), ()) and units.sums.tolist() == [[0, 1, -1, 0, 0]]
     # runs are paired by (split, seed); an unmatched one is left out; nothing paired gives None
     assert len(pair_runs([_run(1, 0, [True]), _run(1, 1, [True])], [_run(1, 0, [False])])) == 1
     assert difference_against([_run(2, 0, [True])], [_run(1, 0, [False])]) is None
     with pytest.raises(ValueError, match="no paired runs"):
         paired_difference([])
+
+
+# --- source groups and distillation runs (issue 19 item 4) ---------------------------------------------------------
+
+
+def _ucf_ids(groups: int, size: int, class_name: str = "Act") -> list[str]:
+    """UCF-101 ids: `size` clips cut from each of `groups` source videos."""
+    return [f"{class_name}/v_{class_name}_g{group:02d}_c{clip:02d}" for group in range(1, groups + 1)
+            for clip in range(1, size + 1)]
+
+
+def _paired(ids: list[str], differences_by_seed, dataset: str | None, split: int = 1, distillation: int = 0):
+    """PairedRuns straight from per-video differences (pair_run's output without the prediction dicts)."""
+    groups = tuple(ids) if dataset is None else tuple(source_group(dataset, video) for video in ids)
+    return [PairedRun(split, seed, tuple(ids), np.asarray(differences, dtype=np.float64), 0, groups, distillation)
+            for seed, differences in enumerate(differences_by_seed)]
+
+
+def _clustered_differences(rng, groups: int, size: int, seeds: int) -> np.ndarray:
+    """(seeds, groups x size) differences whose groups share an effect: half the source groups favour the init
+    (+1 / -1 / 0 with 0.6 / 0.1 / 0.3, mean +0.5), half the reference (0.1 / 0.5 / 0.4, mean -0.4); the true
+    mean is +5 points. Each seed redraws every video's outcome given its group."""
+    easy = np.repeat(rng.random(groups) < 0.5, size)
+    draws = rng.random((seeds, groups * size))
+    favoured = np.select([draws < 0.6, draws < 0.7], [1, -1], 0)
+    against = np.select([draws < 0.1, draws < 0.6], [1, -1], 0)
+    return np.where(easy, favoured, against)
+
+
+def test_bootstrap_resamples_source_groups():
+    ids = _ucf_ids(groups=12, size=4)
+    rng = np.random.default_rng(11)
+    # the seam: the resampled units are exactly the source groups, every clip of a group in its unit
+    units = split_units(_paired(ids, _clustered_differences(rng, 12, 4, 3), "ucf101"))
+    assert len(units.groups) == 12 and units.sizes.tolist() == [4.0] * 12
+    assert sorted(video for members in units.members for video in members) == sorted(ids)
+    for group, members in zip(units.groups, units.members):
+        assert {source_group("ucf101", video) for video in members} == {group}
+    # a resample holds whole groups: every group has mean +50 (two wins, two ties), so every replicate is +50
+    # exactly; resampling the clips instead would spread them
+    within = np.concatenate([rng.permutation([1, 1, 0, 0]) for _ in range(12)])
+    assert set(bootstrap_means(_paired(ids, [within], "ucf101"), 2000, seed=0)) == {50.0}
+    assert bootstrap_means(_paired(ids, [within], None), 2000, seed=0).std() > 5.0
+    # clustered data: the interval over groups is wider than over clips, and covers the true mean (+5) in about
+    # 95% of 200 simulated experiments (30 groups of 5 clips, 3 seeds), where the one over clips falls short
+    covered, widths = {"ucf101": 0, None: 0}, {"ucf101": [], None: []}
+    ids = _ucf_ids(groups=30, size=5)
+    for experiment in range(200):
+        differences = _clustered_differences(np.random.default_rng(experiment), 30, 5, 3)
+        for dataset in covered:
+            difference = paired_difference(_paired(ids, differences, dataset), resamples=1000, seed=experiment,
+                                           dataset=dataset)
+            covered[dataset] += difference.low <= 5.0 <= difference.high
+            widths[dataset].append(difference.high - difference.low)
+    assert np.mean(widths["ucf101"]) > 1.4 * np.mean(widths[None])
+    assert 0.90 <= covered["ucf101"] / 200 <= 0.99
+    assert covered[None] / 200 < 0.88
+
+
+def test_the_group_bootstrap_matches_a_plain_loop_of_the_hierarchical_scheme():
+    """Distillation runs, then each drawn one's seeds, then one draw of source groups per split shared by every
+    run of the split, in plain loops: the vectorised draw has its distribution (mean and spread)."""
+    rng = np.random.default_rng(12)
+    sizes = [1, 2, 3, 5, 2, 4, 1, 3]  # unequal groups: a replicate is the mean over the resampled clips
+    ids = [f"v_Act_g{group:02d}_c{clip:02d}" for group, size in enumerate(sizes, 1) for clip in range(1, size + 1)]
+    group_of = np.repeat(np.arange(len(sizes)), sizes)
+    tables, paired = {}, []  # (distillation, split) -> (seeds, videos) differences
+    for distillation, seeds in ((0, 3), (1, 2)):
+        for split in (1, 2):
+            shift = rng.choice([-0.6, 0.4], size=len(sizes))[group_of] + 0.6 * distillation  # shared by a group
+            tables[distillation, split] = np.sign(np.round(rng.random((seeds, len(ids))) + shift - 0.5))
+            paired += _paired(ids, tables[distillation, split], "ucf101", split, distillation)
+    fast = bootstrap_means(paired, 20_000, seed=1)
+    clips_of = [np.flatnonzero(group_of == group) for group in range(len(sizes))]
+    draw, plain = np.random.default_rng(2), []
+    for _ in range(6000):
+        drawn = draw.integers(0, 2, 2)  # distillation runs, once for both splits
+        split_values = []
+        for split in (1, 2):
+            clips = np.concatenate([clips_of[group] for group in draw.integers(0, len(sizes), len(sizes))])
+            slot_values = []
+            for distillation in drawn:
+                table = tables[distillation, split]
+                slot_values.append(np.mean([table[seed, clips].mean() for seed in draw.integers(0, len(table), len(table))]))
+            split_values.append(np.mean(slot_values))
+        plain.append(100.0 * np.mean(split_values))
+    # 6000 plain replicates: the standard error of their mean is about 0.2 points, of their spread about 1%
+    assert fast.mean() == pytest.approx(np.mean(plain), abs=0.8)
+    assert fast.std() == pytest.approx(np.std(plain), rel=0.06)
+
+
+def _run_on(ids: list[str], split: int, seed: int, correct) -> SimpleNamespace:
+    predictions = [{"id": video, "label": 0, "predicted": 0 if right else 1} for video, right in zip(ids, correct)]
+    return SimpleNamespace(split=split, seed=seed, predictions=predictions, test_videos=len(ids))
+
+
+def test_distillation_runs_widen_the_interval_and_are_counted():
+    ids = _ucf_ids(groups=100, size=3)
+    base = np.random.default_rng(13).choice([-1, 0, 0, 1], size=len(ids))
+    better = base.copy()
+    better[np.flatnonzero(base == 0)[:60]] = 1  # the second checkpoint also wins 60 clips its sibling tied (+20)
+    reference = [_run_on(ids, 1, seed, base == -1) for seed in range(3)]
+    first = [_run_on(ids, 1, seed, base == 1) for seed in range(3)]
+    second = [_run_on(ids, 1, seed, better == 1) for seed in range(3)]
+    one = difference_against(first, reference, dataset="ucf101", resamples=4000)
+    both = difference_across_distillations([first, second], reference, dataset="ucf101", resamples=4000)
+    assert one.distillation_runs == 1 and both.distillation_runs == 2 and one.groups == both.groups == 100
+    assert both.per_distillation == pytest.approx({"0": one.mean, "1": one.mean + 20.0})
+    assert both.mean == pytest.approx(one.mean + 10.0)
+    assert both.high - both.low > 2 * (one.high - one.low)  # 20 points apart against about 10 wide
+    assert set(both.per_run) == {f"{distillation}/1/{seed}" for distillation in (0, 1) for seed in range(3)}
+    assert both.to_dict()["dataset"] == "ucf101" and one.to_dict()["distillation_runs"] == 1
+    # identical distillation runs add nothing: the interval of one run, up to resampling noise
+    twice = difference_across_distillations([first, first], reference, dataset="ucf101", resamples=4000)
+    assert twice.mean == pytest.approx(one.mean) and twice.high - twice.low == pytest.approx(one.high - one.low, rel=0.1)
+    with pytest.raises(ValueError, match="'ucf-101': no source groups known"):
+        difference_against(first, reference, dataset="ucf-101")
+    with pytest.raises(ValueError, match="distillation run 1 pairs on splits"):
+        difference_across_distillations([first, [_run_on(ids, 2, 0, [True] * len(ids))]],
+                                        reference + [_run_on(ids, 2, 0, [False] * len(ids))], dataset="ucf101")
+
+
+def test_ten_thousand_resamples_at_ucf101_size_take_well_under_two_seconds():
+    # UCF-101 split 1: 3783 test videos in 707 groups (101 classes x 7), 3 seeds
+    rng = np.random.default_rng(14)
+    sizes = rng.integers(4, 7, 707)
+    sizes[: 3783 - sizes.sum()] += 1
+    ids = [f"C{group // 7}/v_C{group // 7}_g{group % 7 + 1:02d}_c{clip:02d}" for group, size in enumerate(sizes)
+           for clip in range(1, size + 1)]
+    assert len(ids) == 3783
+    paired = _paired(ids, rng.choice([-1, 0, 0, 1], size=(3, len(ids))), "ucf101")
+    started = time.perf_counter()
+    replicates = bootstrap_means(paired, 10_000, seed=0)
+    assert time.perf_counter() - started < 2.0
+    assert len(replicates) == 10_000 and len(split_units(paired).groups) == 707
