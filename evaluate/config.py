@@ -67,6 +67,17 @@ class EvalConfig:
     warmup_steps: int = 100
     min_lr_fraction: float = 0.01
     epochs: int = 30
+    # The epoch whose weights are scored (None: the last). Training follows the schedule of `epochs` and stops
+    # after this one, so a run reproduces the tuning run's model at that epoch (evaluate.tuning chooses it).
+    stop_epoch: int | None = None
+    # Validation (evaluate.validation): this share of each split's train list, whole source groups stratified by
+    # class and divided once with val_seed, is held out of training in every run; tuning scores it.
+    val_fraction: float = 0.2
+    val_seed: int = 0
+    val_clips: int = 3  # uniformly spaced clips per validation video
+    # Learning rates `compare` tries for each init on the validation part of the first split (first seed), with the
+    # epoch to keep; empty: no tuning, `lr` and `stop_epoch` as given. Test chooses nothing.
+    tune_lrs: tuple[float, ...] = ()
     batch_size: int = 16
     dropout: float = 0.5  # before the new classifier
     amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU) | "bf16" | "fp16" | "off"
@@ -106,6 +117,17 @@ class EvalConfig:
             raise ConfigError(f"option crop={self.crop} is larger than short_side={self.short_side}")
         if not self.splits or not self.seeds:
             raise ConfigError("options splits and seeds need at least one value each (e.g. splits=1,2,3 seeds=0)")
+        if self.stop_epoch is not None and not 1 <= self.stop_epoch <= self.epochs:
+            raise ConfigError(f"option stop_epoch must be between 1 and epochs={self.epochs}, got {self.stop_epoch}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"option val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.val_clips < 1:
+            raise ConfigError(f"option val_clips must be >= 1, got {self.val_clips}")
+        if any(not lr > 0 for lr in self.tune_lrs) or len(set(self.tune_lrs)) != len(self.tune_lrs):
+            raise ConfigError(f"option tune_lrs must hold distinct learning rates > 0, got {list(self.tune_lrs)}")
+        if self.tune_lrs and self.val_fraction == 0:
+            raise ConfigError("option tune_lrs needs a validation part to tune on; set val_fraction > 0 "
+                              "(e.g. 0.2) or tune_lrs=[]")
         if len(set(self.splits)) != len(self.splits) or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"options splits {list(self.splits)} and seeds {list(self.seeds)} must not repeat a value")
         if not 0.0 <= self.dropout < 1.0:

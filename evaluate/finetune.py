@@ -20,6 +20,7 @@ import os
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,7 @@ from evaluate.initialization import Initialization, resolve_init
 from evaluate.overlap import record_pretraining_overlap
 from evaluate.results import EvalResult, RunResult, summarise, write_results
 from evaluate.scoring import score
+from evaluate.validation import check_validation_split, split_validation
 from pipeline.atomic import atomic_write_text, make_output_folder
 from pipeline.errors import DistinitError
 from pipeline.hashing import sha256_json
@@ -146,55 +148,114 @@ def predict(model, loader, batch_size: int, autocast, device, max_failures: int,
             torch.cat(index_parts).numpy(), failed)
 
 
-def run_split(train_records, test_records, split: int, seed: int, num_classes: int, config: EvalConfig,
-              initialization: Initialization, device: torch.device, show_progress: bool):
-    """Finetune on one split's train list with one seed and score its test list: (RunResult, model)."""
-    started = time.monotonic()
+def training_loader(records, clip: ClipSpec, seed: int, config: EvalConfig, videos: dict, device: torch.device):
+    """The training clips of one run: one random clip per video per epoch, full batches only, persistent workers."""
+    train_set = TrainingClips(records, clip, seed=seed, flip=config.flip, normalisation=None,
+                              max_decode_failures=config.max_decode_failures, **videos)
+    sampler = ResumableSampler(len(train_set), shuffle=True, seed=seed)
+    workers = capped_workers(config.workers, "loader workers")
+    # drop_last: a last batch of 2 clips (HMDB-51 split 1) would give its batch norms noisy statistics.
+    # Persistent workers: the sampler hands them each index's epoch.
+    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+                        generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0,
+                        num_workers=workers, worker_init_fn=seed_worker, pin_memory=device.type == "cuda")
+    return train_set, sampler, loader
+
+
+def scoring_loader(records, clip: ClipSpec, config: EvalConfig, videos: dict, device: torch.device, *,
+                   clips_per_video: int, ablations: bool, persistent: bool = False):
+    """Every view of each video, one video per sample (test or validation)."""
+    scored_set = EvaluationClips(records, clip, clips_per_video=clips_per_video, three_crop=config.three_crop,
+                                 normalisation=None, temporal_ablations=ablations, **videos)
+    workers = capped_workers(config.workers, "loader workers")
+    loader = DataLoader(scored_set, batch_size=None, shuffle=False, num_workers=workers, worker_init_fn=seed_worker,
+                        pin_memory=device.type == "cuda", persistent_workers=persistent and workers > 0)
+    return scored_set, loader
+
+
+def finetune(train_records, split: int, seed: int, num_classes: int, config: EvalConfig,
+             initialization: Initialization, device: torch.device, show_progress: bool, *,
+             after_epoch: Callable[[VideoClassifier, int], dict] | None = None):
+    """Train a new classifier on the trunk of `initialization`: (model, per-epoch curves, training videos).
+
+    The learning rate follows the schedule of `config.epochs` epochs; training stops after `config.stop_epoch`
+    (the last epoch when None), so a run kept at epoch e has the weights a full-length run had at e.
+    `after_epoch(model, epoch)` (validation, in tuning) adds its fields to that epoch's curve record."""
     # ---------------------------------------------------------------- seed, data
     seed_everything(seed, 0, config.deterministic)
     use_fast_kernels(device, config.deterministic)
-    clip = ClipSpec(frames=config.frames, stride=config.stride, short_side=config.short_side, crop=config.crop)
+    clip = clip_spec(config)
     normalisation = initialization.normalisation  # applied on the device: the datasets give uint8 clips (None)
-    prepared = None
-    if config.prepared:
-        sizes = {record.id: _file_size(record.path) for record in [*train_records, *test_records]}
-        prepared = prepared_videos(config.prepared, short_side=config.short_side, sources=sizes)
-    videos = dict(prepared=prepared, decoder=config.decoder, decode_device=config.decode_device)
-    train_set = TrainingClips(train_records, clip, seed=seed, flip=config.flip, normalisation=None,
-                              max_decode_failures=config.max_decode_failures, **videos)
-    test_set = EvaluationClips(test_records, clip, clips_per_video=config.test_clips, three_crop=config.three_crop,
-                               normalisation=None, temporal_ablations=config.temporal_ablations, **videos)
-    sampler = ResumableSampler(len(train_set), shuffle=True, seed=seed)
-    workers = capped_workers(config.workers, "loader workers")
-    common = dict(num_workers=workers, worker_init_fn=seed_worker, pin_memory=device.type == "cuda")
-    # drop_last: a last batch of 2 clips (HMDB-51 split 1) would give its batch norms noisy statistics.
-    # Persistent workers: the sampler hands them each index's epoch.
-    train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,
-                              generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0, **common)
-    test_loader = DataLoader(test_set, batch_size=None, shuffle=False, **common)
+    train_set, sampler, train_loader = training_loader(train_records, clip, seed, config, videos_of(config, train_records),
+                                                       device)
     # ---------------------------------------------------------------- model, optimizer
     model = VideoClassifier(initialization.build_backbone(), num_classes, config.dropout, config.linear_probe).to(device)
     trunk_lr_scale = 0.0 if config.linear_probe else config.trunk_scale(initialization.pretrained)
     optimizer = build_optimizer(model, config, trunk_lr_scale)
     autocast, scaler = autocast_for(config, device)
     total_steps = config.epochs * len(train_loader)  # full batches only (drop_last)
+    stop_epoch = config.stop_epoch or config.epochs
     state, curves = {"step": 0}, []
-    # ---------------------------------------------------------------- train, then test
-    with tqdm(total=total_steps, unit="step", desc=f"split {split} seed {seed}", disable=not show_progress) as progress:
-        for epoch in range(config.epochs):
+    # ---------------------------------------------------------------- train
+    with tqdm(total=stop_epoch * len(train_loader), unit="step", desc=f"split {split} seed {seed}",
+              disable=not show_progress) as progress:
+        for epoch in range(stop_epoch):
             sampler.set_epoch(epoch)
             record = {"epoch": epoch + 1, **train_one_epoch(model, train_loader, optimizer, autocast, scaler, state,
                                                              config, total_steps, device, progress, normalisation)}
+            if after_epoch is not None:
+                record.update(after_epoch(model, epoch + 1))
             curves.append(record)
             logger.info("split %d seed %d epoch %s", split, seed, json.dumps(record, sort_keys=True))
-    del train_loader  # its persistent workers exit before the test loader starts its own
+    del train_loader  # its persistent workers exit before a scoring loader starts its own
+    return model, curves, len(train_set), trunk_lr_scale
+
+
+def clip_spec(config: EvalConfig) -> ClipSpec:
+    return ClipSpec(frames=config.frames, stride=config.stride, short_side=config.short_side, crop=config.crop)
+
+
+def videos_of(config: EvalConfig, records) -> dict:
+    """Where the loaders read videos: the prepared copies of `records` (config.prepared) or the originals."""
+    prepared = None
+    if config.prepared:
+        sizes = {record.id: _file_size(record.path) for record in records}
+        prepared = prepared_videos(config.prepared, short_side=config.short_side, sources=sizes)
+    return dict(prepared=prepared, decoder=config.decoder, decode_device=config.decode_device)
+
+
+def run_split(train_records, test_records, split: int, seed: int, num_classes: int, config: EvalConfig,
+              initialization: Initialization, device: torch.device, show_progress: bool,
+              validation_videos: int = 0):
+    """Finetune on one split's train part with one seed and score its test list once: (RunResult, model)."""
+    started = time.monotonic()
+    model, curves, train_videos, trunk_lr_scale = finetune(train_records, split, seed, num_classes, config,
+                                                           initialization, device, show_progress)
+    test_set, test_loader = scoring_loader(test_records, clip_spec(config), config, videos_of(config, test_records),
+                                           device, clips_per_video=config.test_clips,
+                                           ablations=config.temporal_ablations)
+    autocast, _ = autocast_for(config, device)
     clip_logits, clip_video_index, failed = predict(model, test_loader, config.batch_size, autocast, device,
-                                                    config.max_decode_failures, show_progress, normalisation)
+                                                    config.max_decode_failures, show_progress,
+                                                    initialization.normalisation)
     metrics = score(clip_logits, clip_video_index, test_set.records, num_classes, test_set.views_per_video)
-    result = RunResult(split=split, seed=seed, train_videos=len(train_set),
+    result = RunResult(split=split, seed=seed, train_videos=train_videos, validation_videos=validation_videos,
+                       lr=config.lr, stop_epoch=config.stop_epoch or config.epochs,
                        failed_videos=[str(test_set.records[index].path) for index in sorted(failed)],
                        trunk_lr_scale=trunk_lr_scale, curves=curves, seconds=time.monotonic() - started, **metrics)
     return result, model
+
+
+def training_parts(config: EvalConfig, split: int, train_records, test_records) -> tuple[list, list]:
+    """(train part, validation part) of one split's train list: `val_fraction` of it in whole source groups,
+    stratified by class, divided once with `val_seed` (evaluate.validation); every run trains on the train part."""
+    train_part, validation_part = split_validation(train_records, config.data, config.val_fraction, config.val_seed)
+    check_validation_split(train_part, validation_part, test_records, config.data)
+    if len(train_part) < config.batch_size:
+        raise FinetuneError(f"split {split} has {len(train_part)} training videos after holding out "
+                            f"{len(validation_part)} for validation, fewer than batch_size={config.batch_size} "
+                            "(training drops the last partial batch); lower --batch-size or val_fraction")
+    return train_part, validation_part
 
 
 def _file_size(path) -> int | None:
@@ -265,12 +326,11 @@ def _run_eval(config: EvalConfig, show_progress: bool) -> EvalResult:
     listing, splits_folder = load_listing(config)
     split_lists = {split: split_records(listing, split, splits_folder) for split in config.splits}
     initialization = resolve_init(config.init, student=config.student, width=config.width)
-    record_pretraining_overlap(initialization, split_lists, config.allow_test_overlap)  # refuses seen test videos
+    # Refuses an init that saw test videos (by name, content or source video)
+    record_pretraining_overlap(initialization, split_lists, config.allow_test_overlap, dataset=config.data)
     initialization.build_backbone().check_clip_shape(config.frames, config.crop)
-    for split, (train_records, _) in split_lists.items():
-        if len(train_records) < config.batch_size:
-            raise FinetuneError(f"split {split} has {len(train_records)} training videos, fewer than batch_size="
-                                f"{config.batch_size} (training drops the last partial batch); lower --batch-size")
+    parts = {split: training_parts(config, split, train_records, test_records)
+             for split, (train_records, test_records) in split_lists.items()}
     dataset = dataset_description(config, listing, splits_folder)
     key = results_key(config, dataset["manifest_sha256"], initialization)
     out_dir = Path(config.out) if config.out else DEFAULT_OUT_ROOT / key
@@ -283,9 +343,9 @@ def _run_eval(config: EvalConfig, show_progress: bool) -> EvalResult:
         for seed in config.seeds:
             run = _cached_run(out_dir, key, split, seed, config)
             if run is None:
-                train_records, test_records = split_lists[split]
-                run, model = run_split(train_records, test_records, split, seed, len(listing.class_names), config,
-                                       initialization, device, show_progress)
+                (train_part, validation_part), test_records = parts[split], split_lists[split][1]
+                run, model = run_split(train_part, test_records, split, seed, len(listing.class_names), config,
+                                       initialization, device, show_progress, validation_videos=len(validation_part))
                 _store_run(out_dir, key, run, model, listing.class_names, config)
             logger.info("split %d seed %d: clip top-1 %.3f, video top-1 %.3f, top-5 %.3f (%d of %d test videos "
                         "failed to decode, counted wrong)", split, seed, run.clip_top1, run.video_top1, run.video_top5,

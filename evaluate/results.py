@@ -38,7 +38,10 @@ class RunResult:
     clip_top1: float  # every test view (clip x crop) scored alone
     video_top1: float  # softmax averaged over a video's views
     video_top5: float
-    train_videos: int
+    train_videos: int  # the train part (the split's train list less its validation part)
+    validation_videos: int  # held out of training for tuning (evaluate.validation); never scored here
+    lr: float  # the classifier's learning rate (the trunk's is lr x trunk_lr_scale): given, or chosen on validation
+    stop_epoch: int  # the epoch whose weights were scored (of the schedule's `epochs`)
     test_videos: int  # in the test list, those that failed to decode included
     test_views: int  # test_videos x views per video: the clip top-1 denominator
     failed_videos: list[str]  # test videos that did not decode, counted as wrong (their views too)
@@ -185,6 +188,8 @@ def format_table(result: EvalResult) -> str:
     """A short plain-text table, in percent: one row per (split, seed), then mean +- std."""
     header = f"{'split':>5} {'seed':>4}  " + "  ".join(f"{METRIC_TITLES[m]:>13}" for m in METRICS)
     lines = [f"{result.dataset.get('name')} / {result.init.get('spec')}" + (" (linear probe)" if result.config.linear_probe else ""),
+             f"lr {result.config.lr:g}, epoch {result.config.stop_epoch or result.config.epochs} of {result.config.epochs} "
+             f"kept; trained on each split's train list less {result.config.val_fraction:g} held out for validation",
              header]
     for run in sorted(result.runs, key=lambda run: (run.split, run.seed)):
         cells = "  ".join(f"{100 * getattr(run, metric):13.1f}" for metric in METRICS)

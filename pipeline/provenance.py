@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +39,39 @@ def git_state() -> dict[str, Any]:
     return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
 
 
+def cpu_model() -> str | None:
+    """The processor's model name (Linux /proc/cpuinfo; platform's answer elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def compute_environment() -> dict[str, Any]:
+    """What float results depend on beyond the code: the CPU, torch and its BLAS/LAPACK build, the GPU. A re-run on
+    the same machine repeats a result bit for bit; another CPU or BLAS may not (README: reproducibility)."""
+    import torch
+
+    config = torch.__config__.show()
+    settings = dict(re.findall(r"\b(BLAS_INFO|LAPACK_INFO|USE_MKL|USE_MKLDNN|USE_OPENMP)=([^,\s]+)", config))
+    libraries = [line.strip(" -") for line in config.splitlines() if re.search(r"MKL-DNN|OpenMP \d", line)]
+    blas = [f"{name}={value}" for name, value in sorted(settings.items())] + libraries
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "blas": blas,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
 def write_provenance(out_dir: str | Path, config: Any, **extra: Any) -> None:
     """Write `config.yaml` and `provenance.json` into `out_dir` (atomically)."""
     out_dir = Path(out_dir)
@@ -45,6 +81,7 @@ def write_provenance(out_dir: str | Path, config: Any, **extra: Any) -> None:
         "distinit_version": pipeline.__version__,
         **git_state(),
         "python": sys.version.split()[0],
+        "environment": compute_environment(),
         "command": sys.argv,
         **extra,
     }

@@ -241,7 +241,8 @@ def test_eval_hmdb51_all_splits_from_a_checkpoint(hmdb, checkpoint, tmp_path):
     assert [(run["split"], run["seed"]) for run in stored["runs"]] == [(1, 0), (2, 0), (3, 0)]
     assert stored["init"]["input_normalisation"] == VIDEO_NORMALISATION.to_dict()  # what it was distilled on
     for run in result.runs:
-        assert (run.train_videos, run.test_videos, run.test_views) == (9, 6, 6 * 2 * 3)
+        # 9 listed for training: one source group per class (3 videos) held out for validation, never scored
+        assert (run.train_videos, run.validation_videos, run.test_videos, run.test_views) == (6, 3, 6, 6 * 2 * 3)
         assert run.failed_test_videos == 0 and run.failed_videos == []
         assert run.trunk_lr_scale == 0.1  # the pretrained default
         assert set(run.ablations) == {TIME_SHUFFLED, FRAME_REPEATED}
@@ -251,7 +252,7 @@ def test_eval_hmdb51_all_splits_from_a_checkpoint(hmdb, checkpoint, tmp_path):
         assert {prediction["id"] for prediction in run.predictions} == _test_ids(hmdb, run.split)
         assert sum(map(sum, run.confusion)) == 6 and len(run.confusion) == 3
         assert [curve["epoch"] for curve in run.curves] == [1, 2]
-        assert [curve["step"] for curve in run.curves] == [2, 4]  # 9 videos, batches of 4: the last clip dropped
+        assert [curve["step"] for curve in run.curves] == [1, 2]  # 6 train-part videos, batches of 4: 2 dropped
         assert all(0.0 <= getattr(run, metric) <= 1.0 for metric in ("clip_top1", "video_top1", "video_top5"))
         assert run.video_top5 == 1.0  # 3 classes: every label is in the top 5
     spread = stored["summary"]["over_splits"]["video_top1"]
@@ -313,7 +314,7 @@ def test_cli_eval_ucf101_scratch_all_splits(ucf, tmp_path):
     assert stored["class_names"] == ["Basketball", "ApplyEyeMakeup", "HandstandPushups"]
     assert stored["init"]["kind"] == "scratch" and stored["config"]["lr_trunk_scale"] is None
     for run in stored["runs"]:
-        assert (run["train_videos"], run["test_videos"]) == (18, 6)
+        assert (run["train_videos"], run["validation_videos"], run["test_videos"]) == (12, 6, 6)  # groups held out
         assert run["trunk_lr_scale"] == 1.0 and run["ablations"] == {}
         assert {prediction["id"] for prediction in run["predictions"]} == _test_ids(ucf, run["split"])
 
@@ -321,7 +322,7 @@ def test_cli_eval_ucf101_scratch_all_splits(ucf, tmp_path):
 def test_eval_from_an_inflated_2d_network(hmdb, tmp_path):
     pytest.importorskip("evaluate.inflate")
     result = run_eval(_config(hmdb, tmp_path, init="inflated:resnet18:random", student=None, width=None, test_clips=1))
-    assert result.init["kind"] == "inflated" and result.init["architecture"]["name"] == "r3d_18"
+    assert result.init["kind"] == "inflated" and result.init["architecture"]["name"] == "resnet18_3d"
     assert result.init["input_normalisation"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     assert result.run(1, 0).test_videos == 6
 
@@ -358,6 +359,7 @@ def test_runs_of_older_code_or_another_normalisation_are_not_reused(tmp_path, mo
     assert old_key != key
     run = RunResult(split=1, seed=0, clip_top1=0.5, video_top1=0.5, video_top5=1.0, train_videos=9, test_videos=6,
                     test_views=12, failed_videos=[], failed_test_videos=0, trunk_lr_scale=1.0, ablations={},
+                    validation_videos=3, lr=0.003, stop_epoch=1,
                     curves=[], confusion=[[0]], predictions=[], seconds=1.0)
     record_path, _ = _run_paths(tmp_path, 1, 0)
     record_path.parent.mkdir(parents=True)
@@ -402,7 +404,7 @@ def test_file_that_is_not_a_distinit_checkpoint_is_a_one_line_error(hmdb, tmp_pa
 
 def test_split_with_fewer_training_videos_than_a_batch_is_a_one_line_error(hmdb, tmp_path):
     _one_line_error(_hmdb_arguments(hmdb, tmp_path, "--init", "scratch", "--width", "tiny", "--batch-size", "10"),
-                    "split 1 has 9 training videos, fewer than batch_size=10")
+                    "split 1 has 6 training videos after holding out 3 for validation, fewer than batch_size=10")
     assert not (tmp_path / "out").exists()
 
 
@@ -465,3 +467,92 @@ def test_compare_labels_name_the_init_and_its_network():
     checkpoint = {"kind": "checkpoint", "architecture": {"name": "r2plus1d_18", "width": "tiny"}}
     assert init_label(SimpleNamespace(init=inflated)) == "inflated (efficientnet_lite0) [efficientnet_lite0_3d]"
     assert init_label(SimpleNamespace(init=checkpoint)) == "DistInit [r2plus1d_18 tiny]"
+
+
+def test_finetuning_and_testing_use_the_inits_own_normalisation(hmdb, tmp_path, monkeypatch):
+    """Every clip the network sees, in training and at test, is normalised with the init's mean/std: an init with
+    a distinctive normalisation must see exactly (x - mean) / std of its uint8 frames, so a change that gives every
+    init the Kinetics statistics (or any other) fails here."""
+    from evaluate import finetune as finetune_module
+    from evaluate.initialization import Initialization
+
+    own = Normalisation((0.11, 0.52, 0.93), (0.31, 0.17, 0.45))
+    seen = {"train": [], "eval": []}
+
+    class Spy(torch.nn.Module):
+        """A tiny trunk that records, per mode, what the pixels it is fed were before normalisation."""
+
+        feature_dim = 4
+
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 4)
+
+        def features(self, clips):  # (B, 3, T, H, W)
+            mean = torch.tensor(own.mean).view(1, 3, 1, 1, 1)
+            std = torch.tensor(own.std).view(1, 3, 1, 1, 1)
+            pixels = (clips.float() * std + mean) * 255.0  # undone with the init's own statistics
+            seen["train" if self.training else "eval"].append((pixels - pixels.round()).abs().max().item())
+            return self.linear(clips.float().mean(dim=(2, 3, 4)))
+
+    initialization = Initialization("scratch", {"kind": "scratch", "spec": "spy", "architecture": {}}, False, "spy",
+                                    Spy, own)
+    config = _config(hmdb, tmp_path / "out", test_clips=1, temporal_ablations=False)
+    listing = load_dataset("hmdb51", hmdb.root, splits_dir=hmdb.splits_dir)
+    train, test = listing.split(1, "train"), listing.split(1, "test")
+    finetune_module.run_split(train, test, 1, 0, 3, config, initialization, torch.device("cpu"), False)
+    assert seen["train"] and seen["eval"]
+    # Undone with the init's statistics, every value is a whole grey level (0-255), to float32 precision.
+    assert max(seen["train"]) < 1e-3 and max(seen["eval"]) < 1e-3
+    # ...which the video mean/std would not give: the same pixels normalised the Kinetics way are off by levels.
+    kinetics_mean = torch.tensor(VIDEO_NORMALISATION.mean).view(3, 1, 1)
+    kinetics_std = torch.tensor(VIDEO_NORMALISATION.std).view(3, 1, 1)
+    grey = torch.full((3, 1, 1), 100.0)
+    wrong = (((grey / 255.0 - kinetics_mean) / kinetics_std) * torch.tensor(own.std).view(3, 1, 1)
+             + torch.tensor(own.mean).view(3, 1, 1)) * 255.0
+    assert (wrong - wrong.round()).abs().max() > 1e-2
+
+
+def test_tuning_scores_validation_only_and_is_reused(hmdb, tmp_path, monkeypatch):
+    """Tuning trains on the train part, scores only the validation part (never a test video), chooses by the rule
+    in evaluate.tuning, caches each curve, and the tuned runs keep the chosen lr and epoch."""
+    from evaluate import finetune as finetune_module
+    from evaluate import tuning as tuning_module
+    from evaluate.validation import split_validation
+
+    monkeypatch.chdir(tmp_path)
+    scored_ids = []
+    real_clips = finetune_module.EvaluationClips
+
+    def spying_clips(records, *args, **kwargs):
+        scored_ids.append({record.id for record in records})
+        return real_clips(records, *args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "EvaluationClips", spying_clips)
+    config = _config(hmdb, tmp_path / "out", epochs=2, tune_lrs=(0.001, 0.01), val_clips=1, temporal_ablations=False)
+    tuning = tuning_module.tune(config)
+    listing = load_dataset("hmdb51", hmdb.root, splits_dir=hmdb.splits_dir)
+    _, validation = split_validation(listing.split(1, "train"), "hmdb51", config.val_fraction, config.val_seed)
+    assert scored_ids == [{record.id for record in validation}] * 2  # one validation loader per lr, nothing else
+    assert not set().union(*scored_ids) & _test_ids(hmdb, 1)
+    assert set(tuning.curves) == {"0.001", "0.01"} and all(len(curve) == 2 for curve in tuning.curves.values())
+    assert (tuning.lr, tuning.stop_epoch, tuning.val_video_top1) == tuning_module.choose(tuning.curves)
+    assert tuning.validation_videos == len(validation) == 3 and tuning.train_videos == 6
+    # Cached: tuning again trains nothing.
+    monkeypatch.setattr(tuning_module, "finetune", lambda *args, **kwargs: pytest.fail("tuned twice"))
+    assert tuning_module.tune(config).to_dict() == tuning.to_dict()
+    final = run_eval(tuning_module.tuned_config(config, tuning))
+    assert [(run.lr, run.stop_epoch, len(run.curves)) for run in final.runs] == [
+        (tuning.lr, tuning.stop_epoch, tuning.stop_epoch)]
+
+
+def test_the_choice_prefers_validation_accuracy_then_loss_then_the_earlier_epoch():
+    from evaluate.tuning import choose
+
+    curves = {"0.001": [{"epoch": 1, "val_video_top1": 0.5, "val_loss": 0.9},
+                        {"epoch": 2, "val_video_top1": 0.5, "val_loss": 0.8}],
+              "0.01": [{"epoch": 1, "val_video_top1": 0.5, "val_loss": 0.8},
+                       {"epoch": 2, "val_video_top1": 0.25, "val_loss": 0.1}]}
+    assert choose(curves) == (0.01, 1, 0.5)  # ties on accuracy and loss: the earlier epoch
+    curves["0.001"][1]["val_video_top1"] = 0.75
+    assert choose(curves) == (0.001, 2, 0.75)

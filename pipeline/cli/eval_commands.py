@@ -78,8 +78,14 @@ def eval_command(config_path, overrides, splits, seeds, report_dir, no_progress,
     """Finetune a trunk (distilled, scratch or inflated) on HMDB-51 / UCF-101 splits and score it."""
     from evaluate.finetune import run_eval
     from evaluate.results import format_table, write_report_folder
+    from evaluate.tuning import tune, tuned_config
 
     config = _eval_config(config_path, overrides, splits, seeds, options)
+    if config.tune_lrs:  # learning rate and epoch chosen on the validation part first; test chooses nothing
+        tuning = tune(config, show_progress=not no_progress)
+        click.echo(f"chosen on validation ({tuning.validation_videos} videos of split {tuning.split}): lr {tuning.lr:g}, "
+                   f"epoch {tuning.stop_epoch} (video top-1 {100 * tuning.val_video_top1:.1f})")
+        config = tuned_config(config, tuning)
     result = run_eval(config, show_progress=not no_progress)
     click.echo(format_table(result))
     click.echo(f"{result.out_dir / 'results.json'}")
