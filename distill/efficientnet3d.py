@@ -192,7 +192,7 @@ def build_efficientnet_lite0_3d_trunk(width: str, in_channels: int) -> Efficient
     if width != "full":
         raise ConfigError(
             f"student efficientnet_lite0_3d has no {width!r} width (it is ImageNet's EfficientNet-Lite0); "
-            "use --width full, or a tiny r2plus1d_18/r3d_18/mc3_18"
+            "use --width full, or a tiny r2plus1d_18/r3d_18/mc3_18/resnet18_3d"
         )
     # A freshly built 2D model is a private copy already: inflate it in place (inflate_module would deep-copy it).
     trunk = Inflater(efficientnet_time_kernel).inflate(efficientnet_lite0_2d()).trunk

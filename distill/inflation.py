@@ -1,4 +1,5 @@
-"""Generic I3D inflation (Carreira & Zisserman 2017): a 2D CNN becomes a 3D one (`evaluate.inflate` uses it).
+"""Generic I3D inflation (Carreira & Zisserman 2017): a 2D CNN becomes a 3D one (`evaluate.inflate` and the
+resnet18_3d / efficientnet_lite0_3d students are built with it).
 
     video_model = inflate_module(image_model, spatial_time_kernel(3))   # any 2D CNN made of known layers
     trunk_state = inflate_state_dict(image_state, video_trunk)           # when the 3D model is built separately

@@ -1,10 +1,12 @@
-"""3D students: a registered torchvision video trunk plus one head per teacher output.
+"""3D students: a registered video trunk plus one head per teacher output.
 
     heads = head_specs_from_teachers(TargetStore(...).teachers)
     student = create_student("r2plus1d_18", heads, width="full", in_channels=3)
     outputs = student(clips)  # clips (B, C, T, H, W) -> {"<teacher>/<output>": logits}
 
-Registered names follow torchvision.models.video (`r2plus1d_18` default, `r3d_18`, `mc3_18`, `s3d`).
+Registered names follow torchvision.models.video (`r2plus1d_18` default, `r3d_18`, `mc3_18`, `s3d`), plus
+inflated 2D ImageNet networks: `resnet18_3d` (ResNet-18 in 3D, distill/trunk_resnet18_3d.py, the network
+`inflated:resnet18` fits exactly) and `efficientnet_lite0_3d`.
 Weights start random (nothing is ever downloaded). `in_channels=2` gives the optical-flow student.
 A checkpoint stores `student.architecture()`; `DistillStudent.from_architecture` rebuilds the model.
 The architecture records the input normalisation the weights expect (`input_normalisation`, mean/std
@@ -208,3 +210,4 @@ def create_student(
     return student
 
 import distill.trunk_efficientnet3d  # noqa: E402,F401  (registers the efficientnet_lite0_3d student)
+import distill.trunk_resnet18_3d  # noqa: E402,F401  (registers the resnet18_3d student)

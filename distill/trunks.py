@@ -7,6 +7,9 @@ relies on. One forward pass returns both the last feature map (spatial heads) an
 
 `width="tiny"` builds the same family from the same torchvision blocks with 1/8 of the channels and one
 block per stage — for tests and the 2-core demo; such trunks cannot load full-size weights.
+
+`resnet18_3d` (distill/trunk_resnet18_3d.py) and `efficientnet_lite0_3d` are inflated 2D ImageNet networks,
+not torchvision video models; they reuse this module's TrunkOutput, widths and initialisation.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ class VideoResNetTrunk(nn.Module):
             setattr(self, f"layer{index + 1}", self._make_layer(BasicBlock, conv_maker, width, blocks, stride=stride))
         self.avgpool = nn.AdaptiveAvgPool3d((1, 1, 1))
         self.feature_dim = stage_widths[-1] * BasicBlock.expansion
-        _initialise_like_torchvision(self)
+        initialise_like_torchvision(self)
 
     def forward(self, clips: torch.Tensor) -> TrunkOutput:
         features = self.stem(clips)  # (B, C, T, H, W) -> (B, w0, T, H/2, W/2)
@@ -90,14 +93,16 @@ class VideoResNetTrunk(nn.Module):
         return TrunkOutput(features, self.avgpool(features).flatten(1))
 
 
-def _initialise_like_torchvision(trunk: nn.Module) -> None:
-    """VideoResNet.__init__'s initialisation, so a trunk starts where torchvision's model would."""
+def initialise_like_torchvision(trunk: nn.Module) -> None:
+    """VideoResNet.__init__'s initialisation, so a trunk starts where torchvision's model would (batch-norm
+    statistics reset too: a trunk given storage by `to_empty` has none yet)."""
     for module in trunk.modules():
         if isinstance(module, nn.Conv3d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm3d):
+            module.reset_running_stats()
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
@@ -126,30 +131,33 @@ class S3DTrunk(nn.Module):
         return TrunkOutput(features, self.avgpool(features).flatten(1))
 
 
-def _stage_shape(width: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def stage_shape(width: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(stage widths, blocks per stage) of a ResNet-18-family trunk at `width` ("full" or "tiny")."""
     if width not in WIDTHS:
         raise ConfigError(f"student width {width!r} is unknown; use one of {', '.join(WIDTHS)}")
     return (FULL_STAGE_WIDTHS, FULL_STAGE_BLOCKS) if width == "full" else (TINY_STAGE_WIDTHS, TINY_STAGE_BLOCKS)
 
 
 def r2plus1d_18_trunk(width: str, in_channels: int) -> VideoResNetTrunk:
-    widths, blocks = _stage_shape(width)
+    widths, blocks = stage_shape(width)
     return VideoResNetTrunk((Conv2Plus1D,) * 4, r2plus1d_stem(in_channels, widths[0]), widths, blocks)
 
 
 def r3d_18_trunk(width: str, in_channels: int) -> VideoResNetTrunk:
-    widths, blocks = _stage_shape(width)
+    widths, blocks = stage_shape(width)
     return VideoResNetTrunk((Conv3DSimple,) * 4, basic_stem(in_channels, widths[0]), widths, blocks)
 
 
 def mc3_18_trunk(width: str, in_channels: int) -> VideoResNetTrunk:
-    widths, blocks = _stage_shape(width)
+    widths, blocks = stage_shape(width)
     conv_makers = (Conv3DSimple, Conv3DNoTemporal, Conv3DNoTemporal, Conv3DNoTemporal)
     return VideoResNetTrunk(conv_makers, basic_stem(in_channels, widths[0]), widths, blocks)
 
 
 def s3d_trunk(width: str, in_channels: int) -> S3DTrunk:
-    _stage_shape(width)
+    stage_shape(width)
     if width != "full":
-        raise ConfigError("student s3d has no tiny width; use --width full or a tiny r2plus1d_18/r3d_18/mc3_18")
+        raise ConfigError(
+            "student s3d has no tiny width; use --width full or a tiny r2plus1d_18/r3d_18/mc3_18/resnet18_3d"
+        )
     return S3DTrunk(in_channels)

@@ -1,6 +1,6 @@
 """I3D inflation baselines for `--init inflated:<spec>`: ImageNet 2D networks turned into 3D trunks.
 
-    backbone = build_inflated_backbone("resnet18")            # r3d_18 carrying torchvision ResNet-18's weights
+    backbone = build_inflated_backbone("resnet18")            # resnet18_3d carrying torchvision ResNet-18's weights
     backbone = build_inflated_backbone("efficientnet_lite0")  # efficientnet_lite0_3d, the pip package's weights
     features = backbone.features(clips)                       # (B, feature_dim); no heads
 
@@ -9,13 +9,15 @@ Specs: `<model>` (its default ImageNet weights), `<model>@FILE` (a state_dict .p
 cache, downloaded there on first use with its hash checked (offline, `--offline`: the error names the path
 and the URL). EfficientNet-Lite0's ships with pip.
 
-ResNet-18 -> r3d_18 (the paper's baseline) is a weight mapping onto r3d_18's architecture: conv1 7x7 ->
-stem 3x7x7, every 3x3 -> 3x3x3 and downsample 1x1 -> 1x1x1 (repeated over time, divided by t), batch
-norms copied. The architectures differ: r3d_18 has no max-pool after its stem (its layer1 runs at 1/2
-resolution, ResNet-18's at 1/4), strides time by 2 in layers 2-4 and pads time with zeros. So the
-mapped r3d_18 is not frame-for-frame ResNet-18; `inflate_module(resnet18)` (generic, keeps the
-max-pool, replicate padding) is, and is what the I3D-property test checks. The generic machinery lives
-in `distill.inflation`, re-exported here.
+Each 2D network inflates into a student built as its own 3D counterpart, so a clip repeating one frame
+gives the 2D network's pooled features on that frame (I3D's "boring video" property, exact up to float
+rounding; tests check both sources to 1e-5). ResNet-18 -> `resnet18_3d` (distill/trunk_resnet18_3d.py:
+ResNet-18's layout with its stem max-pool, convs 3 frames deep, 1x1 downsamples 1 frame, time strided by 2 in
+layers 2-4, time padded by repeating border frames): the trunk has torchvision resnet18's key names, so the
+mapping drops `fc.*` and inflates each conv (2D weights repeated over time, divided by t); batch norms are
+copied. torchvision's `r3d_18` stays a student of its own but is no inflation target: it has no max-pool and
+pads time with zeros, so ResNet-18's weights in it do not compute ResNet-18's features.
+The generic machinery lives in `distill.inflation`, re-exported here.
 
 Each source keeps its own input normalisation (the inflated network equals its 2D source only on input
 normalised as that source was trained): ResNet-18 torchvision's ImageNet mean/std, EfficientNet-Lite0
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping
 
@@ -56,8 +57,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RESNET18_LABEL = "resnet18 (ImageNet weights to inflate)"
-_RESNET_BLOCK_KEY = re.compile(r"^(layer[1-4]\.\d+)\.(conv|bn)([12])\.(.+)$")
-_RESNET_DOWNSAMPLE_KEY = re.compile(r"^layer[1-4]\.\d+\.downsample\.[01]\.")
 # torchvision's ImageNet classifiers, ResNet18_Weights.IMAGENET1K_V1.transforms() (a test checks they agree).
 IMAGENET_NORMALISATION = Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 EFFICIENTNET_LITE_NORMALISATION = Normalisation(EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD)
@@ -76,40 +75,24 @@ def load_resnet18_2d(weights: str | os.PathLike | None = None) -> tuple[nn.Modul
     return model, load_weights_into(model, path, RESNET18_LABEL)
 
 
-def resnet18_key_to_r3d18(key: str) -> str | None:
-    """A torchvision resnet18 key -> r3d_18's trunk key; None for the classifier (`fc.*`), which the trunk lacks."""
-    if key.startswith("fc."):
-        return None
-    if key.startswith("conv1."):
-        return "stem.0." + key[len("conv1."):]
-    if key.startswith("bn1."):
-        return "stem.1." + key[len("bn1."):]
-    match = _RESNET_BLOCK_KEY.match(key)
-    if match:
-        block, kind, index, rest = match.groups()
-        return f"{block}.conv{index}.{0 if kind == 'conv' else 1}.{rest}"  # r3d_18: conv{i} = Sequential(conv, bn, ...)
-    if _RESNET_DOWNSAMPLE_KEY.match(key):
-        return key
-    raise ConfigError(f"ResNet-18 weights hold an unexpected tensor {key!r}; pass a torchvision resnet18 state_dict")
+def inflate_resnet18_to_resnet18_3d(state_dict_2d: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A torchvision resnet18 state_dict -> a full resnet18_3d trunk state_dict (the same keys minus `fc.*`)."""
+    from distill.trunk_resnet18_3d import resnet18_3d_trunk
 
-
-def inflate_resnet18_to_r3d18(state_dict_2d: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A torchvision resnet18 state_dict -> a full r3d_18 trunk state_dict (torchvision's r3d_18 keys minus fc)."""
-    from distill.trunks import r3d_18_trunk
-
-    renamed = {}
-    for key, value in state_dict_2d.items():
-        new_key = resnet18_key_to_r3d18(key)
-        if new_key is not None:
-            renamed[new_key] = value
     with torch.device("meta"):  # only the template's shapes are needed: skip allocating and initialising 33M weights
-        template = r3d_18_trunk("full", 3).state_dict()
-    return inflate_state_dict(renamed, template)
+        template = resnet18_3d_trunk("full", 3).state_dict()
+    unexpected = sorted(key for key in state_dict_2d if key not in template and not key.startswith("fc."))
+    if unexpected:
+        raise ConfigError(
+            f"ResNet-18 weights hold an unexpected tensor {unexpected[0]!r}; pass a torchvision resnet18 state_dict"
+        )
+    trunk_2d = {key: value for key, value in state_dict_2d.items() if not key.startswith("fc.")}
+    return inflate_state_dict(trunk_2d, template)
 
 
 def _resnet18_trunk_state(weights: str | None) -> tuple[dict[str, torch.Tensor], str]:
     model, sha256 = load_resnet18_2d(weights)
-    return inflate_resnet18_to_r3d18(model.state_dict()), sha256
+    return inflate_resnet18_to_resnet18_3d(model.state_dict()), sha256
 
 
 def _efficientnet_lite0_trunk_state(weights: str | None) -> tuple[dict[str, torch.Tensor], str]:
@@ -122,13 +105,15 @@ def _efficientnet_lite0_trunk_state(weights: str | None) -> tuple[dict[str, torc
 class InflatedSource:
     student: str  # the registered 3D student the 2D network becomes
     first_conv_key: str  # that trunk's input conv weight (given 2 channels for optical flow)
-    temporal_padding: str  # how its convs pad time: r3d_18 is torchvision's (zeros)
+    temporal_padding: str  # how its convs pad time ("replicate": what keeps a still clip exact)
     trunk_state: Callable[[str | None], tuple[dict[str, torch.Tensor], str]]  # weights -> (3D state, 2D sha256)
     input_normalisation: Normalisation  # what the 2D network was trained on (random weights keep it: a control)
 
 
 INFLATED_SOURCES = {
-    "resnet18": InflatedSource("r3d_18", "stem.0.weight", "zeros", _resnet18_trunk_state, IMAGENET_NORMALISATION),
+    "resnet18": InflatedSource(
+        "resnet18_3d", "conv1.weight", "replicate", _resnet18_trunk_state, IMAGENET_NORMALISATION,
+    ),
     "efficientnet_lite0": InflatedSource(
         "efficientnet_lite0_3d", "_conv_stem.weight", "replicate", _efficientnet_lite0_trunk_state,
         EFFICIENTNET_LITE_NORMALISATION,

@@ -1,4 +1,5 @@
-"""Export: the trunk loads strictly into torchvision's own model and computes the same features."""
+"""Export: the trunk loads strictly into its reference model (torchvision's own video model, or for resnet18_3d
+torchvision's resnet18 inflated) and computes the same features."""
 
 from __future__ import annotations
 
@@ -54,6 +55,31 @@ def test_exported_trunk_loads_strictly_into_torchvision(tmp_path, name):
     clip = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(clip), student.features(clip))
+
+
+@pytest.mark.parametrize("in_channels", [3, 2])
+def test_resnet18_3d_exports_under_resnet18_names_and_loads_back(tmp_path, in_channels):
+    student = create_student("resnet18_3d", HEADS, in_channels=in_channels)
+    _randomise_batch_norm_statistics(student)
+    student.eval()
+    _write_checkpoint(tmp_path / "checkpoint.pt", student)
+
+    written = export_trunk(tmp_path / "checkpoint.pt", tmp_path / "resnet18_3d.pt")
+    assert written["missing_keys"] == ["fc.bias", "fc.weight"]
+    assert written["loads_into"] == "distill.trunk_resnet18_3d.resnet18_3d_classifier()"
+    state = torch.load(tmp_path / "resnet18_3d.pt", weights_only=True)
+    resnet18_keys = {key for key in torchvision.models.resnet18(weights=None).state_dict() if not key.startswith("fc.")}
+    assert set(state) == resnet18_keys and state["conv1.weight"].shape == (64, in_channels, 3, 7, 7)
+
+    model = load_exported_trunk(tmp_path / "resnet18_3d.pt", "resnet18_3d").eval()
+    assert isinstance(model, torchvision.models.ResNet) and model.fc.out_features == 1000
+    model.fc = nn.Identity()
+    clip = torch.randn(1, in_channels, 8, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(clip), student.features(clip))
+    # Not torchvision's r3d_18 (no max-pool, zero temporal padding): the names refuse it rather than compute wrongly.
+    with pytest.raises(ConfigError, match=r"not a r3d_18 trunk \(unexpected keys: \['conv1.weight'"):
+        load_exported_trunk(tmp_path / "resnet18_3d.pt", "r3d_18")
 
 
 def test_heads_file_rebuilds_the_whole_student(tmp_path):

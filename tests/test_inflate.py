@@ -1,5 +1,5 @@
-"""I3D inflation: the boring-video property, each layer's rule, the ResNet-18 -> r3d_18 mapping, the
-efficientnet_lite0_3d student and `build_inflated_backbone`'s specs."""
+"""I3D inflation: the boring-video property, each layer's rule, ResNet-18 -> the resnet18_3d student, the
+efficientnet_lite0_3d student, `build_inflated_backbone`'s specs and each inflated init against its 2D model."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from evaluate.inflate import (
     InflatedConv3d,
     build_inflated_backbone,
     inflate_module,
-    inflate_resnet18_to_r3d18,
+    inflate_resnet18_to_resnet18_3d,
     inflate_state_dict,
     inflate_weight,
     load_resnet18_2d,
@@ -230,36 +230,44 @@ def test_inflate_state_dict_matches_module_inflation_and_names_misfits():
         inflate_state_dict({**network.state_dict(), "0.weight": torch.zeros(4, 3, 5, 5)}, fresh)
 
 
-# ---- ResNet-18 -> r3d_18 -------------------------------------------------------------------------------
+# ---- ResNet-18 -> the resnet18_3d student --------------------------------------------------------------
 
 
-def test_resnet18_maps_onto_every_r3d18_trunk_weight():
+def test_resnet18_maps_onto_every_resnet18_3d_trunk_weight():
     resnet = _randomise_batch_norms(torchvision.models.resnet18(weights=None)).eval()
     # An older torchvision file has no num_batches_tracked: those start at 0.
     state_2d = {key: value for key, value in resnet.state_dict().items() if not key.endswith("num_batches_tracked")}
-    mapped = inflate_resnet18_to_r3d18(state_2d)
-    reference = torchvision.models.video.r3d_18(weights=None).state_dict()
+    mapped = inflate_resnet18_to_resnet18_3d(state_2d)
+    student = create_student("resnet18_3d")
     assert {key: tuple(value.shape) for key, value in mapped.items()} == {
-        key: tuple(value.shape) for key, value in reference.items() if not key.startswith("fc.")
+        key: tuple(value.shape) for key, value in student.trunk_state_dict().items()
     }
-    torch.testing.assert_close(mapped["stem.0.weight"], inflate_weight(resnet.conv1.weight, 3))
-    torch.testing.assert_close(mapped["layer3.1.conv2.0.weight"].sum(dim=2), resnet.layer3[1].conv2.weight.detach())
-    torch.testing.assert_close(mapped["layer2.0.downsample.0.weight"][:, :, 0], resnet.layer2[0].downsample[0].weight.detach())
-    torch.testing.assert_close(mapped["layer4.0.conv1.1.running_var"], resnet.layer4[0].bn1.running_var)
-    torch.testing.assert_close(mapped["stem.1.running_mean"], resnet.bn1.running_mean)
-    assert int(mapped["layer1.0.conv1.1.num_batches_tracked"]) == 0
-
-    student = create_student("r3d_18")
-    student.trunk.load_state_dict(mapped, strict=True)
-    frame = _frame(32)
-    with torch.no_grad():
-        stem_output = student.trunk.stem[0](_boring_clip(frame))  # r3d_18's own Conv3d: zero temporal padding
-        expected = resnet.conv1(frame)
-    for time_index in range(1, FRAMES - 1):
-        _assert_close(stem_output[:, :, time_index], expected)
-    _assert_close(stem_output[:, :, 0], expected * 2 / 3)  # the documented border effect of zero padding
+    assert set(mapped) == {key for key in resnet.state_dict() if not key.startswith("fc.")}  # ResNet-18's own names
+    torch.testing.assert_close(mapped["conv1.weight"], inflate_weight(resnet.conv1.weight, 3))
+    torch.testing.assert_close(mapped["layer3.1.conv2.weight"].sum(dim=2), resnet.layer3[1].conv2.weight.detach())
+    torch.testing.assert_close(mapped["layer2.0.downsample.0.weight"][:, :, 0], resnet.layer2[0].downsample[0].weight)
+    torch.testing.assert_close(mapped["layer4.0.bn1.running_var"], resnet.layer4[0].bn1.running_var)
+    assert int(mapped["layer1.0.bn1.num_batches_tracked"]) == 0
     with pytest.raises(ConfigError, match="unexpected tensor 'layer1.0.conv3.weight'"):
-        inflate_resnet18_to_r3d18({**resnet.state_dict(), "layer1.0.conv3.weight": torch.zeros(1)})
+        inflate_resnet18_to_resnet18_3d({**resnet.state_dict(), "layer1.0.conv3.weight": torch.zeros(1)})
+
+    trunk = student.trunk.eval()
+    trunk.load_state_dict(mapped, strict=True)
+    assert (trunk.conv1.kernel_size, trunk.conv1.stride, trunk.conv1.temporal_replicate) == ((3, 7, 7), (1, 2, 2), 1)
+    assert (trunk.maxpool.kernel_size, trunk.maxpool.stride, trunk.maxpool.padding) == ((1, 3, 3), (1, 2, 2), (0, 1, 1))
+    assert trunk.layer1[0].conv1.stride == (1, 1, 1) and trunk.layer2[0].conv1.stride == (2, 2, 2)
+    downsample = trunk.layer4[0].downsample[0]
+    assert downsample.stride == (2, 2, 2) and downsample.kernel_size == (1, 1, 1)
+    frame = _frame(48)
+    with torch.no_grad():
+        stem = trunk.maxpool(trunk.relu(trunk.bn1(trunk.conv1(_boring_clip(frame)))))  # (1, 64, 4, 12, 12)
+        expected_stem = resnet.maxpool(resnet.relu(resnet.bn1(resnet.conv1(frame))))  # (1, 64, 12, 12)
+        output = trunk(_boring_clip(frame, 8))
+        expected_map = resnet.layer4(resnet.layer3(resnet.layer2(resnet.layer1(expected_stem))))  # (1, 512, 2, 2)
+    for time_index in range(FRAMES):  # border frames too: every temporal padding replicates
+        _assert_close(stem[:, :, time_index], expected_stem)
+    assert output.feature_map.shape == (1, 512, 1, 2, 2)  # layers 2-4 stride time: 8 frames -> 1
+    _assert_close(output.feature_map[:, :, 0], expected_map)
 
 
 def test_load_resnet18_2d_reads_a_file_or_names_the_hub_file(tmp_path, monkeypatch):
@@ -322,17 +330,21 @@ def test_inflated_efficientnet_backbone_carries_the_imagenet_weights(efficientne
 
 def test_inflated_resnet18_backbone_specs(tmp_path):
     backbone = build_inflated_backbone("resnet18:random")
-    assert backbone.name == "r3d_18" and backbone.width == "full" and backbone.inflation["weights"] == "random"
-    assert backbone.features(torch.randn(1, 3, FRAMES, 32, 32)).shape == (1, 512)
+    assert backbone.name == "resnet18_3d" and backbone.width == "full" and backbone.inflation["weights"] == "random"
+    assert backbone.inflation["temporal_padding"] == "replicate"
+    # 64 pixels: at 32 ResNet-18's /32 leaves layer4 one value per channel, too few for training-mode batch norm.
+    assert backbone.features(torch.randn(1, 3, FRAMES, 64, 64)).shape == (1, 512)
     resnet = torchvision.models.resnet18(weights=None)
     weights_file = tmp_path / "resnet18.pth"
     torch.save(resnet.state_dict(), weights_file)
-    from_file = build_inflated_backbone(f"resnet18@{weights_file}", student="r3d_18")
-    torch.testing.assert_close(from_file.trunk.stem[0].weight, inflate_weight(resnet.conv1.weight, 3))
+    from_file = build_inflated_backbone(f"resnet18@{weights_file}", student="resnet18_3d")
+    torch.testing.assert_close(from_file.trunk.conv1.weight, inflate_weight(resnet.conv1.weight, 3))
+    flow = build_inflated_backbone(f"resnet18@{weights_file}", in_channels=2)
+    torch.testing.assert_close(flow.trunk.conv1.weight[:, 1, 0], resnet.conv1.weight.detach().mean(dim=1) / 3)
     with pytest.raises(ConfigError, match=r"unknown inflated model 'vgg16'; known: resnet18, efficientnet_lite0"):
         build_inflated_backbone("vgg16")
-    with pytest.raises(ConfigError, match="inflates into a r3d_18; --student r2plus1d_18 cannot take it"):
-        build_inflated_backbone("resnet18:random", student="r2plus1d_18")
+    with pytest.raises(ConfigError, match="inflates into a resnet18_3d; --student r3d_18 cannot take it"):
+        build_inflated_backbone("resnet18:random", student="r3d_18")
     with pytest.raises(ConfigError, match="names its weights and weights= was given too"):
         build_inflated_backbone("resnet18:random", weights=weights_file)
 
@@ -377,10 +389,43 @@ def test_inflated_init_matches_its_2d_model(tmp_path, efficientnet_2d):
         # The control: the video mean/std every init used to get moves the features far off.
         video_normalised = EvaluationClips([record], clip, clips_per_video=1, three_crop=False)[0]["video"]
         misnormalised = backbone.features(video_normalised)
-    assert _relative_error(pooled, expected) < 1e-3
+    torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-5)
     assert int(probabilities.argmax()) == int(expected_probabilities.argmax())
     assert imagenet_class_names()[int(probabilities.argmax())] == "espresso" and float(probabilities.max()) > 0.9
     assert _relative_error(misnormalised, expected) > 0.05
+
+
+def test_inflated_resnet18_matches_its_2d_model(tmp_path):
+    """inflated:resnet18 (seeded 2D weights, batch norms with statistics) through eval's own clip preparation
+    gives torchvision ResNet-18's pooled features on a still 8-frame clip of a photo, to 1e-5."""
+    skimage_data = pytest.importorskip("skimage.data")
+    torch.manual_seed(0)
+    resnet = _randomise_batch_norms(torchvision.models.resnet18(weights=None)).eval()
+    weights_file = tmp_path / "resnet18.pth"
+    torch.save(resnet.state_dict(), weights_file)
+    video = _still_video(tmp_path / "chelsea.mkv", skimage_data.chelsea(), frames=10)  # (300, 451, 3): a real photo
+    initialization = resolve_init(f"inflated:resnet18@{weights_file}")
+    assert initialization.normalisation == IMAGENET_NORMALISATION
+    clip = ClipSpec(frames=8, stride=1, short_side=128, crop=112)  # the students' clip: 8 frames, 112 pixels
+    record = VideoRecord("chelsea", video, label=0)
+    views = EvaluationClips([record], clip, clips_per_video=1, three_crop=False,
+                            normalisation=initialization.normalisation)[0]["video"]  # (1, 3, 8, 112, 112)
+    frame = read_frames(video, [0.0], short_side=128)  # (1, 128, 192, 3)
+    (top, left), = crop_offsets(frame.shape[1], frame.shape[2], 112, three_crop=False)
+    image = normalise(frames_to_tensor(crop_frames(frame, top, left, 112), torch.device("cpu")),
+                      IMAGENET_NORMALISATION.mean, IMAGENET_NORMALISATION.std)  # (1, 3, 112, 112)
+    backbone = initialization.build_backbone().eval()
+    assert backbone.name == "resnet18_3d"
+    resnet.fc = nn.Identity()  # ResNet-18 up to its global average pool
+    with torch.no_grad():
+        expected = resnet(image)  # (1, 512)
+        pooled = backbone.features(views)
+        # The control: the video mean/std moves the features well beyond the tolerance.
+        video_normalised = EvaluationClips([record], clip, clips_per_video=1, three_crop=False)[0]["video"]
+        misnormalised = backbone.features(video_normalised)
+    torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-5)
+    assert float(expected.abs().max()) > 1.0  # features of a real scale, so the tolerance is tight
+    assert _relative_error(misnormalised, expected) > 0.01
 
 
 def test_each_init_carries_the_normalisation_of_its_weights(tmp_path):

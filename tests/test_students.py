@@ -39,12 +39,13 @@ EXPECTED_SHAPES = {
     "coco-keypoints/heatmaps": (1, 17, 14, 14),
     "clip/embedding": (1, 512),
 }
-# S3D shrinks time by 8 and space by 32 and its BatchNorm needs > 1 value per channel when training.
-CLIP_SHAPES = {"s3d": (1, 3, 8, 64, 64)}
+# S3D shrinks time by 8 and space by 32 and its BatchNorm needs > 1 value per channel when training; so does
+# resnet18_3d (ResNet-18's stem max-pool: 32 pixels leave layer4 1x1, 4 frames leave it 1, one value per channel).
+CLIP_SHAPES = {"s3d": (1, 3, 8, 64, 64), "resnet18_3d": (1, 3, 4, 64, 64)}
 DEFAULT_CLIP_SHAPE = (1, 3, 4, 32, 32)
 STUDENT_CASES = [
-    ("r2plus1d_18", "full"), ("r3d_18", "full"), ("mc3_18", "full"), ("s3d", "full"),
-    ("r2plus1d_18", "tiny"), ("r3d_18", "tiny"), ("mc3_18", "tiny"),
+    ("r2plus1d_18", "full"), ("r3d_18", "full"), ("mc3_18", "full"), ("s3d", "full"), ("resnet18_3d", "full"),
+    ("r2plus1d_18", "tiny"), ("r3d_18", "tiny"), ("mc3_18", "tiny"), ("resnet18_3d", "tiny"),
 ]
 
 
@@ -65,7 +66,7 @@ def test_head_specs_from_teachers_one_head_per_soft_output():
 
 
 def test_registry_names():
-    assert list_students() == ["efficientnet_lite0_3d", "mc3_18", "r2plus1d_18", "r3d_18", "s3d"]
+    assert list_students() == ["efficientnet_lite0_3d", "mc3_18", "r2plus1d_18", "r3d_18", "resnet18_3d", "s3d"]
     with pytest.raises(ConfigError, match="unknown student"):
         create_student("resnet50")
 
@@ -107,7 +108,29 @@ def test_full_trunk_keys_are_torchvisions_without_the_classifier(name):
     }
 
 
-@pytest.mark.parametrize("name,width", [("r2plus1d_18", "tiny"), ("mc3_18", "full"), ("s3d", "full")])
+def test_resnet18_3d_is_resnet18_in_3d_at_both_widths():
+    """Full width: torchvision resnet18's keys (minus fc), each conv weight one time dimension deeper (3 frames,
+    1 for 1x1 convs); tiny: the other trunks' tiny widths, one block per stage. Scratch starts where torchvision
+    starts a ResNet (batch-norm statistics included)."""
+    expected = {}
+    for key, value in torchvision.models.resnet18(weights=None).state_dict().items():
+        if value.dim() == 4:  # (O, I, kh, kw) -> (O, I, t, kh, kw)
+            expected[key] = (*value.shape[:2], 3 if value.shape[-1] > 1 else 1, *value.shape[2:])
+        elif not key.startswith("fc."):
+            expected[key] = tuple(value.shape)
+    trunk = create_student("resnet18_3d", HEADS).trunk_state_dict()
+    assert {key: tuple(value.shape) for key, value in trunk.items()} == expected
+    for key, value in trunk.items():
+        if key.endswith("running_mean") or key.endswith("running_var"):
+            torch.testing.assert_close(value, torch.full_like(value, float(key.endswith("running_var"))))
+    tiny = create_student("resnet18_3d", width="tiny").trunk
+    stages = [getattr(tiny, f"layer{index}") for index in range(1, 5)]
+    assert [tiny.conv1.out_channels] + [stage[0].conv2.out_channels for stage in stages] == [8, 8, 16, 32, 64]
+    assert [len(stage) for stage in stages] == [1, 1, 1, 1] and tiny.feature_dim == 64
+
+
+@pytest.mark.parametrize("name,width", [("r2plus1d_18", "tiny"), ("mc3_18", "full"), ("s3d", "full"),
+                                        ("resnet18_3d", "tiny")])
 def test_architecture_round_trip(name, width):
     student = create_student(name, HEADS, width=width, in_channels=2, dropout=0.25).eval()
     architecture = student.architecture()

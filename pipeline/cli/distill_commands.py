@@ -24,7 +24,7 @@ def _loss_weights(text: str | None) -> dict | None:
               help="Read `distinit prepare`'s copies (prepared/<data> or a key folder) instead of the originals.")
 @click.option("--decoder", default=None, help="auto | torchcodec | pyav | ffmpeg (the same frames; speed only).")
 @click.option("--decode-device", default=None, help="cpu | cuda (TorchCodec on NVDEC).")
-@click.option("--student", default=None, help="r2plus1d_18 | r3d_18 | mc3_18 | s3d | efficientnet_lite0_3d (see `distinit students`).")
+@click.option("--student", default=None, help="r2plus1d_18 | r3d_18 | mc3_18 | s3d | resnet18_3d | efficientnet_lite0_3d (see `distinit students`).")
 @click.option("--width", default=None, help="full | tiny")
 @click.option("--modality", default=None, help="rgb | flow")
 @click.option("--frames", type=int, default=None)
@@ -75,11 +75,11 @@ def distill(config_path, overrides, loss_weights, no_progress, **options) -> Non
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Trunk state_dict to write (.pt).")
 def export(checkpoint: str, out: str) -> None:
-    """Write a checkpoint's trunk as a plain torchvision state_dict (+ heads beside it)."""
+    """Write a checkpoint's trunk as a plain state_dict for its reference model (+ heads beside it)."""
     from distill.export import export_trunk
 
     result = export_trunk(checkpoint, out)
-    click.echo(f"trunk -> {result['trunk']} (loads into torchvision.models.video.{result['name']}(); "
+    click.echo(f"trunk -> {result['trunk']} (loads into {result['loads_into']}; "
                f"missing only {', '.join(result['missing_keys'])})")
     click.echo(f"heads -> {result['heads']}")
 
