@@ -1,7 +1,11 @@
 """Train-time crop and flip of a clip and of its targets, and the RGB normalisation the students expect.
 
 Frames are (T, H, W, 3) uint8 here, already resized so the short side is the clip's short_side; the
-crop is taken from them (random for training, central for evaluation).
+crop is taken from them (random for training, central for evaluation). Given the part of the frame the
+teachers saw (their view box, stored by stage one) and a fraction f, the crop keeps at least f of its area
+inside that box (`crop_box`): a classifier teacher saw only the centre square of a wide frame, and the student
+should not be asked for its label from pixels it never saw. A flip mirrors the cropped pixels themselves, so
+the student still sees only pixels from inside the box (mirrored, as a teacher shown the mirrored frame would).
 
 RGB clips leave the DataLoader workers as (3, T, H, W) uint8 (`rgb_frames_to_tensor`): a quarter of the
 bytes of float32 through the workers' shared memory and the host-to-device copy. The training and
@@ -36,13 +40,71 @@ VIDEO_STD = (0.22803, 0.22145, 0.216989)
 FLIP_PROBABILITY = 0.5
 
 
-def crop_box(height: int, width: int, crop: int, rng: np.random.Generator | None) -> tuple[int, int]:
-    """(top, left) of a crop x crop window: uniform with `rng`, centred without."""
+# Area fractions are compared with this slack, so a crop that fits its box exactly is inside despite float rounding.
+INSIDE_TOLERANCE = 1e-6
+ViewBox = tuple[float, float, float, float]  # (x0, y0, x1, y1) as fractions of the frame's width and height
+WHOLE_FRAME: ViewBox = (0.0, 0.0, 1.0, 1.0)
+
+
+def crop_box(height: int, width: int, crop: int, rng: np.random.Generator | None, *,
+             view_box: Sequence[float] | None = None, min_inside: float = 0.0) -> tuple[int, int]:
+    """(top, left) of a crop x crop window: uniform with `rng`, centred without. With a `view_box` and
+    `min_inside` f > 0, only windows with at least f of their area inside the box are drawn (uniform top among
+    those possible, then uniform left given the top), and without `rng` the one nearest the box's centre. Where f
+    cannot be met (a box narrower than the crop, or a fraction of a pixel off the pixel grid) as much as the frame
+    allows is asked, and along an axis where the box is narrower than the crop, a crop that must cover all of it
+    is centred on it. f = 0 draws exactly as without a box."""
     if crop > height or crop > width:
         raise ValueError(f"crop {crop} does not fit a {width}x{height} frame")
-    if rng is None:
-        return (height - crop) // 2, (width - crop) // 2
-    return int(rng.integers(height - crop + 1)), int(rng.integers(width - crop + 1))
+    if view_box is None or min_inside <= 0.0:
+        if rng is None:
+            return (height - crop) // 2, (width - crop) // 2
+        return int(rng.integers(height - crop + 1)), int(rng.integers(width - crop + 1))
+    x0, y0, x1, y1 = (float(value) for value in view_box)
+    rows = _inside_fractions(height, crop, y0 * height, y1 * height)  # (height - crop + 1,)
+    columns = _inside_fractions(width, crop, x0 * width, x1 * width)  # (width - crop + 1,)
+    needed = min(float(min_inside), rows.max() * columns.max()) - INSIDE_TOLERANCE
+    tops = np.flatnonzero(rows * columns.max() >= needed)
+    top = _pick(tops, rows, (y0 + y1) * height / 2 - crop / 2, (y1 - y0) * height < crop, rng)
+    lefts = np.flatnonzero(rows[top] * columns >= needed)
+    left = _pick(lefts, columns, (x0 + x1) * width / 2 - crop / 2, (x1 - x0) * width < crop, rng)
+    return top, left
+
+
+def _inside_fractions(length: int, crop: int, low: float, high: float) -> np.ndarray:
+    """For every start p in 0 .. length - crop, the fraction of [p, p + crop) inside [low, high) (pixels)."""
+    starts = np.arange(length - crop + 1, dtype=np.float64)
+    return np.clip(np.minimum(starts + crop, high) - np.maximum(starts, low), 0.0, None) / crop
+
+
+def _pick(candidates: np.ndarray, fractions: np.ndarray, centred: float, box_narrower: bool,
+          rng: np.random.Generator | None) -> int:
+    """A start among `candidates` (never empty: they hold the best start): random with `rng`; else, or when the box
+    is narrower than the crop and every candidate covers all of it (the fraction asked pins the crop to the box),
+    the one nearest the box-centred start `centred` (ties to the lower start)."""
+    pinned = box_narrower and fractions[candidates].min() >= fractions.max() - INSIDE_TOLERANCE
+    if rng is None or pinned:
+        return int(candidates[np.argmin(np.abs(candidates - centred))])
+    return int(candidates[rng.integers(len(candidates))])
+
+
+def inside_fraction(top: int, left: int, crop: int, height: int, width: int, view_box: Sequence[float]) -> float:
+    """The fraction of the crop's area that lies inside `view_box` of an H x W frame."""
+    x0, y0, x1, y1 = (float(value) for value in view_box)
+    rows = max(0.0, min(top + crop, y1 * height) - max(top, y0 * height)) / crop
+    columns = max(0.0, min(left + crop, x1 * width) - max(left, x0 * width)) / crop
+    return rows * columns
+
+
+def intersect_view_boxes(boxes: Sequence[np.ndarray]) -> ViewBox:
+    """The part of the frame every one of `boxes` ((N, 4) arrays, one per teacher and row) covers: the whole frame
+    for none; an empty intersection (teachers that saw disjoint parts) shrinks to a line, inside none of it."""
+    if not boxes:
+        return WHOLE_FRAME
+    stacked = np.concatenate([np.asarray(box, dtype=np.float64).reshape(-1, 4) for box in boxes])  # (M, 4)
+    x0, y0 = stacked[:, 0].max(), stacked[:, 1].max()
+    x1, y1 = max(stacked[:, 2].min(), x0), max(stacked[:, 3].min(), y0)
+    return float(x0), float(y0), float(x1), float(y1)
 
 
 def crop_frames(frames: np.ndarray, top: int, left: int, crop: int) -> np.ndarray:

@@ -38,6 +38,10 @@ class DistillConfig:
     stride: int = 2
     short_side: int = 128
     crop: int = 112
+    # At least this fraction of the crop's area lies inside the part of the frame the teachers feeding the loss saw
+    # (their view boxes, e.g. a classifier's centre square; where the box is narrower than the crop, as much as fits,
+    # centred on it); 0.0 draws the crop anywhere in the frame, as before. distill.augment.crop_box.
+    crop_in_teacher_view: float = 1.0
     target_agg: str = "mean"  # "mean" | "random"
     clips_per_video: int = 1
     temperature: float = 1.0
@@ -84,6 +88,9 @@ class DistillConfig:
             raise ConfigError(f"option crop={self.crop} is larger than short_side={self.short_side}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"option val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.crop_in_teacher_view <= 1.0:
+            raise ConfigError(f"option crop_in_teacher_view must be in [0, 1] (0: the crop anywhere), got "
+                              f"{self.crop_in_teacher_view}")
         if self.workers < 0 or self.warmup_steps < 0:
             raise ConfigError("options workers and warmup_steps must be >= 0")
         check_decoder(self.decoder, self.decode_device)

@@ -3,7 +3,12 @@
 Sample `index` is clip `index // len(video_ids)` of video `video_ids[index % len(video_ids)]`:
 
     {"video": (C, T, crop, crop) uint8 or float32, "targets": {"<teacher>/<output>": (*shape) float32, ...},
-     "video_id": str, "target_video_id": str, "clip_start": seconds, "index": int, "num_teacher_frames": int}
+     "video_id": str, "target_video_id": str, "clip_start": seconds, "index": int, "num_teacher_frames": int,
+     "crop_in_view": the fraction of the crop's area inside the teachers' view}
+
+The crop keeps at least `crop_in_teacher_view` of its area inside the intersection of the view boxes (the part
+of the frame each teacher saw, stored by stage one) of the teachers that feed the loss (a head, a weight > 0);
+0 draws it anywhere (distill.augment.crop_box).
 
 Every output of the store is in "targets" (flags and counts too), except that a pose teacher's stored
 keypoints arrive as "<teacher>/heatmaps" (K, G, G) drawn over this sample's crop, and its person_present
@@ -34,14 +39,16 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from distill import augment, flow
 from distill.clip_cache import ClipCache
+from distill.heads import head_specs_from_teachers
 from distill.keypoint_heatmaps import keypoint_targets, render_window, rendered_teachers
+from distill.losses import resolve_loss_weights
 from distill.sampler import sample_key
 from distill.shuffled_targets import donor_rows_in_window, target_donors
 from distill.windows import (
@@ -99,6 +106,14 @@ def split_videos(video_ids: Sequence[str], val_fraction: float = 0.1, seed: int 
     return [video_id for video_id in unique if video_id not in held_out], sorted(held_out)
 
 
+def loss_teachers(teachers: Sequence[dict[str, Any]], loss_weights: Mapping[str, float] | None = None) -> list[str]:
+    """The teachers (`describe()` dicts) whose targets feed the loss: a student head on one of their outputs and a
+    loss weight above 0 (weights resolved as the loss resolves them); their view boxes bound the crop."""
+    with_heads = list(dict.fromkeys(spec.teacher for spec in head_specs_from_teachers(list(teachers))))
+    weights = resolve_loss_weights(dict(loss_weights or {}), with_heads)
+    return [name for name in with_heads if weights.get(name, 1.0) > 0]
+
+
 MOVED_VIDEOS_HINT = "pass --videos <folder> (make: DISTILL_ARGS='--videos <folder>')"
 
 
@@ -140,6 +155,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
         videos_root: str | os.PathLike | None = None, max_decode_failures: int = 50, decode_threads: int | None = 1,
         flow_method: str | None = None, temperature: float = 1.0, shuffle_targets: bool = False,
         prepared: str | os.PathLike | None = None, decoder: str = "auto", decode_device: str = "cpu",
+        crop_in_teacher_view: float = 1.0, loss_weights: Mapping[str, float] | None = None,
     ):
         if flow_method is not None:  # a shorthand for ClipSpec.flow_method, as a CLI passes it
             clip = dataclasses.replace(clip, flow_method=flow_method)
@@ -147,6 +163,10 @@ class TargetClipDataset(torch.utils.data.Dataset):
             raise ConfigError(f"target aggregation must be one of {TARGET_AGGREGATIONS}, got {target_agg!r}")
         if clips_per_video < 1:
             raise ConfigError(f"clips_per_video must be >= 1, got {clips_per_video}")
+        if not 0.0 <= crop_in_teacher_view <= 1.0:
+            raise ConfigError(f"crop_in_teacher_view={crop_in_teacher_view!r} must lie in [0, 1] (the fraction of the "
+                              "crop inside the teachers' view; 0 draws it anywhere)")
+        self.crop_in_teacher_view = float(crop_in_teacher_view)
         self.clip, self.train, self.target_agg = clip, bool(train), target_agg
         self.temperature = float(temperature)  # the loss's: a window's classifier target mixes probabilities at it
         self.clips_per_video, self.seed, self.epoch = int(clips_per_video), int(seed), 0
@@ -171,6 +191,8 @@ class TargetClipDataset(torch.utils.data.Dataset):
         }
         self.heatmap_masks = heatmap_flags(target_teachers)
         self.flip_plan = augment.heatmap_flip_plan(target_teachers)
+        self.view_teachers = loss_teachers(self.store.teachers, loss_weights)
+        self._view_boxes: dict[str, augment.ViewBox] = {}  # per process, one box per video
         # video -> the video whose targets it takes; None trains on each video's own targets.
         self.donors = target_donors(self.video_ids, self.seed, sorted(known)) if shuffle_targets else None
         self.store.close()  # the parent's HDF5 handles must not be shared with forked workers
@@ -264,7 +286,9 @@ class TargetClipDataset(torch.utils.data.Dataset):
         target_video_id, stored_rows = self._window_rows(video_id, rows, teacher_frames, start, fps)
         pixels = self._pixels(video_id, start, fps, cached, layout)  # (T, H, W, 3) uint8 RGB or (T, H, W, 2) float16 flow
         height, width = pixels.shape[1:3]
-        top, left = augment.crop_box(height, width, self.clip.crop, rng if self.train else None)
+        view = self._view_box(video_id)  # of the video whose pixels these are, also when its targets are another's
+        top, left = augment.crop_box(height, width, self.clip.crop, rng if self.train else None, view_box=view,
+                                     min_inside=self.crop_in_teacher_view)
         pixels = augment.crop_frames(pixels, top, left, self.clip.crop)
         flipped = self.train and rng.random() < augment.FLIP_PROBABILITY
         # Keypoints -> heatmaps over this crop, in pixels of the frame at the clip's short side.
@@ -287,7 +311,21 @@ class TargetClipDataset(torch.utils.data.Dataset):
             "clip_start": start / fps,
             "index": index,
             "num_teacher_frames": len(stored_rows[self.output_names[0]]),
+            "crop_in_view": augment.inside_fraction(top, left, self.clip.crop, height, width, view),
         }
+
+    def _view_box(self, video_id: str) -> augment.ViewBox:
+        """The part of the video's frame every teacher feeding the loss saw (over all its rows: one frame size)."""
+        box = self._view_boxes.get(video_id)
+        if box is None:
+            try:
+                boxes = self.store.view_boxes_for_video(video_id)
+            except OSError as error:  # a fletcher32 checksum or decompression failure inside a shard
+                raise ShardError(f"{self.targets_dir}: reading the view boxes of {video_id!r} failed ({error}); run "
+                                 f"`distinit verify {self.targets_dir}`") from None
+            box = self._view_boxes[video_id] = augment.intersect_view_boxes(
+                [boxes[teacher] for teacher in self.view_teachers])
+        return box
 
     def _window_rows(self, video_id: str, rows: dict[str, Any], teacher_frames: np.ndarray, start: int, fps: float):
         """(the video whose rows give the targets, its rows for the window starting at frame `start`)."""

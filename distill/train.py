@@ -84,7 +84,8 @@ def build_loaders(config: DistillConfig, targets_dir: Path, context: Distributed
     common = dict(seed=config.seed, cache_clips=config.cache_clips, videos_root=config.videos_root,
                   prepared=config.prepared, decoder=config.decoder, decode_device=config.decode_device,
                   max_decode_failures=config.max_decode_failures, target_agg=config.target_agg,
-                  temperature=config.temperature,
+                  temperature=config.temperature, crop_in_teacher_view=config.crop_in_teacher_view,
+                  loss_weights=dict(config.loss_weights),
                   # The held-out loss shuffles too, so the control's best checkpoint is picked on its own terms.
                   shuffle_targets=config.shuffle_targets)
     if config.modality == "flow":
@@ -146,10 +147,14 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, 
     if resumed is not None:
         totals.load_state_dict(resumed["totals"])
         data_wait, earlier_seconds = resumed["data_wait"], resumed["seconds"]
+    # This rank's clips of the epoch: the sum of their crop_in_view and their count (a checkpoint keeps them).
+    in_view = list(resumed.get("crop_in_view", (0.0, 0))) if resumed is not None else [0.0, 0]
     started = time.monotonic()
     waiting_since = time.monotonic()
     for batch in loader:
         data_wait += time.monotonic() - waiting_since
+        if "crop_in_view" in batch:  # (a TargetClipDataset's batches have it; hand-made ones may not)
+            in_view = [in_view[0] + float(batch["crop_in_view"].sum()), in_view[1] + len(batch["crop_in_view"])]
         lr = learning_rate(state["step"], base_lr=config.lr, warmup_steps=config.warmup_steps,
                            total_steps=total_steps, min_lr_fraction=config.min_lr_fraction)
         for group in optimizer.param_groups:
@@ -175,7 +180,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, 
             watch.check(state["step"])  # waits for the device: the loss is ready to show without another wait
             progress.set_postfix(loss=f"{terms['loss'].item():.3f}", lr=f"{lr:.2g}", refresh=False)
         if saving:
-            on_checkpoint({"totals": totals.state_dict(), "data_wait": data_wait,
+            on_checkpoint({"totals": totals.state_dict(), "data_wait": data_wait, "crop_in_view": list(in_view),
                            "seconds": earlier_seconds + time.monotonic() - started})
         if state["step"] == config.stop_after_steps:
             state["stopped"] = True
@@ -184,7 +189,8 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, 
     watch.check(state["step"])
     figures, clips = totals.global_figures(context)
     seconds = earlier_seconds + time.monotonic() - started
-    return {"figures": figures, "clips": clips, "data_wait": data_wait, "seconds": seconds}
+    return {"figures": figures, "clips": clips, "data_wait": data_wait, "seconds": seconds,
+            "crop_in_view": in_view[0] / in_view[1] if in_view[1] else None}
 
 
 @torch.no_grad()
@@ -228,6 +234,8 @@ def epoch_record(state, stats: dict, validation: dict, lr: float) -> dict[str, A
     record["clips_per_second"] = stats["clips"] / max(stats["seconds"], 1e-9)
     record["data_wait_fraction"] = stats["data_wait"] / max(stats["seconds"], 1e-9)
     record["seconds"] = stats["seconds"]
+    if stats.get("crop_in_view") is not None:  # mean fraction of rank 0's crops inside the teachers' view
+        record["train_crop_in_view"] = stats["crop_in_view"]
     return record
 
 

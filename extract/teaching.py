@@ -8,12 +8,15 @@ import numpy as np
 
 from extract.decode_worker import DecodedVideo
 from pipeline.shards import output_key
+from pipeline.shards.format import VIEW_BOX_DTYPE, VIEW_BOX_SHAPE, view_box_key
 
 
 def teach(teachers: Sequence[Any], videos: Sequence[DecodedVideo]) -> dict[str, Any]:
-    """Rows for `videos` (in order, frames in time order): video_id, t_seconds, frame_index and
-    `<teacher>/<output>` arrays. Frames of equal size are batched together across videos; videos of
-    different sizes go through the teachers in separate calls (a teacher call takes one frame size)."""
+    """Rows for `videos` (in order, frames in time order): video_id, t_seconds, frame_index,
+    `<teacher>/<output>` arrays and `<teacher>/view_box`, the part of each frame the teacher saw (its
+    `view_box` of the frame size it was given: decoded frames cover the whole video frame). Frames of equal
+    size are batched together across videos; videos of different sizes go through the teachers in separate
+    calls (a teacher call takes one frame size)."""
     counts = [len(video.frames) for video in videos]
     offsets = np.concatenate([[0], np.cumsum(counts)])
     total = int(offsets[-1])
@@ -29,15 +32,19 @@ def teach(teachers: Sequence[Any], videos: Sequence[DecodedVideo]) -> dict[str, 
         columns = {
             spec.name: np.zeros((total, *spec.shape), dtype=spec.returned_dtype()) for spec in teacher.outputs
         }
-        for positions in groups.values():
+        boxes = np.zeros((total, *VIEW_BOX_SHAPE), dtype=VIEW_BOX_DTYPE)
+        for (height, width, _), positions in groups.items():
             frames = np.concatenate([videos[position].frames for position in positions])  # (N, H, W, 3)
             outputs = teacher(frames)
+            box = teacher.view_box(height, width)
             start = 0
             for position in positions:
                 count = counts[position]
                 for name, values in outputs.items():
                     columns[name][offsets[position] : offsets[position] + count] = values[start : start + count]
+                boxes[offsets[position] : offsets[position] + count] = box
                 start += count
         for name, values in columns.items():
             rows[output_key(teacher.name, name)] = values
+        rows[view_box_key(teacher.name)] = boxes
     return rows

@@ -111,3 +111,82 @@ def test_clips_travel_as_uint8_channels_first():
     assert video[2, 1, 0, 4] == frames[1, 0, 0, 2]
     with pytest.raises(ValueError, match="uint8"):
         augment.rgb_frames_to_tensor(frames.astype(np.float32))
+
+
+# ---------------------------------------------------------------- crops inside the teachers' view
+# A classifier's centre square (224 of short side 256) of a 16:9 frame (456 x 256 decoded): x 0.254..0.746.
+WIDE_VIEW = (116 / 456, 16 / 256, 340 / 456, 240 / 256)
+
+
+def _inside(top: int, left: int, crop: int, height: int, width: int, box) -> bool:
+    x0, y0, x1, y1 = box
+    return x0 * width - 1e-9 <= left and left + crop <= x1 * width + 1e-9 and y0 * height - 1e-9 <= top \
+        and top + crop <= y1 * height + 1e-9
+
+
+def test_crops_keep_the_fraction_asked_inside_the_view_and_stay_random():
+    height, width, crop = 48, 86, 32  # 16:9 at short side 48; the view is 42 x 42 px: 10 px of play each way
+    draws = {}
+    for fraction in (1.0, 0.5, 0.0):
+        rng = np.random.default_rng(3)
+        draws[fraction] = [augment.crop_box(height, width, crop, rng, view_box=WIDE_VIEW, min_inside=fraction)
+                           for _ in range(300)]
+    inside = {fraction: [augment.inside_fraction(*box, crop, height, width, WIDE_VIEW) for box in boxes]
+              for fraction, boxes in draws.items()}
+    assert all(_inside(*box, crop, height, width, WIDE_VIEW) for box in draws[1.0])
+    assert min(inside[1.0]) > 1 - 1e-9 and min(inside[0.5]) >= 0.5 - 1e-9
+    assert min(inside[0.0]) < 0.5 and sum(value < 1 for value in inside[0.0]) > 100  # anywhere: often outside
+    assert len(set(draws[1.0])) >= 50 and len(set(draws[0.5])) > len(set(draws[1.0]))  # still random within the box
+    lefts = [left for _, left in draws[1.0]]
+    assert min(lefts) == 22 and max(lefts) == 32  # every left start that fits (the box is x 21.9 .. 64.2)
+    # Evaluation: the crop nearest the box's centre.
+    assert augment.crop_box(height, width, crop, None, view_box=WIDE_VIEW, min_inside=1.0) == (8, 27)
+
+
+def test_no_fraction_or_no_box_draws_exactly_as_before():
+    # crop_in_teacher_view 0 (any box), no box, or a whole-frame teacher: the draws of the crop before views existed.
+    for view, fraction in ((None, 1.0), (WIDE_VIEW, 0.0), ((0.0, 0.0, 1.0, 1.0), 1.0), ((0.0, 0.0, 1.0, 1.0), 0.5)):
+        plain, boxed = np.random.default_rng(7), np.random.default_rng(7)
+        for _ in range(50):
+            expected = (int(plain.integers(48 - 32 + 1)), int(plain.integers(86 - 32 + 1)))
+            assert augment.crop_box(48, 86, 32, boxed, view_box=view, min_inside=fraction) == expected
+        assert augment.crop_box(48, 86, 32, None, view_box=view, min_inside=fraction) == (8, 27)
+
+
+def test_a_view_narrower_than_the_crop_centres_the_crop_on_it():
+    # The demo: 4:3 clips at short side 72 (96 x 72), crop 64; Lite0 saw 224 of 342 x 256: 62.9 x 63 px of it.
+    from extract.teachers.base import center_crop_view_box
+
+    view = center_crop_view_box(256, 342, 256, 224)
+    rng = np.random.default_rng(0)
+    pinned = {augment.crop_box(72, 96, 64, rng, view_box=view, min_inside=1.0) for _ in range(50)}
+    assert pinned == {(4, 16)} == {augment.crop_box(72, 96, 64, None, view_box=view, min_inside=1.0)}
+    best = augment.inside_fraction(4, 16, 64, 72, 96, view)
+    assert abs(best - (63 / 64) * (view[2] - view[0]) * 96 / 64) < 1e-9  # all of the box: as much as fits
+    loose = [augment.crop_box(72, 96, 64, rng, view_box=view, min_inside=0.5) for _ in range(200)]
+    assert len(set(loose)) > 20 and min(augment.inside_fraction(*box, 64, 72, 96, view) for box in loose) >= 0.5
+
+
+def test_a_mirrored_crop_lies_inside_the_mirrored_view():
+    # A flip mirrors the cropped pixels: they are the mirror image of a crop at width - left - crop, which lies
+    # inside the mirrored box (1 - x1, y0, 1 - x0, y1) as much as the crop lies inside the box.
+    height, width, crop = 48, 86, 32
+    view = (0.30, 0.0625, 0.78, 0.9375)  # off-centre, so mirroring moves it
+    mirrored_view = (1 - view[2], view[1], 1 - view[0], view[3])
+    rng = np.random.default_rng(1)
+    frames = np.arange(height * width, dtype=np.int64).reshape(1, height, width, 1)
+    for _ in range(100):
+        top, left = augment.crop_box(height, width, crop, rng, view_box=view, min_inside=1.0)
+        mirrored_left = width - left - crop
+        assert _inside(top, mirrored_left, crop, height, width, mirrored_view)
+        seen = augment.flip_frames(augment.crop_frames(frames, top, left, crop))
+        assert np.array_equal(seen, augment.crop_frames(augment.flip_frames(frames), top, mirrored_left, crop))
+
+
+def test_the_view_of_several_teachers_is_where_they_all_looked():
+    boxes = [np.tile(np.float32(WIDE_VIEW), (3, 1)), np.float32([[0, 0, 1, 1]] * 3), np.float32([[0.3, 0, 0.9, 0.5]])]
+    x0, y0, x1, y1 = augment.intersect_view_boxes(boxes)
+    assert (x0, y0) == (np.float32(0.3), np.float32(WIDE_VIEW[1])) and (x1, y1) == (np.float32(WIDE_VIEW[2]), 0.5)
+    assert augment.intersect_view_boxes([]) == (0.0, 0.0, 1.0, 1.0)
+    disjoint = augment.intersect_view_boxes([np.float32([[0, 0, 0.4, 1]]), np.float32([[0.6, 0, 1, 1]])])
+    assert disjoint[0] == disjoint[2] and augment.inside_fraction(0, 0, 10, 20, 20, disjoint) == 0.0

@@ -26,6 +26,7 @@ from distill.windows import (
     aggregate_targets, eval_window_start, frames_in_window, heatmap_flags, last_start, teacher_frame_indices,
     train_window_start,
 )
+from extract.teachers.base import center_crop_view_box
 from extract.teachers.coco_classes import COCO_KEYPOINT_NAMES
 from pipeline.cli import main
 from pipeline.errors import ConfigError, DistinitError
@@ -46,6 +47,8 @@ KEYPOINTS = {
     ],
 }
 ATTRIBUTES = {"dataset": "tiny", "stage_key": "00000000feedbeef", "code_version": "test", "sampling": {"frames_per_second": 2.0}}
+# What a classifier's centre crop (224 of short side 256) saw of these 4:3 videos, decoded at 342 x 256 for it.
+CLASSIFIER_VIEW = center_crop_view_box(256, 342, 256, 224)
 CLIP = ClipSpec(frames=4, stride=2, short_side=32, crop=24)
 FLOW_CLIP = ClipSpec(frames=3, stride=2, short_side=32, crop=24, modality="flow")
 
@@ -71,6 +74,8 @@ def video_rows(video_id: str, seed: int) -> dict:
         "coco-keypoints/keypoints": keypoints.astype(np.float32),
         "coco-keypoints/person_present": present,
         "coco-keypoints/num_people": np.array([1, 0, 2, 3], dtype=np.int16),
+        "fake-imagenet/view_box": np.tile(np.float32(CLASSIFIER_VIEW), (count, 1)),
+        "coco-keypoints/view_box": np.tile(np.float32((0, 0, 1, 1)), (count, 1)),
     }
 
 
@@ -471,7 +476,8 @@ def expected_pose_targets(video_id: str, seed: int, clip_start: float, top: int,
 
 
 def test_sample_heatmaps_are_drawn_over_its_own_crop(targets, monkeypatch):
-    sample = dataset(targets)[2]  # charlie, centre crop of the 42 x 32 frame: top 4, left 9
+    # charlie, centre crop of the 42 x 32 frame (and of the classifier's view, x 7.25..34.75, y 2..30): top 4, left 9
+    sample = dataset(targets)[2]
     expected = expected_pose_targets("charlie", 2, sample["clip_start"], 4, 9)
     for key, value in expected.items():
         np.testing.assert_array_equal(sample["targets"][key].numpy(), value)
@@ -480,13 +486,39 @@ def test_sample_heatmaps_are_drawn_over_its_own_crop(targets, monkeypatch):
     monkeypatch.setattr(augment, "FLIP_PROBABILITY", 0.0)
     train_set = dataset(targets, train=True)
     boxes = iter([(0, 0), (8, 18)])
-    monkeypatch.setattr(augment, "crop_box", lambda height, width, crop, rng: next(boxes))
+    monkeypatch.setattr(augment, "crop_box", lambda height, width, crop, rng, **view: next(boxes))
     first, second = train_set[2], train_set[2]
     assert first["clip_start"] == second["clip_start"]
     for sample, (top, left) in ((first, (0, 0)), (second, (8, 18))):
         expected = expected_pose_targets("charlie", 2, sample["clip_start"], top, left)
         np.testing.assert_array_equal(sample["targets"]["coco-keypoints/heatmaps"].numpy(), expected["coco-keypoints/heatmaps"])
     assert not torch.equal(first["targets"]["coco-keypoints/heatmaps"], second["targets"]["coco-keypoints/heatmaps"])
+
+
+def test_training_crops_stay_in_the_classifiers_view_and_heatmaps_follow_them(targets, monkeypatch):
+    # The 42 x 32 frames: the classifier saw x 7.25..34.75, y 2..30, so 24 px crops start at left 8..10, top 2..6;
+    # the pose teacher saw the whole frame and does not narrow that.
+    monkeypatch.setattr(augment, "FLIP_PROBABILITY", 0.0)
+    drawn, crop_frames = [], augment.crop_frames
+    monkeypatch.setattr(augment, "crop_frames", lambda frames, top, left, crop: drawn.append((top, left))
+                        or crop_frames(frames, top, left, crop))
+    train_set = dataset(targets, train=True, clips_per_video=4)
+    for epoch in range(3):
+        train_set.set_epoch(epoch)
+        for index in range(len(train_set)):
+            sample = train_set[index]
+            top, left = drawn[-1]
+            assert 2 <= top <= 6 and 8 <= left <= 10 and sample["crop_in_view"] == 1.0
+            seed = GOOD_VIDEOS.index(sample["video_id"])
+            expected = expected_pose_targets(sample["video_id"], seed, sample["clip_start"], top, left)
+            np.testing.assert_array_equal(sample["targets"]["coco-keypoints/heatmaps"].numpy(),
+                                          expected["coco-keypoints/heatmaps"])
+    assert len(set(drawn)) > 8  # random inside the view
+    anywhere = dataset(targets, train=True, clips_per_video=4, crop_in_teacher_view=0.0)
+    fractions = [anywhere[index]["crop_in_view"] for index in range(len(anywhere))]
+    assert min(fractions) < 1.0  # anywhere: some crops reach past the view
+    with pytest.raises(ConfigError, match=r"crop_in_teacher_view=1.5 must lie in \[0, 1\]"):
+        dataset(targets, crop_in_teacher_view=1.5)
 
 
 def test_a_cache_in_the_old_format_stops_distill_with_one_line(targets, tmp_path):

@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -67,6 +68,9 @@ def test_full_run_writes_verified_shards_and_lists_bad_videos(video_folder, tmp_
     assert list(rows["t_seconds"]) == [0.25, 0.75, 1.25, 1.75, 2.25]
     assert list(rows["frame_index"]) == [2, 7, 12, 17, 22]
     assert rows["imagenet-efficientnet-lite0/logits"].shape == (5, 1000)
+    # Lite0 saw the centre 224 of the 4:3 frames decoded for it at 342 x 256: columns 59..283, rows 16..240.
+    boxes = store.view_boxes_for_video("c_zoom")["imagenet-efficientnet-lite0"]
+    np.testing.assert_array_equal(boxes, np.float32([[59 / 342, 16 / 256, 283 / 342, 240 / 256]] * 5))
     assert (report.targets_dir.parent / "latest").read_text().strip() == report.stage_key
     assert (report.targets_dir / "provenance.json").is_file()
 
@@ -164,6 +168,8 @@ def test_pose_teacher_stores_coordinates_that_stage_two_draws_over_the_crop(vide
     nowhere = (keypoints[..., :2] == -1).all(axis=-1)  # nobody seen, or a keypoint without a position
     in_frame = ((keypoints[..., :2] > -0.1) & (keypoints[..., :2] < 1.1)).all(axis=-1)
     assert keypoints.shape == (3, 17, 3) and (nowhere | in_frame).all()
+    # A detector sees the whole frame, and says so: the crop of stage two is not bounded by it.
+    assert (store.view_boxes_for_video("a_walk")["coco-keypoints"] == np.float32([0, 0, 1, 1])).all()
     assert any("a person's keypoints in " in line and "7x7 heatmaps" in line for line in inspect(report.targets_dir))
     clip = ClipSpec(frames=2, stride=2, short_side=32, crop=24)
     sample = TargetClipDataset(report.targets_dir, ["a_walk"], clip, train=False)[0]

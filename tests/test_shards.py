@@ -64,6 +64,10 @@ KEYPOINTS = {
 TEACHERS = [CLASSIFIER, KEYPOINTS]
 ATTRIBUTES = {"dataset": "demo", "stage_key": "0123456789abcdef", "code_version": "extract-1", "sampling": {"frames_per_second": 2.0}}
 VIDEOS = [f"video_{index:02d}" for index in range(7)]
+# A centre-crop teacher's view of a 16:9 frame at short side 256 (455 x 256: columns 116..340, rows 16..240), and of
+# a 4:3 one (341 x 256: columns 58..282); a whole-frame teacher's.
+WIDE_BOX, NARROW_BOX = (116 / 455, 16 / 256, 340 / 455, 240 / 256), (58 / 341, 16 / 256, 282 / 341, 240 / 256)
+WHOLE_FRAME = (0.0, 0.0, 1.0, 1.0)
 
 
 def video_rows(video_id: str, frames: int = 5, reverse: bool = False) -> dict:
@@ -82,6 +86,10 @@ def video_rows(video_id: str, frames: int = 5, reverse: bool = False) -> dict:
         "fake-keypoints/keypoints": keypoints,
         "fake-keypoints/person_present": present,
         "fake-keypoints/num_people": np.array([k % 3 for k in order], dtype=np.int16),
+        # Odd-numbered videos are 16:9, the others 4:3: the classifier's view depends on the video's shape.
+        "fake-classifier/view_box": np.tile(np.float32(WIDE_BOX if zlib.crc32(video_id.encode()) % 2 else NARROW_BOX),
+                                            (frames, 1)),
+        "fake-keypoints/view_box": np.tile(np.float32(WHOLE_FRAME), (frames, 1)),
     }
 
 
@@ -165,6 +173,32 @@ def test_round_trip_by_row_and_by_video(tmp_path: Path):
                 np.testing.assert_array_equal(picked[key][position], row[key])
 
 
+def test_view_boxes_round_trip_per_row_and_per_video(tmp_path: Path):
+    folder = tmp_path / "cache"
+    written = build_store(folder)
+    with TargetStore(folder) as store:
+        assert store.view_box_keys == {"fake-classifier": "fake-classifier/view_box",
+                                       "fake-keypoints": "fake-keypoints/view_box"}
+        # Boxes are no output: rows, heads and losses never see them.
+        assert not any(key.endswith("view_box") for key in store.output_names + list(store.rows([0])))
+        shapes = set()
+        for video_id, expected in written.items():
+            boxes = store.view_boxes_for_video(video_id)
+            assert set(boxes) == {"fake-classifier", "fake-keypoints"}
+            for teacher, values in boxes.items():
+                assert values.dtype == np.float32 and values.shape == (5, 4)
+                # float32 on disk: the box comes back exactly as written, not rounded to float16.
+                np.testing.assert_array_equal(values, expected[f"{teacher}/view_box"])
+            shapes.add(tuple(boxes["fake-classifier"][0]))
+        assert shapes == {tuple(np.float32(WIDE_BOX)), tuple(np.float32(NARROW_BOX))}
+        indices = [14, 0, 14, len(store) - 1]
+        picked = store.view_boxes(indices)
+        for position, index in enumerate(indices):
+            video_id = store.row(index)["video_id"]
+            np.testing.assert_array_equal(picked["fake-classifier"][position], written[video_id]["fake-classifier/view_box"][0])
+        assert store.view_boxes([])["fake-keypoints"].shape == (0, 4)
+
+
 def test_file_layout_dtypes_and_attributes(store_dir: Path):
     with h5py.File(store_dir / shard_name(1, 2), "r") as shard:
         assert dict(shard.attrs)["shard_index"] == 1 and shard.attrs["shard_count"] == 2
@@ -179,6 +213,10 @@ def test_file_layout_dtypes_and_attributes(store_dir: Path):
             assert dataset.dtype == np.dtype(dtype), name
             assert dataset.chunks[0] <= 256 and dataset.maxshape[0] is None
             assert dataset.compression == "gzip" and dataset.fletcher32
+        for teacher in ("fake-classifier", "fake-keypoints"):
+            boxes = shard[f"{teacher}/view_box"]
+            assert boxes.dtype == np.float32 and boxes.shape[1:] == (4,) and boxes.fletcher32
+            assert "fractions of the frame" in boxes.attrs["meaning"]
         group = shard["fake-keypoints"]
         assert group.attrs["teacher_name"] == "fake-keypoints" and group.attrs["backend"] == "test"
         assert group.attrs["weights_sha256"] == KEYPOINTS["weights_sha256"]
@@ -264,6 +302,16 @@ def test_writer_refuses_bad_rows(tmp_path: Path):
             writer.append(rows)
         with pytest.raises(ShardError, match="bytes"):
             writer.append(video_rows("é" * 200, 1))
+        rows = video_rows("a", 2)
+        del rows["fake-keypoints/view_box"]
+        with pytest.raises(ValueError, match=r"lack \['fake-keypoints/view_box'\]"):
+            writer.append(rows)
+        for bad in ((0.5, 0.0, 0.5, 1.0), (0.0, 0.0, 1.2, 1.0), (-0.1, 0.0, 0.9, 1.0), (np.nan, 0.0, 1.0, 1.0)):
+            rows = video_rows("a", 2)
+            rows["fake-classifier/view_box"][1] = bad
+            with pytest.raises(ShardError, match=r"fake-classifier/view_box row 1 is .* 0 <= x0 < x1 <= 1") as refused:
+                writer.append(rows)
+            assert "\n" not in str(refused.value)
         assert writer.row_count == 0
     with pytest.raises(ValueError, match=shard_name(0, 2)):
         ShardWriter(tmp_path / "wrong.h5", teachers=TEACHERS, shard_index=0, shard_count=2, attributes=ATTRIBUTES)
@@ -331,6 +379,21 @@ def test_verify_catches_nan_in_an_output(store_dir: Path):
         shard["fake-classifier/logits"][2, 4] = np.nan
     problems = _problems_naming(store_dir, path.name)
     assert any("NaN" in problem and "logits" in problem for problem in problems)
+
+
+def test_verify_checks_every_teachers_view_boxes(store_dir: Path):
+    path = store_dir / shard_name(0, 2)
+    with h5py.File(path, "r+") as shard:
+        shard["fake-classifier/view_box"][3] = (0.6, 0.0, 0.4, 1.0)  # x1 < x0: no part of the frame
+    problems = _problems_naming(store_dir, path.name)
+    assert any("fake-classifier/view_box rows 0..: row 3 is [0.6" in problem for problem in problems)
+    with h5py.File(path, "r+") as shard:
+        del shard["fake-keypoints/view_box"]  # as a shard written before boxes existed would lack it
+    assert any("['fake-keypoints/view_box'] missing" in problem for problem in verify_shard(path))
+    with pytest.raises(ShardError, match=r"no fake-keypoints/view_box \(the part of the frame the teacher saw\); "
+                                         r"delete .* and re-run `distinit extract`") as refused:
+        TargetStore(store_dir)
+    assert "\n" not in str(refused.value)
 
 
 def test_verify_catches_stray_shards_and_temp_files(store_dir: Path):
@@ -450,7 +513,12 @@ def test_inspect_summarises_the_cache_and_one_video(store_dir: Path):
     assert "top classes (mean softmax): class " in text
     assert "person_present rate: 60.0% of frames" in text  # frames 0, 2, 4 of 5
     assert "a person's keypoints in 60.0% of frames" in text and "renders 4x4 heatmaps over each crop" in text
+    assert "    view: the whole frame; 100.0% of the frame on average" in text
+    assert "    view: 2 boxes (one per frame shape);" in text
     video_lines = inspect(store_dir, video_id="video_03", top_k=2)[len(lines) :]
+    wide = zlib.crc32(b"video_03") % 2
+    seen = "x 0.255..0.747, y 0.062..0.938" if wide else "x 0.170..0.827, y 0.062..0.938"
+    assert f"  fake-classifier saw {seen}" in video_lines and "  fake-keypoints saw the whole frame" in video_lines
     frame_lines = [line for line in video_lines if line.strip().startswith("t=") and "class" in line]
     assert len(frame_lines) == 5
     assert frame_lines[0].strip().startswith("t=0.25s  class 0 ")  # sorted by t although written in reverse

@@ -140,6 +140,57 @@ def test_view_matches_torchvision_resize_and_center_crop(height, width, resize_s
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("height,width,resize_size,crop_size", [
+    (256, 456, 256, 224),  # 16:9 as decoded for the teachers: columns 116..340 (crop corner 116, half to even)
+    (256, 340, 224, 224),  # long side truncated to 297, corner 36.5 -> 36
+    (340, 256, 224, 224),  # portrait
+    (256, 341, 240, 224),  # long side 319, corner 47.5 -> 48
+    (224, 224, 224, 224),  # the whole frame
+])
+def test_view_box_is_the_part_torchvision_center_crop_keeps(height, width, resize_size, crop_size):
+    """The box stage one stores is the crop torchvision takes: its resized size (Resize) and corner (CenterCrop,
+    read off an image of column and row numbers), as fractions of the resized frame, which is all of the frame."""
+    from torchvision.transforms import v2
+
+    from extract.teachers.base import center_crop_view_box
+
+    resized = v2.Resize(resize_size, antialias=True)(torch.zeros(1, height, width))
+    new_height, new_width = resized.shape[-2:]
+    rows, columns = torch.meshgrid(torch.arange(new_height), torch.arange(new_width), indexing="ij")
+    kept = v2.CenterCrop(crop_size)(torch.stack([rows, columns]))  # (2, crop, crop) of row and column numbers
+    top, left = int(kept[0, 0, 0]), int(kept[1, 0, 0])
+    expected = (left / new_width, top / new_height, (left + crop_size) / new_width, (top + crop_size) / new_height)
+    assert center_crop_view_box(height, width, resize_size, crop_size) == expected
+
+
+def _cropping_teachers():
+    """(teacher, module whose crop call it makes) of every teacher that centre-crops and builds offline."""
+    from extract.teachers import imagenet_efficientnet, imagenet_torchvision, places365
+
+    return [
+        (create_teacher("imagenet-efficientnet-lite0"), imagenet_efficientnet),
+        (create_teacher("imagenet-torchvision", model="resnet18", weights="random"), imagenet_torchvision),
+        (create_teacher("places365", arch="resnet18", weights="random"), places365),
+    ]
+
+
+def test_each_teacher_records_the_box_of_the_crop_it_takes(monkeypatch):
+    from extract.teachers.base import center_crop_view_box, resize_short_side_and_center_crop
+
+    frames = np.zeros((1, 72, 128, 3), dtype=np.uint8)  # 16:9, as it might reach a teacher
+    for teacher, module in _cropping_teachers():
+        calls = []
+        monkeypatch.setattr(module, "resize_short_side_and_center_crop",
+                            lambda images, *view: calls.append(view) or resize_short_side_and_center_crop(images, *view))
+        teacher(frames)
+        (resize_size, crop_size, *_), = calls
+        box = teacher.view_box(72, 128)
+        assert box == center_crop_view_box(72, 128, resize_size, crop_size), teacher.name
+        assert 0 < box[0] < box[2] < 1 and 0 < box[1] < box[3] < 1, teacher.name  # a centre square of a wide frame
+    detector = create_teacher("coco-objects", backend="torchvision", weights="random", **SMALL_DETECTOR)
+    assert detector.view_box(72, 128) == (0.0, 0.0, 1.0, 1.0)
+
+
 # ---------------------------------------------------------------- ImageNet, torchvision
 
 

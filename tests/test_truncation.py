@@ -156,7 +156,8 @@ def _write_tiny_shard(folder: Path, layouts: dict[str, dict]) -> Path:
     attributes = {"dataset": "d", "stage_key": "0" * 16, "code_version": "extract-2", "sampling": {}}
     path = folder / "shard-00000-of-00001.h5"
     with ShardWriter(path, teachers=[teacher], shard_index=0, shard_count=1, attributes=attributes) as writer:
-        writer.append({"video_id": ["v"], "t_seconds": [0.5], "frame_index": [12], "t/logits": [[0.0, 1.0, 2.0]]})
+        writer.append({"video_id": ["v"], "t_seconds": [0.5], "frame_index": [12], "t/logits": [[0.0, 1.0, 2.0]],
+                       "t/view_box": [[0.0, 0.0, 1.0, 1.0]]})
         for video_id, record in layouts.items():
             writer.add_layout(video_id, record)
     return path

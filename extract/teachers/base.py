@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 # "embedding": (D,) image features (CLIP, DINOv2, a classifier's pooled features) for feature distillation.
 OUTPUT_KINDS = ("logits", "multilabel_scores", "keypoints", "count", "flag", "embedding")
 
+# The part of a frame a teacher's input shows: (x0, y0, x1, y1) as fractions of the frame's width and height.
+ViewBox = tuple[float, float, float, float]
+WHOLE_FRAME: ViewBox = (0.0, 0.0, 1.0, 1.0)
+
 
 @dataclass(frozen=True)
 class OutputSpec:
@@ -79,6 +83,9 @@ class Teacher:
     weights_sha256: str
     device: torch.device
     batch_size: int = 32
+    # (resize_size, crop_size) of the centre crop `_forward_batch` takes (resize_short_side_and_center_crop), or
+    # None for a teacher that sees the whole frame (detectors, pose, a squashed embedding view): `view_box`.
+    center_crop: tuple[int, int] | None = None
 
     def __call__(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         """frames: uint8 (N, H, W, 3) RGB -> {output name: (N, *spec.shape)}, computed in chunks of batch_size."""
@@ -102,6 +109,13 @@ class Teacher:
 
     def _forward_batch(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def view_box(self, height: int, width: int) -> ViewBox:
+        """The part of an H x W frame this teacher's outputs come from, (x0, y0, x1, y1) in [0, 1] of the frame:
+        its centre crop's box (stage two keeps the student's crop inside it), or the whole frame."""
+        if self.center_crop is None:
+            return WHOLE_FRAME
+        return center_crop_view_box(height, width, *self.center_crop)
 
     def extra_config(self) -> dict[str, Any]:
         """Options that change the outputs (score thresholds, keypoint heatmap grid, ...); subclasses extend.
@@ -173,18 +187,34 @@ def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
     return images.permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def center_crop_geometry(height: int, width: int, resize_size: int, crop_size: int) -> tuple[int, int, int, int]:
+    """(resized height, resized width, top, left) of the standard evaluation view of an H x W frame, as
+    torchvision's Resize(resize_size) + CenterCrop(crop_size) compute them: the long side truncated,
+    int(resize_size * long / short), not rounded (340x256 -> 297x224, not 298), and the crop's corner rounded
+    half to even (Python's round, as torchvision's). The crop and its `center_crop_view_box` both come from here."""
+    short_side, long_side = min(height, width), max(height, width)
+    new_long = max(crop_size, int(resize_size * long_side / short_side))
+    new_short = max(crop_size, resize_size)
+    new_height, new_width = (new_short, new_long) if height <= width else (new_long, new_short)
+    top, left = round((new_height - crop_size) / 2.0), round((new_width - crop_size) / 2.0)
+    return new_height, new_width, top, left
+
+
+def center_crop_view_box(height: int, width: int, resize_size: int, crop_size: int) -> ViewBox:
+    """The part of an H x W frame that `resize_short_side_and_center_crop` keeps, as (x0, y0, x1, y1) in [0, 1] of
+    the frame: the resize scales the whole frame, so the crop's pixel box over the resized size is that fraction."""
+    new_height, new_width, top, left = center_crop_geometry(height, width, resize_size, crop_size)
+    return (left / new_width, top / new_height, (left + crop_size) / new_width, (top + crop_size) / new_height)
+
+
 def resize_short_side_and_center_crop(
     images: torch.Tensor, resize_size: int, crop_size: int, interpolation: str = "bilinear"
 ) -> torch.Tensor:
     """The standard ImageNet evaluation view: resize the short side, then take the central square, pixel for
     pixel as torchvision's Resize(resize_size) + CenterCrop(crop_size) make it (which the PIL pipelines of timm,
-    open_clip and the teachers' papers use too): the long side truncated, int(resize_size * long / short), not
-    rounded (340x256 -> 297x224, not 298), and the crop's corner rounded half to even, as torchvision does."""
+    open_clip and the teachers' papers use too); the arithmetic is `center_crop_geometry`'s."""
     height, width = images.shape[-2:]
-    short_side, long_side = min(height, width), max(height, width)
-    new_long = max(crop_size, int(resize_size * long_side / short_side))
-    new_short = max(crop_size, resize_size)
-    new_height, new_width = (new_short, new_long) if height <= width else (new_long, new_short)
+    new_height, new_width, top, left = center_crop_geometry(height, width, resize_size, crop_size)
     if (new_height, new_width) != (height, width):
         smooth = interpolation in ("bilinear", "bicubic")
         images = functional.interpolate(
@@ -194,7 +224,6 @@ def resize_short_side_and_center_crop(
             align_corners=False if smooth else None,
             antialias=smooth,  # downscaling without it aliases, and torchvision's eval transforms use it
         )
-    top, left = round((new_height - crop_size) / 2.0), round((new_width - crop_size) / 2.0)
     return images[..., top : top + crop_size, left : left + crop_size]
 
 

@@ -116,6 +116,8 @@ class ClipTeacher(Teacher):
         self.resize_mode = str(preprocess.get("resize_mode", "shortest"))
         if self.resize_mode not in RESIZE_MODES:
             raise ConfigError(f"open_clip {model} ({pretrained}) resizes by {self.resize_mode!r}; supported: {', '.join(RESIZE_MODES)}")
+        # "squash" shows the network the whole frame; "shortest" its centre square.
+        self.center_crop = (self.resize_size, self.input_size) if self.resize_mode == "shortest" else None
         self.mean = tuple(float(value) for value in preprocess["mean"])
         self.std = tuple(float(value) for value in preprocess["std"])
         self.outputs = (embedding_output(int(network.visual.output_dim), (
@@ -153,8 +155,8 @@ class ClipTeacher(Teacher):
 
     def _forward_batch(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         images = embedding_view(
-            frames_to_tensor(frames, self.device), resize_size=self.resize_size, crop_size=self.input_size,
-            interpolation=self.interpolation, resize_mode=self.resize_mode, mean=self.mean, std=self.std,
+            frames_to_tensor(frames, self.device), center_crop=self.center_crop, size=self.input_size,
+            interpolation=self.interpolation, mean=self.mean, std=self.std,
         )
         return {"embedding": self.model(images).float().cpu().numpy()}  # (N, D)
 

@@ -108,6 +108,7 @@ class Dinov2Teacher(Teacher):
         self.input_size = int(image_size) or int(timm.data.resolve_data_config({}, model=network)["input_size"][-1])
         self.resize_size = eval_resize_size(self.input_size)
         self.decode_short_side = self.resize_size
+        self.center_crop = (self.resize_size, self.input_size)
         self.interpolation = EVAL_INTERPOLATION
         # DINOv2 normalises with ImageNet's statistics (its IMAGENET_DEFAULT_MEAN/STD, the same numbers as timm's).
         self.mean = tuple(float(value) for value in timm.data.IMAGENET_DEFAULT_MEAN)
@@ -127,8 +128,8 @@ class Dinov2Teacher(Teacher):
 
     def _forward_batch(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         images = embedding_view(
-            frames_to_tensor(frames, self.device), resize_size=self.resize_size, crop_size=self.input_size,
-            interpolation=self.interpolation, resize_mode="shortest", mean=self.mean, std=self.std,
+            frames_to_tensor(frames, self.device), center_crop=self.center_crop, size=self.input_size,
+            interpolation=self.interpolation, mean=self.mean, std=self.std,
         )
         tokens = self.model.forward_features(images)  # (N, 1 + patches, D)
         return {"embedding": self.model.forward_head(tokens, pre_logits=True).float().cpu().numpy()}  # (N, D)

@@ -140,15 +140,17 @@ def load_failure(teacher_name: str, path: Path, error: Exception) -> ConfigError
     return ConfigError(f"teacher {teacher_name}: weights file {path} does not fit the model ({first_line[:200]})")
 
 
-def embedding_view(images: torch.Tensor, *, resize_size: int, crop_size: int, interpolation: str, resize_mode: str,
+def embedding_view(images: torch.Tensor, *, center_crop: tuple[int, int] | None, size: int, interpolation: str,
                    mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(N, 3, H, W) floats in 0..1 -> the network's normalised (N, 3, crop, crop) input, as the libraries' own
-    evaluation transforms make it from a PIL image."""
-    if resize_mode == "squash":
+    """(N, 3, H, W) floats in 0..1 -> the network's normalised (N, 3, size, size) input, as the libraries' own
+    evaluation transforms make it from a PIL image: the (resize_size, crop_size) centre crop (the teacher's
+    `center_crop`, whose view_box stage two keeps the student's crop inside), or without one the whole frame
+    squashed to size x size."""
+    if center_crop is None:
         images = torch.nn.functional.interpolate(
-            images, size=(crop_size, crop_size), mode=interpolation, align_corners=False, antialias=True
+            images, size=(size, size), mode=interpolation, align_corners=False, antialias=True
         )
     else:
-        images = resize_short_side_and_center_crop(images, resize_size, crop_size, interpolation)
+        images = resize_short_side_and_center_crop(images, *center_crop, interpolation)
     # Bicubic overshoots 0..1; PIL, which open_clip and timm resize with, stores bytes and so clips it.
     return normalise(images.clamp(0.0, 1.0), tuple(mean), tuple(std))

@@ -97,6 +97,7 @@ class EfficientNetLite0Teacher(Teacher):
         self.input_size = EFFICIENTNET_LITE0_INPUT_SIZE
         self.resize_size = EFFICIENTNET_LITE0_RESIZE_SIZE
         self.decode_short_side = EFFICIENTNET_LITE0_RESIZE_SIZE
+        self.center_crop = (self.resize_size, self.input_size)
         self.mean = EFFICIENTNET_LITE_MEAN
         self.std = EFFICIENTNET_LITE_STD
         specs = {
@@ -131,7 +132,7 @@ class EfficientNetLite0Teacher(Teacher):
 
     def _forward_batch(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         images = frames_to_tensor(frames, self.device)
-        images = resize_short_side_and_center_crop(images, self.resize_size, self.input_size)
+        images = resize_short_side_and_center_crop(images, *self.center_crop)
         # The network's own forward, split where the pooled features appear (dropout is off in eval mode).
         feature_map = self.model.extract_features(normalise(images, self.mean, self.std))  # (N, 1280, 7, 7)
         pooled = self.model._avg_pooling(feature_map).flatten(1)  # (N, 1280)

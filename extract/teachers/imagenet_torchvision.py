@@ -96,6 +96,7 @@ class TorchvisionClassifierTeacher(Teacher):
         self.resize_size = int(transforms.resize_size[0])
         self.interpolation = _interpolation_mode(transforms.interpolation)
         self.decode_short_side = self.resize_size
+        self.center_crop = (self.resize_size, self.input_size)
         self.mean = tuple(float(value) for value in transforms.mean)
         self.std = tuple(float(value) for value in transforms.std)
         categories = tuple(torchvision_weights.meta["categories"])
@@ -134,7 +135,7 @@ class TorchvisionClassifierTeacher(Teacher):
 
     def _forward_batch(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         images = frames_to_tensor(frames, self.device)
-        images = resize_short_side_and_center_crop(images, self.resize_size, self.input_size, self.interpolation)
+        images = resize_short_side_and_center_crop(images, *self.center_crop, self.interpolation)
         logits = self.model(normalise(images, self.mean, self.std))  # (N, 1000)
         return {"logits": logits.float().cpu().numpy()}
 

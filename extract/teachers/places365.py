@@ -160,6 +160,7 @@ class Places365Teacher(Teacher):
         self.input_size = PLACES365_CROP_SIZE
         self.resize_size = PLACES365_RESIZE_SIZE
         self.decode_short_side = PLACES365_RESIZE_SIZE
+        self.center_crop = (self.resize_size, self.input_size)
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         given_class_names = _read_given_categories(categories)  # before the checkpoint: a bad file fails fast
         network = build_places365_network(arch)
@@ -203,7 +204,7 @@ class Places365Teacher(Teacher):
 
     def _forward_batch(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         images = frames_to_tensor(frames, self.device)
-        images = resize_short_side_and_center_crop(images, self.resize_size, self.input_size, "bilinear")
+        images = resize_short_side_and_center_crop(images, *self.center_crop, "bilinear")
         logits = self.model(normalise(images, self.mean, self.std))  # (N, 365)
         return {"logits": logits.float().cpu().numpy()}
 

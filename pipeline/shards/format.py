@@ -10,7 +10,11 @@ Layout of one stage-one output folder::
 
 Each shard holds rows = teacher frames. Datasets at the file root: `video_id` (fixed-length UTF-8),
 `t_seconds` (float64), `frame_index` (int64); one group per teacher holding one dataset per output
-(`<teacher>/<output>`, shape (rows, *output shape)). Every dataset is chunked along rows, byte-shuffled,
+(`<teacher>/<output>`, shape (rows, *output shape)) and `<teacher>/view_box` (float32, (rows, 4)): the part of
+the frame that teacher's outputs come from, (x0, y0, x1, y1) as fractions of the whole decoded frame's width and
+height, the same for every output of the teacher (one forward pass, one view): its centre crop's box for
+classifiers and embeddings, which depends on the video's aspect ratio, (0, 0, 1, 1) for teachers that see the
+whole frame (detectors, pose). Stage two keeps the student's crop inside it. Every dataset is chunked along rows, byte-shuffled,
 gzip-compressed and fletcher32-checksummed, so a flipped bit on disk is an error, never a silent value.
 `video_layouts` (uint8, checksummed the same way) holds each of the shard's videos' probed layout as JSON
 lines (pipeline.shards.layouts); shards written before it existed lack it and read the same.
@@ -48,6 +52,11 @@ VIDEO_ID = "video_id"
 T_SECONDS = "t_seconds"
 FRAME_INDEX = "frame_index"
 ROW_COLUMNS = (VIDEO_ID, T_SECONDS, FRAME_INDEX)
+# Per teacher, beside its outputs (never an output's name): the view box of each row (module docstring).
+VIEW_BOX = "view_box"
+VIEW_BOX_SHAPE = (4,)
+VIEW_BOX_DTYPE = "float32"  # exact enough for a pixel of any frame; constant per video, so it compresses to nothing
+VIEW_BOX_MEANING = "(x0, y0, x1, y1) of the frame this teacher saw, as fractions of the frame's width and height"
 # Not a row column: one JSON line per video (pipeline.shards.layouts). Optional, so no format version change:
 # a shard without it (written before) reads as before, and an older distinit ignores it.
 VIDEO_LAYOUTS = "video_layouts"
@@ -134,8 +143,9 @@ class OutputSpec:
     @classmethod
     def from_dict(cls, teacher_name: str, spec: dict[str, Any]) -> "OutputSpec":
         name = str(spec.get("name", ""))
-        if not name or "/" in name:
-            raise ValueError(f"teacher {teacher_name!r}: output name {name!r} must be non-empty without '/'")
+        if not name or "/" in name or name == VIEW_BOX:
+            raise ValueError(f"teacher {teacher_name!r}: output name {name!r} must be non-empty, without '/', "
+                             f"and not {VIEW_BOX}")
         class_names = spec.get("class_names")
         shape = tuple(int(size) for size in spec["shape"])
         # Class names label the first axis: classes of logits/scores, or keypoints of (17, H, W) heatmaps.
@@ -181,6 +191,25 @@ def output_specs(teacher: dict[str, Any]) -> list[OutputSpec]:
 def output_key(teacher_name: str, output_name: str) -> str:
     """The row key and HDF5 path of one teacher output, e.g. `imagenet-efficientnet-lite0/logits`."""
     return f"{teacher_name}/{output_name}"
+
+
+def view_box_key(teacher_name: str) -> str:
+    """The row key and HDF5 path of one teacher's view boxes, e.g. `imagenet-efficientnet-lite0/view_box`."""
+    return f"{teacher_name}/{VIEW_BOX}"
+
+
+def view_box_problem(boxes: np.ndarray) -> str | None:
+    """Why (N, 4) view boxes are not boxes inside the frame (0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1), or None."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.ndim != 2 or boxes.shape[1:] != VIEW_BOX_SHAPE:
+        return f"has shape {boxes.shape}, expected (rows, 4)"
+    x0, y0, x1, y1 = boxes.T
+    bad = ~(np.isfinite(boxes).all(axis=1) & (x0 >= 0) & (y0 >= 0) & (x1 <= 1) & (y1 <= 1) & (x0 < x1) & (y0 < y1))
+    if bad.any():
+        first = int(np.argmax(bad))
+        return (f"row {first} is {boxes[first].tolist()}, not (x0, y0, x1, y1) with 0 <= x0 < x1 <= 1 and "
+                f"0 <= y0 < y1 <= 1 ({int(bad.sum())} such rows)")
+    return None
 
 
 def shard_name(index: int, count: int) -> str:

@@ -97,6 +97,21 @@ def _summary_lines(key: str, spec: dict[str, Any], summary: _OutputSummary, top_
     return lines
 
 
+def _box_text(box: np.ndarray) -> str:
+    x0, y0, x1, y1 = (float(value) for value in box)
+    return "the whole frame" if (x0, y0, x1, y1) == (0.0, 0.0, 1.0, 1.0) else f"x {x0:.3f}..{x1:.3f}, y {y0:.3f}..{y1:.3f}"
+
+
+def _view_line(boxes: np.ndarray) -> str:
+    """How much of the frame a teacher saw over the cache's rows: its box when every row has one, else the range."""
+    if not len(boxes):
+        return "    view: no rows"
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    distinct = np.unique(boxes, axis=0)
+    where = _box_text(distinct[0]) if len(distinct) == 1 else f"{len(distinct)} boxes (one per frame shape)"
+    return f"    view: {where}; {areas.mean():.1%} of the frame on average (stage two crops inside it)"
+
+
 def _kind_note(teacher: dict[str, Any]) -> str:
     """" (places365)" for an instance named other than its kind; "" otherwise (and for shards without a kind)."""
     kind = teacher.get("kind")
@@ -122,11 +137,17 @@ def _store_lines(store: TargetStore, top_k: int) -> list[str]:
     ]
     summaries = {key: _OutputSummary() for key in store.output_names}
     specs = {key: store.output_spec(key) for key in store.output_names}
-    for _, block in store.iter_blocks(store.output_names):
+    box_keys = store.view_box_keys
+    boxes: dict[str, list[np.ndarray]] = {key: [] for key in box_keys.values()}
+    for _, block in store.iter_blocks([*store.output_names, *box_keys.values()]):
         for key, values in block.items():
-            summaries[key].add(values, specs[key])
+            if key in boxes:
+                boxes[key].append(values.astype(np.float64))
+            else:
+                summaries[key].add(values, specs[key])
     for teacher in store.teachers:
         lines.append(_teacher_line(teacher))
+        lines.append(_view_line(np.concatenate(boxes[box_keys[teacher["name"]]] or [np.zeros((0, 4))])))
         for output in teacher["outputs"]:
             key = fmt.output_key(teacher["name"], output["name"])
             lines.extend(_summary_lines(key, output, summaries[key], top_k))
@@ -137,6 +158,9 @@ def _video_lines(store: TargetStore, video_id: str, top_k: int) -> list[str]:
     rows = store.rows_for_video(video_id)
     times = rows[fmt.T_SECONDS]
     lines = [f"video {video_id}: {len(times)} teacher frames, t {times.min():.2f}s .. {times.max():.2f}s"]
+    for teacher, boxes in store.view_boxes_for_video(video_id).items():
+        seen = ", ".join(_box_text(box) for box in np.unique(boxes, axis=0))
+        lines.append(f"  {teacher} saw {seen}")
     for key in store.output_names:
         spec = store.output_spec(key)
         values = rows[key]

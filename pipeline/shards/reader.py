@@ -43,7 +43,8 @@ class TargetStore:
         self._check_shards()
 
     def _check_shards(self) -> None:
-        """Refuse a cache whose shards do not match the manifest, naming the shard."""
+        """Refuse a cache whose shards do not match the manifest or lack a teacher's view boxes, naming the shard."""
+        box_keys = [fmt.view_box_key(teacher["name"]) for teacher in self.manifest.get("teachers", [])]
         for path, expected_rows in zip(self.shard_paths, self.shard_rows):
             if not path.is_file():
                 raise ShardError(
@@ -52,8 +53,13 @@ class TargetStore:
             try:
                 with header.open_read_only(path) as shard:
                     rows = header.row_count(shard)
+                    no_view = [key for key in box_keys if key not in shard]
             except (OSError, KeyError) as error:
                 raise ShardError(f"{path}: unreadable shard ({error}); run `distinit verify {self.targets_dir}`") from None
+            if no_view:
+                # Written by the format-4 code before views were stored: the same stage key, so make keeps it.
+                raise ShardError(f"{path}: no {no_view[0]} (the part of the frame the teacher saw); delete "
+                                 f"{self.targets_dir} and re-run `distinit extract` with the options it was made with")
             if rows != expected_rows:
                 raise ShardError(
                     f"{path}: {rows} rows, the manifest says {expected_rows}; run `distinit verify {self.targets_dir}`"
@@ -116,6 +122,11 @@ class TargetStore:
         """`<teacher>/<output>` keys, in the order written."""
         return header.output_keys(self.teachers)
 
+    @property
+    def view_box_keys(self) -> dict[str, str]:
+        """teacher name -> `<teacher>/view_box`, the dataset of the part of each row's frame it saw."""
+        return {teacher["name"]: fmt.view_box_key(teacher["name"]) for teacher in self.teachers}
+
     def output_spec(self, key: str) -> dict[str, Any]:
         teacher_name, output_name = key.split("/", 1)
         for teacher in self.teachers:
@@ -145,8 +156,9 @@ class TargetStore:
             row[key] = np.asarray(self._dataset(position, key)[local], dtype=np.float32)
         return row
 
-    def _read_local(self, position: int, local_rows: np.ndarray) -> dict[str, Any]:
-        """Rows `local_rows` (sorted, unique) of one shard; reads one slice when they are close together."""
+    def _read_local(self, position: int, local_rows: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+        """Datasets `names` at rows `local_rows` (sorted, unique) of one shard; reads one slice when they are close
+        together. Ids come back as str, times float64, frame indices int64, outputs and view boxes float32."""
         start, stop = int(local_rows[0]), int(local_rows[-1]) + 1
         dense = stop - start <= 4 * len(local_rows)
 
@@ -154,33 +166,30 @@ class TargetStore:
             dataset = self._dataset(position, name)
             return dataset[start:stop][local_rows - start] if dense else dataset[local_rows]
 
-        columns: dict[str, Any] = {
-            fmt.VIDEO_ID: np.array(header.decode_video_ids(read(fmt.VIDEO_ID)), dtype=object),
-            fmt.T_SECONDS: read(fmt.T_SECONDS).astype(np.float64),
-            fmt.FRAME_INDEX: read(fmt.FRAME_INDEX).astype(np.int64),
+        converters = {
+            fmt.VIDEO_ID: lambda raw: np.array(header.decode_video_ids(raw), dtype=object),
+            fmt.T_SECONDS: lambda raw: raw.astype(np.float64),
+            fmt.FRAME_INDEX: lambda raw: raw.astype(np.int64),
         }
-        for key in self.output_names:
-            columns[key] = read(key).astype(np.float32)
-        return columns
+        return {name: converters.get(name, lambda raw: raw.astype(np.float32))(read(name)) for name in names}
 
-    def rows(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
-        """Rows at `indices`, in that order: video_id (list of str), t_seconds (N,), frame_index (N,), outputs (N, *shape)."""
+    def _gather(self, indices: Sequence[int] | np.ndarray, empty: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Fill `empty` (one array per dataset name, first axis len(indices)) with those rows, in `indices`' order."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"rows outside a store of {len(self)} rows")
         positions = np.searchsorted(self.offsets, indices, side="right") - 1
-        result = self._empty_rows(len(indices))
         for position in np.unique(positions):
             wanted = np.nonzero(positions == position)[0]
             local = indices[wanted] - self.offsets[position]
             unique_local, inverse = np.unique(local, return_inverse=True)
-            columns = self._read_local(int(position), unique_local)
-            for name, values in columns.items():
-                result[name][wanted] = values[inverse]
-        result[fmt.VIDEO_ID] = list(result[fmt.VIDEO_ID])
-        return result
+            for name, values in self._read_local(int(position), unique_local, list(empty)).items():
+                empty[name][wanted] = values[inverse]
+        return empty
 
-    def _empty_rows(self, count: int) -> dict[str, np.ndarray]:
+    def rows(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
+        """Rows at `indices`, in that order: video_id (list of str), t_seconds (N,), frame_index (N,), outputs (N, *shape)."""
+        count = len(np.asarray(indices).reshape(-1))
         empty: dict[str, np.ndarray] = {
             fmt.VIDEO_ID: np.empty(count, dtype=object),
             fmt.T_SECONDS: np.zeros(count, dtype=np.float64),
@@ -188,7 +197,17 @@ class TargetStore:
         }
         for key in self.output_names:
             empty[key] = np.zeros((count, *self.output_spec(key)["shape"]), dtype=np.float32)
-        return empty
+        result = self._gather(indices, empty)
+        result[fmt.VIDEO_ID] = list(result[fmt.VIDEO_ID])
+        return result
+
+    def view_boxes(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """teacher name -> (N, 4) float32 (x0, y0, x1, y1) at `indices`: the part of each row's frame, as fractions
+        of its width and height, that the teacher's outputs come from (its centre crop, or the whole frame)."""
+        count = len(np.asarray(indices).reshape(-1))
+        keys = self.view_box_keys
+        boxes = self._gather(indices, {key: np.zeros((count, *fmt.VIEW_BOX_SHAPE), np.float32) for key in keys.values()})
+        return {teacher: boxes[key] for teacher, key in keys.items()}
 
     # ------------------------------------------------------------------ videos
     def _build_video_index(self) -> dict[str, np.ndarray]:
@@ -239,6 +258,10 @@ class TargetStore:
     def rows_for_video(self, video_id: str) -> dict[str, Any]:
         """All rows of one video sorted by t_seconds (same layout as `rows`)."""
         return self.rows(self.video_rows(video_id))
+
+    def view_boxes_for_video(self, video_id: str) -> dict[str, np.ndarray]:
+        """Each teacher's view boxes of one video's rows, sorted by t_seconds (same layout as `view_boxes`)."""
+        return self.view_boxes(self.video_rows(video_id))
 
     def iter_blocks(self, names: Iterable[str], block_rows: int = 4096):
         """Yield (shard position, {name: array}) blocks covering every row once, for streaming summaries."""

@@ -1,5 +1,5 @@
-"""Check a target cache end to end: manifest, file hashes, HDF5 checksums, row counts, finite values, stored
-video layouts, stray files."""
+"""Check a target cache end to end: manifest, file hashes, HDF5 checksums, row counts, finite values, teachers'
+view boxes inside the frame, stored video layouts, stray files."""
 
 from __future__ import annotations
 
@@ -137,9 +137,9 @@ def _check_contents(
 def _check_datasets(
     path: Path, shard: h5py.File, output_keys: list[str]
 ) -> tuple[list[str], int | None, set[str] | None]:
-    """Every row and output dataset present, of one length, readable in full, finite."""
+    """Every row, output and view box dataset present, of one length, readable in full, finite; boxes inside the frame."""
     problems = []
-    names = [*fmt.ROW_COLUMNS, *output_keys]
+    names = [*fmt.ROW_COLUMNS, *output_keys, *view_box_keys(output_keys)]
     absent = [name for name in names if name not in shard]
     if absent:
         problems.append(f"{path}: datasets {absent} missing")
@@ -154,6 +154,12 @@ def _check_datasets(
     return problems, lengths.get(fmt.T_SECONDS), shard_videos if fmt.VIDEO_ID in present else None
 
 
+def view_box_keys(output_keys: list[str]) -> list[str]:
+    """`<teacher>/view_box` of every teacher with an output among `output_keys`, in their order."""
+    teachers = dict.fromkeys(key.split("/", 1)[0] for key in output_keys)
+    return [fmt.view_box_key(teacher) for teacher in teachers]
+
+
 def _verify_dataset(path: Path, dataset: h5py.Dataset, name: str, shard_videos: set[str]) -> list[str]:
     """Read the whole dataset (h5py raises on a fletcher32 mismatch) and look for non-finite floats."""
     problems = []
@@ -166,6 +172,10 @@ def _verify_dataset(path: Path, dataset: h5py.Dataset, name: str, shard_videos: 
             continue
         if block.dtype.kind == "f":
             non_finite_rows += int((~np.isfinite(block.reshape(len(block), -1))).any(axis=1).sum())
+        if name.endswith("/" + fmt.VIEW_BOX) and len(block):
+            problem = fmt.view_box_problem(block)
+            if problem is not None:
+                problems.append(f"{path}: {name} rows {start}..: {problem}; delete the shard and rerun extract for it")
         elif name == fmt.VIDEO_ID:
             shard_videos.update(header.decode_video_ids(block))
     if non_finite_rows:

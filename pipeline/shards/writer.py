@@ -220,6 +220,10 @@ class ShardWriter:
             if spec.class_names is not None:
                 dataset.attrs[fmt.ATTR_CLASS_NAMES] = np.array(spec.class_names, dtype=h5py.string_dtype("utf-8"))
             self._columns[fmt.output_key(teacher["name"], spec.name)] = (spec.storage_dtype, spec.shape)
+        box_dtype = np.dtype(fmt.VIEW_BOX_DTYPE)
+        boxes = self._create_dataset(group, fmt.VIEW_BOX, box_dtype, fmt.VIEW_BOX_SHAPE)
+        _set_attribute(boxes, fmt.ATTR_MEANING, fmt.VIEW_BOX_MEANING)
+        self._columns[fmt.view_box_key(teacher["name"])] = (box_dtype, fmt.VIEW_BOX_SHAPE)
 
     # ------------------------------------------------------------------ rows
     @property
@@ -228,7 +232,8 @@ class ShardWriter:
         return self.rows_written + self._pending_rows
 
     def append(self, rows: dict[str, Any]) -> None:
-        """Append N rows: `video_id` (N strings), `t_seconds`, `frame_index`, and every `<teacher>/<output>` (N, *shape)."""
+        """Append N rows: `video_id` (N strings), `t_seconds`, `frame_index`, every `<teacher>/<output>` (N, *shape) and
+        every `<teacher>/view_box` (N, 4): the part of each row's frame the teacher saw (pipeline.shards.format)."""
         if self.closed:
             raise ValueError(f"{self.final_path.name}: append after close")
         missing = sorted(set(self._columns) - set(rows))
@@ -245,7 +250,9 @@ class ShardWriter:
             if values.shape != (count, *shape):
                 raise ValueError(f"{self.final_path.name}: {name} has shape {values.shape}, expected {(count, *shape)}")
             values = to_storage_dtype(values, dtype)
-            if dtype.kind == "f":
+            if name.endswith("/" + fmt.VIEW_BOX):  # (no output is named so: format.OutputSpec)
+                self._check_view_boxes(name, values)
+            elif dtype.kind == "f":
                 self._check_finite(name, values, video_ids)
             converted[name] = values
         for name, values in converted.items():
@@ -289,6 +296,11 @@ class ShardWriter:
                 f"{self.final_path.name}: {name} is NaN/inf (or beyond float16's ±65504) for video "
                 f"{video_ids[first]!r}; check the teacher, nothing non-finite is written"
             )
+
+    def _check_view_boxes(self, name: str, boxes: np.ndarray) -> None:
+        problem = fmt.view_box_problem(boxes)
+        if problem is not None:
+            raise ShardError(f"{self.final_path.name}: {name} {problem}; check the teacher's view_box")
 
     def _flush(self, count: int) -> None:
         """Write the first `count` pending rows to every dataset, in the fixed column order."""

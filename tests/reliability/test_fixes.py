@@ -68,7 +68,7 @@ def _tiny_targets(folder):
     with ShardWriter(shard, teachers=[teacher], shard_index=0, shard_count=1, attributes=attributes) as writer:
         writer.add_skipped("bad_video", "/videos/bad_video.mp4", "empty file (0 bytes)")
         writer.append({"video_id": ["v"] * 4, "t_seconds": np.arange(4.0), "frame_index": np.arange(4),
-                       "t/logits": np.zeros((4, 10), np.float32)})
+                       "t/logits": np.zeros((4, 10), np.float32), "t/view_box": np.float32([[0, 0, 1, 1]] * 4)})
     write_manifest(folder, config={}, shards=[shard])
     return shard
 
@@ -98,7 +98,8 @@ try:
     with ShardWriter(sys.argv[1], teachers=[teacher], shard_index=0, shard_count=1, attributes=attributes) as writer:
         for _ in range(4):
             writer.append({"video_id": ["v"] * 30, "t_seconds": np.zeros(30), "frame_index": np.zeros(30, np.int64),
-                           "t/logits": np.random.default_rng(0).random((30, 1000), dtype=np.float32)})
+                           "t/logits": np.random.default_rng(0).random((30, 1000), dtype=np.float32),
+                           "t/view_box": np.float32([[0, 0, 1, 1]] * 30)})
 except ShardError as error:
     print(error)
 """
