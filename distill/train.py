@@ -195,11 +195,12 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, 
 
 @torch.no_grad()
 def evaluate(model, loader, loss_fn, autocast, context, agreement) -> dict[str, float]:
-    """Held-out distillation loss (per term, as over all clips at once: LossTotals) and top-1 agreement with the
-    ImageNet teacher, over all ranks."""
+    """Held-out distillation loss (per term, as over all clips at once: LossTotals), top-1 and top-5 agreement with
+    the ImageNet teacher (the teacher's top class among the student's top 1 / top 5), and how many held-out clips
+    they are over (on the demo, a handful: read the agreement with that in mind), over all ranks."""
     model.eval()
     totals = LossTotals(loss_fn, context.device)
-    agreeing = torch.zeros((), dtype=torch.float64, device=context.device)
+    agreeing = torch.zeros(2, dtype=torch.float64, device=context.device)  # top-1, top-5
     normalisation = input_normalisation(model)
     for batch in loader:
         video, targets = to_device(batch, context.device, context.device.type == "cuda", normalisation)
@@ -207,11 +208,15 @@ def evaluate(model, loader, loss_fn, autocast, context, agreement) -> dict[str, 
             predictions = model(video)
         totals.add(loss_fn({key: value.float() for key, value in predictions.items()}, targets), len(video))
         if agreement is not None:
-            agreeing += (predictions[agreement].argmax(dim=1) == targets[agreement].argmax(dim=1)).sum()
+            student, teacher = predictions[agreement], targets[agreement].argmax(dim=1, keepdim=True)  # (B, C), (B, 1)
+            top5 = student.topk(min(5, student.shape[1]), dim=1).indices  # (B, 5)
+            agreeing += torch.stack([(top5[:, :1] == teacher).sum(), (top5 == teacher).sum()]).double()
     figures, clips = totals.global_figures(context)
     result = {f"val_{name}": value for name, value in figures.items()}
+    result["val_clips"] = clips
     if agreement is not None:
-        result["val_agreement_top1"] = all_reduce_sum(agreeing, context).item() / max(clips, 1)
+        top1, top5 = (all_reduce_sum(agreeing, context) / max(clips, 1)).tolist()
+        result["val_agreement_top1"], result["val_agreement_top5"] = top1, top5
     return result
 
 

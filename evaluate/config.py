@@ -47,7 +47,7 @@ class EvalConfig:
     splits_dir: str | None = None  # split files; default: the adapter's usual places beside/inside root
     splits: tuple[int, ...] = (1, 2, 3)
     init: str = "scratch"  # a distill checkpoint (.pt, or a run folder) | "scratch" | "inflated:<2d-model>[:random]"
-    student: str | None = None  # architecture for scratch (default r2plus1d_18); checked against a checkpoint's
+    student: str | None = None  # architecture for scratch (default resnet18_3d); checked against a checkpoint's
     width: str | None = None  # "full" | "tiny"; for scratch (default full); checked against a checkpoint's
     linear_probe: bool = False  # freeze the trunk (no gradients, batch norms in eval mode), train the classifier
     seeds: tuple[int, ...] = (0,)

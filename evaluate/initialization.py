@@ -38,7 +38,7 @@ INIT_FORMS = (
     "a distill checkpoint (.pt file or run folder), 'scratch', or 'inflated:<2d-model>' "
     "(resnet18, efficientnet_lite0; add ':random' for random 2D weights)"
 )
-DEFAULT_STUDENT = "r2plus1d_18"
+DEFAULT_STUDENT = "resnet18_3d"  # the paper's Res3D-18, which ImageNet ResNet-18 inflates into exactly
 DEFAULT_WIDTH = "full"
 TRUNK_PREFIX = "trunk."
 

@@ -291,11 +291,16 @@ def test_reported_keypoint_loss_is_the_whole_data_figure_for_any_batch_size():
                 for start in range(0, count, size)]
 
     agreeing = (predictions[CLASSIFIER.key].argmax(1) == targets[CLASSIFIER.key].argmax(1)).float().mean().item()
+    teacher_top = targets[CLASSIFIER.key].argmax(1).tolist()
+    student_top5 = [sorted(range(10), key=lambda c: -row[c])[:5] for row in predictions[CLASSIFIER.key].tolist()]
+    agreeing_top5 = sum(top in five for top, five in zip(teacher_top, student_top5)) / count
+    assert agreeing < agreeing_top5 < 1.0  # the fixture can tell the two apart
     for size in (1, 2, 3, count):
         reported = evaluate(model, batches(size), loss, contextlib.nullcontext(), context, CLASSIFIER.key)
         assert reported[f"val_{keypoint_name}"] == pytest.approx(whole[keypoint_name].item(), rel=1e-6), size
         assert reported["val_loss"] == pytest.approx(whole["loss"].item(), rel=1e-6), size
         assert reported["val_agreement_top1"] == pytest.approx(agreeing)
+        assert reported["val_agreement_top5"] == pytest.approx(agreeing_top5) and reported["val_clips"] == count
     by_clips = [(loss(model(batch["video"]), batch["targets"])[keypoint_name].item(), len(batch["video"]))
                 for batch in batches(2)]
     old_report = sum(value * clips for value, clips in by_clips) / count
