@@ -30,7 +30,7 @@ class DistillConfig:
     prepared: str | None = None
     decoder: str = "auto"  # "auto" | "torchcodec" | "pyav" | "ffmpeg" (pipeline.video.backends)
     decode_device: str = "cpu"  # "cuda": TorchCodec decodes on the GPU (NVDEC)
-    student: str = "r2plus1d_18"
+    student: str = "r2plus1d_18"  # configs/distill.yaml (make distill) picks resnet18_3d, the paper's Res3D-18
     width: str = "full"  # "full" | "tiny"
     modality: str = "rgb"  # "rgb" | "flow"
     flow_method: str = "farneback"  # "farneback" | "tvl1"

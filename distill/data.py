@@ -155,7 +155,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
         videos_root: str | os.PathLike | None = None, max_decode_failures: int = 50, decode_threads: int | None = 1,
         flow_method: str | None = None, temperature: float = 1.0, shuffle_targets: bool = False,
         prepared: str | os.PathLike | None = None, decoder: str = "auto", decode_device: str = "cpu",
-        crop_in_teacher_view: float = 1.0, loss_weights: Mapping[str, float] | None = None,
+        crop_in_teacher_view: float = 0.8, loss_weights: Mapping[str, float] | None = None,
     ):
         if flow_method is not None:  # a shorthand for ClipSpec.flow_method, as a CLI passes it
             clip = dataclasses.replace(clip, flow_method=flow_method)

@@ -189,8 +189,10 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, 
     watch.check(state["step"])
     figures, clips = totals.global_figures(context)
     seconds = earlier_seconds + time.monotonic() - started
+    in_view_sum, in_view_clips = all_reduce_sum(torch.tensor(in_view, dtype=torch.float64, device=context.device),
+                                                context).tolist()  # every rank's clips, as the other figures
     return {"figures": figures, "clips": clips, "data_wait": data_wait, "seconds": seconds,
-            "crop_in_view": in_view[0] / in_view[1] if in_view[1] else None}
+            "crop_in_view": in_view_sum / in_view_clips if in_view_clips else None}
 
 
 @torch.no_grad()
@@ -239,7 +241,7 @@ def epoch_record(state, stats: dict, validation: dict, lr: float) -> dict[str, A
     record["clips_per_second"] = stats["clips"] / max(stats["seconds"], 1e-9)
     record["data_wait_fraction"] = stats["data_wait"] / max(stats["seconds"], 1e-9)
     record["seconds"] = stats["seconds"]
-    if stats.get("crop_in_view") is not None:  # mean fraction of rank 0's crops inside the teachers' view
+    if stats.get("crop_in_view") is not None:  # mean fraction of the epoch's crops inside the teachers' view
         record["train_crop_in_view"] = stats["crop_in_view"]
     return record
 

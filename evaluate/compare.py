@@ -7,8 +7,7 @@ when given, which must then be every init's architecture), so every paired diffe
 same network: a Δ between two architectures would measure the architecture as much as the init.
 
 Each row is tuned on validation when `tune_lrs` is set (evaluate.tuning: learning rate and the epoch to keep,
-chosen on the validation part of the first split's train list), then run once per (split, seed) with the chosen
-values (`run_eval`, cached by its key, so re-running a comparison only computes what is new). Before any run,
+chosen on each split's own validation part), then run once per (split, seed) with its split's chosen values (`run_eval`, cached by its key, so re-running a comparison only computes what is new). Before any run,
 each init's pretraining videos are checked against the test lists (evaluate.overlap), so a refused init stops the
 comparison before hours of finetuning. The comparison folder gets RESULTS.md, results.json and PNG plots
 (evaluate.report).
@@ -30,7 +29,7 @@ from evaluate.overlap import check_pretraining_overlap
 from evaluate.report import results_table, spread, write_report  # noqa: F401  (spread: the public helper)
 from evaluate.results import EvalResult
 from evaluate.statistics import PairedDifference, difference_across_distillations, difference_against
-from evaluate.tuning import Tuning, tune, tuned_config
+from evaluate.tuning import Tuning, tune
 from pipeline.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -173,16 +172,20 @@ def paired_differences(results: Sequence[EvalResult], references: Sequence[int |
 # Options of a distillation that say where or how fast it ran, or which seed: runs that differ only in these are
 # draws of one recipe, and their rows pool into one interval over distillation runs.
 DISTILL_RUN_ONLY = ("seed", "out", "targets", "videos_root", "prepared", "decoder", "decode_device", "workers", "device",
-                    "cache_clips", "stop_after_steps", "tensorboard")
+                    "cache_clips", "tensorboard")
 
 
 def distillation_recipe(description: dict[str, Any]) -> str | None:
-    """What a DistInit checkpoint was distilled with, less its seed and where it ran (None: not a checkpoint)."""
+    """What a DistInit checkpoint was distilled with, less its seed and where it ran: its config, its targets' content
+    fingerprint (another teacher cache or video pool is another recipe) and the step it was saved at (None: not a
+    checkpoint, or one that does not record them)."""
     config = description.get("distill_config")
-    if description.get("kind") != "checkpoint" or not isinstance(config, dict):
+    fingerprint = (description.get("distill_provenance") or {}).get("targets_fingerprint")
+    if description.get("kind") != "checkpoint" or not isinstance(config, dict) or not fingerprint:
         return None
     recipe = {name: value for name, value in config.items() if name not in DISTILL_RUN_ONLY}
-    return json.dumps({"architecture": description.get("architecture"), **recipe}, sort_keys=True, default=str)
+    return json.dumps({"architecture": description.get("architecture"), "targets": fingerprint,
+                       "step": description.get("distill_step"), **recipe}, sort_keys=True, default=str)
 
 
 def pooled_distillations(rows: Sequence[Row], results: Sequence[EvalResult],
@@ -196,7 +199,12 @@ def pooled_distillations(rows: Sequence[Row], results: Sequence[EvalResult],
             recipes.setdefault(recipe, []).append(index)
     pooled = []
     for members in recipes.values():
+        seeds = [rows[index].description["distill_config"].get("seed") for index in members]
         if len(members) < 2:
+            continue
+        if len(set(seeds)) < len(seeds):  # e.g. checkpoint-best and checkpoint-last of one run: not two draws
+            logger.info("compare: %s share a distillation seed; not pooled as distillation runs",
+                        ", ".join(rows[index].init for index in members))
             continue
         reference = results[references[members[0]]]
         difference = difference_across_distillations([results[index].runs for index in members], reference.runs,
@@ -231,7 +239,7 @@ def compare(config: EvalConfig, inits: Sequence[str], out_dir: str | Path, show_
         logger.info("compare: %s (%s)", row.init, " ".join(row.architecture))
         tuning = tune(init_config, show_progress=show_progress) if config.tune_lrs else None
         tunings.append(tuning)
-        results.append(run_eval(tuned_config(init_config, tuning), show_progress=show_progress))
+        results.append(run_eval(init_config, show_progress=show_progress, chosen=tuning.chosen() if tuning else None))
     labels = unique_labels([init_label(result) for result in results])
     references = reference_rows(rows)
     differences = paired_differences(results, references)

@@ -35,6 +35,11 @@ NOT_IN_KEY = ("root", "splits_dir", "out", "workers", "device", "threads", "save
 # folder, so asking for seeds 0-9 after 0-2 reuses the first three. Stage keys (pipeline/stages.py) add them back.
 RUN_SELECTION = ("splits", "seeds")
 
+# What a run scored on test does not depend on (they only chose its lr and stop_epoch), and what a tuning curve on
+# validation does not depend on (test-time options; it always runs the whole schedule).
+RUN_ONLY_LEFT_OUT = ("tune_lrs", "val_clips")
+TUNING_LEFT_OUT = ("tune_lrs", "stop_epoch", "test_clips", "three_crop", "temporal_ablations")
+
 DATASETS = ("hmdb51", "ucf101")
 PRETRAINED_TRUNK_SCALE = 0.1
 SCRATCH_TRUNK_SCALE = 1.0
@@ -68,15 +73,15 @@ class EvalConfig:
     min_lr_fraction: float = 0.01
     epochs: int = 30
     # The epoch whose weights are scored (None: the last). Training follows the schedule of `epochs` and stops
-    # after this one, so a run reproduces the tuning run's model at that epoch (evaluate.tuning chooses it).
+    # after this one, so a run with the tuning run's seed repeats its trajectory up to there (evaluate.tuning).
     stop_epoch: int | None = None
     # Validation (evaluate.validation): this share of each split's train list, whole source groups stratified by
     # class and divided once with val_seed, is held out of training in every run; tuning scores it.
     val_fraction: float = 0.2
     val_seed: int = 0
     val_clips: int = 3  # uniformly spaced clips per validation video
-    # Learning rates `compare` tries for each init on the validation part of the first split (first seed), with the
-    # epoch to keep; empty: no tuning, `lr` and `stop_epoch` as given. Test chooses nothing.
+    # Learning rates `compare` and `eval` try for each init on each split's own validation part (first seed), with
+    # the epoch to keep; empty: no tuning, `lr` and `stop_epoch` as given. Test chooses nothing (evaluate.tuning).
     tune_lrs: tuple[float, ...] = ()
     batch_size: int = 16
     dropout: float = 0.5  # before the new classifier
@@ -152,9 +157,13 @@ class EvalConfig:
             return self.lr_trunk_scale
         return PRETRAINED_TRUNK_SCALE if pretrained else SCRATCH_TRUNK_SCALE
 
-    def key_fields(self) -> dict[str, Any]:
-        """Everything that changes a run's results, except `init` (the caller hashes what it points at) and which
-        (split, seed) runs to make."""
+    def key_fields(self, purpose: str = "stage") -> dict[str, Any]:
+        """Everything that changes what `purpose` produces, except `init` (the caller hashes what it points at) and
+        which (split, seed) runs to make. "stage": a whole eval or comparison (tuning included); "run": one
+        finetuning run scored on test (its lr and stop_epoch as chosen; the grid and validation clips only chose
+        them); "tuning": one tuning curve on validation (the test options do not touch it)."""
+        left_out = NOT_IN_KEY + RUN_SELECTION + ("init",) + {"stage": (), "run": RUN_ONLY_LEFT_OUT,
+                                                             "tuning": TUNING_LEFT_OUT}[purpose]
         values = dataclasses.asdict(self)
-        fields = {name: value for name, value in values.items() if name not in NOT_IN_KEY + RUN_SELECTION + ("init",)}
+        fields = {name: value for name, value in values.items() if name not in left_out}
         return {**fields, **decoder_key(self.decoder)}

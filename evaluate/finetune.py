@@ -15,12 +15,13 @@ epochs (the sampler passes the epoch).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import logging
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -168,8 +169,12 @@ def scoring_loader(records, clip: ClipSpec, config: EvalConfig, videos: dict, de
     scored_set = EvaluationClips(records, clip, clips_per_video=clips_per_video, three_crop=config.three_crop,
                                  normalisation=None, temporal_ablations=ablations, **videos)
     workers = capped_workers(config.workers, "loader workers")
+    # Its own generator: starting its workers must not draw from torch's global RNG, or scoring validation between
+    # epochs would change the dropout masks of the epochs after it (a tuning run and the run kept at its chosen
+    # epoch must follow one trajectory).
     loader = DataLoader(scored_set, batch_size=None, shuffle=False, num_workers=workers, worker_init_fn=seed_worker,
-                        pin_memory=device.type == "cuda", persistent_workers=persistent and workers > 0)
+                        pin_memory=device.type == "cuda", persistent_workers=persistent and workers > 0,
+                        generator=torch.Generator().manual_seed(0))
     return scored_set, loader
 
 
@@ -265,10 +270,14 @@ def _file_size(path) -> int | None:
         return None
 
 
-def results_key(config: EvalConfig, manifest_sha256: str, initialization: Initialization) -> str:
-    """What names a results folder and lets finished runs be reused: config, dataset, init, normalisation, code."""
-    fields = {"config": config.key_fields(), "dataset": manifest_sha256, "init": initialization.identity,
+def results_key(config: EvalConfig, manifest_sha256: str, initialization: Initialization, purpose: str = "run",
+                chosen: Mapping[int, tuple[float, int]] | None = None) -> str:
+    """What names a results folder and lets finished runs be reused: config (EvalConfig.key_fields(purpose)),
+    dataset, init, normalisation, code, and the lr and epoch chosen per split where tuning chose them."""
+    fields = {"config": config.key_fields(purpose), "dataset": manifest_sha256, "init": initialization.identity,
               "input_normalisation": initialization.normalisation.to_dict(), "code_version": CODE_VERSION}
+    if chosen:
+        fields["chosen"] = {str(split): list(choice) for split, choice in sorted(chosen.items())}
     if config.prepared:
         fields["prepared"] = sealed_folder(config.prepared).name  # re-encoded copies: other pixels, same frames
     return sha256_json(fields)[:16]
@@ -315,13 +324,25 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(previous)
 
 
-def run_eval(config: EvalConfig, show_progress: bool = False) -> EvalResult:
-    """Every (split, seed) run of `config`; writes `<out>/results.json`, config.yaml and provenance.json."""
+def run_eval(config: EvalConfig, show_progress: bool = False,
+             chosen: Mapping[int, tuple[float, int]] | None = None) -> EvalResult:
+    """Every (split, seed) run of `config`; writes `<out>/results.json`, config.yaml and provenance.json.
+
+    `chosen` (evaluate.tuning): split -> (lr, stop_epoch) chosen on that split's validation part; its runs use
+    them instead of the config's lr and stop_epoch."""
     with torch_threads(config.threads):
-        return _run_eval(config, show_progress)
+        return _run_eval(config, show_progress, dict(chosen or {}))
 
 
-def _run_eval(config: EvalConfig, show_progress: bool) -> EvalResult:
+def split_config(config: EvalConfig, split: int, chosen: Mapping[int, tuple[float, int]]) -> EvalConfig:
+    """The config of one split's runs: the lr and stop_epoch chosen for it, when tuning chose them."""
+    if split not in chosen:
+        return config
+    lr, stop_epoch = chosen[split]
+    return dataclasses.replace(config, lr=lr, stop_epoch=stop_epoch)
+
+
+def _run_eval(config: EvalConfig, show_progress: bool, chosen: dict[int, tuple[float, int]]) -> EvalResult:
     started = time.monotonic()
     listing, splits_folder = load_listing(config)
     split_lists = {split: split_records(listing, split, splits_folder) for split in config.splits}
@@ -332,21 +353,23 @@ def _run_eval(config: EvalConfig, show_progress: bool) -> EvalResult:
     parts = {split: training_parts(config, split, train_records, test_records)
              for split, (train_records, test_records) in split_lists.items()}
     dataset = dataset_description(config, listing, splits_folder)
-    key = results_key(config, dataset["manifest_sha256"], initialization)
+    key = results_key(config, dataset["manifest_sha256"], initialization, chosen=chosen)
     out_dir = Path(config.out) if config.out else DEFAULT_OUT_ROOT / key
     make_output_folder(out_dir)
     write_provenance(out_dir, config, key=key, init=initialization.description, dataset=dataset,
-                     code_version=CODE_VERSION)
+                     code_version=CODE_VERSION, chosen={str(split): list(value) for split, value in chosen.items()})
     device = resolve_device(config.device)
     runs = []
     for split in config.splits:
+        run_config = split_config(config, split, chosen)
+        run_key = results_key(run_config, dataset["manifest_sha256"], initialization)
         for seed in config.seeds:
-            run = _cached_run(out_dir, key, split, seed, config)
+            run = _cached_run(out_dir, run_key, split, seed, run_config)
             if run is None:
                 (train_part, validation_part), test_records = parts[split], split_lists[split][1]
-                run, model = run_split(train_part, test_records, split, seed, len(listing.class_names), config,
+                run, model = run_split(train_part, test_records, split, seed, len(listing.class_names), run_config,
                                        initialization, device, show_progress, validation_videos=len(validation_part))
-                _store_run(out_dir, key, run, model, listing.class_names, config)
+                _store_run(out_dir, run_key, run, model, listing.class_names, run_config)
             logger.info("split %d seed %d: clip top-1 %.3f, video top-1 %.3f, top-5 %.3f (%d of %d test videos "
                         "failed to decode, counted wrong)", split, seed, run.clip_top1, run.video_top1, run.video_top5,
                         run.failed_test_videos, run.test_videos)

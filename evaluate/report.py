@@ -172,27 +172,28 @@ def header_text(config: EvalConfig, results: Sequence[EvalResult], tuned: bool =
 
 
 def tuning_text(labels: Sequence[str], tunings: Sequence[Any] | None) -> str:
-    """What validation chose for each row, and the statement that test chose nothing."""
+    """What validation chose for each row and split, and the statement that test chose nothing."""
     if not tunings or all(tuning is None for tuning in tunings):
         return ("\n## Settings\n\nNo tuning (tune_lrs is empty): every init used the config's learning rate and "
                 "its last epoch, chosen before any test score was seen.\n")
-    first = next(tuning for tuning in tunings if tuning is not None)
-    lines = ["| init | validation video top-1 at each lr (its best epoch) | chosen lr | epoch kept |",
-             "| --- | --- | --- | --- |"]
+    lines = ["| init | split | validation videos (source groups) | validation video top-1 at each lr (its best epoch) "
+             "| chosen lr | epoch kept |", "| --- | --- | --- | --- | --- | --- |"]
     for label, tuning in zip(labels, tunings):
         if tuning is None:
-            lines.append(f"| {label} | not tuned | | |")
+            lines.append(f"| {label} | | not tuned | | | |")
             continue
-        tried = ", ".join(f"{lr}: {100 * best['val_video_top1']:.1f} (epoch {best['epoch']})"
-                          for lr, best in tuning.best_by_lr().items())
-        lines.append(f"| {label} | {tried} | {tuning.lr:g} | {tuning.stop_epoch} |")
+        for entry in tuning.splits:
+            tried = ", ".join(f"{lr}: {100 * best['val_video_top1']:.1f} (epoch {best['epoch']})"
+                              for lr, best in entry.best_by_lr().items())
+            lines.append(f"| {label} | {entry.split} | {entry.validation_videos} ({entry.validation_groups}) | {tried} | "
+                         f"{entry.lr:g} | {entry.stop_epoch} |")
     return (
         "\n## Chosen on validation; test chose nothing\n\n"
-        f"Each init's learning rate and the epoch to keep were chosen on the validation part of split {first.split}'s "
-        f"train list ({first.validation_videos} videos in {first.validation_groups} source groups, held out of "
-        f"training; seed {first.seed}), by validation video top-1 (ties: lower validation loss). The test lists were "
-        "scored once per (split, seed), with those values, after they were chosen; no test score chose anything "
-        "(evaluate/tuning.py).\n\n" + "\n".join(lines) + "\n"
+        "Each init's learning rate and the epoch to keep were chosen on each split's own validation part (whole "
+        "source groups of that split's train list, held out of training in every run; the first seed), by "
+        "validation video top-1 (ties: lower validation loss). The test lists were scored once per (split, seed), "
+        "with those values, after they were chosen; no test score chose anything (evaluate/tuning.py).\n\n"
+        + "\n".join(lines) + "\n"
     )
 
 
@@ -215,6 +216,8 @@ def pooled_text(labels: Sequence[str], pooled: Sequence[dict[str, Any]] | None) 
     """Rows distilled with one recipe and several seeds, pooled into one interval over distillation runs; or the
     statement that every interval is conditional on the one distillation run it finetunes."""
     if not pooled:
+        if not any("DistInit" in label for label in labels):
+            return ""
         return ("\nEach DistInit interval is conditional on one distillation run: it resamples eval seeds and test "
                 "source groups, not the distillation (distil again with another `seed` and list both checkpoints in "
                 "--inits to pool them).\n")

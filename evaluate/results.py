@@ -187,13 +187,16 @@ def write_report_folder(result: EvalResult, folder: str | Path) -> Path:
 def format_table(result: EvalResult) -> str:
     """A short plain-text table, in percent: one row per (split, seed), then mean +- std."""
     header = f"{'split':>5} {'seed':>4}  " + "  ".join(f"{METRIC_TITLES[m]:>13}" for m in METRICS)
+    header += f"  {'lr':>7} {'epoch':>5}"
     lines = [f"{result.dataset.get('name')} / {result.init.get('spec')}" + (" (linear probe)" if result.config.linear_probe else ""),
-             f"lr {result.config.lr:g}, epoch {result.config.stop_epoch or result.config.epochs} of {result.config.epochs} "
-             f"kept; trained on each split's train list less {result.config.val_fraction:g} held out for validation",
+             f"a schedule of {result.config.epochs} epochs, each run kept at its epoch; trained on each split's train "
+             f"list less {result.config.val_fraction:g} held out for validation"
+             + (" (lr and epoch chosen on it)" if result.config.tune_lrs else ""),
              header]
     for run in sorted(result.runs, key=lambda run: (run.split, run.seed)):
         cells = "  ".join(f"{100 * getattr(run, metric):13.1f}" for metric in METRICS)
-        lines.append(f"{run.split:>5} {run.seed:>4}  {cells}")
+        lr, epoch = run_value(run, "lr"), run_value(run, "stop_epoch")
+        lines.append(f"{run.split:>5} {run.seed:>4}  {cells}  {'n/a' if lr is None else f'{lr:g}':>7} {epoch or 'n/a':>5}")
     spreads = [("over splits", "over_splits")]
     if len(result.config.seeds) > 1:
         spreads.append(("over seeds", "over_seeds"))

@@ -225,7 +225,9 @@ HMDB_SOURCE_CODE_CYCLE = ("1", "2", "1", "1", "0", "1", "2")
 
 
 def hmdb_source_clip_name(class_name: str, source: int, clip: int) -> str:
-    return f"Source{source:02d}_{class_name}_f_cm_np1_le_med_{clip}.avi"
+    # The meta tags change from clip to clip of one source, as in the real set: only the source and action group.
+    tags = f"{'fhua'[clip % 4]}_{('cm', 'nm')[clip % 2]}_np{1 + clip % 2}_{('le', 'fr', 'ri', 'ba')[clip % 4]}"
+    return f"Source{source:02d}_{class_name}_{tags}_{('med', 'goo', 'bad')[clip % 3]}_{clip}.avi"
 
 
 def make_hmdb51_grouped(base: Path, video_source: Path | None = None) -> Layout:

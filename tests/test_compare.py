@@ -153,7 +153,7 @@ def test_compare_runs_scratch_first_and_reports_the_overlap(tmp_path, monkeypatc
     monkeypatch.setattr(compare_module, "resolve_init", lambda init, **_: type("I", (), {"description": described[init]}))
     ran = []
 
-    def fake_run_eval(init_config, show_progress=False):
+    def fake_run_eval(init_config, show_progress=False, chosen=None):
         ran.append((init_config.init, init_config.student, init_config.lr_trunk_scale))
         init = SCRATCH if init_config.init == "scratch" else described[init_config.init]
         right = 5 if init_config.init == "scratch" else 15
@@ -184,7 +184,7 @@ def _fake_runs(monkeypatch, described: dict, right: dict):
     """compare's run_eval replaced by one returning `right[init]` correct videos of 20 per run; returns the calls."""
     ran = []
 
-    def fake_run_eval(init_config, show_progress=False):
+    def fake_run_eval(init_config, show_progress=False, chosen=None):
         ran.append((init_config.init, init_config.student, init_config.width))
         if init_config.init == "scratch":
             init = {"kind": "scratch", "spec": "scratch",
@@ -236,7 +236,7 @@ def test_compare_refuses_mixed_architectures(tmp_path, monkeypatch):
 
 def test_compare_tunes_each_init_and_runs_the_chosen_values(tmp_path, monkeypatch):
     """With tune_lrs, each row is tuned on validation first, and its runs use the chosen lr and epoch only."""
-    from evaluate.tuning import Tuning
+    from evaluate.tuning import SplitTuning, Tuning
 
     layout = make_hmdb51(tmp_path / "hmdb")
     config = EvalConfig(root=str(layout.root), splits_dir=str(layout.splits_dir), splits=(1,), seeds=(0, 1),
@@ -251,27 +251,26 @@ def test_compare_tunes_each_init_and_runs_the_chosen_values(tmp_path, monkeypatc
         lr, epoch = chosen[init_config.init]
         curves = {f"{value:g}": [{"epoch": epoch, "val_video_top1": 0.5 if value == lr else 0.25, "val_loss": 1.0}]
                   for value in init_config.tune_lrs}
-        return Tuning(1, 0, 30, 8, 4, curves, lr, epoch, 0.5)
+        return Tuning([SplitTuning(1, 0, 30, 8, 4, curves, lr, epoch, 0.5)])
 
     monkeypatch.setattr(compare_module, "tune", fake_tune)
     configs = []
     real_fake = _fake_runs(monkeypatch, described, {("scratch", "r2plus1d_18"): 5, ("runs/a.pt", "r2plus1d_18"): 15})
     wrapped = compare_module.run_eval
 
-    def recording_run_eval(init_config, show_progress=False):
-        configs.append(init_config)
+    def recording_run_eval(init_config, show_progress=False, chosen=None):
+        configs.append((init_config.init, chosen))
         return wrapped(init_config, show_progress)
 
     monkeypatch.setattr(compare_module, "run_eval", recording_run_eval)
     comparison = compare(config, ["scratch", "runs/a.pt"], tmp_path / "compare")
     assert tuned == ["scratch", "runs/a.pt"] and len(real_fake) == 2
-    assert [(c.init, c.lr, c.stop_epoch, c.tune_lrs) for c in configs] == [("scratch", 0.01, 9, ()),
-                                                                            ("runs/a.pt", 0.001, 4, ())]
+    assert configs == [("scratch", {1: (0.01, 9)}), ("runs/a.pt", {1: (0.001, 4)})]
     report = (tmp_path / "compare" / "RESULTS.md").read_text()
     assert "## Chosen on validation; test chose nothing" in report
     assert "no test score chose anything" in report
-    assert "| DistInit [r2plus1d_18 tiny] | 0.001: 50.0 (epoch 4), 0.01: 25.0 (epoch 4) | 0.001 | 4 |" in report
-    assert comparison.tunings[1].lr == 0.001
+    assert "| DistInit [r2plus1d_18 tiny] | 1 | 8 (4) | 0.001: 50.0 (epoch 4), 0.01: 25.0 (epoch 4) | 0.001 | 4 |" in report
+    assert comparison.tunings[1].chosen() == {1: (0.001, 4)}
 
 
 def test_distillation_runs_of_one_recipe_pool_into_one_interval(tmp_path, monkeypatch):
@@ -280,13 +279,22 @@ def test_distillation_runs_of_one_recipe_pool_into_one_interval(tmp_path, monkey
     layout = make_hmdb51(tmp_path / "hmdb")
     config = EvalConfig(root=str(layout.root), splits_dir=str(layout.splits_dir), splits=(1,), seeds=(0, 1))
     recipe = {"frames": 8, "lr": 0.003, "out": "runs/x"}
-    described = {"runs/a.pt": {**SEEN_NOTHING, "spec": "runs/a.pt", "distill_config": {**recipe, "seed": 0}},
-                 "runs/b.pt": {**SEEN_NOTHING, "spec": "runs/b.pt", "distill_config": {**recipe, "seed": 1, "out": "y"}}}
+    provenance = {**SEEN_NOTHING["distill_provenance"], "targets_fingerprint": "f" * 16}
+    described = {"runs/a.pt": {**SEEN_NOTHING, "spec": "runs/a.pt", "distill_config": {**recipe, "seed": 0},
+                               "distill_provenance": provenance, "distill_step": 90},
+                 "runs/b.pt": {**SEEN_NOTHING, "spec": "runs/b.pt", "distill_config": {**recipe, "seed": 1, "out": "y"},
+                               "distill_provenance": provenance, "distill_step": 90},
+                 # another targets cache, or the same run's other checkpoint: not draws of the recipe
+                 "runs/c.pt": {**SEEN_NOTHING, "spec": "runs/c.pt", "distill_config": {**recipe, "seed": 2},
+                               "distill_provenance": {**provenance, "targets_fingerprint": "e" * 16}, "distill_step": 90},
+                 "runs/a-best.pt": {**SEEN_NOTHING, "spec": "runs/a-best.pt", "distill_config": {**recipe, "seed": 0},
+                                    "distill_provenance": provenance, "distill_step": 90}}
     monkeypatch.setattr(compare_module, "resolve_init", lambda init, **_: type("I", (), {"description": described[init]}))
     monkeypatch.chdir(tmp_path)
     _fake_runs(monkeypatch, described, {("scratch", "r2plus1d_18"): 5, ("runs/a.pt", "r2plus1d_18"): 15,
-                                        ("runs/b.pt", "r2plus1d_18"): 9})
-    comparison = compare(config, ["scratch", "runs/a.pt", "runs/b.pt"], tmp_path / "compare")
+                                        ("runs/b.pt", "r2plus1d_18"): 9, ("runs/c.pt", "r2plus1d_18"): 7,
+                                        ("runs/a-best.pt", "r2plus1d_18"): 15})
+    comparison = compare(config, ["scratch", "runs/a.pt", "runs/b.pt", "runs/c.pt"], tmp_path / "compare")
     (entry,) = comparison.pooled
     assert entry["rows"] == [1, 2] and entry["difference"].distillation_runs == 2
     assert entry["difference"].mean == pytest.approx((50.0 + 20.0) / 2)
@@ -294,6 +302,6 @@ def test_distillation_runs_of_one_recipe_pool_into_one_interval(tmp_path, monkey
     report = (tmp_path / "compare" / "RESULTS.md").read_text()
     assert "## DistInit pooled over distillation runs" in report and "conditional on one distillation run" in report
     # One checkpoint alone: its interval is stated as conditional on that one distillation.
-    single = compare(config, ["scratch", "runs/a.pt"], tmp_path / "compare-one")
+    single = compare(config, ["scratch", "runs/a.pt", "runs/a-best.pt"], tmp_path / "compare-one")
     assert single.pooled == [] and "Each DistInit interval is conditional on one distillation run" in (
         tmp_path / "compare-one" / "RESULTS.md").read_text()

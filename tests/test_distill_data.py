@@ -502,7 +502,7 @@ def test_training_crops_stay_in_the_classifiers_view_and_heatmaps_follow_them(ta
     drawn, crop_frames = [], augment.crop_frames
     monkeypatch.setattr(augment, "crop_frames", lambda frames, top, left, crop: drawn.append((top, left))
                         or crop_frames(frames, top, left, crop))
-    train_set = dataset(targets, train=True, clips_per_video=4)
+    train_set = dataset(targets, train=True, clips_per_video=4, crop_in_teacher_view=1.0)
     for epoch in range(3):
         train_set.set_epoch(epoch)
         for index in range(len(train_set)):

@@ -514,8 +514,9 @@ def test_finetuning_and_testing_use_the_inits_own_normalisation(hmdb, tmp_path, 
 
 
 def test_tuning_scores_validation_only_and_is_reused(hmdb, tmp_path, monkeypatch):
-    """Tuning trains on the train part, scores only the validation part (never a test video), chooses by the rule
-    in evaluate.tuning, caches each curve, and the tuned runs keep the chosen lr and epoch."""
+    """Tuning trains on each split's train part, scores only that split's validation part (never a test video),
+    chooses by the rule in evaluate.tuning, caches each curve; the tuned runs keep their split's lr and epoch, and the
+    run with the tuning seed repeats the tuning run's trajectory up to the chosen epoch."""
     from evaluate import finetune as finetune_module
     from evaluate import tuning as tuning_module
     from evaluate.validation import split_validation
@@ -529,21 +530,33 @@ def test_tuning_scores_validation_only_and_is_reused(hmdb, tmp_path, monkeypatch
         return real_clips(records, *args, **kwargs)
 
     monkeypatch.setattr(finetune_module, "EvaluationClips", spying_clips)
-    config = _config(hmdb, tmp_path / "out", epochs=2, tune_lrs=(0.001, 0.01), val_clips=1, temporal_ablations=False)
+    config = _config(hmdb, tmp_path / "out", splits=(1, 2), epochs=3, tune_lrs=(0.001, 0.01), val_clips=1,
+                     temporal_ablations=False, dropout=0.5)
     tuning = tuning_module.tune(config)
     listing = load_dataset("hmdb51", hmdb.root, splits_dir=hmdb.splits_dir)
-    _, validation = split_validation(listing.split(1, "train"), "hmdb51", config.val_fraction, config.val_seed)
-    assert scored_ids == [{record.id for record in validation}] * 2  # one validation loader per lr, nothing else
-    assert not set().union(*scored_ids) & _test_ids(hmdb, 1)
-    assert set(tuning.curves) == {"0.001", "0.01"} and all(len(curve) == 2 for curve in tuning.curves.values())
-    assert (tuning.lr, tuning.stop_epoch, tuning.val_video_top1) == tuning_module.choose(tuning.curves)
-    assert tuning.validation_videos == len(validation) == 3 and tuning.train_videos == 6
+    validation = {split: split_validation(listing.split(split, "train"), "hmdb51", config.val_fraction,
+                                          config.val_seed)[1] for split in (1, 2)}
+    # one validation loader per (split, lr), each on that split's own validation part, nothing else
+    assert scored_ids == [{record.id for record in validation[split]} for split in (1, 1, 2, 2)]
+    for split in (1, 2):
+        assert not {record.id for record in validation[split]} & _test_ids(hmdb, split)
+    assert [entry.split for entry in tuning.splits] == [1, 2]
+    for entry in tuning.splits:
+        assert set(entry.curves) == {"0.001", "0.01"} and all(len(curve) == 3 for curve in entry.curves.values())
+        assert (entry.lr, entry.stop_epoch, entry.val_video_top1) == tuning_module.choose(entry.curves)
+        assert entry.validation_videos == 3 and entry.train_videos == 6
     # Cached: tuning again trains nothing.
     monkeypatch.setattr(tuning_module, "finetune", lambda *args, **kwargs: pytest.fail("tuned twice"))
     assert tuning_module.tune(config).to_dict() == tuning.to_dict()
-    final = run_eval(tuning_module.tuned_config(config, tuning))
-    assert [(run.lr, run.stop_epoch, len(run.curves)) for run in final.runs] == [
-        (tuning.lr, tuning.stop_epoch, tuning.stop_epoch)]
+    scored_ids.clear()
+    final = run_eval(config, chosen=tuning.chosen())
+    assert scored_ids == [_test_ids(hmdb, 1), _test_ids(hmdb, 2)]  # test scored once per run, after tuning
+    for run, entry in zip(final.runs, tuning.splits):
+        assert (run.split, run.lr, run.stop_epoch, len(run.curves)) == (entry.split, entry.lr, entry.stop_epoch,
+                                                                         entry.stop_epoch)
+        # The same seed, data and schedule: the kept run's training losses are the tuning run's, epoch for epoch.
+        tuned_losses = [record["train_loss"] for record in entry.curves[f"{entry.lr:g}"][:entry.stop_epoch]]
+        assert [record["train_loss"] for record in run.curves] == tuned_losses
 
 
 def test_the_choice_prefers_validation_accuracy_then_loss_then_the_earlier_epoch():
@@ -556,3 +569,22 @@ def test_the_choice_prefers_validation_accuracy_then_loss_then_the_earlier_epoch
     assert choose(curves) == (0.01, 1, 0.5)  # ties on accuracy and loss: the earlier epoch
     curves["0.001"][1]["val_video_top1"] = 0.75
     assert choose(curves) == (0.001, 2, 0.75)
+
+
+def test_run_and_tuning_keys_hold_what_changes_them_and_nothing_else(tmp_path):
+    """A finetuning run scored on test is keyed by its lr and stop_epoch, not by the grid or validation clips that
+    chose them; a tuning curve is keyed by validation options, not by test-time ones."""
+    config = _config(SimpleNamespace(root="unused", splits_dir="unused"), tmp_path, tune_lrs=(0.001, 0.01))
+    initialization = resolve_init("scratch", student="r2plus1d_18", width="tiny")
+
+    def key(purpose, **changes):
+        return results_key(dataclasses.replace(config, **changes), "manifest", initialization, purpose=purpose)
+
+    assert key("run") == key("run", tune_lrs=(0.1,), val_clips=7)
+    assert key("run") != key("run", lr=0.5) and key("run") != key("run", stop_epoch=1)
+    assert key("run") != key("run", val_fraction=0.3) and key("run") != key("run", test_clips=3)
+    assert key("tuning") == key("tuning", test_clips=3, three_crop=True, temporal_ablations=False, stop_epoch=1,
+                                tune_lrs=(0.1,))
+    assert key("tuning") != key("tuning", val_clips=7) and key("tuning") != key("tuning", val_seed=1)
+    # The stage key (a whole comparison) holds everything, the grid included.
+    assert config.key_fields("stage") != dataclasses.replace(config, tune_lrs=(0.1,)).key_fields("stage")

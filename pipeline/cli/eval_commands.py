@@ -78,15 +78,17 @@ def eval_command(config_path, overrides, splits, seeds, report_dir, no_progress,
     """Finetune a trunk (distilled, scratch or inflated) on HMDB-51 / UCF-101 splits and score it."""
     from evaluate.finetune import run_eval
     from evaluate.results import format_table, write_report_folder
-    from evaluate.tuning import tune, tuned_config
+    from evaluate.tuning import tune
 
     config = _eval_config(config_path, overrides, splits, seeds, options)
-    if config.tune_lrs:  # learning rate and epoch chosen on the validation part first; test chooses nothing
+    chosen = None
+    if config.tune_lrs:  # learning rate and epoch chosen on each split's validation part first; test chooses nothing
         tuning = tune(config, show_progress=not no_progress)
-        click.echo(f"chosen on validation ({tuning.validation_videos} videos of split {tuning.split}): lr {tuning.lr:g}, "
-                   f"epoch {tuning.stop_epoch} (video top-1 {100 * tuning.val_video_top1:.1f})")
-        config = tuned_config(config, tuning)
-    result = run_eval(config, show_progress=not no_progress)
+        for entry in tuning.splits:
+            click.echo(f"split {entry.split}: chosen on validation ({entry.validation_videos} videos): lr {entry.lr:g}, "
+                       f"epoch {entry.stop_epoch} (validation video top-1 {100 * entry.val_video_top1:.1f})")
+        chosen = tuning.chosen()
+    result = run_eval(config, show_progress=not no_progress, chosen=chosen)
     click.echo(format_table(result))
     click.echo(f"{result.out_dir / 'results.json'}")
     if report_dir is not None:

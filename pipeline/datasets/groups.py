@@ -1,14 +1,19 @@
 """Source groups: the clips of a labeled data set that were cut from one source video.
 
 UCF-101 cuts each of its videos into several clips named `v_{Class}_g{XX}_c{YY}`: the clips of one group
-`gXX` of a class come from one long source video. HMDB-51 names clips `{source}_{tags}_{N}` where the trailing
-number counts the clips taken from that source. Kinetics clips are cut from one YouTube video each
+`gXX` of a class come from one long source video. HMDB-51 names clips
+`{source}_{action}_{body part}_{camera motion}_{people}_{viewpoint}_{quality}_{N}` (e.g.
+`Prelinger_HabitPat1954_brush_hair_h_nm_np1_fr_med_26`): the five meta tags describe each clip and change from
+clip to clip of one source, and N counts the clips cut from it, so a group is the name without the tags and the
+clip number, `{source}_{action}` (the clips of one film or upload showing one action; HMDB-51's split files are
+per action, so a source is not grouped across actions). A name without the tags (the demo's HMDB-layout set,
+`{photo}_{motion}_{N}`) loses only its clip number. Kinetics clips are cut from one YouTube video each
 (`{youtube_id}_{start}_{end}`). Clips of one group share scene, people and camera, so they are not independent
 draws: a bootstrap resamples groups, a train/validation division keeps a group on one side, and a pretraining
 video of the same group as a test video is contamination.
 
     source_group("ucf101", "v_ApplyEyeMakeup_g08_c01")                            # "ApplyEyeMakeup_g08"
-    source_group("hmdb51", "brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0")   # "April_09_brush_hair_u_nm_np1_ba_goo"
+    source_group("hmdb51", "brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0")   # "April_09_brush_hair"
     source_group("kinetics", "abc123DEF45_000010_000020")                        # "abc123DEF45"
 
 The group is computed from the file stem alone (any folder in the id is dropped), so a pretraining video of
@@ -22,6 +27,8 @@ import re
 from pathlib import PurePosixPath
 
 UCF_CLIP = re.compile(r"^v_(?P<group>.+_g\d+)_c\d+$")
+# HMDB-51's meta tags: body part, camera motion, number of people, viewpoint, quality; then the clip number.
+HMDB_CLIP = re.compile(r"^(?P<group>.+)_[a-z]_(?:cm|nm)_np\d+_(?:fr|ba|le|ri)_(?:bad|med|goo)_\d+$")
 TRAILING_CLIP_NUMBER = re.compile(r"^(?P<group>.+)_\d+$")
 KINETICS_CLIP = re.compile(r"^(?P<group>.+)_\d{6}_\d{6}$")
 
@@ -35,11 +42,13 @@ def stem_of(video_id: str) -> str:
 def source_group(dataset: str, video_id: str) -> str:
     """The source-group name of one clip of `dataset` (see the module docstring)."""
     stem = stem_of(video_id)
-    patterns = {"ucf101": UCF_CLIP, "hmdb51": TRAILING_CLIP_NUMBER, "demo": TRAILING_CLIP_NUMBER,
-                "kinetics": KINETICS_CLIP}
-    pattern = patterns.get(dataset)
-    match = pattern.match(stem) if pattern is not None else None
-    return match["group"] if match else stem
+    patterns = {"ucf101": (UCF_CLIP,), "hmdb51": (HMDB_CLIP, TRAILING_CLIP_NUMBER),
+                "demo": (HMDB_CLIP, TRAILING_CLIP_NUMBER), "kinetics": (KINETICS_CLIP,)}
+    for pattern in patterns.get(dataset, ()):
+        match = pattern.match(stem)
+        if match:
+            return match["group"]
+    return stem
 
 
 def group_ids(dataset: str, video_ids: list[str]) -> list[str]:
