@@ -65,7 +65,8 @@ def distill(config_path, overrides, loss_weights, no_progress, **options) -> Non
         return
     if result.history:
         last = result.history[-1]
-        summary = ", ".join(f"{key} {last[key]:.4g}" for key in ("train_loss", "val_loss", "val_agreement_top1") if key in last)
+        shown = ("train_loss", "val_loss", "val_agreement_top1", "val_agreement_top5", "val_clips")
+        summary = ", ".join(f"{key} {last[key]:.4g}" for key in shown if key in last)
         click.echo(f"epoch {result.epoch}, step {result.step}: {summary}")
     state = "stopped early (resume by running the same command)" if result.stopped_early else "done"
     click.echo(f"{result.run_dir}: {state}")
