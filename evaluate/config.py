@@ -78,6 +78,10 @@ class EvalConfig:
     # Validation (evaluate.validation): this share of each split's train list, whole source groups stratified by
     # class and divided once with val_seed, is held out of training in every run; tuning scores it.
     val_fraction: float = 0.2
+    # What validation holds out whole: "source" groups (HMDB-51's and UCF-101's official splits keep a source video
+    # on one side of train/test, so validation does the same), or single "video"s, for a labeled set whose official
+    # split shares sources between train and test (the demo's: validation then mirrors how test was drawn).
+    val_groups: str = "source"
     val_seed: int = 0
     val_clips: int = 3  # uniformly spaced clips per validation video
     # Learning rates `compare` and `eval` try for each init on each split's own validation part (first seed), with
@@ -108,7 +112,7 @@ class EvalConfig:
     def __post_init__(self):
         choices = {
             "data": DATASETS, "optimizer": ("sgd", "adamw"), "amp": ("auto", "bf16", "fp16", "off"),
-            "width": (None, "full", "tiny"),
+            "width": (None, "full", "tiny"), "val_groups": ("source", "video"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

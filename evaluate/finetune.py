@@ -48,6 +48,7 @@ from evaluate.overlap import record_pretraining_overlap
 from evaluate.results import EvalResult, RunResult, summarise, write_results
 from evaluate.scoring import score
 from evaluate.validation import check_validation_split, split_validation
+from pipeline.datasets.groups import VIDEO_GROUPS
 from pipeline.atomic import atomic_write_text, make_output_folder
 from pipeline.errors import DistinitError
 from pipeline.hashing import sha256_json
@@ -251,11 +252,17 @@ def run_split(train_records, test_records, split: int, seed: int, num_classes: i
     return result, model
 
 
+def validation_grouping(config: EvalConfig) -> str:
+    """The grouping validation keeps whole: the data set's source groups, or "video" (each video its own group)."""
+    return config.data if config.val_groups == "source" else VIDEO_GROUPS
+
+
 def training_parts(config: EvalConfig, split: int, train_records, test_records) -> tuple[list, list]:
     """(train part, validation part) of one split's train list: `val_fraction` of it in whole source groups,
     stratified by class, divided once with `val_seed` (evaluate.validation); every run trains on the train part."""
-    train_part, validation_part = split_validation(train_records, config.data, config.val_fraction, config.val_seed)
-    check_validation_split(train_part, validation_part, test_records, config.data)
+    grouping = validation_grouping(config)
+    train_part, validation_part = split_validation(train_records, grouping, config.val_fraction, config.val_seed)
+    check_validation_split(train_part, validation_part, test_records, grouping)
     if len(train_part) < config.batch_size:
         raise FinetuneError(f"split {split} has {len(train_part)} training videos after holding out "
                             f"{len(validation_part)} for validation, fewer than batch_size={config.batch_size} "

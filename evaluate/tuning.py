@@ -33,7 +33,7 @@ from distill.device_step import autocast_for
 from evaluate.config import CODE_VERSION, EvalConfig
 from evaluate.data import dataset_description, load_listing, split_records
 from evaluate.finetune import (DEFAULT_OUT_ROOT, clip_spec, finetune, predict, results_key, scoring_loader,
-                               torch_threads, training_parts, videos_of)
+                               torch_threads, training_parts, validation_grouping, videos_of)
 from evaluate.initialization import Initialization, resolve_init
 from evaluate.overlap import record_pretraining_overlap
 from evaluate.metrics import video_scores
@@ -179,7 +179,8 @@ def _tune_split(config: EvalConfig, split: int, train_records, test_records, num
     logger.info("tuning %s split %d: lr %g, epoch %d (validation video top-1 %.3f)", config.init, split, lr, epoch, top1)
     validation_part = parts[1]
     return SplitTuning(split=split, seed=seed, train_videos=len(parts[0]), validation_videos=len(validation_part),
-                       validation_groups=len({source_group(config.data, record.id) for record in validation_part}),
+                       validation_groups=len({source_group(validation_grouping(config), record.id)
+                                              for record in validation_part}),
                        curves=curves, lr=lr, stop_epoch=epoch, val_video_top1=top1)
 
 

@@ -132,26 +132,6 @@ def test_split_codes_counts_and_per_split_shuffles():
     assert layout.split_file_text({"b.avi": 2, "a.avi": 1}) == "a.avi 1 \nb.avi 2 \n"
 
 
-def test_split_codes_keep_each_source_group_on_one_side():
-    """A photo under one motion is one source group (its clips differ only in crop and speed): like HMDB-51's and
-    UCF-101's official splits, the demo's never puts clips of one group in both the train and the test list."""
-    from pipeline.datasets.groups import source_group
-
-    photos = ("chelsea", "coffee", "gravel", "grass")
-    names = [layout.action_video_name(photos[index % 4], "pan_left", index) for index in range(18)]
-    for split in (1, 2, 3):
-        codes = layout.split_codes(names, 5, 1, seed=0, class_index=0, split=split)
-        test_groups = {source_group("hmdb51", name) for name, code in codes.items() if code == layout.CODE_TEST}
-        train_groups = {source_group("hmdb51", name) for name, code in codes.items() if code == layout.CODE_TRAIN}
-        assert len(test_groups) == 1 and not test_groups & train_groups and len(train_groups) == 3
-        assert list(codes.values()).count(layout.CODE_TEST) in (4, 5)  # the group closest to 5: whole
-        assert list(codes.values()).count(layout.CODE_UNUSED) == 1
-    # One photo only: single videos are divided, as before.
-    single = layout.split_codes([layout.action_video_name("chelsea", "zoom_in", index) for index in range(10)],
-                                3, 1, seed=0, class_index=2, split=1)
-    assert [list(single.values()).count(code) for code in (0, 1, 2)] == [1, 6, 3]
-
-
 # ----------------------------------------------------------------------------- determinism and re-runs
 
 

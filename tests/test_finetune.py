@@ -29,6 +29,7 @@ from evaluate.initialization import checkpoint_path, resolve_init
 from evaluate.results import RunResult
 from pipeline.cli import main
 from pipeline.datasets import load_dataset
+from pipeline.errors import ConfigError
 from pipeline.hashing import sha256_file
 from pipeline.video import read_clip
 from pipeline.video.binary import ffmpeg_binary
@@ -588,3 +589,25 @@ def test_run_and_tuning_keys_hold_what_changes_them_and_nothing_else(tmp_path):
     assert key("tuning") != key("tuning", val_clips=7) and key("tuning") != key("tuning", val_seed=1)
     # The stage key (a whole comparison) holds everything, the grid included.
     assert config.key_fields("stage") != dataclasses.replace(config, tune_lrs=(0.1,)).key_fields("stage")
+
+
+def test_validation_holds_out_whole_source_groups_or_single_videos_as_asked(tmp_path):
+    """val_groups=source keeps a source group on one side of train/validation; video divides single videos (for a
+    labeled set whose official split shares sources between train and test, as the demo's does)."""
+    from dataset_fixtures import make_hmdb51_grouped
+    from evaluate.finetune import training_parts
+    from pipeline.datasets.groups import source_group
+
+    layout = make_hmdb51_grouped(tmp_path / "grouped")
+    listing = load_dataset("hmdb51", layout.root, splits_dir=layout.splits_dir)
+    train, test = listing.split(1, "train"), listing.split(1, "test")
+    config = _config(layout, tmp_path / "out", val_fraction=0.3)
+    parts = {grouping: training_parts(dataclasses.replace(config, val_groups=grouping), 1, train, test)
+             for grouping in ("source", "video")}
+    for grouping, (train_part, validation_part) in parts.items():
+        assert validation_part and not {record.id for record in validation_part} & {record.id for record in test}
+        shared = ({source_group("hmdb51", record.id) for record in train_part}
+                  & {source_group("hmdb51", record.id) for record in validation_part})
+        assert (not shared) if grouping == "source" else bool(shared)  # single videos: groups straddle the line
+    with pytest.raises(ConfigError, match="val_groups"):
+        dataclasses.replace(config, val_groups="clips")

@@ -39,8 +39,13 @@ def stem_of(video_id: str) -> str:
     return name.rsplit(".", 1)[0] if re.search(r"\.(avi|mp4|mkv|webm|mov)$", name, re.IGNORECASE) else name
 
 
+VIDEO_GROUPS = "video"  # the grouping in which every video is its own group (its whole id)
+
+
 def source_group(dataset: str, video_id: str) -> str:
-    """The source-group name of one clip of `dataset` (see the module docstring)."""
+    """The source-group name of one clip of `dataset` (see the module docstring); `dataset` VIDEO_GROUPS: the id."""
+    if dataset == VIDEO_GROUPS:
+        return str(video_id)
     stem = stem_of(video_id)
     patterns = {"ucf101": (UCF_CLIP,), "hmdb51": (HMDB_CLIP, TRAILING_CLIP_NUMBER),
                 "demo": (HMDB_CLIP, TRAILING_CLIP_NUMBER), "kinetics": (KINETICS_CLIP,)}

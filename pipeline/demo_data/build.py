@@ -35,8 +35,7 @@ from pipeline.provenance import write_provenance
 logger = logging.getLogger(__name__)
 
 # Bump when the generator's output changes for the same options, so old folders get rebuilt.
-# 2: the split files keep each source group (a photo under one motion) on one side, as the real data sets do.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 1
 STAMP_NAME = ".complete"
 # Options that do not change a single output byte; changing them must not trigger a rebuild.
 _OPTIONS_WITHOUT_EFFECT = ("workers", "ffmpeg_timeout_seconds")
@@ -125,19 +124,14 @@ def run_jobs(folder: Path, jobs: list[VideoJob], workers: int) -> None:
 def write_split_files(folder: Path, config: DemoDataConfig, jobs_by_class: dict[str, list[VideoJob]]) -> dict[str, int]:
     """Three HMDB-51 split files per class; returns the train/test/unused count per class and split."""
     test_count = config.test_videos_per_class
-    counts = {"train": 0, "test": 0, "unused": 0}
     for class_name, jobs in jobs_by_class.items():
         names = [Path(job.relative_path).name for job in jobs]
         for split in layout.SPLIT_NUMBERS:
             codes = layout.split_codes(names, test_count, config.unused_per_class, config.seed,
                                        KNOWN_ACTION_CLASSES.index(class_name), split)  # fmt: skip
             atomic_write_text(layout.split_file_path(folder, class_name, split), layout.split_file_text(codes))
-            for role, code in (("train", layout.CODE_TRAIN), ("test", layout.CODE_TEST), ("unused", layout.CODE_UNUSED)):
-                counts[role] += list(codes.values()).count(code)
-    # Whole source groups go to test, so a class's count varies around test_videos_per_class: the mean per class
-    # and split.
-    classes_and_splits = max(1, len(jobs_by_class) * len(layout.SPLIT_NUMBERS))
-    return {role: round(count / classes_and_splits, 1) for role, count in counts.items()}
+    unused = config.unused_per_class
+    return {"train": config.videos_per_class - unused - test_count, "test": test_count, "unused": unused}
 
 
 def write_sources_csv(folder: Path, jobs: list[VideoJob]) -> None:

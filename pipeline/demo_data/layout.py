@@ -6,8 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets.groups import source_group
-
 POOL_FOLDER = "pool"
 ACTIONS_FOLDER = "actions"
 ACTION_VIDEOS_FOLDER = "actions/videos"
@@ -26,25 +24,20 @@ def action_video_name(photo: str, class_name: str, index: int) -> str:
 
 def split_codes(video_names: list[str], test_count: int, unused_count: int, seed: int, class_index: int,
                 split: int) -> dict[str, int]:  # fmt: skip
-    """{video: code} for one class and split, keeping each source group (a photo under one motion: the name
-    without its clip number, pipeline.datasets.groups) on one side, as HMDB-51's and UCF-101's official splits keep
-    a source video: the groups in a seeded order, each joining the test list while that brings its size closer to
-    `test_count` (at least one group; one always stays in train), then the first `unused_count` of the remaining
-    videos in a seeded order are unused, the rest train."""
+    """{video: code} for one class and split: a seeded shuffle, first `unused_count` unused, then
+    `test_count` test, the rest train."""
     rng = np.random.default_rng([seed, STREAM_SPLIT, class_index, split])
-    groups: dict[str, list[str]] = {}
-    for name in sorted(video_names):
-        groups.setdefault(source_group("hmdb51", name), []).append(name)
-    if len(groups) < 2:  # one photo for the class: nothing to keep apart, so single videos are divided
-        groups = {name: [name] for name in sorted(video_names)}
-    order = [sorted(groups)[index] for index in rng.permutation(len(groups))]
-    test: list[str] = []
-    for group in order[:-1]:
-        if not test or abs(len(test) + len(groups[group]) - test_count) < abs(len(test) - test_count):
-            test += groups[group]
-    rest = [name for name in sorted(video_names) if name not in test]
-    unused = {rest[index] for index in rng.permutation(len(rest))[:unused_count]}
-    return {name: CODE_TEST if name in test else CODE_UNUSED if name in unused else CODE_TRAIN for name in video_names}
+    order = rng.permutation(len(video_names))
+    codes = {}
+    for rank, video_index in enumerate(order):
+        if rank < unused_count:
+            code = CODE_UNUSED
+        elif rank < unused_count + test_count:
+            code = CODE_TEST
+        else:
+            code = CODE_TRAIN
+        codes[video_names[video_index]] = code
+    return codes
 
 
 def split_file_text(codes: dict[str, int]) -> str:
