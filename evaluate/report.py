@@ -164,8 +164,9 @@ def header_text(config: EvalConfig, results: Sequence[EvalResult], tuned: bool =
         f"({len(results[0].runs)} runs per init), a schedule of {config.epochs} epochs ({config.optimizer}, "
         f"{learning_rate}{schedule}), {config.frames}x{config.crop}² clips, {config.test_clips} test clips per video"
         f"{' x 3 crops' if config.three_crop else ''}{', linear probe' if config.linear_probe else ''}. "
-        f"Every run trains on its split's train list less a validation part ({config.val_fraction:g} of it, whole "
-        f"source groups, divided once with seed {config.val_seed}). "
+        f"Every run trains on its split's train list less a validation part ({config.val_fraction:g} of it, "
+        f"{'whole source groups' if config.val_groups == 'source' else 'single videos'}, stratified by class, "
+        f"divided once with seed {config.val_seed}). "
         f"Accuracies in %, mean ± sample std over the runs. Test videos that failed to decode count as wrong. "
         f"Each Δ is against scratch of the same architecture and clip shape.{seeds}\n\n"
     )
@@ -189,8 +190,8 @@ def tuning_text(labels: Sequence[str], tunings: Sequence[Any] | None) -> str:
                          f"{entry.lr:g} | {entry.stop_epoch} |")
     return (
         "\n## Chosen on validation; test chose nothing\n\n"
-        "Each init's learning rate and the epoch to keep were chosen on each split's own validation part (whole "
-        "source groups of that split's train list, held out of training in every run; the first seed), by "
+        "Each init's learning rate and the epoch to keep were chosen on each split's own validation part (part of "
+        "that split's train list, held out of training in every run; the first seed), by "
         "validation video top-1 (ties: lower validation loss). The test lists were scored once per (split, seed), "
         "with those values, after they were chosen; no test score chose anything (evaluate/tuning.py).\n\n"
         + "\n".join(lines) + "\n"
