@@ -354,7 +354,7 @@ def test_runs_of_older_code_or_another_normalisation_are_not_reused(tmp_path, mo
     renormalised = dataclasses.replace(initialization, normalisation=Normalisation((0.5,) * 3, (0.5,) * 3))
     assert results_key(config, "manifest", renormalised) != key
     assert CODE_VERSION == "eval-3"
-    monkeypatch.setattr("evaluate.finetune.CODE_VERSION", "eval-1")
+    monkeypatch.setattr("evaluate.run_store.CODE_VERSION", "eval-1")
     old_key = results_key(config, "manifest", initialization)
     monkeypatch.undo()
     assert old_key != key
