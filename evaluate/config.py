@@ -98,7 +98,7 @@ class EvalConfig:
     allow_test_overlap: bool = False
     out: str | None = None  # default results/eval/<key>
     # `distinit prepare --data <this dataset>`'s copies, read instead of the originals (their folder's key, not its
-    # path, enters the results key: evaluate.finetune.results_key); None: the originals, probed once per worker.
+    # path, enters the results key: evaluate.run_store.results_key); None: the originals, probed once per worker.
     prepared: str | None = None
     decoder: str = "auto"  # "auto" | "torchcodec" | "pyav" | "ffmpeg": the same frames, speed only
     decode_device: str = "cpu"  # "cuda": TorchCodec on NVDEC
