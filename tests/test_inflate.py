@@ -373,13 +373,9 @@ def test_inflated_init_matches_its_2d_model(tmp_path, efficientnet_2d):
     initialization = resolve_init("inflated:efficientnet_lite0")
     clip = ClipSpec(frames=4, stride=1, short_side=256, crop=224)  # the 2D model's 256 -> 224 evaluation view
     record = VideoRecord("coffee", video, label=0)
-    views = EvaluationClips([record], clip, clips_per_video=1, three_crop=False,
-                            normalisation=initialization.normalisation)[0]["video"]  # (1, 3, 4, 224, 224)
     # The 2D model: the same resized + cropped pixels, normalised as its teacher normalises them.
-    frame = read_frames(video, [0.0], short_side=256)  # (1, 256, 384, 3)
-    (top, left), = crop_offsets(frame.shape[1], frame.shape[2], 224, three_crop=False)
-    image = normalise(frames_to_tensor(crop_frames(frame, top, left, 224), torch.device("cpu")),
-                      EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD)  # (1, 3, 224, 224)
+    views, image = _eval_views_and_image(record, clip, initialization.normalisation,
+                                         (EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD))  # (1, 3, 4, 224, 224)
     backbone = initialization.build_backbone().eval()
     with torch.no_grad():
         expected = efficientnet_2d._avg_pooling(efficientnet_2d.extract_features(image)).flatten(1)  # (1, 1280)
@@ -395,6 +391,18 @@ def test_inflated_init_matches_its_2d_model(tmp_path, efficientnet_2d):
     assert _relative_error(misnormalised, expected) > 0.05
 
 
+def _eval_views_and_image(record, clip: ClipSpec, normalisation, image_mean_std):
+    """(eval's test view of a still video, normalised as the init asks; (1, 3, crop, crop) of its first frame resized
+    and centre-cropped the same way, normalised with the 2D model's own mean and std)."""
+    views = EvaluationClips([record], clip, clips_per_video=1, three_crop=False,
+                            normalisation=normalisation)[0]["video"]  # (1, 3, T, crop, crop)
+    frame = read_frames(record.path, [0.0], short_side=clip.short_side)  # (1, short_side, long, 3)
+    (top, left), = crop_offsets(frame.shape[1], frame.shape[2], clip.crop, three_crop=False)
+    image = normalise(frames_to_tensor(crop_frames(frame, top, left, clip.crop), torch.device("cpu")),
+                      *image_mean_std)  # (1, 3, crop, crop)
+    return views, image
+
+
 def test_inflated_resnet18_matches_its_2d_model(tmp_path):
     """inflated:resnet18 (seeded 2D weights, batch norms with statistics) through eval's own clip preparation
     gives torchvision ResNet-18's pooled features on a still 8-frame clip of a photo, to 1e-5."""
@@ -408,12 +416,8 @@ def test_inflated_resnet18_matches_its_2d_model(tmp_path):
     assert initialization.normalisation == IMAGENET_NORMALISATION
     clip = ClipSpec(frames=8, stride=1, short_side=128, crop=112)  # the students' clip: 8 frames, 112 pixels
     record = VideoRecord("chelsea", video, label=0)
-    views = EvaluationClips([record], clip, clips_per_video=1, three_crop=False,
-                            normalisation=initialization.normalisation)[0]["video"]  # (1, 3, 8, 112, 112)
-    frame = read_frames(video, [0.0], short_side=128)  # (1, 128, 192, 3)
-    (top, left), = crop_offsets(frame.shape[1], frame.shape[2], 112, three_crop=False)
-    image = normalise(frames_to_tensor(crop_frames(frame, top, left, 112), torch.device("cpu")),
-                      IMAGENET_NORMALISATION.mean, IMAGENET_NORMALISATION.std)  # (1, 3, 112, 112)
+    views, image = _eval_views_and_image(record, clip, initialization.normalisation,
+                                         (IMAGENET_NORMALISATION.mean, IMAGENET_NORMALISATION.std))  # (1, 3, 8, 112, 112)
     backbone = initialization.build_backbone().eval()
     assert backbone.name == "resnet18_3d"
     resnet.fc = nn.Identity()  # ResNet-18 up to its global average pool
