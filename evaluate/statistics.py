@@ -39,14 +39,13 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from evaluate.metrics import mean_std
-from pipeline.datasets.groups import source_group
+from pipeline.datasets.groups import GROUPED_DATASETS, source_group
 
 logger = logging.getLogger(__name__)
 
 RESAMPLES = 10_000
 CONFIDENCE = 0.95
 BOOTSTRAP_SEED = 0
-GROUPED_DATASETS = ("hmdb51", "ucf101", "demo", "kinetics")  # those pipeline.datasets.groups knows the groups of
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,6 +39,10 @@ def stem_of(video_id: str) -> str:
     return name.rsplit(".", 1)[0] if re.search(r"\.(avi|mp4|mkv|webm|mov)$", name, re.IGNORECASE) else name
 
 
+# Each data set whose names say their source, and the patterns tried in order (the first match names the group).
+GROUP_PATTERNS = {"ucf101": (UCF_CLIP,), "hmdb51": (HMDB_CLIP, TRAILING_CLIP_NUMBER),
+                  "demo": (HMDB_CLIP, TRAILING_CLIP_NUMBER), "kinetics": (KINETICS_CLIP,)}
+GROUPED_DATASETS = tuple(GROUP_PATTERNS)
 VIDEO_GROUPS = "video"  # the grouping in which every video is its own group (its whole id)
 
 
@@ -47,9 +51,7 @@ def source_group(dataset: str, video_id: str) -> str:
     if dataset == VIDEO_GROUPS:
         return str(video_id)
     stem = stem_of(video_id)
-    patterns = {"ucf101": (UCF_CLIP,), "hmdb51": (HMDB_CLIP, TRAILING_CLIP_NUMBER),
-                "demo": (HMDB_CLIP, TRAILING_CLIP_NUMBER), "kinetics": (KINETICS_CLIP,)}
-    for pattern in patterns.get(dataset, ()):
+    for pattern in GROUP_PATTERNS.get(dataset, ()):
         match = pattern.match(stem)
         if match:
             return match["group"]
