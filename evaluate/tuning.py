@@ -30,13 +30,14 @@ from typing import Any
 import numpy as np
 
 from distill.device_step import autocast_for
+from evaluate.ablations import ORIGINAL
 from evaluate.config import CODE_VERSION, EvalConfig
 from evaluate.data import dataset_description, load_listing, split_records
 from evaluate.finetune import (DEFAULT_OUT_ROOT, clip_spec, finetune, predict, results_key, scoring_loader,
                                torch_threads, training_parts, validation_grouping, videos_of)
 from evaluate.initialization import Initialization, resolve_init
 from evaluate.overlap import record_pretraining_overlap
-from evaluate.metrics import video_scores
+from evaluate.scoring import accuracies
 from pipeline.atomic import atomic_write_text, make_output_folder
 from pipeline.datasets.groups import source_group
 from pipeline.devices import resolve_device
@@ -93,16 +94,12 @@ def validation_scores(model, loader, records, num_classes: int, config: EvalConf
     autocast, _ = autocast_for(config, device)
     logits, video_index, _ = predict(model, loader, config.batch_size, autocast, device, config.max_decode_failures,
                                      False, normalisation)
-    scored = sorted(set(video_index.tolist()))
-    position = {video: place for place, video in enumerate(scored)}
-    scores = video_scores(logits["original"], np.array([position[video] for video in video_index]), len(scored))
-    labels = np.array([records[video].label for video in scored], dtype=np.int64)
-    correct = int((scores.argmax(axis=1) == labels).sum())
-    loss = float(-np.log(np.clip(scores[np.arange(len(scored)), labels], 1e-12, None)).mean())
+    labels = np.array([record.label for record in records], dtype=np.int64)
+    metrics, scored, scores = accuracies(logits[ORIGINAL], video_index, labels, config.val_clips)  # scored: (V, C)
+    loss = float(-np.log(np.clip(scores[np.arange(len(scored)), labels[scored]], 1e-12, None)).sum())
+    # A failed video is wrong (as `accuracies` counts it), and its loss is the loss of a uniform guess.
     failed = len(records) - len(scored)
-    # A failed video is wrong, and its loss is the loss of a uniform guess.
-    mean_loss = (loss * len(scored) + failed * float(np.log(num_classes))) / len(records)
-    return correct / len(records), mean_loss
+    return metrics["video_top1"], (loss + failed * float(np.log(num_classes))) / len(records)
 
 
 def _tuning_curve(config: EvalConfig, lr: float, parts, split: int, seed: int, num_classes: int,
