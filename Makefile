@@ -52,8 +52,10 @@ POSE     ?= 1
 
 # NPROC=8: distill under torchrun with 8 processes per node (DDP);
 # TORCHRUN_ARGS='--nnodes 2 --rdzv-endpoint host:29500 ...'.
-# batch_size is per process, so distill's key counts NPROC x the --nnodes N of TORCHRUN_ARGS (1 without one,
-# or for an elastic range such as 1:4, which cannot be known ahead): a change re-runs distill into its own folder.
+# A distill run is its global batch (the config's global_batch: batch_size per process x processes x accumulation
+# steps), so with global_batch set NPROC changes no key: 8 processes, or 1 accumulating 8 steps, are one run. Without
+# it, batch_size x NPROC x the --nnodes N of TORCHRUN_ARGS is the global batch (1 node without one, or for an
+# elastic range such as 1:4, which cannot be known ahead): a change re-runs distill into its own folder.
 DISTILL_LAUNCH = $(if $(NPROC),$(BIN)/torchrun --nproc_per_node $(NPROC) $(TORCHRUN_ARGS) -m pipeline,$(DISTINIT))
 
 # `key=value` options that change a stage's output: passed to the stage and to its key alike.

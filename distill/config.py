@@ -10,15 +10,18 @@ from pipeline.video.backends import check_decoder, decoder_key
 
 # Bump when a change to stage two's code changes what a run produces (part of the run key).
 # distill-3: crops drawn inside the teachers' view; checkpoints record pretraining videos' content hashes.
-CODE_VERSION = "distill-3"
+# distill-4: an epoch is cut into steps of the global batch (distill.sampler.GlobalBatchSampler: every step full,
+# the same micro-batches for any number of processes), with gradient accumulation; runs are keyed by global batch.
+CODE_VERSION = "distill-4"
 
 # Options that change speed or where things are, never the trained weights: left out of the run key. The targets
 # enter it by their content (distill.targets_folder.targets_fingerprint), the videos through the targets (their
 # manifest lists each video's relative path and size): not by the folders they are in.
 # The decoder gives the same frames whichever it is (but see pipeline.video.backends.decoder_key). Prepared copies (`prepared`) are the same frames with other
 # pixels (re-encoded): their folder's key enters the run key instead of its path (distill.train.run_key).
+# How often per-step scalars are logged changes no weight either. `global_batch` enters resolved (key_fields).
 NOT_IN_KEY = ("out", "targets", "videos_root", "prepared", "decoder", "decode_device", "workers", "device",
-              "cache_clips", "stop_after_steps", "tensorboard")
+              "cache_clips", "stop_after_steps", "tensorboard", "log_every_steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +59,16 @@ class DistillConfig:
     warmup_steps: int = 100
     min_lr_fraction: float = 0.01
     epochs: int = 10
-    batch_size: int = 16
+    batch_size: int = 16  # clips per process per forward pass (the micro-batch BatchNorm sees)
+    # Clips per optimizer step over all processes: batch_size x processes x accumulation steps, the accumulation
+    # made up to it. A run is its global batch: 8 processes x 1, 4 x 2 and 2 x 4 accumulation steps of the same
+    # batch_size are one run (one folder, one key), which resumes on any of them. None: batch_size x processes, no
+    # accumulation (the number of processes then decides the global batch, and so the run).
+    global_batch: int | None = None
+    # `lr` is the learning rate of this global batch; a run of another global batch scales it linearly
+    # (lr x global_batch / lr_reference_batch: Goyal et al. 2017, MMAction2's --auto-scale-lr). None: `lr` as given,
+    # whatever the global batch.
+    lr_reference_batch: int | None = None
     val_fraction: float = 0.1
     dropout: float = 0.0
     # The control: train (and measure the held-out loss) on targets dealt out to the wrong videos by a fixed
@@ -73,6 +85,7 @@ class DistillConfig:
     cache_clips: str | None = None
     stop_after_steps: int | None = None  # stop (as if killed) after this many steps; for resume tests
     tensorboard: bool = True  # TensorBoard event files beside log.jsonl, when the tensorboard package is installed
+    log_every_steps: int = 50  # the running training loss and lr, every this many steps, to log.jsonl and TensorBoard
 
     def __post_init__(self):
         choices = {
@@ -83,7 +96,7 @@ class DistillConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"option {name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
         positive = ("frames", "stride", "short_side", "crop", "clips_per_video", "temperature", "lr", "epochs",
-                    "batch_size", "save_every_steps")
+                    "batch_size", "save_every_steps", "log_every_steps")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"option {name} must be > 0, got {getattr(self, name)}")
@@ -94,6 +107,12 @@ class DistillConfig:
         if not 0.0 <= self.crop_in_teacher_view <= 1.0:
             raise ConfigError(f"option crop_in_teacher_view must be in [0, 1] (0: the crop anywhere), got "
                               f"{self.crop_in_teacher_view}")
+        for name in ("global_batch", "lr_reference_batch"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ConfigError(f"option {name} must be > 0 (or null), got {getattr(self, name)}")
+        if self.global_batch is not None and self.global_batch % self.batch_size:
+            raise ConfigError(f"option global_batch={self.global_batch} is not a multiple of batch_size="
+                              f"{self.batch_size}; choose a batch_size that divides it")
         if self.workers < 0 or self.warmup_steps < 0:
             raise ConfigError("options workers and warmup_steps must be >= 0")
         check_decoder(self.decoder, self.decode_device)
@@ -102,7 +121,34 @@ class DistillConfig:
             raise ConfigError(f"decode_device {self.decode_device!r}: decoding on the GPU is not wired into the loader "
                               "yet (it runs in CPU worker processes); use decode_device=cpu")
 
-    def key_fields(self) -> dict[str, Any]:
+    def key_fields(self, processes: int | str = 1) -> dict[str, Any]:
+        """The options that decide the trained weights, `global_batch` resolved for `processes` processes (a word
+        such as "gpu x 2 nodes" when make cannot know the number ahead): 1x2 and 2x1 give the same fields."""
         values = dataclasses.asdict(self)
         fields = {name: value for name, value in values.items() if name not in NOT_IN_KEY}
+        fields["global_batch"] = self.global_batch_for(processes)
         return {**fields, **decoder_key(self.decoder)}
+
+    def global_batch_for(self, processes: int | str) -> int | str:
+        if self.global_batch is not None:
+            return self.global_batch
+        return self.batch_size * processes if isinstance(processes, int) else f"{self.batch_size} x {processes}"
+
+    def accum_steps(self, processes: int) -> int:
+        """Micro-batches per optimizer step on each of `processes` processes; a global batch they cannot make up
+        exactly is a one-line ConfigError."""
+        if self.global_batch is None:
+            return 1
+        per_pass = self.batch_size * processes
+        if self.global_batch % per_pass:
+            raise ConfigError(
+                f"global_batch={self.global_batch} is not a multiple of batch_size={self.batch_size} x {processes} "
+                f"processes; run on a number of processes that divides {self.global_batch // self.batch_size}, or "
+                f"set a batch_size that makes it up")
+        return self.global_batch // per_pass
+
+    def scaled_lr(self, processes: int) -> float:
+        """The base learning rate of this run: `lr`, scaled linearly from lr_reference_batch to the global batch."""
+        if self.lr_reference_batch is None:
+            return self.lr
+        return self.lr * int(self.global_batch_for(processes)) / self.lr_reference_batch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 from typing import Any, Callable
 
@@ -11,6 +12,17 @@ import torch.distributed as dist
 
 from pipeline.devices import resolve_device
 
+# How long a collective waits for the slowest rank before the run fails. Start-up is the longest wait: every rank
+# lists and checks the targets and builds its dataset before the first collective, and at Kinetics size that is
+# minutes on a shared file system, beyond torch's default (10 min for NCCL). DISTINIT_PROCESS_GROUP_TIMEOUT (seconds)
+# sets another.
+DEFAULT_PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+def process_group_timeout() -> datetime.timedelta:
+    seconds = os.environ.get("DISTINIT_PROCESS_GROUP_TIMEOUT")
+    return datetime.timedelta(seconds=float(seconds)) if seconds else DEFAULT_PROCESS_GROUP_TIMEOUT
+
 
 @dataclasses.dataclass(frozen=True)
 class DistributedContext:
@@ -18,6 +30,9 @@ class DistributedContext:
     world_size: int
     local_rank: int
     device: torch.device
+    # A gloo group for host-side flags (the preemption vote each step), so reading one never waits for the GPU;
+    # None: the default group (gloo already, on CPU) or one process.
+    control_group: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -37,8 +52,20 @@ def init_distributed(device: str) -> DistributedContext:
     if world_size > 1 and not dist.is_initialized():
         if resolved.type == "cuda":
             torch.cuda.set_device(resolved)
-        dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
-    return DistributedContext(rank, world_size, local_rank, resolved)
+        dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo", timeout=process_group_timeout())
+    control = None
+    if world_size > 1 and resolved.type == "cuda":
+        control = dist.new_group(backend="gloo", timeout=process_group_timeout())
+    return DistributedContext(rank, world_size, local_rank, resolved, control)
+
+
+def any_rank(flag: bool, context: DistributedContext) -> bool:
+    """Whether `flag` is true on any rank (a collective on host memory: every rank calls it at the same point)."""
+    if not context.enabled:
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=context.control_group)
+    return bool(value.item())
 
 
 def all_reduce_sum(values: torch.Tensor, context: DistributedContext) -> torch.Tensor:

@@ -49,4 +49,4 @@ def own_rng_state(saved: dict | list, rank: int) -> dict | None:
     distill-2 held rank 0's only (a dict), which no other rank should take as its own (None: keep the seed)."""
     if isinstance(saved, dict):
         return saved if rank == 0 else None
-    return saved[rank]
+    return saved[rank] if rank < len(saved) else None  # a run resumed on more processes: the new ranks keep the seed

@@ -6,7 +6,9 @@ from pathlib import Path
 
 from pipeline.errors import DistinitError
 from pipeline.hashing import sha256_json
+from distill.distributed import DistributedContext, all_gather_objects
 from pipeline.shards import MANIFEST_NAME, ShardError, read_manifest, verify
+from pipeline.shards.verify import record_verified, verified_unchanged
 
 
 def resolve_targets_dir(targets: str | Path) -> Path:
@@ -24,9 +26,19 @@ def resolve_targets_dir(targets: str | Path) -> Path:
     )
 
 
-def check_targets(targets_dir: Path) -> None:
-    """Refuse to train on a damaged cache: the first problem `distinit verify` finds, as one line."""
-    problems = verify(targets_dir)
+def check_targets(targets_dir: Path, context: DistributedContext) -> None:
+    """Refuse to train on a damaged cache, reading every byte only when nobody has since it last changed.
+
+    Every rank stats the sealed files against the record of the last clean `distinit verify` (VERIFIED_NAME: the
+    extract stage writes it); when that shows no change, no shard is read. Otherwise rank 0 runs the full verify
+    and records it, and every rank raises the first problem it found, as one line (a collective: the others wait
+    under the process group's timeout)."""
+    if verified_unchanged(targets_dir):
+        return
+    problems = verify(targets_dir) if context.is_main else []
+    if context.is_main and not problems:
+        record_verified(targets_dir)
+    problems = all_gather_objects(problems, context)[0]
     if problems:
         more = f" (and {len(problems) - 1} more; run distinit verify {targets_dir})" if len(problems) > 1 else ""
         raise ShardError(f"{problems[0]}{more}")

@@ -2,7 +2,8 @@
 
 log.jsonl stays the record; the event files repeat each epoch's numeric figures, at the epoch's last step, under
 tags TensorBoard groups into panels: `train_loss` -> `train/loss`, `val_kd/<key>` -> `val/kd/<key>`, and the
-rest under `progress/` (`progress/lr`, `progress/clips_per_second`, ...). Only rank 0 writes. `tensorboard` is an
+rest under `progress/` (`progress/lr`, `progress/clips_per_second`, ...). The per-step records (every
+`log_every_steps`) go in too: `train/loss_running` and `progress/lr` at their step. Only rank 0 writes. `tensorboard` is an
 optional extra: without it, training goes on and says once how to get the files.
 """
 
@@ -51,6 +52,10 @@ class TensorBoardLog:
         for tag, value in scalars_of(record).items():
             self.writer.add_scalar(tag, value, global_step=record["step"])
         self.writer.flush()  # an epoch is minutes: show it now, and lose nothing to a kill
+
+    def write_step(self, record: Mapping[str, Any]) -> None:
+        """A per-step record (`"record": "step"`): its running loss and lr at its step."""
+        self.write_epoch(record)
 
     def __enter__(self) -> "TensorBoardLog":
         return self

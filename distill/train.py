@@ -2,7 +2,13 @@
 
 Read top to bottom: set up (processes, seeds, data, model, optimizer) -> resume -> for each epoch,
 train one epoch, measure the held-out distillation loss, log one JSON line, save checkpoints.
-Runs as one process, or as many under `torchrun` (DDP; gloo on CPU, nccl on GPU).
+Runs as one process, or as many under `torchrun` (DDP; gloo on CPU, nccl on GPU). A step is one global batch
+(`global_batch` clips over all processes, micro-batches accumulated up to it: distill.sampler.GlobalBatchSampler),
+so a run is the same run, and resumes, on any number of processes that makes it up.
+
+Preemption (pipeline.preemption): on SIGTERM or SIGUSR1 every rank finishes its step, the ranks vote (one
+all-reduce of a flag per step, on host memory), all save at that step boundary, rank 0 asks SLURM to requeue the
+job, and every rank stops with `Preempted`. The requeued job runs the same command and resumes from that step.
 
 Feeding a GPU (distill.device_step): RGB clips travel as uint8 and are normalised on the device; on CUDA
 batches are pinned and copied without waiting, and cuDNN picks its fastest kernels for the fixed clip shape
@@ -13,6 +19,7 @@ and read every NONFINITE_CHECK_EVERY steps.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -26,16 +33,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from distill.checkpoint import (CheckpointSaver, append_epoch_log, checkpoint_state, pretraining_content_hashes,
+from distill.checkpoint import (LAST, CheckpointSaver, append_epoch_log, checkpoint_state, pretraining_content_hashes,
                                resume_or_start, tidy_for_resume)
 from distill.config import CODE_VERSION, DistillConfig
 from distill.data import ClipSpec, TargetClipDataset, open_targets, split_videos, video_paths
 from distill.device_step import autocast_for, input_normalisation, to_device, use_fast_kernels
-from distill.distributed import (DistributedContext, all_gather_objects, all_reduce_sum, barrier, init_distributed,
-                                 shutdown, sum_over_ranks)
+from distill.distributed import (DistributedContext, all_gather_objects, all_reduce_sum, any_rank, barrier,
+                                 init_distributed, shutdown, sum_over_ranks)
 from distill.loss_tracking import LossTotals, NonFiniteWatch, TrainingError
 from distill.losses import DistillationLoss
-from distill.sampler import ResumableSampler
+from distill.sampler import GlobalBatchSampler, ResumableSampler
 from distill.schedule import learning_rate
 from distill.seeding import rng_states, seed_everything, seed_worker
 from distill.heads import head_specs_from_teachers
@@ -45,6 +52,7 @@ from distill.tensorboard_log import open_tensorboard_log
 from pipeline.atomic import make_output_folder, replace_shared_text
 from pipeline.devices import capped_workers
 from pipeline.hashing import sha256_file, sha256_json
+from pipeline.preemption import Preempted, PreemptionWatch, preempted_message, requeue_job
 from pipeline.prepared.manifest import sealed_folder
 from pipeline.provenance import git_state, write_provenance
 from pipeline.shards import MANIFEST_NAME
@@ -65,12 +73,10 @@ class TrainingResult:
 
 
 def run_key(config: DistillConfig, fingerprint: str, world_size: int = 1) -> str:
-    """The run folder's name. `batch_size` is per process, so the number of processes (global batch, steps,
-    schedule) is part of it; left out at 1, so single-process runs keep the folders they had before it was.
-    Prepared copies hold other pixels than the originals: their folder's key is part of it too."""
-    fields = {"config": config.key_fields(), "targets": fingerprint, "code_version": CODE_VERSION}
-    if world_size != 1:
-        fields["world_size"] = world_size
+    """The run folder's name. It holds the global batch (clips per step over all processes), not the number of
+    processes: with `global_batch` set, 8 processes x 1 and 2 x 4 accumulation steps are one run. Prepared copies
+    hold other pixels than the originals: their folder's key is part of it too."""
+    fields = {"config": config.key_fields(world_size), "targets": fingerprint, "code_version": CODE_VERSION}
     if config.prepared is not None:
         fields["prepared"] = sealed_folder(config.prepared).name  # its key: the copies' options and videos
     return sha256_json(fields)[:16]
@@ -92,8 +98,9 @@ def build_loaders(config: DistillConfig, targets_dir: Path, context: Distributed
         common["flow_method"] = config.flow_method
     train_set = TargetClipDataset(targets_dir, train_ids, clip, train=True, clips_per_video=config.clips_per_video, **common)
     val_set = TargetClipDataset(targets_dir, val_ids, clip, train=False, **common) if val_ids else None
-    train_sampler = ResumableSampler(len(train_set), shuffle=True, seed=config.seed, rank=context.rank,
-                                     world_size=context.world_size)
+    train_sampler = GlobalBatchSampler(len(train_set), batch_size=config.batch_size,
+                                       global_batch=int(config.global_batch_for(context.world_size)),
+                                       seed=config.seed, rank=context.rank, world_size=context.world_size)
     # Loaders get their own generators, so creating an iterator never draws from the global torch RNG
     # (a resumed run creates one at a different point than an uninterrupted run would). Workers persist: the
     # sampler hands them each index's epoch.
@@ -131,18 +138,25 @@ def agreement_key(heads, teachers: list[dict[str, Any]]) -> str | None:
 
 
 def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, config, context, total_steps, progress,
-                    on_checkpoint, resumed: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One pass over this rank's part of the training clips (the rest of it, after a mid-epoch resume). Calls
+                    on_checkpoint, resumed: dict[str, Any] | None = None, *, accum_steps: int = 1,
+                    base_lr: float | None = None, preemption: PreemptionWatch | None = None,
+                    on_log=None) -> dict[str, Any]:
+    """One pass over this rank's part of the training clips (the rest of it, after a mid-epoch resume), a step
+    every `accum_steps` micro-batches (their gradients summed; DDP all-reduces once, at the last). Calls
     `on_checkpoint(epoch_progress)` every `save_every_steps`, with this rank's running figures so far; stops early
-    (state["stopped"]) at `stop_after_steps`. `resumed`: the epoch_progress of the checkpoint this run resumed
-    from, so the returned figures cover the whole epoch. Every rank raises the same TrainingError, within
-    NONFINITE_CHECK_EVERY steps and before any checkpoint, when a loss is non-finite on any rank. Returns the
-    epoch's loss figures and clips over all ranks, and this rank's timings."""
+    (state["stopped"]) at `stop_after_steps`, and after saving (state["preempted"]) when any rank was signalled
+    (`preemption`). `on_log(record)`: every `log_every_steps`, the running training loss since the last one, over
+    all ranks. `resumed`: the epoch_progress of the checkpoint this run resumed from, so the returned figures
+    cover the whole epoch. Every rank raises the same TrainingError, within NONFINITE_CHECK_EVERY steps and
+    before any checkpoint, when a loss is non-finite on any rank. Returns the epoch's loss figures and clips over
+    all ranks, and this rank's timings."""
     model.train()
+    base_lr = config.lr if base_lr is None else base_lr
     totals = LossTotals(loss_fn, context.device)
     normalisation = input_normalisation(model)
     # A checkpoint follows a passed check, so the watch has nothing to carry over a resume.
     watch = NonFiniteWatch(context, first_step=state["step"] + 1)
+    window = torch.zeros(2, dtype=torch.float64, device=context.device)  # loss sum, micro-batches since the last log
     data_wait, earlier_seconds = 0.0, 0.0
     if resumed is not None:
         totals.load_state_dict(resumed["totals"])
@@ -151,37 +165,64 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, 
     in_view = list(resumed.get("crop_in_view", (0.0, 0))) if resumed is not None else [0.0, 0]
     started = time.monotonic()
     waiting_since = time.monotonic()
+    micro = 0
     for batch in loader:
         data_wait += time.monotonic() - waiting_since
         if "crop_in_view" in batch:  # (a TargetClipDataset's batches have it; hand-made ones may not)
             in_view = [in_view[0] + float(batch["crop_in_view"].sum()), in_view[1] + len(batch["crop_in_view"])]
-        lr = learning_rate(state["step"], base_lr=config.lr, warmup_steps=config.warmup_steps,
-                           total_steps=total_steps, min_lr_fraction=config.min_lr_fraction)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        if micro == 0:
+            lr = learning_rate(state["step"], base_lr=base_lr, warmup_steps=config.warmup_steps,
+                               total_steps=total_steps, min_lr_fraction=config.min_lr_fraction)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+        micro += 1
+        stepping = micro == accum_steps
         video, targets = to_device(batch, context.device, context.device.type == "cuda", normalisation)
-        with autocast:
-            predictions = model(video)
-        terms = loss_fn({key: value.float() for key, value in predictions.items()}, targets)
+        # DDP all-reduces gradients in backward: only the step's last micro-batch needs it.
+        syncing = contextlib.nullcontext() if stepping or not hasattr(model, "no_sync") else model.no_sync()
+        with syncing:
+            with autocast:
+                predictions = model(video)
+            terms = loss_fn({key: value.float() for key, value in predictions.items()}, targets)
+            loss = terms["loss"] / accum_steps if accum_steps > 1 else terms["loss"]  # the mean over the step's clips
+            if scaler is not None:
+                scaler.scale(loss).backward()
+            else:
+                loss.backward()
         watch.record(terms["loss"], state["step"] + 1)
-        optimizer.zero_grad(set_to_none=True)
+        totals.add(terms, len(video))
+        window += torch.stack([terms["loss"].detach().double(), torch.ones((), dtype=torch.float64,
+                                                                          device=context.device)])
+        if not stepping:
+            waiting_since = time.monotonic()
+            continue
+        micro = 0
         if scaler is not None:
-            scaler.scale(terms["loss"]).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
-            terms["loss"].backward()
             optimizer.step()
         state["step"] += 1
-        totals.add(terms, len(video))
         progress.update(1)
         saving = state["step"] % config.save_every_steps == 0 or state["step"] == config.stop_after_steps
-        if saving or watch.due(state["step"]):
+        logging_now = on_log is not None and state["step"] % config.log_every_steps == 0
+        if saving or logging_now or watch.due(state["step"]):
             watch.check(state["step"])  # waits for the device: the loss is ready to show without another wait
             progress.set_postfix(loss=f"{terms['loss'].item():.3f}", lr=f"{lr:.2g}", refresh=False)
-        if saving:
+        if logging_now:
+            loss_sum, micro_batches = all_reduce_sum(window.clone(), context).tolist()
+            window.zero_()
+            on_log({"record": "step", "step": state["step"], "epoch": state["epoch"] + 1, "lr": lr,
+                    "train_loss_running": loss_sum / max(micro_batches, 1.0)})
+        # Every rank votes every step, so all stop at the same step boundary.
+        preempted = preemption is not None and any_rank(preemption.requested, context)
+        if saving or preempted:
             on_checkpoint({"totals": totals.state_dict(), "data_wait": data_wait, "crop_in_view": list(in_view),
                            "seconds": earlier_seconds + time.monotonic() - started})
+        if preempted:
+            state["stopped"] = state["preempted"] = True
+            break
         if state["step"] == config.stop_after_steps:
             state["stopped"] = True
             break
@@ -276,13 +317,19 @@ def run_provenance(context: DistributedContext, store, targets_dir: Path, finger
 
 
 def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
+    with PreemptionWatch() as preemption:
+        return _train(config, show_progress, preemption)
+
+
+def _train(config: DistillConfig, show_progress: bool, preemption: PreemptionWatch) -> TrainingResult:
     # ---------------------------------------------------------------- processes, seeds, targets
     context = init_distributed(config.device)
+    accum_steps = config.accum_steps(context.world_size)  # a global batch these processes cannot make up: refused
     seed_everything(config.seed, context.rank, config.deterministic)
     use_fast_kernels(context.device, config.deterministic)
     targets_dir = resolve_targets_dir(config.targets)
-    if context.is_main:
-        check_targets(targets_dir)
+    # Every rank stats the shards against the last clean verify's record; bytes are read only when that is stale.
+    check_targets(targets_dir, context)
     fingerprint = targets_fingerprint(targets_dir)
     run_dir = Path(config.out) / run_key(config, fingerprint, context.world_size)
     # ---------------------------------------------------------------- data, model, loss, optimizer
@@ -296,7 +343,7 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
                                sum_over_ranks=sum_over_ranks(context), world_size=context.world_size)
     optimizer = build_optimizer(model, config)
     autocast, scaler = autocast_for(config, context.device)
-    state = resume_or_start(run_dir, model, optimizer, context)
+    state = resume_or_start(run_dir, model, optimizer, context, global_batch=int(config.global_batch_for(context.world_size)))
     wrapped = DistributedDataParallel(model) if context.enabled else model
     videos = pretraining_videos(store, config.videos_root)
     provenance = run_provenance(context, store, targets_dir, fingerprint, videos)
@@ -304,11 +351,16 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
     make_output_folder(run_dir)
     saver = CheckpointSaver(run_dir)
     if context.is_main:
-        tidy_for_resume(run_dir, state["epoch"])
+        tidy_for_resume(run_dir, state["epoch"], state["step"])
         write_provenance(run_dir, config, **provenance)
     tensorboard = open_tensorboard_log(run_dir, state["step"], enabled=config.tensorboard and context.is_main)
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = train_loader.sampler.steps_per_epoch
     total_steps = config.epochs * steps_per_epoch
+    base_lr = config.scaled_lr(context.world_size)
+    if context.is_main:
+        logger.info("global batch %s = %d per process x %d processes x %d accumulation steps; lr %g",
+                    config.global_batch_for(context.world_size), config.batch_size, context.world_size, accum_steps,
+                    base_lr)
     agreement = agreement_key(heads, store.teachers)
     history: list[dict[str, Any]] = []
 
@@ -325,15 +377,22 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
             saver.save_last(checkpoint, periodic=state["step"] % config.save_every_steps == 0)
         barrier(context)
 
+    def log_step(record: dict[str, Any]) -> None:
+        if context.is_main:
+            append_epoch_log(run_dir / "log.jsonl", record)
+            tensorboard.write_step(record)
+
     # ---------------------------------------------------------------- the loop
     with tensorboard, tqdm(total=total_steps, initial=state["step"], unit="step", desc="distill",
                            disable=not (show_progress and context.is_main)) as progress:
         while state["epoch"] < config.epochs and not state["stopped"]:
             step_in_epoch = state["step"] - state["epoch"] * steps_per_epoch
             # The sampler hands the epoch to the (persistent) workers with each index.
-            train_loader.sampler.set_epoch(state["epoch"], start_index=step_in_epoch * config.batch_size)
+            train_loader.sampler.set_epoch(state["epoch"], start_step=step_in_epoch)
             stats = train_one_epoch(wrapped, train_loader, loss_fn, optimizer, scaler, autocast, state, config, context,
-                                    total_steps, progress, save_last, resumed_epoch_progress(state, step_in_epoch))
+                                    total_steps, progress, save_last, resumed_epoch_progress(state, step_in_epoch),
+                                    accum_steps=accum_steps, base_lr=base_lr, preemption=preemption,
+                                    on_log=log_step)
             if state["stopped"]:
                 break
             state["epoch"] += 1
@@ -355,4 +414,8 @@ def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
     if context.is_main and not state["stopped"]:
         replace_shared_text(Path(config.out) / "latest", run_dir.name + "\n")  # runs of other keys may finish now too
     shutdown(context)
+    if state.get("preempted"):
+        requeued = requeue_job() if context.is_main else None
+        raise Preempted(preempted_message("distill", preemption.signal_name or "a signal on another rank",
+                                          f"saved {run_dir / LAST} at step {state['step']}", requeued))
     return TrainingResult(run_dir, state["step"], state["epoch"], history, state["stopped"], context.is_main)

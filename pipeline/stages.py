@@ -210,11 +210,9 @@ def distill_inputs(spec: PipelineSpec, extract_key: str, prepare_key: str | None
 
     overrides = {**parse_overrides(spec.distill_set), "targets": str(Path(spec.targets_root) / spec.data)}
     config = load_config(DistillConfig, spec.distill_config, overrides)
-    options = config.key_fields()
-    # batch_size is per process: the number of processes changes the global batch and the schedule. Left out
-    # at 1, so the keys of single-process runs stay what they were before it was counted.
-    if spec.distill_processes != 1:
-        options["processes"] = spec.distill_processes
+    # The global batch, not the number of processes: with `global_batch` set, NPROC and the nodes change nothing
+    # (a cluster's 4x8 run is the run make looks for); without it, batch_size x the processes make's launch starts.
+    options = config.key_fields(spec.distill_processes)
     upstream = {"extract": extract_key}
     if prepare_key is not None:
         upstream["prepare"] = prepare_key  # re-encoded copies: the same frames, other pixels

@@ -612,3 +612,32 @@ def test_the_control_is_part_of_the_run_key_and_shuffles_both_loaders(targets):
     # The held-out loss is measured on shuffled targets too (one held-out video borrows from the others).
     for loader in (train_loader, val_loader):
         assert loader.dataset.donors and all(donor != video for video, donor in loader.dataset.donors.items())
+
+
+def test_global_batch_sampler_gives_every_layout_the_same_micro_batches():
+    """Steps of 8 clips: 1 process x 4 accumulation steps, 2 x 2 and 4 x 1 see the same micro-batches of 2 in each
+    step; every step is full (the order padded from its start); a resume from step s on another layout yields
+    exactly the rest."""
+    from distill.sampler import GlobalBatchSampler
+
+    def micro_batches(world_size: int, start_step: int = 0) -> list[list[list[int]]]:
+        """Per step, its micro-batches in slot order (micro a of rank r is slot a x world_size + r)."""
+        per_rank = []
+        for rank in range(world_size):
+            sampler = GlobalBatchSampler(21, batch_size=2, global_batch=8, seed=5, rank=rank, world_size=world_size)
+            sampler.set_epoch(3, start_step=start_step)
+            indices = [key.index for key in sampler]
+            assert all(key.epoch == 3 for key in sampler) and len(indices) == len(sampler)
+            per_rank.append([indices[at:at + 2] for at in range(0, len(indices), 2)])
+        accum = 8 // (2 * world_size)
+        steps = len(per_rank[0]) // accum
+        return [[per_rank[slot % world_size][step * accum + slot // world_size] for slot in range(4)]
+                for step in range(steps)]
+
+    alone = micro_batches(1)
+    assert len(alone) == 3 and micro_batches(2) == alone == micro_batches(4)
+    flat = [index for step in alone for micro in step for index in micro]
+    assert sorted(set(flat)) == list(range(21)) and flat[21:] == flat[:3]  # padded with the order's start
+    assert micro_batches(2, start_step=1) == alone[1:] == micro_batches(1, start_step=1)
+    with pytest.raises(ValueError, match="not a multiple"):
+        GlobalBatchSampler(21, batch_size=2, global_batch=8, seed=5, world_size=3)

@@ -60,10 +60,16 @@ def test_a_distill_hyperparameter_changes_distill_and_eval_only(workdir):
 
 
 def test_the_number_of_distill_processes_changes_distill_and_eval_only(workdir):
-    # batch_size is per process: NPROC changes the global batch and the schedule, so it is part of the key.
+    # Without global_batch, batch_size x NPROC is the global batch: NPROC changes the schedule, so the key.
     assert changed_stages(demo_spec(), demo_spec(distill_processes=8)) == DOWNSTREAM_OF_DISTILL
     assert changed_stages(demo_spec(distill_processes=8), demo_spec(distill_processes=4)) == DOWNSTREAM_OF_DISTILL
     assert changed_stages(demo_spec(), demo_spec(distill_processes=1)) == set()
+    # With it, a run is its global batch: 8 processes, 4 (2 accumulation steps) and 1 (8) are one run.
+    fixed = ("global_batch=64",)
+    assert changed_stages(demo_spec(distill_set=fixed), demo_spec(distill_set=fixed, distill_processes=8)) == set()
+    assert changed_stages(demo_spec(distill_set=fixed), demo_spec(distill_set=fixed, distill_processes="gpu x 4 nodes")) == set()
+    # batch_size 8 x 8 processes is the same global batch as global_batch=64 on one process.
+    assert changed_stages(demo_spec(distill_processes=8), demo_spec(distill_set=fixed)) == set()
     assert distill_process_count(None) == distill_process_count("1", "") == 1
     assert distill_process_count("8") == distill_process_count("4", "--nnodes 2 --rdzv-endpoint host:29500") == 8
     assert distill_process_count("4", "--rdzv-backend c10d --nnodes=3") == 12
@@ -289,7 +295,7 @@ def test_status_command_prints_one_line_per_stage(workdir):
         capture_output=True, text=True, check=True,
     )
     lines = result.stdout.strip().splitlines()
-    assert "stale: option processes is new in the key (4)" in lines[2] and lines[1].split()[1:3] == ["up", "to"]
+    assert "stale: option global_batch: 8 -> 32" in lines[2] and lines[1].split()[1:3] == ["up", "to"]
 
 
 # --- the Makefile: `make -n demo` lists exactly the stale stages' commands ---------------------------------

@@ -114,7 +114,7 @@ def test_train_writes_checkpoints_logs_and_provenance(tiny_targets, tmp_path):
     for key in ("train_loss", "val_loss", "val_agreement_top1", "clips_per_second", "data_wait_fraction", "lr"):
         assert key in records[0]
     checkpoint = torch.load(result.run_dir / "checkpoint-last.pt", weights_only=False)
-    assert set(checkpoint) == {"model", "architecture", "optimizer", "step", "epoch", "rng", "world_size", "config",
+    assert set(checkpoint) == {"model", "architecture", "optimizer", "step", "epoch", "rng", "world_size", "global_batch", "config",
                                "best_val_loss", "provenance", "pretraining_videos", "epoch_progress"} == set(CHECKPOINT_KEYS)
     assert checkpoint["architecture"]["name"] == "r2plus1d_18" and checkpoint["step"] == 10
     assert checkpoint["epoch_progress"] == [None]  # saved at an epoch's end: no epoch under way
@@ -184,55 +184,100 @@ def test_resume_from_a_checkpoint_without_epoch_progress_warns_and_goes_on(tiny_
 
 
 def test_each_rank_resumes_its_own_epoch_progress(tmp_path):
-    """Each rank summed its own part of the epoch: under DDP, rank r takes entry r of the checkpoint's list."""
+    """Each rank summed its own part of the epoch: under DDP, rank r takes entry r of the checkpoint's list; resumed by
+    another number of processes, rank 0 carries every saved rank's sums (the epoch's figures are sums over ranks)."""
     model = torch.nn.Linear(2, 2)
     model.architecture = lambda: {"name": "linear"}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    own = [{"totals": {"parts": torch.full((2, 1), float(rank)), "clips": rank + 1}, "data_wait": 0.0, "seconds": 1.0}
-           for rank in range(2)]
+    own = [{"totals": {"parts": torch.full((2, 1), float(rank + 1)), "clips": rank + 1}, "data_wait": 0.0,
+            "seconds": 1.0, "crop_in_view": [0.5 * (rank + 1), rank + 1]} for rank in range(2)]
     checkpoint = {"model": model.state_dict(), "architecture": {"name": "linear"}, "optimizer": optimizer.state_dict(),
-                  "step": 3, "epoch": 0, "rng": [rng_states(), rng_states()], "world_size": 2, "best_val_loss": 1.0,
-                  "epoch_progress": own}
+                  "step": 3, "epoch": 0, "rng": [rng_states(), rng_states()], "world_size": 2, "global_batch": 4,
+                  "best_val_loss": 1.0, "epoch_progress": own}
     torch.save(checkpoint, tmp_path / "checkpoint-last.pt")
     for rank in range(2):
         context = DistributedContext(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu"))
-        state = resume_or_start(tmp_path, model, optimizer, context)
+        state = resume_or_start(tmp_path, model, optimizer, context, global_batch=4)
         assert state["step"] == 3 and state["epoch_progress"]["totals"]["clips"] == rank + 1
+    alone = resume_or_start(tmp_path, model, optimizer, DistributedContext(0, 1, 0, torch.device("cpu")), global_batch=4)
+    assert alone["step"] == 3 and alone["epoch_progress"]["totals"]["clips"] == 3
+    assert torch.equal(alone["epoch_progress"]["totals"]["parts"], torch.full((2, 1), 3.0))
+    assert alone["epoch_progress"]["crop_in_view"] == [1.5, 3]
+    for rank in range(4):  # on more processes: the new ranks start from zero sums and keep their seeds
+        context = DistributedContext(rank=rank, world_size=4, local_rank=rank, device=torch.device("cpu"))
+        state = resume_or_start(tmp_path, model, optimizer, context, global_batch=4)
+        assert state["epoch_progress"]["totals"]["clips"] == (3 if rank == 0 else 0)
 
 
-def test_resume_with_other_world_size(tiny_targets, tmp_path):
+def _torchrun_distill(targets: Path, out: Path, port: int, *options: str) -> subprocess.CompletedProcess:
+    """`distinit distill` under torchrun as two CPU processes (gloo), the tiny recipe of _config."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+        "-m", "pipeline", "distill", "--targets", str(targets), "--width", "tiny", "--frames", "4", "--stride", "2",
+        "--short-side", "32", "--crop", "32", "--batch-size", "2", "--epochs", "2", "--workers", "0", "--optimizer",
+        "adamw", "--lr", "2e-3", "--seed", "3", "--deterministic", "--device", "cpu", "--out", str(out),
+        "--no-progress", "--set", "val_fraction=0.1", "--set", "warmup_steps=2", "--set", "student=r2plus1d_18", "--set", "save_every_steps=100",
+        *options,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_a_run_is_its_global_batch_on_any_number_of_processes(tiny_targets, tmp_path):
+    """global_batch 4 of batch_size 2: one process accumulating two micro-batches and two processes of one are one
+    run (one key, one folder), resume into each other from the saved step, and train the same weights as an
+    uninterrupted run up to float summation order (the same micro-batches in the same steps)."""
+    config = _config(tiny_targets, tmp_path / "a", global_batch=4, stop_after_steps=1)
+    fingerprint = train_module.targets_fingerprint(tiny_targets)
+    assert train_module.run_key(config, fingerprint, 1) == train_module.run_key(config, fingerprint, 2)
+    assert config.accum_steps(1) == 2 and config.accum_steps(2) == 1
+    with pytest.raises(DistinitError, match="global_batch=4 is not a multiple of batch_size=2 x 3 processes"):
+        config.accum_steps(3)
+    # 1 process (2 accumulation steps) stops after step 1; 2 processes resume it and finish.
+    first = train(config, show_progress=False)
+    assert first.step == 1 and first.stopped_early
+    finished = _torchrun_distill(tiny_targets, tmp_path / "a", 29541, "--set", "global_batch=4")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert (tmp_path / "a" / "latest").read_text().strip() == first.run_dir.name  # the same folder
+    assert "written by 1 processes, resumed by 2 at step 1" in finished.stderr
+    # The other way: 2 processes stop after step 1, 1 process resumes.
+    stopped = _torchrun_distill(tiny_targets, tmp_path / "b", 29542, "--set", "global_batch=4",
+                                "--set", "stop_after_steps=1")
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    resumed = train(_config(tiny_targets, tmp_path / "b", global_batch=4), show_progress=False)
+    assert resumed.run_dir.name == first.run_dir.name and resumed.step == 6 and not resumed.stopped_early
+    # Both equal an uninterrupted one-process run, up to the order gradients are summed in (AdamW, lr 2e-3, turns a
+    # last-digit difference of a near-zero gradient into up to ~1e-4 a step; training moves them ~1e-2). The weights: BatchNorm's
+    # running statistics are not (DDP broadcasts rank 0's each step; accumulation runs every micro-batch through
+    # them), and they only enter evaluation.
+    whole = train(_config(tiny_targets, tmp_path / "c", global_batch=4), show_progress=False)
+    assert whole.step == 6  # 10 training clips, 4 a step: 3 steps an epoch (the last padded), 2 epochs
+    reference = torch.load(whole.run_dir / "checkpoint-last.pt", weights_only=False)["model"]
+    for out in ("a", "b"):
+        weights = torch.load(tmp_path / out / first.run_dir.name / "checkpoint-last.pt", weights_only=False)["model"]
+        for name, value in reference.items():
+            if not name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+                assert torch.allclose(weights[name], value, atol=1e-3, rtol=0), (out, name)
+
+
+def test_resume_refuses_a_checkpoint_of_another_global_batch(tiny_targets, tmp_path):
     config = _config(tiny_targets, tmp_path, stop_after_steps=1)
     first = train(config, show_progress=False)
-    fingerprint = train_module.targets_fingerprint(tiny_targets)
-    assert first.run_dir.name == train_module.run_key(config, fingerprint, 1)
-    checkpoint = torch.load(first.run_dir / "checkpoint-last.pt", weights_only=False)
-    # As two processes would have written it: a world size of 2 and one RNG state per rank.
-    checkpoint["world_size"] = 2
-    checkpoint["rng"] = checkpoint["rng"] * 2
-    # The number of processes is part of the run key: a 2-process run has its own folder, which a 1-process
-    # run never resumes from; it trains its own model instead.
-    other_dir = tmp_path / train_module.run_key(config, fingerprint, 2)
-    assert other_dir != first.run_dir
-    other_dir.mkdir()
-    torch.save(checkpoint, other_dir / "checkpoint-last.pt")
-    (first.run_dir / "checkpoint-last.pt").unlink()
-    fresh = train(_config(tiny_targets, tmp_path, stop_after_steps=1), show_progress=False)
-    assert fresh.run_dir == first.run_dir and fresh.step == 1
-    # The refusal stays, for a checkpoint put into a run folder by hand.
     last = first.run_dir / "checkpoint-last.pt"
+    checkpoint = torch.load(last, weights_only=False)
+    assert checkpoint["global_batch"] == 2 and checkpoint["world_size"] == 1
+    checkpoint["global_batch"] = 8  # put into this run's folder by hand
     torch.save(checkpoint, last)
     with pytest.raises(ResumeError) as refused:
         train(_config(tiny_targets, tmp_path), show_progress=False)
     message = str(refused.value)
     assert "\n" not in message and str(last) in message
-    assert "written by 2 processes, this run has 1" in message and "--nproc_per_node 2" in message
+    assert "global batch of 8 clips, this run has 2" in message and "global_batch=8" in message
     assert torch.load(last, weights_only=False)["step"] == 1  # left as it was
-    # A checkpoint from before the field (distill-1) falls back on its provenance's world size.
-    del checkpoint["world_size"]
-    checkpoint["rng"] = checkpoint["rng"][0]  # distill-1 kept rank 0's states only
-    checkpoint["provenance"]["world_size"] = 2
+    del checkpoint["global_batch"]  # written by distill-3, which cut epochs per process
     torch.save(checkpoint, last)
-    with pytest.raises(ResumeError, match="written by 2 processes, this run has 1"):
+    with pytest.raises(ResumeError, match="before runs were keyed by global batch"):
         train(_config(tiny_targets, tmp_path), show_progress=False)
 
 
@@ -266,6 +311,32 @@ def test_refuses_broken_targets_naming_the_shard(tiny_targets, tmp_path):
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_a_start_reads_no_shard_when_nothing_changed_since_the_last_clean_verify(tiny_targets, tmp_path, monkeypatch):
+    """The first start verifies every byte and records it (verified.json); later starts stat the files only; a shard
+    rewritten since (another modification time) is verified again, and its damage refused."""
+    import distill.targets_folder as targets_folder
+
+    copy = tmp_path / "targets"
+    copy.mkdir()
+    for path in tiny_targets.iterdir():
+        if path.name != "verified.json":
+            (copy / path.name).write_bytes(path.read_bytes())
+    calls = []
+    real_verify = targets_folder.verify
+    monkeypatch.setattr(targets_folder, "verify", lambda folder: calls.append(folder) or real_verify(folder))
+    train(_config(copy, tmp_path / "runs", stop_after_steps=1), show_progress=False)
+    assert len(calls) == 1 and (copy / "verified.json").is_file()
+    train(_config(copy, tmp_path / "runs", stop_after_steps=2), show_progress=False)
+    assert len(calls) == 1  # nothing changed: no shard read
+    shard = copy / "shard-00001-of-00002.h5"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DistinitError, match="shard-00001-of-00002.h5"):
+        train(_config(copy, tmp_path / "runs"), show_progress=False)
+    assert len(calls) == 2
+
+
 def test_cli_distill_then_export_refuses_tiny(tiny_targets, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, [
@@ -296,5 +367,5 @@ def test_ddp_two_cpu_processes_train_and_checkpoint(tiny_targets, tmp_path):
     # Each rank's own RNG states (seeded differently), not rank 0's twice.
     assert len(checkpoint["rng"]) == 2
     assert not torch.equal(checkpoint["rng"][0]["torch"], checkpoint["rng"][1]["torch"])
-    assert checkpoint["step"] == 3  # 10 train clips over 2 ranks -> 5 per rank -> 3 batches of 2
+    assert checkpoint["step"] == 3 and checkpoint["global_batch"] == 4  # 10 train clips, 2 x 2 a step: 3 steps
     assert len((run_dir / "log.jsonl").read_text().splitlines()) == 1

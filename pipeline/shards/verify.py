@@ -3,6 +3,7 @@ view boxes inside the frame, stored video layouts, stray files."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -52,6 +53,49 @@ def verify(targets_dir: str | os.PathLike) -> list[str]:
         elif path.name.endswith(".tmp"):
             problems.append(f"{path}: leftover temporary file from an interrupted write; delete it")
     return problems
+
+
+# Beside manifest.json once a verify found nothing: each sealed file's size and modification time at that moment, so a
+# later start (every distill rank, every resume) knows in a few stat calls that nothing changed since.
+VERIFIED_NAME = "verified.json"
+
+
+def _file_states(targets_dir: Path, manifest: dict[str, Any]) -> dict[str, list[int]]:
+    """{file: [size, mtime_ns]} of the manifest and every shard it lists; a missing file is left out."""
+    states = {}
+    for name in [fmt.MANIFEST_NAME, *(entry["file"] for entry in manifest["shards"])]:
+        try:
+            stat = (targets_dir / name).stat()
+        except OSError:
+            continue
+        states[name] = [stat.st_size, stat.st_mtime_ns]
+    return states
+
+
+def record_verified(targets_dir: str | os.PathLike) -> bool:
+    """Write VERIFIED_NAME for a folder `verify` just found clean; False (logged) when the folder is read-only."""
+    from pipeline.atomic import atomic_write_text
+    from pipeline.errors import OutputError
+
+    targets_dir = Path(targets_dir)
+    states = _file_states(targets_dir, read_manifest(targets_dir))
+    try:
+        atomic_write_text(targets_dir / VERIFIED_NAME, json.dumps({"files": states}, indent=1, sort_keys=True) + "\n")
+    except OutputError as error:
+        logger.info("not recording the verification: %s", error)
+        return False
+    return True
+
+
+def verified_unchanged(targets_dir: str | os.PathLike) -> bool:
+    """Whether a clean verify was recorded and no sealed file changed size or modification time since."""
+    targets_dir = Path(targets_dir)
+    try:
+        recorded = json.loads((targets_dir / VERIFIED_NAME).read_text())["files"]
+        manifest = read_manifest(targets_dir)
+    except (OSError, ValueError, KeyError, TypeError, ShardError):
+        return False
+    return recorded == _file_states(targets_dir, manifest)
 
 
 def verify_shard(
