@@ -55,6 +55,8 @@ from pipeline.hashing import sha256_file, sha256_json
 from pipeline.preemption import Preempted, PreemptionWatch, preempted_message, requeue_job
 from pipeline.prepared.manifest import sealed_folder
 from pipeline.provenance import git_state, write_provenance
+from pipeline.stages import distill_stage_inputs
+from pipeline.stamps import STAGE_RECORD, read_stamp, write_stage_record
 from pipeline.shards import MANIFEST_NAME
 
 logger = logging.getLogger(__name__)
@@ -316,6 +318,18 @@ def run_provenance(context: DistributedContext, store, targets_dir: Path, finger
     return provenance
 
 
+def record_stage_key(run_dir: Path, config: DistillConfig, targets_dir: Path, world_size: int) -> None:
+    """Record in the finished run the distill stage key it was made under (pipeline.stamps: make adopts the run,
+    however it was launched), from the extract key its targets record (targets sealed before extract recorded one:
+    nothing to record, make re-runs the stage, which finds this run done)."""
+    extract = read_stamp(targets_dir / STAGE_RECORD)
+    prepare = read_stamp(sealed_folder(config.prepared) / STAGE_RECORD) if config.prepared is not None else None
+    if extract is None or (config.prepared is not None and prepare is None):
+        return
+    inputs = distill_stage_inputs(config, world_size, extract["key"], prepare["key"] if prepare else None)
+    write_stage_record(run_dir, "distill", inputs)
+
+
 def train(config: DistillConfig, show_progress: bool = True) -> TrainingResult:
     with PreemptionWatch() as preemption:
         return _train(config, show_progress, preemption)
@@ -412,6 +426,7 @@ def _train(config: DistillConfig, show_progress: bool, preemption: PreemptionWat
                     saver.save_best(checkpoint)
             save_last()
     if context.is_main and not state["stopped"]:
+        record_stage_key(run_dir, config, targets_dir, context.world_size)
         replace_shared_text(Path(config.out) / "latest", run_dir.name + "\n")  # runs of other keys may finish now too
     shutdown(context)
     if state.get("preempted"):

@@ -83,7 +83,7 @@ class StageInputs:
 
     @property
     def key(self) -> str:
-        return sha256_json(self.inputs)[:16]
+        return stage_key(self.inputs)
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -148,29 +148,58 @@ class _Planner:
 
 
 def demo_data_inputs(spec: PipelineSpec) -> StageInputs:
-    from pipeline.demo_data.build import _OPTIONS_WITHOUT_EFFECT, GENERATOR_VERSION, STAMP_NAME
+    from pipeline.demo_data.build import STAMP_NAME
     from pipeline.demo_data.config import DemoDataConfig
 
     config = load_config(DemoDataConfig, spec.demo_config, parse_overrides(spec.demo_set))
+    return StageInputs("demo-data", demo_data_stage_inputs(config), Path(spec.demo_dir) / STAMP_NAME)
+
+
+def demo_data_stage_inputs(config: Any) -> dict[str, Any]:
+    """The demo-data stage's inputs, from its DemoDataConfig."""
+    from pipeline.demo_data.build import _OPTIONS_WITHOUT_EFFECT, GENERATOR_VERSION
+
     options = {name: value for name, value in config_to_dict(config).items() if name not in _OPTIONS_WITHOUT_EFFECT}
-    inputs = {"config": options, "code": f"demo-data-{GENERATOR_VERSION}"}
-    return StageInputs("demo-data", inputs, Path(spec.demo_dir) / STAMP_NAME)
+    return {"config": options, "code": f"demo-data-{GENERATOR_VERSION}"}
+
+
+def demo_data_key_of(folder: str | Path) -> str | None:
+    """The demo-data stage key of a built demo folder, from the config.yaml it keeps; None when it has none."""
+    from pipeline.demo_data.config import DemoDataConfig
+
+    try:
+        config = load_config(DemoDataConfig, Path(folder) / "config.yaml", {})
+    except (ConfigError, OSError):
+        return None
+    return stage_key(demo_data_stage_inputs(config))
 
 
 def extract_inputs(spec: PipelineSpec, upstream: str | None) -> StageInputs:
-    from extract.config import CODE_VERSION, ExtractConfig
+    from extract.config import ExtractConfig
 
     overrides = {**parse_overrides(spec.extract_set), "data": spec.data, "out": spec.targets_root}
     overrides["root"] = spec.demo_dir if spec.data == "demo" else spec.root
     if not overrides["root"]:
         raise ConfigError(f"data {spec.data} needs its dataset folder: set ROOT=<folder> (make) or --root")
     config = load_config(ExtractConfig, spec.extract_config, overrides)
+    return StageInputs("extract", extract_stage_inputs(config, upstream), Path(spec.targets_root) / spec.data / "latest")
+
+
+def extract_stage_inputs(config: Any, demo_data_key: str | None) -> dict[str, Any]:
+    """The extract stage's inputs, from its ExtractConfig (as make plans it, and as `distinit extract` records it in
+    the folder it seals, whoever launched it): `demo_data_key` for the demo's videos, else the listing's hash."""
+    from extract.config import CODE_VERSION
+
     options = {name: value for name, value in config_to_dict(config).items() if name not in EXTRACT_RUNTIME_OPTIONS}
     if config.split is None:
         options.pop("split_roles")  # without a split filter the roles select nothing
     options["teacher_options"] = _with_file_hashes(config.teacher_options)
-    inputs = _selected_videos({"config": options, "code": CODE_VERSION}, config, upstream)
-    return StageInputs("extract", inputs, Path(spec.targets_root) / spec.data / "latest")
+    return _selected_videos({"config": options, "code": CODE_VERSION}, config, demo_data_key)
+
+
+def stage_key(inputs: dict[str, Any]) -> str:
+    """A stage's key: the hash of its inputs (StageInputs.key)."""
+    return sha256_json(inputs)[:16]
 
 
 def prepare_inputs(spec: PipelineSpec, upstream: str | None) -> StageInputs:
@@ -206,18 +235,26 @@ def _selected_videos(inputs: dict[str, Any], config: Any, demo_data_key: str | N
 
 
 def distill_inputs(spec: PipelineSpec, extract_key: str, prepare_key: str | None = None) -> StageInputs:
-    from distill.config import CODE_VERSION, DistillConfig
+    from distill.config import DistillConfig
 
     overrides = {**parse_overrides(spec.distill_set), "targets": str(Path(spec.targets_root) / spec.data)}
     config = load_config(DistillConfig, spec.distill_config, overrides)
-    # The global batch, not the number of processes: with `global_batch` set, NPROC and the nodes change nothing
-    # (a cluster's 4x8 run is the run make looks for); without it, batch_size x the processes make's launch starts.
-    options = config.key_fields(spec.distill_processes)
+    inputs = distill_stage_inputs(config, spec.distill_processes, extract_key, prepare_key)
+    return StageInputs("distill", inputs, Path(config.out) / "latest")
+
+
+def distill_stage_inputs(config: Any, processes: int | str, extract_key: str, prepare_key: str | None) -> dict[str, Any]:
+    """The distill stage's inputs, from its DistillConfig (as make plans it, and as `distinit distill` records it in
+    the run it finishes). The global batch, not the number of processes: with `global_batch` set, NPROC and the
+    nodes change nothing (a cluster's 4x8 run is the run make looks for); without it, batch_size x the processes."""
+    from distill.config import CODE_VERSION
+
+    if isinstance(processes, int):
+        config.accum_steps(processes)  # a global batch these processes cannot make up: refused before anything runs
     upstream = {"extract": extract_key}
     if prepare_key is not None:
         upstream["prepare"] = prepare_key  # re-encoded copies: the same frames, other pixels
-    inputs = {"config": options, "upstream": upstream, "code": CODE_VERSION}
-    return StageInputs("distill", inputs, Path(config.out) / "latest")
+    return {"config": config.key_fields(processes), "upstream": upstream, "code": CODE_VERSION}
 
 
 def eval_inputs(spec: PipelineSpec, stage: str, upstream_inputs: Callable[[str], StageInputs]) -> StageInputs:

@@ -6,6 +6,11 @@ changed". A stage's make rule depends on its `.key` (and on the upstream `.done`
 has succeeded, copies `.key` to `<stage>.done`: the record of what the outputs were made from.
 Touching a config or a video without changing its content leaves every `.key` alone, so nothing re-runs.
 A `.done` whose output folder has since disappeared is removed, so make re-runs that stage.
+
+What ran without make (an sbatch array extract, a multi-node distill, a run by hand) is adopted: extract and
+distill record the key they were made under in the folder they seal (STAGE_RECORD, computed from their own config
+by the functions pipeline/stages.py plans with), and a stage whose sealed output records the key make wants is
+done, however it was launched: `.done` is written for it, nothing re-runs and nothing is re-verified.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import atomic_write_text
-from pipeline.stages import STAGES, NotSetUp, StageInputs
+from pipeline.stages import STAGES, NotSetUp, StageInputs, stage_key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +45,28 @@ def needs_path(stamps_dir: str | Path, stage: str) -> Path:
     return Path(stamps_dir) / f"{stage}.needs"
 
 
+# In a sealed output folder (a targets folder, a distill run): the stage, key and inputs it was made under.
+STAGE_RECORD = "stage.json"
+
+
+def write_stage_record(folder: str | Path, stage: str, inputs: dict[str, Any]) -> None:
+    """Record in `folder` (sealed by `stage`) the key it was made under, for make to adopt (`adopted_stages`)."""
+    record = {"stage": stage, "key": stage_key(inputs), "inputs": inputs}
+    atomic_write_text(Path(folder) / STAGE_RECORD, json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
+
+
+def sealed_key(stage: StageInputs) -> str | None:
+    """The key recorded in the folder the stage's `latest` pointer names; None when there is none."""
+    if stage.output.name != "latest":
+        return None
+    try:
+        folder = stage.output.parent / stage.output.read_text().strip()
+    except OSError:
+        return None
+    record = read_stamp(folder / STAGE_RECORD)
+    return record["key"] if record is not None and record.get("stage") == stage.stage else None
+
+
 def stamp_record(stage: StageInputs) -> dict[str, Any]:
     return {"stage": stage.stage, "key": stage.key, "inputs": stage.inputs, "output": str(stage.output)}
 
@@ -53,8 +80,9 @@ def read_stamp(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and "key" in record else None
 
 
-def update_stamps(plan: list[StageInputs], stamps_dir: str | Path) -> list[str]:
-    """Rewrite the `.key` of every stage whose key changed; drop `.done` files whose output is gone.
+def update_stamps(plan: list[StageInputs], stamps_dir: str | Path, adopted: list[str] | None = None) -> list[str]:
+    """Rewrite the `.key` of every stage whose key changed; drop `.done` files whose output is gone; write `.done`
+    for a stage whose sealed output records its key (made without make), appending its name to `adopted`.
 
     Returns the stages whose `.key` was rewritten.
     """
@@ -74,6 +102,14 @@ def update_stamps(plan: list[StageInputs], stamps_dir: str | Path) -> list[str]:
             atomic_write_text(needs, wanted)
         if not stage.output.exists():
             done_path(stamps_dir, stage.stage).unlink(missing_ok=True)
+            continue
+        done = read_stamp(done_path(stamps_dir, stage.stage))
+        if (done is None or done["key"] != stage.key) and sealed_key(stage) == stage.key:
+            # Written after the .key above and after the upstream stages' .done (the plan is upstream first).
+            atomic_write_text(done_path(stamps_dir, stage.stage),
+                              json.dumps(stamp_record(stage), indent=1, sort_keys=True, default=str) + "\n")
+            if adopted is not None:
+                adopted.append(stage.stage)
     return changed
 
 
@@ -102,6 +138,13 @@ def stage_status(plan: list[StageInputs | NotSetUp], stamps_dir: str | Path) -> 
             statuses.append(StageStatus(stage.stage, "not set up", (stage.reason,), ""))
             continue
         done = read_stamp(done_path(stamps_dir, stage.stage))
+        if stage.output.exists() and (done is None or done["key"] != stage.key) and sealed_key(stage) == stage.key:
+            reasons = tuple(f"{name} will re-run first" for name in stale_upstream if name in _upstream_names(stage))
+            statuses.append(StageStatus(stage.stage, "stale" if reasons else "up to date",
+                                        reasons or ("made outside make; its sealed output records this key",), stage.key))
+            if reasons:
+                stale_upstream.append(stage.stage)
+            continue
         if done is None or not stage.output.exists():
             why = "never ran here" if done is None else f"its output {stage.output} is gone"
             statuses.append(StageStatus(stage.stage, "missing", (why,), stage.key))

@@ -17,7 +17,7 @@ from dataset_fixtures import make_hmdb51, make_kinetics, write_video
 from pipeline.errors import ConfigError
 from pipeline.hashing import sha256_file
 from pipeline.stages import PipelineSpec, StageInputs, distill_process_count, full_plan, stage_plan
-from pipeline.stamps import done_path, key_path, stage_status, update_stamps
+from pipeline.stamps import done_path, key_path, read_stamp, stage_status, update_stamps, write_stage_record
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("demo-data.yaml", "extract.yaml", "demo-distill.yaml", "demo-eval.yaml", "distill.yaml", "eval.yaml")
@@ -59,17 +59,29 @@ def test_a_distill_hyperparameter_changes_distill_and_eval_only(workdir):
     assert changed_stages(demo_spec(), demo_spec(distill_set=("lr=0.01",))) == DOWNSTREAM_OF_DISTILL
 
 
+def without_global_batch(workdir: Path) -> None:
+    """configs/free-distill.yaml: the demo's distill config without global_batch (batch_size x processes)."""
+    demo = (workdir / "configs" / "demo-distill.yaml").read_text()
+    free = "".join(line for line in demo.splitlines(keepends=True) if not line.startswith("global_batch:"))
+    assert free != demo
+    (workdir / "configs" / "free-distill.yaml").write_text(free)
+
+
 def test_the_number_of_distill_processes_changes_distill_and_eval_only(workdir):
     # Without global_batch, batch_size x NPROC is the global batch: NPROC changes the schedule, so the key.
-    assert changed_stages(demo_spec(), demo_spec(distill_processes=8)) == DOWNSTREAM_OF_DISTILL
-    assert changed_stages(demo_spec(distill_processes=8), demo_spec(distill_processes=4)) == DOWNSTREAM_OF_DISTILL
-    assert changed_stages(demo_spec(), demo_spec(distill_processes=1)) == set()
-    # With it, a run is its global batch: 8 processes, 4 (2 accumulation steps) and 1 (8) are one run.
-    fixed = ("global_batch=64",)
-    assert changed_stages(demo_spec(distill_set=fixed), demo_spec(distill_set=fixed, distill_processes=8)) == set()
-    assert changed_stages(demo_spec(distill_set=fixed), demo_spec(distill_set=fixed, distill_processes="gpu x 4 nodes")) == set()
+    without_global_batch(workdir)
+    free = {"distill_config": "configs/free-distill.yaml"}
+    assert changed_stages(demo_spec(**free), demo_spec(**free, distill_processes=8)) == DOWNSTREAM_OF_DISTILL
+    assert changed_stages(demo_spec(**free, distill_processes=8), demo_spec(**free, distill_processes=4)) == DOWNSTREAM_OF_DISTILL
+    assert changed_stages(demo_spec(**free), demo_spec(**free, distill_processes=1)) == set()
+    # With it (the demo's config sets 8), a run is its global batch: 1 process, 2 of batch 4, 8 nodes are one run.
+    assert changed_stages(demo_spec(), demo_spec(distill_processes=8)) == set()
+    assert changed_stages(demo_spec(), demo_spec(distill_processes="gpu x 4 nodes")) == set()
+    # A global batch the processes cannot make up is refused before anything runs, in one line.
+    with pytest.raises(ConfigError, match="global_batch=8 is not a multiple of batch_size=8 x 2 processes"):
+        stage_plan(demo_spec(distill_processes=2), until="distill")
     # batch_size 8 x 8 processes is the same global batch as global_batch=64 on one process.
-    assert changed_stages(demo_spec(distill_processes=8), demo_spec(distill_set=fixed)) == set()
+    assert changed_stages(demo_spec(**free, distill_processes=8), demo_spec(**free, distill_set=("global_batch=64",))) == set()
     assert distill_process_count(None) == distill_process_count("1", "") == 1
     assert distill_process_count("8") == distill_process_count("4", "--nnodes 2 --rdzv-endpoint host:29500") == 8
     assert distill_process_count("4", "--rdzv-backend c10d --nnodes=3") == 12
@@ -265,6 +277,44 @@ def test_status_says_what_changed(workdir):
     assert statuses["compare"].state == "stale" and any("upstream distill changed" in why for why in statuses["compare"].reasons)
 
 
+NEEDS_MAKE = pytest.mark.skipif(shutil.which("make") is None or not (REPO / ".venv" / ".installed").exists(),
+                                reason="needs make and the project's .venv (make setup)")
+
+
+def copy_make_files(workdir: Path) -> None:
+    for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "requirements-detectron2.txt", "pyproject.toml"):
+        shutil.copy2(REPO / name, workdir / name)  # copy2 keeps the old mtimes: setup stays done
+
+
+@NEEDS_MAKE
+def test_outputs_made_without_make_are_adopted_when_they_record_the_key_make_wants(workdir):
+    """An sbatch array extract and a multi-node distill run without make: their sealed folders record the keys they
+    were made under (write_stage_record), so `status` calls them up to date and `stamps` writes their .done, and make
+    re-runs neither; a folder recording another key (other options) is not adopted."""
+    copy_make_files(workdir)
+    plan = {stage.stage: stage for stage in stage_plan(demo_spec(), until="distill")}
+    fake_finished_run([plan["demo-data"]])
+    for name in ("extract", "distill"):
+        stage = plan[name]
+        folder = stage.output.parent / f"made-by-slurm-{name}"
+        folder.mkdir(parents=True)
+        write_stage_record(folder, name, stage.inputs)
+        stage.output.write_text(folder.name + "\n")
+    statuses = {entry.stage: entry for entry in stage_status(list(plan.values()), ".stamps/demo")}
+    assert statuses["distill"].state == "up to date" and "made outside make" in statuses["distill"].reasons[0]
+    adopted: list[str] = []
+    update_stamps(list(plan.values()), ".stamps/demo", adopted)
+    assert adopted == ["extract", "distill"]
+    assert read_stamp(done_path(".stamps/demo", "distill"))["key"] == plan["distill"].key
+    assert stage_commands(make_dry_run(workdir, target="distill")) == set()
+    # Another learning rate: the sealed run records another key; distill is stale, extract stays adopted.
+    changed = {stage.stage: stage for stage in stage_plan(demo_spec(distill_set=("lr=0.01",)), until="distill")}
+    later: list[str] = []
+    update_stamps(list(changed.values()), ".stamps/demo", later)
+    assert later == []
+    assert stage_commands(make_dry_run(workdir, "DISTILL_SET=lr=0.01", target="distill")) == {"distill"}
+
+
 def test_a_deleted_output_makes_its_stage_missing_and_the_next_ones_stale(workdir):
     plan = stage_plan(demo_spec())
     fake_finished_run(plan)
@@ -279,6 +329,7 @@ def test_a_deleted_output_makes_its_stage_missing_and_the_next_ones_stale(workdi
 
 def test_status_command_prints_one_line_per_stage(workdir):
     fake_finished_run(stage_plan(demo_spec()))
+    without_global_batch(workdir)
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "status", "--eval-root", "data/demo/actions/videos",
          "--inits", "scratch,runs/demo/distill", "--distill-set", "epochs=3"],
@@ -290,7 +341,7 @@ def test_status_command_prints_one_line_per_stage(workdir):
     assert "stale: option epochs: 12 -> 3" in lines[2]
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "status", "--eval-root", "data/demo/actions/videos",
-         "--inits", "scratch,runs/demo/distill", "--distill-nproc", "2",
+         "--inits", "scratch,runs/demo/distill", "--distill-nproc", "2", "--distill-config", "configs/free-distill.yaml",
          "--torchrun-args", "--nnodes 2 --max-restarts 1"],
         capture_output=True, text=True, check=True,
     )
@@ -318,11 +369,9 @@ def stage_commands(output: str) -> set[str]:
     return {stage for stage, commands in names.items() if any(command in output for command in commands)}
 
 
-@pytest.mark.skipif(shutil.which("make") is None or not (REPO / ".venv" / ".installed").exists(),
-                    reason="needs make and the project's .venv (make setup)")
+@NEEDS_MAKE
 def test_make_dry_run_reruns_exactly_the_stale_stages(workdir):
-    for name in ("Makefile", "requirements.txt", "requirements-pose.txt", "requirements-detectron2.txt", "pyproject.toml"):
-        shutil.copy2(REPO / name, workdir / name)  # copy2 keeps the old mtimes: setup stays done
+    copy_make_files(workdir)
     assert stage_commands(make_dry_run(workdir)) == {"demo-data", "extract", "distill", "compare"}
     fake_finished_run(stage_plan(demo_spec()))
     assert stage_commands(make_dry_run(workdir)) == set()
@@ -334,7 +383,8 @@ def test_make_dry_run_reruns_exactly_the_stale_stages(workdir):
     assert stage_commands(output) == {"extract", "distill", "compare"}
     assert """--set 'teacher_options={"imagenet-efficientnet-lite0":{"outputs":"logits,embedding"}}'""" in output
     assert stage_commands(make_dry_run(workdir, "EVAL_SET=epochs=3")) == {"compare"}
-    assert stage_commands(make_dry_run(workdir, "NPROC=2")) == {"distill", "compare"}
+    # The demo's global batch (8) is the run: NPROC=2 of batch 4 is batch_size's change alone, NPROC=1 none.
+    assert stage_commands(make_dry_run(workdir, "NPROC=2", "DISTILL_SET=batch_size=4")) == {"distill", "compare"}
     assert stage_commands(make_dry_run(workdir, "NPROC=1")) == set()
     fake_finished_run(stage_plan(demo_spec()))
     os.utime(workdir / "configs" / "demo-distill.yaml")

@@ -104,6 +104,9 @@ def stamps(**options) -> None:
     from pipeline.stamps import update_stamps
 
     spec = _spec(options)
-    changed = update_stamps(stage_plan(spec, until=options["until"]), spec.stamps_dir)
+    adopted: list[str] = []
+    changed = update_stamps(stage_plan(spec, until=options["until"]), spec.stamps_dir, adopted)
     if changed:
         click.echo(f"inputs changed for: {', '.join(changed)}")
+    if adopted:
+        click.echo(f"done outside make, adopted: {', '.join(adopted)} (their sealed outputs record these keys)")
