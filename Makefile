@@ -49,6 +49,18 @@ EVAL_ARGS ?=
 STAMPS   ?= .stamps/$(DATA)
 PYTEST_ARGS ?=
 POSE     ?= 1
+# SLURM (pipeline/cluster/*.sbatch; README "On a SLURM cluster"). SHARD=i/N: `make extract` writes only those shards.
+SHARD    ?=
+SLURM_ARGS ?=
+SHARDS   ?= 16
+EXTRACT_SBATCH ?= --gpus-per-task=1
+NODES    ?= 1
+GPUS_PER_NODE ?= 8
+DISTILL_SBATCH ?= --nodes=$(NODES) --ntasks-per-node=1 --gpus-per-node=$(GPUS_PER_NODE)
+EVAL     ?= eval-hmdb
+EVAL_SBATCH ?= --gpus-per-task=1
+RUN_INDEX ?=
+AFTER    ?=
 
 # NPROC=8: distill under torchrun with 8 processes per node (DDP);
 # TORCHRUN_ARGS='--nnodes 2 --rdzv-endpoint host:29500 ...'.
@@ -87,7 +99,8 @@ endef
 # One stage at a time: each uses every core, and two public targets (make -j eval-hmdb compare) would otherwise
 # each start the upstream stages they share.
 .NOTPARALLEL:
-.PHONY: help setup demo-data demo-data-stage extract verify prepare distill compare eval-hmdb eval-ucf demo status test bench clean
+.PHONY: help setup demo-data demo-data-stage extract extract-finalize verify prepare distill compare eval-hmdb eval-ucf eval-run \
+	eval-report submit-extract submit-distill submit-eval demo status test bench clean
 
 help: ## Show targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -107,6 +120,9 @@ help: ## Show targets and variables
 	@echo "  INIT=$(INIT)  (eval-hmdb/eval-ucf)  INITS=$(INITS)  (compare)  SEEDS=$(SEEDS)  (all three)"
 	@echo "  RESULTS=$(RESULTS)  where compare and the eval-* reports go"
 	@echo "  STAMPS=$(STAMPS)  PYTHON=$(PYTHON)  POSE=$(POSE) (1: install the MediaPipe pose teacher)"
+	@echo "  SLURM: SLURM_ARGS='$(SLURM_ARGS)' (every job: --partition, --account, --time ...)  AFTER=$(AFTER) (job id to wait for)"
+	@echo "    SHARDS=$(SHARDS) EXTRACT_SBATCH='$(EXTRACT_SBATCH)'  NODES=$(NODES) GPUS_PER_NODE=$(GPUS_PER_NODE) DISTILL_SBATCH='$(DISTILL_SBATCH)'"
+	@echo "    EVAL=$(EVAL) EVAL_SBATCH='$(EVAL_SBATCH)'  SHARD=i/N (make extract: those shards only)"
 	@echo "  PYTEST_ARGS='$(PYTEST_ARGS)'  e.g. PYTEST_ARGS='-m \"not slow\"'"
 
 # Detectron2 is not on PyPI (users install it from its official repository, README). Tests and CI install the
@@ -167,9 +183,20 @@ demo-data: setup ## Generate the embedded demo data (unlabeled pool + HMDB-51-la
 demo-data-stage:
 	$(call run_stage,demo-data)
 
-extract: setup ## Stage one: teachers over sampled frames -> targets/DATA/KEY/ (DATA=... ROOT=dir TEACHERS=a,b)
+extract: setup ## Stage one: teachers over sampled frames -> targets/DATA/KEY/ (DATA=... ROOT=dir TEACHERS=a,b; SHARD=i/N: part)
 	@test -n "$(ROOT)" || { echo "make extract: set ROOT=<dataset folder> for DATA=$(DATA)"; exit 2; }
+ifeq ($(SHARD),)
 	$(call run_stage,extract)
+else
+	+@$(DISTINIT) stamps $(STAGE_ARGS) --until extract
+	$(EXTRACT_COMMAND) --shard $(SHARD) $(EXTRACT_ARGS)
+endif
+
+extract-finalize: setup ## Seal DATA's targets once every SHARD=i/N part ran (manifest, one full verify), recorded done for make
+	+@$(DISTINIT) stamps $(STAGE_ARGS) --until extract
+	$(EXTRACT_COMMAND) --finalize
+	$(DISTINIT) verify targets/$(DATA)/$$(cat targets/$(DATA)/latest)
+	cp $(STAMPS)/extract.key $(STAMPS)/extract.done
 
 prepare: setup ## Re-encode DATA's videos once for stage two (short side 128, GOP 16) -> prepared/DATA/KEY/; PREPARE=1 makes distill read them
 	@test -n "$(ROOT)" || { echo "make prepare: set ROOT=<dataset folder> for DATA=$(DATA)"; exit 2; }
@@ -207,8 +234,9 @@ $(STAMPS)/demo-data.done: $(STAMPS)/demo-data.key
 	$(DISTINIT) demo-data --out $(DEMO_DIR) --config configs/demo-data.yaml $(foreach pair,$(DEMO_SET),--set $(call quote,$(pair)))
 	cp $< $@
 
+EXTRACT_COMMAND = $(DISTINIT) extract --config configs/extract.yaml --data $(DATA) --root $(ROOT) $(foreach pair,$(EXTRACT_SETS),--set $(call quote,$(pair)))
 $(STAMPS)/extract.done: $(STAMPS)/extract.key $(call needs,extract)
-	$(DISTINIT) extract --config configs/extract.yaml --data $(DATA) --root $(ROOT) $(foreach pair,$(EXTRACT_SETS),--set $(call quote,$(pair))) $(EXTRACT_ARGS)
+	$(EXTRACT_COMMAND) $(EXTRACT_ARGS)
 	$(DISTINIT) verify targets/$(DATA)/$$(cat targets/$(DATA)/latest)
 	$(DISTINIT) inspect targets/$(DATA)/$$(cat targets/$(DATA)/latest) --top-k 3
 	cp $< $@
@@ -224,17 +252,56 @@ $(STAMPS)/distill.done: $(STAMPS)/distill.key $(call needs,distill)
 	cp $< $@
 
 $(STAMPS)/compare.done: $(STAMPS)/compare.key $(call needs,compare)
-	$(DISTINIT) compare --config $(EVAL_CONFIG) --data hmdb51 --root $(HMDB_ROOT) --inits $(INITS) --seeds $(SEEDS) --out $(RESULTS) $(foreach pair,$(EVAL_SET),--set $(call quote,$(pair))) $(EVAL_ARGS)
+	$(call eval_command,compare)
 	cp $< $@
 
 # stdout (the table) is shown by the public target, from the report.
+# Stage three's command for compare, eval-hmdb or eval-ucf (the whole, or with --run-index one run for eval-run).
+eval_command = $(DISTINIT) $(if $(filter compare,$(1)),compare,eval) --config $(EVAL_CONFIG) \
+	--data $(if $(filter eval-ucf,$(1)),ucf101 --root $(UCF_ROOT),hmdb51 --root $(HMDB_ROOT)) \
+	$(if $(filter compare,$(1)),--inits $(INITS) --out $(RESULTS),--init $(INIT)) --seeds $(SEEDS) \
+	$(foreach pair,$(EVAL_SET),--set $(call quote,$(pair))) $(EVAL_ARGS)
 $(STAMPS)/eval-hmdb.done: $(STAMPS)/eval-hmdb.key $(call needs,eval-hmdb)
-	$(DISTINIT) eval --config $(EVAL_CONFIG) --data hmdb51 --root $(HMDB_ROOT) --init $(INIT) --seeds $(SEEDS) --report $(RESULTS)/eval-hmdb $(foreach pair,$(EVAL_SET),--set $(call quote,$(pair))) $(EVAL_ARGS) > /dev/null
+	$(call eval_command,eval-hmdb) --report $(RESULTS)/eval-hmdb > /dev/null
 	cp $< $@
 
 $(STAMPS)/eval-ucf.done: $(STAMPS)/eval-ucf.key $(call needs,eval-ucf)
-	$(DISTINIT) eval --config $(EVAL_CONFIG) --data ucf101 --root $(UCF_ROOT) --init $(INIT) --seeds $(SEEDS) --report $(RESULTS)/eval-ucf $(foreach pair,$(EVAL_SET),--set $(call quote,$(pair))) $(EVAL_ARGS) > /dev/null
+	$(call eval_command,eval-ucf) --report $(RESULTS)/eval-ucf > /dev/null
 	cp $< $@
+
+# --- SLURM (pipeline/cluster/): each job runs make, so make knows what the cluster ran ---------------------------------
+# The make variables a job needs, forwarded to the make it runs as one word each.
+FORWARDED := DATA ROOT DEMO_DIR DEMO_SET TEACHERS EXTRACT_SET EXTRACT_ARGS PREPARE PREPARE_SET PREPARE_ARGS DISTILL_CONFIG \
+	DISTILL_SET DISTILL_ARGS DISTILL_OUT EVAL_CONFIG EVAL_SET EVAL_ARGS HMDB_ROOT UCF_ROOT INIT INITS SEEDS RESULTS STAMPS \
+	VENV EVAL
+FORWARD = $(foreach name,$(FORWARDED),$(call quote,$(name)=$($(name))))
+SBATCH = sbatch --parsable $(SLURM_ARGS)
+after = $(if $(1),--dependency=afterok:$(1))
+
+eval-run: setup ## (SLURM array task) One (split, seed) of EVAL's runs: RUN_INDEX=k, split-major over its splits x SEEDS
+	@test -n "$(RUN_INDEX)" || { echo "make eval-run: set RUN_INDEX=<k> (eval.sbatch's array task)"; exit 2; }
+	+@$(DISTINIT) stamps $(STAGE_ARGS) --until $(EVAL)
+	$(call eval_command,$(EVAL)) --run-index $(RUN_INDEX) > /dev/null
+
+eval-report: ## (SLURM) The report of EVAL once its runs are done (eval-report.sbatch)
+	+@$(MAKE) --no-print-directory $(EVAL)
+
+submit-extract: setup ## (SLURM) Stage one as an array of SHARDS tasks + a finalize job after them (SLURM_ARGS, EXTRACT_SBATCH)
+	@test -n "$(ROOT)" || { echo "make submit-extract: set ROOT=<dataset folder> for DATA=$(DATA)"; exit 2; }
+	$(if $(filter demo,$(DATA)),+@$(MAKE) --no-print-directory demo-data-stage DATA=demo)
+	@array=$$($(SBATCH) --array=0-$$(( $(SHARDS) - 1 )) $(EXTRACT_SBATCH) $(call after,$(AFTER)) pipeline/cluster/extract.sbatch $(FORWARD)) \
+	&& final=$$($(SBATCH) --dependency=afterok:$$array pipeline/cluster/extract-finalize.sbatch $(FORWARD)) \
+	&& echo "extract: array job $$array ($(SHARDS) tasks), then finalize job $$final"
+
+submit-distill: setup ## (SLURM) Stage two on NODES x GPUS_PER_NODE (srun + torchrun, c10d), requeued on preemption
+	@job=$$($(SBATCH) --export=ALL,GPUS_PER_NODE=$(GPUS_PER_NODE) $(DISTILL_SBATCH) $(call after,$(AFTER)) pipeline/cluster/distill.sbatch $(FORWARD)) \
+	&& echo "distill: job $$job"
+
+submit-eval: setup ## (SLURM) EVAL (compare | eval-hmdb | eval-ucf) as one task per (row,) split, seed, then a report job
+	@runs=$$($(call eval_command,$(EVAL)) --count-runs) \
+	&& array=$$($(SBATCH) --array=0-$$(( runs - 1 )) $(EVAL_SBATCH) $(call after,$(AFTER)) pipeline/cluster/eval.sbatch $(FORWARD)) \
+	&& report=$$($(SBATCH) --dependency=afterok:$$array pipeline/cluster/eval-report.sbatch $(FORWARD)) \
+	&& echo "$(EVAL): array job $$array ($$runs runs), then report job $$report"
 
 verify: setup ## Check the latest targets of DATA (checksums, row counts, NaN/inf, manifest)
 	$(DISTINIT) verify targets/$(DATA)/$$(cat targets/$(DATA)/latest)

@@ -221,17 +221,21 @@ def row_config(config: EvalConfig, row: Row) -> EvalConfig:
     return dataclasses.replace(config, init=row.init, student=None, width=None, out=None)
 
 
-def compare(config: EvalConfig, inits: Sequence[str], out_dir: str | Path, show_progress: bool = False) -> Comparison:
+def comparison_rows(config: EvalConfig, inits: Sequence[str]) -> tuple[EvalConfig, list[Row]]:
+    """The comparison's shared config and its rows (one per init and architecture), as `compare` runs them."""
     if not inits:
         raise ConfigError("compare needs at least one --inits entry (scratch, inflated:<model>, a checkpoint)")
-    inits = ordered_inits(inits)
-    out_dir = Path(out_dir)
     if config.lr_trunk_scale is None and not config.linear_probe:
         # One trunk/classifier ratio for every init: the single-run default (0.1 for pretrained trunks) would give
         # the pretrained rows a different trunk learning rate than scratch. The rate itself is tuned per row.
         config = dataclasses.replace(config, lr_trunk_scale=1.0)
         logger.info("compare: lr_trunk_scale unset; using 1.0 for every init so they share one schedule")
-    rows = plan_rows(inits, config)
+    return config, plan_rows(ordered_inits(inits), config)
+
+
+def compare(config: EvalConfig, inits: Sequence[str], out_dir: str | Path, show_progress: bool = False) -> Comparison:
+    out_dir = Path(out_dir)
+    config, rows = comparison_rows(config, inits)
     overlaps = check_overlaps(config, [row.description for row in rows])
     results, tunings = [], []
     for row in rows:

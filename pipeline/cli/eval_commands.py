@@ -32,6 +32,25 @@ def _eval_config(config_path, overrides, splits, seeds, options):
     return load_config(EvalConfig, config_path, values)
 
 
+# A SLURM array task runs one run of the whole (pipeline/cluster/eval.sbatch); the report job then runs the whole.
+run_index_option = click.option("--run-index", type=int, default=None,
+                                help="Only run number K of this evaluation's runs (row, split, seed order); no report.")
+count_runs_option = click.option("--count-runs", is_flag=True, help="Print how many runs --run-index numbers, and stop.")
+
+
+def _one_run(config, inits, run_index, count_runs, no_progress) -> bool:
+    """--count-runs / --run-index K: print the count, or run one run; True when the command is done."""
+    from evaluate.fan_out import run_list, run_one
+
+    if count_runs:
+        click.echo(len(run_list(config, inits)))
+        return True
+    if run_index is not None:
+        click.echo(f"run {run_index}: {run_one(config, run_index, inits, show_progress=not no_progress)}")
+        return True
+    return False
+
+
 @main.command(name="eval")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML config (configs/eval.yaml).")
 @click.option("--data", default=None, help="hmdb51 | ucf101")
@@ -73,14 +92,18 @@ def _eval_config(config_path, overrides, splits, seeds, options):
               help="Also write results.json and RESULTS.txt here (a fixed place; make's eval-hmdb uses results/<DATA>/eval-hmdb).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other config option.")
 @click.option("--no-progress", is_flag=True)
+@run_index_option
+@count_runs_option
 @offline_option
-def eval_command(config_path, overrides, splits, seeds, report_dir, no_progress, **options) -> None:
+def eval_command(config_path, overrides, splits, seeds, report_dir, no_progress, run_index, count_runs, **options) -> None:
     """Finetune a trunk (distilled, scratch or inflated) on HMDB-51 / UCF-101 splits and score it."""
     from evaluate.finetune import run_eval
     from evaluate.results import format_table, write_report_folder
     from evaluate.tuning import tune
 
     config = _eval_config(config_path, overrides, splits, seeds, options)
+    if _one_run(config, None, run_index, count_runs, no_progress):
+        return
     chosen = None
     if config.tune_lrs:  # learning rate and epoch chosen on each split's validation part first; test chooses nothing
         tuning = tune(config, show_progress=not no_progress)
@@ -110,13 +133,17 @@ def eval_command(config_path, overrides, splits, seeds, report_dir, no_progress,
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Comparison folder (RESULTS.md, results.json, plots).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other eval config option.")
 @click.option("--no-progress", is_flag=True)
+@run_index_option
+@count_runs_option
 @offline_option
-def compare(config_path, inits, splits, seeds, out, overrides, no_progress, **options) -> None:
+def compare(config_path, inits, splits, seeds, out, overrides, no_progress, run_index, count_runs, **options) -> None:
     """Scratch vs inflated vs DistInit on the same data, splits, seeds and schedule -> RESULTS.md + plots."""
     from evaluate.compare import compare as run_compare
 
     config = _eval_config(config_path, overrides, splits, seeds, options)
-    comparison = run_compare(config, [init.strip() for init in inits.split(",") if init.strip()], out,
-                             show_progress=not no_progress)
+    inits = [init.strip() for init in inits.split(",") if init.strip()]
+    if _one_run(config, inits, run_index, count_runs, no_progress):
+        return
+    comparison = run_compare(config, inits, out, show_progress=not no_progress)
     click.echo(comparison.table)
     click.echo(f"{comparison.out_dir / 'RESULTS.md'}")
