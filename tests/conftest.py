@@ -1,6 +1,7 @@
 """Shared test setup: every test is seeded and offline (a test that downloads from its own local server says so by
 clearing DISTINIT_OFFLINE) with the hub's offline variables and the download timeout cleared whatever the shell
-exported; `gpu` tests skip without CUDA; the device comes from DISTINIT_TEST_DEVICE."""
+exported; `gpu` tests skip without CUDA; the device comes from DISTINIT_TEST_DEVICE; `slurm` tests share one real
+one-node SLURM cluster (tests/slurm_cluster.py) and skip with a NOTE where it cannot start."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from slurm_cluster import ClusterUnavailable, SlurmCluster
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +50,24 @@ def device() -> torch.device:
     return torch.device(os.environ.get("DISTINIT_TEST_DEVICE", "cpu"))
 
 
+@pytest.fixture(scope="session")
+def slurm():
+    """A real one-node SLURM cluster for the whole session: pass `slurm.env` to every sbatch/srun/scontrol and to the
+    code under test; `slurm.run`, `slurm.submit`, `slurm.wait_for`, `slurm.start_now`; logs in `slurm.logs`."""
+    cluster = SlurmCluster()
+    try:
+        cluster.start()
+    except ClusterUnavailable as error:
+        pytest.skip(f"NOTE: no SLURM cluster can start here, the slurm tests skip: {error}")
+    yield cluster
+    cluster.remove()
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        # a test using the cluster is a `slurm` test even if its marker was forgotten, so -m "not slurm" leaves none
+        if "slurm" in getattr(item, "fixturenames", ()) and "slurm" not in item.keywords:
+            item.add_marker(pytest.mark.slurm)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
