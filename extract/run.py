@@ -6,6 +6,9 @@ processes ahead of batched teacher inference); `finalize` seals the folder with 
 every shard exists. A finished shard whose bytes match its recorded sha256 and that verifies is skipped
 on a re-run; a half-written, damaged or unrecorded one is redone from scratch, so an interrupted run
 resumes with byte-identical output.
+
+Several hosts may run parts at once: a shard has one writer at a time (its lease, pipeline.shards.lease), a
+shard another live writer holds is left to it, and `finalize` refuses while any shard is still being written.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ from pipeline.datasets.selection import selected_listing
 from pipeline.errors import DistinitError
 from pipeline.provenance import write_provenance
 from pipeline.shards import (
-    MANIFEST_NAME, ShardWriter, compute_stage_key, output_key, parse_shard_name, partition_videos, read_manifest,
-    shard_files, shard_name, temporary_files, verify_shard, write_manifest,
+    MANIFEST_NAME, ShardBusy, ShardWriter, compute_stage_key, output_key, parse_shard_name, partition_videos,
+    read_manifest, shard_files, shard_name, verify_shard, write_manifest,
 )
 from pipeline.shards.checksum import checksum_path, checksum_problem, recorded_checksum
 from pipeline.shards.header import file_attributes, open_read_only
+from pipeline.shards.lease import lease_seconds, live_holder, live_leases, remove_stale_leases
 
 logger = logging.getLogger(__name__)
 VIDEOS_MANIFEST = "videos.jsonl"
@@ -73,6 +77,17 @@ class ExtractionReport:
     failures: list[dict[str, str]]
     seconds: float
     manifest: Path | None
+    shards_busy: dict[int, str] = dataclasses.field(default_factory=dict)  # index -> the live writer holding it
+
+
+@dataclasses.dataclass
+class PartProgress:
+    """What `write_part` did: shards written, and those left to other writers."""
+
+    written: list[int] = dataclasses.field(default_factory=list)
+    busy: dict[int, str] = dataclasses.field(default_factory=dict)
+    rows: int = 0
+    failures: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
 
 def prepare(config: ExtractConfig) -> ExtractionPlan:
@@ -133,6 +148,10 @@ def shard_is_done(plan: ExtractionPlan, index: int) -> bool:
     if problem is None:
         keys = [output_key(teacher.name, spec.name) for teacher in plan.teachers for spec in teacher.outputs]
         problem = next(iter(verify_shard(path, stage_key=plan.stage_key, output_keys=keys)), None)
+    holder = live_holder(path) if problem is not None else None
+    if holder is not None:  # being rewritten: its writer replaces it, and this run leaves it alone
+        logger.warning("%s: %s; %s is rewriting it", path.name, problem, holder)
+        return False
     if problem is not None:
         logger.warning("redoing %s: %s", path.name, problem)
         path.unlink()
@@ -155,13 +174,12 @@ def expected_sha256(targets_dir: Path, path: Path) -> str | None:
 
 
 def write_shard(
-    plan: ExtractionPlan, index: int, pool: DecodePool, videos_bar: tqdm, frames_bar: tqdm
+    plan: ExtractionPlan, index: int, pool: DecodePool, videos_bar: tqdm, frames_bar: tqdm,
 ) -> tuple[int, list[dict[str, str]]]:
-    """Write shard `index` from scratch; returns (rows, failed videos). The bars count videos and frames (tqdm shows the rates)."""
+    """Write shard `index` from scratch; returns (rows, failed videos). The bars count videos and frames (tqdm shows
+    the rates). Raises ShardBusy when another live writer holds the shard (the ShardWriter's lease; it also removes
+    temp files of the shard's dead writers)."""
     final_path = plan.targets_dir / shard_name(index, plan.config.shard_count)
-    for stale in temporary_files(plan.targets_dir):
-        if stale.name.startswith(f".{final_path.name}."):
-            stale.unlink()
     attributes = {
         "dataset": plan.config.data,
         "stage_key": plan.stage_key,
@@ -197,7 +215,8 @@ def write_shard(
 
 
 def run_extraction(config: ExtractConfig, shard_part: tuple[int, int] = (0, 1), show_progress: bool = True) -> ExtractionReport:
-    """Write the shards of this part (`--shard i/N`: shards with index % N == i); finalize when i/N is 0/1."""
+    """Write the shards of this part (`--shard i/N`: shards with index % N == i); finalize when i/N is 0/1 and no
+    shard was left to another writer."""
     started = time.monotonic()
     plan = prepare(config)
     part_index, part_count = shard_part
@@ -206,24 +225,39 @@ def run_extraction(config: ExtractConfig, shard_part: tuple[int, int] = (0, 1), 
     skipped_shards = [index for index in mine if index not in todo]
     if skipped_shards:
         logger.info("resuming: %d finished shards verified and kept", len(skipped_shards))
+    progress = write_part(plan, todo, show_progress)
+    for teacher in plan.teachers:
+        teacher.close()
+    # A shard left to another writer is not here yet; finalize would refuse while it is written anyway.
+    manifest = finalize(config, plan.targets_dir) if part_count == 1 and not progress.busy else None
+    report = ExtractionReport(
+        plan.targets_dir, plan.stage_key, progress.written, skipped_shards,
+        sum(len(plan.shards[index]) for index in progress.written), progress.rows, progress.failures,
+        time.monotonic() - started, manifest, progress.busy,
+    )
+    check_failure_rate(plan, [index for index in mine if index not in progress.busy], config.max_failure_rate)
+    return report
+
+
+def write_part(plan: ExtractionPlan, todo: list[int], show_progress: bool) -> PartProgress:
+    """Write the shards `todo` in order, leaving those another writer holds."""
+    progress = PartProgress()
     total_videos = sum(len(plan.shards[index]) for index in todo)
-    rows, failures = 0, []
-    with DecodePool(capped_workers(config.workers, "decode workers"), plan.sampling, plan.decode_short_side, config.decode_timeout_seconds) as pool:
+    workers = capped_workers(plan.config.workers, "decode workers")
+    with DecodePool(workers, plan.sampling, plan.decode_short_side, plan.config.decode_timeout_seconds) as pool:
         with tqdm(total=total_videos, unit="video", desc="extract", disable=not show_progress) as videos_bar, \
                 tqdm(unit="frame", desc="teacher frames", position=1, disable=not show_progress) as frames_bar:
             for index in todo:
-                shard_rows, shard_failures = write_shard(plan, index, pool, videos_bar, frames_bar)
-                rows += shard_rows
-                failures += shard_failures
-    for teacher in plan.teachers:
-        teacher.close()
-    manifest = finalize(config, plan.targets_dir) if part_count == 1 else None
-    report = ExtractionReport(
-        plan.targets_dir, plan.stage_key, todo, skipped_shards, total_videos, rows, failures,
-        time.monotonic() - started, manifest,
-    )
-    check_failure_rate(plan, mine, config.max_failure_rate)
-    return report
+                try:
+                    rows, failures = write_shard(plan, index, pool, videos_bar, frames_bar)
+                except ShardBusy as busy:
+                    logger.warning("%s", busy)
+                    progress.busy[index] = str(busy.holder)
+                    continue
+                progress.written.append(index)
+                progress.rows += rows
+                progress.failures += failures
+    return progress
 
 
 def part_failures(plan: ExtractionPlan, shard_indices: list[int]) -> list[dict[str, str]]:
@@ -250,13 +284,16 @@ def finalize(config: ExtractConfig, targets_dir: Path) -> Path:
 
     The manifest says nothing of where the folder is (no `out`), so a copy elsewhere verifies, reads and hashes
     the same (distill's run key holds that hash); the videos root is kept as the user gave it (videos.jsonl's
-    paths are relative to it), so a relative one is found from wherever distill runs, or passed with --videos."""
+    paths are relative to it), so a relative one is found from wherever distill runs, or passed with --videos.
+    Refuses, removing nothing, while any shard is still being written (a live lease)."""
+    check_no_live_writers(targets_dir)
     manifest_config = {name: value for name, value in config_to_dict(config).items() if name not in MANIFEST_LEAVES_OUT}
     path = write_manifest(targets_dir, config=manifest_config, shards=shard_files(targets_dir), extra={
         "videos_manifest": VIDEOS_MANIFEST, "videos_root": str(config.root),
     })
-    # Every shard exists (write_manifest checked), so no writer of this folder is still running: temp
-    # files here were left by a killed run (SIGKILL inside an atomic write cannot clean up after itself).
+    # Every shard exists (write_manifest checked) and no lease was live, so no writer of this folder is still
+    # running: temp files and leases here were left by killed runs (SIGKILL cannot clean up after itself).
+    remove_stale_leases(targets_dir)
     remove_leftover_temporary_files(targets_dir)
     write_provenance(targets_dir, config, stage="extract", code_version=CODE_VERSION)
     # `latest` is shared by every extraction of this dataset, which may finalize at the same moment.
@@ -264,3 +301,15 @@ def finalize(config: ExtractConfig, targets_dir: Path) -> Path:
     manifest = read_manifest(targets_dir)
     logger.info("targets sealed: %s (%d rows, %d skipped videos)", targets_dir, manifest["total_rows"], manifest["skipped_count"])
     return path
+
+
+def check_no_live_writers(targets_dir: Path) -> None:
+    """One line naming every shard still being written and its writer, before anything is sealed or removed."""
+    seconds = lease_seconds()
+    live = live_leases(targets_dir, seconds)
+    if live:
+        listed = ", ".join(f"{final_path.name} ({holder})" for final_path, holder in live)
+        raise DistinitError(
+            f"{targets_dir}: shards still being written: {listed}; nothing was removed — run --finalize again once "
+            f"those writers finish (a writer that died frees its shard at once on its own host, else after {seconds:g} s)"
+        )

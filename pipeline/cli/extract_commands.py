@@ -91,7 +91,10 @@ def extract(config_path, shard_part, finalize, weights, teacher_option, override
         f"({len(report.shards_skipped)} already done), {report.videos} videos, {report.rows} teacher frames "
         f"in {report.seconds:.1f} s ({rate:.1f} frames/s), {len(report.failures)} videos skipped"
     )
-    if report.manifest is None:
+    if report.shards_busy:
+        held = ", ".join(f"{index} ({holder})" for index, holder in report.shards_busy.items())
+        click.echo(f"shards left to the writers holding them: {held}; once they finish, run --finalize")
+    elif report.manifest is None:
         click.echo("this part is done; once every part is, run the same command with --finalize")
 
 

@@ -5,7 +5,8 @@
 assigned to shards by a stable hash of their id (`partition_videos`), so `--shard i/N` runs on different
 machines never overlap. `ShardWriter` writes one shard atomically; `write_manifest` seals the set;
 `TargetStore` reads rows by index or by video; `stored_layouts` each video's probed layout (so stage two
-need not probe it); `verify` and `inspect` back the CLI commands.
+need not probe it); `verify` and `inspect` back the CLI commands. A writer holds its shard's lease while it
+writes (pipeline.shards.lease); `ShardBusy` says another live writer holds it.
 """
 
 from pipeline.shards.format import (
@@ -23,6 +24,7 @@ from pipeline.shards.format import (
 )
 from pipeline.shards.inspect_targets import inspect
 from pipeline.shards.layouts import LAYOUTS_NAME, stored_layouts
+from pipeline.shards.lease import ShardBusy
 from pipeline.shards.manifest import read_manifest, shard_files, write_manifest
 from pipeline.shards.reader import TargetStore
 from pipeline.shards.verify import verify, verify_shard
@@ -33,6 +35,7 @@ __all__ = [
     "LAYOUTS_NAME",
     "MANIFEST_NAME",
     "OutputSpec",
+    "ShardBusy",
     "ShardError",
     "ShardWriter",
     "TargetStore",

@@ -24,6 +24,7 @@ from pipeline.shards import format as fmt
 from pipeline.shards.checksum import write_checksum
 from pipeline.shards.format import ShardError
 from pipeline.shards.layouts import layout_line, write_layout_dataset
+from pipeline.shards.lease import ShardBusy, ShardLease, host_name, read_holder
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +32,13 @@ COMPRESSIONS = ("gzip", "lzf")
 
 
 def temporary_shard_path(final_path: Path) -> Path:
-    """`.shard-00003-of-00016.h5.<pid>.tmp` beside the final path: hidden, unique per process."""
-    return final_path.parent / f".{final_path.name}.{os.getpid()}.tmp"
+    """`.shard-00003-of-00016.h5.<host>.<pid>.tmp` beside the final path: hidden, unique per process on any host."""
+    return final_path.parent / f".{final_path.name}.{host_name()}.{os.getpid()}.tmp"
 
 
 def temporary_files(folder: str | os.PathLike) -> list[Path]:
-    """Half-written shards left by interrupted writers (any process); safe to delete when no writer runs."""
+    """Half-written shards (`.shard-*.<host>.<pid>.tmp`, or `.<pid>.tmp` from older versions) and lease temps of
+    any writer; safe to delete when no writer holds a live lease (pipeline.shards.lease)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -44,6 +46,15 @@ def temporary_files(folder: str | os.PathLike) -> list[Path]:
         path for path in folder.iterdir()
         if path.name.startswith(".shard-") and path.name.endswith(".tmp")
     )
+
+
+def remove_abandoned_temporaries(final_path: Path) -> None:
+    """Delete every temp file of this shard. Only for the holder of its lease: it took the lease free or stale,
+    so every other writer of the shard is gone or was judged gone (pipeline.shards.lease)."""
+    for path in temporary_files(final_path.parent):
+        if path.name.startswith(f".{final_path.name}."):
+            path.unlink(missing_ok=True)
+            logger.info("removed %s, left by an interrupted writer", path.name)
 
 
 def _set_attribute(target: h5py.HLObject, name: str, value: Any) -> None:
@@ -91,7 +102,9 @@ class ShardWriter:
     """Context manager writing `shard-XXXXX-of-YYYYY.h5`; see the module docstring of `pipeline.shards`.
 
     `attributes` must hold `dataset`, `stage_key`, `code_version` and `sampling` (a dict); any further
-    JSON-able entries are kept in the file's `attributes_json`.
+    JSON-able entries are kept in the file's `attributes_json`. The writer holds the shard's lease from before its
+    temp file exists until the shard is sealed or abandoned; a live lease of another writer raises `ShardBusy`
+    (`lease_seconds`: pipeline.shards.lease, default DISTINIT_SHARD_LEASE_SECONDS or 300).
     """
 
     def __init__(
@@ -103,6 +116,7 @@ class ShardWriter:
         shard_count: int,
         attributes: dict[str, Any],
         compression: str = "gzip",
+        lease_seconds: float | None = None,
     ):
         self.final_path = Path(path)
         expected_name = fmt.shard_name(shard_index, shard_count)
@@ -129,14 +143,21 @@ class ShardWriter:
         self._pending: dict[str, np.ndarray] = {}
         self._pending_rows = 0
         make_output_folder(self.final_path.parent)
+        self.lease = ShardLease(self.final_path, lease_seconds)
         try:
+            self.lease.acquire()
+            remove_abandoned_temporaries(self.final_path)
             # No chunk cache: rows reach HDF5 in whole chunks anyway (FLUSH_ROWS), so the cache buys nothing
             # (same bytes, same speed, measured), and without it a failed write (disk full) raises in the
             # write call. With it, the failure came from a dataset's deallocation, leaked the dataset, and
             # HDF5's exit handler then crashed the process (SIGSEGV in H5D_close at exit).
             self._file = h5py.File(self.temporary_path, "w", libver=fmt.LIBVER, rdcc_nbytes=0)
         except OSError as error:
+            self.lease.release()
             raise self._write_error(error) from None
+        except BaseException:
+            self.lease.release()
+            raise
         try:
             self._create_layout()
         except OSError as error:
@@ -329,6 +350,8 @@ class ShardWriter:
             self._file.attrs[fmt.ATTR_SKIPPED_JSON] = canonical_json(self._skipped)
             self._file.close()
             _fsync_path(self.temporary_path)
+            if not self.lease.still_held():  # judged stale (this process was stopped?) and taken over
+                raise ShardBusy(self.final_path, read_holder(self.lease.path))
             write_checksum(self.final_path, sha256_file(self.temporary_path))
             os.replace(self.temporary_path, self.final_path)
             _fsync_path(self.final_path.parent)
@@ -339,17 +362,19 @@ class ShardWriter:
             self.abort()
             raise
         self.closed = True
+        self.lease.release()
         logger.info("wrote %s: %d rows, %d skipped videos", self.final_path, self.rows_written, len(self._skipped))
         return self.final_path
 
     def abort(self) -> None:
-        """Drop the half-written temp file; the final path is never touched."""
+        """Drop the half-written temp file and release the lease; the final path is never touched."""
         self.closed = True
         try:
             self._file.close()
         except Exception:  # the file may already be closed or unusable; removing it is what matters
             pass
         self.temporary_path.unlink(missing_ok=True)
+        self.lease.release()
 
     def __enter__(self) -> "ShardWriter":
         return self
