@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import threading
 import time
 
@@ -16,6 +17,7 @@ import numpy as np
 from extract.sampling import SamplingConfig, sample_frames
 from pipeline.errors import DistinitError
 from pipeline.hashing import sha256_file
+from pipeline.preemption import PREEMPTION_SIGNALS
 from pipeline.video.decode import read_frames
 from pipeline.video.layout_record import layout_record
 from pipeline.video.probe import probe_layout
@@ -84,8 +86,17 @@ def decode_video(
     )
 
 
+def start_worker(parent_pid: int) -> None:
+    """Worker initializer: ignore the scheduler's preemption signals (the main process handles them and closes the
+    pool; extract.pool starts workers with them blocked until now) and end with the parent."""
+    for number in PREEMPTION_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, PREEMPTION_SIGNALS)
+    exit_with_parent(parent_pid)
+
+
 def exit_with_parent(parent_pid: int) -> None:
-    """Worker initializer: end this worker once the process that started it is gone.
+    """End this worker once the process that started it is gone (from start_worker).
 
     A SIGKILLed runner cannot shut its pool down, and a worker blocked handing back decoded frames
     never notices: it holds both ends of the result pipe (multiprocessing passes the queue whole), so the

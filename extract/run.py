@@ -9,6 +9,8 @@ resumes with byte-identical output.
 
 Several hosts may run parts at once: a shard has one writer at a time (its lease, pipeline.shards.lease), a
 shard another live writer holds is left to it, and `finalize` refuses while any shard is still being written.
+A scheduler's SIGTERM/SIGUSR1 (pipeline.preemption) stops the run after the current video: the shard being
+written is abandoned, finished ones are kept, the SLURM job is requeued, and the re-run writes only the rest.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from pipeline.datasets import manifest_hash, write_manifest as write_video_manif
 from pipeline.datasets.records import relative_path
 from pipeline.datasets.selection import selected_listing
 from pipeline.errors import DistinitError
+from pipeline.preemption import Preempted, PreemptionWatch, preempted_message, requeue_job
 from pipeline.provenance import write_provenance
 from pipeline.shards import (
     MANIFEST_NAME, ShardBusy, ShardWriter, compute_stage_key, output_key, parse_shard_name, partition_videos,
@@ -51,6 +55,10 @@ MANIFEST_LEAVES_OUT = ("out",)
 
 class ExtractionError(DistinitError):
     """Too many videos failed; what succeeded is written."""
+
+
+class ShardAbandoned(Exception):
+    """A preemption signal arrived while the shard was being written; its writer dropped the temp file."""
 
 
 @dataclasses.dataclass
@@ -82,12 +90,14 @@ class ExtractionReport:
 
 @dataclasses.dataclass
 class PartProgress:
-    """What `write_part` did: shards written, and those left to other writers."""
+    """What `write_part` did: shards written, left to other writers, or the one abandoned at a preemption."""
 
     written: list[int] = dataclasses.field(default_factory=list)
     busy: dict[int, str] = dataclasses.field(default_factory=dict)
     rows: int = 0
     failures: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    stopped: bool = False
+    abandoned: int | None = None
 
 
 def prepare(config: ExtractConfig) -> ExtractionPlan:
@@ -174,11 +184,11 @@ def expected_sha256(targets_dir: Path, path: Path) -> str | None:
 
 
 def write_shard(
-    plan: ExtractionPlan, index: int, pool: DecodePool, videos_bar: tqdm, frames_bar: tqdm,
+    plan: ExtractionPlan, index: int, pool: DecodePool, videos_bar: tqdm, frames_bar: tqdm, watch: PreemptionWatch,
 ) -> tuple[int, list[dict[str, str]]]:
     """Write shard `index` from scratch; returns (rows, failed videos). The bars count videos and frames (tqdm shows
     the rates). Raises ShardBusy when another live writer holds the shard (the ShardWriter's lease; it also removes
-    temp files of the shard's dead writers)."""
+    temp files of the shard's dead writers), ShardAbandoned after a preemption signal (the temp file dropped)."""
     final_path = plan.targets_dir / shard_name(index, plan.config.shard_count)
     attributes = {
         "dataset": plan.config.data,
@@ -195,6 +205,8 @@ def write_shard(
     ) as writer:
         decoded = pool.decode((video_id, plan.video_paths[video_id]) for video_id in video_ids)
         for number, video in enumerate(decoded, start=1):
+            if watch.requested:  # before using the video: its decode may have met the same signal (ffmpeg ends on TERM)
+                raise ShardAbandoned(index)
             if video.error is not None:
                 logger.warning("skipping %s: %s", video.path, video.error)
                 failures.append({"video_id": video.video_id, "path": video.path, "reason": video.error})
@@ -210,37 +222,44 @@ def write_shard(
                 frames_bar.update(len(rows["t_seconds"]))
                 pending = []
             videos_bar.update(1)
+        if watch.requested:
+            raise ShardAbandoned(index)
         rows = writer.row_count
     return rows, failures
 
 
 def run_extraction(config: ExtractConfig, shard_part: tuple[int, int] = (0, 1), show_progress: bool = True) -> ExtractionReport:
     """Write the shards of this part (`--shard i/N`: shards with index % N == i); finalize when i/N is 0/1 and no
-    shard was left to another writer."""
+    shard was left to another writer. After SIGTERM/SIGUSR1 it stops at the next video and raises `Preempted`."""
     started = time.monotonic()
-    plan = prepare(config)
-    part_index, part_count = shard_part
-    mine = [index for index in range(config.shard_count) if index % part_count == part_index]
-    todo = [index for index in mine if not shard_is_done(plan, index)]
-    skipped_shards = [index for index in mine if index not in todo]
-    if skipped_shards:
-        logger.info("resuming: %d finished shards verified and kept", len(skipped_shards))
-    progress = write_part(plan, todo, show_progress)
-    for teacher in plan.teachers:
-        teacher.close()
-    # A shard left to another writer is not here yet; finalize would refuse while it is written anyway.
-    manifest = finalize(config, plan.targets_dir) if part_count == 1 and not progress.busy else None
-    report = ExtractionReport(
-        plan.targets_dir, plan.stage_key, progress.written, skipped_shards,
-        sum(len(plan.shards[index]) for index in progress.written), progress.rows, progress.failures,
-        time.monotonic() - started, manifest, progress.busy,
-    )
-    check_failure_rate(plan, [index for index in mine if index not in progress.busy], config.max_failure_rate)
+    with PreemptionWatch() as watch:
+        plan = prepare(config)
+        part_index, part_count = shard_part
+        mine = [index for index in range(config.shard_count) if index % part_count == part_index]
+        todo = [index for index in mine if not shard_is_done(plan, index)]
+        skipped_shards = [index for index in mine if index not in todo]
+        if skipped_shards:
+            logger.info("resuming: %d finished shards verified and kept", len(skipped_shards))
+        try:
+            progress = write_part(plan, todo, watch, show_progress)
+        finally:
+            for teacher in plan.teachers:
+                teacher.close()
+        if progress.stopped:
+            raise preempted(watch, len(skipped_shards) + len(progress.written), progress.abandoned)
+        # A shard left to another writer is not here yet; finalize would refuse while it is written anyway.
+        manifest = finalize(config, plan.targets_dir) if part_count == 1 and not progress.busy else None
+        report = ExtractionReport(
+            plan.targets_dir, plan.stage_key, progress.written, skipped_shards,
+            sum(len(plan.shards[index]) for index in progress.written), progress.rows, progress.failures,
+            time.monotonic() - started, manifest, progress.busy,
+        )
+        check_failure_rate(plan, [index for index in mine if index not in progress.busy], config.max_failure_rate)
     return report
 
 
-def write_part(plan: ExtractionPlan, todo: list[int], show_progress: bool) -> PartProgress:
-    """Write the shards `todo` in order, leaving those another writer holds."""
+def write_part(plan: ExtractionPlan, todo: list[int], watch: PreemptionWatch, show_progress: bool) -> PartProgress:
+    """Write the shards `todo` in order, leaving those another writer holds; stop at a preemption signal."""
     progress = PartProgress()
     total_videos = sum(len(plan.shards[index]) for index in todo)
     workers = capped_workers(plan.config.workers, "decode workers")
@@ -248,16 +267,33 @@ def write_part(plan: ExtractionPlan, todo: list[int], show_progress: bool) -> Pa
         with tqdm(total=total_videos, unit="video", desc="extract", disable=not show_progress) as videos_bar, \
                 tqdm(unit="frame", desc="teacher frames", position=1, disable=not show_progress) as frames_bar:
             for index in todo:
+                if watch.requested:
+                    progress.stopped = True
+                    break
                 try:
-                    rows, failures = write_shard(plan, index, pool, videos_bar, frames_bar)
+                    rows, failures = write_shard(plan, index, pool, videos_bar, frames_bar, watch)
                 except ShardBusy as busy:
                     logger.warning("%s", busy)
                     progress.busy[index] = str(busy.holder)
                     continue
+                except (ShardAbandoned, BrokenProcessPool) as stopped:
+                    if not watch.requested:
+                        raise
+                    if isinstance(stopped, BrokenProcessPool):  # extract.pool makes workers ignore the signal
+                        logger.warning("a decode worker ended on %s before this process stopped", watch.signal_name)
+                    progress.stopped, progress.abandoned = True, index
+                    break
                 progress.written.append(index)
                 progress.rows += rows
                 progress.failures += failures
     return progress
+
+
+def preempted(watch: PreemptionWatch, kept: int, abandoned: int | None) -> Preempted:
+    """Requeue the SLURM job (once everything is cleaned up: requeueing a running job ends it) and say what was kept."""
+    shards = f"{kept} shard{'' if kept == 1 else 's'} of this part finished and kept"
+    lost = f"shard {abandoned} abandoned" if abandoned is not None else "none abandoned"
+    return Preempted(preempted_message("extract", watch.signal_name, f"{shards}, {lost}", requeue_job()))
 
 
 def part_failures(plan: ExtractionPlan, shard_indices: list[int]) -> list[dict[str, str]]:
