@@ -145,7 +145,10 @@ DETECTRON2_STAMP := $(VENV)/.detectron2-wheel
 detectron2_no_wheel = make setup: no Detectron2 wheel for this Python ($(call detectron2_wheel_pattern,$(detectron2_python_tag))) \
 	in $(DETECTRON2_WHEEL_DIR)/: going on without it (its tests will skip); DETECTRON2_WHEEL=FILE installs one
 
-setup: $(VENV)/.installed ## Create .venv and install the pinned requirements + distinit (editable); Detectron2 from DETECTRON2_WHEEL
+# SETUP=0: never build or update .venv (what the cluster jobs get: submit-* sets the venv up once, before submitting;
+# a dozen array tasks reinstalling one shared venv at once would break it).
+SETUP ?= 1
+setup: $(if $(filter 0,$(SETUP)),,$(VENV)/.installed) ## Create .venv and install the pinned requirements + distinit (editable); Detectron2 from DETECTRON2_WHEEL
 
 $(VENV)/.installed: requirements.txt requirements-pose.txt requirements-detectron2.txt pyproject.toml $(DETECTRON2_STAMP)
 	$(PYTHON) -m venv $(VENV)
@@ -274,7 +277,7 @@ $(STAMPS)/eval-ucf.done: $(STAMPS)/eval-ucf.key $(call needs,eval-ucf)
 FORWARDED := DATA ROOT DEMO_DIR DEMO_SET TEACHERS EXTRACT_SET EXTRACT_ARGS PREPARE PREPARE_SET PREPARE_ARGS DISTILL_CONFIG \
 	DISTILL_SET DISTILL_ARGS DISTILL_OUT EVAL_CONFIG EVAL_SET EVAL_ARGS HMDB_ROOT UCF_ROOT INIT INITS SEEDS RESULTS STAMPS \
 	VENV EVAL
-FORWARD = $(foreach name,$(FORWARDED),$(call quote,$(name)=$($(name))))
+FORWARD = $(foreach name,$(FORWARDED),$(call quote,$(name)=$($(name)))) SETUP=0
 SBATCH = sbatch --parsable $(SLURM_ARGS)
 after = $(if $(1),--dependency=afterok:$(1))
 

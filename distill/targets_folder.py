@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from distill.distributed import DistributedContext, all_gather_objects
 from pipeline.errors import DistinitError
 from pipeline.hashing import sha256_json
-from distill.distributed import DistributedContext, all_gather_objects
 from pipeline.shards import MANIFEST_NAME, ShardError, read_manifest, verify
-from pipeline.shards.verify import record_verified, verified_unchanged
+from pipeline.shards.verify import verified_unchanged
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_targets_dir(targets: str | Path) -> Path:
@@ -30,14 +33,16 @@ def check_targets(targets_dir: Path, context: DistributedContext) -> None:
     """Refuse to train on a damaged cache, reading every byte only when nobody has since it last changed.
 
     Every rank stats the sealed files against the record of the last clean `distinit verify` (VERIFIED_NAME: the
-    extract stage writes it); when that shows no change, no shard is read. Otherwise rank 0 runs the full verify
-    and records it, and every rank raises the first problem it found, as one line (a collective: the others wait
-    under the process group's timeout)."""
+    extract stage's make recipe and extract-finalize run it); when that shows no change, no shard is read.
+    Otherwise rank 0 runs the full verify (recording nothing: distill writes only under its --out; `distinit
+    verify` records it), and every rank raises the first problem it found, as one line (a collective: the others
+    wait under the process group's timeout)."""
     if verified_unchanged(targets_dir):
         return
+    if context.is_main:
+        logger.info("%s: no record of a clean verify since its files last changed; reading every shard (run distinit "
+                    "verify once to record one)", targets_dir)
     problems = verify(targets_dir) if context.is_main else []
-    if context.is_main and not problems:
-        record_verified(targets_dir)
     problems = all_gather_objects(problems, context)[0]
     if problems:
         more = f" (and {len(problems) - 1} more; run distinit verify {targets_dir})" if len(problems) > 1 else ""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from evaluate.compare import comparison_rows, row_config
 from evaluate.config import EvalConfig
 from evaluate.finetune import run_eval
 from evaluate.tuning import tune
@@ -24,6 +23,8 @@ def run_list(config: EvalConfig, inits: Sequence[str] | None = None) -> list[tup
     if inits is None:
         configs = [config]
     else:
+        from evaluate.compare import comparison_rows, row_config  # (its plots import matplotlib: a comparison's only)
+
         config, rows = comparison_rows(config, inits)
         configs = [row_config(config, row) for row in rows]
     return [(row, split, seed) for row in configs for split in config.splits for seed in config.seeds]

@@ -312,8 +312,9 @@ def test_refuses_broken_targets_naming_the_shard(tiny_targets, tmp_path):
 
 
 def test_a_start_reads_no_shard_when_nothing_changed_since_the_last_clean_verify(tiny_targets, tmp_path, monkeypatch):
-    """The first start verifies every byte and records it (verified.json); later starts stat the files only; a shard
-    rewritten since (another modification time) is verified again, and its damage refused."""
+    """Without a record of a clean `distinit verify`, a start reads every byte (and writes nothing outside its --out);
+    once verify recorded one (verified.json), starts stat the files only; a shard rewritten since (another
+    modification time) is verified again, and its damage refused."""
     import distill.targets_folder as targets_folder
 
     copy = tmp_path / "targets"
@@ -325,9 +326,11 @@ def test_a_start_reads_no_shard_when_nothing_changed_since_the_last_clean_verify
     real_verify = targets_folder.verify
     monkeypatch.setattr(targets_folder, "verify", lambda folder: calls.append(folder) or real_verify(folder))
     train(_config(copy, tmp_path / "runs", stop_after_steps=1), show_progress=False)
-    assert len(calls) == 1 and (copy / "verified.json").is_file()
+    assert len(calls) == 1 and not (copy / "verified.json").exists()
+    verified = CliRunner().invoke(main, ["verify", str(copy)])
+    assert verified.exit_code == 0 and (copy / "verified.json").is_file()
     train(_config(copy, tmp_path / "runs", stop_after_steps=2), show_progress=False)
-    assert len(calls) == 1  # nothing changed: no shard read
+    assert len(calls) == 1  # nothing changed since the recorded verify: no shard read
     shard = copy / "shard-00001-of-00002.h5"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF

@@ -40,15 +40,15 @@ count_runs_option = click.option("--count-runs", is_flag=True, help="Print how m
 
 def _one_run(config, inits, run_index, count_runs, no_progress) -> bool:
     """--count-runs / --run-index K: print the count, or run one run; True when the command is done."""
+    if not count_runs and run_index is None:
+        return False
     from evaluate.fan_out import run_list, run_one
 
     if count_runs:
         click.echo(len(run_list(config, inits)))
-        return True
-    if run_index is not None:
+    else:
         click.echo(f"run {run_index}: {run_one(config, run_index, inits, show_progress=not no_progress)}")
-        return True
-    return False
+    return True
 
 
 @main.command(name="eval")

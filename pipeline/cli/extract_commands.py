@@ -103,12 +103,15 @@ def extract(config_path, shard_part, finalize, weights, teacher_option, override
 def verify(targets_dir: str) -> None:
     """Check a targets folder: checksums, row counts, NaN/inf, manifest consistency (exit 1 if bad)."""
     from pipeline.shards import verify as verify_targets
+    from pipeline.shards.verify import record_verified
 
     problems = verify_targets(targets_dir)
     if problems:
         for problem in problems:
             click.echo(problem, err=True)
         raise SystemExit(1)
+    # Training starts then stat the files against this record instead of reading every shard again.
+    record_verified(targets_dir)
     click.echo(f"{targets_dir}: ok")
 
 
