@@ -39,6 +39,8 @@ from pipeline.datasets.selection import selected_listing
 from pipeline.errors import DistinitError
 from pipeline.preemption import Preempted, PreemptionWatch, preempted_message, requeue_job
 from pipeline.provenance import write_provenance
+from pipeline.stages import demo_data_key_of, extract_stage_inputs
+from pipeline.stamps import write_stage_record
 from pipeline.shards import (
     MANIFEST_NAME, ShardBusy, ShardWriter, compute_stage_key, output_key, parse_shard_name, partition_videos,
     read_manifest, shard_files, shard_name, verify_shard, write_manifest,
@@ -332,6 +334,9 @@ def finalize(config: ExtractConfig, targets_dir: Path) -> Path:
     remove_stale_leases(targets_dir)
     remove_leftover_temporary_files(targets_dir)
     write_provenance(targets_dir, config, stage="extract", code_version=CODE_VERSION)
+    # The stage key make plans for this config: make adopts the folder, however this run was launched.
+    write_stage_record(targets_dir, "extract", extract_stage_inputs(
+        config, demo_data_key_of(config.root) if config.data == "demo" else None))
     # `latest` is shared by every extraction of this dataset, which may finalize at the same moment.
     replace_shared_text(Path(config.out) / config.data / "latest", targets_dir.name + "\n")
     manifest = read_manifest(targets_dir)
