@@ -132,6 +132,13 @@ def parse_inflated_spec(spec: str) -> tuple[str, str | None]:
     return name, weights
 
 
+def fetch_2d_weights(spec: str) -> str:
+    """Fetch (into its cache) and load the 2D weights `inflated:<spec>` starts from, as eval does; returns their
+    sha256 (for `distinit teachers --fetch`, on a machine with internet)."""
+    name, weights = parse_inflated_spec(spec)
+    return INFLATED_SOURCES[name].trunk_state(weights)[1]
+
+
 def cross_modality_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     """An RGB input conv's weights for `in_channels` inputs: the mean over RGB, repeated (TSN's flow init)."""
     return weight.mean(dim=1, keepdim=True).repeat(1, in_channels, *([1] * (weight.dim() - 2)))

@@ -131,13 +131,30 @@ def inspect_command(targets_dir: str, video_id: str | None, top_k: int) -> None:
 @click.option("--teacher", "teacher_name", default=None, help="Show only this teacher.")
 @click.option("--option", "option_pairs", multiple=True, metavar="OPTION=VALUE",
               help="With --teacher: list the weights these options would use (e.g. model=resnet18).")
+@click.option("--fetch", is_flag=True,
+              help="Download every weights file the extract config's teachers (and --inits) need into the caches, on a "
+                   "machine with internet, so compute nodes can run --offline.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="With --fetch: the extract config whose teachers to fetch (configs/extract.yaml).")
+@click.option("--teachers", "teacher_list", default=None, help="With --fetch: these teacher entries instead.")
+@click.option("--weights", multiple=True, metavar="INSTANCE=FILE", help="With --fetch: a weights file for an instance.")
+@click.option("--teacher-option", multiple=True, metavar="INSTANCE.OPTION=VALUE", help="With --fetch: an instance option.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="With --fetch: any other extract option.")
+@click.option("--inits", default=None, metavar="INIT,...",
+              help="With --fetch: also the 2D weights of these eval inits (inflated:resnet18, ...).")
 @offline_option
-def teachers(teacher_name: str | None, option_pairs: tuple[str, ...]) -> None:
+def teachers(teacher_name: str | None, option_pairs: tuple[str, ...], fetch: bool, config_path, teacher_list, weights,
+             teacher_option, overrides, inits) -> None:
     """List the registered teachers, their options, and where each one's weights come from (and whether they are
-    here already). Touches no network and imports no optional package that is missing."""
+    here already). Touches no network and imports no optional package that is missing. --fetch instead downloads
+    what a run will need (the extract config's teacher instances, --inits' 2D weights) and says where it is."""
     from extract.teachers import list_teachers, teacher_options
     from extract.teachers.registry import TEACHERS
     from pipeline.errors import ConfigError
+
+    if fetch:
+        _fetch(config_path, teacher_list, weights, teacher_option, overrides, inits)
+        return
 
     if teacher_name is not None and teacher_name not in TEACHERS:
         raise ConfigError(f"unknown teacher {teacher_name!r}; known teachers: {', '.join(list_teachers())}")
@@ -154,6 +171,27 @@ def teachers(teacher_name: str | None, option_pairs: tuple[str, ...]) -> None:
         click.echo(f"{name:30s} {', '.join(f'{key}={value!r}' for key, value in options.items())}")
         for line in _weights_lines(TEACHERS[name], options):
             click.echo(f"    {line}")
+
+
+def _fetch(config_path, teacher_list, weights, teacher_option, overrides, inits) -> None:
+    """`distinit teachers --fetch`: build the config's teachers (downloading their weights), then --inits' 2D weights."""
+    from extract.config import ExtractConfig
+    from extract.fetch import fetch_teachers
+    from pipeline.config import load_config, parse_overrides
+
+    options = parse_overrides(overrides)
+    if teacher_list:
+        options["teachers"] = tuple(name.strip() for name in teacher_list.split(",") if name.strip())
+    teacher_options = _teacher_options(weights, teacher_option)
+    if teacher_options:
+        options["teacher_options"] = teacher_options
+    for line in fetch_teachers(load_config(ExtractConfig, config_path, options)):
+        click.echo(line)
+    for init in (init.strip() for init in (inits or "").split(",") if init.strip()):
+        if init.startswith("inflated:"):
+            from evaluate.inflate import fetch_2d_weights
+
+            click.echo(f"{init}: ready (2D weights sha256 {fetch_2d_weights(init[len('inflated:'):])[:12]})")
 
 
 def _weights_lines(teacher_class, options: dict) -> list[str]:

@@ -1,0 +1,37 @@
+"""`distinit teachers --fetch`: fill every weights cache a run will need, on a machine with internet (a cluster's
+login node), so the compute nodes can run `--offline`.
+
+Each teacher instance of the extract config is built exactly as the extract stage builds it (same kind, options and
+weights file), which loads its weights through the same download code into the same caches (torch hub, Hugging Face,
+Detectron2's), then closed. The 2D weights of eval's `inflated:<model>` inits: evaluate.inflate.fetch_2d_weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+from extract.config import ExtractConfig
+from extract.teachers import create_teacher
+from extract.teachers.registry import TEACHERS, check_teacher_kinds
+from pipeline.weights.download import presence
+
+logger = logging.getLogger(__name__)
+
+
+def fetch_teachers(config: ExtractConfig) -> Iterator[str]:
+    """Build and close every teacher instance of `config` on the CPU; yield one line per weights file it uses, with
+    where it is now. A teacher that cannot get its weights raises its own one-line error."""
+    instances = config.teacher_instances
+    check_teacher_kinds(instance.kind for instance in instances)
+    for instance in instances:
+        options = dict(config.teacher_options.get(instance.name, {}))
+        teacher = create_teacher(instance.kind, name=instance.name, device="cpu", **options)
+        teacher.close()
+        sources = TEACHERS[instance.kind].weights_sources(**{key: value for key, value in options.items()
+                                                               if key != "weights"})
+        if not sources or "weights" in options:
+            where = f"the file {options['weights']}" if "weights" in options else "no download (shipped or none)"
+            yield f"{instance.entry}: ready ({where})"
+        for source in sources if "weights" not in options else ():
+            yield f"{instance.entry}: {source.description}: {presence(source)} ({source.local_path or source.origin})"
