@@ -99,7 +99,7 @@ endef
 # One stage at a time: each uses every core, and two public targets (make -j eval-hmdb compare) would otherwise
 # each start the upstream stages they share.
 .NOTPARALLEL:
-.PHONY: help setup demo-data demo-data-stage extract extract-finalize verify prepare distill compare eval-hmdb eval-ucf eval-run \
+.PHONY: help setup demo-data demo-data-stage extract extract-finalize verify prepare distill compare eval-hmdb eval-ucf eval-tune eval-run \
 	eval-report submit-extract submit-distill submit-eval demo status test bench clean
 
 help: ## Show targets and variables
@@ -281,7 +281,12 @@ FORWARD = $(foreach name,$(FORWARDED),$(call quote,$(name)=$($(name)))) SETUP=0
 SBATCH = sbatch --parsable $(SLURM_ARGS)
 after = $(if $(1),--dependency=afterok:$(1))
 
-eval-run: setup ## (SLURM array task) One (split, seed) of EVAL's runs: RUN_INDEX=k, split-major over its splits x SEEDS
+eval-tune: setup ## (SLURM array task) One (row, split) tuning of EVAL on validation: RUN_INDEX=k
+	@test -n "$(RUN_INDEX)" || { echo "make eval-tune: set RUN_INDEX=<k> (eval-tune.sbatch's array task)"; exit 2; }
+	+@$(DISTINIT) stamps $(STAGE_ARGS) --until $(EVAL)
+	$(call eval_command,$(EVAL)) --tune-index $(RUN_INDEX) > /dev/null
+
+eval-run: setup ## (SLURM array task) One (row, split, seed) run of EVAL: RUN_INDEX=k
 	@test -n "$(RUN_INDEX)" || { echo "make eval-run: set RUN_INDEX=<k> (eval.sbatch's array task)"; exit 2; }
 	+@$(DISTINIT) stamps $(STAGE_ARGS) --until $(EVAL)
 	$(call eval_command,$(EVAL)) --run-index $(RUN_INDEX) > /dev/null
@@ -300,11 +305,15 @@ submit-distill: setup ## (SLURM) Stage two on NODES x GPUS_PER_NODE (srun + torc
 	@job=$$($(SBATCH) --export=ALL,GPUS_PER_NODE=$(GPUS_PER_NODE) $(DISTILL_SBATCH) $(call after,$(AFTER)) pipeline/cluster/distill.sbatch $(FORWARD)) \
 	&& echo "distill: job $$job"
 
-submit-eval: setup ## (SLURM) EVAL (compare | eval-hmdb | eval-ucf) as one task per (row,) split, seed, then a report job
-	@runs=$$($(call eval_command,$(EVAL)) --count-runs) \
-	&& array=$$($(SBATCH) --array=0-$$(( runs - 1 )) $(EVAL_SBATCH) $(call after,$(AFTER)) pipeline/cluster/eval.sbatch $(FORWARD)) \
-	&& report=$$($(SBATCH) --dependency=afterok:$$array pipeline/cluster/eval-report.sbatch $(FORWARD)) \
-	&& echo "$(EVAL): array job $$array ($$runs runs), then report job $$report"
+submit-eval: setup ## (SLURM) EVAL (compare | eval-hmdb | eval-ucf): tunings, then one task per run, then a report job
+	@tunings=$$($(call eval_command,$(EVAL)) --count-tunings) && runs=$$($(call eval_command,$(EVAL)) --count-runs) \
+	&& wait='$(call after,$(AFTER))' && tune='' \
+	&& if [ "$$tunings" -gt 0 ]; then \
+		tune=$$($(SBATCH) --array=0-$$(( tunings - 1 )) $(EVAL_SBATCH) $$wait pipeline/cluster/eval-tune.sbatch $(FORWARD)) \
+		&& wait="--dependency=afterok:$$tune"; fi \
+	&& array=$$($(SBATCH) --array=0-$$(( runs - 1 )) $(EVAL_SBATCH) $$wait pipeline/cluster/eval.sbatch $(FORWARD)) \
+	&& report=$$($(SBATCH) --dependency=afterok:$$array $(EVAL_SBATCH) pipeline/cluster/eval-report.sbatch $(FORWARD)) \
+	&& echo "$(EVAL): $${tune:+tuning array job $$tune ($$tunings tunings), then }array job $$array ($$runs runs), then report job $$report"
 
 verify: setup ## Check the latest targets of DATA (checksums, row counts, NaN/inf, manifest)
 	$(DISTINIT) verify targets/$(DATA)/$$(cat targets/$(DATA)/latest)

@@ -159,6 +159,7 @@ def resume_or_start(run_dir: Path, model, optimizer, context: DistributedContext
     own_state = own_rng_state(checkpoint["rng"], context.rank)
     if own_state is not None:
         restore_rng_states(own_state)
+    state["scaler"] = checkpoint.get("scaler")  # fp16's loss scale (distill.train restores it): absent otherwise
     state.update(step=checkpoint["step"], epoch=checkpoint["epoch"], best_val_loss=checkpoint["best_val_loss"],
                  epoch_progress=own_epoch_progress(checkpoint, context.rank, context.world_size))
     logger.info("resumed %s at step %d (epoch %d)", last, state["step"], state["epoch"])
@@ -190,10 +191,10 @@ def own_epoch_progress(checkpoint: dict[str, Any], rank: int, world_size: int | 
 
 def checkpoint_state(model, optimizer, state, config: DistillConfig, provenance: dict, rank_rng_states: list[dict],
                      pretraining_videos: dict[str, Any], epoch_progress: list[dict | None]) -> dict[str, Any]:
-    world_size = len(rank_rng_states)
     """`rank_rng_states`: every rank's RNG states, indexed by rank (`all_gather_objects(rng_states(), ...)`);
     `pretraining_videos`: {"count", "names", "sha256", "content_sha256"} (distill.train.pretraining_videos);
     `epoch_progress`: every rank's running figures of the epoch under way, indexed by rank (entries None at an epoch's end)."""
+    world_size = len(rank_rng_states)
     return {
         "model": model.state_dict(),
         "architecture": model.architecture(),

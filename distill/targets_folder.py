@@ -32,12 +32,13 @@ def resolve_targets_dir(targets: str | Path) -> Path:
 def check_targets(targets_dir: Path, context: DistributedContext) -> None:
     """Refuse to train on a damaged cache, reading every byte only when nobody has since it last changed.
 
-    Every rank stats the sealed files against the record of the last clean `distinit verify` (VERIFIED_NAME: the
+    Rank 0 stats the sealed files against the record of the last clean `distinit verify` (VERIFIED_NAME: the
     extract stage's make recipe and extract-finalize run it); when that shows no change, no shard is read.
     Otherwise rank 0 runs the full verify (recording nothing: distill writes only under its --out; `distinit
-    verify` records it), and every rank raises the first problem it found, as one line (a collective: the others
+    verify` records it), and every rank raises the first problem rank 0 found, as one line (a collective: the others
     wait under the process group's timeout)."""
-    if verified_unchanged(targets_dir):
+    # Rank 0 decides for all (nodes' file-system caches may disagree; every rank must take the same branch).
+    if all_gather_objects(verified_unchanged(targets_dir) if context.is_main else None, context)[0]:
         return
     if context.is_main:
         logger.info("%s: no record of a clean verify since its files last changed; reading every shard (run distinit "

@@ -51,8 +51,10 @@ from distill.targets_folder import check_targets, resolve_targets_dir, targets_f
 from distill.tensorboard_log import open_tensorboard_log
 from pipeline.atomic import make_output_folder, replace_shared_text
 from pipeline.devices import capped_workers
+from pipeline.errors import ConfigError
 from pipeline.hashing import sha256_file, sha256_json
-from pipeline.preemption import Preempted, PreemptionWatch, preempted_message, requeue_job
+from pipeline.preemption import (Preempted, PreemptionWatch, ignore_preemption_signals, preempted_message,
+                                 requeue_job)
 from pipeline.prepared.manifest import sealed_folder
 from pipeline.provenance import git_state, write_provenance
 from pipeline.stages import distill_stage_inputs
@@ -84,6 +86,12 @@ def run_key(config: DistillConfig, fingerprint: str, world_size: int = 1) -> str
     return sha256_json(fields)[:16]
 
 
+def loader_worker_init(worker_id: int) -> None:
+    """Seed the worker, and leave a scheduler's signals to the training process (pipeline.preemption)."""
+    seed_worker(worker_id)
+    ignore_preemption_signals()
+
+
 def build_loaders(config: DistillConfig, targets_dir: Path, context: DistributedContext):
     store = open_targets(targets_dir)
     train_ids, val_ids = split_videos(store.video_ids(), config.val_fraction, config.seed)
@@ -107,7 +115,7 @@ def build_loaders(config: DistillConfig, targets_dir: Path, context: Distributed
     # (a resumed run creates one at a different point than an uninterrupted run would). Workers persist: the
     # sampler hands them each index's epoch.
     workers = capped_workers(config.workers, "loader workers")
-    loader_options = dict(batch_size=config.batch_size, num_workers=workers, worker_init_fn=seed_worker,
+    loader_options = dict(batch_size=config.batch_size, num_workers=workers, worker_init_fn=loader_worker_init,
                           pin_memory=context.device.type == "cuda", persistent_workers=workers > 0,
                           generator=torch.Generator().manual_seed(config.seed))
     train_loader = DataLoader(train_set, sampler=train_sampler, **loader_options)
@@ -342,13 +350,21 @@ def _train(config: DistillConfig, show_progress: bool, preemption: PreemptionWat
     seed_everything(config.seed, context.rank, config.deterministic)
     use_fast_kernels(context.device, config.deterministic)
     targets_dir = resolve_targets_dir(config.targets)
-    # Every rank stats the shards against the last clean verify's record; bytes are read only when that is stale.
+    # The shards are statted against the last clean verify's record; bytes are read only when that is stale.
     check_targets(targets_dir, context)
     fingerprint = targets_fingerprint(targets_dir)
     run_dir = Path(config.out) / run_key(config, fingerprint, context.world_size)
     # ---------------------------------------------------------------- data, model, loss, optimizer
     store, train_loader, val_loader = build_loaders(config, targets_dir, context)
     heads = head_specs_from_teachers(store.teachers)
+    if accum_steps > 1 and any(head.kind == "heatmaps" for head in heads):
+        # Their term is a mean over the people of the whole step, all ranks together (distill.losses); accumulated
+        # micro-batches would each be normalised by their own count, weighing them otherwise than one big step.
+        raise ConfigError(
+            f"keypoint targets with {accum_steps} accumulation steps: their loss is a mean over the step's people, "
+            f"which accumulation does not reproduce; run on {accum_steps * context.world_size} processes of "
+            f"batch_size {config.batch_size} (no accumulation), or raise batch_size so that batch_size x processes "
+            f"= global_batch")
     model = create_student(config.student, heads, width=config.width, dropout=config.dropout,
                            in_channels=2 if config.modality == "flow" else 3).to(context.device)
     if context.device.type == "cuda":
@@ -358,6 +374,9 @@ def _train(config: DistillConfig, show_progress: bool, preemption: PreemptionWat
     optimizer = build_optimizer(model, config)
     autocast, scaler = autocast_for(config, context.device)
     state = resume_or_start(run_dir, model, optimizer, context, global_batch=int(config.global_batch_for(context.world_size)))
+    saved_scale = state.pop("scaler", None)
+    if scaler is not None and saved_scale is not None:
+        scaler.load_state_dict(saved_scale)  # fp16: the loss scale goes on where it was, not from 2^16 again
     wrapped = DistributedDataParallel(model) if context.enabled else model
     videos = pretraining_videos(store, config.videos_root)
     provenance = run_provenance(context, store, targets_dir, fingerprint, videos)
@@ -382,8 +401,11 @@ def _train(config: DistillConfig, show_progress: bool, preemption: PreemptionWat
         # A collective (every rank's RNG states and running figures are gathered): every rank calls it, rank 0
         # saves it.
         gathered = all_gather_objects((rng_states(), epoch_progress), context)
-        return checkpoint_state(model, optimizer, state, config, provenance, [rng for rng, _ in gathered], videos,
-                                [progress for _, progress in gathered])
+        checkpoint = checkpoint_state(model, optimizer, state, config, provenance, [rng for rng, _ in gathered], videos,
+                                      [progress for _, progress in gathered])
+        if scaler is not None:
+            checkpoint["scaler"] = scaler.state_dict()
+        return checkpoint
 
     def save_last(epoch_progress: dict[str, Any] | None = None) -> None:
         checkpoint = snapshot(epoch_progress)
@@ -428,9 +450,14 @@ def _train(config: DistillConfig, show_progress: bool, preemption: PreemptionWat
     if context.is_main and not state["stopped"]:
         record_stage_key(run_dir, config, targets_dir, context.world_size)
         replace_shared_text(Path(config.out) / "latest", run_dir.name + "\n")  # runs of other keys may finish now too
+    requeued = None
+    if state.get("preempted"):
+        # Rank 0 asks for the requeue before any rank exits: a rank's non-zero exit makes srun (--kill-on-bad-exit)
+        # end the step, which could kill rank 0 before it asked.
+        requeued = requeue_job() if context.is_main else None
+        barrier(context)
     shutdown(context)
     if state.get("preempted"):
-        requeued = requeue_job() if context.is_main else None
         raise Preempted(preempted_message("distill", preemption.signal_name or "a signal on another rank",
                                           f"saved {run_dir / LAST} at step {state['step']}", requeued))
     return TrainingResult(run_dir, state["step"], state["epoch"], history, state["stopped"], context.is_main)

@@ -66,6 +66,14 @@ class PreemptionWatch:
         self._previous.clear()
 
 
+def ignore_preemption_signals() -> None:
+    """For a helper process (a loader worker) whose parent handles preemption: SLURM signals every process of a job
+    step, and torch's loader workers would die of SIGTERM (their handler kills them unless it came from their parent),
+    taking the step down before the parent can save. The parent stops them when it stops."""
+    for number in PREEMPTION_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+
+
 def slurm_job_id() -> str | None:
     """This job's id as scontrol names it: `ARRAYJOB_TASK` for an array task, else SLURM_JOB_ID; None outside SLURM."""
     array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")

@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +89,40 @@ def test_the_watch_records_the_first_signal_and_restores_the_handlers():
         os.kill(os.getpid(), signal.SIGTERM)
         assert watch.requested and watch.signal_name == "SIGUSR1"
     assert signal.getsignal(signal.SIGUSR1) == before
+
+
+def _cli(targets: Path, out: Path, **popen) -> list[str]:
+    """`distinit distill` of the tiny recipe with two loader workers (they get the scheduler's signal too)."""
+    return [sys.executable, "-m", "pipeline", "distill", "--targets", str(targets), "--width", "tiny", "--frames", "4",
+            "--short-side", "32", "--crop", "32", "--batch-size", "2", "--epochs", "2", "--workers", "2", "--optimizer",
+            "adamw", "--lr", "2e-3", "--seed", "3", "--deterministic", "--device", "cpu", "--out", str(out),
+            "--no-progress", "--set", "student=r2plus1d_18", "--set", "log_every_steps=1"]
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_resumes(tiny_targets, tmp_path):  # noqa: F811
+    """As SLURM signals a step: every process of the group, the loader workers included (torch's workers die of a
+    SIGTERM that is not their parent's unless they leave it to the trainer)."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole = subprocess.run(_cli(tiny_targets, tmp_path / "whole"), capture_output=True, text=True, timeout=300,
+                           env=environment)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    process = subprocess.Popen(_cli(tiny_targets, tmp_path / "cut"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=environment, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not any('"record": "step"' in path.read_text() for path in (tmp_path / "cut").glob("*/log.jsonl")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: distill stopped by SIGTERM: saved") and "run the same command again" in last
+    resumed = subprocess.run(_cli(tiny_targets, tmp_path / "cut"), capture_output=True, text=True, timeout=300,
+                             env=environment)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = (tmp_path / "whole" / "latest").read_text().strip()
+    assert (tmp_path / "cut" / "latest").read_text().strip() == run
+    final = torch.load(tmp_path / "cut" / run / "checkpoint-last.pt", weights_only=False)["model"]
+    reference = torch.load(tmp_path / "whole" / run / "checkpoint-last.pt", weights_only=False)["model"]
+    assert all(torch.equal(final[name], value) for name, value in reference.items())

@@ -3,11 +3,13 @@ a one-line error; `--count-runs` prints how many there are."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from click.testing import CliRunner
 
 from evaluate.config import EvalConfig
-from evaluate.fan_out import run_list, run_one
+from evaluate.fan_out import run_list, run_one, tune_one, tuning_list
 from pipeline.cli import main
 from pipeline.errors import ConfigError
 
@@ -22,6 +24,13 @@ def test_runs_are_numbered_row_then_split_then_seed():
     assert len(rows) == 12 and all(row.lr_trunk_scale == 1.0 for row, _, _ in rows)
     with pytest.raises(ConfigError, match="--run-index 6: this evaluation has 6 runs, numbered 0-5"):
         run_one(config, 6)
+    # Tunings: one per (row, split), only when the config tunes.
+    assert tuning_list(config) == []
+    tuned = dataclasses.replace(config, tune_lrs=(0.01, 0.03))
+    assert [(row.init, split) for row, split in tuning_list(tuned)] == [("scratch", 1), ("scratch", 2)]
+    assert all(row.seeds == (0, 1, 2) for row, _ in tuning_list(tuned))  # the whole tunes with the first seed
+    with pytest.raises(ConfigError, match="--tune-index 0: this evaluation has 0 tunings$"):
+        tune_one(config, 0)
 
 
 def test_count_runs_on_the_command_line():

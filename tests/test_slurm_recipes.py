@@ -43,7 +43,7 @@ def make(slurm, workdir: Path, *arguments: str, dry_run: bool = False, **changes
     command = ["make", "--no-print-directory", *(["-n"] if dry_run else []), "-o", str(REPO / ".venv" / ".installed"),
                *arguments, f"VENV={REPO / '.venv'}", *variables]
     environment = {**slurm.env, "OMP_NUM_THREADS": "1", "RDZV_PORT": "29561"}
-    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=900, env=environment)
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600, env=environment)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -126,7 +126,7 @@ def test_cluster_recipes_run_each_stage_and_make_adopts_them(slurm, tmp_path):
     assert "distill stopped by SIGUSR1" in output and f"requeued as SLURM job {job}" in output, output[-3000:]
     assert "resumed" in output or "written by 2 processes" not in output
     # An uninterrupted run of the same recipe (two processes, here under torchrun alone) trains the same weights.
-    make(slurm, alone, "distill", NPROC="2", DISTILL_OUT="runs/demo/reference")
+    make(slurm, alone, "distill", NPROC="2", TORCHRUN_ARGS="--master-port 29563", DISTILL_OUT="runs/demo/reference")
     signalled, reference = final_weights(cluster), final_weights(alone, "runs/demo/reference")
     assert signalled.keys() == reference.keys()
     assert all(torch.equal(signalled[name], value) for name, value in reference.items())
@@ -136,9 +136,12 @@ def test_cluster_recipes_run_each_stage_and_make_adopts_them(slurm, tmp_path):
 
     # Stage three fanned out: one array task per (split, seed), then the report job; make has nothing left to do.
     submitted = make(slurm, cluster, "submit-eval")
-    array, report = job_ids(submitted)
-    assert "(2 runs)" in submitted
+    tuning, array, report = job_ids(submitted)
+    assert "(1 tunings)" in submitted and "(2 runs)" in submitted  # the demo tunes: split 1, then seeds 0 and 1
     wait_completed(slurm, report, cluster, timeout=600)
+    # The report job trained nothing (no progress bar of a run): the runs were where a whole eval looks for them.
+    assert "split 1 seed" not in (cluster / f"slurm-{report}.out").read_text()
+    assert "split 1 seed 1" in (cluster / f"slurm-{array}_1.out").read_text()
     results = json.loads((cluster / "results" / "demo" / "eval-hmdb" / "results.json").read_text())
     assert sorted(run["seed"] for run in results["runs"]) == [0, 1]
     assert stages_run(make(slurm, cluster, "eval-hmdb")) == set()

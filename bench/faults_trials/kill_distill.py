@@ -89,14 +89,20 @@ def log_problems(out: Path) -> list[str]:
     path = folder / "log.jsonl"
     if not path.is_file():
         return ["no log.jsonl"]
-    epochs = []
+    epochs, steps = [], []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         try:
-            epochs.append(json.loads(line)["epoch"])
-        except (ValueError, KeyError):
+            record = json.loads(line)
+            if record.get("record") == "step":  # the running loss every log_every_steps
+                steps.append(record["step"])
+            else:
+                epochs.append(record["epoch"])
+        except (ValueError, KeyError, AttributeError):
             return [f"log.jsonl line {number} is not a JSON record: {line[:80]!r}"]
     if epochs != list(range(1, EPOCHS + 1)):
         return [f"log.jsonl epochs {epochs}, expected {list(range(1, EPOCHS + 1))}"]
+    if steps != sorted(set(steps)):
+        return [f"log.jsonl step records {steps}: repeated or out of order (a resume logged some twice)"]
     return []
 
 

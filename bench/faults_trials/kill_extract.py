@@ -56,7 +56,8 @@ def extract_arguments(videos: Path, out: Path, workers: int) -> list[str]:
 
 
 def output_snapshot(out: Path) -> dict[str, str]:
-    return tree_snapshot(out, skip=lambda path: path.name == "provenance.json")
+    # provenance.json holds times; verified.json is the record a `distinit verify` (as each trial runs) leaves.
+    return tree_snapshot(out, skip=lambda path: path.name in ("provenance.json", "verified.json"))
 
 
 def targets_folder(out: Path) -> Path | None:

@@ -33,19 +33,30 @@ def _eval_config(config_path, overrides, splits, seeds, options):
 
 
 # A SLURM array task runs one run of the whole (pipeline/cluster/eval.sbatch); the report job then runs the whole.
-run_index_option = click.option("--run-index", type=int, default=None,
-                                help="Only run number K of this evaluation's runs (row, split, seed order); no report.")
-count_runs_option = click.option("--count-runs", is_flag=True, help="Print how many runs --run-index numbers, and stop.")
+def fan_out_options(command):
+    """--tune-index / --run-index K and --count-tunings / --count-runs (evaluate.fan_out)."""
+    for option in (
+        click.option("--count-runs", is_flag=True, help="Print how many runs --run-index numbers, and stop."),
+        click.option("--count-tunings", is_flag=True, help="Print how many tunings --tune-index numbers, and stop."),
+        click.option("--run-index", type=int, default=None,
+                     help="Only run number K (row, split, seed order), with every split's tuned choice; no report."),
+        click.option("--tune-index", type=int, default=None,
+                     help="Only tuning number K (row, split order) on validation, cached for the runs; no report."),
+    ):
+        command = option(command)
+    return command
 
 
-def _one_run(config, inits, run_index, count_runs, no_progress) -> bool:
-    """--count-runs / --run-index K: print the count, or run one run; True when the command is done."""
-    if not count_runs and run_index is None:
+def _one_piece(config, inits, tune_index, run_index, count_tunings, count_runs, no_progress) -> bool:
+    """The fan-out options (a SLURM array task's): print a count, or do one tuning or run; True when that was asked."""
+    if not (count_tunings or count_runs) and tune_index is None and run_index is None:
         return False
-    from evaluate.fan_out import run_list, run_one
+    from evaluate.fan_out import run_list, run_one, tune_one, tuning_list
 
-    if count_runs:
-        click.echo(len(run_list(config, inits)))
+    if count_tunings or count_runs:
+        click.echo(len(tuning_list(config, inits) if count_tunings else run_list(config, inits)))
+    elif tune_index is not None:
+        click.echo(f"tuning {tune_index}: {tune_one(config, tune_index, inits, show_progress=not no_progress)}")
     else:
         click.echo(f"run {run_index}: {run_one(config, run_index, inits, show_progress=not no_progress)}")
     return True
@@ -92,17 +103,17 @@ def _one_run(config, inits, run_index, count_runs, no_progress) -> bool:
               help="Also write results.json and RESULTS.txt here (a fixed place; make's eval-hmdb uses results/<DATA>/eval-hmdb).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other config option.")
 @click.option("--no-progress", is_flag=True)
-@run_index_option
-@count_runs_option
+@fan_out_options
 @offline_option
-def eval_command(config_path, overrides, splits, seeds, report_dir, no_progress, run_index, count_runs, **options) -> None:
+def eval_command(config_path, overrides, splits, seeds, report_dir, no_progress, tune_index, run_index, count_tunings,
+                 count_runs, **options) -> None:
     """Finetune a trunk (distilled, scratch or inflated) on HMDB-51 / UCF-101 splits and score it."""
     from evaluate.finetune import run_eval
     from evaluate.results import format_table, write_report_folder
     from evaluate.tuning import tune
 
     config = _eval_config(config_path, overrides, splits, seeds, options)
-    if _one_run(config, None, run_index, count_runs, no_progress):
+    if _one_piece(config, None, tune_index, run_index, count_tunings, count_runs, no_progress):
         return
     chosen = None
     if config.tune_lrs:  # learning rate and epoch chosen on each split's validation part first; test chooses nothing
@@ -133,16 +144,16 @@ def eval_command(config_path, overrides, splits, seeds, report_dir, no_progress,
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Comparison folder (RESULTS.md, results.json, plots).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other eval config option.")
 @click.option("--no-progress", is_flag=True)
-@run_index_option
-@count_runs_option
+@fan_out_options
 @offline_option
-def compare(config_path, inits, splits, seeds, out, overrides, no_progress, run_index, count_runs, **options) -> None:
+def compare(config_path, inits, splits, seeds, out, overrides, no_progress, tune_index, run_index, count_tunings,
+            count_runs, **options) -> None:
     """Scratch vs inflated vs DistInit on the same data, splits, seeds and schedule -> RESULTS.md + plots."""
     from evaluate.compare import compare as run_compare
 
     config = _eval_config(config_path, overrides, splits, seeds, options)
     inits = [init.strip() for init in inits.split(",") if init.strip()]
-    if _one_run(config, inits, run_index, count_runs, no_progress):
+    if _one_piece(config, inits, tune_index, run_index, count_tunings, count_runs, no_progress):
         return
     comparison = run_compare(config, inits, out, show_progress=not no_progress)
     click.echo(comparison.table)

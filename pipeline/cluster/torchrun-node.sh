@@ -2,7 +2,8 @@
 # One torchrun "node" of a multi-node distill job: distill.sbatch starts one per node with srun (one task per node:
 # the job's task count is torchrun's node count), and make's distill recipe appends the `distill ...` command line
 # ("$@"). Rendezvous is c10d on the job's first node, keyed by the job
-# id, so a requeued job (same id) meets again on whatever nodes it gets.
+# id, so a requeued job (same id) meets again on whatever nodes it gets; its port is 29500 + the job id mod 1000, so two
+# jobs sharing a first node do not collide (RDZV_PORT sets one).
 #
 # USR1 is ignored here, before torchrun starts: `scancel --signal=USR1` and `#SBATCH --signal=USR1@T` signal every
 # process of the step, and torchrun's agent has no handler for USR1 (it would die of it and take its workers
@@ -15,7 +16,7 @@ exec "${VENV:-.venv}/bin/torchrun" \
     --nnodes "${SLURM_NTASKS:-1}" \
     --nproc_per_node "${GPUS_PER_NODE:-gpu}" \
     --rdzv-backend c10d \
-    --rdzv-endpoint "$head:${RDZV_PORT:-29500}" \
+    --rdzv-endpoint "$head:${RDZV_PORT:-$((29500 + ${SLURM_JOB_ID:?} % 1000))}" \
     --rdzv-id "${SLURM_JOB_ID:?}" \
     ${TORCHRUN_EXTRA:-} \
     -m pipeline "$@"
