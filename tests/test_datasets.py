@@ -406,3 +406,30 @@ def test_manifest_paths_of_linked_videos_under_a_relative_root(tmp_path, monkeyp
         ("linked/b", "raw/linked/b.mp4"),
     ]
     assert all(Path(record.path).is_file() for record in records)
+
+
+def test_kinetics_finds_copies_named_by_bare_youtube_id(tmp_path):
+    """`{youtube_id}.mp4`, as several download tools save a clip, in either layout; the record keeps the clip's full
+    id. A bare name two clips of the CSVs share (the same YouTube video cut twice) could be either: not taken."""
+    layout = make_kinetics(tmp_path, "label")
+    renamed = {}
+    for path in sorted(layout.root.rglob("*_0000*")):
+        if path.suffix == ".mp4" and path.stem in layout.expected:
+            youtube_id = path.stem.rsplit("_", 2)[0]
+            path.rename(path.with_name(youtube_id + path.suffix))
+            renamed[path.stem] = youtube_id
+    assert len(renamed) >= 4
+    listing = load_dataset("kinetics", layout.root)
+    assert reported(listing) == layout.expected  # every clip found, under its full id
+    by_id = {record.id: record for record in listing.records}
+    assert all(Path(by_id[clip].path).stem == youtube_id for clip, youtube_id in renamed.items())
+    # The same YouTube video listed as a second clip: its bare-named copy could be either clip, so neither takes it.
+    train_csv = layout.root / "annotations" / "train.csv"
+    rows = {line.split(",")[1]: line.split(",")[0] for line in train_csv.read_text().splitlines()[1:]}
+    clip, youtube_id = next((clip, youtube_id) for clip, youtube_id in renamed.items() if youtube_id in rows)
+    label = rows[youtube_id]
+    with open(train_csv, "a") as csv_file:
+        csv_file.write(f"{label},{youtube_id},100,110,train\n")
+    again = load_dataset("kinetics", layout.root)
+    assert clip not in {record.id for record in again.records}
+    assert {clip, f"{youtube_id}_000100_000110"} <= {item["id"] for item in again.missing}

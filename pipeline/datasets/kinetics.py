@@ -2,13 +2,16 @@
 
 CSV header `label,youtube_id,time_start,time_end,split[,is_cc]` (test CSVs may lack `label`). A clip is
 `{youtube_id}_{time_start:06d}_{time_end:06d}` with extension .mp4, .webm or .mkv, found either at
-`{root}/{split}/{label}/` (label as written, or with spaces replaced by `_`) or flat in `{root}/{split}/`.
+`{root}/{split}/{label}/` (label as written, or with spaces replaced by `_`) or flat in `{root}/{split}/`; a copy
+named by its bare YouTube id (`{youtube_id}.mp4`, as several download tools save it) is found in the same places,
+when no file has the full name and no other clip of the CSVs has that YouTube id (it could be either clip's).
 Many YouTube clips can no longer be downloaded, so a missing clip is normal: it is recorded in
 `listing.missing`, not raised. Labels get ids by sorted name but DistInit never trains on them.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import logging
@@ -38,6 +41,7 @@ class Clip:
     label: str | None
     split: str
     role: str
+    youtube_id: str = ""
 
 
 def find_annotation_files(root: Path, annotations: str | Path | None) -> list[Path]:
@@ -101,7 +105,8 @@ def parse_clip(where: str, row: dict[str, str]) -> Clip:
         raise DatasetError(f"{where}: split {row['split']!r} is not train/val/validate/test; fix the row")
     start, end = parse_time(row["time_start"], where), parse_time(row["time_end"], where)
     label = row.get("label") or None
-    return Clip(id=f"{youtube_id}_{start:06d}_{end:06d}", label=label, split=row["split"], role=role)
+    return Clip(id=f"{youtube_id}_{start:06d}_{end:06d}", label=label, split=row["split"], role=role,
+                youtube_id=youtube_id)
 
 
 class ClipIndex:
@@ -134,15 +139,17 @@ class ClipIndex:
             if known is None or rank < CLIP_EXTENSIONS.index(known.suffix.lower()):
                 index[(location, stem)] = Path(entry.path)
 
-    def find(self, clip: Clip) -> Path | None:
+    def find(self, clip: Clip, bare_id: bool = False) -> Path | None:
+        """The clip's file by its full name; with `bare_id`, else by its YouTube id alone (`{youtube_id}.mp4`)."""
         split_folders = dict.fromkeys((clip.split, *FOLDERS_BY_ROLE[clip.role]))
         label_folders = dict.fromkeys(([clip.label, clip.label.replace(" ", "_")] if clip.label else []) + [""])
-        for split_folder in split_folders:
-            index = self._index(split_folder)
-            for label_folder in label_folders:
-                path = index.get((label_folder, clip.id))
-                if path is not None:
-                    return path
+        for stem in (clip.id, clip.youtube_id) if bare_id and clip.youtube_id else (clip.id,):
+            for split_folder in split_folders:
+                index = self._index(split_folder)
+                for label_folder in label_folders:
+                    path = index.get((label_folder, stem))
+                    if path is not None:
+                        return path
         return None
 
 
@@ -170,8 +177,9 @@ def load(root: Path, *, splits_dir: str | Path | None = None, annotations: str |
     label_ids = {name: label for label, name in enumerate(class_names)}
     index = ClipIndex(root)
     records, missing = [], []
+    clips_per_youtube_id = collections.Counter(clip.youtube_id for clip in clips)
     for clip in clips:
-        path = index.find(clip)
+        path = index.find(clip, bare_id=clips_per_youtube_id[clip.youtube_id] == 1)
         if path is None:
             where = f"{clip.split}/{clip.label}/ or {clip.split}/" if clip.label else f"{clip.split}/"
             missing.append({"id": clip.id, "reason": f"no {clip.id}{{{','.join(CLIP_EXTENSIONS)}}} under {where}"})
