@@ -80,7 +80,9 @@ class DistillConfig:
     save_every_steps: int = 500
     max_decode_failures: int = 50
     out: str = "runs/distill"
-    workers: int = 2
+    # Loader processes per rank: "auto" is its share of the node's cores (cores / ranks on the node) less one for the
+    # training process; a number is capped at that share (pipeline.devices.capped_workers).
+    workers: int | str = "auto"
     device: str = "auto"
     cache_clips: str | None = None
     stop_after_steps: int | None = None  # stop (as if killed) after this many steps; for resume tests
@@ -113,8 +115,10 @@ class DistillConfig:
         if self.global_batch is not None and self.global_batch % self.batch_size:
             raise ConfigError(f"option global_batch={self.global_batch} is not a multiple of batch_size="
                               f"{self.batch_size}; choose a batch_size that divides it")
-        if self.workers < 0 or self.warmup_steps < 0:
-            raise ConfigError("options workers and warmup_steps must be >= 0")
+        if self.workers != "auto" and not (isinstance(self.workers, int) and self.workers >= 0):
+            raise ConfigError(f"option workers must be auto or a number >= 0, got {self.workers!r}")
+        if self.warmup_steps < 0:
+            raise ConfigError("option warmup_steps must be >= 0")
         check_decoder(self.decoder, self.decode_device)
         if self.decode_device != "cpu":
             # Decoding runs in the CPU loader workers, which crop and flip numpy frames; CUDA there is not wired.

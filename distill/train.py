@@ -50,7 +50,7 @@ from distill.students import create_student
 from distill.targets_folder import check_targets, resolve_targets_dir, targets_fingerprint
 from distill.tensorboard_log import open_tensorboard_log
 from pipeline.atomic import make_output_folder, replace_shared_text
-from pipeline.devices import capped_workers
+from pipeline.devices import capped_workers, cores_per_rank
 from pipeline.errors import ConfigError
 from pipeline.hashing import sha256_file, sha256_json
 from pipeline.preemption import (Preempted, PreemptionWatch, ignore_preemption_signals, preempted_message,
@@ -284,6 +284,19 @@ def resumed_epoch_progress(state, step_in_epoch: int) -> dict[str, Any] | None:
     return resumed
 
 
+# Above this fraction of an epoch spent waiting for batches, the loader holds training back: said once an epoch.
+DATA_WAIT_WARNING = 0.2
+
+
+def data_wait_message(fraction: float, workers: int) -> str | None:
+    """A warning naming the data-wait fraction when the loader held the steps back, with what to try; else None."""
+    if fraction <= DATA_WAIT_WARNING:
+        return None
+    return (f"the loader held training back: {fraction:.0%} of the epoch waited for batches with {workers} loader "
+            f"workers per rank ({cores_per_rank()} cores each); raise workers if cores are idle, or read prepared "
+            f"copies (make prepare, PREPARE=1)")
+
+
 def epoch_record(state, stats: dict, validation: dict, lr: float) -> dict[str, Any]:
     record = {"epoch": state["epoch"], "step": state["step"], "lr": lr}
     record.update({f"train_{name}": value for name, value in stats["figures"].items()})
@@ -438,6 +451,9 @@ def _train(config: DistillConfig, show_progress: bool, preemption: PreemptionWat
             # Global figures, identical on every rank, so every rank takes this branch alike.
             val_loss = validation.get("val_loss", record.get("train_loss", math.inf))
             if context.is_main:
+                waiting = data_wait_message(record["data_wait_fraction"], train_loader.num_workers)
+                if waiting is not None:
+                    logger.warning("epoch %d: %s", record["epoch"], waiting)
                 append_epoch_log(run_dir / "log.jsonl", record)
                 tensorboard.write_epoch(record)
                 logger.info("epoch %s", json.dumps(record, sort_keys=True))

@@ -34,11 +34,29 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def capped_workers(requested: int, what: str = "worker processes") -> int:
-    """min(requested, available cores): more loader or decode processes than cores only adds switching (and
-    torch's "suggested max number of worker" warning). 0 (work in the main process) stays 0."""
-    cores = available_cores()
-    if requested > cores:
-        logger.info("%d %s asked, %d cores available: using %d", requested, what, cores, cores)
-        return cores
+def ranks_on_node() -> int:
+    """How many processes of this job share the node: torchrun's LOCAL_WORLD_SIZE, else 1."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def cores_per_rank() -> int:
+    """This process's share of the cores it may run on: under torchrun, 8 ranks on a node share its cores."""
+    return max(1, available_cores() // ranks_on_node())
+
+
+def capped_workers(requested: int | str, what: str = "worker processes") -> int:
+    """min(requested, this process's share of the cores): more loader or decode processes than cores only adds
+    switching (and torch's "suggested max number of worker" warning), and under torchrun every rank of a node would
+    otherwise claim every core. 0 (work in the main process) stays 0. "auto": the share less one core for the
+    process itself (at least 1)."""
+    share = cores_per_rank()
+    if requested == "auto":
+        return max(1, share - 1)
+    if requested > share:
+        logger.info("%d %s asked, %d cores for this process (%d available, %d ranks on the node): using %d",
+                    requested, what, share, available_cores(), ranks_on_node(), share)
+        return share
     return requested

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,11 @@ def test_event_files_hold_the_figures_of_log_jsonl_once_per_epoch_after_a_resume
     # Killed after epoch 2 was logged but before its checkpoint: back to the one saved at the end of epoch 1.
     shutil.copyfile(run_dir / "checkpoint-step00000005.pt", run_dir / "checkpoint-last.pt")
     assert torch.load(run_dir / "checkpoint-last.pt", weights_only=False)["epoch"] == 1
+    # Event files are named by the second they were opened in, and TensorBoard reads them in name order: the tiny
+    # first run can end within the second it began, and a resume in that same second could sort before it.
+    opened = int(_event_files(run_dir)[0].name.split(".")[3])  # events.out.tfevents.<second>.<host>.<pid>.<n>
+    while int(time.time()) <= opened:
+        time.sleep(0.05)
     resumed = train(_config(tiny_targets, tmp_path, save_every_steps=5), show_progress=False)
     assert resumed.run_dir == run_dir and resumed.step == 10
     assert len(_event_files(run_dir)) == 2  # appended beside the first

@@ -38,7 +38,7 @@ def _loss_weights(text: str | None) -> dict | None:
 @click.option("--lr", type=float, default=None)
 @click.option("--epochs", type=int, default=None)
 @click.option("--batch-size", type=int, default=None)
-@click.option("--workers", type=int, default=None)
+@click.option("--workers", default=None, help="Loader processes per rank: auto (its share of the cores, less one) | N.")
 @click.option("--device", default=None, help="auto | cpu | cuda")
 @click.option("--amp", default=None, help="auto | bf16 | fp16 | off")
 @click.option("--seed", type=int, default=None)
@@ -56,6 +56,8 @@ def distill(config_path, overrides, loss_weights, no_progress, **options) -> Non
     from pipeline.config import load_config, parse_overrides
 
     values = {**parse_overrides(overrides), **{key: value for key, value in options.items() if value is not None}}
+    if isinstance(values.get("workers"), str) and values["workers"].strip().isdigit():
+        values["workers"] = int(values["workers"])
     weights = _loss_weights(loss_weights)
     if weights:
         values["loss_weights"] = weights
