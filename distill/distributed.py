@@ -10,6 +10,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from pipeline.config import seconds_from_environment
 from pipeline.devices import resolve_device
 
 # How long a collective waits for the slowest rank before the run fails. Start-up is the longest wait: every rank
@@ -20,8 +21,8 @@ DEFAULT_PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)
 
 
 def process_group_timeout() -> datetime.timedelta:
-    seconds = os.environ.get("DISTINIT_PROCESS_GROUP_TIMEOUT")
-    return datetime.timedelta(seconds=float(seconds)) if seconds else DEFAULT_PROCESS_GROUP_TIMEOUT
+    seconds = seconds_from_environment("DISTINIT_PROCESS_GROUP_TIMEOUT", DEFAULT_PROCESS_GROUP_TIMEOUT.total_seconds())
+    return datetime.timedelta(seconds=seconds)
 
 
 @dataclasses.dataclass(frozen=True)

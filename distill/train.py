@@ -202,8 +202,8 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, 
                 loss.backward()
         watch.record(terms["loss"], state["step"] + 1)
         totals.add(terms, len(video))
-        window += torch.stack([terms["loss"].detach().double(), torch.ones((), dtype=torch.float64,
-                                                                          device=context.device)])
+        window[0] += terms["loss"].detach()
+        window[1] += 1
         if not stepping:
             waiting_since = time.monotonic()
             continue

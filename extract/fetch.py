@@ -26,12 +26,12 @@ def fetch_teachers(config: ExtractConfig) -> Iterator[str]:
     check_teacher_kinds(instance.kind for instance in instances)
     for instance in instances:
         options = dict(config.teacher_options.get(instance.name, {}))
-        teacher = create_teacher(instance.kind, name=instance.name, device="cpu", **options)
-        teacher.close()
-        sources = TEACHERS[instance.kind].weights_sources(**{key: value for key, value in options.items()
-                                                               if key != "weights"})
-        if not sources or "weights" in options:
-            where = f"the file {options['weights']}" if "weights" in options else "no download (shipped or none)"
-            yield f"{instance.entry}: ready ({where})"
-        for source in sources if "weights" not in options else ():
+        create_teacher(instance.kind, name=instance.name, device="cpu", **options).close()
+        if "weights" in options:  # a file the user named: nothing was downloaded
+            yield f"{instance.entry}: ready (the file {options['weights']})"
+            continue
+        sources = TEACHERS[instance.kind].weights_sources(**options)
+        if not sources:
+            yield f"{instance.entry}: ready (no download (shipped or none))"
+        for source in sources:
             yield f"{instance.entry}: {source.description}: {presence(source)} ({source.local_path or source.origin})"

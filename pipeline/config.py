@@ -63,6 +63,21 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return result
 
 
+def seconds_from_environment(variable: str, default: float) -> float:
+    """A positive number of seconds from the environment variable `variable`; `default` when it is unset or empty;
+    anything else a one-line ConfigError naming it."""
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:
+        raise ConfigError(f"{variable}={text!r}: expected a positive number of seconds (unset it for {default:g})")
+    return seconds
+
+
 def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """`key=value` strings from the command line; values are parsed as YAML scalars (`3`, `0.1`, `true`). A value
     starting with `~/` is a path under the home folder, as a shell would have expanded it unquoted (make passes

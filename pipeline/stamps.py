@@ -71,6 +71,10 @@ def stamp_record(stage: StageInputs) -> dict[str, Any]:
     return {"stage": stage.stage, "key": stage.key, "inputs": stage.inputs, "output": str(stage.output)}
 
 
+def _stamp_text(stage: StageInputs) -> str:
+    return json.dumps(stamp_record(stage), indent=1, sort_keys=True, default=str) + "\n"
+
+
 def read_stamp(path: Path) -> dict[str, Any] | None:
     """A stamp's record, or None when it is missing or unreadable (both mean: run the stage)."""
     try:
@@ -93,7 +97,7 @@ def update_stamps(plan: list[StageInputs], stamps_dir: str | Path, adopted: list
         path = key_path(stamps_dir, stage.stage)
         current = read_stamp(path)
         if current is None or current["key"] != stage.key:
-            atomic_write_text(path, json.dumps(stamp_record(stage), indent=1, sort_keys=True, default=str) + "\n")
+            atomic_write_text(path, _stamp_text(stage))
             changed.append(stage.stage)
             _age_behind_done(path, done_path(stamps_dir, stage.stage), stage.key)
         needs = needs_path(stamps_dir, stage.stage)
@@ -103,14 +107,18 @@ def update_stamps(plan: list[StageInputs], stamps_dir: str | Path, adopted: list
         if not stage.output.exists():
             done_path(stamps_dir, stage.stage).unlink(missing_ok=True)
             continue
-        done = read_stamp(done_path(stamps_dir, stage.stage))
-        if (done is None or done["key"] != stage.key) and sealed_key(stage) == stage.key:
+        if _adoptable(stage, read_stamp(done_path(stamps_dir, stage.stage))):
             # Written after the .key above and after the upstream stages' .done (the plan is upstream first).
-            atomic_write_text(done_path(stamps_dir, stage.stage),
-                              json.dumps(stamp_record(stage), indent=1, sort_keys=True, default=str) + "\n")
+            atomic_write_text(done_path(stamps_dir, stage.stage), _stamp_text(stage))
             if adopted is not None:
                 adopted.append(stage.stage)
     return changed
+
+
+def _adoptable(stage: StageInputs, done: dict[str, Any] | None) -> bool:
+    """Whether make has no record of the stage under its key but its sealed output records that key (made without
+    make: adopt it)."""
+    return stage.output.exists() and (done is None or done["key"] != stage.key) and sealed_key(stage) == stage.key
 
 
 def _remove_stamps_of_old_stages(stamps_dir: str | Path) -> None:
@@ -138,21 +146,17 @@ def stage_status(plan: list[StageInputs | NotSetUp], stamps_dir: str | Path) -> 
             statuses.append(StageStatus(stage.stage, "not set up", (stage.reason,), ""))
             continue
         done = read_stamp(done_path(stamps_dir, stage.stage))
-        if stage.output.exists() and (done is None or done["key"] != stage.key) and sealed_key(stage) == stage.key:
-            reasons = tuple(f"{name} will re-run first" for name in stale_upstream if name in _upstream_names(stage))
-            statuses.append(StageStatus(stage.stage, "stale" if reasons else "up to date",
-                                        reasons or ("made outside make; its sealed output records this key",), stage.key))
-            if reasons:
-                stale_upstream.append(stage.stage)
-            continue
-        if done is None or not stage.output.exists():
+        adopted = _adoptable(stage, done)
+        if not adopted and (done is None or not stage.output.exists()):
             why = "never ran here" if done is None else f"its output {stage.output} is gone"
             statuses.append(StageStatus(stage.stage, "missing", (why,), stage.key))
             stale_upstream.append(stage.stage)
             continue
-        if done["key"] == stage.key:
+        if adopted or done["key"] == stage.key:
             reasons = tuple(f"{name} will re-run first" for name in stale_upstream if name in _upstream_names(stage))
             state = "stale" if reasons else "up to date"
+            if adopted and not reasons:
+                reasons = ("made outside make; its sealed output records this key",)
             statuses.append(StageStatus(stage.stage, state, reasons, stage.key))
         else:
             reasons = tuple(input_changes(done.get("inputs", {}), json.loads(json.dumps(stage.inputs, default=str))))

@@ -295,15 +295,24 @@ def test_non_finite_loss_stops_training(tiny_targets, tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("checkpoint-*.pt"))  # stopped before any checkpoint, the last one included
 
 
-def test_refuses_broken_targets_naming_the_shard(tiny_targets, tmp_path):
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for path in tiny_targets.iterdir():
-        (broken / path.name).write_bytes(path.read_bytes())
-    shard = broken / "shard-00001-of-00002.h5"
+def _copy_targets(targets: Path, copy: Path) -> Path:
+    """A copy of a targets folder, without the record of a clean verify (verified.json) a test may have left."""
+    copy.mkdir()
+    for path in targets.iterdir():
+        if path.name != "verified.json":
+            (copy / path.name).write_bytes(path.read_bytes())
+    return copy
+
+
+def _flip_a_byte(shard: Path) -> None:
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
+
+
+def test_refuses_broken_targets_naming_the_shard(tiny_targets, tmp_path):
+    broken = _copy_targets(tiny_targets, tmp_path / "broken")
+    _flip_a_byte(broken / "shard-00001-of-00002.h5")
     with pytest.raises(DistinitError, match="shard-00001-of-00002.h5"):
         train(_config(broken, tmp_path / "runs"), show_progress=False)
     result = CliRunner().invoke(main, ["distill", "--targets", str(broken), "--width", "tiny", "--out", str(tmp_path)])
@@ -317,11 +326,7 @@ def test_a_start_reads_no_shard_when_nothing_changed_since_the_last_clean_verify
     modification time) is verified again, and its damage refused."""
     import distill.targets_folder as targets_folder
 
-    copy = tmp_path / "targets"
-    copy.mkdir()
-    for path in tiny_targets.iterdir():
-        if path.name != "verified.json":
-            (copy / path.name).write_bytes(path.read_bytes())
+    copy = _copy_targets(tiny_targets, tmp_path / "targets")
     calls = []
     real_verify = targets_folder.verify
     monkeypatch.setattr(targets_folder, "verify", lambda folder: calls.append(folder) or real_verify(folder))
@@ -331,10 +336,7 @@ def test_a_start_reads_no_shard_when_nothing_changed_since_the_last_clean_verify
     assert verified.exit_code == 0 and (copy / "verified.json").is_file()
     train(_config(copy, tmp_path / "runs", stop_after_steps=2), show_progress=False)
     assert len(calls) == 1  # nothing changed since the recorded verify: no shard read
-    shard = copy / "shard-00001-of-00002.h5"
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    shard.write_bytes(bytes(data))
+    _flip_a_byte(copy / "shard-00001-of-00002.h5")
     with pytest.raises(DistinitError, match="shard-00001-of-00002.h5"):
         train(_config(copy, tmp_path / "runs"), show_progress=False)
     assert len(calls) == 2

@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.errors import ConfigError
+from pipeline.config import seconds_from_environment
 from pipeline.shards.format import ShardError
 
 logger = logging.getLogger(__name__)
@@ -46,16 +46,7 @@ def host_name() -> str:
 
 def lease_seconds() -> float:
     """How long an unrenewed lease stays live: DISTINIT_SHARD_LEASE_SECONDS, else 300."""
-    text = os.environ.get(LEASE_SECONDS_VARIABLE, "").strip()
-    if not text:
-        return DEFAULT_LEASE_SECONDS
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = float("nan")
-    if not seconds > 0:
-        raise ConfigError(f"{LEASE_SECONDS_VARIABLE}={text!r} is not a positive number of seconds; unset it for 300")
-    return seconds
+    return seconds_from_environment(LEASE_SECONDS_VARIABLE, DEFAULT_LEASE_SECONDS)
 
 
 def lease_path(final_path: str | os.PathLike) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import http.client
-import os
 import _socket
 import socket
 import ssl
@@ -18,7 +17,7 @@ import threading
 import urllib.error
 from typing import Iterator
 
-from pipeline.errors import ConfigError
+from pipeline.config import seconds_from_environment
 
 TIMEOUT_VARIABLE = "DISTINIT_DOWNLOAD_TIMEOUT"
 DEFAULT_TIMEOUT_SECONDS = 20.0  # a stalled connect or read; real downloads never pause this long
@@ -38,16 +37,7 @@ _OFFLINE_REFUSAL = "offline: a connection was attempted and refused"  # the reas
 
 def download_timeout_seconds() -> float:
     """Seconds a download may wait for the next bytes (or a connection) before it fails."""
-    text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
-    if not text:
-        return DEFAULT_TIMEOUT_SECONDS
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise ConfigError(f"{TIMEOUT_VARIABLE}={text!r}: expected a positive number of seconds")
-    return seconds
+    return seconds_from_environment(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_SECONDS)
 
 
 def one_line_reason(error: BaseException) -> str:
