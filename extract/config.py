@@ -15,7 +15,7 @@ from pipeline.shards.format import ROW_COLUMNS, VIDEO_LAYOUTS
 # than their header declares) are skipped, and each video's probed layout is stored (layouts.jsonl). 4: teachers
 # are named instances of a kind; keypoint outputs carry their flip index; embedding outputs.
 # 5: the region of the frame each teacher saw (view boxes) and each video's content hash (sha256) are stored.
-CODE_VERSION = "extract-5"
+CODE_VERSION = "extract-6"  # 6: shard format 5 (teacher outputs uncompressed)
 
 
 @dataclasses.dataclass(frozen=True)

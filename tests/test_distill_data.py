@@ -527,8 +527,8 @@ def test_a_cache_in_the_old_format_stops_distill_with_one_line(targets, tmp_path
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["format_version"] = 2
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    line = ("shard format 2, this distinit reads 4 (each output records the part of the frame its teacher saw, and "
-            "each video its content hash); re-run `make extract DATA=tiny`")
+    line = ("shard format 2, this distinit reads 5 (teacher outputs are stored uncompressed in small chunks, so stage "
+            "two reads a clip's rows at decode speed); re-run `make extract DATA=tiny`")
     with pytest.raises(ShardError, match=re.escape(line)):
         dataset(copy)
     result = CliRunner().invoke(main, ["distill", "--targets", str(copy), "--device", "cpu", "--out", str(tmp_path / "runs")])

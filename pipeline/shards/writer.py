@@ -175,9 +175,14 @@ class ShardWriter:
         )
 
     # ------------------------------------------------------------------ layout
-    def _create_dataset(self, parent: h5py.Group, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> h5py.Dataset:
+    def _create_dataset(self, parent: h5py.Group, name: str, dtype: np.dtype, shape: tuple[int, ...], *,
+                        compressed: bool = True) -> h5py.Dataset:
+        """A row dataset; `compressed=False` for teacher outputs, which stage two reads a few rows at a time
+        (pipeline.shards.format's docstring says why)."""
         row_bytes = int(dtype.itemsize * np.prod(shape, dtype=np.int64))
-        if self.compression == "gzip":
+        if not compressed:
+            compression = {}
+        elif self.compression == "gzip":
             compression = {"compression": "gzip", "compression_opts": fmt.COMPRESSION_LEVEL}
         else:
             compression = {"compression": "lzf"}
@@ -187,7 +192,8 @@ class ShardWriter:
             maxshape=(None, *shape),
             chunks=(fmt.chunk_rows(row_bytes), *shape),
             dtype=dtype,
-            shuffle=dtype.kind != "S",  # byte-shuffling numbers groups their exponents, which compresses well
+            # Byte-shuffling numbers groups their exponents, which compresses well (and is no use uncompressed).
+            shuffle=compressed and dtype.kind != "S",
             fletcher32=True,
             track_times=False,
             **compression,
@@ -234,7 +240,7 @@ class ShardWriter:
         _set_attribute(group, fmt.ATTR_SAMPLING_JSON, canonical_json(sampling))
         _set_attribute(group, fmt.ATTR_CODE_VERSION, str(self.attributes["code_version"]))
         for spec in specs:
-            dataset = self._create_dataset(group, spec.name, spec.storage_dtype, spec.shape)
+            dataset = self._create_dataset(group, spec.name, spec.storage_dtype, spec.shape, compressed=False)
             _set_attribute(dataset, fmt.ATTR_KIND, spec.kind)
             _set_attribute(dataset, fmt.ATTR_MEANING, spec.meaning)
             _set_attribute(dataset, fmt.ATTR_SPEC_DTYPE, spec.dtype)
