@@ -12,10 +12,13 @@ import numpy as np
 from pipeline.shards import format as fmt
 
 
-def open_read_only(path: str | os.PathLike) -> h5py.File:
+def open_read_only(path: str | os.PathLike, chunk_cache_bytes: int | None = None) -> h5py.File:
     """Open a finished shard for reading. Finished shards never change (writers use temp names), so
-    HDF5's file locks buy nothing, and they fail on some cluster filesystems (NFS, Lustre)."""
-    return h5py.File(path, "r", locking=False)
+    HDF5's file locks buy nothing, and they fail on some cluster filesystems (NFS, Lustre). `chunk_cache_bytes`:
+    HDF5's chunk cache per dataset (None: its default, 1 MiB)."""
+    if chunk_cache_bytes is None:
+        return h5py.File(path, "r", locking=False)
+    return h5py.File(path, "r", locking=False, rdcc_nbytes=chunk_cache_bytes)
 
 
 def _text(value: Any) -> str:

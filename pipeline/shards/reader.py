@@ -18,6 +18,7 @@ from pipeline.shards import format as fmt
 from pipeline.shards import header
 from pipeline.shards.format import ShardError
 from pipeline.shards.manifest import read_manifest
+from pipeline.shards.video_rows import VideoRows
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ class TargetStore:
         self._datasets: dict[tuple[int, str], h5py.Dataset] = {}
         self._owner_pid = os.getpid()
         self._teachers: list[dict[str, Any]] | None = None
-        self._video_index: dict[str, np.ndarray] | None = None
+        self._video_table: VideoRows | None = None
+        self._video_positions: dict[str, int] | None = None
         self._check_shards()
 
     def _check_shards(self) -> None:
@@ -73,7 +75,9 @@ class TargetStore:
             self._owner_pid = os.getpid()
         handle = self._handles.get(position)
         if handle is None:
-            handle = header.open_read_only(self.shard_paths[position])
+            # No chunk cache: a clip reads a chunk or two of each output once; a cache per dataset per shard per
+            # worker (1 MiB each by default) would add up to gigabytes at Kinetics size and save nothing.
+            handle = header.open_read_only(self.shard_paths[position], chunk_cache_bytes=0)
             self._handles[position] = handle
         return handle
 
@@ -166,12 +170,18 @@ class TargetStore:
             dataset = self._dataset(position, name)
             return dataset[start:stop][local_rows - start] if dense else dataset[local_rows]
 
-        converters = {
-            fmt.VIDEO_ID: lambda raw: np.array(header.decode_video_ids(raw), dtype=object),
-            fmt.T_SECONDS: lambda raw: raw.astype(np.float64),
-            fmt.FRAME_INDEX: lambda raw: raw.astype(np.int64),
-        }
-        return {name: converters.get(name, lambda raw: raw.astype(np.float32))(read(name)) for name in names}
+        return {name: self._convert(name, read(name)) for name in names}
+
+    @staticmethod
+    def _convert(name: str, raw: np.ndarray) -> np.ndarray:
+        """Ids as str, times float64, frame indices int64, outputs and view boxes float32."""
+        if name == fmt.VIDEO_ID:
+            return np.array(header.decode_video_ids(raw), dtype=object)
+        if name == fmt.T_SECONDS:
+            return raw.astype(np.float64)
+        if name == fmt.FRAME_INDEX:
+            return raw.astype(np.int64)
+        return raw.astype(np.float32)
 
     def _gather(self, indices: Sequence[int] | np.ndarray, empty: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Fill `empty` (one array per dataset name, first axis len(indices)) with those rows, in `indices`' order."""
@@ -187,8 +197,9 @@ class TargetStore:
                 empty[name][wanted] = values[inverse]
         return empty
 
-    def rows(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
-        """Rows at `indices`, in that order: video_id (list of str), t_seconds (N,), frame_index (N,), outputs (N, *shape)."""
+    def rows(self, indices: Sequence[int] | np.ndarray, names: Sequence[str] | None = None) -> dict[str, Any]:
+        """Rows at `indices`, in that order: video_id (list of str), t_seconds (N,), frame_index (N,), outputs (N, *shape);
+        `names`: only those columns and outputs."""
         count = len(np.asarray(indices).reshape(-1))
         empty: dict[str, np.ndarray] = {
             fmt.VIDEO_ID: np.empty(count, dtype=object),
@@ -197,8 +208,11 @@ class TargetStore:
         }
         for key in self.output_names:
             empty[key] = np.zeros((count, *self.output_spec(key)["shape"]), dtype=np.float32)
+        if names is not None:
+            empty = {name: empty[name] for name in names}
         result = self._gather(indices, empty)
-        result[fmt.VIDEO_ID] = list(result[fmt.VIDEO_ID])
+        if fmt.VIDEO_ID in result:
+            result[fmt.VIDEO_ID] = list(result[fmt.VIDEO_ID])
         return result
 
     def view_boxes(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
@@ -210,50 +224,31 @@ class TargetStore:
         return {teacher: boxes[key] for teacher, key in keys.items()}
 
     # ------------------------------------------------------------------ videos
-    def _build_video_index(self) -> dict[str, np.ndarray]:
-        """video id -> its global row indices sorted by t, from the small id and time columns of every shard."""
-        row_lists: dict[str, list[np.ndarray]] = {}
-        for position in range(len(self.shard_paths)):
-            shard = self._shard(position)
-            video_ids = np.array(header.decode_video_ids(shard[fmt.VIDEO_ID][:]), dtype=object)
-            times = shard[fmt.T_SECONDS][:]
-            if len(video_ids) == 0:
-                continue
-            # Stable sort by (video, t) keeps written order among equal times.
-            order = np.lexsort((times, video_ids.astype(str)))
-            sorted_ids = video_ids[order]
-            boundaries = np.flatnonzero(sorted_ids[1:] != sorted_ids[:-1]) + 1
-            for group in np.split(order, boundaries):
-                row_lists.setdefault(str(video_ids[group[0]]), []).append(group + self.offsets[position])
-        index = {}
-        for video_id, groups in row_lists.items():
-            rows = np.concatenate(groups)
-            if len(groups) > 1:  # one video across shards: only possible if shards were mixed by hand
-                rows = rows[np.argsort(self._times_of(rows), kind="stable")]
-            index[video_id] = rows
-        logger.debug("indexed %d videos over %d rows in %s", len(index), len(self), self.targets_dir)
-        return index
+    def video_table(self) -> VideoRows:
+        """The per-video row table (pipeline.shards.video_rows), built once per process from the id and time
+        columns."""
+        if self._video_table is None:
+            self._video_table = VideoRows(self)
+        return self._video_table
 
-    def _times_of(self, rows: np.ndarray) -> np.ndarray:
-        return self.rows(rows)[fmt.T_SECONDS]
-
-    def _index(self) -> dict[str, np.ndarray]:
-        if self._video_index is None:
-            self._video_index = self._build_video_index()
-        return self._video_index
-
-    def video_ids(self) -> list[str]:
-        """Every video with at least one row, sorted."""
-        return sorted(self._index())
-
-    def video_rows(self, video_id: str) -> np.ndarray:
-        """Global row indices of one video, sorted by t."""
+    def _position(self, video_id: str) -> int:
+        if self._video_positions is None:
+            self._video_positions = self.video_table().positions()
         try:
-            return self._index()[video_id]
+            return self._video_positions[video_id]
         except KeyError:
             raise ShardError(
                 f"{self.targets_dir}: no rows for video {video_id!r}; `distinit inspect {self.targets_dir}` summarises the cache"
             ) from None
+
+    def video_ids(self) -> list[str]:
+        """Every video with at least one row, sorted."""
+        table = self.video_table()
+        return [table.ids[position] for position in range(len(table))]
+
+    def video_rows(self, video_id: str) -> np.ndarray:
+        """Global row indices of one video, sorted by t."""
+        return self.video_table().global_rows(self._position(video_id), self)
 
     def rows_for_video(self, video_id: str) -> dict[str, Any]:
         """All rows of one video sorted by t_seconds (same layout as `rows`)."""
@@ -262,6 +257,32 @@ class TargetStore:
     def view_boxes_for_video(self, video_id: str) -> dict[str, np.ndarray]:
         """Each teacher's view boxes of one video's rows, sorted by t_seconds (same layout as `view_boxes`)."""
         return self.view_boxes(self.video_rows(video_id))
+
+    def video_view_boxes(self) -> dict[str, np.ndarray]:
+        """teacher name -> (videos, 4) float32: per video of `video_table()`, the part of the frame the teacher saw
+        in every one of the video's rows (the intersection of its rows' boxes), read from the box columns once."""
+        table = self.video_table()
+        if len(table) == 0:
+            return {teacher: np.zeros((0, 4), np.float32) for teacher in self.view_box_keys}
+        rows, starts = table.all_global_rows(self), table.offsets[:-1]
+        boxes = {}
+        for teacher, key in self.view_box_keys.items():
+            column = np.concatenate([self._shard(position)[key][:] for position in range(len(self.shard_paths))])[rows]
+            low = np.maximum.reduceat(column[:, :2], starts, axis=0)
+            high = np.minimum.reduceat(column[:, 2:], starts, axis=0)
+            boxes[teacher] = np.concatenate([low, high], axis=1).astype(np.float32)
+        return boxes
+
+    def read_video_rows(self, position: int, rows: slice | np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Datasets `names` at rows `rows` of video `position` of `video_table()` (a slice or ascending indices into
+        its time-ordered rows): one contiguous read per dataset when the video is one run (what stage one writes).
+        Outputs come back float32 (*shape), as from `rows`."""
+        table = self.video_table()
+        if not table.contiguous or not isinstance(rows, slice):
+            return self.rows(table.global_rows(position, self)[rows], names)
+        start, stop, _ = rows.indices(int(table.counts[position]))
+        shard, first = int(table.shard[position]), int(table.first[position])
+        return {name: self._convert(name, self._dataset(shard, name)[first + start:first + stop]) for name in names}
 
     def iter_blocks(self, names: Iterable[str], block_rows: int = 4096):
         """Yield (shard position, {name: array}) blocks covering every row once, for streaming summaries."""
