@@ -3,6 +3,9 @@ less, with a keyframe every 16 frames; their recorded layouts are a fresh probe'
 their reason; parts + finalize, resumes after damage and runs killed at random moments all end with the bytes of
 one uninterrupted run.
 
+x264's tune (default fastdecode) reaches the encoder and the key, and a copy made with it holds the same frames
+and layout as one made without; a folder prepared before the option existed keeps its key under `tune: null`.
+
 Sources are tiny synthetic videos of every container the decoder tests use (FFV1/MKV, H.264 with B-frames and
 open GOPs in MP4, MPEG-4 in AVI, MPEG-2 in MPEG-TS), one larger than 128 px at 30000/1001 fps, one of odd size,
 one in a subfolder, a text file and a truncated MP4.
@@ -22,14 +25,19 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main as cli
 from pipeline.errors import ConfigError, DistinitError, VideoError
-from pipeline.prepared import PrepareConfig, finalize, plan_prepare, prepare_key, prepared_videos, run_prepare
-from pipeline.prepared.encoding import check_same_frames, prepared_size
+from pipeline.hashing import sha256_json
+from pipeline.prepared import (
+    CODE_VERSION, PrepareConfig, finalize, plan_prepare, prepare_key, prepared_videos, run_prepare,
+)
+from pipeline.prepared.encoding import Encoding, check_same_frames, encode_command, prepared_size
+from pipeline.video import read_clip
 from pipeline.video.binary import ffmpeg_binary
 from pipeline.video.layout_record import layout_from_record, layout_record
 from pipeline.video.probe import clear_probe_cache, probe_layout
@@ -81,8 +89,8 @@ def tree_hashes(root: Path) -> dict[str, str]:
     return hashes
 
 
-def without(hashes: dict[str, str], name: str) -> dict[str, str]:
-    return {path: digest for path, digest in hashes.items() if path != name}
+def without(mapping: dict, name: str) -> dict:
+    return {key: value for key, value in mapping.items() if key != name}
 
 
 def temporary_files(root: Path) -> list[Path]:
@@ -182,11 +190,78 @@ def test_key_follows_what_the_copies_are(sources):
     config = make_config(sources, "out")
     key = prepare_key(config, "a" * 64)
     assert prepare_key(config, "b" * 64) != key
-    for option, value in {"short_side": 112, "gop": 8, "crf": 23, "preset": "fast"}.items():
+    for option, value in (("short_side", 112), ("gop", 8), ("crf", 23), ("preset", "fast"), ("tune", None),
+                          ("tune", "film")):
         assert prepare_key(make_config(sources, "out", **{option: value}), "a" * 64) != key, option
     moved = PrepareConfig(data="folder", root="/elsewhere", out="other", workers=1, timeout_seconds=5.0,
                           max_failure_rate=0.5)
     assert prepare_key(moved, "a" * 64) == key
+
+
+def test_a_folder_prepared_before_tune_existed_keeps_its_key_under_tune_null(sources):
+    """Keys then hashed short_side, gop, crf and preset: `tune: null` names the same folder, and the default
+    (fastdecode) another, so copies made with and without it are never mixed."""
+    before = {"short_side": 128, "gop": 16, "crf": 20, "preset": "medium"}
+    old_key = sha256_json({"dataset_manifest_hash": "a" * 64, "options": before, "code": CODE_VERSION})[:16]
+    assert prepare_key(make_config(sources, "out", tune=None), "a" * 64) == old_key
+    assert make_config(sources, "out").tune == "fastdecode"
+    assert prepare_key(make_config(sources, "out"), "a" * 64) != old_key
+
+
+def test_tune_reaches_the_ffmpeg_command():
+    def command(tune):
+        return encode_command("in.mkv", "out.mp4", (170, 128), Encoding(128, 16, 20, "medium", 60.0, tune), (340, 256))
+
+    tuned = command("fastdecode")
+    assert tuned[tuned.index("-tune") + 1] == "fastdecode" and tuned.index("-tune") > tuned.index("libx264")
+    assert "-tune" not in command(None)
+
+
+def x264_settings(path: Path) -> str:
+    """The settings x264 writes into the stream (its SEI: `cabac=1 ref=3 deblock=1:0:0 ...`)."""
+    data = path.read_bytes()
+    start = data.index(b"cabac=")
+    return data[start:data.index(b"\x00", start)].decode("ascii", "replace")
+
+
+@pytest.fixture(scope="module")
+def untuned(sources, tmp_path_factory) -> dict:
+    """Copies made with `tune: null` (as before the option) into the same --out as `prepared`'s default ones."""
+    out = tmp_path_factory.mktemp("untuned") / "out"
+    report = run_prepare(make_config(sources, out, tune=None), show_progress=False)
+    return {"out": out, "folder": report.folder}
+
+
+def test_fastdecode_copies_are_made_with_it_and_hold_the_same_frames_and_layout(prepared, untuned):
+    tuned, plain = prepared_videos(prepared["folder"]), prepared_videos(untuned["folder"])
+    assert prepared["folder"].name != untuned["folder"].name and sorted(tuned) == sorted(plain)
+    for video_id, (path, record) in tuned.items():
+        plain_path, plain_record = plain[video_id]
+        assert "cabac=0" in x264_settings(path) and "deblock=0:" in x264_settings(path), video_id
+        assert "cabac=1" in x264_settings(plain_path) and "deblock=1:" in x264_settings(plain_path), video_id
+        assert without(record, "file") == without(plain_record, "file"), video_id  # times, keyframes, size
+        with av.open(str(path)) as container:
+            assert sum(1 for _ in container.decode(video=0)) == record["frame_count"], video_id
+        layout = layout_from_record(path, record)
+        clip = read_clip(path, 0.0, 4, stride=2, threads=1, decoder="pyav", layout=layout)
+        plain_clip = read_clip(plain_path, 0.0, 4, stride=2, threads=1, decoder="pyav",
+                               layout=layout_from_record(plain_path, plain_record))
+        assert clip.shape == plain_clip.shape == (4, record["height"], record["width"], 3), video_id
+    manifest = json.loads((prepared["folder"] / "manifest.json").read_text())
+    assert manifest["options"]["tune"] == "fastdecode"
+    assert "tune" not in json.loads((untuned["folder"] / "manifest.json").read_text())["options"]
+
+
+def test_a_folder_made_without_tune_is_left_alone_when_the_default_runs_beside_it(sources, prepared, untuned,
+                                                                                   tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(untuned["out"], out)
+    before = tree_hashes(out / "folder" / untuned["folder"].name)
+    report = run_prepare(make_config(sources, out), show_progress=False)
+    assert report.kept == 0 and report.folder.name == prepared["folder"].name != untuned["folder"].name
+    assert tree_hashes(out / "folder" / untuned["folder"].name) == before
+    assert (out / "folder" / "latest").read_text() == report.folder.name + "\n"
+    assert all("cabac=0" in x264_settings(path) for path, _ in prepared_videos(out / "folder").values())
 
 
 def test_shard_parts_then_finalize_equal_one_run(sources, prepared, tmp_path):
@@ -245,7 +320,8 @@ def test_unsealed_folder_is_refused_by_the_reader(tmp_path):
 
 
 def test_config_rejects_what_x264_cannot_do():
-    for options in ({"short_side": 127}, {"gop": 0}, {"crf": 52}, {"preset": "quick"}, {"workers": 0}):
+    for options in ({"short_side": 127}, {"gop": 0}, {"crf": 52}, {"preset": "quick"}, {"tune": "fast"},
+                    {"workers": 0}):
         with pytest.raises(ConfigError):
             PrepareConfig(**options)
 

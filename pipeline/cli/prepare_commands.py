@@ -20,10 +20,11 @@ from pipeline.cli import main
 @click.option("--limit", type=int, default=None, help="Only the first N videos (as extract's --limit).")
 @click.option("--shard", "shard_part", default=None, metavar="i/N", help="Prepare only the videos of part i of N.")
 @click.option("--finalize", is_flag=True, help="Only seal the folder (videos.jsonl, manifest.json) once every part is done.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other config option (crf, preset, split, ...).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any other config option (crf, preset, tune, split, ...).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def prepare(config_path, shard_part, finalize, overrides, no_progress, **options) -> None:
-    """Re-encode each video once (short side 128, a keyframe every 16 frames) into prepared/<data>/<key>/."""
+    """Re-encode each video once (short side 128, a keyframe every 16 frames, x264 fastdecode) into
+    prepared/<data>/<key>/."""
     from extract.config import parse_shard_part
     from pipeline.config import load_config, parse_overrides
     from pipeline.prepared import PrepareConfig, finalize as finalize_folder, run_prepare

@@ -2,8 +2,9 @@
 
 Stage two reads random short clips; from a 250-frame-GOP original each one means decoding up to a GOP of
 full-size frames first. `distinit prepare` writes `<out>/<data>/<key>/videos/...mp4` (short side 128, a keyframe
-every 16 frames, the same frames and timestamps) plus each copy's layout record, so a clip costs at most a GOP of
-small frames and no probe. Stage two reads them through `prepared_videos(folder)`.
+every 16 frames, x264's fastdecode tuning, the same frames and timestamps) plus each copy's layout record, so a
+clip costs at most a GOP of small, cheaply decoded frames and no probe. Stage two reads them through
+`prepared_videos(folder)`.
 
     config.py    PrepareConfig, prepare_key (the folder's key)
     encoding.py  one video's ffmpeg command, its checks, deterministic bytes

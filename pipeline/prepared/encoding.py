@@ -6,6 +6,8 @@ One ffmpeg command (`encode_command`) writes H.264 (libx264, yuv420p) in MP4 wit
     nothing, `-enc_time_base demux` keeps the source's time base, so frame times match the source's probe);
   - a keyframe every `gop` frames and nowhere else (`-keyint_min`, no scene-cut keyframes; x264's GOPs are
     closed), so a clip needs at most gop - 1 frames decoded before its first;
+  - x264's `preset`, its `tune` when one is set (`fastdecode`: CAVLC, no deblocking, no weighted prediction),
+    and `crf`;
   - no audio, subtitles, data streams, chapters or metadata;
   - deterministic: one x264 thread (its output depends on the thread count), bit-exact decoding (MPEG-4 and
     MPEG-2 decoders otherwise pick a CPU-dependent IDCT), scaling and muxing (no encoder version or creation
@@ -50,6 +52,7 @@ class Encoding:
     crf: int
     preset: str
     timeout_seconds: float
+    tune: str | None = None  # x264's -tune, e.g. "fastdecode"; None: x264's default tuning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +87,8 @@ def encode_command(
         "-threads", "1", "-flags:v", "+bitexact", "-i", source,
         "-map", "0:V:0", "-an", "-sn", "-dn", "-map_metadata", "-1", "-map_chapters", "-1",
         "-vf", ",".join(filters), "-filter_threads", "1", "-fps_mode", "passthrough", "-enc_time_base", "demux",
-        "-c:v", "libx264", "-preset", encoding.preset, "-crf", str(encoding.crf), "-pix_fmt", "yuv420p",
+        "-c:v", "libx264", "-preset", encoding.preset, *(["-tune", encoding.tune] if encoding.tune else []),
+        "-crf", str(encoding.crf), "-pix_fmt", "yuv420p",
         "-g", gop, "-keyint_min", gop, "-sc_threshold", "0", "-threads", "1",
         "-fflags", "+bitexact", "-flags:v", "+bitexact", "-movflags", "+faststart", "-f", "mp4", target,
     ]  # fmt: skip

@@ -163,7 +163,7 @@ def run_prepare(config: PrepareConfig, part: tuple[int, int] = (0, 1), show_prog
     make_output_folder(plan.folder / VIDEOS_FOLDER)
     part_index, part_count = part
     mine = [video for video in plan.videos if shard_of_video(video.id, part_count) == part_index]
-    encoding = Encoding(config.short_side, config.gop, config.crf, config.preset, config.timeout_seconds)
+    encoding = Encoding(config.short_side, config.gop, config.crf, config.preset, config.timeout_seconds, config.tune)
     results = in_parallel(lambda video: prepare_video(video, encoding), mine, worker_count(config.workers),
                           "prepare" if show_progress else None)
     kept = sum(was_kept for _, was_kept in results)
