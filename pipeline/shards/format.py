@@ -16,10 +16,10 @@ height, the same for every output of the teacher (one forward pass, one view): i
 classifiers and embeddings, which depends on the video's aspect ratio, (0, 0, 1, 1) for teachers that see the
 whole frame (detectors, pose). Stage two keeps the student's crop inside it. Every dataset is chunked along rows and
 fletcher32-checksummed, so a flipped bit on disk is an error, never a silent value. Teacher outputs are stored
-uncompressed in chunks of about TARGET_CHUNK_BYTES, because stage two reads one or two rows of them per clip: a
+uncompressed in chunks of at most OUTPUT_CHUNK_BYTES, because stage two reads one or two rows of them per clip: a
 2-row read of a 1000-d output cost 0.43 ms from 32-row gzip chunks, 0.13 from lzf and 0.045 uncompressed in
-8-row chunks (measured on one core; bench/scale.py measures it at Kinetics size), and gzip saved 12-14 % of their
-bytes. The row columns and view boxes, read whole once when stage two starts, stay byte-shuffled and gzip-compressed.
+8-row chunks, 0.019 in 4-row ones (one core; bench/scale.py measures it at Kinetics size); gzip saved 12-14 % of
+their bytes. The row columns and view boxes, read whole once when stage two starts, stay byte-shuffled and gzip-compressed.
 `video_layouts` (uint8, checksummed the same way) holds each of the shard's videos' probed layout as JSON
 lines (pipeline.shards.layouts); shards written before it existed lack it and read the same.
 """
@@ -73,7 +73,12 @@ VIDEO_ID_BYTES = 256
 # datasets at the same row boundaries and the file's bytes do not depend on how rows were batched.
 FLUSH_ROWS = 256
 MINIMUM_CHUNK_ROWS = 8
-TARGET_CHUNK_BYTES = 32 * 1024  # 8 rows of a 1000-d float32 output: one clip's read touches one chunk
+TARGET_CHUNK_BYTES = 128 * 1024  # compressed columns: big chunks compress well, and they are read whole
+# Teacher outputs (uncompressed): a clip reads one or two rows, and a read costs about the bytes of the chunks it
+# touches (fletcher32 runs over each whole chunk): 2 rows of a 1000-d float16 output took 0.019 ms from 4-row
+# (8 KB) chunks, 0.037 from 8-row, 0.064 from 16-row (one core, h5py, page cache).
+OUTPUT_CHUNK_BYTES = 8 * 1024
+OUTPUT_MINIMUM_CHUNK_ROWS = 1
 COMPRESSION_LEVEL = 4
 # HDF5 file-format bounds fixed (1.10 format, readable by HDF5 >= 1.10), so bytes do not change with the library.
 LIBVER = ("v110", "v110")
@@ -272,9 +277,10 @@ def compute_stage_key(
     )[:16]
 
 
-def chunk_rows(row_bytes: int) -> int:
-    """Rows per chunk: a power of two near TARGET_CHUNK_BYTES, between MINIMUM_CHUNK_ROWS and FLUSH_ROWS."""
+def chunk_rows(row_bytes: int, target_bytes: int = TARGET_CHUNK_BYTES, minimum_rows: int = MINIMUM_CHUNK_ROWS) -> int:
+    """Rows per chunk: the largest power of two, at most FLUSH_ROWS and at least `minimum_rows`, whose chunk holds at
+    most `target_bytes` (TARGET_CHUNK_BYTES for compressed columns, OUTPUT_CHUNK_BYTES for teacher outputs)."""
     rows = FLUSH_ROWS
-    while rows > MINIMUM_CHUNK_ROWS and rows * row_bytes > TARGET_CHUNK_BYTES:
+    while rows > minimum_rows and rows * row_bytes > target_bytes:
         rows //= 2
     return rows

@@ -190,7 +190,8 @@ class ShardWriter:
             name,
             shape=(0, *shape),
             maxshape=(None, *shape),
-            chunks=(fmt.chunk_rows(row_bytes), *shape),
+            chunks=(fmt.chunk_rows(row_bytes) if compressed else
+                    fmt.chunk_rows(row_bytes, fmt.OUTPUT_CHUNK_BYTES, fmt.OUTPUT_MINIMUM_CHUNK_ROWS), *shape),
             dtype=dtype,
             # Byte-shuffling numbers groups their exponents, which compresses well (and is no use uncompressed).
             shuffle=compressed and dtype.kind != "S",
