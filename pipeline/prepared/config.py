@@ -47,8 +47,8 @@ class PrepareConfig:
     crf: int = 20
     preset: str = "medium"  # x264's default: the bytes/encode-time balance; decode speed barely depends on it
     # x264's -tune (None: x264's default tuning). fastdecode (CAVLC, no deblocking, no weighted prediction): measured
-    # on Kinetics-like copies (bench/prepare_encoding.py), a PyAV clip costs 0.76x the CPU time for 1.07x the bytes
-    # and 0.26 dB less PSNR; a GOP of 8 instead gave 0.93x for 1.22x, so the GOP stays 16.
+    # on Kinetics-like copies (bench/prepare_encoding.py), a PyAV clip costs 0.74x the CPU time for 1.07x the bytes
+    # and 0.26 dB less PSNR; a GOP of 8 instead gave 0.92x for 1.22x, so the GOP stays 16.
     tune: str | None = "fastdecode"
     workers: int | None = None  # ffmpeg encoders at once, one thread each (None: every available core)
     timeout_seconds: float = 600.0  # per video (probe, encode, check)
