@@ -6,11 +6,15 @@ AVI, MPEG-2 in MPEG-TS, an MP4 cut by stream copy whose edit list hides its firs
 frame, each decoded frame named by its nearest frame of one full decode (every noise frame is far from
 every other), then pixel for pixel. PyAV scales with the same filter and
 flags as the ffmpeg path and must be equal; TorchCodec is equal at the stored size, while its own resize
-(bilinear with antialiasing, on RGB) is held to RESIZE_TOLERANCE. TorchCodec is optional: its cases skip
-where it is not installed or cannot load FFmpeg's shared libraries.
+(bilinear with antialiasing, on RGB) is held to RESIZE_TOLERANCE. TorchCodec seeks from the stored layout
+instead of scanning the file: its frames must equal those of its own scanning ("exact") mode. TorchCodec is
+optional: its cases skip where it is not installed or cannot load FFmpeg's shared libraries (CI installs both).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import logging
 
 import numpy as np
 import pytest
@@ -18,9 +22,10 @@ from test_video import FPS, LOSSLESS_FRAMES, LOSSY_FRAMES, decoder, lossless_fra
 from test_video import bad_files, edit_list_video, lossless_video, lossy_video, lossy_video_mp4, video_folder  # noqa: F401
 
 from pipeline.errors import ConfigError, DistinitError, VideoError
-from pipeline.video import backends, decode, read_clip, read_frames, torchcodec_decode
+from pipeline.video import backends, decode, read_clip, read_frames, slow_path, torchcodec_decode
 from pipeline.video.layout_record import layout_from_record, layout_record
 from pipeline.video.probe import probe_layout
+from pipeline.video.segments import Deadline, DecodePlan, Segment
 
 IN_PROCESS = ["pyav", "torchcodec"]
 # TorchCodec's resize against ffmpeg's area/bicubic scale on these blocky noise frames (measured: mean 4.5
@@ -29,13 +34,30 @@ RESIZE_TOLERANCE = 8.0
 FRAME_TIMES = [3.99, 0.0, 0.4, 0.44, 11 / 25, 9 / 25, 1.0, 2.36, 2.4, 0.04, 3.5, 0.96, 23 / 25, 35 / 25, 47 / 25, 1.0]
 
 
+def _skip_without_torchcodec() -> None:
+    pytest.importorskip("torchcodec", exc_type=ImportError)
+    if backends.unavailable_reason("torchcodec"):
+        pytest.skip(backends.unavailable_reason("torchcodec"))
+
+
 @pytest.fixture(params=IN_PROCESS)
 def in_process(request) -> str:
     if request.param == "torchcodec":
-        pytest.importorskip("torchcodec", exc_type=ImportError)
-        if backends.unavailable_reason("torchcodec"):
-            pytest.skip(backends.unavailable_reason("torchcodec"))
+        _skip_without_torchcodec()
     return request.param
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch, caplog):
+    """slow_path's warnings as if this process had given none yet, recorded."""
+    monkeypatch.setattr(slow_path, "_warned", set())
+    caplog.set_level(logging.DEBUG, logger=slow_path.__name__)
+    return caplog
+
+
+def _warnings(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records
+            if record.name == slow_path.__name__ and record.levelno == logging.WARNING]
 
 
 def _nearest(frames: np.ndarray, reference: np.ndarray) -> list[int]:
@@ -170,7 +192,8 @@ def test_auto_picks_torchcodec_only_where_its_pixels_are_exact(monkeypatch):
     assert backends.resolve_decoder("torchcodec", resizing=True) == "torchcodec"
 
 
-def test_torchcodec_hands_inexact_layouts_and_its_failures_to_pyav(video_folder, lossless_video, monkeypatch):
+def test_torchcodec_hands_inexact_layouts_and_its_failures_to_pyav(video_folder, lossless_video, monkeypatch,
+                                                                   fresh_warnings):
     from test_video import LOSSY_CODECS, encode, noise_frames
 
     transport_stream = encode(noise_frames(), video_folder / "handoff.ts", LOSSY_CODECS["mpeg2_open_gop.ts"])
@@ -181,13 +204,82 @@ def test_torchcodec_hands_inexact_layouts_and_its_failures_to_pyav(video_folder,
 
     monkeypatch.setattr(torchcodec_decode, "decode_segments", refuse)
     expected = read_clip(transport_stream, 2.0, 4, decoder="ffmpeg")
-    np.testing.assert_array_equal(read_clip(transport_stream, 2.0, 4, decoder="torchcodec"), expected)
+    for _ in range(2):
+        np.testing.assert_array_equal(read_clip(transport_stream, 2.0, 4, decoder="torchcodec"), expected)
 
     def fail(path, *arguments, **options):
         raise VideoError(path, "Requested next frame while there are no more frames left to decode.")
 
     monkeypatch.setattr(torchcodec_decode, "decode_segments", fail)
-    np.testing.assert_array_equal(read_clip(lossless_video, 1.0, 3, decoder="torchcodec"), lossless_frames()[25:28])
+    for _ in range(2):
+        np.testing.assert_array_equal(read_clip(lossless_video, 1.0, 3, decoder="torchcodec"), lossless_frames()[25:28])
+    # One warning per kind of hand-off (this process), whatever the number of clips; the rest at debug level.
+    cannot_seek, failed = [text for text in _warnings(fresh_warnings) if "torchcodec" in text]
+    assert "seeks are not exact in this file; pyav decodes it instead of torchcodec" in cannot_seek
+    assert "torchcodec failed (Requested next frame" in failed and "pyav decodes it instead" in failed
+
+
+def _layout_and_scan_frames(path, layout, indices) -> tuple[np.ndarray, np.ndarray]:
+    options = {"dimension_order": "NHWC", "num_ffmpeg_threads": 1, "transforms": None}
+    from_layout = torchcodec_decode._frames_from_layout(str(path), layout, indices, "cpu", options)
+    after_scan = torchcodec_decode._frames_after_scan(str(path), indices, "cpu", options)
+    return from_layout.numpy(), after_scan.numpy()
+
+
+@pytest.mark.parametrize("which", ["h264_bframes.mp4", "h264_open_gop.mp4", "edit_list_cut.mp4"])
+def test_torchcodec_from_the_stored_layout_equals_its_scanning_mode(which, video_folder, edit_list_video):
+    _skip_without_torchcodec()
+    from test_video import LOSSY_CODECS, encode, noise_frames
+
+    # This TorchCodec takes the layout as tensors (a version without that would scan every file: fail here).
+    assert torchcodec_decode.layout_seeking_problem() is None
+    path = edit_list_video if which == "edit_list_cut.mp4" else encode(noise_frames(), video_folder / f"layout_{which}",
+                                                                       LOSSY_CODECS[which])
+    layout = probe_layout(path)
+    count = layout.info.frame_count
+    # Not the open-GOP file's last frames: TorchCodec cannot seek there in either mode (backends.py).
+    for indices in (list(range(count - 4)), [3, count // 2, count // 2 + 1, count - 6], [count - 5]):
+        from_layout, after_scan = _layout_and_scan_frames(path, layout, indices)
+        np.testing.assert_array_equal(from_layout, after_scan)
+
+
+def test_torchcodec_places_a_layout_on_timestamps_that_do_not_start_at_zero(video_folder, monkeypatch,
+                                                                            fresh_warnings):
+    _skip_without_torchcodec()
+    from test_video import encode
+
+    # Stored times count from the file's start (0.0 here); the stream's own timestamps start at 3.5 s.
+    path = encode(lossless_frames(), video_folder / "starts_late.mkv", ["-c:v", "ffv1", "-output_ts_offset", "3.5"])
+    layout = probe_layout(path)
+    assert layout.frame_times[0] == 0.0
+
+    def refuse(*arguments, **options):
+        raise AssertionError("TorchCodec scanned the file although its layout was given")
+
+    monkeypatch.setattr(torchcodec_decode, "_frames_after_scan", refuse)
+    frames = read_frames(path, [0.0, 1.0, 0.4, 1.56], decoder="torchcodec", layout=layout)
+    np.testing.assert_array_equal(frames, lossless_frames()[[0, 25, 10, 39]])
+    assert not _warnings(fresh_warnings)  # no hand-off to PyAV either
+
+
+def test_torchcodec_refuses_a_layout_whose_times_are_not_the_file_s(lossless_video):
+    _skip_without_torchcodec()
+    layout = probe_layout(lossless_video)
+    shifted = layout.frame_times.copy()
+    shifted[10:] += 0.5 / FPS  # frames 10 on stored half a frame late
+    plan = DecodePlan(str(lossless_video), dataclasses.replace(layout, frame_times=shifted), (Segment(0, (5, 12, 13)),),
+                      (layout.info.width, layout.info.height), 1, Deadline(30))
+    with pytest.raises(VideoError, match="decoded frame 12 at tick .*, where the stored layout has it at"):
+        torchcodec_decode.decode_segments(plan)
+
+
+def test_a_torchcodec_without_tensor_frame_mappings_scans_and_warns_once(lossless_video, monkeypatch, fresh_warnings):
+    _skip_without_torchcodec()
+    monkeypatch.setattr(torchcodec_decode, "layout_seeking_problem", lambda: "this TorchCodec has none (test)")
+    for _ in range(2):
+        np.testing.assert_array_equal(read_clip(lossless_video, 1.0, 3, decoder="torchcodec"), lossless_frames()[25:28])
+    warned, = _warnings(fresh_warnings)
+    assert "TorchCodec scans the file (this TorchCodec has none (test))" in warned
 
 
 @pytest.mark.gpu

@@ -1,35 +1,37 @@
 """Which library decodes: the `decoder` option of read_clip / read_frames.
 
-    torchcodec  TorchCodec's VideoDecoder, in process; CPU, or CUDA (NVDEC) with decode_device="cuda".
-                Optional: pip install torchcodec, plus FFmpeg's shared libraries.
+    torchcodec  TorchCodec's decoder, in process; CPU, or CUDA (NVDEC) with decode_device="cuda".
+                Optional (requirements.txt pins it: `make setup`); needs FFmpeg's shared libraries from the
+                system. Seeks from the stored layout, without scanning the file (torchcodec_decode.py).
     pyav        PyAV, in process, with the FFmpeg its wheel bundles (pinned: `make setup` installs it).
     ffmpeg      one ffmpeg process per call, frames over a pipe: needs only the ffmpeg binary.
-    auto        the fastest of them that is installed and returns the ffmpeg backend's exact pixels:
-                TorchCodec when no resize is needed (its Resize is bilinear, not ffmpeg's area filter),
-                else PyAV, else ffmpeg; TorchCodec whenever decode_device is CUDA.
+    auto        the fastest of them that is installed and returns the ffmpeg backend's exact pixels: PyAV
+                (measured faster than TorchCodec on CPU), else TorchCodec when no resize is needed (its Resize
+                is bilinear, not ffmpeg's area filter), else ffmpeg; TorchCodec whenever decode_device is CUDA.
 
 Every backend decodes the same plan (pipeline/video/segments.py) and returns the same frames, so the
 choice belongs in no stage key. Layouts whose seeks are not exact (MPEG-TS, AVI without timestamps) go
-from TorchCodec, which cannot be told not to seek, to PyAV (else ffmpeg), with a debug line; so does a
-file TorchCodec fails on (TorchCodec 0.17 cannot seek to the last frames of some open-GOP H.264 files).
+from TorchCodec, which cannot be told not to seek, to PyAV (else ffmpeg); so does a file TorchCodec fails on
+(TorchCodec 0.17 cannot seek to the last frames of some open-GOP H.264 files). Such a clip is decoded by a
+second library (after a failed first try), so each kind of hand-off warns once per process
+(pipeline/video/slow_path.py) and goes to debug after that.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 
 from pipeline.errors import ConfigError, DistinitError, VideoError
 from pipeline.video.segments import DecodePlan
-
-logger = logging.getLogger(__name__)
+from pipeline.video.slow_path import warn_slow_fallback
 
 DECODERS = ("auto", "torchcodec", "pyav", "ffmpeg")
 DECODE_DEVICES = ("cpu", "cuda")
 INSTALL_HINTS = {
     "pyav": "pip install av==18.1.0 (requirements.txt pins it: make setup)",
     "torchcodec": (
-        "pip install torchcodec, and FFmpeg's shared libraries (e.g. apt-get install libavcodec59 libavformat59 "
+        "pip install torchcodec==0.17.0 (requirements.txt pins it: make setup), and FFmpeg's shared libraries "
+        "(e.g. apt-get install libavcodec59 libavformat59 "
         "libavutil57 libswscale6 libavfilter8 libswresample4 libavdevice59)"
     ),
 }
@@ -119,9 +121,11 @@ def _decode_with_torchcodec(plan: DecodePlan, decode_device: str):
         except VideoError as error:
             if plan.deadline.remaining() <= 0:
                 raise
-            logger.debug("%s: torchcodec failed (%s); trying %s", plan.path, error.reason, fallback)
+            warn_slow_fallback("torchcodec failed", plan.path, f"torchcodec failed ({error.reason}); {fallback} "
+                               "decodes it instead", f"decoder={fallback} (or auto) decodes such files once")
     else:
-        logger.debug("%s: seeks are not exact in this file; %s decodes it instead of torchcodec", plan.path, fallback)
+        warn_slow_fallback("torchcodec cannot seek", plan.path, f"seeks are not exact in this file; {fallback} decodes "
+                           "it instead of torchcodec", f"decoder={fallback} (or auto) reads such files directly")
     frames = decode_segments(fallback, plan)
     if decode_device == "cpu":
         return frames
