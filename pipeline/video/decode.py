@@ -12,7 +12,8 @@ are exact). A backend (pipeline/video/backends.py: torchcodec, pyav, ffmpeg; `de
 decodes that plan and scales with ffmpeg's `scale` filter (area to shrink, bicubic to enlarge), so the
 frames are the same whichever runs. tests/test_video.py and tests/test_decoders.py check every backend
 against a full decode (FFV1, H.264 with B-frames and open GOPs in MP4, MPEG-4 in AVI with B-frames,
-MPEG-2 in MPEG-TS).
+MPEG-2 in MPEG-TS). A layout whose seeks are not exact is decoded from frame 0 by every call, up to a whole
+file per clip: the first such call in a process warns (pipeline/video/slow_path.py).
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ from pipeline.video.segments import (  # noqa: F401  (Segment, plan_segments: re
     plan_segments,
     seek_overhead_frames,
 )
+from pipeline.video.slow_path import warn_slow_fallback
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DECODE_TIMEOUT = 120.0
+SEEKABLE_COPIES_ADVICE = "`distinit prepare` makes seekable copies with short GOPs (stage two reads them: --prepared)"
 
 
 def output_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
@@ -65,6 +68,18 @@ def _layout_for(path: str, layout: FrameLayout | None, timeout: float) -> FrameL
         return probe_layout(path, timeout)
     check_video_path(path)  # what probe would have said first: missing, empty, a folder, a FIFO
     return layout
+
+
+def _plan(path: str, layout: FrameLayout, indices: Sequence[int], overhead_frames: float) -> tuple[Segment, ...]:
+    """The segments of `indices` (ascending); warns (once per process) when the layout makes decoding start at
+    frame 0 although a keyframe before the first wanted frame would have done."""
+    if indices and not layout.seekable:
+        keyframes = layout.keyframe_indices
+        before_first = keyframes[: np.searchsorted(keyframes, indices[0], side="right")]
+        if before_first.size and before_first[-1] > 0:
+            warn_slow_fallback("not seekable", path, f"seeks are not exact in this file; decoding {indices[0]} frames "
+                               "before the first one wanted", SEEKABLE_COPIES_ADVICE)
+    return tuple(plan_for_layout(layout, indices, overhead_frames))
 
 
 def _take_rows(frames, rows: list[int]):
@@ -116,9 +131,9 @@ def read_frames(
     if not wanted:
         return _no_frames(size, decode_device)
     unique = sorted(set(wanted))
-    segments = plan_for_layout(layout, unique, seek_overhead_frames(strategy, info.width, info.height))
+    segments = _plan(path, layout, unique, seek_overhead_frames(strategy, info.width, info.height))
     logger.debug("%s: %d frames in %d segments (%s)", path, len(unique), len(segments), backend)
-    plan = DecodePlan(path, layout, tuple(segments), size, threads, deadline)
+    plan = DecodePlan(path, layout, segments, size, threads, deadline)
     frames = decode_segments(backend, plan, decode_device)
     position = {index: row for row, index in enumerate(unique)}
     return _take_rows(frames, [position[index] for index in wanted])
@@ -155,7 +170,7 @@ def read_clip(
     indices = [index for index in range(first, first + num_frames * stride, stride) if index < info.frame_count]
     size = output_size(info.width, info.height, short_side)
     backend = resolve_decoder(decoder, decode_device, resizing=size != (info.width, info.height))
-    plan = DecodePlan(path, layout, tuple(plan_for_layout(layout, indices, math.inf)), size, threads, deadline)
+    plan = DecodePlan(path, layout, _plan(path, layout, indices, math.inf), size, threads, deadline)
     frames = decode_segments(backend, plan, decode_device)
     if len(indices) < num_frames:
         logger.debug("%s: clip at %.3fs runs past the last frame; repeating it %d times", path, start,

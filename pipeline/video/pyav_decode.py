@@ -15,18 +15,23 @@ frame's decoding cannot be interrupted.
 
 from __future__ import annotations
 
+import collections
 import fractions
 import itertools
 import logging
+import os
+import threading
 from typing import Iterator
 
 import av
 import numpy as np
 
 from pipeline.errors import VideoError
+from pipeline.video.decode import SEEKABLE_COPIES_ADVICE
 from pipeline.video.ffmpeg_decode import scale_flags
 from pipeline.video.probe import FrameLayout
 from pipeline.video.segments import Deadline, DecodePlan, Segment, keyframe_seek_microseconds
+from pipeline.video.slow_path import warn_slow_fallback
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +41,8 @@ _ROTATION_FILTERS = {
     -90: [("transpose", "clock")],
     180: [("hflip", None), ("vflip", None)],
 }
+# Filter graphs kept per process: one per kind of input a worker meets (Kinetics originals come in a few sizes).
+CACHED_GRAPHS = 16
 
 
 def decode_segments(plan: DecodePlan) -> np.ndarray:
@@ -45,22 +52,27 @@ def decode_segments(plan: DecodePlan) -> np.ndarray:
     short read); nothing decoded at all is a VideoError.
     """
     path, deadline = plan.path, plan.deadline
-    rows: list[np.ndarray | None] = []
+    width, height = plan.size
+    frames = np.empty((plan.frame_count, height, width, 3), dtype=np.uint8)
+    filled = np.zeros(plan.frame_count, dtype=bool)
     try:
         with av.open(path, metadata_errors="replace", timeout=max(deadline.remaining(), 0.001)) as container:
             stream = _video_stream(container, path)
             stream.codec_context.thread_type = "AUTO"  # frame and slice threads, as the command line
             stream.codec_context.thread_count = 0 if plan.threads is None else plan.threads
             reader = _FrameReader(container, stream, plan.layout, deadline, path)
-            converter = _RGBConverter(plan.size, plan.threads)
+            first_row = 0
             for segment in plan.segments:
-                found = {index: converter(frame) for index, frame in reader.wanted_frames(segment)}
-                rows += [found.get(index) for index in segment.indices]
+                row_of = {index: first_row + offset for offset, index in enumerate(segment.indices)}
+                for index, frame in reader.wanted_frames(segment):
+                    convert_into(frame, frames[row_of[index]], plan.size, plan.threads)
+                    filled[row_of[index]] = True
+                first_row += len(segment.indices)
     except av.FFmpegError as error:
         if deadline.remaining() <= 0:
             raise VideoError(path, f"timed out after {deadline.timeout:g}s") from None
         raise VideoError(path, describe_error(error)) from None
-    return _fill_missing(rows, path)
+    return _fill_missing(frames, filled, path)
 
 
 def describe_error(error: av.FFmpegError) -> str:
@@ -80,19 +92,19 @@ def _video_stream(container, path: str):
     raise VideoError(path, "no video stream")
 
 
-def _fill_missing(rows: list[np.ndarray | None], path: str) -> np.ndarray:
-    decoded = [row for row in rows if row is not None]
-    if not decoded:
+def _fill_missing(frames: np.ndarray, filled: np.ndarray, path: str) -> np.ndarray:
+    """`frames` with each row never decoded (the video ended first) copied from the decoded row before it, or from
+    the first decoded row for rows before any."""
+    decoded = np.flatnonzero(filled)
+    if len(decoded) == 0:
         raise VideoError(path, "decoded no frames")
-    if len(decoded) < len(rows):
-        logger.debug("%s: decoded %d of %d frames; repeating the last one", path, len(decoded), len(rows))
-        previous = decoded[0]
-        for position, row in enumerate(rows):
-            if row is None:
-                rows[position] = previous
-            else:
-                previous = row
-    return np.stack(rows)
+    if len(decoded) < len(frames):
+        logger.debug("%s: decoded %d of %d frames; repeating the last one", path, len(decoded), len(frames))
+        sources = np.maximum.accumulate(np.where(filled, np.arange(len(frames)), -1))
+        sources[sources < 0] = decoded[0]
+        missing = ~filled
+        frames[missing] = frames[sources[missing]]
+    return frames
 
 
 class _FrameReader:
@@ -141,40 +153,47 @@ class _FrameReader:
                 break  # landed past the keyframe, or cannot tell: decode from the start instead
             self.decoded, self.position = itertools.chain([frame], self.decoded), keyframe_index
             return
-        logger.debug("%s: seek to frame %d was not exact; decoding from the start", self.path, keyframe_index)
+        reason = f"seek to frame {keyframe_index} was not exact; decoding from the start"
+        warn_slow_fallback("pyav inexact seek", self.path, reason, SEEKABLE_COPIES_ADVICE)
         self.container.seek(self.start_microseconds)
         self.decoded, self.position = self.container.decode(self.stream), 0
 
 
-class _RGBConverter:
-    """Decoded frames to (H, W, 3) uint8 RGB at `size`, through the filters the ffmpeg command line uses."""
+def convert_into(frame: av.VideoFrame, out: np.ndarray, size: tuple[int, int], threads: int | None) -> None:
+    """Write `frame` as (H, W, 3) uint8 RGB at `size` into `out`, through this process's filter graph for it."""
+    key = (frame.width, frame.height, frame.format.name, frame.rotation, frame.colorspace, frame.color_range,
+           frame.color_primaries, frame.color_trc, size, threads)
+    graphs = _graphs_by_thread.setdefault((os.getpid(), threading.get_ident()), collections.OrderedDict())
+    graph = graphs.pop(key, None)  # put back below, last: the least recently used is first
+    if graph is None:
+        graph = _build_graph(frame, size, threads)
+        while len(graphs) >= CACHED_GRAPHS:
+            graphs.popitem(last=False)
+    graph.vpush(frame)
+    # rgb24's to_ndarray is a view of the filtered frame's plane (line padding skipped): this is the one copy.
+    out[...] = graph.vpull().to_ndarray()
+    graphs[key] = graph  # not reached after an error: a graph that failed mid-frame is not reused
 
-    def __init__(self, size: tuple[int, int], threads: int | None):
-        self.size, self.threads = size, threads
-        self.graph = None
-        self.shape_key: tuple | None = None
 
-    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        shape_key = (frame.width, frame.height, frame.format.name, frame.rotation)
-        if shape_key != self.shape_key:  # the first frame, or the stream changed size or format
-            self.graph, self.shape_key = self._build(frame), shape_key
-        self.graph.vpush(frame)
-        return self.graph.vpull().to_ndarray()
+# By process and thread: a graph is not thread-safe, and a forked loader worker builds its own graphs and never runs,
+# nor frees, those it inherited (freeing one would join threads that did not survive the fork).
+_graphs_by_thread: dict[tuple[int, int], collections.OrderedDict[tuple, av.filter.Graph]] = {}
 
-    def _build(self, frame: av.VideoFrame):
-        graph = av.filter.Graph()
-        if self.threads is not None:
-            graph.threads = self.threads
-        time_base = frame.time_base or fractions.Fraction(1, 90000)  # the buffer source needs one; scale ignores it
-        nodes = [graph.add_buffer(width=frame.width, height=frame.height, format=frame.format, time_base=time_base)]
-        rotation = round(frame.rotation / 90) * 90 % 360
-        rotation = rotation - 360 if rotation > 180 else rotation  # 270 -> -90
-        for name, argument in _ROTATION_FILTERS.get(rotation, []):
-            nodes.append(graph.add(name, argument))
-        shown_size = (frame.height, frame.width) if rotation in (90, -90) else (frame.width, frame.height)
-        if self.size != shown_size:
-            flags = scale_flags(shown_size, self.size)
-            nodes.append(graph.add("scale", f"{self.size[0]}:{self.size[1]}:flags={flags}"))
-        nodes += [graph.add("format", "rgb24"), graph.add("buffersink")]
-        graph.link_nodes(*nodes).configure()
-        return graph
+
+def _build_graph(frame: av.VideoFrame, size: tuple[int, int], threads: int | None) -> av.filter.Graph:
+    graph = av.filter.Graph()
+    if threads is not None:
+        graph.threads = threads
+    time_base = frame.time_base or fractions.Fraction(1, 90000)  # the buffer source needs one; scale ignores it
+    nodes = [graph.add_buffer(width=frame.width, height=frame.height, format=frame.format, time_base=time_base)]
+    rotation = round(frame.rotation / 90) * 90 % 360
+    rotation = rotation - 360 if rotation > 180 else rotation  # 270 -> -90
+    for name, argument in _ROTATION_FILTERS.get(rotation, []):
+        nodes.append(graph.add(name, argument))
+    shown_size = (frame.height, frame.width) if rotation in (90, -90) else (frame.width, frame.height)
+    if size != shown_size:
+        flags = scale_flags(shown_size, size)
+        nodes.append(graph.add("scale", f"{size[0]}:{size[1]}:flags={flags}"))
+    nodes += [graph.add("format", "rgb24"), graph.add("buffersink")]
+    graph.link_nodes(*nodes).configure()
+    return graph
