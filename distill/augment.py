@@ -7,10 +7,13 @@ inside that box (`crop_box`): a classifier teacher saw only the centre square of
 should not be asked for its label from pixels it never saw. A flip mirrors the cropped pixels themselves, so
 the student still sees only pixels from inside the box (mirrored, as a teacher shown the mirrored frame would).
 
-RGB clips leave the DataLoader workers as (3, T, H, W) uint8 (`rgb_frames_to_tensor`): a quarter of the
-bytes of float32 through the workers' shared memory and the host-to-device copy. The training and
-evaluation steps normalise them on the device (`video_to_device`, `normalise_video`), to the values
-`rgb_to_tensor` gives on the host (the same float32 operations in the same order).
+RGB clips leave the DataLoader workers as the decoder wrote them, (T, H, W, 3) uint8 (`rgb_clip_tensor`: the
+crop is a view, not a copy), with a flag saying whether they are to be mirrored: the DataLoader's collate makes
+the one host copy, into a (B, T, H, W, 3) batch, a quarter of the bytes of float32 through the workers' shared
+memory and the host-to-device copy. On the device `video_to_device` mirrors the flagged clips, views the batch
+as (B, 3, T, H, W) (physically channels_last_3d already, the layout the students run in on CUDA) and normalises
+it (`normalise_video`), to the values `rgb_to_tensor` gives on the host (the same float32 operations in the same
+order; a mirror only moves bytes).
 
 Heatmap targets are drawn over the crop itself, from the keypoint coordinates stage one stored
 (distill.keypoint_heatmaps), so they follow the crop. A flip mirrors the drawn maps along the width
@@ -237,11 +240,22 @@ def rgb_to_tensor(frames: np.ndarray, normalisation: Normalisation = VIDEO_NORMA
     return torch.from_numpy(video)
 
 
-def rgb_frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (3, T, H, W) uint8, contiguous: a clip as it travels to the device."""
+def rgb_clip_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 frames (a crop view too) -> a tensor over the same memory: a clip as it leaves a loader
+    worker. Collating makes the one copy, into a (B, T, H, W, 3) batch."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(frames.transpose(3, 0, 1, 2)))
+    return torch.from_numpy(frames)
+
+
+def channels_first(video: torch.Tensor) -> torch.Tensor:
+    """A batch of uint8 RGB clips as (B, 3, T, H, W): (B, T, H, W, 3), as the loaders collate them, becomes a view
+    (channels_last_3d: no copy); (B, 3, T, H, W) stays as it is. A batch whose last axis holds 3 is taken for the
+    former (a clip 3 pixels wide is no network's input)."""
+    if video.dtype != torch.uint8 or video.dim() != 5 or 3 not in (video.shape[1], video.shape[-1]):
+        raise ValueError(f"expected (B, T, H, W, 3) or (B, 3, T, H, W) uint8 clips, got {tuple(video.shape)} "
+                         f"{video.dtype}")
+    return video.permute(0, 4, 1, 2, 3) if video.shape[-1] == 3 else video  # (B, 3, T, H, W)
 
 
 @functools.lru_cache(maxsize=16)
@@ -256,23 +270,39 @@ def _device_constants(normalisation: Normalisation, device: torch.device) -> tup
 
 def normalise_video(video: torch.Tensor, normalisation: Normalisation = VIDEO_NORMALISATION, *,
                     memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """(B, 3, T, H, W) uint8 on any device -> float32 on that device, (byte / 255 - mean) / std in `memory_format`:
-    rgb_to_tensor's values (its table holds the same float32 operations in the same order)."""
-    if video.dtype != torch.uint8 or video.dim() != 5 or video.shape[1] != 3:
-        raise ValueError(f"expected (B, 3, T, H, W) uint8 clips, got {tuple(video.shape)} {video.dtype}")
+    """uint8 RGB clips, (B, T, H, W, 3) or (B, 3, T, H, W) (`channels_first`), on any device -> (B, 3, T, H, W)
+    float32 on that device, (byte / 255 - mean) / std in `memory_format`: rgb_to_tensor's values (its table holds
+    the same float32 operations in the same order)."""
+    return _normalise(channels_first(video), normalisation, memory_format)
+
+
+def _normalise(video: torch.Tensor, normalisation: Normalisation, memory_format: torch.memory_format,
+               flipped: list[bool] | None = None) -> torch.Tensor:
+    """(B, 3, T, H, W) uint8 -> float32 normalised, the clips `flipped` names mirrored on the way: the mirror rides
+    on the one float32 conversion, a mirrored clip flipped in uint8 first (a quarter of the float bytes)."""
     scale, mean, std = _device_constants(normalisation, video.device)
-    return video.to(torch.float32, memory_format=memory_format).div_(scale).sub_(mean).div_(std)
+    if flipped is None or not any(flipped):
+        floats = video.to(torch.float32, memory_format=memory_format)
+    else:
+        floats = torch.empty(video.shape, dtype=torch.float32, device=video.device, memory_format=memory_format)
+        for row, flip in enumerate(flipped):
+            floats[row].copy_(video[row].flip(-1) if flip else video[row])
+    return floats.div_(scale).sub_(mean).div_(std)
 
 
 def video_to_device(video: torch.Tensor, device: torch.device, normalisation: Normalisation | None, *,
-                    channels_last: bool = False) -> torch.Tensor:
-    """A batch of clips as the network takes it, on `device`: uint8 RGB (B, 3, T, H, W) copied without waiting
-    (from pinned memory on CUDA) and normalised there with `normalisation`; anything else (flow, clips already
-    normalised on the host) copied as it is."""
+                    channels_last: bool = False, flipped: torch.Tensor | None = None) -> torch.Tensor:
+    """A batch of clips as the network takes it, (B, C, T, H, W) on `device`. uint8 RGB clips ((B, T, H, W, 3) as
+    the loaders collate them, or (B, 3, T, H, W)) are copied without waiting (from pinned memory on CUDA), mirrored
+    left-right where `flipped` ((B,) bool, the batch's "flipped": a host tensor, so reading it waits for nothing)
+    says, and normalised there with `normalisation`; with `channels_last` the result is channels_last_3d,
+    which (B, T, H, W, 3) bytes already are. Anything else (flow, clips normalised on the host: mirrored on the
+    host already, so `flipped` is not applied) is copied as it is."""
     video = video.to(device, non_blocking=True)
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-    if video.dtype == torch.uint8:
-        if normalisation is None:
-            raise ValueError("uint8 RGB clips need an input normalisation; this network takes none (a flow network?)")
-        return normalise_video(video, normalisation, memory_format=memory_format)
-    return video.contiguous(memory_format=memory_format) if channels_last else video
+    if video.dtype != torch.uint8:
+        return video.contiguous(memory_format=memory_format) if channels_last else video
+    if normalisation is None:
+        raise ValueError("uint8 RGB clips need an input normalisation; this network takes none (a flow network?)")
+    flags = None if flipped is None else [bool(flag) for flag in flipped.tolist()]
+    return _normalise(channels_first(video), normalisation, memory_format, flags)  # (B, 3, T, H, W)

@@ -2,8 +2,9 @@
 
 Sample `index` is clip `index // len(video_ids)` of video `video_ids[index % len(video_ids)]`:
 
-    {"video": (C, T, crop, crop) uint8 or float32, "targets": {"<teacher>/<output>": (*shape) float32, ...},
-     "video_id": str, "target_video_id": str, "clip_start": seconds, "index": int, "num_teacher_frames": int,
+    {"video": (T, crop, crop, 3) uint8 or (2, T, crop, crop) float32, "flipped": bool,
+     "targets": {"<teacher>/<output>": (*shape) float32, ...}, "video_id": str, "target_video_id": str,
+     "clip_start": seconds, "index": int, "num_teacher_frames": int,
      "crop_in_view": the fraction of the crop's area inside the teachers' view}
 
 The crop keeps at least `crop_in_teacher_view` of its area inside the intersection of the view boxes (the part
@@ -15,8 +16,10 @@ keypoints arrive as "<teacher>/heatmaps" (K, G, G) drawn over this sample's crop
 says whether a person was seen inside the crop (distill.keypoint_heatmaps); the trainer picks what its
 heads need. "target_video_id" is the video whose teacher rows gave the targets: `video_id`, or with
 `shuffle_targets` another video's (distill.shuffled_targets, the control that trains on wrong targets).
-C is 3 (RGB bytes, uint8: the trainer normalises them on the device with the student's input normalisation,
-distill.augment.video_to_device) or 2 (flow x, y in [-1, 1], float32). "index" is the sample actually
+"video" is RGB bytes as decoded, (T, H, W, 3) uint8 (a view of the crop: the DataLoader's collate makes the one
+host copy), which the trainer mirrors where "flipped" says and normalises on the device with the student's input
+normalisation (distill.augment.video_to_device); or flow x, y in [-1, 1], (2, T, H, W) float32, mirrored here.
+"flipped": the sample is mirrored left-right (its targets already are). "index" is the sample actually
 returned: when a video fails to decode, the next sample stands in (see __getitem__).
 Window placement and aggregation: distill.windows; crop/flip: distill.augment; keypoint heatmaps:
 distill.keypoint_heatmaps; flow: distill.flow; `cache_clips`: distill.clip_cache.
@@ -297,7 +300,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
             window_rows, self.output_kinds, self.target_agg, rng, self.heatmap_masks, self.temperature,
         )
         if self.clip.modality == "rgb":
-            video = augment.rgb_frames_to_tensor(augment.flip_frames(pixels) if flipped else pixels)  # (3, T, H, W)
+            video = augment.rgb_clip_tensor(pixels)  # (T, H, W, 3), a view; mirrored on the device when flipped
         else:
             # Mirroring the flow (not recomputing it on mirrored frames) keeps a flip exact.
             video = flow.flow_to_tensor(flow.flip_flow(pixels) if flipped else pixels)
@@ -305,6 +308,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
             targets = augment.flip_targets(targets, self.flip_plan)
         return {
             "video": video,
+            "flipped": bool(flipped),
             "targets": {key: torch.from_numpy(np.array(value, dtype=np.float32)) for key, value in targets.items()},
             "video_id": video_id,
             "target_video_id": target_video_id,

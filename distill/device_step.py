@@ -39,7 +39,9 @@ def input_normalisation(model: torch.nn.Module) -> Normalisation | None:
 
 
 def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool, normalisation: Normalisation | None):
-    """A distill batch's (video, targets) on `device`: uint8 RGB normalised there, flow and targets as they are."""
-    video = video_to_device(batch["video"], device, normalisation, channels_last=channels_last)
+    """A distill batch's (video, targets) on `device`: uint8 RGB mirrored where "flipped" says and normalised there,
+    flow (mirrored on the host) and targets as they are."""
+    video = video_to_device(batch["video"], device, normalisation, channels_last=channels_last,
+                            flipped=batch.get("flipped"))
     targets = {key: value.to(device, non_blocking=True) for key, value in batch["targets"].items()}
     return video, targets

@@ -1,18 +1,21 @@
 """Clips of labeled videos (HMDB-51 / UCF-101 records) for finetuning and for testing.
 
 Training, one clip per video per epoch (pytorchvideo-style sample dicts):
-    {"video": (3, T, crop, crop) uint8 or float32, "label": int, "video_index": int, "clip_start": seconds}
+    {"video": (T, crop, crop, 3) uint8 or (3, T, crop, crop) float32, "flipped": bool, "label": int,
+     "video_index": int, "clip_start": seconds}
 a random start anywhere in the video, a random crop of the frames resized to `short_side`, a random
 left-right flip (unless `flip=False`, for classes a mirror changes: pan left / pan right). The init's
 normalisation (evaluate.initialization: the video mean/std of stage two for distilled and scratch
 trunks, the 2D model's own for inflated ones) is applied where `normalisation` says: with None the clips
-stay uint8 RGB bytes, which finetuning normalises on the device (distill.augment.video_to_device); with
-a Normalisation (the default: the video mean/std) they come out float32, normalised here, ready for a
-network. Randomness is a function of (seed, epoch, index) only, so any number of DataLoader workers gives
-the same clips; a key is an (index, epoch) pair as distill.sampler.ResumableSampler yields them, so
+stay uint8 RGB bytes as decoded, (T, H, W, 3), a view of the crop that collating copies once, which
+finetuning mirrors where "flipped" says and normalises on the device (distill.augment.video_to_device); with
+a Normalisation (the default: the video mean/std) they come out float32 (3, T, H, W), mirrored and normalised
+here, ready for a network. Randomness is a function of (seed, epoch, index) only, so any number of DataLoader
+workers gives the same clips; a key is an (index, epoch) pair as distill.sampler.ResumableSampler yields them, so
 persistent workers draw each epoch's clips (a plain index takes the epoch of `set_epoch`).
 
-Testing, one sample per video holding all of its views (uint8 or float32, as for training):
+Testing, one sample per video holding all of its views (uint8 or float32, as for training; uint8 views are
+THWC in memory, a channels_last_3d view of one copy of the crops):
     {"video": (clips x crops, 3, T, crop, crop), "label": int, "video_index": int, "failed": str | None}
 `clips_per_video` starts spaced uniformly from the first frame to the last possible start; each clip is
 centre-cropped, or with `three_crop` cropped at the start, centre and end of the long side (left/centre/
@@ -99,11 +102,15 @@ class VideoLayouts:
         return path, layout
 
 
-def clip_tensor(frames: np.ndarray, normalisation: Normalisation | None) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (3, T, H, W): uint8 without a normalisation, else float32 normalised with it."""
+def clip_views(clips: np.ndarray, offsets: list[tuple[int, int]], crop: int,
+               normalisation: Normalisation | None) -> torch.Tensor:
+    """(clips, T, H, W, 3) uint8 -> each clip's crop at each (top, left) of `offsets`, as (clips x crops, 3, T, crop,
+    crop): uint8 without a normalisation (one copy of the crops, a channels_last_3d view of it), else float32
+    normalised with it."""
+    views = [augment.crop_frames(clip, top, left, crop) for clip in clips for top, left in offsets]
     if normalisation is None:
-        return augment.rgb_frames_to_tensor(frames)
-    return augment.rgb_to_tensor(frames, normalisation)
+        return torch.from_numpy(np.stack(views)).permute(0, 4, 1, 2, 3)
+    return torch.stack([augment.rgb_to_tensor(view, normalisation) for view in views])
 
 
 def _check_records(records: Sequence[VideoRecord], what: str) -> list[VideoRecord]:
@@ -161,10 +168,14 @@ class TrainingClips(torch.utils.data.Dataset):
                            threads=1, decoder=self.decoder, layout=layout, decode_device=self.decode_device)  # (T, H, W, 3)
         top, left = augment.crop_box(frames.shape[1], frames.shape[2], self.clip.crop, rng)
         frames = augment.crop_frames(frames, top, left, self.clip.crop)
-        if rng.random() < augment.FLIP_PROBABILITY and self.flip:  # drawn either way: flip=False keeps the crops
-            frames = augment.flip_frames(frames)
-        return {"video": clip_tensor(frames, self.normalisation), "label": int(record.label),
-                "video_index": index, "clip_start": start / fps}
+        # Drawn either way: flip=False keeps the crops.
+        flipped = bool(rng.random() < augment.FLIP_PROBABILITY and self.flip)
+        if self.normalisation is None:
+            video = augment.rgb_clip_tensor(frames)  # (T, H, W, 3), a view; mirrored on the device when flipped
+        else:
+            video = augment.rgb_to_tensor(augment.flip_frames(frames) if flipped else frames, self.normalisation)
+        return {"video": video, "flipped": flipped, "label": int(record.label), "video_index": index,
+                "clip_start": start / fps}
 
 
 class EvaluationClips(torch.utils.data.Dataset):
@@ -206,8 +217,7 @@ class EvaluationClips(torch.utils.data.Dataset):
             sample["failed"] = error.reason
         else:
             offsets = crop_offsets(frames.shape[2], frames.shape[3], self.clip.crop, self.three_crop)
-            views = torch.stack([clip_tensor(augment.crop_frames(clip, top, left, self.clip.crop), self.normalisation)
-                                 for clip in frames for top, left in offsets])  # (clips x crops, 3, T, crop, crop)
+            views = clip_views(frames, offsets, self.clip.crop, self.normalisation)  # (clips x crops, 3, T, crop, crop)
         sample["video"] = views
         if self.temporal_ablations:
             sample["ablations"] = ablated_views(views, index, self.crops_per_clip)

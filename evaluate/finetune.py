@@ -66,8 +66,9 @@ class FinetuneError(DistinitError):
 def train_one_epoch(model, loader, optimizer, autocast, scaler, state, config, total_steps, device, progress,
                     normalisation: Normalisation):
     """One epoch over full batches, without waiting for the device at each step: clips arrive as uint8 and are
-    normalised on the device with `normalisation`, the loss and correct clips are summed there, and a non-finite
-    loss is looked for every NONFINITE_CHECK_EVERY steps and at the end (FinetuneError; nothing is saved yet)."""
+    mirrored (where "flipped" says) and normalised on the device with `normalisation`, the loss and correct clips are
+    summed there, and a non-finite loss is looked for every NONFINITE_CHECK_EVERY steps and at the end (FinetuneError;
+    nothing is saved yet)."""
     model.train()
     watch = NonFiniteWatch(DistributedContext(0, 1, 0, device), first_step=state["step"] + 1, error=FinetuneError,
                            hint="lower --lr")
@@ -78,7 +79,7 @@ def train_one_epoch(model, loader, optimizer, autocast, scaler, state, config, t
                            total_steps=total_steps, min_lr_fraction=config.min_lr_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
-        video = video_to_device(batch["video"], device, normalisation)
+        video = video_to_device(batch["video"], device, normalisation, flipped=batch.get("flipped"))
         labels = batch["label"].to(device, non_blocking=True)
         with autocast:
             logits = model(video)

@@ -104,13 +104,17 @@ def test_rgb_normalisation_uses_the_video_mean_and_std():
     assert torch.allclose(video[1], torch.full((2, 3, 3), expected_green))
 
 
-def test_clips_travel_as_uint8_channels_first():
-    frames = np.random.default_rng(2).integers(0, 256, (2, 3, 5, 3), dtype=np.uint8)  # (T, H, W, 3)
-    video = augment.rgb_frames_to_tensor(augment.flip_frames(frames))  # a flipped view is made contiguous
-    assert video.shape == (3, 2, 3, 5) and video.dtype == torch.uint8 and video.is_contiguous()
-    assert video[2, 1, 0, 4] == frames[1, 0, 0, 2]
+def test_clips_travel_as_uint8_views_of_the_decoded_frames():
+    frames = np.random.default_rng(2).integers(0, 256, (2, 6, 7, 3), dtype=np.uint8)  # (T, H, W, 3)
+    cropped = augment.crop_frames(frames, 1, 2, 4)
+    video = augment.rgb_clip_tensor(cropped)  # no copy: collating makes the one copy
+    assert video.shape == (2, 4, 4, 3) and video.dtype == torch.uint8 and not video.is_contiguous()
+    assert video.data_ptr() == cropped.__array_interface__["data"][0] and np.shares_memory(video.numpy(), frames)
+    assert torch.equal(video, torch.from_numpy(np.ascontiguousarray(cropped)))
+    batch = torch.utils.data.default_collate([video, video])  # (B, T, H, W, 3)
+    assert batch.shape == (2, 2, 4, 4, 3) and batch.is_contiguous()
     with pytest.raises(ValueError, match="uint8"):
-        augment.rgb_frames_to_tensor(frames.astype(np.float32))
+        augment.rgb_clip_tensor(frames.astype(np.float32))
 
 
 # ---------------------------------------------------------------- crops inside the teachers' view

@@ -29,23 +29,29 @@ def test_rgb_to_tensor_applies_the_given_normalisation_exactly():
 
 
 def test_uint8_clips_normalised_on_the_device_equal_the_host_path_bit_for_bit():
-    # Every byte value in every channel, in clips of odd sizes; a batch of two clips.
+    # Every byte value in every channel, in clips of odd sizes; a batch of two clips, as the loaders collate them.
     every_byte = np.arange(256, dtype=np.uint8).repeat(3).reshape(4, 8, 8, 3)
     noise = np.random.default_rng(5).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    travelling = torch.stack([augment.rgb_clip_tensor(frames) for frames in (every_byte, noise)])  # (2, T, H, W, 3)
     for normalisation in (VIDEO_NORMALISATION, IMAGENET, Normalisation((0.498,) * 3, (0.502,) * 3)):
         host = torch.stack([rgb_to_tensor(frames, normalisation) for frames in (every_byte, noise)])  # (2, 3, T, H, W)
-        travelling = torch.stack([augment.rgb_frames_to_tensor(frames) for frames in (every_byte, noise)])
-        assert travelling.dtype == torch.uint8 and travelling.shape == host.shape and travelling.is_contiguous()
         assert torch.equal(augment.normalise_video(travelling, normalisation), host)
+        channels_first = travelling.permute(0, 4, 1, 2, 3).contiguous()  # (B, 3, T, H, W) bytes are taken too
+        assert torch.equal(augment.normalise_video(channels_first, normalisation), host)
+        on_device = augment.video_to_device(travelling, torch.device("cpu"), normalisation)
+        assert on_device.is_contiguous() and torch.equal(on_device, host)
         channels_last = augment.video_to_device(travelling, torch.device("cpu"), normalisation, channels_last=True)
         assert channels_last.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(channels_last, host)
     # Flow (float) and clips normalised on the host pass through; uint8 without a normalisation is refused.
     flow = torch.rand(2, 2, 4, 8, 8)
     assert augment.video_to_device(flow, torch.device("cpu"), None) is flow
+    assert augment.video_to_device(flow, torch.device("cpu"), None, flipped=torch.tensor([True, True])) is flow
     with pytest.raises(ValueError, match="normalisation"):
         augment.video_to_device(travelling, torch.device("cpu"), None)
     with pytest.raises(ValueError, match="uint8 clips"):
         augment.normalise_video(travelling.float())
+    with pytest.raises(ValueError, match="uint8 clips"):
+        augment.normalise_video(torch.zeros(2, 4, 4, 8, 8, dtype=torch.uint8))  # no axis of 3 channels
 
 
 def test_tables_are_built_once_per_normalisation_and_read_only():
