@@ -162,12 +162,12 @@ def sample_worker_memory(iterator, peaks: dict[str, float]) -> None:
 def prefill_probes(dataset) -> float:
     """A candidate fix, measured: probe every video once in the parent, so forked workers inherit the
     results (the probe cache and the dataset's fps / frame count) instead of re-probing every epoch."""
-    from pipeline.video.layout_record import layout_record
     from pipeline.video.probe import probe_layout
 
     started = time.perf_counter()
-    for video_id, path in dataset.paths.items():
-        dataset._probed[video_id] = layout_record(probe_layout(path))  # what the dataset keeps of a probe
+    for position in dataset.positions:
+        if not dataset.videos.layouts.has(position):
+            dataset._probed[int(position)] = probe_layout(dataset.videos.paths[position])  # what the dataset keeps
     return round(time.perf_counter() - started, 4)
 
 

@@ -35,7 +35,7 @@ from distill.seeding import own_rng_state, restore_rng_states
 from pipeline.atomic import atomic_path, atomic_write_text, remove_leftover_temporary_files
 from pipeline.errors import DistinitError, output_error
 from pipeline.init_sources import CHECKPOINT_LAST
-from pipeline.shards import stored_layouts
+from pipeline.shards import TargetStore, stored_layouts
 from pipeline.video.layout_record import record_sha256
 
 logger = logging.getLogger(__name__)
@@ -84,8 +84,13 @@ def pretraining_content_hashes(targets_dir: str | os.PathLike, video_ids) -> lis
     CONTENT_HASH_DIGITS hex digits, sorted and distinct; None when the targets store none (written before
     extract-5). They are the hashes of the files stage one read, the originals, even when distill reads `prepare`'s
     re-encoded copies."""
-    layouts = stored_layouts(targets_dir)
-    hashes = {record_sha256(layouts.get(video_id)) for video_id in video_ids} - {None}
+    index = TargetStore(targets_dir).video_index()
+    if index is not None:  # packed by stage one: no JSON to parse at every start
+        positions = index.rows.positions()
+        hashes = {index.content_hash(positions[video_id]) for video_id in video_ids if video_id in positions} - {None}
+    else:
+        layouts = stored_layouts(targets_dir)
+        hashes = {record_sha256(layouts.get(video_id)) for video_id in video_ids} - {None}
     return sorted(digest[:CONTENT_HASH_DIGITS] for digest in hashes) if hashes else None
 
 

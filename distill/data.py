@@ -11,10 +11,12 @@ The crop keeps at least `crop_in_teacher_view` of its area inside the intersecti
 of the frame each teacher saw, stored by stage one) of the teachers that feed the loss (a head, a weight > 0);
 0 draws it anywhere (distill.augment.crop_box).
 
-Every output of the store is in "targets" (flags and counts too), except that a pose teacher's stored
-keypoints arrive as "<teacher>/heatmaps" (K, G, G) drawn over this sample's crop, and its person_present
-says whether a person was seen inside the crop (distill.keypoint_heatmaps); the trainer picks what its
-heads need. "target_video_id" is the video whose teacher rows gave the targets: `video_id`, or with
+"targets" holds the outputs the student's heads learn and their masks' flags (`target_reads`; `target_outputs`
+names others, e.g. every output of the store), and only the window's rows of them are read; a pose teacher's
+stored keypoints arrive as "<teacher>/heatmaps" (K, G, G) drawn over this sample's crop, and its person_present
+says whether a person was seen inside the crop (distill.keypoint_heatmaps). Per-video facts (rows and their
+times, view boxes, files, layouts) come from one distill.clip_videos.ClipVideos, which the trainer builds once per
+rank and shares between its sets; samples address videos by its table positions. "target_video_id" is the video whose teacher rows gave the targets: `video_id`, or with
 `shuffle_targets` another video's (distill.shuffled_targets, the control that trains on wrong targets).
 "video" is RGB bytes as decoded, (T, H, W, 3) uint8 (a view of the crop: the DataLoader's collate makes the one
 host copy), which the trainer mirrors where "flipped" says and normalises on the device with the student's input
@@ -38,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -50,7 +51,7 @@ import torch
 from distill import augment, flow
 from distill.clip_cache import ClipCache
 from distill.heads import head_specs_from_teachers
-from distill.keypoint_heatmaps import keypoint_targets, render_window, rendered_teachers
+from distill.keypoint_heatmaps import KeypointTarget, keypoint_targets, render_window, rendered_teachers
 from distill.losses import resolve_loss_weights
 from distill.sampler import sample_key
 from distill.shuffled_targets import donor_rows_in_window, target_donors
@@ -58,20 +59,19 @@ from distill.windows import (
     TARGET_AGGREGATIONS, ClipSpec, aggregate_targets, eval_window_start, frames_in_window, heatmap_flags,
     teacher_frame_indices, train_window_start,
 )
-from pipeline.datasets import read_manifest
+from distill.clip_videos import ClipVideos, build_clip_videos, table_positions, video_files, video_paths, video_sizes
 from pipeline.errors import ConfigError, DistinitError, VideoError
 from pipeline.shards import ShardError, TargetStore, verify
-from pipeline.video.skipping import DecodeFailures, sample_skipping_failures
-from pipeline.prepared import prepared_videos
-from pipeline.shards import stored_layouts
+from pipeline.shards.header import output_keys
 from pipeline.video import read_clip
 from pipeline.video.backends import resolve_decoder
-from pipeline.video.layout_record import layout_from_record, layout_record
 from pipeline.video.probe import FrameLayout, probe_layout
+from pipeline.video.skipping import DecodeFailures, sample_skipping_failures
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClipSpec", "TargetClipDataset", "open_targets", "split_videos", "video_paths"]
+__all__ = ["ClipSpec", "ClipVideos", "TargetClipDataset", "build_clip_videos", "open_targets", "split_videos",
+           "video_files", "video_paths", "video_sizes"]
 
 
 def open_targets(targets_dir: str | os.PathLike, *, full_verify: bool = False) -> TargetStore:
@@ -117,36 +117,37 @@ def loss_teachers(teachers: Sequence[dict[str, Any]], loss_weights: Mapping[str,
     return [name for name in with_heads if weights.get(name, 1.0) > 0]
 
 
-MOVED_VIDEOS_HINT = "pass --videos <folder> (make: DISTILL_ARGS='--videos <folder>')"
+def target_reads(teachers: Sequence[dict[str, Any]], keypoints: Sequence[KeypointTarget]) -> list[str]:
+    """The stored outputs a clip's targets are made from: each student head's output (a heatmaps head's: the
+    keypoints it is drawn from) and its mask's flag, in the store's order."""
+    drawn_from = {target.heatmaps_key: target.keypoints_key for target in keypoints}
+    wanted = set()
+    for spec in head_specs_from_teachers(list(teachers)):
+        wanted.add(drawn_from.get(spec.key, spec.key))
+        if spec.mask_key is not None:
+            wanted.add(spec.mask_key)
+    return [key for key in output_keys(teachers) if key in wanted]
 
 
-def video_paths(store: TargetStore, videos_root: str | os.PathLike | None = None) -> dict[str, Path]:
-    """video id -> file, from the targets folder's videos manifest, under `videos_root` (default: the root
-    stage one was given, as its manifest recorded; a relative one is taken from the current folder)."""
-    extra = store.manifest.get("extra") or {}
-    manifest_name = extra.get("videos_manifest", "videos.jsonl")
-    root = videos_root if videos_root is not None else extra.get("videos_root")
-    manifest_file = store.targets_dir / manifest_name
-    if root is None:
-        raise DistinitError(f"{store.targets_dir}: the manifest does not say where the videos are; {MOVED_VIDEOS_HINT}")
-    if not Path(root).is_dir():
-        named_by = "--videos" if videos_root is not None else "the targets manifest"
-        looked_from = "" if Path(root).is_absolute() else f", looked for from {Path.cwd()}"
-        raise DistinitError(f"{root}: the videos folder {named_by} names is not there{looked_from}; {MOVED_VIDEOS_HINT}")
-    if not manifest_file.is_file():
-        raise DistinitError(f"{manifest_file}: the list of videos is missing; re-run `distinit extract --finalize` on {store.targets_dir}")
-    return {record.id: Path(record.path) for record in read_manifest(manifest_file, root)}
+def rendered_names(read_names: Sequence[str], keypoints: Sequence[KeypointTarget]) -> set[str]:
+    """The target keys a clip has once its keypoints are drawn as heatmaps (distill.keypoint_heatmaps.render_window)."""
+    names = set(read_names)
+    for target in keypoints:
+        if target.keypoints_key in names:
+            names.discard(target.keypoints_key)
+            names.add(target.heatmaps_key)
+    return names
 
 
-def video_sizes(store: TargetStore) -> dict[str, int | None]:
-    """video id -> its file size when stage one listed it (the videos manifest's rows)."""
-    manifest_name = (store.manifest.get("extra") or {}).get("videos_manifest", "videos.jsonl")
-    try:
-        lines = (store.targets_dir / manifest_name).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return {}
-    rows = [json.loads(line) for line in lines if line.strip()]
-    return {row["id"]: row.get("size") for row in rows}
+def video_view_boxes(boxes: Mapping[str, np.ndarray], teachers: Sequence[str]) -> np.ndarray:
+    """(videos, 4): per video, the intersection of `teachers`' view boxes (distill.augment.intersect_view_boxes,
+    for every video at once); the whole frame for no teacher."""
+    if not teachers:
+        count = len(next(iter(boxes.values()))) if boxes else 0
+        return np.tile(np.array(augment.WHOLE_FRAME, dtype=np.float64), (count, 1))
+    stacked = np.stack([np.asarray(boxes[teacher], dtype=np.float64) for teacher in teachers])  # (teachers, videos, 4)
+    low, high = stacked[..., :2].max(axis=0), stacked[..., 2:].min(axis=0)
+    return np.concatenate([low, np.maximum(high, low)], axis=1)
 
 
 class TargetClipDataset(torch.utils.data.Dataset):
@@ -159,6 +160,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
         flow_method: str | None = None, temperature: float = 1.0, shuffle_targets: bool = False,
         prepared: str | os.PathLike | None = None, decoder: str = "auto", decode_device: str = "cpu",
         crop_in_teacher_view: float = 0.8, loss_weights: Mapping[str, float] | None = None,
+        videos: ClipVideos | None = None, target_outputs: Sequence[str] | None = None,
     ):
         if flow_method is not None:  # a shorthand for ClipSpec.flow_method, as a CLI passes it
             clip = dataclasses.replace(clip, flow_method=flow_method)
@@ -175,68 +177,61 @@ class TargetClipDataset(torch.utils.data.Dataset):
         self.clips_per_video, self.seed, self.epoch = int(clips_per_video), int(seed), 0
         self.max_decode_failures, self.decode_threads = int(max_decode_failures), decode_threads
         self.decoder, self.decode_device = decoder, decode_device
-        self.store = open_targets(targets_dir)
+        if videos is None:
+            videos = build_clip_videos(open_targets(targets_dir), videos_root=videos_root, prepared=prepared,
+                                       short_side=clip.short_side)
+        self.videos, self.store = videos, videos.store
         self.targets_dir = self.store.targets_dir
-        self.video_ids = list(video_ids)
-        if not self.video_ids:
-            raise DistinitError(f"{self.targets_dir}: no videos to make clips from")
-        known = set(self.store.video_ids())  # builds the row index once; workers inherit it
-        unknown = [video_id for video_id in self.video_ids if video_id not in known]
-        if unknown:
-            raise DistinitError(f"{self.targets_dir}: {len(unknown)} videos have no target rows, e.g. {unknown[0]!r}")
-        self.paths, self.layout_records = self._resolve_paths(videos_root, prepared)
+        video_ids = list(video_ids)
+        # Table positions of the videos clips come from: an int array, so workers share it (distill.clip_videos).
+        self.positions = table_positions(videos, video_ids, self.targets_dir)
+        if len(self.positions) == 0:
+            raise DistinitError(f"{self.targets_dir}: no videos to make clips from" + (
+                f" (all {len(video_ids)} given are missing or unprepared)" if video_ids else ""))
         # Targets as the loss sees them: keypoints drawn as heatmaps over each sample's crop.
         self.keypoint_targets = keypoint_targets(self.store.teachers)
         target_teachers = rendered_teachers(self.store.teachers)
-        self.output_kinds = {
+        every_kind = {
             f"{teacher['name']}/{output['name']}": output.get("kind", "") for teacher in target_teachers
             for output in teacher["outputs"]
         }
+        # Only the outputs the student's heads learn (and their masks) are read: a clip reads one or two rows of each.
+        self.read_names = target_reads(self.store.teachers, self.keypoint_targets) if target_outputs is None \
+            else list(target_outputs)
+        rendered = rendered_names(self.read_names, self.keypoint_targets)
+        self.output_kinds = {key: kind for key, kind in every_kind.items() if key in rendered}
         self.heatmap_masks = heatmap_flags(target_teachers)
         self.flip_plan = augment.heatmap_flip_plan(target_teachers)
         self.view_teachers = loss_teachers(self.store.teachers, loss_weights)
-        self._view_boxes: dict[str, augment.ViewBox] = {}  # per process, one box per video
-        # video -> the video whose targets it takes; None trains on each video's own targets.
-        self.donors = target_donors(self.video_ids, self.seed, sorted(known)) if shuffle_targets else None
-        self.store.close()  # the parent's HDF5 handles must not be shared with forked workers
+        self.view_boxes = video_view_boxes(videos.view_boxes, self.view_teachers)  # (videos, 4), by table position
+        # Table position -> the position whose targets it takes (the shuffled control); None: its own.
+        self.donors = None
+        if shuffle_targets:
+            chosen = [videos.rows.ids[position] for position in self.positions]
+            every_video = [videos.rows.ids[position] for position in range(len(videos))]
+            donors, table = target_donors(chosen, self.seed, every_video), videos.rows.positions()
+            self.donors = np.full(len(videos), -1, dtype=np.int64)
+            for video_id, donor in donors.items():
+                self.donors[table[video_id]] = table[donor]
         self.cache = None if cache_clips is None else ClipCache(
             cache_clips, short_side=clip.short_side, grid=clip.start_grid, decode_threads=decode_threads,
             flow_method=clip.flow_method if clip.modality == "flow" else None,
         )
-        # Per process: each video's layout as its compact record (a Kinetics-size run would hold ~0.6 GB of frame
-        # times per worker as FrameLayouts), rebuilt per clip (microseconds); a probe's record joins on first use.
-        self._probed: dict[str, dict[str, Any]] = {}
+        # Per process: the layouts of videos without a usable stored one, probed on first use.
+        self._probed: dict[int, FrameLayout] = {}
         resolve_decoder(decoder, decode_device, resizing=True)  # not installed: one line here, not in a worker
         self.failures = DecodeFailures(self.max_decode_failures, (
             f"{{path}}: more than {self.max_decode_failures} videos failed to decode in one worker, the last with "
             "{reason}; check the videos or raise --max-decode-failures"))
 
-    def _resolve_paths(self, videos_root, prepared) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
-        """(video id -> the file clips come from, video id -> its stored layout record): the originals with stage
-        one's layouts, or `prepare`'s copies with theirs (a video prepare skipped has none: skipped like a
-        missing file)."""
-        if prepared is not None:
-            copies = prepared_videos(prepared, short_side=self.clip.short_side, sources=video_sizes(self.store))
-            every_path = {video_id: path for video_id, (path, _) in copies.items()}
-            records = {video_id: record for video_id, (_, record) in copies.items()}
-            for video_id in self.video_ids:
-                every_path.setdefault(video_id, Path(prepared) / "not-prepared" / video_id)
-        else:
-            every_path, records = video_paths(self.store, videos_root), stored_layouts(self.targets_dir)
-        missing_ids = [video_id for video_id in self.video_ids if video_id not in every_path]
-        if missing_ids:
-            raise DistinitError(f"{self.targets_dir}: video {missing_ids[0]!r} is not in the videos manifest ({len(missing_ids)} missing)")
-        paths = {video_id: every_path[video_id] for video_id in self.video_ids}
-        absent = [path for path in paths.values() if not path.exists()]
-        if len(absent) == len(paths):
-            raise DistinitError(f"{absent[0]}: none of the {len(paths)} videos exist there; if they moved, {MOVED_VIDEOS_HINT}")
-        if absent:
-            logger.warning("%d of %d videos are missing (e.g. %s); their clips will be skipped", len(absent), len(paths), absent[0])
-        return paths, {video_id: records[video_id] for video_id in self.video_ids if video_id in records}
-
     # ------------------------------------------------------------------ description
     def __len__(self) -> int:
-        return len(self.video_ids) * self.clips_per_video
+        return len(self.positions) * self.clips_per_video
+
+    @property
+    def video_ids(self) -> list[str]:
+        """The ids of the videos clips come from, in sample order (built on each call: not for the hot path)."""
+        return [self.videos.rows.ids[position] for position in self.positions]
 
     @property
     def teachers(self) -> list[dict[str, Any]]:
@@ -255,41 +250,56 @@ class TargetClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, epoch = sample_key(key, self.epoch)
         return sample_skipping_failures(
-            index, len(self), video_of=self._video_of, describe=lambda candidate: f"video {self._video_of(candidate)}",
+            index, len(self), video_of=self._video_of,
+            describe=lambda candidate: f"video {self.videos.rows.ids[self._video_of(candidate)]}",
             sample=lambda candidate: self._sample(candidate, epoch), failures=self.failures,
-            none_decodes=f"{self.targets_dir}: none of the {len(self.video_ids)} videos decodes; check --videos",
+            none_decodes=f"{self.targets_dir}: none of the {len(self.positions)} videos decodes; check --videos",
         )
 
-    def _video_of(self, index: int) -> str:
-        return self.video_ids[index % len(self.video_ids)]
+    def _video_of(self, index: int) -> int:
+        """The table position of sample `index`'s video."""
+        return int(self.positions[index % len(self.positions)])
+
+    @property
+    def donor_ids(self) -> dict[str, str] | None:
+        """video id -> the id whose targets it takes under shuffle_targets (None without it), for reports and tests."""
+        if self.donors is None:
+            return None
+        ids = self.videos.rows.ids
+        return {ids[position]: ids[int(self.donors[position])] for position in self.positions}
+
+    def path_of(self, video_id: str) -> Path:
+        """The file `video_id`'s clips come from (for tools and tests; samples go by table position)."""
+        return Path(self.videos.paths[self.videos.rows.positions()[video_id]])
 
     @property
     def decode_failures(self) -> int:
         return self.failures.count
 
     @property
-    def failed_videos(self) -> set:
-        return self.failures.videos
+    def failed_videos(self) -> set[str]:
+        return {self.videos.rows.ids[position] for position in self.failures.videos}
 
     def _rng(self, index: int, epoch: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch if self.train else 0, index, int(self.train)])
 
     def _sample(self, index: int, epoch: int) -> dict[str, Any]:
         rng = self._rng(index, epoch)
-        video_id = self.video_ids[index % len(self.video_ids)]
-        fps, frame_count, cached, layout = self._video(video_id)
-        rows = self._rows(video_id)
-        teacher_frames = teacher_frame_indices(rows["t_seconds"], fps, frame_count)
+        position = self._video_of(index)
+        video_id = self.videos.rows.ids[position]
+        fps, frame_count, cached, layout = self._video(position, video_id)
+        times = self.videos.rows.times(position)  # in memory: only the window's rows are read
+        teacher_frames = teacher_frame_indices(times, fps, frame_count)
         span, grid = self.clip.span_frames, self.clip.start_grid
         if self.train:
             start = train_window_start(teacher_frames, frame_count, span, grid, rng)
         else:
-            clip_number = index // len(self.video_ids)
+            clip_number = index // len(self.positions)
             start = eval_window_start(teacher_frames, frame_count, span, grid, clip_number, self.clips_per_video)
-        target_video_id, stored_rows = self._window_rows(video_id, rows, teacher_frames, start, fps)
-        pixels = self._pixels(video_id, start, fps, cached, layout)  # (T, H, W, 3) uint8 RGB or (T, H, W, 2) float16 flow
+        target_position, stored_rows, window_length = self._window_rows(position, times, teacher_frames, start, fps)
+        pixels = self._pixels(position, start, fps, cached, layout)  # (T, H, W, 3) uint8 RGB or (T, H, W, 2) float16 flow
         height, width = pixels.shape[1:3]
-        view = self._view_box(video_id)  # of the video whose pixels these are, also when its targets are another's
+        view = self._view_box(position)  # of the video whose pixels these are, also when its targets are another's
         top, left = augment.crop_box(height, width, self.clip.crop, rng if self.train else None, view_box=view,
                                      min_inside=self.crop_in_teacher_view)
         pixels = augment.crop_frames(pixels, top, left, self.clip.crop)
@@ -311,75 +321,65 @@ class TargetClipDataset(torch.utils.data.Dataset):
             "flipped": bool(flipped),
             "targets": {key: torch.from_numpy(np.array(value, dtype=np.float32)) for key, value in targets.items()},
             "video_id": video_id,
-            "target_video_id": target_video_id,
+            "target_video_id": self.videos.rows.ids[target_position],
             "clip_start": start / fps,
             "index": index,
-            "num_teacher_frames": len(stored_rows[self.output_names[0]]),
+            "num_teacher_frames": window_length,
             "crop_in_view": augment.inside_fraction(top, left, self.clip.crop, height, width, view),
         }
 
-    def _view_box(self, video_id: str) -> augment.ViewBox:
+    def _view_box(self, position: int) -> augment.ViewBox:
         """The part of the video's frame every teacher feeding the loss saw (over all its rows: one frame size)."""
-        box = self._view_boxes.get(video_id)
-        if box is None:
-            try:
-                boxes = self.store.view_boxes_for_video(video_id)
-            except OSError as error:  # a fletcher32 checksum or decompression failure inside a shard
-                raise ShardError(f"{self.targets_dir}: reading the view boxes of {video_id!r} failed ({error}); run "
-                                 f"`distinit verify {self.targets_dir}`") from None
-            box = self._view_boxes[video_id] = augment.intersect_view_boxes(
-                [boxes[teacher] for teacher in self.view_teachers])
-        return box
+        return tuple(float(value) for value in self.view_boxes[position])
 
-    def _window_rows(self, video_id: str, rows: dict[str, Any], teacher_frames: np.ndarray, start: int, fps: float):
-        """(the video whose rows give the targets, its rows for the window starting at frame `start`)."""
+    def _window_rows(self, position: int, times: np.ndarray, teacher_frames: np.ndarray, start: int, fps: float):
+        """(the table position of the video whose rows give the targets, its rows for the window starting at frame
+        `start`: only the outputs in read_names, only the window's rows, how many rows that is)."""
         if self.donors is None:
-            inside = frames_in_window(teacher_frames, start, self.clip.span_frames)
-            return video_id, {key: rows[key][inside] for key in self.output_names}
-        donor = self.donors[video_id]
-        donor_rows = self._rows(donor)
-        chosen = donor_rows_in_window(donor_rows["t_seconds"], rows["t_seconds"], fps, start, self.clip.span_frames)
-        return donor, {key: donor_rows[key][chosen] for key in self.output_names}
-
-    def _rows(self, video_id: str) -> dict[str, Any]:
+            source, chosen = position, frames_in_window(teacher_frames, start, self.clip.span_frames)
+        else:
+            source = int(self.donors[position])
+            chosen = donor_rows_in_window(self.videos.rows.times(source), times, fps, start, self.clip.span_frames)
+        inside = np.flatnonzero(chosen)
+        # The rows of a window are consecutive (times ascend): one slice, so one read per output.
+        rows = slice(int(inside[0]), int(inside[-1]) + 1) if len(inside) == inside[-1] - inside[0] + 1 else inside
         try:
-            return self.store.rows_for_video(video_id)
-        except OSError as error:  # a fletcher32 checksum or decompression failure inside a shard
-            raise ShardError(
-                f"{self.targets_dir}: reading the rows of {video_id!r} failed ({error}); run `distinit verify {self.targets_dir}`"
-            ) from None
+            return source, self.store.read_video_rows(source, rows, self.read_names), len(inside)
+        except OSError as error:  # a fletcher32 checksum failure inside a shard
+            raise ShardError(f"{self.targets_dir}: reading the rows of {self.videos.rows.ids[source]!r} failed ({error}); "
+                             f"run `distinit verify {self.targets_dir}`") from None
 
-    def _video(self, video_id: str):
+    def _video(self, position: int, video_id: str):
         """(fps, frame_count, cache entry or None, layout or None): from the clip cache when there is one, else
         from the video's layout (looked up once per sample)."""
-        path = self.paths[video_id]
         if self.cache is not None:
-            cached = self.cache.get(video_id, path)
+            cached = self.cache.get(video_id, Path(self.videos.paths[position]))
             if cached is not None:
                 return cached.fps, cached.frame_count, cached, None
-        layout = self._layout(video_id)
+        layout = self._layout(position)
         return layout.info.fps, layout.info.frame_count, None, layout
 
-    def _layout(self, video_id: str) -> FrameLayout:
-        """The video's layout: its stored record (stage one's, or prepare's), else a probe (no record, or the file's
-        size changed since it was stored), probed at most once per video per process."""
-        path = self.paths[video_id]
-        record = self._probed.get(video_id) or self.layout_records.get(video_id)
-        layout = layout_from_record(path, record)
+    def _layout(self, position: int) -> FrameLayout:
+        """The video's layout: its stored record (stage one's, or prepare's, checked against the file's size when
+        the table was built), else a probe, at most once per video per process."""
+        path = self.videos.paths[position]
+        if self.videos.layouts.has(position):
+            return self.videos.layouts.layout(position, path)
+        layout = self._probed.get(position)
         if layout is None:
             layout = probe_layout(path)
             if layout.info.frame_count < 1 or layout.info.fps <= 0:
                 raise VideoError(path, "no frames or no frame rate")
-            self._probed[video_id] = layout_record(layout)
+            self._probed[position] = layout
         return layout
 
-    def _pixels(self, video_id: str, start: int, fps: float, cached, layout: FrameLayout | None) -> np.ndarray:
+    def _pixels(self, position: int, start: int, fps: float, cached, layout: FrameLayout | None) -> np.ndarray:
         """The clip's frames at the short side, uncropped: RGB, or the flow between consecutive frames."""
         length = self.clip.frames if self.clip.modality == "flow" else self.clip.decoded_frames
         if cached is not None:
             return cached.read_clip(start, length, self.clip.stride)
         frames = read_clip(
-            self.paths[video_id], start / fps, self.clip.decoded_frames, stride=self.clip.stride,
+            self.videos.paths[position], start / fps, self.clip.decoded_frames, stride=self.clip.stride,
             short_side=self.clip.short_side, threads=self.decode_threads, decoder=self.decoder,
             layout=layout, decode_device=self.decode_device,
         )

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import math
 import time
 from pathlib import Path
@@ -36,7 +37,8 @@ from tqdm import tqdm
 from distill.checkpoint import (LAST, CheckpointSaver, append_epoch_log, checkpoint_state, pretraining_content_hashes,
                                resume_or_start, tidy_for_resume)
 from distill.config import CODE_VERSION, DistillConfig
-from distill.data import ClipSpec, TargetClipDataset, open_targets, split_videos, video_paths
+from distill.clip_videos import freeze_for_workers
+from distill.data import ClipSpec, TargetClipDataset, build_clip_videos, open_targets, split_videos, video_files
 from distill.device_step import autocast_for, input_normalisation, to_device, use_fast_kernels
 from distill.distributed import (DistributedContext, all_gather_objects, all_reduce_sum, any_rank, barrier,
                                  init_distributed, shutdown, sum_over_ranks)
@@ -97,8 +99,11 @@ def build_loaders(config: DistillConfig, targets_dir: Path, context: Distributed
     train_ids, val_ids = split_videos(store.video_ids(), config.val_fraction, config.seed)
     clip = ClipSpec(frames=config.frames, stride=config.stride, short_side=config.short_side, crop=config.crop,
                     modality=config.modality)
-    common = dict(seed=config.seed, cache_clips=config.cache_clips, videos_root=config.videos_root,
-                  prepared=config.prepared, decoder=config.decoder, decode_device=config.decode_device,
+    # Built once per rank and shared by both sets and their workers (distill.clip_videos).
+    videos = build_clip_videos(store, videos_root=config.videos_root, prepared=config.prepared,
+                               short_side=config.short_side)
+    common = dict(seed=config.seed, cache_clips=config.cache_clips, videos=videos,
+                  decoder=config.decoder, decode_device=config.decode_device,
                   max_decode_failures=config.max_decode_failures, target_agg=config.target_agg,
                   temperature=config.temperature, crop_in_teacher_view=config.crop_in_teacher_view,
                   loss_weights=dict(config.loss_weights),
@@ -108,6 +113,7 @@ def build_loaders(config: DistillConfig, targets_dir: Path, context: Distributed
         common["flow_method"] = config.flow_method
     train_set = TargetClipDataset(targets_dir, train_ids, clip, train=True, clips_per_video=config.clips_per_video, **common)
     val_set = TargetClipDataset(targets_dir, val_ids, clip, train=False, **common) if val_ids else None
+    freeze_for_workers()  # the workers fork later, at the first iteration (distill.clip_videos)
     train_sampler = GlobalBatchSampler(len(train_set), batch_size=config.batch_size,
                                        global_batch=int(config.global_batch_for(context.world_size)),
                                        seed=config.seed, rank=context.rank, world_size=context.world_size)
@@ -316,8 +322,8 @@ def pretraining_videos(store, videos_root: str | None) -> dict[str, Any]:
     names), "content_sha256"}. Kept once per checkpoint, outside the provenance: for Kinetics the names are
     megabytes. "content_sha256" (distill.checkpoint.pretraining_content_hashes): the original files' content hashes
     as stage one stored them, so eval finds a renamed copy of a test video; absent when the targets hold none."""
-    paths = video_paths(store, videos_root)
-    names = sorted(path.stem for path in paths.values())
+    paths = video_files(store, videos_root)
+    names = sorted(os.path.splitext(os.path.basename(path))[0] for path in paths.values())
     videos = {"count": len(names), "names": names, "sha256": sha256_json(names)}
     content = pretraining_content_hashes(store.targets_dir, paths)
     if content is not None:

@@ -23,3 +23,16 @@ def canonical_json(value: Any) -> str:
 
 def sha256_json(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+
+
+def json_lines(data: bytes | str) -> list[Any] | None:
+    """Every line of a JSON-lines text parsed in one call (as one JSON array: C speed, where a json.loads per line
+    spends most of its time in Python), or None when a line is not JSON (the caller parses line by line to say
+    which). Blank lines are skipped."""
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    lines = [line for line in text.splitlines() if line.strip()]
+    try:
+        entries = json.loads("[" + ",".join(lines) + "]")
+    except ValueError:
+        return None
+    return entries if len(entries) == len(lines) else None

@@ -22,11 +22,23 @@ class StringTable:
         np.cumsum(lengths, out=self.offsets[1:])
         self.blob = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy() if encoded else np.zeros(0, np.uint8)
 
+    @classmethod
+    def from_arrays(cls, blob: np.ndarray, offsets: np.ndarray) -> "StringTable":
+        table = cls.__new__(cls)
+        table.blob, table.offsets = np.asarray(blob, dtype=np.uint8), np.asarray(offsets, dtype=np.int64)
+        return table
+
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
     def __getitem__(self, position: int) -> str:
         return self.blob[self.offsets[position]:self.offsets[position + 1]].tobytes().decode("utf-8")
+
+    def tolist(self) -> list[str]:
+        """Every string, decoded in one pass (for building lookups; not for keeping in workers)."""
+        data = self.blob.tobytes()
+        bounds = self.offsets.tolist()
+        return [data[start:stop].decode("utf-8") for start, stop in zip(bounds[:-1], bounds[1:])]
 
     @property
     def nbytes(self) -> int:

@@ -253,7 +253,8 @@ def test_open_targets_refuses_a_broken_cache(targets, tmp_path):
 def test_unknown_videos_and_moved_videos_are_reported(targets, tmp_path):
     with pytest.raises(DistinitError, match="no target rows"):
         dataset(targets, ["alpha", "zulu"])
-    with pytest.raises(DistinitError, match="none of the 3 videos exist"):
+    # Counted over the whole cache (its 4 videos), whose table both sets share, not the 3 this set takes.
+    with pytest.raises(DistinitError, match="none of the 4 videos exist"):
         dataset(targets, videos_root=tmp_path)
 
 
@@ -263,10 +264,11 @@ def test_eval_sample_layout_and_normalisation(targets):
     assert len(eval_set) == 3 and len(dataset(targets, clips_per_video=2)) == 6
     assert [teacher["name"] for teacher in eval_set.teachers] == ["fake-imagenet", "coco-keypoints"]
     sample = eval_set[1]
-    assert sample["video"].shape == (3, 4, 24, 24) and sample["video"].dtype == torch.uint8  # normalised on the device
+    assert sample["video"].shape == (4, 24, 24, 3) and sample["video"].dtype == torch.uint8  # normalised on the device
+    assert sample["flipped"] is False
     assert {key: tuple(value.shape) for key, value in sample["targets"].items()} == {
         "fake-imagenet/logits": (10,), "coco-keypoints/heatmaps": (17, 4, 4),
-        "coco-keypoints/person_present": (), "coco-keypoints/num_people": (),
+        "coco-keypoints/person_present": (),  # num_people, a count, has no head: not read (target_outputs reads it)
     }
     assert all(value.dtype == torch.float32 for value in sample["targets"].values())
     assert sample["video_id"] == "bravo" and sample["index"] == 1
@@ -276,10 +278,10 @@ def test_eval_sample_layout_and_normalisation(targets):
     stored = rows["fake-imagenet/logits"][2].astype(np.float16)  # the cache keeps soft targets as float16
     np.testing.assert_array_equal(sample["targets"]["fake-imagenet/logits"].numpy(), stored.astype(np.float32))
     # The tensor is the decoded, centre-cropped clip's bytes; normalised on the device, the host path's floats.
-    frames = read_clip(eval_set.paths["bravo"], sample["clip_start"], 4, stride=2, short_side=32)
+    frames = read_clip(eval_set.path_of("bravo"), sample["clip_start"], 4, stride=2, short_side=32)
     top, left = (32 - 24) // 2, (42 - 24) // 2
     cropped = frames[:, top : top + 24, left : left + 24]
-    assert torch.equal(sample["video"], torch.from_numpy(cropped).permute(3, 0, 1, 2))
+    assert torch.equal(sample["video"], torch.from_numpy(cropped))  # (T, H, W, 3) as decoded
     normalised = augment.video_to_device(sample["video"][None], torch.device("cpu"), augment.VIDEO_NORMALISATION)[0]
     assert torch.equal(normalised, augment.rgb_to_tensor(cropped))
 
@@ -308,12 +310,16 @@ def test_flip_mirrors_video_heatmaps_and_swaps_keypoints(targets, monkeypatch):
     monkeypatch.setattr(augment, "FLIP_PROBABILITY", 1.0)
     flipped = train_set[0]
     assert plain["clip_start"] == flipped["clip_start"]  # same window and crop, only the flip differs
-    assert torch.equal(flipped["video"], plain["video"].flip(-1))
+    assert not plain["flipped"] and flipped["flipped"] and torch.equal(flipped["video"], plain["video"])
+    batch = torch.utils.data.default_collate([plain, flipped])  # the pixels are mirrored on the device
+    on_device = augment.video_to_device(batch["video"], torch.device("cpu"), augment.VIDEO_NORMALISATION,
+                                        flipped=batch["flipped"])
+    assert torch.equal(on_device[1], on_device[0].flip(-1))
     left, right = COCO_KEYPOINT_NAMES.index("left_wrist"), COCO_KEYPOINT_NAMES.index("right_wrist")
     plain_maps, flipped_maps = plain["targets"]["coco-keypoints/heatmaps"], flipped["targets"]["coco-keypoints/heatmaps"]
     assert torch.equal(flipped_maps[right], plain_maps[left].flip(-1))
     assert torch.equal(flipped_maps[left], plain_maps[right].flip(-1))
-    for key in ("fake-imagenet/logits", "coco-keypoints/person_present", "coco-keypoints/num_people"):
+    for key in ("fake-imagenet/logits", "coco-keypoints/person_present"):
         assert torch.equal(flipped["targets"][key], plain["targets"][key])
 
 
@@ -427,7 +433,7 @@ def test_cached_clips_equal_decoded_clips_and_skip_the_decoder(targets, tmp_path
 
 def test_cache_lock_held_by_another_worker_falls_back_to_decoding(targets, tmp_path):
     cache = clip_cache.ClipCache(tmp_path / "cache", short_side=32, grid=2)
-    path = dataset(targets).paths["alpha"]
+    path = dataset(targets).path_of("alpha")
     folder = cache.entry_folder("alpha", path)
     lock = folder.parent / f".{folder.name}.lock"
     lock.parent.mkdir(parents=True)
@@ -565,7 +571,7 @@ def test_shuffled_targets_are_fixed_across_epochs_workers_and_copies(targets):
     donors = {train_set[index]["video_id"]: train_set[index]["target_video_id"] for index in range(len(train_set))}
     train_set.set_epoch(3)
     assert {train_set[index]["video_id"]: train_set[index]["target_video_id"] for index in range(len(train_set))} == donors
-    assert pickle.loads(pickle.dumps(train_set)).donors == train_set.donors == donors
+    assert pickle.loads(pickle.dumps(train_set)).donor_ids == train_set.donor_ids == donors
     batches = {}
     for workers in (0, 2):
         batches[workers] = list(torch.utils.data.DataLoader(train_set, batch_size=3, num_workers=workers))
@@ -573,7 +579,7 @@ def test_shuffled_targets_are_fixed_across_epochs_workers_and_copies(targets):
         assert main_batch["target_video_id"] == worker_batch["target_video_id"]
         for key in main_batch["targets"]:
             assert torch.equal(main_batch["targets"][key], worker_batch["targets"][key])
-    assert dataset(targets, train=True, seed=5, shuffle_targets=True).donors == donors
+    assert dataset(targets, train=True, seed=5, shuffle_targets=True).donor_ids == donors
 
 
 def test_donors_are_a_seeded_derangement():
@@ -611,7 +617,8 @@ def test_the_control_is_part_of_the_run_key_and_shuffles_both_loaders(targets):
     _, train_loader, val_loader = build_loaders(config, targets, DistributedContext(0, 1, 0, torch.device("cpu")))
     # The held-out loss is measured on shuffled targets too (one held-out video borrows from the others).
     for loader in (train_loader, val_loader):
-        assert loader.dataset.donors and all(donor != video for video, donor in loader.dataset.donors.items())
+        donors = loader.dataset.donor_ids
+        assert donors and all(donor != video for video, donor in donors.items())
 
 
 def test_global_batch_sampler_gives_every_layout_the_same_micro_batches():

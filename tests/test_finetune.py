@@ -206,7 +206,8 @@ def test_training_clips_travel_as_bytes_and_persistent_workers_draw_each_epoch(h
             for batch in loader:
                 assert batch["video"].dtype == torch.uint8
                 expected = torch.stack([host[EpochIndex(int(index), epoch)]["video"] for index in batch["video_index"]])
-                assert torch.equal(video_to_device(batch["video"], torch.device("cpu"), imagenet), expected)
+                on_device = video_to_device(batch["video"], torch.device("cpu"), imagenet, flipped=batch["flipped"])
+                assert torch.equal(on_device, expected)
     starts = [[travelling[EpochIndex(index, epoch)]["clip_start"] for index in range(6)] for epoch in range(2)]
     assert starts[0] != starts[1]  # each epoch its own clips
 

@@ -65,21 +65,19 @@ def test_stage_two_never_probes_when_layouts_are_stored(extracted, monkeypatch, 
     for options in ({}, {"prepared": prepared}):
         dataset = _dataset(targets_dir, decoder=decoder, **options)
         for index in range(len(dataset)):
-            assert dataset[(index, 1)]["video"].shape == (3, CLIP.decoded_frames, 32, 32)
+            assert dataset[(index, 1)]["video"].shape == (CLIP.decoded_frames, 32, 32, 3)
 
 
 def _sample_trace(dataset: TargetClipDataset, monkeypatch) -> list[tuple]:
     """Per sample of two epochs: (video, clip start, crop box, flipped), and the decoded clips."""
     boxes: list[tuple[int, int]] = []
-    flips: list[bool] = []
-    crop_box, flip_frames = augment.crop_box, augment.flip_frames
+    crop_box = augment.crop_box
     monkeypatch.setattr(augment, "crop_box", lambda *a, **k: boxes.append(crop_box(*a, **k)) or boxes[-1])
-    monkeypatch.setattr(augment, "flip_frames", lambda frames: flips.append(len(boxes)) or flip_frames(frames))
     trace, clips = [], []
     for epoch in (0, 1):
         for index in range(len(dataset)):
             sample = dataset[(index, epoch)]
-            trace.append((sample["video_id"], sample["clip_start"], boxes[-1], bool(flips) and flips[-1] == len(boxes)))
+            trace.append((sample["video_id"], sample["clip_start"], boxes[-1], sample["flipped"]))
             clips.append(sample["video"].numpy().astype(np.int16))
     monkeypatch.undo()
     return trace, clips

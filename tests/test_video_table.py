@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
+import torch
 
+from pipeline.errors import DistinitError
 from pipeline.packed import StringTable
 from pipeline.shards import TargetStore, partition_videos, shard_name, write_manifest
 from pipeline.video.layout_record import layout_from_record, layout_record
@@ -96,4 +99,96 @@ def test_a_video_spread_over_two_shards_reads_in_time_order(tmp_path):
     store = TargetStore(folder)
     assert not store.video_table().contiguous and store.video_ids() == ["video_00", "video_01"]
     np.testing.assert_array_equal(store.video_table().times(0), video_rows("video_00", 6)["t_seconds"])
+    store.close()
+
+
+# ---------------------------------------------------------------- the clip dataset on the packed tables
+from tests.test_distill_data import CLIP, GOOD_VIDEOS, dataset, targets  # noqa: E402,F401  (a module fixture)
+
+
+def test_missing_videos_are_left_out_when_built_and_reported_once(targets, tmp_path, caplog):
+    import json
+    import logging
+    import shutil
+
+    from distill.data import TargetClipDataset, build_clip_videos, open_targets
+
+    root = Path(json.loads((targets / "manifest.json").read_text())["extra"]["videos_root"])
+    copy = tmp_path / "videos"
+    shutil.copytree(root, copy)
+    (copy / "bravo.mp4").unlink()
+    with caplog.at_level(logging.WARNING, logger="distill.clip_videos"):
+        videos = build_clip_videos(open_targets(targets), videos_root=copy)
+        sets = [TargetClipDataset(targets, ids, CLIP, train=False, videos=videos)
+                for ids in (GOOD_VIDEOS, ["bravo", "charlie"])]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"1 of 4 videos are left out of distillation: 1 missing (e.g. {copy / 'bravo.mp4'})"]
+    assert sets[0].video_ids == ["alpha", "charlie"] and sets[1].video_ids == ["charlie"]
+    for index in range(len(sets[0])):
+        assert sets[0][index]["video_id"] in ("alpha", "charlie")
+    assert sets[0].decode_failures == 0  # never charged to the decode-failure budget
+    with pytest.raises(DistinitError, match=r"no videos to make clips from \(all 1 given are missing or unprepared\)"):
+        TargetClipDataset(targets, ["bravo"], CLIP, train=False, videos=videos)
+
+
+def test_a_clip_reads_only_the_outputs_its_heads_learn(targets):
+    eval_set = dataset(targets)
+    # num_people is a count: no head learns it, so it is not read.
+    assert eval_set.read_names == ["fake-imagenet/logits", "coco-keypoints/keypoints", "coco-keypoints/person_present"]
+    sample = eval_set[0]
+    assert sorted(sample["targets"]) == ["coco-keypoints/heatmaps", "coco-keypoints/person_present", "fake-imagenet/logits"]
+    every = dataset(targets, target_outputs=eval_set.store.output_names)[0]
+    assert "coco-keypoints/num_people" in every["targets"]
+    for key, value in sample["targets"].items():
+        assert torch.equal(value, every["targets"][key])
+
+
+def test_the_training_and_held_out_sets_share_one_table(targets):
+    from distill.config import DistillConfig
+    from distill.distributed import DistributedContext
+    from distill.train import build_loaders
+
+    config = DistillConfig(targets=str(targets), frames=4, stride=2, short_side=32, crop=24, workers=0, batch_size=2,
+                           val_fraction=0.3)
+    _, train_loader, val_loader = build_loaders(config, targets, DistributedContext(0, 1, 0, torch.device("cpu")))
+    assert train_loader.dataset.videos is val_loader.dataset.videos
+    assert sorted(train_loader.dataset.video_ids + val_loader.dataset.video_ids) == sorted([*GOOD_VIDEOS, "broken"])
+
+
+# ---------------------------------------------------------------- target reads by chunk offset
+def test_our_fletcher32_is_hdf5s_and_a_chunk_read_gives_h5pys_rows(tmp_path):
+    from pipeline.shards.chunk_reads import ChunkReader, chunk_table, fletcher32
+
+    folder = build(tmp_path / "cache", None)
+    store = TargetStore(folder)
+    index = store.video_index()
+    assert sorted(index.chunks) == sorted(store.output_names)
+    with h5py.File(store.shard_paths[1], "r") as shard:
+        dataset = shard["fake-classifier/logits"]
+        table = chunk_table([dataset])
+        data = store.shard_paths[1].read_bytes()
+        for offset, size in zip(table.offsets, table.sizes):
+            chunk = data[offset:offset + size]
+            assert fletcher32(chunk[:-4]) == int.from_bytes(chunk[-4:], "little")
+        reader = ChunkReader([store.shard_paths[1]], {"x": table})
+        for start, stop in ((0, 1), (2, 5), (0, dataset.shape[0]), (dataset.shape[0] - 1, dataset.shape[0])):
+            np.testing.assert_array_equal(reader.read("x", 0, start, stop), dataset[start:stop])
+    assert fletcher32(b"abc") == fletcher32(b"abc\0")  # an odd byte is the high byte of a word
+    store.close()
+
+
+def test_a_flipped_bit_in_a_target_chunk_is_an_error_not_a_value(tmp_path):
+    folder = build(tmp_path / "cache", None)
+    store = TargetStore(folder)
+    table = store.video_index().chunks["fake-classifier/logits"]
+    position = store.video_table().positions()["video_00"]
+    shard, first = int(store.video_table().shard[position]), int(store.video_table().first[position])
+    chunk = int(table.shard_starts[shard]) + first // table.chunk_rows
+    with open(store.shard_paths[shard], "r+b") as stream:
+        stream.seek(int(table.offsets[chunk]) + 3)
+        byte = stream.read(1)
+        stream.seek(-1, 1)
+        stream.write(bytes([byte[0] ^ 0x10]))
+    with pytest.raises(OSError, match="fails its fletcher32 checksum"):
+        store.read_video_rows(position, slice(0, 2), ["fake-classifier/logits"])
     store.close()

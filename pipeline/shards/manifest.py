@@ -15,7 +15,8 @@ from pipeline.shards import format as fmt
 from pipeline.shards import header
 from pipeline.shards.checksum import recorded_checksum
 from pipeline.shards.format import ShardError
-from pipeline.shards.layouts import write_layouts_file
+from pipeline.shards.layouts import LAYOUTS_NAME, parse_layout_lines, write_layouts_file
+from pipeline.shards.video_index import build_video_index, write_video_index
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,8 @@ def write_manifest(
     `skipped` lists {video_id, path, reason}; None gathers what each shard's writer recorded via
     `add_skipped`. Stage key, dataset, code version, sampling and teachers are read from the shards,
     which must all agree and be exactly shards 0..N-1 of one N. The shards' video layouts are gathered into
-    `layouts.jsonl`, listed as `layouts` (pipeline.shards.layouts).
+    `layouts.jsonl`, listed as `layouts` (pipeline.shards.layouts), and what stage two reads at start into
+    `video_index.h5`, listed as `video_index` (pipeline.shards.video_index).
     """
     targets_dir = Path(targets_dir)
     ordered = _check_complete(targets_dir, [Path(shard) for shard in shards])
@@ -160,6 +162,10 @@ def write_manifest(
     layouts = write_layouts_file(targets_dir, [path for _, path in ordered])
     if layouts is not None:
         manifest["layouts"] = layouts
+    # What stage two reads at every start, packed once here (pipeline.shards.video_index).
+    records = parse_layout_lines((targets_dir / LAYOUTS_NAME).read_bytes(), LAYOUTS_NAME) if layouts else {}
+    index = build_video_index([path for _, path in ordered], records)
+    manifest["video_index"] = write_video_index(targets_dir, index)
     target = manifest_path(targets_dir)
     atomic_write_text(target, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
     logger.info("wrote %s: %d shards, %d rows, %d skipped videos", target, len(ordered), manifest["total_rows"], len(skipped))

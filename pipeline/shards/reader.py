@@ -18,6 +18,8 @@ from pipeline.shards import format as fmt
 from pipeline.shards import header
 from pipeline.shards.format import ShardError
 from pipeline.shards.manifest import read_manifest
+from pipeline.shards.chunk_reads import ChunkReader
+from pipeline.shards.video_index import VideoIndex, read_video_index
 from pipeline.shards.video_rows import VideoRows
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class TargetStore:
         self._owner_pid = os.getpid()
         self._teachers: list[dict[str, Any]] | None = None
         self._video_table: VideoRows | None = None
+        self._video_index: VideoIndex | None = None
+        self._chunks: ChunkReader | bool | None = None
         self._video_positions: dict[str, int] | None = None
         self._check_shards()
 
@@ -94,6 +98,8 @@ class TargetStore:
             for handle in self._handles.values():
                 handle.close()
         self._handles, self._datasets = {}, {}
+        if self._chunks:
+            self._chunks.close()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -224,11 +230,19 @@ class TargetStore:
         return {teacher: boxes[key] for teacher, key in keys.items()}
 
     # ------------------------------------------------------------------ videos
+    def video_index(self) -> VideoIndex | None:
+        """Stage one's packed video index (pipeline.shards.video_index), read once per process; None for a folder
+        finalized without one."""
+        if self._video_index is None and self.manifest.get("video_index"):
+            self._video_index = read_video_index(self.targets_dir, self.manifest["video_index"])
+        return self._video_index
+
     def video_table(self) -> VideoRows:
-        """The per-video row table (pipeline.shards.video_rows), built once per process from the id and time
-        columns."""
+        """The per-video row table (pipeline.shards.video_rows): the video index's, else built once per process
+        from the id and time columns."""
         if self._video_table is None:
-            self._video_table = VideoRows(self)
+            index = self.video_index()
+            self._video_table = index.rows if index is not None else VideoRows(self)
         return self._video_table
 
     def _position(self, video_id: str) -> int:
@@ -243,8 +257,7 @@ class TargetStore:
 
     def video_ids(self) -> list[str]:
         """Every video with at least one row, sorted."""
-        table = self.video_table()
-        return [table.ids[position] for position in range(len(table))]
+        return self.video_table().ids.tolist()
 
     def video_rows(self, video_id: str) -> np.ndarray:
         """Global row indices of one video, sorted by t."""
@@ -260,18 +273,11 @@ class TargetStore:
 
     def video_view_boxes(self) -> dict[str, np.ndarray]:
         """teacher name -> (videos, 4) float32: per video of `video_table()`, the part of the frame the teacher saw
-        in every one of the video's rows (the intersection of its rows' boxes), read from the box columns once."""
-        table = self.video_table()
-        if len(table) == 0:
-            return {teacher: np.zeros((0, 4), np.float32) for teacher in self.view_box_keys}
-        rows, starts = table.all_global_rows(self), table.offsets[:-1]
-        boxes = {}
-        for teacher, key in self.view_box_keys.items():
-            column = np.concatenate([self._shard(position)[key][:] for position in range(len(self.shard_paths))])[rows]
-            low = np.maximum.reduceat(column[:, :2], starts, axis=0)
-            high = np.minimum.reduceat(column[:, 2:], starts, axis=0)
-            boxes[teacher] = np.concatenate([low, high], axis=1).astype(np.float32)
-        return boxes
+        in every one of the video's rows (the intersection of its rows' boxes)."""
+        index = self.video_index()
+        if index is not None:
+            return index.view_boxes
+        return self.video_table().view_boxes(self._shard, self.offsets, self.view_box_keys)
 
     def read_video_rows(self, position: int, rows: slice | np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
         """Datasets `names` at rows `rows` of video `position` of `video_table()` (a slice or ascending indices into
@@ -282,7 +288,18 @@ class TargetStore:
             return self.rows(table.global_rows(position, self)[rows], names)
         start, stop, _ = rows.indices(int(table.counts[position]))
         shard, first = int(table.shard[position]), int(table.first[position])
-        return {name: self._convert(name, self._dataset(shard, name)[first + start:first + stop]) for name in names}
+        reader = self._chunk_reader()
+        return {name: self._convert(name, reader.read(name, shard, first + start, first + stop)
+                                    if reader is not None and name in reader.tables
+                                    else self._dataset(shard, name)[first + start:first + stop]) for name in names}
+
+    def _chunk_reader(self) -> ChunkReader | None:
+        """Reads of outputs by pread from the video index's chunk tables (pipeline.shards.chunk_reads); None
+        without an index."""
+        if self._chunks is None:
+            index = self.video_index()
+            self._chunks = ChunkReader(self.shard_paths, index.chunks) if index is not None and index.chunks else False
+        return self._chunks or None
 
     def iter_blocks(self, names: Iterable[str], block_rows: int = 4096):
         """Yield (shard position, {name: array}) blocks covering every row once, for streaming summaries."""

@@ -17,6 +17,7 @@ from pipeline.shards import format as fmt
 from pipeline.shards import header
 from pipeline.shards.format import ShardError
 from pipeline.shards.layouts import layouts_problems, shard_layout_problems
+from pipeline.shards.video_index import video_index_problems
 from pipeline.shards.manifest import read_manifest
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def verify(targets_dir: str | os.PathLike) -> list[str]:
     if total_rows != manifest["total_rows"]:
         problems.append(f"{manifest_file}: total_rows {manifest['total_rows']} but the shards list {total_rows}")
     problems.extend(layouts_problems(targets_dir, manifest.get("layouts"), set(video_shards)))
+    problems.extend(video_index_problems(targets_dir, manifest.get("video_index")))
     for path in sorted(targets_dir.iterdir()):
         if fmt.parse_shard_name(path.name) is not None and path.name not in listed:
             problems.append(f"{path}: stray shard, not in the manifest; delete it or rerun `distinit extract --finalize`")
@@ -61,9 +63,11 @@ VERIFIED_NAME = "verified.json"
 
 
 def _file_states(targets_dir: Path, manifest: dict[str, Any]) -> dict[str, list[int]]:
-    """{file: [size, mtime_ns]} of the manifest and every shard it lists; a missing file is left out."""
+    """{file: [size, mtime_ns]} of the manifest, every shard it lists and the files beside them that stage two
+    reads (layouts, video index); a missing file is left out."""
     states = {}
-    for name in [fmt.MANIFEST_NAME, *(entry["file"] for entry in manifest["shards"])]:
+    beside = [manifest[key]["file"] for key in ("layouts", "video_index") if manifest.get(key)]
+    for name in [fmt.MANIFEST_NAME, *(entry["file"] for entry in manifest["shards"]), *beside]:
         try:
             stat = (targets_dir / name).stat()
         except OSError:

@@ -16,8 +16,9 @@ rows are then kept as a flat index array, sorted by time (stable, so written ord
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+import h5py
 import numpy as np
 
 from pipeline.packed import StringTable
@@ -34,9 +35,20 @@ class VideoRows:
     """The per-video row table of one TargetStore (module docstring)."""
 
     def __init__(self, store: "TargetStore"):
+        self._build(store._shard, len(store.shard_paths), store.offsets)
+        logger.debug("indexed %d videos over %d rows of %s", len(self.ids), len(store), store.targets_dir)
+
+    @classmethod
+    def from_shards(cls, open_shard: Callable[[int], h5py.File], offsets: np.ndarray) -> "VideoRows":
+        """The table of the shards `open_shard(0..N-1)` whose global row offsets are `offsets` (N + 1)."""
+        table = cls.__new__(cls)
+        table._build(open_shard, len(offsets) - 1, offsets)
+        return table
+
+    def _build(self, open_shard: Callable[[int], h5py.File], shard_count: int, offsets: np.ndarray) -> None:
         run_ids, run_shards, run_firsts, run_counts, time_parts, ordered = [], [], [], [], [], True
-        for position in range(len(store.shard_paths)):
-            shard = store._shard(position)
+        for position in range(shard_count):
+            shard = open_shard(position)
             ids = shard[fmt.VIDEO_ID][:]
             if len(ids) == 0:
                 continue
@@ -59,7 +71,7 @@ class VideoRows:
         sorted_ids = [run_ids[run] for run in order]
         unique = len(set(sorted_ids)) == len(sorted_ids)
         self.ids = StringTable(dict.fromkeys(sorted_ids))
-        global_firsts = firsts + store.offsets[shards]
+        global_firsts = firsts + offsets[shards]
         if unique and ordered:
             self.shard, self.first = shards[order], firsts[order]
             self.counts = counts[order]
@@ -70,7 +82,39 @@ class VideoRows:
             self._times = all_times[np.repeat(starts - self.offsets[:-1], self.counts) + np.arange(self.offsets[-1])]
         else:
             self._general(sorted_ids, order, global_firsts, counts, all_times, shards, firsts)
-        logger.debug("indexed %d videos over %d rows of %s", len(self.ids), len(store), store.targets_dir)
+
+    # The arrays that make the table, as stage one's video index stores them (pipeline.shards.video_index).
+    ARRAYS = ("ids_blob", "ids_offsets", "shard", "first", "counts", "offsets", "times", "rows")
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {"ids_blob": self.ids.blob, "ids_offsets": self.ids.offsets, "shard": self.shard, "first": self.first,
+                  "counts": self.counts, "offsets": self.offsets, "times": self._times}
+        if self._rows is not None:
+            arrays["rows"] = self._rows
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "VideoRows":
+        table = cls.__new__(cls)
+        table.ids = StringTable.from_arrays(arrays["ids_blob"], arrays["ids_offsets"])
+        table.shard, table.first, table.counts = arrays["shard"], arrays["first"], arrays["counts"]
+        table.offsets, table._times, table._rows = arrays["offsets"], arrays["times"], arrays.get("rows")
+        return table
+
+    def view_boxes(self, open_shard: Callable[[int], h5py.File], shard_offsets: np.ndarray,
+                   box_keys: dict[str, str]) -> dict[str, np.ndarray]:
+        """teacher name -> (videos, 4) float32: per video, the part of the frame the teacher saw in every one of the
+        video's rows (the intersection of its rows' boxes), from the box columns (`box_keys`: teacher -> dataset)."""
+        if len(self) == 0:
+            return {teacher: np.zeros((0, 4), np.float32) for teacher in box_keys}
+        rows, starts = self._all_rows(shard_offsets), self.offsets[:-1]
+        boxes = {}
+        for teacher, key in box_keys.items():
+            column = np.concatenate([open_shard(position)[key][:] for position in range(len(shard_offsets) - 1)])[rows]
+            low = np.maximum.reduceat(column[:, :2], starts, axis=0)
+            high = np.minimum.reduceat(column[:, 2:], starts, axis=0)
+            boxes[teacher] = np.concatenate([low, high], axis=1).astype(np.float32)
+        return boxes
 
     def _general(self, sorted_ids, order, global_firsts, counts, all_times, shards, firsts) -> None:
         """Videos spread over several runs or out of time order: an explicit row list per video."""
@@ -111,16 +155,16 @@ class VideoRows:
         start = int(store.offsets[self.shard[position]] + self.first[position])
         return np.arange(start, start + int(self.counts[position]), dtype=np.int64)
 
-    def all_global_rows(self, store: "TargetStore") -> np.ndarray:
+    def _all_rows(self, shard_offsets: np.ndarray) -> np.ndarray:
         """Every video's global rows, video after video in table order (offsets[i]:offsets[i + 1] are video i's)."""
         if self._rows is not None:
             return self._rows
-        starts = store.offsets[self.shard] + self.first
+        starts = shard_offsets[self.shard] + self.first
         return np.repeat(starts - self.offsets[:-1], self.counts) + np.arange(self.offsets[-1])
 
     def positions(self) -> dict[str, int]:
         """id -> position (a dict of Python strings: for building, not for keeping in workers)."""
-        return {self.ids[position]: position for position in range(len(self.ids))}
+        return {video_id: position for position, video_id in enumerate(self.ids.tolist())}
 
     @property
     def nbytes(self) -> int:

@@ -65,7 +65,8 @@ def _set_attribute(target: h5py.HLObject, name: str, value: Any) -> None:
     target.attrs[name] = value
 
 
-def _create_group(parent: h5py.Group, name: str) -> h5py.Group:
+def create_group(parent: h5py.Group, name: str) -> h5py.Group:
+    """A group without a modification time (a file's bytes must not depend on when it was written)."""
     # Through the low-level API because `create_group(track_times=...)` only exists in recent h5py.
     group_properties = h5py.h5p.create(h5py.h5p.GROUP_CREATE)
     group_properties.set_obj_track_times(False)
@@ -226,7 +227,7 @@ class ShardWriter:
 
     def _create_teacher_group(self, teacher: dict[str, Any], sampling: dict[str, Any]) -> None:
         specs = fmt.output_specs(teacher)
-        group = _create_group(self._file, teacher["name"])
+        group = create_group(self._file, teacher["name"])
         described = json.loads(canonical_json(teacher))
         for output in described.get("outputs", []):
             output.pop("class_names", None)  # kept once, on the output's dataset

@@ -52,6 +52,28 @@ class LayoutTable:
         self.keyframes, self.keyframe_offsets = ragged(
             [np.asarray(record["keyframes"], dtype=np.int64) for record in filled], np.int32)
 
+    # The arrays that make the table (stage one's video index stores them: pipeline.shards.video_index).
+    ARRAYS = ("present", "fps", "frame_count", "duration", "width", "height", "tick_seconds", "seekable", "file_size",
+              "codec", "runs", "run_offsets", "keyframes", "keyframe_offsets")
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in self.ARRAYS}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], codec_names: list[str]) -> "LayoutTable":
+        table = cls.__new__(cls)
+        for name in cls.ARRAYS:
+            setattr(table, name, arrays[name])
+        table.codec_names = list(codec_names)
+        return table
+
+    def without(self, positions: np.ndarray) -> "LayoutTable":
+        """This table with the records at `positions` dropped (their videos are probed instead)."""
+        table = LayoutTable.from_arrays(self.to_arrays(), self.codec_names)
+        table.present = self.present.copy()
+        table.present[positions] = False
+        return table
+
     def __len__(self) -> int:
         return len(self.present)
 
@@ -79,7 +101,4 @@ class LayoutTable:
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.present, self.fps, self.frame_count, self.duration, self.width, self.height, self.tick_seconds,
-                  self.seekable, self.file_size, self.codec, self.runs, self.run_offsets, self.keyframes,
-                  self.keyframe_offsets)
-        return int(sum(array.nbytes for array in arrays))
+        return int(sum(array.nbytes for array in self.to_arrays().values()))
