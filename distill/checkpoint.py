@@ -79,17 +79,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def pretraining_content_hashes(targets_dir: str | os.PathLike, video_ids) -> list[str] | None:
-    """The content hashes of `video_ids` that stage one stored in `targets_dir`'s layouts, each cut to its first
+def pretraining_content_hashes(store: TargetStore, video_ids) -> list[str] | None:
+    """The content hashes of `video_ids` that stage one stored in the target cache's layouts, each cut to its first
     CONTENT_HASH_DIGITS hex digits, sorted and distinct; None when the targets store none (written before
     extract-5). They are the hashes of the files stage one read, the originals, even when distill reads `prepare`'s
     re-encoded copies."""
-    index = TargetStore(targets_dir).video_index()
+    index = store.video_index()
     if index is not None:  # packed by stage one: no JSON to parse at every start
         positions = index.rows.positions()
         hashes = {index.content_hash(positions[video_id]) for video_id in video_ids if video_id in positions} - {None}
     else:
-        layouts = stored_layouts(targets_dir)
+        layouts = stored_layouts(store.targets_dir)
         hashes = {record_sha256(layouts.get(video_id)) for video_id in video_ids} - {None}
     return sorted(digest[:CONTENT_HASH_DIGITS] for digest in hashes) if hashes else None
 

@@ -66,11 +66,16 @@ def video_files(store: TargetStore, videos_root: str | os.PathLike | None = None
 def video_sizes(store: TargetStore) -> dict[str, int | None]:
     """video id -> its file size when stage one listed it (the videos manifest's rows)."""
     manifest_name = (store.manifest.get("extra") or {}).get("videos_manifest", "videos.jsonl")
+    path = store.targets_dir / manifest_name
     try:
-        rows = json_lines((store.targets_dir / manifest_name).read_bytes())
+        data = path.read_bytes()
     except OSError:
         return {}
-    return {row["id"]: row.get("size") for row in rows or []}
+    rows = json_lines(data)
+    if rows is None or not all(isinstance(row, dict) and "id" in row for row in rows):
+        read_manifest(path, store.targets_dir)  # names the line that is not a manifest row
+        rows = []
+    return {row["id"]: row.get("size") for row in rows}
 
 
 @dataclass
@@ -155,6 +160,7 @@ def build_clip_videos(store: TargetStore, *, videos_root: str | os.PathLike | No
             [f"{unprepared} not prepared"] if unprepared else [])
         report = logger.warning if os.environ.get("RANK", "0") == "0" else logger.debug  # once per run, not per rank
         report("%d of %d videos are left out of distillation: %s", videos.left_out, len(ids), ", ".join(parts))
+    store.teachers  # read now (shard 0's attributes), so the datasets built on this table need no handle reopened
     store.close()  # the parent's HDF5 handles must not be shared with forked workers
     return videos
 

@@ -325,7 +325,7 @@ def pretraining_videos(store, videos_root: str | None) -> dict[str, Any]:
     paths = video_files(store, videos_root)
     names = sorted(os.path.splitext(os.path.basename(path))[0] for path in paths.values())
     videos = {"count": len(names), "names": names, "sha256": sha256_json(names)}
-    content = pretraining_content_hashes(store.targets_dir, paths)
+    content = pretraining_content_hashes(store, paths)
     if content is not None:
         videos["content_sha256"] = content
     return videos

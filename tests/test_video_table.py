@@ -192,3 +192,20 @@ def test_a_flipped_bit_in_a_target_chunk_is_an_error_not_a_value(tmp_path):
     with pytest.raises(OSError, match="fails its fletcher32 checksum"):
         store.read_video_rows(position, slice(0, 2), ["fake-classifier/logits"])
     store.close()
+
+
+@pytest.mark.parametrize("rows", [np.zeros((8, 1000), np.float16), np.zeros((7, 80), np.float16),
+                                  np.ones((5, 3), np.uint8) * 255, np.arange(30, dtype=np.uint8).reshape(10, 3)],
+                         ids=["all-zero", "zero-padded-last-chunk", "sums-of-65535", "odd-bytes-per-chunk"])
+def test_chunk_reads_check_what_hdf5_stored_for_any_chunk(tmp_path, rows):
+    from pipeline.shards.chunk_reads import ChunkReader, chunk_table
+
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("x", data=rows, chunks=(4, *rows.shape[1:]), fletcher32=True)
+    with h5py.File(path, "r") as handle:
+        table = chunk_table([handle["x"]])
+    reader = ChunkReader([path], {"x": table})
+    np.testing.assert_array_equal(reader.read("x", 0, 0, len(rows)), rows)  # every chunk's checksum checked
+    assert reader.read("x", 0, 3, 3).shape == (0, *rows.shape[1:])
+    reader.close()

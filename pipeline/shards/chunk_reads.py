@@ -24,14 +24,19 @@ CHECKSUM_BYTES = 4
 
 
 def fletcher32(data: bytes) -> int:
-    """HDF5's Fletcher-32 (H5_checksum_fletcher32): big-endian 16-bit words, sums modulo 65535 kept in 1..65535."""
+    """HDF5's Fletcher-32 (H5_checksum_fletcher32): over big-endian 16-bit words, sum1 = the words' sum and sum2 =
+    the sum of the running sum1, each folded modulo 65535 as HDF5 folds it (a positive sum lands in 1..65535, a
+    zero sum stays 0), returned as sum2 << 16 | sum1."""
     if len(data) % 2:
         data = data + b"\0"  # an odd last byte counts as the high byte of a word
     words = np.frombuffer(data, dtype=">u2").astype(np.uint64)
-    count = len(words)
-    first = 0xFFFF + int(words.sum())
-    second = 0xFFFF * (count + 1) + int(words @ np.arange(count, 0, -1, dtype=np.uint64))
-    return ((((second - 1) % 0xFFFF) + 1) << 16) | (((first - 1) % 0xFFFF) + 1)
+    first = int(words.sum())
+    second = int(words @ np.arange(len(words), 0, -1, dtype=np.uint64))
+
+    def fold(total: int) -> int:
+        return 0 if total == 0 else (total - 1) % 0xFFFF + 1
+
+    return (fold(second) << 16) | fold(first)
 
 
 @dataclass
@@ -51,6 +56,8 @@ def chunk_table(datasets: Sequence[h5py.Dataset]) -> ChunkTable | None:
     compressed or filtered otherwise than by fletcher32 alone (then h5py reads it)."""
     first = datasets[0]
     if first.chunks is None or first.compression is not None or first.shuffle or not first.fletcher32:
+        return None
+    if not hasattr(first.id, "chunk_iter"):  # h5py built on HDF5 < 1.12.3: read through h5py
         return None
     offsets, sizes, starts = [], [], [0]
     for dataset in datasets:
@@ -90,6 +97,8 @@ class ChunkReader:
     def read(self, name: str, shard: int, start: int, stop: int) -> np.ndarray:
         """Rows start..stop-1 (local to the shard) of output `name`, as stored (its dtype, (rows, *shape))."""
         table = self.tables[name]
+        if stop <= start:
+            return np.empty((0, *table.row_shape), dtype=table.dtype)
         first_chunk, last_chunk = start // table.chunk_rows, (stop - 1) // table.chunk_rows
         base = int(table.shard_starts[shard])
         parts = []

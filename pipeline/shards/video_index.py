@@ -33,6 +33,7 @@ from pipeline.shards import format as fmt
 from pipeline.shards import header
 from pipeline.shards.chunk_reads import ChunkTable, chunk_table
 from pipeline.shards.format import ShardError
+from pipeline.shards.layouts import REWRITE_HINT
 from pipeline.shards.writer import create_group
 from pipeline.shards.video_rows import VideoRows
 from pipeline.video.layout_record import record_sha256
@@ -41,7 +42,6 @@ from pipeline.video.layout_table import LayoutTable
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "video_index.h5"
-REWRITE_HINT = "run `distinit extract --finalize` on this folder to rewrite it from the shards"
 
 
 class VideoIndex:

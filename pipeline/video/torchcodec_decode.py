@@ -2,7 +2,7 @@
 layouts where a seek is exact.
 
 TorchCodec is optional for users (the `torchcodec` extra; requirements.txt pins it so CI tests it): it needs
-FFmpeg's shared libraries (4 to 8; TorchCodec bundles none), e.g. Debian's `libavcodec59 libavformat59 libavutil57
+FFmpeg's shared libraries (4 to 9; TorchCodec bundles none), e.g. Debian's `libavcodec59 libavformat59 libavutil57
 libswscale6 libavfilter8 libswresample4 libavdevice59`.
 
 Seeking from the stored layout. TorchCodec's "exact" seek mode scans every packet of the file when a decoder
