@@ -1,7 +1,8 @@
-"""GPU benchmark: teachers, students and the stage-two loader, each for a fixed wall time, in under 8 minutes.
+"""GPU benchmark: teachers, students, the stage-two loader and a short real training, in about 9 minutes.
 
     python bench/gpu.py                                           # a GPU machine: writes bench/results/gpu.json
-    python bench/gpu.py --quick --device cpu --amp off --out bench/results/gpu_cpu_check.json   # wiring check, ~3 min
+    python bench/gpu.py --quick --device cpu --amp off --out /tmp/gpu_cpu_check.json   # wiring check, not a figure
+    python bench/gpu.py --quick --device cpu --amp off --only train --out /tmp/gpu_cpu_check.json   # one part
 
 --amp off on the CPU: there bf16 autocast gave non-finite BatchNorm weight gradients in the full-width students
 from the first step (torch 2.14.1, batch of 2 or 4), and the trainer stops at the first non-finite loss.
@@ -9,7 +10,8 @@ from the first step (torch 2.14.1, batch of 2 or 4), and the trainer stops at th
 Setup (not timed): bench/kinetics_videos.py makes --videos Kinetics-like videos in --work, `distinit prepare`
 re-encodes them (short side 128, short GOP) and stage one writes EfficientNet-Lite0 targets for them; all three
 use every core and are reused by a later run with the same --work.
-Parts, each measured for a fixed wall time (--teacher-seconds, --step-seconds, --loader-seconds) after a warm-up:
+Parts, each but train measured for a fixed wall time (--teacher-seconds, --step-seconds, --loader-seconds)
+after a warm-up:
   teachers  images/s of EfficientNet-Lite0 (its packaged weights), torchvision ResNet-50 and Keypoint R-CNN (random
             weights: speed does not depend on them, and nothing is downloaded), fed real frames decoded at each
             teacher's own short side, --teacher-batch frames per call as extraction calls them;
@@ -18,8 +20,15 @@ Parts, each measured for a fixed wall time (--teacher-seconds, --step-seconds, -
             copied to the device and normalised there every step as in training;
   loader    clips/s of the training DataLoader exactly as distill.train.build_loaders builds it, with one worker
             per available core (--workers), no clip cache, on the prepared videos, 8 and 16 frames (stride 2,
-            crop 112); from its first batch on (the workers' start-up apart), over as many epochs as the time allows.
-Then loader/step for every student: the goal (issue 13) is loader clips/s >= student clips/s.
+            crop 112); from its first batch on (the workers' start-up apart), over as many epochs as the time allows;
+  train     distill.train.train() end to end, R(2+1)D-18 at full width, 8x112^2 and 16x112^2 (--train-frames), on the
+            prepared videos, --batch-size, --amp, --workers (default the trainer's own: auto, the cores less one), no
+            held-out set, in a fresh run folder under --work: 2 epochs (the first starts the workers and tunes cuDNN),
+            each of --train-steps steps, or as many as --train-seconds (both epochs) holds at the slower of this run's
+            student and loader clips/s (150 when neither was measured). From the run's log.jsonl, each epoch's clips/s
+            and data-wait fraction, and whether the trainer's data-wait warning (> 20 %) fired.
+Then loader/step for every student: the goal (issue 13) is loader clips/s >= student clips/s; and train_data_wait:
+the goal (issue 21) is a data-wait fraction < 0.1 in the second (steady) epoch, so the loader keeps the GPU fed.
 Every part runs in this process, one after another; a part that fails is recorded with its error and the rest run.
 """
 
@@ -29,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 import traceback
@@ -50,6 +60,7 @@ TEACHERS = {  # label -> (registered teacher, weights, options)
     "keypoint_rcnn": ("coco-keypoints", "random", {"backend": "torchvision"}),
 }
 STUDENTS = ("r2plus1d_18", "r3d_18")
+PARTS = ("teachers", "students", "loader", "train")
 
 
 def log(message: str) -> None:
@@ -189,6 +200,74 @@ def loader_clips_per_second(config_options: dict[str, Any], seconds: float) -> d
             "seconds": round(elapsed, 3), "epochs_started": epoch, "first_batch_seconds": round(first_batch_seconds, 3)}
 
 
+# ------------------------------------------------------------------------------------------ training
+TRAIN_EPOCHS = 2  # the first starts the loader workers and tunes cuDNN; the second is the steady state
+DATA_WAIT_GOAL = 0.1  # issue 21: the loader keeps up when the steps wait for batches less than this of an epoch
+UNMEASURED_STEPS = 150  # steps per epoch when this run measured neither the student's step nor the loader
+
+
+def train_steps_per_epoch(arguments: argparse.Namespace, report: dict[str, Any], frames: int) -> tuple[int, str]:
+    """(steps per epoch, where that number came from): --train-steps, else what --train-seconds holds over both
+    epochs at the slower of this run's student step and loader for this clip length."""
+    if arguments.train_steps:
+        return arguments.train_steps, "--train-steps"
+    measured = (report.get("students", {}).get(f"r2plus1d_18-full-{frames}x112", {}),
+                report.get("loader", {}).get(f"prepared-{frames}frames", {}))
+    rates = [result["clips_per_second"] for result in measured if "clips_per_second" in result]
+    if not rates:
+        return UNMEASURED_STEPS, "no student or loader clips/s measured in this run"
+    steps = round(arguments.train_seconds / TRAIN_EPOCHS * min(rates) / arguments.batch_size)
+    return max(2, steps), f"--train-seconds at {min(rates):.1f} clips/s (the slower of step and loader)"
+
+
+def train_end_to_end(config_options: dict[str, Any], videos: int, steps: int) -> dict[str, Any]:
+    """distill.train.train() for TRAIN_EPOCHS epochs of at least `steps` steps over `videos` videos (each giving
+    as many clips an epoch as that takes), in a fresh run folder; each epoch's figures from the run's log.jsonl."""
+    from distill.config import DistillConfig
+    from distill.train import data_wait_message, train
+    from pipeline.devices import capped_workers
+
+    shutil.rmtree(config_options["out"], ignore_errors=True)  # a run of the same key would resume, finished
+    clips_per_video = -(-steps * config_options["batch_size"] // videos)
+    config = DistillConfig(**{**config_options, "clips_per_video": clips_per_video})
+    workers = capped_workers(config.workers, "loader workers")  # what build_loaders gives the run
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.monotonic()
+    result = train(config, show_progress=False)
+    wall_seconds = time.monotonic() - started
+    lines = (result.run_dir / "log.jsonl").read_text(encoding="utf-8").splitlines()
+    epochs, previous_step = [], 0
+    for record in (json.loads(line) for line in lines):
+        if record.get("record") == "step":  # the running loss every log_every_steps
+            continue
+        warning = data_wait_message(record["data_wait_fraction"], workers)  # the trainer's own test and words
+        epochs.append({"epoch": record["epoch"], "steps": record["step"] - previous_step,
+                       "clips_per_second": round(record["clips_per_second"], 3),
+                       "data_wait_fraction": round(record["data_wait_fraction"], 4),
+                       "seconds": round(record["seconds"], 3), "train_loss": record.get("train_loss"),
+                       "data_wait_warning": warning})
+        previous_step = record["step"]
+    steady = epochs[-1]
+    memory = round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
+    return {"student": config.student, "width": config.width, "frames": config.frames, "crop": config.crop,
+            "batch_size": config.batch_size, "workers": workers, "amp": config.amp,
+            "clips_per_video": clips_per_video, "videos": videos, "steps": result.step,
+            "clips_per_second": steady["clips_per_second"], "data_wait_fraction": steady["data_wait_fraction"],
+            "data_wait_warning_fired": any(epoch["data_wait_warning"] for epoch in epochs), "epochs": epochs,
+            "wall_seconds": round(wall_seconds, 1), "run_dir": str(result.run_dir), "cuda_max_allocated_mib": memory}
+
+
+def train_data_wait(report: dict[str, Any]) -> dict[str, Any]:
+    """The steady (last) epoch's data-wait fraction of every training run; the goal is < DATA_WAIT_GOAL."""
+    return {name: {"data_wait_fraction": result["data_wait_fraction"], "clips_per_second": result["clips_per_second"],
+                   "workers": result["workers"], "goal": f"data_wait_fraction < {DATA_WAIT_GOAL}",
+                   "goal_met": result["data_wait_fraction"] < DATA_WAIT_GOAL}
+            for name, result in report.get("train", {}).items() if "data_wait_fraction" in result}
+
+
 # ------------------------------------------------------------------------------------------ main
 def machine_info(device: torch.device) -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -236,12 +315,15 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
 def print_table(report: dict[str, Any]) -> None:
     print(f"\n{report['machine']['device']} ({report['machine']['gpu']}), {report['machine']['cpus']} cores")
     for section, unit in (("teachers", "images_per_second"), ("students", "clips_per_second"),
-                          ("loader", "clips_per_second")):
+                          ("loader", "clips_per_second"), ("train", "clips_per_second")):
         for name, result in report.get(section, {}).items():
             value = f"{result[unit]:10.1f} {unit.replace('_per_second', '/s')}" if unit in result else result["error"]
             print(f"  {section:9} {name:32} {value}")
     for name, ratio in report.get("loader_over_step", {}).items():
         print(f"  loader/step {name:28} {ratio['ratio']:10.2f}  {'goal met' if ratio['goal_met'] else 'goal NOT met'}")
+    for name, wait in report.get("train_data_wait", {}).items():
+        print(f"  data wait {name:30} {wait['data_wait_fraction']:10.1%}  {wait['workers']} workers, "
+              f"{'goal met' if wait['goal_met'] else 'goal NOT met'} (< {DATA_WAIT_GOAL:.0%})")
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -255,17 +337,22 @@ def parse_arguments() -> argparse.Namespace:
     add("--amp", default="bf16", choices=("bf16", "fp16", "off"))
     add("--batch-size", type=int, default=32, help="clips per training step and loader batch (--quick: 2)")
     add("--teacher-batch", type=int, default=64, help="frames per teacher call (extraction's CUDA default; --quick: 2)")
-    add("--workers", type=int, default=None, help="loader workers (default: every available core)")
+    add("--workers", type=int, default=None, help="loader workers (default: every available core; train: the "
+        "trainer's auto, its cores less one)")
     add("--loader-clips-per-video", type=int, default=64, help="clips per video and epoch in the loader")
     add("--teacher-seconds", type=float, default=25.0)
     add("--step-seconds", type=float, default=20.0)
     add("--loader-seconds", type=float, default=40.0)
-    add("--only", nargs="+", choices=("teachers", "students", "loader"), default=["teachers", "students", "loader"])
+    add("--train-seconds", type=float, default=30.0, help="train: both epochs of one clip length, as the measured "
+        "rates predict (the start-up comes on top)")
+    add("--train-steps", type=int, default=None, help="train: steps per epoch instead of --train-seconds (--quick: 2)")
+    add("--train-frames", type=int, nargs="+", choices=(8, 16), default=[8, 16])
+    add("--only", nargs="+", choices=PARTS, default=list(PARTS))
     arguments = parser.parse_args()
     if arguments.quick:
         arguments.videos, arguments.batch_size, arguments.teacher_batch = 3, 2, 2
         arguments.teacher_seconds = arguments.step_seconds = arguments.loader_seconds = 1.0
-        arguments.loader_clips_per_video = 4
+        arguments.loader_clips_per_video, arguments.train_steps = 4, 2
     return arguments
 
 
@@ -300,7 +387,17 @@ def main() -> None:
             options = student_options(arguments, targets, frames=frames, **prepared_option(prepared_folder))
             run_part(report, "loader", f"prepared-{frames}frames",
                      lambda options=options: loader_clips_per_second(options, arguments.loader_seconds))
+    if "train" in arguments.only:
+        for frames in arguments.train_frames:
+            steps, steps_from = train_steps_per_epoch(arguments, report, frames)
+            name = f"r2plus1d_18-full-{frames}x112"
+            options = student_options(arguments, targets, frames=frames, workers=arguments.workers or "auto",
+                                      epochs=TRAIN_EPOCHS, val_fraction=0.0, out=str(arguments.work / "train" / name),
+                                      **prepared_option(prepared_folder))
+            run_part(report, "train", name, lambda options=options, steps=steps: {
+                **train_end_to_end(options, len(videos), steps), "steps_per_epoch_from": steps_from})
     report["loader_over_step"] = ratios(report)
+    report["train_data_wait"] = train_data_wait(report)
     report["total_seconds"] = round(time.monotonic() - started, 1)
     report["machine"]["load_average_after"] = [round(value, 2) for value in os.getloadavg()]
     atomic_write_text(arguments.out, json.dumps(report, indent=2) + "\n")
