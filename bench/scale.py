@@ -1,7 +1,7 @@
 """Stage two at Kinetics size on one node (issue 21): memory per loader worker, start-up time per rank, target
 reads per clip, and loader throughput, on a synthetic 240k-video pool.
 
-    .venv/bin/python bench/scale.py --out bench/results/scale.json          # 240k videos, ~15 min on 2 cores
+    .venv/bin/python bench/scale.py --out bench/results/scale.json          # 240k videos: ~6 min to build the pool (once), ~2 to measure
     .venv/bin/python bench/scale.py --videos 2000 --out /tmp/scale.json      # a quick look
 
 The pool (kept in --work, reused by a second run): a target cache in the real shard format (bench --shards
