@@ -135,19 +135,14 @@ def build_pool(work: Path, videos: int, rows_per_video: int, real_files: int, sh
 
 # ---------------------------------------------------------------- measurements (each run in a child process)
 def datasets(targets: Path):
-    """What distill.train.build_loaders builds once per rank, timed."""
-    from distill.data import ClipSpec, TargetClipDataset, build_clip_videos, open_targets, split_videos
+    """What distill.train.build_loaders builds once per rank (build_datasets), timed."""
+    from distill.config import DistillConfig
+    from distill.train import build_datasets
 
+    config = DistillConfig(targets=str(targets), decoder="pyav", **CLIP)
     started = time.perf_counter()
-    store = open_targets(targets)
-    train_ids, val_ids = split_videos(store.video_ids(), 0.1, 0)
-    videos = build_clip_videos(store, short_side=CLIP["short_side"])
-    clip = ClipSpec(**CLIP)
-    train_set = TargetClipDataset(targets, train_ids, clip, train=True, videos=videos, decoder="pyav")
-    val_set = TargetClipDataset(targets, val_ids, clip, train=False, videos=videos, decoder="pyav")
-    seconds = time.perf_counter() - started
-    del train_ids, val_ids
-    return train_set, val_set, seconds
+    _, train_set, val_set = build_datasets(config, targets)
+    return train_set, val_set, time.perf_counter() - started
 
 
 def smaps(pid: int) -> dict[str, float]:

@@ -105,9 +105,14 @@ def intersect_view_boxes(boxes: Sequence[np.ndarray]) -> ViewBox:
     if not boxes:
         return WHOLE_FRAME
     stacked = np.concatenate([np.asarray(box, dtype=np.float64).reshape(-1, 4) for box in boxes])  # (M, 4)
-    x0, y0 = stacked[:, 0].max(), stacked[:, 1].max()
-    x1, y1 = max(stacked[:, 2].min(), x0), max(stacked[:, 3].min(), y0)
-    return float(x0), float(y0), float(x1), float(y1)
+    x0, y0, x1, y1 = (float(value) for value in box_intersection(stacked, axis=0))
+    return x0, y0, x1, y1
+
+
+def box_intersection(boxes: np.ndarray, axis: int) -> np.ndarray:
+    """The intersection of (..., 4) float64 boxes along `axis`; an empty one shrinks to a line (x1 >= x0, y1 >= y0)."""
+    low = boxes[..., :2].max(axis=axis)
+    return np.concatenate([low, np.maximum(boxes[..., 2:].min(axis=axis), low)], axis=-1)
 
 
 def crop_frames(frames: np.ndarray, top: int, left: int, crop: int) -> np.ndarray:

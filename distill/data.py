@@ -146,8 +146,7 @@ def video_view_boxes(boxes: Mapping[str, np.ndarray], teachers: Sequence[str]) -
         count = len(next(iter(boxes.values()))) if boxes else 0
         return np.tile(np.array(augment.WHOLE_FRAME, dtype=np.float64), (count, 1))
     stacked = np.stack([np.asarray(boxes[teacher], dtype=np.float64) for teacher in teachers])  # (teachers, videos, 4)
-    low, high = stacked[..., :2].max(axis=0), stacked[..., 2:].min(axis=0)
-    return np.concatenate([low, np.maximum(high, low)], axis=1)
+    return augment.box_intersection(stacked, axis=0)
 
 
 class TargetClipDataset(torch.utils.data.Dataset):

@@ -94,7 +94,8 @@ def loader_worker_init(worker_id: int) -> None:
     ignore_preemption_signals()
 
 
-def build_loaders(config: DistillConfig, targets_dir: Path, context: DistributedContext):
+def build_datasets(config: DistillConfig, targets_dir: Path):
+    """(store, training set, held-out set or None), sharing one video table built for this rank."""
     store = open_targets(targets_dir)
     train_ids, val_ids = split_videos(store.video_ids(), config.val_fraction, config.seed)
     clip = ClipSpec(frames=config.frames, stride=config.stride, short_side=config.short_side, crop=config.crop,
@@ -113,6 +114,11 @@ def build_loaders(config: DistillConfig, targets_dir: Path, context: Distributed
         common["flow_method"] = config.flow_method
     train_set = TargetClipDataset(targets_dir, train_ids, clip, train=True, clips_per_video=config.clips_per_video, **common)
     val_set = TargetClipDataset(targets_dir, val_ids, clip, train=False, **common) if val_ids else None
+    return store, train_set, val_set
+
+
+def build_loaders(config: DistillConfig, targets_dir: Path, context: DistributedContext):
+    store, train_set, val_set = build_datasets(config, targets_dir)
     freeze_for_workers()  # the workers fork later, at the first iteration (distill.clip_videos)
     train_sampler = GlobalBatchSampler(len(train_set), batch_size=config.batch_size,
                                        global_batch=int(config.global_batch_for(context.world_size)),

@@ -143,10 +143,11 @@ def prepared_files(folder: str | os.PathLike, short_side: int | None = None,
     except OSError as error:
         raise DistinitError(f"{manifest_file}: cannot read ({error.strerror}); prepare the videos again") from None
     base = os.path.join(folder, VIDEOS_FOLDER)
-    rows = json_lines("\n".join(lines))
-    for number, line in enumerate(lines, start=1):
+    parsed = json_lines("\n".join(lines))  # in one call; line by line where that fails (or a line is blank)
+    rows = parsed if parsed is not None and len(parsed) == len(lines) else [None] * len(lines)
+    for number, (line, row) in enumerate(zip(lines, rows), start=1):
         try:
-            row = rows[number - 1] if rows is not None and len(rows) == len(lines) else json.loads(line)
+            row = json.loads(line) if row is None else row
             videos[row["id"]] = (os.path.join(base, row["path"]), row["layout"])
             source_size = row["source_size"]
         except (ValueError, KeyError, TypeError):
