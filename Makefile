@@ -68,7 +68,7 @@ AFTER    ?=
 # steps), so with global_batch set NPROC changes no key: 8 processes, or 1 accumulating 8 steps, are one run. Without
 # it, batch_size x NPROC x the --nnodes N of TORCHRUN_ARGS is the global batch (1 node without one, or for an
 # elastic range such as 1:4, which cannot be known ahead): a change re-runs distill into its own folder.
-DISTILL_LAUNCH = $(if $(NPROC),$(BIN)/torchrun --nproc_per_node $(NPROC) $(TORCHRUN_ARGS) -m pipeline,$(DISTINIT))
+DISTILL_LAUNCH = $(if $(NPROC),$(BIN)/torchrun --nproc_per_node $(NPROC) $(TORCHRUN_ARGS) -m distinit.pipeline,$(DISTINIT))
 
 # `key=value` options that change a stage's output: passed to the stage and to its key alike.
 # Each reaches distinit as one literal shell word (bash would brace-expand {a,b} and glob [..]; a ' inside is kept).

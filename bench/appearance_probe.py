@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluate.compare import compare, ordered_inits  # noqa: E402
-from evaluate.config import EvalConfig  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
+from distinit.evaluate.compare import compare, ordered_inits  # noqa: E402
+from distinit.evaluate.config import EvalConfig  # noqa: E402
+from distinit.pipeline.config import load_config  # noqa: E402
 
 SPLITS_FOLDER = "testTrainMulti_7030_splits"
 

@@ -30,10 +30,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.atomic import atomic_write_text  # noqa: E402
-from pipeline.video import ffmpeg_binary, output_size, read_frames  # noqa: E402
-from pipeline.video.decode import frame_index_at  # noqa: E402
-from pipeline.video.probe import clear_probe_cache, probe_layout  # noqa: E402
+from distinit.pipeline.atomic import atomic_write_text  # noqa: E402
+from distinit.pipeline.video import ffmpeg_binary, output_size, read_frames  # noqa: E402
+from distinit.pipeline.video.decode import frame_index_at  # noqa: E402
+from distinit.pipeline.video.probe import clear_probe_cache, probe_layout  # noqa: E402
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v"}
 

@@ -30,13 +30,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distill.config import DistillConfig  # noqa: E402
-from distill.train import train  # noqa: E402
-from evaluate.compare import compare  # noqa: E402
-from evaluate.config import EvalConfig  # noqa: E402
-from evaluate.statistics import difference_against  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.provenance import compute_environment  # noqa: E402
+from distinit.distill.config import DistillConfig  # noqa: E402
+from distinit.distill.train import train  # noqa: E402
+from distinit.evaluate.compare import compare  # noqa: E402
+from distinit.evaluate.config import EvalConfig  # noqa: E402
+from distinit.evaluate.statistics import difference_against  # noqa: E402
+from distinit.pipeline.config import load_config  # noqa: E402
+from distinit.pipeline.provenance import compute_environment  # noqa: E402
 
 
 def seed_list(text: str) -> list[int]:

@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from extract.teachers import create_teacher  # noqa: E402
-from extract.teachers.detections import detectron2_is_installed  # noqa: E402
+from distinit.extract.teachers import create_teacher  # noqa: E402
+from distinit.extract.teachers.detections import detectron2_is_installed  # noqa: E402
 
 FRAME_HEIGHT, FRAME_WIDTH = 256, 340
 

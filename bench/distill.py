@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from pipeline.atomic import atomic_write_text  # noqa: E402
-from pipeline.video import ffmpeg_binary  # noqa: E402
+from distinit.pipeline.atomic import atomic_write_text  # noqa: E402
+from distinit.pipeline.video import ffmpeg_binary  # noqa: E402
 
 PARTS = ("loader", "step", "train", "profile")
 GOAL_RATIO = 2.0
@@ -104,8 +104,8 @@ def run_child(part: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]
 
 # ---------------------------------------------------------------------------------------------- children
 def child_context(config):
-    from distill.distributed import DistributedContext
-    from pipeline.devices import resolve_device
+    from distinit.distill.distributed import DistributedContext
+    from distinit.pipeline.devices import resolve_device
 
     return DistributedContext(rank=0, world_size=1, local_rank=0, device=resolve_device(config.device))
 
@@ -113,9 +113,9 @@ def child_context(config):
 def child_loader(spec: dict[str, Any]) -> dict[str, Any]:
     """Epochs of the trainer's training DataLoader, timed from creating the iterator (workers start) to
     its last batch; 'steady' leaves out the wait for the first batch."""
-    from distill.config import DistillConfig
-    from distill.targets_folder import resolve_targets_dir
-    from distill.train import build_loaders
+    from distinit.distill.config import DistillConfig
+    from distinit.distill.targets_folder import resolve_targets_dir
+    from distinit.distill.train import build_loaders
 
     config = DistillConfig(**spec["config"])
     store, loader, _ = build_loaders(config, resolve_targets_dir(config.targets), child_context(config))
@@ -162,7 +162,7 @@ def sample_worker_memory(iterator, peaks: dict[str, float]) -> None:
 def prefill_probes(dataset) -> float:
     """A candidate fix, measured: probe every video once in the parent, so forked workers inherit the
     results (the probe cache and the dataset's fps / frame count) instead of re-probing every epoch."""
-    from pipeline.video.probe import probe_layout
+    from distinit.pipeline.video.probe import probe_layout
 
     started = time.perf_counter()
     for position in dataset.positions:
@@ -175,12 +175,12 @@ def child_step(spec: dict[str, Any]) -> dict[str, Any]:
     """train_one_epoch over a list holding one pre-loaded batch `steps` times: the trainer's step, no loading."""
     from tqdm import tqdm
 
-    from distill.config import DistillConfig
-    from distill.heads import head_specs_from_teachers
-    from distill.losses import DistillationLoss
-    from distill.students import create_student
-    from distill.targets_folder import resolve_targets_dir
-    from distill.train import autocast_for, build_loaders, build_optimizer, train_one_epoch
+    from distinit.distill.config import DistillConfig
+    from distinit.distill.heads import head_specs_from_teachers
+    from distinit.distill.losses import DistillationLoss
+    from distinit.distill.students import create_student
+    from distinit.distill.targets_folder import resolve_targets_dir
+    from distinit.distill.train import autocast_for, build_loaders, build_optimizer, train_one_epoch
 
     config = DistillConfig(**spec["config"])
     if spec.get("threads"):
@@ -218,8 +218,8 @@ def child_step(spec: dict[str, Any]) -> dict[str, Any]:
 
 def child_train(spec: dict[str, Any]) -> dict[str, Any]:
     """distill.train.train() into a scratch folder; its log.jsonl lines."""
-    from distill.config import DistillConfig
-    from distill.train import train
+    from distinit.distill.config import DistillConfig
+    from distinit.distill.train import train
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -269,10 +269,11 @@ def profiled_epoch(config, train_ids, order, cache_folder) -> tuple[dict[str, An
     """One epoch of samples in the sampler's order, in this process, with the dataset's stages timed."""
     from torch.utils.data import default_collate
 
-    import distill.augment
-    import distill.data
-    from distill.data import ClipSpec, TargetClipDataset
-    from distill.targets_folder import resolve_targets_dir
+    import distinit.distill.augment
+    import distinit.distill.data
+    from distinit import distill
+    from distinit.distill.data import ClipSpec, TargetClipDataset
+    from distinit.distill.targets_folder import resolve_targets_dir
 
     clock = StageClock()
     patched = {(distill.data, "probe"): "probe (one ffmpeg run per video)", (distill.data, "read_clip"): "decode clip (ffmpeg)",
@@ -285,7 +286,7 @@ def profiled_epoch(config, train_ids, order, cache_folder) -> tuple[dict[str, An
                                 videos_root=config.videos_root)
     dataset._rows = clock.wrap("read shard rows (h5py)", dataset._rows)
     if dataset.cache is not None:
-        import distill.clip_cache
+        import distinit.distill.clip_cache  # noqa: F401  (distill.clip_cache below)
 
         dataset.cache._build = clock.wrap(BUILD, dataset.cache._build)
         dataset.cache.get = clock.wrap(LOOKUP, dataset.cache.get)
@@ -326,9 +327,9 @@ def grouped_decode(config, clip_starts: dict[str, list[float]]) -> dict[str, Any
     dataset decodes); the probe is cached on both sides, and the frames must be identical."""
     import numpy as np
 
-    from distill.data import ClipSpec, open_targets, video_paths
-    from distill.targets_folder import resolve_targets_dir
-    from pipeline.video import probe, read_clip, read_frames
+    from distinit.distill.data import ClipSpec, open_targets, video_paths
+    from distinit.distill.targets_folder import resolve_targets_dir
+    from distinit.pipeline.video import probe, read_clip, read_frames
 
     clip = ClipSpec(frames=config.frames, stride=config.stride, short_side=config.short_side, crop=config.crop)
     store = open_targets(resolve_targets_dir(config.targets))
@@ -359,10 +360,10 @@ def grouped_decode(config, clip_starts: dict[str, list[float]]) -> dict[str, Any
 
 def child_profile(spec: dict[str, Any]) -> dict[str, Any]:
     """Stage breakdown of one epoch (no cache), then of two epochs with a fresh cache (build, then read)."""
-    from distill.config import DistillConfig
-    from distill.data import open_targets, split_videos
-    from distill.sampler import ResumableSampler
-    from distill.targets_folder import resolve_targets_dir
+    from distinit.distill.config import DistillConfig
+    from distinit.distill.data import open_targets, split_videos
+    from distinit.distill.sampler import ResumableSampler
+    from distinit.distill.targets_folder import resolve_targets_dir
 
     torch.set_num_threads(1)  # as in a DataLoader worker
     config = DistillConfig(**spec["config"])

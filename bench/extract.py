@@ -48,14 +48,14 @@ if __name__ != "__mp_main__":
     import numpy as np
     import torch
 
-    import extract.run as run_module
-    from extract.config import ExtractConfig
-    from extract.decode_worker import DecodedVideo, decode_video
-    from extract.sampling import sample_frames
-    from extract.teachers.base import frames_to_tensor, normalise, resize_short_side_and_center_crop
-    from extract.teaching import teach
-    from pipeline.shards import ShardWriter, output_key, shard_name
-    from pipeline.video import ffmpeg_binary, output_size, probe
+    import distinit.extract.run as run_module
+    from distinit.extract.config import ExtractConfig
+    from distinit.extract.decode_worker import DecodedVideo, decode_video
+    from distinit.extract.sampling import sample_frames
+    from distinit.extract.teachers.base import frames_to_tensor, normalise, resize_short_side_and_center_crop
+    from distinit.extract.teaching import teach
+    from distinit.pipeline.shards import ShardWriter, output_key, shard_name
+    from distinit.pipeline.video import ffmpeg_binary, output_size, probe
 
     # The module, not the function `pipeline.video.probe` that its package exports under the same name.
     probe_module = sys.modules["pipeline.video.probe"]

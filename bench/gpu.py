@@ -51,8 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.atomic import atomic_write_text  # noqa: E402
-from pipeline.devices import available_cores, resolve_device  # noqa: E402
+from distinit.pipeline.atomic import atomic_write_text  # noqa: E402
+from distinit.pipeline.devices import available_cores, resolve_device  # noqa: E402
 
 TEACHERS = {  # label -> (registered teacher, weights, options)
     "efficientnet_lite0": ("imagenet-efficientnet-lite0", None, {}),
@@ -91,7 +91,7 @@ def for_a_while(work: Callable[[], int], seconds: float, device: torch.device, w
 # ------------------------------------------------------------------------------------------ teachers
 def real_frames(videos: list[Path], short_side: int, count: int) -> np.ndarray:
     """`count` frames of the videos at `short_side`, one every half second, cycling through the videos."""
-    from pipeline.video import read_frames
+    from distinit.pipeline.video import read_frames
 
     per_video = -(-count // len(videos))
     frames = [read_frames(path, [0.5 * index for index in range(per_video)], short_side=short_side) for path in videos]
@@ -100,7 +100,7 @@ def real_frames(videos: list[Path], short_side: int, count: int) -> np.ndarray:
 
 def teacher_images_per_second(label: str, videos: list[Path], device: torch.device, batch: int, seconds: float,
                               quick: bool) -> dict[str, Any]:
-    from extract.teachers import create_teacher
+    from distinit.extract.teachers import create_teacher
 
     name, weights, options = TEACHERS[label]
     if quick and name == "coco-keypoints":
@@ -116,7 +116,7 @@ def teacher_images_per_second(label: str, videos: list[Path], device: torch.devi
 
 # ------------------------------------------------------------------------------------------ students and loader
 def context_for(device: torch.device):
-    from distill.distributed import DistributedContext
+    from distinit.distill.distributed import DistributedContext
 
     return DistributedContext(rank=0, world_size=1, local_rank=0, device=device)
 
@@ -125,13 +125,13 @@ def step_clips_per_second(config_options: dict[str, Any], seconds: float, warmup
     """The trainer's step (train_one_epoch) over one pre-loaded batch, repeated for `seconds` after a warm-up."""
     from tqdm import tqdm
 
-    from distill.config import DistillConfig
-    from distill.device_step import use_fast_kernels
-    from distill.heads import head_specs_from_teachers
-    from distill.losses import DistillationLoss
-    from distill.students import create_student
-    from distill.targets_folder import resolve_targets_dir
-    from distill.train import autocast_for, build_loaders, build_optimizer, train_one_epoch
+    from distinit.distill.config import DistillConfig
+    from distinit.distill.device_step import use_fast_kernels
+    from distinit.distill.heads import head_specs_from_teachers
+    from distinit.distill.losses import DistillationLoss
+    from distinit.distill.students import create_student
+    from distinit.distill.targets_folder import resolve_targets_dir
+    from distinit.distill.train import autocast_for, build_loaders, build_optimizer, train_one_epoch
 
     config = DistillConfig(**{**config_options, "workers": 0})
     context = context_for(resolve_device(config.device))
@@ -171,9 +171,9 @@ def step_clips_per_second(config_options: dict[str, Any], seconds: float, warmup
 def loader_clips_per_second(config_options: dict[str, Any], seconds: float) -> dict[str, Any]:
     """The training DataLoader as the trainer builds it, epoch after epoch, until `seconds` have passed after its
     first batch; clips/s after the first batch (the wait for the workers to start is reported apart)."""
-    from distill.config import DistillConfig
-    from distill.targets_folder import resolve_targets_dir
-    from distill.train import build_loaders
+    from distinit.distill.config import DistillConfig
+    from distinit.distill.targets_folder import resolve_targets_dir
+    from distinit.distill.train import build_loaders
 
     config = DistillConfig(**config_options)
     store, loader, _ = build_loaders(config, resolve_targets_dir(config.targets), context_for(resolve_device(config.device)))
@@ -223,9 +223,9 @@ def train_steps_per_epoch(arguments: argparse.Namespace, report: dict[str, Any],
 def train_end_to_end(config_options: dict[str, Any], videos: int, steps: int) -> dict[str, Any]:
     """distill.train.train() for TRAIN_EPOCHS epochs of at least `steps` steps over `videos` videos (each giving
     as many clips an epoch as that takes), in a fresh run folder; each epoch's figures from the run's log.jsonl."""
-    from distill.config import DistillConfig
-    from distill.train import data_wait_message, train
-    from pipeline.devices import capped_workers
+    from distinit.distill.config import DistillConfig
+    from distinit.distill.train import data_wait_message, train
+    from distinit.pipeline.devices import capped_workers
 
     shutil.rmtree(config_options["out"], ignore_errors=True)  # a run of the same key would resume, finished
     clips_per_video = -(-steps * config_options["batch_size"] // videos)

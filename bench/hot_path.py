@@ -54,7 +54,7 @@ COPIES_PER_CLIP = {
 
 def make_video(work: Path) -> Path:
     """The prepared-like copy (made once in --work)."""
-    from pipeline.video import ffmpeg_binary
+    from distinit.pipeline.video import ffmpeg_binary
 
     path = work / "prepared_like_128p_gop16.mp4"
     if not path.exists():
@@ -81,14 +81,14 @@ def child(options: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)  # as in a DataLoader worker
     os.sched_setaffinity(0, {options["core"]})
-    from distill import augment
-    from distill.windows import ClipSpec
-    from evaluate import clips as clips_module
-    from evaluate.clips import TrainingClips
-    from pipeline.datasets import VideoRecord
-    from pipeline.video import read_clip
-    from pipeline.video.layout_record import layout_record
-    from pipeline.video.probe import probe_layout
+    from distinit.distill import augment
+    from distinit.distill.windows import ClipSpec
+    from distinit.evaluate import clips as clips_module
+    from distinit.evaluate.clips import TrainingClips
+    from distinit.pipeline.datasets import VideoRecord
+    from distinit.pipeline.video import read_clip
+    from distinit.pipeline.video.layout_record import layout_record
+    from distinit.pipeline.video.probe import probe_layout
 
     video = Path(options["video"])
     layout = probe_layout(video)
@@ -220,7 +220,7 @@ def main() -> None:
         print(json.dumps(child(json.loads(arguments.child))))
         return
     sys.path.insert(0, str(REPOSITORY))
-    from pipeline.atomic import atomic_write_text
+    from distinit.pipeline.atomic import atomic_write_text
 
     trees = {"after": REPOSITORY, **({"before": arguments.before.resolve()} if arguments.before else {})}
     video = make_video(arguments.work)

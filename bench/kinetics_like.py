@@ -50,9 +50,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kinetics_videos import extract_targets, make_videos, prepare_videos, prepared_option, recipes  # noqa: E402
-from pipeline.atomic import atomic_write_text  # noqa: E402
-from pipeline.video import output_size, read_clip  # noqa: E402
-from pipeline.video.probe import clear_probe_cache, probe_layout  # noqa: E402
+from distinit.pipeline.atomic import atomic_write_text  # noqa: E402
+from distinit.pipeline.video import output_size, read_clip  # noqa: E402
+from distinit.pipeline.video.probe import clear_probe_cache, probe_layout  # noqa: E402
 
 PARTS = ("decode", "loader")
 DECODE_GOAL_RATIO, PREPARED_GOAL_CLIPS_PER_SECOND, LOADER_GOAL_RATIO = 1.25, 150.0, 2.0

@@ -23,11 +23,11 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.demo_data.config import DemoDataConfig
-from pipeline.demo_data.encode import encode_frames, run_ffmpeg
-from pipeline.demo_data.motion import POOL_MOTION_KINDS, augment_photo, place_camera, pool_path, render
-from pipeline.demo_data.plan import motion_speeds
-from pipeline.demo_data.sources import find_source_video, load_photo
+from distinit.pipeline.demo_data.config import DemoDataConfig
+from distinit.pipeline.demo_data.encode import encode_frames, run_ffmpeg
+from distinit.pipeline.demo_data.motion import POOL_MOTION_KINDS, augment_photo, place_camera, pool_path, render
+from distinit.pipeline.demo_data.plan import motion_speeds
+from distinit.pipeline.demo_data.sources import find_source_video, load_photo
 
 WIDTH, HEIGHT, FPS, SECONDS = 340, 256, 30, 10.0
 FRAME_COUNT = round(FPS * SECONDS)
@@ -121,8 +121,8 @@ def extract_targets(videos: Path, out: Path, device: str = "cpu", workers: int =
                     teacher: str = "imagenet-efficientnet-lite0") -> Path:
     """Stage one on a folder of videos (the `folder` dataset, 2 sampled frames/s); its targets folder. A second
     call with the same videos finds the finished shards and only checks them."""
-    from extract.config import ExtractConfig
-    from extract.run import run_extraction
+    from distinit.extract.config import ExtractConfig
+    from distinit.extract.run import run_extraction
 
     config = ExtractConfig(data="folder", root=str(videos), teachers=(teacher,), out=str(out), device=device,
                            workers=workers, shard_count=2)
@@ -133,7 +133,7 @@ def prepare_videos(videos: Path, out: Path, workers: int = 1) -> tuple[Path, dic
     """`distinit prepare` on a folder of videos (the `folder` dataset, its default options: short side 128, a
     keyframe every 16 frames); (its sealed folder, {original video path: prepared copy}). Resumes: finished
     copies are checked and kept."""
-    from pipeline.prepared import PrepareConfig, prepared_videos, run_prepare
+    from distinit.pipeline.prepared import PrepareConfig, prepared_videos, run_prepare
 
     config = PrepareConfig(data="folder", root=str(videos), out=str(out), workers=workers)
     folder = run_prepare(config, show_progress=False).folder

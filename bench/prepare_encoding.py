@@ -42,13 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kinetics_like import bench_distill, clip_list  # noqa: E402
 from kinetics_videos import BITEXACT, FRAME_COUNT, HEIGHT, WIDTH, X264Defaults, make_videos, recipes  # noqa: E402
-from pipeline.atomic import atomic_write_text  # noqa: E402
-from pipeline.demo_data.encode import run_ffmpeg  # noqa: E402
-from pipeline.prepared import PrepareConfig, prepared_videos, run_prepare  # noqa: E402
-from pipeline.prepared.encoding import SCALER_FLAGS  # noqa: E402
-from pipeline.video import ffmpeg_binary, read_clip  # noqa: E402
-from pipeline.video.layout_record import layout_from_record  # noqa: E402
-from pipeline.video.probe import probe_layout  # noqa: E402
+from distinit.pipeline.atomic import atomic_write_text  # noqa: E402
+from distinit.pipeline.demo_data.encode import run_ffmpeg  # noqa: E402
+from distinit.pipeline.prepared import PrepareConfig, prepared_videos, run_prepare  # noqa: E402
+from distinit.pipeline.prepared.encoding import SCALER_FLAGS  # noqa: E402
+from distinit.pipeline.video import ffmpeg_binary, read_clip  # noqa: E402
+from distinit.pipeline.video.layout_record import layout_from_record  # noqa: E402
+from distinit.pipeline.video.probe import probe_layout  # noqa: E402
 
 BASELINE = "gop16"  # configs/prepare.yaml's options before this benchmark (no tune)
 VARIANTS = {  # spelled out: the defaults may change with what this measures

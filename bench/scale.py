@@ -58,7 +58,7 @@ def kinetics_id(index: int) -> str:
 
 
 def make_real_files(folder: Path, count: int) -> list[Path]:
-    from pipeline.video.binary import ffmpeg_binary
+    from distinit.pipeline.video.binary import ffmpeg_binary
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -77,9 +77,9 @@ def make_real_files(folder: Path, count: int) -> list[Path]:
 
 def build_pool(work: Path, videos: int, rows_per_video: int, real_files: int, shard_count: int) -> tuple[Path, dict]:
     """The pool's targets folder (built once; module docstring) and how long building it took."""
-    from pipeline.shards import ShardWriter, partition_videos, shard_name, write_manifest
-    from pipeline.video.layout_record import layout_record
-    from pipeline.video.probe import probe_layout
+    from distinit.pipeline.shards import ShardWriter, partition_videos, shard_name, write_manifest
+    from distinit.pipeline.video.layout_record import layout_record
+    from distinit.pipeline.video.probe import probe_layout
 
     targets = work / f"targets-{videos}x{rows_per_video}"
     if (targets / "manifest.json").exists():
@@ -136,8 +136,8 @@ def build_pool(work: Path, videos: int, rows_per_video: int, real_files: int, sh
 # ---------------------------------------------------------------- measurements (each run in a child process)
 def datasets(targets: Path):
     """What distill.train.build_loaders builds once per rank (build_datasets), timed."""
-    from distill.config import DistillConfig
-    from distill.train import build_datasets
+    from distinit.distill.config import DistillConfig
+    from distinit.distill.train import build_datasets
 
     config = DistillConfig(targets=str(targets), decoder="pyav", **CLIP)
     started = time.perf_counter()
@@ -167,8 +167,8 @@ def measure_build(targets: Path) -> dict[str, Any]:
 def measure_memory(targets: Path, workers: int, batches: int) -> dict[str, Any]:
     import torch
 
-    from distill.clip_videos import freeze_for_workers
-    from distill.sampler import ResumableSampler
+    from distinit.distill.clip_videos import freeze_for_workers
+    from distinit.distill.sampler import ResumableSampler
 
     train_set, _, _ = datasets(targets)
     freeze_for_workers()  # as distill.train.build_loaders does
@@ -183,7 +183,7 @@ def measure_memory(targets: Path, workers: int, batches: int) -> dict[str, Any]:
 
 
 def measure_reads(targets: Path, clips: int) -> dict[str, Any]:
-    from distill.windows import teacher_frame_indices
+    from distinit.distill.windows import teacher_frame_indices
 
     train_set, _, _ = datasets(targets)
     store, rows = train_set.store, train_set.videos.rows
@@ -224,7 +224,7 @@ def measure_reads(targets: Path, clips: int) -> dict[str, Any]:
 def measure_loader(targets: Path, workers: int, clips: int) -> dict[str, Any]:
     import torch
 
-    from distill.sampler import ResumableSampler
+    from distinit.distill.sampler import ResumableSampler
 
     train_set, _, _ = datasets(targets)
     loader = torch.utils.data.DataLoader(train_set, sampler=ResumableSampler(len(train_set), shuffle=True, seed=0),

@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluate.compare import compare  # noqa: E402
-from evaluate.config import EvalConfig  # noqa: E402
-from evaluate.statistics import difference_against  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
+from distinit.evaluate.compare import compare  # noqa: E402
+from distinit.evaluate.config import EvalConfig  # noqa: E402
+from distinit.evaluate.statistics import difference_against  # noqa: E402
+from distinit.pipeline.config import load_config  # noqa: E402
 
 
 def summary(difference) -> dict[str, float] | None:

@@ -30,10 +30,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from distill.windows import KIND_HEATMAPS
-from pipeline.errors import ConfigError
-from pipeline.shards import ShardError
-from pipeline.shards.format import KEYPOINT_FLIP_INDEX_ATTRIBUTE as FLIP_INDEX_ATTRIBUTE
+from distinit.distill.windows import KIND_HEATMAPS
+from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.shards import ShardError
+from distinit.pipeline.shards.format import KEYPOINT_FLIP_INDEX_ATTRIBUTE as FLIP_INDEX_ATTRIBUTE
 
 logger = logging.getLogger(__name__)
 

@@ -29,14 +29,14 @@ from typing import Any
 
 import torch
 
-from distill.config import DistillConfig
-from distill.distributed import DistributedContext
-from distill.seeding import own_rng_state, restore_rng_states
-from pipeline.atomic import atomic_path, atomic_write_text, remove_leftover_temporary_files
-from pipeline.errors import DistinitError, output_error
-from pipeline.init_sources import CHECKPOINT_LAST
-from pipeline.shards import TargetStore, stored_layouts
-from pipeline.video.layout_record import record_sha256
+from distinit.distill.config import DistillConfig
+from distinit.distill.distributed import DistributedContext
+from distinit.distill.seeding import own_rng_state, restore_rng_states
+from distinit.pipeline.atomic import atomic_path, atomic_write_text, remove_leftover_temporary_files
+from distinit.pipeline.errors import DistinitError, output_error
+from distinit.pipeline.init_sources import CHECKPOINT_LAST
+from distinit.pipeline.shards import TargetStore, stored_layouts
+from distinit.pipeline.video.layout_record import record_sha256
 
 logger = logging.getLogger(__name__)
 

@@ -39,10 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from distill import flow
-from pipeline.errors import VideoError
-from pipeline.hashing import sha256_json
-from pipeline.video import output_size, probe, read_clip
+from distinit.distill import flow
+from distinit.pipeline.errors import VideoError
+from distinit.pipeline.hashing import sha256_json
+from distinit.pipeline.video import output_size, probe, read_clip
 
 logger = logging.getLogger(__name__)
 

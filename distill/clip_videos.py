@@ -22,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets import read_manifest
-from pipeline.errors import DistinitError
-from pipeline.hashing import json_lines
-from pipeline.packed import StringTable
-from pipeline.prepared.manifest import prepared_files
-from pipeline.shards import TargetStore, stored_layouts
-from pipeline.shards.video_rows import VideoRows
-from pipeline.video.layout_table import LayoutTable
+from distinit.pipeline.datasets import read_manifest
+from distinit.pipeline.errors import DistinitError
+from distinit.pipeline.hashing import json_lines
+from distinit.pipeline.packed import StringTable
+from distinit.pipeline.prepared.manifest import prepared_files
+from distinit.pipeline.shards import TargetStore, stored_layouts
+from distinit.pipeline.shards.video_rows import VideoRows
+from distinit.pipeline.video.layout_table import LayoutTable
 
 logger = logging.getLogger(__name__)
 

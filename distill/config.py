@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from pipeline.errors import ConfigError
-from pipeline.video.backends import check_decoder, decoder_key
+from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.video.backends import check_decoder, decoder_key
 
 # Bump when a change to stage two's code changes what a run produces (part of the run key).
 # distill-3: crops drawn inside the teachers' view; checkpoints record pretraining videos' content hashes.

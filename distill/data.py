@@ -48,25 +48,25 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from distill import augment, flow
-from distill.clip_cache import ClipCache
-from distill.heads import head_specs_from_teachers
-from distill.keypoint_heatmaps import KeypointTarget, keypoint_targets, render_window, rendered_teachers
-from distill.losses import resolve_loss_weights
-from distill.sampler import sample_key
-from distill.shuffled_targets import donor_rows_in_window, target_donors
-from distill.windows import (
+from distinit.distill import augment, flow
+from distinit.distill.clip_cache import ClipCache
+from distinit.distill.heads import head_specs_from_teachers
+from distinit.distill.keypoint_heatmaps import KeypointTarget, keypoint_targets, render_window, rendered_teachers
+from distinit.distill.losses import resolve_loss_weights
+from distinit.distill.sampler import sample_key
+from distinit.distill.shuffled_targets import donor_rows_in_window, target_donors
+from distinit.distill.windows import (
     TARGET_AGGREGATIONS, ClipSpec, aggregate_targets, eval_window_start, frames_in_window, heatmap_flags,
     teacher_frame_indices, train_window_start,
 )
-from distill.clip_videos import ClipVideos, build_clip_videos, table_positions, video_files, video_paths, video_sizes
-from pipeline.errors import ConfigError, DistinitError, VideoError
-from pipeline.shards import ShardError, TargetStore, verify
-from pipeline.shards.header import output_keys
-from pipeline.video import read_clip
-from pipeline.video.backends import resolve_decoder
-from pipeline.video.probe import FrameLayout, probe_layout
-from pipeline.video.skipping import DecodeFailures, sample_skipping_failures
+from distinit.distill.clip_videos import ClipVideos, build_clip_videos, table_positions, video_files, video_paths, video_sizes
+from distinit.pipeline.errors import ConfigError, DistinitError, VideoError
+from distinit.pipeline.shards import ShardError, TargetStore, verify
+from distinit.pipeline.shards.header import output_keys
+from distinit.pipeline.video import read_clip
+from distinit.pipeline.video.backends import resolve_decoder
+from distinit.pipeline.video.probe import FrameLayout, probe_layout
+from distinit.pipeline.video.skipping import DecodeFailures, sample_skipping_failures
 
 logger = logging.getLogger(__name__)
 

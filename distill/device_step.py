@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from distill.augment import Normalisation, video_to_device
+from distinit.distill.augment import Normalisation, video_to_device
 
 
 def autocast_for(config, device: torch.device):

@@ -10,8 +10,8 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from pipeline.config import seconds_from_environment
-from pipeline.devices import resolve_device
+from distinit.pipeline.config import seconds_from_environment
+from distinit.pipeline.devices import resolve_device
 
 # How long a collective waits for the slowest rank before the run fails. Start-up is the longest wait: every rank
 # lists and checks the targets and builds its dataset before the first collective, and at Kinetics size that is

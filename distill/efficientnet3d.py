@@ -30,11 +30,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as functional
 
-from distill.trunks import TrunkOutput
-from distill.inflation import Inflater, inflate_state_dict, register_inflation
-from pipeline.weights.lite0 import packaged_lite0_weights_path
-from pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into
-from pipeline.errors import ConfigError, DistinitError
+from distinit.distill.trunks import TrunkOutput
+from distinit.distill.inflation import Inflater, inflate_state_dict, register_inflation
+from distinit.pipeline.weights.lite0 import packaged_lite0_weights_path
+from distinit.pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into
+from distinit.pipeline.errors import ConfigError, DistinitError
 
 try:
     from efficientnet_lite_pytorch import EfficientNet

@@ -38,11 +38,11 @@ import torch
 import torch.nn as nn
 import torchvision.models.video
 
-from distill.checkpoint import load_checkpoint
-from distill.students import DistillStudent, student_entry
-from distill.trunk_resnet18_3d import resnet18_3d_classifier
-from pipeline.atomic import atomic_path
-from pipeline.errors import ConfigError
+from distinit.distill.checkpoint import load_checkpoint
+from distinit.distill.students import DistillStudent, student_entry
+from distinit.distill.trunk_resnet18_3d import resnet18_3d_classifier
+from distinit.pipeline.atomic import atomic_path
+from distinit.pipeline.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import logging
 import numpy as np
 import torch
 
-from pipeline.errors import DistinitError
+from distinit.pipeline.errors import DistinitError
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as functional
 
-from distill.keypoint_heatmaps import rendered_teachers
-from pipeline.errors import ConfigError
+from distinit.distill.keypoint_heatmaps import rendered_teachers
+from distinit.pipeline.errors import ConfigError
 
 HEAD_KINDS = ("logits", "multilabel_scores", "heatmaps", "embedding")
 _PREFERRED_MASK_OUTPUT = "person_present"

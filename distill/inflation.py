@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as functional
 
-from pipeline.errors import ConfigError
+from distinit.pipeline.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

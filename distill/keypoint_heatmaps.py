@@ -30,10 +30,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from distill.windows import KIND_FLAG, KIND_HEATMAPS
-from pipeline.shards import ShardError
-from pipeline.shards.format import KEYPOINT_GRID_ATTRIBUTE as GRID_ATTRIBUTE
-from pipeline.shards.format import KEYPOINT_SIGMA_ATTRIBUTE as SIGMA_ATTRIBUTE
+from distinit.distill.windows import KIND_FLAG, KIND_HEATMAPS
+from distinit.pipeline.shards import ShardError
+from distinit.pipeline.shards.format import KEYPOINT_GRID_ATTRIBUTE as GRID_ATTRIBUTE
+from distinit.pipeline.shards.format import KEYPOINT_SIGMA_ATTRIBUTE as SIGMA_ATTRIBUTE
 
 KIND_KEYPOINTS = "keypoints"
 RENDERED_OUTPUT = "heatmaps"

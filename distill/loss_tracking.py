@@ -18,9 +18,9 @@ from typing import Any, Mapping
 
 import torch
 
-from distill.distributed import DistributedContext, all_reduce_min, all_reduce_sum
-from distill.losses import DistillationLoss
-from pipeline.errors import DistinitError
+from distinit.distill.distributed import DistributedContext, all_reduce_min, all_reduce_sum
+from distinit.distill.losses import DistillationLoss
+from distinit.pipeline.errors import DistinitError
 
 # Steps between non-finite checks: each one waits for the device, so not every step.
 NONFINITE_CHECK_EVERY = 20

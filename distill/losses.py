@@ -31,8 +31,8 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as functional
 
-from distill.heads import HeadSpec
-from pipeline.errors import ConfigError
+from distinit.distill.heads import HeadSpec
+from distinit.pipeline.errors import ConfigError
 
 PERSON_PRESENT_THRESHOLD = 0.5
 

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.errors import ConfigError
+from distinit.pipeline.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

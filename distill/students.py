@@ -23,10 +23,10 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from distill.augment import VIDEO_NORMALISATION, Normalisation
-from distill.heads import HeadSpec, build_head, head_module_name
-from distill.trunks import WIDTHS, mc3_18_trunk, r2plus1d_18_trunk, r3d_18_trunk, s3d_trunk
-from pipeline.errors import ConfigError
+from distinit.distill.augment import VIDEO_NORMALISATION, Normalisation
+from distinit.distill.heads import HeadSpec, build_head, head_module_name
+from distinit.distill.trunks import WIDTHS, mc3_18_trunk, r2plus1d_18_trunk, r3d_18_trunk, s3d_trunk
+from distinit.pipeline.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -209,5 +209,5 @@ def create_student(
     )
     return student
 
-import distill.trunk_efficientnet3d  # noqa: E402,F401  (registers the efficientnet_lite0_3d student)
-import distill.trunk_resnet18_3d  # noqa: E402,F401  (registers the resnet18_3d student)
+import distinit.distill.trunk_efficientnet3d  # noqa: E402,F401  (registers the efficientnet_lite0_3d student)
+import distinit.distill.trunk_resnet18_3d  # noqa: E402,F401  (registers the resnet18_3d student)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from distill.distributed import DistributedContext, all_gather_objects
-from pipeline.errors import DistinitError
-from pipeline.hashing import sha256_json
-from pipeline.shards import MANIFEST_NAME, ShardError, read_manifest, verify
-from pipeline.shards.verify import verified_unchanged
+from distinit.distill.distributed import DistributedContext, all_gather_objects
+from distinit.pipeline.errors import DistinitError
+from distinit.pipeline.hashing import sha256_json
+from distinit.pipeline.shards import MANIFEST_NAME, ShardError, read_manifest, verify
+from distinit.pipeline.shards.verify import verified_unchanged
 
 logger = logging.getLogger(__name__)
 

@@ -34,34 +34,34 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from distill.checkpoint import (LAST, CheckpointSaver, append_epoch_log, checkpoint_state, pretraining_content_hashes,
+from distinit.distill.checkpoint import (LAST, CheckpointSaver, append_epoch_log, checkpoint_state, pretraining_content_hashes,
                                resume_or_start, tidy_for_resume)
-from distill.config import CODE_VERSION, DistillConfig
-from distill.clip_videos import freeze_for_workers
-from distill.data import ClipSpec, TargetClipDataset, build_clip_videos, open_targets, split_videos, video_files
-from distill.device_step import autocast_for, input_normalisation, to_device, use_fast_kernels
-from distill.distributed import (DistributedContext, all_gather_objects, all_reduce_sum, any_rank, barrier,
+from distinit.distill.config import CODE_VERSION, DistillConfig
+from distinit.distill.clip_videos import freeze_for_workers
+from distinit.distill.data import ClipSpec, TargetClipDataset, build_clip_videos, open_targets, split_videos, video_files
+from distinit.distill.device_step import autocast_for, input_normalisation, to_device, use_fast_kernels
+from distinit.distill.distributed import (DistributedContext, all_gather_objects, all_reduce_sum, any_rank, barrier,
                                  init_distributed, shutdown, sum_over_ranks)
-from distill.loss_tracking import LossTotals, NonFiniteWatch, TrainingError
-from distill.losses import DistillationLoss
-from distill.sampler import GlobalBatchSampler, ResumableSampler
-from distill.schedule import learning_rate
-from distill.seeding import rng_states, seed_everything, seed_worker
-from distill.heads import head_specs_from_teachers
-from distill.students import create_student
-from distill.targets_folder import check_targets, resolve_targets_dir, targets_fingerprint
-from distill.tensorboard_log import open_tensorboard_log
-from pipeline.atomic import make_output_folder, replace_shared_text
-from pipeline.devices import capped_workers, cores_per_rank
-from pipeline.errors import ConfigError
-from pipeline.hashing import sha256_file, sha256_json
-from pipeline.preemption import (Preempted, PreemptionWatch, ignore_preemption_signals, preempted_message,
+from distinit.distill.loss_tracking import LossTotals, NonFiniteWatch, TrainingError
+from distinit.distill.losses import DistillationLoss
+from distinit.distill.sampler import GlobalBatchSampler, ResumableSampler
+from distinit.distill.schedule import learning_rate
+from distinit.distill.seeding import rng_states, seed_everything, seed_worker
+from distinit.distill.heads import head_specs_from_teachers
+from distinit.distill.students import create_student
+from distinit.distill.targets_folder import check_targets, resolve_targets_dir, targets_fingerprint
+from distinit.distill.tensorboard_log import open_tensorboard_log
+from distinit.pipeline.atomic import make_output_folder, replace_shared_text
+from distinit.pipeline.devices import capped_workers, cores_per_rank
+from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.hashing import sha256_file, sha256_json
+from distinit.pipeline.preemption import (Preempted, PreemptionWatch, ignore_preemption_signals, preempted_message,
                                  requeue_job)
-from pipeline.prepared.manifest import sealed_folder
-from pipeline.provenance import git_state, write_provenance
-from pipeline.stages import distill_stage_inputs
-from pipeline.stamps import STAGE_RECORD, read_stamp, write_stage_record
-from pipeline.shards import MANIFEST_NAME
+from distinit.pipeline.prepared.manifest import sealed_folder
+from distinit.pipeline.provenance import git_state, write_provenance
+from distinit.pipeline.stages import distill_stage_inputs
+from distinit.pipeline.stamps import STAGE_RECORD, read_stamp, write_stage_record
+from distinit.pipeline.shards import MANIFEST_NAME
 
 logger = logging.getLogger(__name__)
 

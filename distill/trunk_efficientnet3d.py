@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from distill.students import register_student
+from distinit.distill.students import register_student
 
 # Five stride-2 'SAME' stages fixed for 224 pixels: below 32 pixels the last one has nothing left to convolve.
 EFFICIENTNET_LITE0_3D_MIN_SIZE = 32
@@ -19,6 +19,6 @@ EFFICIENTNET_LITE0_3D_MIN_SIZE = 32
 
 @register_student("efficientnet_lite0_3d", torchvision_classifier="_fc", min_size=EFFICIENTNET_LITE0_3D_MIN_SIZE)
 def efficientnet_lite0_3d_trunk(width: str, in_channels: int) -> nn.Module:
-    from distill.efficientnet3d import build_efficientnet_lite0_3d_trunk
+    from distinit.distill.efficientnet3d import build_efficientnet_lite0_3d_trunk
 
     return build_efficientnet_lite0_3d_trunk(width, in_channels)

@@ -28,9 +28,9 @@ import torch.nn as nn
 import torchvision.models
 from torchvision.models.resnet import BasicBlock, conv1x1
 
-from distill.inflation import Inflater, spatial_time_kernel
-from distill.students import register_student
-from distill.trunks import TrunkOutput, initialise_like_torchvision, stage_shape
+from distinit.distill.inflation import Inflater, spatial_time_kernel
+from distinit.distill.students import register_student
+from distinit.distill.trunks import TrunkOutput, initialise_like_torchvision, stage_shape
 
 RESNET18_3D_TIME_KERNEL = 3  # frames of every spatial conv (stem and 3x3); 1x1 downsamples stay 1 frame
 

@@ -27,7 +27,7 @@ from torchvision.models.video.resnet import (
     VideoResNet,
 )
 
-from pipeline.errors import ConfigError
+from distinit.pipeline.errors import ConfigError
 
 FULL_STAGE_WIDTHS = (64, 128, 256, 512)
 FULL_STAGE_BLOCKS = (2, 2, 2, 2)

@@ -22,7 +22,7 @@ from typing import Mapping
 
 import numpy as np
 
-from pipeline.errors import ConfigError
+from distinit.pipeline.errors import ConfigError
 
 MODALITIES = ("rgb", "flow")
 FLOW_METHODS = ("farneback", "tvl1")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from distill.students import DistillStudent
-from evaluate.config import EvalConfig
+from distinit.distill.students import DistillStudent
+from distinit.evaluate.config import EvalConfig
 
 
 class VideoClassifier(nn.Module):

@@ -36,18 +36,18 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from distill import augment
-from distill.augment import VIDEO_NORMALISATION, Normalisation
-from distill.sampler import sample_key
-from distill.windows import ClipSpec
-from evaluate.ablations import ablated_views
-from pipeline.datasets import VideoRecord
-from pipeline.errors import DistinitError, VideoError
-from pipeline.video.skipping import DecodeFailures, sample_skipping_failures
-from pipeline.video import read_clip, read_frames
-from pipeline.video.backends import resolve_decoder
-from pipeline.video.layout_record import layout_from_record, layout_record
-from pipeline.video.probe import FrameLayout, probe_layout
+from distinit.distill import augment
+from distinit.distill.augment import VIDEO_NORMALISATION, Normalisation
+from distinit.distill.sampler import sample_key
+from distinit.distill.windows import ClipSpec
+from distinit.evaluate.ablations import ablated_views
+from distinit.pipeline.datasets import VideoRecord
+from distinit.pipeline.errors import DistinitError, VideoError
+from distinit.pipeline.video.skipping import DecodeFailures, sample_skipping_failures
+from distinit.pipeline.video import read_clip, read_frames
+from distinit.pipeline.video.backends import resolve_decoder
+from distinit.pipeline.video.layout_record import layout_from_record, layout_record
+from distinit.pipeline.video.probe import FrameLayout, probe_layout
 
 logger = logging.getLogger(__name__)
 

@@ -21,16 +21,16 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from evaluate.config import EvalConfig
-from evaluate.data import load_listing, split_records
-from evaluate.finetune import run_eval
-from evaluate.initialization import DEFAULT_STUDENT, DEFAULT_WIDTH, INFLATED_PREFIX, resolve_init
-from evaluate.overlap import check_pretraining_overlap
-from evaluate.report import results_table, spread, write_report  # noqa: F401  (spread: the public helper)
-from evaluate.results import EvalResult
-from evaluate.statistics import PairedDifference, difference_across_distillations, difference_against
-from evaluate.tuning import Tuning, tune
-from pipeline.errors import ConfigError
+from distinit.evaluate.config import EvalConfig
+from distinit.evaluate.data import load_listing, split_records
+from distinit.evaluate.finetune import run_eval
+from distinit.evaluate.initialization import DEFAULT_STUDENT, DEFAULT_WIDTH, INFLATED_PREFIX, resolve_init
+from distinit.evaluate.overlap import check_pretraining_overlap
+from distinit.evaluate.report import results_table, spread, write_report  # noqa: F401  (spread: the public helper)
+from distinit.evaluate.results import EvalResult
+from distinit.evaluate.statistics import PairedDifference, difference_across_distillations, difference_against
+from distinit.evaluate.tuning import Tuning, tune
+from distinit.pipeline.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Row:
 
 def inflated_architecture(init: str) -> Architecture:
     """The 3D student an `inflated:<model>` init becomes (always full width), without loading its weights."""
-    from evaluate.inflate import INFLATED_SOURCES, parse_inflated_spec
+    from distinit.evaluate.inflate import INFLATED_SOURCES, parse_inflated_spec
 
     name, _ = parse_inflated_spec(init[len(INFLATED_PREFIX):])
     return INFLATED_SOURCES[name].student, "full"

@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from pipeline.errors import ConfigError
-from pipeline.video.backends import check_decoder, decoder_key
+from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.video.backends import check_decoder, decoder_key
 
 # Bump when a change to stage three's code changes what a run produces (part of the results key).
 # eval-2: per-init input normalisation, failed test videos counted wrong, drop_last, temporal ablations.

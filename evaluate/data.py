@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from evaluate.config import EvalConfig
-from pipeline.datasets import DatasetListing, VideoRecord, load_dataset, manifest_hash
-from pipeline.datasets import hmdb51, ucf101
-from pipeline.datasets.layout import resolve_folder
-from pipeline.errors import DistinitError
+from distinit.evaluate.config import EvalConfig
+from distinit.pipeline.datasets import DatasetListing, VideoRecord, load_dataset, manifest_hash
+from distinit.pipeline.datasets import hmdb51, ucf101
+from distinit.pipeline.datasets.layout import resolve_folder
+from distinit.pipeline.errors import DistinitError
 
 # Where each adapter looks for its split files when --splits-dir is not given (the adapters' own lists).
 SPLIT_FOLDERS = {"hmdb51": (hmdb51.DEFAULT_SPLIT_FOLDERS, "HMDB-51 split"),

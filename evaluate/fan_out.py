@@ -13,10 +13,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from evaluate.config import EvalConfig
-from evaluate.finetune import run_eval
-from evaluate.tuning import tune
-from pipeline.errors import ConfigError
+from distinit.evaluate.config import EvalConfig
+from distinit.evaluate.finetune import run_eval
+from distinit.evaluate.tuning import tune
+from distinit.pipeline.errors import ConfigError
 
 
 def run_list(config: EvalConfig, inits: Sequence[str] | None = None) -> list[tuple[EvalConfig, int, int]]:
@@ -25,7 +25,7 @@ def run_list(config: EvalConfig, inits: Sequence[str] | None = None) -> list[tup
     if inits is None:
         configs = [config]
     else:
-        from evaluate.compare import comparison_rows, row_config  # (its plots import matplotlib: a comparison's only)
+        from distinit.evaluate.compare import comparison_rows, row_config  # (its plots import matplotlib: a comparison's only)
 
         config, rows = comparison_rows(config, inits)
         configs = [row_config(config, row) for row in rows]

@@ -28,31 +28,31 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from distill.augment import Normalisation, video_to_device
-from distill.device_step import autocast_for, use_fast_kernels
-from distill.distributed import DistributedContext
-from distill.loss_tracking import NonFiniteWatch
-from pipeline.devices import capped_workers, resolve_device
-from distill.sampler import ResumableSampler
-from distill.schedule import learning_rate
-from distill.seeding import seed_everything, seed_worker
-from distill.windows import ClipSpec
-from evaluate.ablations import ORIGINAL
-from evaluate.classifier import VideoClassifier, build_optimizer
-from evaluate.clips import EvaluationClips, TrainingClips
-from evaluate.config import CODE_VERSION, EvalConfig
-from evaluate.data import dataset_description, load_listing, split_records
-from evaluate.initialization import Initialization, resolve_init
-from evaluate.overlap import record_pretraining_overlap
-from evaluate.results import EvalResult, RunResult, summarise, write_results
-from evaluate.run_store import _cached_run, _run_paths, _store_run, results_key  # noqa: F401  (re-exported)
-from evaluate.scoring import score
-from evaluate.validation import check_validation_split, split_validation
-from pipeline.datasets.groups import VIDEO_GROUPS
-from pipeline.atomic import make_output_folder
-from pipeline.errors import DistinitError
-from pipeline.prepared.manifest import prepared_videos
-from pipeline.provenance import write_provenance
+from distinit.distill.augment import Normalisation, video_to_device
+from distinit.distill.device_step import autocast_for, use_fast_kernels
+from distinit.distill.distributed import DistributedContext
+from distinit.distill.loss_tracking import NonFiniteWatch
+from distinit.pipeline.devices import capped_workers, resolve_device
+from distinit.distill.sampler import ResumableSampler
+from distinit.distill.schedule import learning_rate
+from distinit.distill.seeding import seed_everything, seed_worker
+from distinit.distill.windows import ClipSpec
+from distinit.evaluate.ablations import ORIGINAL
+from distinit.evaluate.classifier import VideoClassifier, build_optimizer
+from distinit.evaluate.clips import EvaluationClips, TrainingClips
+from distinit.evaluate.config import CODE_VERSION, EvalConfig
+from distinit.evaluate.data import dataset_description, load_listing, split_records
+from distinit.evaluate.initialization import Initialization, resolve_init
+from distinit.evaluate.overlap import record_pretraining_overlap
+from distinit.evaluate.results import EvalResult, RunResult, summarise, write_results
+from distinit.evaluate.run_store import _cached_run, _run_paths, _store_run, results_key  # noqa: F401  (re-exported)
+from distinit.evaluate.scoring import score
+from distinit.evaluate.validation import check_validation_split, split_validation
+from distinit.pipeline.datasets.groups import VIDEO_GROUPS
+from distinit.pipeline.atomic import make_output_folder
+from distinit.pipeline.errors import DistinitError
+from distinit.pipeline.prepared.manifest import prepared_videos
+from distinit.pipeline.provenance import write_provenance
 
 logger = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import torch
 import torch.nn as nn
 
-from distill.augment import Normalisation
-from distill.inflation import (  # noqa: F401  (re-exported: the public inflation API)
+from distinit.distill.augment import Normalisation
+from distinit.distill.inflation import (  # noqa: F401  (re-exported: the public inflation API)
     INFLATION_RULES,
     InflatedConv3d,
     Inflater,
@@ -45,14 +45,14 @@ from distill.inflation import (  # noqa: F401  (re-exported: the public inflatio
     register_inflation,
     spatial_time_kernel,
 )
-from pipeline.weights.lite0 import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
-from pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into
-from pipeline.weights.download import fetch_torch_hub_file
-from pipeline.errors import ConfigError
-from pipeline.init_sources import split_inflated_spec
+from distinit.pipeline.weights.lite0 import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
+from distinit.pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into
+from distinit.pipeline.weights.download import fetch_torch_hub_file
+from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.init_sources import split_inflated_spec
 
 if TYPE_CHECKING:
-    from distill.students import DistillStudent
+    from distinit.distill.students import DistillStudent
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def load_resnet18_2d(weights: str | os.PathLike | None = None) -> tuple[nn.Modul
 
 def inflate_resnet18_to_resnet18_3d(state_dict_2d: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A torchvision resnet18 state_dict -> a full resnet18_3d trunk state_dict (the same keys minus `fc.*`)."""
-    from distill.trunk_resnet18_3d import resnet18_3d_trunk
+    from distinit.distill.trunk_resnet18_3d import resnet18_3d_trunk
 
     with torch.device("meta"):  # only the template's shapes are needed: skip allocating and initialising 33M weights
         template = resnet18_3d_trunk("full", 3).state_dict()
@@ -96,7 +96,7 @@ def _resnet18_trunk_state(weights: str | None) -> tuple[dict[str, torch.Tensor],
 
 
 def _efficientnet_lite0_trunk_state(weights: str | None) -> tuple[dict[str, torch.Tensor], str]:
-    from distill.efficientnet3d import inflated_efficientnet_lite0_3d_state_and_sha256
+    from distinit.distill.efficientnet3d import inflated_efficientnet_lite0_3d_state_and_sha256
 
     return inflated_efficientnet_lite0_3d_state_and_sha256(weights)
 
@@ -153,7 +153,7 @@ def build_inflated_backbone(
     `in_channels=2` gives a flow trunk whose first conv averages the RGB weights. The returned module's
     `inflation` attribute (a JSON-ready dict) records the source and the 2D weights' sha256; its
     `input_normalisation` is the 2D network's own (None for flow)."""
-    from distill.students import create_student  # late: distill.students imports this package's student
+    from distinit.distill.students import create_student  # late: distill.students imports this package's student
 
     name, spec_weights = parse_inflated_spec(spec)
     if weights is not None and spec_weights is not None:

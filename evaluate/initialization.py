@@ -25,12 +25,12 @@ from typing import Any, Callable
 
 import torch
 
-from distill.augment import VIDEO_NORMALISATION, Normalisation
-from distill.checkpoint import load_checkpoint
-from distill.students import DistillStudent, create_student, recorded_normalisation
-from pipeline.errors import DistinitError
-from pipeline.hashing import sha256_file
-from pipeline.init_sources import INFLATED_PREFIX, checkpoint_file
+from distinit.distill.augment import VIDEO_NORMALISATION, Normalisation
+from distinit.distill.checkpoint import load_checkpoint
+from distinit.distill.students import DistillStudent, create_student, recorded_normalisation
+from distinit.pipeline.errors import DistinitError
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.init_sources import INFLATED_PREFIX, checkpoint_file
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def inflated_init(spec: str, student: str | None, width: str | None) -> Initiali
     if not spec:
         raise DistinitError(f"--init inflated: names no 2D model; pass {INIT_FORMS}")
     try:
-        from evaluate.inflate import build_inflated_backbone
+        from distinit.evaluate.inflate import build_inflated_backbone
     except ModuleNotFoundError as error:
         if error.name != "evaluate.inflate":
             raise

@@ -29,11 +29,11 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from distill.checkpoint import read_pretraining_videos
-from pipeline.datasets import read_manifest
-from pipeline.datasets.groups import UCF_CLIP, source_group
-from pipeline.errors import DatasetError, DistinitError
-from pipeline.hashing import sha256_file
+from distinit.distill.checkpoint import read_pretraining_videos
+from distinit.pipeline.datasets import read_manifest
+from distinit.pipeline.datasets.groups import UCF_CLIP, source_group
+from distinit.pipeline.errors import DatasetError, DistinitError
+from distinit.pipeline.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 

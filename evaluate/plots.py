@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from evaluate.results import EvalResult  # noqa: E402
+from distinit.evaluate.results import EvalResult  # noqa: E402
 
 
 def mean_curve(result: EvalResult, key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -16,14 +16,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from evaluate.config import EvalConfig
-from evaluate.metrics import mean_std
-from evaluate.overlap import overlap_text
-from evaluate.plots import plot_confusion, plot_curves
-from evaluate.results import ABLATIONS, ABLATION_TITLES, METRICS, EvalResult, failed_test_count, run_value, trunk_lr_scale
-from evaluate.statistics import PairedDifference
-from pipeline.atomic import atomic_write_text
-from pipeline.provenance import write_provenance
+from distinit.evaluate.config import EvalConfig
+from distinit.evaluate.metrics import mean_std
+from distinit.evaluate.overlap import overlap_text
+from distinit.evaluate.plots import plot_confusion, plot_curves
+from distinit.evaluate.results import ABLATIONS, ABLATION_TITLES, METRICS, EvalResult, failed_test_count, run_value, trunk_lr_scale
+from distinit.evaluate.statistics import PairedDifference
+from distinit.pipeline.atomic import atomic_write_text
+from distinit.pipeline.provenance import write_provenance
 
 logger = logging.getLogger(__name__)
 

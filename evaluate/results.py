@@ -17,11 +17,11 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from evaluate.config import EvalConfig
-from evaluate.metrics import mean_std
-from evaluate.overlap import overlap_text
-from pipeline.atomic import atomic_write_text, make_output_folder
-from pipeline.config import config_to_dict
+from distinit.evaluate.config import EvalConfig
+from distinit.evaluate.metrics import mean_std
+from distinit.evaluate.overlap import overlap_text
+from distinit.pipeline.atomic import atomic_write_text, make_output_folder
+from distinit.pipeline.config import config_to_dict
 
 SCHEMA = "distinit-eval-1"
 METRICS = ("clip_top1", "video_top1", "video_top5")

@@ -13,14 +13,14 @@ import logging
 from pathlib import Path
 from typing import Mapping
 
-from distill.checkpoint import save_checkpoint
-from evaluate.classifier import VideoClassifier
-from evaluate.config import CODE_VERSION, EvalConfig
-from evaluate.initialization import Initialization
-from evaluate.results import RunResult
-from pipeline.atomic import atomic_write_text, make_output_folder
-from pipeline.hashing import sha256_json
-from pipeline.prepared.manifest import sealed_folder
+from distinit.distill.checkpoint import save_checkpoint
+from distinit.evaluate.classifier import VideoClassifier
+from distinit.evaluate.config import CODE_VERSION, EvalConfig
+from distinit.evaluate.initialization import Initialization
+from distinit.evaluate.results import RunResult
+from distinit.pipeline.atomic import atomic_write_text, make_output_folder
+from distinit.pipeline.hashing import sha256_json
+from distinit.pipeline.prepared.manifest import sealed_folder
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from evaluate.ablations import ORIGINAL
-from evaluate.metrics import clip_accuracy, confusion_matrix, topk_accuracy, video_scores
+from distinit.evaluate.ablations import ORIGINAL
+from distinit.evaluate.metrics import clip_accuracy, confusion_matrix, topk_accuracy, video_scores
 
 
 def accuracies(clip_logits: np.ndarray, clip_video_index: np.ndarray, labels: np.ndarray,

@@ -38,8 +38,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from evaluate.metrics import mean_std
-from pipeline.datasets.groups import GROUPED_DATASETS, source_group
+from distinit.evaluate.metrics import mean_std
+from distinit.pipeline.datasets.groups import GROUPED_DATASETS, source_group
 
 logger = logging.getLogger(__name__)
 

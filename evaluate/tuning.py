@@ -29,18 +29,18 @@ from typing import Any
 
 import numpy as np
 
-from distill.device_step import autocast_for
-from evaluate.ablations import ORIGINAL
-from evaluate.config import CODE_VERSION, EvalConfig
-from evaluate.data import dataset_description, load_listing, split_records
-from evaluate.finetune import (DEFAULT_OUT_ROOT, clip_spec, finetune, predict, results_key, scoring_loader,
+from distinit.distill.device_step import autocast_for
+from distinit.evaluate.ablations import ORIGINAL
+from distinit.evaluate.config import CODE_VERSION, EvalConfig
+from distinit.evaluate.data import dataset_description, load_listing, split_records
+from distinit.evaluate.finetune import (DEFAULT_OUT_ROOT, clip_spec, finetune, predict, results_key, scoring_loader,
                                torch_threads, training_parts, validation_grouping, videos_of)
-from evaluate.initialization import Initialization, resolve_init
-from evaluate.overlap import record_pretraining_overlap
-from evaluate.scoring import accuracies
-from pipeline.atomic import atomic_write_text, make_output_folder
-from pipeline.datasets.groups import source_group
-from pipeline.devices import resolve_device
+from distinit.evaluate.initialization import Initialization, resolve_init
+from distinit.evaluate.overlap import record_pretraining_overlap
+from distinit.evaluate.scoring import accuracies
+from distinit.pipeline.atomic import atomic_write_text, make_output_folder
+from distinit.pipeline.datasets.groups import source_group
+from distinit.pipeline.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.datasets import VideoRecord
-from pipeline.datasets.groups import source_group
-from pipeline.errors import ConfigError, DatasetError
+from distinit.pipeline.datasets import VideoRecord
+from distinit.pipeline.datasets.groups import source_group
+from distinit.pipeline.errors import ConfigError, DatasetError
 
 logger = logging.getLogger(__name__)
 

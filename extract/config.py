@@ -6,9 +6,9 @@ import dataclasses
 import re
 from typing import Any, Iterable
 
-from pipeline.datasets.selection import check_labeled_selection, normalise_splits
-from pipeline.errors import ConfigError
-from pipeline.shards.format import ROW_COLUMNS, VIDEO_LAYOUTS
+from distinit.pipeline.datasets.selection import check_labeled_selection, normalise_splits
+from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.shards.format import ROW_COLUMNS, VIDEO_LAYOUTS
 
 # Bump when a change to stage one's code changes the targets it writes (it is part of the stage key).
 # 2: keypoints stored as frame-relative coordinates, not heatmaps. 3: videos cut short (holding clearly less

@@ -14,13 +14,13 @@ import time
 
 import numpy as np
 
-from extract.sampling import SamplingConfig, sample_frames
-from pipeline.errors import DistinitError
-from pipeline.hashing import sha256_file
-from pipeline.preemption import PREEMPTION_SIGNALS
-from pipeline.video.decode import read_frames
-from pipeline.video.layout_record import layout_record
-from pipeline.video.probe import probe_layout
+from distinit.extract.sampling import SamplingConfig, sample_frames
+from distinit.pipeline.errors import DistinitError
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.preemption import PREEMPTION_SIGNALS
+from distinit.pipeline.video.decode import read_frames
+from distinit.pipeline.video.layout_record import layout_record
+from distinit.pipeline.video.probe import probe_layout
 
 
 # Frames are decoded with their short side at the teacher's size, so the long side grows with the aspect

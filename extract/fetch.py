@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Iterator
 
-from extract.config import ExtractConfig
-from extract.teachers import create_teacher
-from extract.teachers.registry import TEACHERS, check_teacher_kinds
-from pipeline.weights.download import presence
+from distinit.extract.config import ExtractConfig
+from distinit.extract.teachers import create_teacher
+from distinit.extract.teachers.registry import TEACHERS, check_teacher_kinds
+from distinit.pipeline.weights.download import presence
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ import signal
 from multiprocessing import resource_tracker
 from typing import Iterable, Iterator
 
-from extract.decode_worker import DecodedVideo, decode_video, start_worker
-from extract.sampling import SamplingConfig
-from pipeline.preemption import PREEMPTION_SIGNALS
+from distinit.extract.decode_worker import DecodedVideo, decode_video, start_worker
+from distinit.extract.sampling import SamplingConfig
+from distinit.pipeline.preemption import PREEMPTION_SIGNALS
 
 
 @contextlib.contextmanager

@@ -24,30 +24,30 @@ from typing import Any
 
 from tqdm import tqdm
 
-from extract.config import CODE_VERSION, ExtractConfig
-from extract.pool import DecodePool
-from extract.sampling import SamplingConfig
-from extract.teachers import create_teacher
-from extract.teachers.registry import check_teacher_kinds
-from extract.teaching import teach
-from pipeline.atomic import make_output_folder, remove_leftover_temporary_files, replace_shared_text
-from pipeline.config import config_to_dict
-from pipeline.devices import capped_workers, resolve_device
-from pipeline.datasets import manifest_hash, write_manifest as write_video_manifest
-from pipeline.datasets.records import relative_path
-from pipeline.datasets.selection import selected_listing
-from pipeline.errors import DistinitError
-from pipeline.preemption import Preempted, PreemptionWatch, preempted_message, requeue_job
-from pipeline.provenance import write_provenance
-from pipeline.stages import demo_data_key_of, extract_stage_inputs
-from pipeline.stamps import write_stage_record
-from pipeline.shards import (
+from distinit.extract.config import CODE_VERSION, ExtractConfig
+from distinit.extract.pool import DecodePool
+from distinit.extract.sampling import SamplingConfig
+from distinit.extract.teachers import create_teacher
+from distinit.extract.teachers.registry import check_teacher_kinds
+from distinit.extract.teaching import teach
+from distinit.pipeline.atomic import make_output_folder, remove_leftover_temporary_files, replace_shared_text
+from distinit.pipeline.config import config_to_dict
+from distinit.pipeline.devices import capped_workers, resolve_device
+from distinit.pipeline.datasets import manifest_hash, write_manifest as write_video_manifest
+from distinit.pipeline.datasets.records import relative_path
+from distinit.pipeline.datasets.selection import selected_listing
+from distinit.pipeline.errors import DistinitError
+from distinit.pipeline.preemption import Preempted, PreemptionWatch, preempted_message, requeue_job
+from distinit.pipeline.provenance import write_provenance
+from distinit.pipeline.stages import demo_data_key_of, extract_stage_inputs
+from distinit.pipeline.stamps import write_stage_record
+from distinit.pipeline.shards import (
     MANIFEST_NAME, ShardBusy, ShardWriter, compute_stage_key, output_key, parse_shard_name, partition_videos,
     read_manifest, shard_files, shard_name, verify_shard, write_manifest,
 )
-from pipeline.shards.checksum import checksum_path, checksum_problem, recorded_checksum
-from pipeline.shards.header import file_attributes, open_read_only
-from pipeline.shards.lease import lease_seconds, live_holder, live_leases, remove_stale_leases
+from distinit.pipeline.shards.checksum import checksum_path, checksum_problem, recorded_checksum
+from distinit.pipeline.shards.header import file_attributes, open_read_only
+from distinit.pipeline.shards.lease import lease_seconds, live_holder, live_leases, remove_stale_leases
 
 logger = logging.getLogger(__name__)
 VIDEOS_MANIFEST = "videos.jsonl"

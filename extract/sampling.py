@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from pipeline.errors import ConfigError
+from distinit.pipeline.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,9 +6,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from extract.decode_worker import DecodedVideo
-from pipeline.shards import output_key
-from pipeline.shards.format import VIEW_BOX_DTYPE, VIEW_BOX_SHAPE, view_box_key
+from distinit.extract.decode_worker import DecodedVideo
+from distinit.pipeline.shards import output_key
+from distinit.pipeline.shards.format import VIEW_BOX_DTYPE, VIEW_BOX_SHAPE, view_box_key
 
 
 def teach(teachers: Sequence[Any], videos: Sequence[DecodedVideo]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""`python -m pipeline` is the same as the `distinit` console script."""
+"""`python -m distinit.pipeline` is the same as the `distinit` console script."""
 
-from pipeline.cli import main
+from distinit.pipeline.cli import main
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.errors import OutputError, describe_os_error, output_error
+from distinit.pipeline.errors import OutputError, describe_os_error, output_error
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping, TypeVar
 
 import yaml
 
-from pipeline.errors import ConfigError
+from distinit.pipeline.errors import ConfigError
 
 ConfigT = TypeVar("ConfigT")
 

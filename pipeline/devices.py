@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from pipeline.errors import DistinitError
+from distinit.pipeline.errors import DistinitError
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.hashing import sha256_file
+from distinit.pipeline.hashing import sha256_file
 
 SCRATCH = "scratch"
 INFLATED_PREFIX = "inflated:"

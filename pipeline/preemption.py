@@ -21,7 +21,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from pipeline.errors import DistinitError
+from distinit.pipeline.errors import DistinitError
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-import pipeline
-from pipeline.atomic import atomic_write_text
-from pipeline.config import config_to_dict
+from distinit import pipeline
+from distinit.pipeline.atomic import atomic_write_text
+from distinit.pipeline.config import config_to_dict
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 

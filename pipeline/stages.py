@@ -24,10 +24,10 @@ import shlex
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.config import config_to_dict, load_config, parse_overrides
-from pipeline.errors import ConfigError
-from pipeline.hashing import sha256_file, sha256_json
-from pipeline.init_sources import init_identity
+from distinit.pipeline.config import config_to_dict, load_config, parse_overrides
+from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.hashing import sha256_file, sha256_json
+from distinit.pipeline.init_sources import init_identity
 
 STAGES = ("demo-data", "extract", "prepare", "distill", "compare", "eval-hmdb", "eval-ucf")
 # Extract's options that choose which videos; prepare takes the same ones, so it prepares what is extracted.
@@ -148,8 +148,8 @@ class _Planner:
 
 
 def demo_data_inputs(spec: PipelineSpec) -> StageInputs:
-    from pipeline.demo_data.build import STAMP_NAME
-    from pipeline.demo_data.config import DemoDataConfig
+    from distinit.pipeline.demo_data.build import STAMP_NAME
+    from distinit.pipeline.demo_data.config import DemoDataConfig
 
     config = load_config(DemoDataConfig, spec.demo_config, parse_overrides(spec.demo_set))
     return StageInputs("demo-data", demo_data_stage_inputs(config), Path(spec.demo_dir) / STAMP_NAME)
@@ -157,7 +157,7 @@ def demo_data_inputs(spec: PipelineSpec) -> StageInputs:
 
 def demo_data_stage_inputs(config: Any) -> dict[str, Any]:
     """The demo-data stage's inputs, from its DemoDataConfig."""
-    from pipeline.demo_data.build import _OPTIONS_WITHOUT_EFFECT, GENERATOR_VERSION
+    from distinit.pipeline.demo_data.build import _OPTIONS_WITHOUT_EFFECT, GENERATOR_VERSION
 
     options = {name: value for name, value in config_to_dict(config).items() if name not in _OPTIONS_WITHOUT_EFFECT}
     return {"config": options, "code": f"demo-data-{GENERATOR_VERSION}"}
@@ -165,7 +165,7 @@ def demo_data_stage_inputs(config: Any) -> dict[str, Any]:
 
 def demo_data_key_of(folder: str | Path) -> str | None:
     """The demo-data stage key of a built demo folder, from the config.yaml it keeps; None when it has none."""
-    from pipeline.demo_data.config import DemoDataConfig
+    from distinit.pipeline.demo_data.config import DemoDataConfig
 
     try:
         config = load_config(DemoDataConfig, Path(folder) / "config.yaml", {})
@@ -175,7 +175,7 @@ def demo_data_key_of(folder: str | Path) -> str | None:
 
 
 def extract_inputs(spec: PipelineSpec, upstream: str | None) -> StageInputs:
-    from extract.config import ExtractConfig
+    from distinit.extract.config import ExtractConfig
 
     overrides = {**parse_overrides(spec.extract_set), "data": spec.data, "out": spec.targets_root}
     overrides["root"] = spec.demo_dir if spec.data == "demo" else spec.root
@@ -188,7 +188,7 @@ def extract_inputs(spec: PipelineSpec, upstream: str | None) -> StageInputs:
 def extract_stage_inputs(config: Any, demo_data_key: str | None) -> dict[str, Any]:
     """The extract stage's inputs, from its ExtractConfig (as make plans it, and as `distinit extract` records it in
     the folder it seals, whoever launched it): `demo_data_key` for the demo's videos, else the listing's hash."""
-    from extract.config import CODE_VERSION
+    from distinit.extract.config import CODE_VERSION
 
     options = {name: value for name, value in config_to_dict(config).items() if name not in EXTRACT_RUNTIME_OPTIONS}
     if config.split is None:
@@ -204,7 +204,7 @@ def stage_key(inputs: dict[str, Any]) -> str:
 
 def prepare_inputs(spec: PipelineSpec, upstream: str | None) -> StageInputs:
     """The prepare stage: extract's selection of the videos (its split/limit options) re-encoded by configs/prepare.yaml."""
-    from pipeline.prepared.config import CODE_VERSION, PrepareConfig
+    from distinit.pipeline.prepared.config import CODE_VERSION, PrepareConfig
 
     # As make runs it: configs/prepare.yaml, then EXTRACT_SET's selection options, then PREPARE_SET. A selection
     # written into configs/extract.yaml alone is not forwarded: prepare then copies more videos than are
@@ -228,14 +228,14 @@ def _selected_videos(inputs: dict[str, Any], config: Any, demo_data_key: str | N
     the config selects (extract's and prepare's configs share the selection options)."""
     if demo_data_key is not None:
         return {**inputs, "upstream": {"demo-data": demo_data_key}}
-    from pipeline.datasets.records import manifest_hash
-    from pipeline.datasets.selection import selected_listing
+    from distinit.pipeline.datasets.records import manifest_hash
+    from distinit.pipeline.datasets.selection import selected_listing
 
     return {**inputs, "data": manifest_hash(selected_listing(config))}
 
 
 def distill_inputs(spec: PipelineSpec, extract_key: str, prepare_key: str | None = None) -> StageInputs:
-    from distill.config import DistillConfig
+    from distinit.distill.config import DistillConfig
 
     overrides = {**parse_overrides(spec.distill_set), "targets": str(Path(spec.targets_root) / spec.data)}
     config = load_config(DistillConfig, spec.distill_config, overrides)
@@ -247,7 +247,7 @@ def distill_stage_inputs(config: Any, processes: int | str, extract_key: str, pr
     """The distill stage's inputs, from its DistillConfig (as make plans it, and as `distinit distill` records it in
     the run it finishes). The global batch, not the number of processes: with `global_batch` set, NPROC and the
     nodes change nothing (a cluster's 4x8 run is the run make looks for); without it, batch_size x the processes."""
-    from distill.config import CODE_VERSION
+    from distinit.distill.config import CODE_VERSION
 
     if isinstance(processes, int):
         config.accum_steps(processes)  # a global batch these processes cannot make up: refused before anything runs
@@ -259,7 +259,7 @@ def distill_stage_inputs(config: Any, processes: int | str, extract_key: str, pr
 
 def eval_inputs(spec: PipelineSpec, stage: str, upstream_inputs: Callable[[str], StageInputs]) -> StageInputs:
     """compare (INITS on HMDB-51), eval-hmdb or eval-ucf (INIT on HMDB-51 / UCF-101)."""
-    from evaluate.config import CODE_VERSION, EvalConfig
+    from distinit.evaluate.config import CODE_VERSION, EvalConfig
 
     data, root_variable = EVAL_STAGES[stage]
     inits = spec.inits if stage == "compare" else ((spec.init,) if spec.init else ())
@@ -305,7 +305,7 @@ def eval_output(spec: PipelineSpec, stage: str) -> Path:
 
 def distill_output_folder(spec: PipelineSpec) -> str:
     """Where the pipeline's distill writes its runs (DISTILL_OUT), from its config alone."""
-    from distill.config import DistillConfig
+    from distinit.distill.config import DistillConfig
 
     return load_config(DistillConfig, spec.distill_config, parse_overrides(spec.distill_set)).out
 
@@ -344,9 +344,9 @@ def manifest_hash_of(data: str, root: str, limit: int | None = None, splits: int
                      roles: tuple[str, ...] = ("train",), **options) -> str:
     """The hash of a dataset listing as a stage selects it (relative paths and sizes: touching a video
     changes nothing)."""
-    from pipeline.datasets import load_dataset
-    from pipeline.datasets.records import manifest_hash
-    from pipeline.datasets.selection import select_records
+    from distinit.pipeline.datasets import load_dataset
+    from distinit.pipeline.datasets.records import manifest_hash
+    from distinit.pipeline.datasets.selection import select_records
 
     listing = select_records(load_dataset(data, root, **options), splits=splits, roles=roles, limit=limit)
     return manifest_hash(listing)

@@ -21,8 +21,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import atomic_write_text
-from pipeline.stages import STAGES, NotSetUp, StageInputs, stage_key
+from distinit.pipeline.atomic import atomic_write_text
+from distinit.pipeline.stages import STAGES, NotSetUp, StageInputs, stage_key
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from pipeline.video.binary import ffmpeg_binary
+from distinit.pipeline.video.binary import ffmpeg_binary
 
 PLACEHOLDER_BYTES = b"placeholder, not a video\n"
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate.ablations import (
+from distinit.evaluate.ablations import (
     FRAME_REPEATED,
     ORIGINAL,
     TIME_SHUFFLED,
@@ -18,7 +18,7 @@ from evaluate.ablations import (
     middle_frame_order,
     time_permutation,
 )
-from evaluate.scoring import accuracies, score
+from distinit.evaluate.scoring import accuracies, score
 
 
 def test_time_permutations_are_fixed_never_the_identity_and_differ_between_clips():

@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from pipeline import atomic
-from pipeline.atomic import atomic_path, atomic_write_text
+from distinit.pipeline import atomic
+from distinit.pipeline.atomic import atomic_path, atomic_write_text
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):

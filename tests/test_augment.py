@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from distill import augment
-from distill.keypoint_heatmaps import rendered_teachers
-from extract.teachers.coco_classes import COCO_KEYPOINT_FLIP_INDEX, COCO_KEYPOINT_NAMES
-from pipeline.shards import ShardError
+from distinit.distill import augment
+from distinit.distill.keypoint_heatmaps import rendered_teachers
+from distinit.extract.teachers.coco_classes import COCO_KEYPOINT_FLIP_INDEX, COCO_KEYPOINT_NAMES
+from distinit.pipeline.shards import ShardError
 
 GRID = 4
 # As stored: keypoint coordinates, drawn as (17, GRID, GRID) heatmaps over the crop in stage two.
@@ -52,7 +52,7 @@ def test_a_stored_flip_index_wins_over_names_and_a_bad_one_is_refused():
 
 
 def test_the_flip_plan_reads_the_flip_index_the_teacher_wrote():
-    from extract.teachers.keypoint_coordinates import keypoint_outputs
+    from distinit.extract.teachers.keypoint_coordinates import keypoint_outputs
 
     described = {"name": "pose", "outputs": [spec.describe() for spec in keypoint_outputs(14, 1.0, "a pose teacher")]}
     described["outputs"][0]["class_names"] = None  # names gone: the stored flip index alone must swap sides
@@ -159,7 +159,7 @@ def test_no_fraction_or_no_box_draws_exactly_as_before():
 
 def test_a_view_narrower_than_the_crop_centres_the_crop_on_it():
     # The demo: 4:3 clips at short side 72 (96 x 72), crop 64; Lite0 saw 224 of 342 x 256: 62.9 x 63 px of it.
-    from extract.teachers.base import center_crop_view_box
+    from distinit.extract.teachers.base import center_crop_view_box
 
     view = center_crop_view_box(256, 342, 256, 224)
     rng = np.random.default_rng(0)

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from dataset_fixtures import make_hmdb51
-from evaluate import compare as compare_module
-from evaluate.compare import compare, init_label, ordered_inits, unique_labels
-from evaluate.config import EvalConfig
-from evaluate.report import results_table, write_report
-from evaluate.results import EvalResult, RunResult, format_table, summarise
-from evaluate.statistics import difference_against
-from pipeline.errors import ConfigError
+from distinit.evaluate import compare as compare_module
+from distinit.evaluate.compare import compare, init_label, ordered_inits, unique_labels
+from distinit.evaluate.config import EvalConfig
+from distinit.evaluate.report import results_table, write_report
+from distinit.evaluate.results import EvalResult, RunResult, format_table, summarise
+from distinit.evaluate.statistics import difference_against
+from distinit.pipeline.errors import ConfigError
 
 VIDEOS = 20
 SCRATCH = {"kind": "scratch", "spec": "scratch", "architecture": {"name": "r2plus1d_18", "width": "tiny"}}
@@ -236,7 +236,7 @@ def test_compare_refuses_mixed_architectures(tmp_path, monkeypatch):
 
 def test_compare_tunes_each_init_and_runs_the_chosen_values(tmp_path, monkeypatch):
     """With tune_lrs, each row is tuned on validation first, and its runs use the chosen lr and epoch only."""
-    from evaluate.tuning import SplitTuning, Tuning
+    from distinit.evaluate.tuning import SplitTuning, Tuning
 
     layout = make_hmdb51(tmp_path / "hmdb")
     config = EvalConfig(root=str(layout.root), splits_dir=str(layout.splits_dir), splits=(1,), seeds=(0, 1),

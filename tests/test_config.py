@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import build_config, config_to_dict, load_config, parse_overrides
-from pipeline.errors import ConfigError
+from distinit.pipeline.config import build_config, config_to_dict, load_config, parse_overrides
+from distinit.pipeline.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

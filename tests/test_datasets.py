@@ -24,9 +24,9 @@ from dataset_fixtures import (
     write_lines,
     write_video,
 )
-from pipeline.datasets import ADAPTERS, load_dataset, manifest_hash, read_manifest, write_manifest
-from pipeline.errors import DatasetError
-from pipeline.video.binary import ffmpeg_binary
+from distinit.pipeline.datasets import ADAPTERS, load_dataset, manifest_hash, read_manifest, write_manifest
+from distinit.pipeline.errors import DatasetError
+from distinit.pipeline.video.binary import ffmpeg_binary
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +91,7 @@ def test_hmdb51_split_folder_inside_root_is_found_and_is_not_a_class(tmp_path):
 
 def test_hmdb51_unlisted_video_is_kept_as_unused(tmp_path, caplog):
     layout = make_hmdb51(tmp_path, unlisted_per_class=1)
-    with caplog.at_level(logging.INFO, logger="pipeline.datasets.hmdb51"):
+    with caplog.at_level(logging.INFO, logger="distinit.pipeline.datasets.hmdb51"):
         listing = load_dataset("hmdb51", layout.root)
     assert reported(listing) == layout.expected
     assert role_counts(listing, "2") == {"train": 9, "test": 6, "unused": 6}
@@ -250,7 +250,7 @@ def test_ucf101_bad_class_index_and_missing_lists(tmp_path):
 @pytest.mark.parametrize("layout_name", ["label", "flat"])
 def test_kinetics_both_layouts_count_missing_clips(tmp_path, layout_name, caplog):
     layout = make_kinetics(tmp_path, layout_name)
-    with caplog.at_level(logging.INFO, logger="pipeline.datasets.kinetics"):
+    with caplog.at_level(logging.INFO, logger="distinit.pipeline.datasets.kinetics"):
         listing = load_dataset("kinetics", layout.root)
     assert reported(listing) == layout.expected
     assert listing.class_names == ["abseiling", "playing guitar", "zumba"]  # zumba: its only clip is missing

@@ -21,11 +21,11 @@ import pytest
 from test_video import FPS, LOSSLESS_FRAMES, LOSSY_FRAMES, decoder, lossless_frames  # noqa: F401  (fixtures)
 from test_video import bad_files, edit_list_video, lossless_video, lossy_video, lossy_video_mp4, video_folder  # noqa: F401
 
-from pipeline.errors import ConfigError, DistinitError, VideoError
-from pipeline.video import backends, decode, read_clip, read_frames, slow_path, torchcodec_decode
-from pipeline.video.layout_record import layout_from_record, layout_record
-from pipeline.video.probe import probe_layout
-from pipeline.video.segments import Deadline, DecodePlan, Segment
+from distinit.pipeline.errors import ConfigError, DistinitError, VideoError
+from distinit.pipeline.video import backends, decode, read_clip, read_frames, slow_path, torchcodec_decode
+from distinit.pipeline.video.layout_record import layout_from_record, layout_record
+from distinit.pipeline.video.probe import probe_layout
+from distinit.pipeline.video.segments import Deadline, DecodePlan, Segment
 
 IN_PROCESS = ["pyav", "torchcodec"]
 # TorchCodec's resize against ffmpeg's area/bicubic scale on these blocky noise frames (measured: mean 4.5

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from pipeline.config import load_config
-from pipeline.demo_data import DemoDataConfig, build_demo_data
-from pipeline.demo_data import layout
-from pipeline.demo_data.motion import MotionSpeeds, action_path, place_camera, pool_path, POOL_MOTION_KINDS
-from pipeline.demo_data.sources import SourceVideo, clips_per_source
-from pipeline.errors import ConfigError, DistinitError
-from pipeline.video.binary import ffmpeg_binary
+from distinit.pipeline.config import load_config
+from distinit.pipeline.demo_data import DemoDataConfig, build_demo_data
+from distinit.pipeline.demo_data import layout
+from distinit.pipeline.demo_data.motion import MotionSpeeds, action_path, place_camera, pool_path, POOL_MOTION_KINDS
+from distinit.pipeline.demo_data.sources import SourceVideo, clips_per_source
+from distinit.pipeline.errors import ConfigError, DistinitError
+from distinit.pipeline.video.binary import ffmpeg_binary
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 SPLIT_LINE = re.compile(r"^(?P<video>[^\s]+\.avi) (?P<code>[012]) $")
@@ -115,7 +115,7 @@ def test_split_files_parse_and_list_every_video_once(tiny_build):
 
 
 def test_hmdb51_adapter_reads_the_action_set(tiny_build):
-    datasets = pytest.importorskip("pipeline.datasets")
+    datasets = pytest.importorskip("distinit.pipeline.datasets")
     listing = datasets.load_dataset("hmdb51", tiny_build / "actions" / "videos")
     assert sorted(listing.class_names) == sorted(TINY.action_classes)
     assert len(listing.records) == 18
@@ -189,7 +189,7 @@ def test_every_video_decodes_with_its_recorded_size_and_frame_count(tiny_build):
 
 
 def test_pool_keyframes_follow_the_gop(tiny_build):
-    probe = pytest.importorskip("pipeline.video.probe")
+    probe = pytest.importorskip("distinit.pipeline.video.probe")
     for path in sorted((tiny_build / "pool").iterdir()):
         keyframes = probe.probe_layout(path).keyframe_indices
         assert list(keyframes) == list(range(0, len(keyframes) * TINY.gop, TINY.gop)), path.name

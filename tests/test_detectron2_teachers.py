@@ -17,20 +17,20 @@ from click.testing import CliRunner
 pytest.importorskip("detectron2")
 
 from dataset_fixtures import make_tiny_video  # noqa: E402
-from extract.teachers import MissingWeightsError, create_teacher  # noqa: E402
-from extract.teachers.coco_keypoints import CocoKeypointsTeacher  # noqa: E402
-from extract.teachers.coco_objects import CocoObjectsTeacher  # noqa: E402
-from extract.teachers.detectron2_models import (  # noqa: E402
+from distinit.extract.teachers import MissingWeightsError, create_teacher  # noqa: E402
+from distinit.extract.teachers.coco_keypoints import CocoKeypointsTeacher  # noqa: E402
+from distinit.extract.teachers.coco_objects import CocoObjectsTeacher  # noqa: E402
+from distinit.extract.teachers.detectron2_models import (  # noqa: E402
     DETECTRON2_CHECKPOINT_URLS,
     DETECTRON2_KEYPOINTS_CONFIG,
     DETECTRON2_OBJECTS_CONFIG,
     RANDOM_INIT_SEED,
 )
-from pipeline.cli import main  # noqa: E402
-from pipeline.errors import DistinitError  # noqa: E402
-from pipeline.hashing import sha256_file  # noqa: E402
-from pipeline.shards import TargetStore, verify  # noqa: E402
-from pipeline.weights.files import iopath_cache_path  # noqa: E402
+from distinit.pipeline.cli import main  # noqa: E402
+from distinit.pipeline.errors import DistinitError  # noqa: E402
+from distinit.pipeline.hashing import sha256_file  # noqa: E402
+from distinit.pipeline.shards import TargetStore, verify  # noqa: E402
+from distinit.pipeline.weights.files import iopath_cache_path  # noqa: E402
 
 # R50-FPN models are heavy on a CPU: tiny frames, tested at a 128-px short side.
 SMALL = {"min_size": 128, "max_size": 192, "batch_size": 2}
@@ -121,7 +121,7 @@ def test_a_frame_without_detections_gives_empty_targets(keypoint_teachers, monke
 def test_detector_gives_the_instances_default_predictor_gives(keypoint_teachers, monkeypatch):
     from detectron2.engine import DefaultPredictor
 
-    import extract.teachers.detectron2_models as detectron2_models
+    import distinit.extract.teachers.detectron2_models as detectron2_models
 
     detector = keypoint_teachers["detectron2"].detector
     predictor = DefaultPredictor(detector.config.clone())  # MODEL.WEIGHTS is empty: copy ours in
@@ -308,7 +308,7 @@ def test_default_test_size_is_the_same_on_both_backends():
 
 def test_a_refused_download_is_one_line(tmp_path, monkeypatch):
     """Online, Detectron2's own download (iopath) meets a refused connection: one line at once, nothing cached."""
-    import extract.teachers.detectron2_models as detectron2_models
+    import distinit.extract.teachers.detectron2_models as detectron2_models
 
     monkeypatch.delenv("DISTINIT_OFFLINE")
     monkeypatch.setenv("FVCORE_CACHE", str(tmp_path))

@@ -15,23 +15,23 @@ import numpy as np
 import pytest
 import torch
 
-from distill import augment, clip_cache, data
+from distinit.distill import augment, clip_cache, data
 from click.testing import CliRunner
 
-from distill.data import ClipSpec, TargetClipDataset, open_targets, split_videos
-from distill.keypoint_heatmaps import keypoint_targets, render_window
-from distill.sampler import EpochIndex, ResumableSampler
-from distill.shuffled_targets import donor_rows_in_window, target_donors
-from distill.windows import (
+from distinit.distill.data import ClipSpec, TargetClipDataset, open_targets, split_videos
+from distinit.distill.keypoint_heatmaps import keypoint_targets, render_window
+from distinit.distill.sampler import EpochIndex, ResumableSampler
+from distinit.distill.shuffled_targets import donor_rows_in_window, target_donors
+from distinit.distill.windows import (
     aggregate_targets, eval_window_start, frames_in_window, heatmap_flags, last_start, teacher_frame_indices,
     train_window_start,
 )
-from extract.teachers.base import center_crop_view_box
-from extract.teachers.coco_classes import COCO_KEYPOINT_NAMES
-from pipeline.cli import main
-from pipeline.errors import ConfigError, DistinitError
-from pipeline.shards import ShardError, ShardWriter, shard_name, write_manifest
-from pipeline.video import ffmpeg_binary, read_clip
+from distinit.extract.teachers.base import center_crop_view_box
+from distinit.extract.teachers.coco_classes import COCO_KEYPOINT_NAMES
+from distinit.pipeline.cli import main
+from distinit.pipeline.errors import ConfigError, DistinitError
+from distinit.pipeline.shards import ShardError, ShardWriter, shard_name, write_manifest
+from distinit.pipeline.video import ffmpeg_binary, read_clip
 
 FPS, SECONDS, WIDTH, HEIGHT = 10, 2, 64, 48
 TEACHER_TIMES = (0.25, 0.75, 1.25, 1.75)  # frames 2, 7, 12, 17 at 10 fps
@@ -606,9 +606,9 @@ def test_donor_rows_fall_in_the_same_window_or_nearest_its_relative_position():
 
 
 def test_the_control_is_part_of_the_run_key_and_shuffles_both_loaders(targets):
-    from distill.config import DistillConfig
-    from distill.distributed import DistributedContext
-    from distill.train import build_loaders, run_key
+    from distinit.distill.config import DistillConfig
+    from distinit.distill.distributed import DistributedContext
+    from distinit.distill.train import build_loaders, run_key
 
     config = DistillConfig(targets=str(targets), shuffle_targets=True, frames=4, stride=2, short_side=32, crop=24,
                            workers=0, batch_size=2, val_fraction=0.3)
@@ -625,7 +625,7 @@ def test_global_batch_sampler_gives_every_layout_the_same_micro_batches():
     """Steps of 8 clips: 1 process x 4 accumulation steps, 2 x 2 and 4 x 1 see the same micro-batches of 2 in each
     step; every step is full (the order padded from its start); a resume from step s on another layout yields
     exactly the rest."""
-    from distill.sampler import GlobalBatchSampler
+    from distinit.distill.sampler import GlobalBatchSampler
 
     def micro_batches(world_size: int, start_step: int = 0) -> list[list[list[int]]]:
         """Per step, its micro-batches in slot order (micro a of rank r is slot a x world_size + r)."""

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import distill.train as train_module
-from distill.train import train
-from pipeline.preemption import Preempted, PreemptionWatch, requeue_job, slurm_job_id
+import distinit.distill.train as train_module
+from distinit.distill.train import train
+from distinit.pipeline.preemption import Preempted, PreemptionWatch, requeue_job, slurm_job_id
 from test_train import _config, tiny_targets  # noqa: F401  (tiny_targets: the module's fixture)
 
 
@@ -93,7 +93,7 @@ def test_the_watch_records_the_first_signal_and_restores_the_handlers():
 
 def _cli(targets: Path, out: Path, **popen) -> list[str]:
     """`distinit distill` of the tiny recipe with two loader workers (they get the scheduler's signal too)."""
-    return [sys.executable, "-m", "pipeline", "distill", "--targets", str(targets), "--width", "tiny", "--frames", "4",
+    return [sys.executable, "-m", "distinit.pipeline", "distill", "--targets", str(targets), "--width", "tiny", "--frames", "4",
             "--short-side", "32", "--crop", "32", "--batch-size", "2", "--epochs", "2", "--workers", "2", "--optimizer",
             "adamw", "--lr", "2e-3", "--seed", "3", "--deterministic", "--device", "cpu", "--out", str(out),
             "--no-progress", "--set", "student=r2plus1d_18", "--set", "log_every_steps=1"]

@@ -23,13 +23,13 @@ import torch.multiprocessing as multiprocessing
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from distill.config import DistillConfig
-from distill.checkpoint import own_epoch_progress
-from distill.distributed import all_gather_objects, init_distributed, shutdown, sum_over_ranks
-from distill.heads import HeadSpec
-from distill.loss_tracking import NONFINITE_CHECK_EVERY
-from distill.losses import DistillationLoss
-from distill.train import TrainingError, evaluate, train_one_epoch
+from distinit.distill.config import DistillConfig
+from distinit.distill.checkpoint import own_epoch_progress
+from distinit.distill.distributed import all_gather_objects, init_distributed, shutdown, sum_over_ranks
+from distinit.distill.heads import HeadSpec
+from distinit.distill.loss_tracking import NONFINITE_CHECK_EVERY
+from distinit.distill.losses import DistillationLoss
+from distinit.distill.train import TrainingError, evaluate, train_one_epoch
 
 PROCESS_TIMEOUT_S = 60
 WORLD_SIZE = 2

@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from distill import augment
-from distill.heads import EmbeddingHead, HeadSpec, head_specs_from_teachers
-from distill.losses import DistillationLoss, cosine_distance
-from distill.students import create_student
-from distill.windows import aggregate_targets, mean_direction
-from extract.teachers.base import frames_to_tensor, normalise, resize_short_side_and_center_crop
-from extract.teachers.embedding_dinov2 import eval_resize_size
-from extract.teachers.registry import TEACHERS, create_teacher
-from pipeline.errors import ConfigError, DistinitError
-from pipeline.hashing import sha256_file
-from pipeline.weights.files import MissingWeightsError
+from distinit.distill import augment
+from distinit.distill.heads import EmbeddingHead, HeadSpec, head_specs_from_teachers
+from distinit.distill.losses import DistillationLoss, cosine_distance
+from distinit.distill.students import create_student
+from distinit.distill.windows import aggregate_targets, mean_direction
+from distinit.extract.teachers.base import frames_to_tensor, normalise, resize_short_side_and_center_crop
+from distinit.extract.teachers.embedding_dinov2 import eval_resize_size
+from distinit.extract.teachers.registry import TEACHERS, create_teacher
+from distinit.pipeline.errors import ConfigError, DistinitError
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.weights.files import MissingWeightsError
 
 EMBEDDING = HeadSpec("clip/embedding", "embedding", (6,))
 
@@ -266,13 +266,13 @@ def test_clip_weights_file_without_a_tag_warns_that_the_default_tag_is_assumed(t
     """A file loads strictly under any tag (QuickGELU has no weights), so OpenAI's file under the default tag
     would run with GELU and give wrong features silently: the tag assumed is said aloud."""
     absent = str(tmp_path / "clip.pt")  # the warning comes before the file is read
-    with caplog.at_level(logging.WARNING, logger="extract.teachers.embedding_clip"):
+    with caplog.at_level(logging.WARNING, logger="distinit.extract.teachers.embedding_clip"):
         with pytest.raises(MissingWeightsError):
             create_teacher("clip", weights=absent)
     (warning,) = [record for record in caplog.records if record.levelno == logging.WARNING]
     assert "laion2b_s34b_b79k" in warning.getMessage() and "pretrained=openai" in warning.getMessage()
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="extract.teachers.embedding_clip"):
+    with caplog.at_level(logging.WARNING, logger="distinit.extract.teachers.embedding_clip"):
         for pretrained in ("laion2b_s34b_b79k", "openai", ""):  # the file's tag named: nothing to warn about
             with pytest.raises(MissingWeightsError):
                 create_teacher("clip", weights=absent, pretrained=pretrained)
@@ -310,7 +310,7 @@ def test_a_refused_hub_connection_is_one_line(kind, repo_id, hub_cache, monkeypa
 
 
 def _write_videos(root: Path, count: int) -> None:
-    from pipeline.video.binary import ffmpeg_binary
+    from distinit.pipeline.video.binary import ffmpeg_binary
 
     for number in range(count):
         pattern = ("testsrc", "testsrc2", "smptebars", "rgbtestsrc")[number % 4]
@@ -324,13 +324,13 @@ def _write_videos(root: Path, count: int) -> None:
 def test_lite0_embeddings_through_extract_distill_and_export(tmp_path):
     """The real packaged Lite0 weights, offline: its pooled features as the only target, a few distillation steps
     with the held-out loss and the shuffled-target control, and an export whose heads file rebuilds the head."""
-    from distill.config import DistillConfig
-    from distill.export import export_trunk
-    from distill.students import DistillStudent
-    from distill.train import train
-    from extract.config import ExtractConfig
-    from extract.run import run_extraction
-    from pipeline.shards import TargetStore
+    from distinit.distill.config import DistillConfig
+    from distinit.distill.export import export_trunk
+    from distinit.distill.students import DistillStudent
+    from distinit.distill.train import train
+    from distinit.extract.config import ExtractConfig
+    from distinit.extract.run import run_extraction
+    from distinit.pipeline.shards import TargetStore
 
     videos = tmp_path / "videos"
     videos.mkdir()

@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from distill.export import export_trunk, heads_path_for, load_exported_trunk
-from distill.heads import HeadSpec
-from distill.students import DistillStudent, create_student
-from pipeline.errors import ConfigError, DistinitError
+from distinit.distill.export import export_trunk, heads_path_for, load_exported_trunk
+from distinit.distill.heads import HeadSpec
+from distinit.distill.students import DistillStudent, create_student
+from distinit.pipeline.errors import ConfigError, DistinitError
 
 HEADS = [
     HeadSpec("imagenet-efficientnet-lite0/logits", "logits", (1000,)),

@@ -17,11 +17,11 @@ from bench.faults_trials.common import (
     CommandResult, make_video_folder, one_line_error_problem, run_cli, start_cli, temporary_files, wait_for_group_to_exit,
 )
 from bench.faults_trials.kill_extract import SHARD_COUNT, VIDEO_COUNT, extract_arguments
-import extract.run as run_module
-from extract.config import ExtractConfig
-from extract.run import run_extraction
-from pipeline.hashing import sha256_file
-from pipeline.preemption import Preempted
+import distinit.extract.run as run_module
+from distinit.extract.config import ExtractConfig
+from distinit.extract.run import run_extraction
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.preemption import Preempted
 
 POLL_SECONDS = 0.002
 RUN_TIMEOUT_SECONDS = 180.0

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import extract.run as run_module
-from extract.config import ExtractConfig, parse_shard_part
-from extract.run import ExtractionError, prepare, run_extraction, finalize
-from pipeline.cli import main
-from pipeline.errors import ConfigError
-from pipeline.hashing import sha256_file
-from distill.data import ClipSpec, TargetClipDataset
-from pipeline.shards import LAYOUTS_NAME, TargetStore, inspect, read_manifest, stored_layouts, verify
-from pipeline.video.binary import ffmpeg_binary
+import distinit.extract.run as run_module
+from distinit.extract.config import ExtractConfig, parse_shard_part
+from distinit.extract.run import ExtractionError, prepare, run_extraction, finalize
+from distinit.pipeline.cli import main
+from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.hashing import sha256_file
+from distinit.distill.data import ClipSpec, TargetClipDataset
+from distinit.pipeline.shards import LAYOUTS_NAME, TargetStore, inspect, read_manifest, stored_layouts, verify
+from distinit.pipeline.video.binary import ffmpeg_binary
 
 GOOD_VIDEOS = ("a_walk", "b_pan", "c_zoom", "d_still")
 

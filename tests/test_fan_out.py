@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 from click.testing import CliRunner
 
-from evaluate.config import EvalConfig
-from evaluate.fan_out import run_list, run_one, tune_one, tuning_list
-from pipeline.cli import main
-from pipeline.errors import ConfigError
+from distinit.evaluate.config import EvalConfig
+from distinit.evaluate.fan_out import run_list, run_one, tune_one, tuning_list
+from distinit.pipeline.cli import main
+from distinit.pipeline.errors import ConfigError
 
 
 def test_runs_are_numbered_row_then_split_then_seed():

@@ -7,7 +7,7 @@ import torch
 import torchvision
 from click.testing import CliRunner
 
-from pipeline.cli import main
+from distinit.pipeline.cli import main
 
 
 def test_fetch_builds_each_teacher_and_says_where_its_weights_are(tmp_path):

@@ -16,23 +16,23 @@ import torch
 from click.testing import CliRunner
 
 from dataset_fixtures import PLACEHOLDER_BYTES, make_hmdb51, make_ucf101
-from distill.augment import VIDEO_NORMALISATION, Normalisation, crop_frames, rgb_to_tensor, video_to_device
-from distill.heads import HeadSpec
-from distill.sampler import EpochIndex, ResumableSampler
-from distill.students import create_student
-from distill.windows import ClipSpec
-from evaluate.ablations import FRAME_REPEATED, ORIGINAL, TIME_SHUFFLED, time_permutation
-from evaluate.clips import EvaluationClips, TrainingClips, clip_starts, crop_offsets
-from evaluate.config import CODE_VERSION, EvalConfig
-from evaluate.finetune import _cached_run, _run_paths, predict, results_key, run_eval
-from evaluate.initialization import checkpoint_path, resolve_init
-from evaluate.results import RunResult
-from pipeline.cli import main
-from pipeline.datasets import load_dataset
-from pipeline.errors import ConfigError
-from pipeline.hashing import sha256_file
-from pipeline.video import read_clip
-from pipeline.video.binary import ffmpeg_binary
+from distinit.distill.augment import VIDEO_NORMALISATION, Normalisation, crop_frames, rgb_to_tensor, video_to_device
+from distinit.distill.heads import HeadSpec
+from distinit.distill.sampler import EpochIndex, ResumableSampler
+from distinit.distill.students import create_student
+from distinit.distill.windows import ClipSpec
+from distinit.evaluate.ablations import FRAME_REPEATED, ORIGINAL, TIME_SHUFFLED, time_permutation
+from distinit.evaluate.clips import EvaluationClips, TrainingClips, clip_starts, crop_offsets
+from distinit.evaluate.config import CODE_VERSION, EvalConfig
+from distinit.evaluate.finetune import _cached_run, _run_paths, predict, results_key, run_eval
+from distinit.evaluate.initialization import checkpoint_path, resolve_init
+from distinit.evaluate.results import RunResult
+from distinit.pipeline.cli import main
+from distinit.pipeline.datasets import load_dataset
+from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.video import read_clip
+from distinit.pipeline.video.binary import ffmpeg_binary
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -322,7 +322,7 @@ def test_cli_eval_ucf101_scratch_all_splits(ucf, tmp_path):
 
 
 def test_eval_from_an_inflated_2d_network(hmdb, tmp_path):
-    pytest.importorskip("evaluate.inflate")
+    pytest.importorskip("distinit.evaluate.inflate")
     result = run_eval(_config(hmdb, tmp_path, init="inflated:resnet18:random", student=None, width=None, test_clips=1))
     assert result.init["kind"] == "inflated" and result.init["architecture"]["name"] == "resnet18_3d"
     assert result.init["input_normalisation"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -355,7 +355,7 @@ def test_runs_of_older_code_or_another_normalisation_are_not_reused(tmp_path, mo
     renormalised = dataclasses.replace(initialization, normalisation=Normalisation((0.5,) * 3, (0.5,) * 3))
     assert results_key(config, "manifest", renormalised) != key
     assert CODE_VERSION == "eval-3"
-    monkeypatch.setattr("evaluate.run_store.CODE_VERSION", "eval-1")
+    monkeypatch.setattr("distinit.evaluate.run_store.CODE_VERSION", "eval-1")
     old_key = results_key(config, "manifest", initialization)
     monkeypatch.undo()
     assert old_key != key
@@ -442,7 +442,7 @@ def test_config_refuses_repeated_splits():
 
 
 def test_compare_writes_the_table_results_and_plots(hmdb, checkpoint, tmp_path, monkeypatch):
-    from evaluate.compare import compare
+    from distinit.evaluate.compare import compare
 
     monkeypatch.chdir(tmp_path)  # run_eval caches under results/eval/<key> relative to the working folder
     config = _config(hmdb, tmp_path / "unused", splits=(1,), seeds=(0, 1), init="scratch", student=None, width=None)
@@ -463,7 +463,7 @@ def test_compare_writes_the_table_results_and_plots(hmdb, checkpoint, tmp_path, 
 def test_compare_labels_name_the_init_and_its_network():
     from types import SimpleNamespace
 
-    from evaluate.compare import init_label
+    from distinit.evaluate.compare import init_label
 
     inflated = {"kind": "inflated", "spec": "inflated:efficientnet_lite0", "architecture": {"name": "efficientnet_lite0_3d"}}
     checkpoint = {"kind": "checkpoint", "architecture": {"name": "r2plus1d_18", "width": "tiny"}}
@@ -475,8 +475,8 @@ def test_finetuning_and_testing_use_the_inits_own_normalisation(hmdb, tmp_path, 
     """Every clip the network sees, in training and at test, is normalised with the init's mean/std: an init with
     a distinctive normalisation must see exactly (x - mean) / std of its uint8 frames, so a change that gives every
     init the Kinetics statistics (or any other) fails here."""
-    from evaluate import finetune as finetune_module
-    from evaluate.initialization import Initialization
+    from distinit.evaluate import finetune as finetune_module
+    from distinit.evaluate.initialization import Initialization
 
     own = Normalisation((0.11, 0.52, 0.93), (0.31, 0.17, 0.45))
     seen = {"train": [], "eval": []}
@@ -519,9 +519,9 @@ def test_tuning_scores_validation_only_and_is_reused(hmdb, tmp_path, monkeypatch
     """Tuning trains on each split's train part, scores only that split's validation part (never a test video),
     chooses by the rule in evaluate.tuning, caches each curve; the tuned runs keep their split's lr and epoch, and the
     run with the tuning seed repeats the tuning run's trajectory up to the chosen epoch."""
-    from evaluate import finetune as finetune_module
-    from evaluate import tuning as tuning_module
-    from evaluate.validation import split_validation
+    from distinit.evaluate import finetune as finetune_module
+    from distinit.evaluate import tuning as tuning_module
+    from distinit.evaluate.validation import split_validation
 
     monkeypatch.chdir(tmp_path)
     scored_ids = []
@@ -562,7 +562,7 @@ def test_tuning_scores_validation_only_and_is_reused(hmdb, tmp_path, monkeypatch
 
 
 def test_the_choice_prefers_validation_accuracy_then_loss_then_the_earlier_epoch():
-    from evaluate.tuning import choose
+    from distinit.evaluate.tuning import choose
 
     curves = {"0.001": [{"epoch": 1, "val_video_top1": 0.5, "val_loss": 0.9},
                         {"epoch": 2, "val_video_top1": 0.5, "val_loss": 0.8}],
@@ -596,8 +596,8 @@ def test_validation_holds_out_whole_source_groups_or_single_videos_as_asked(tmp_
     """val_groups=source keeps a source group on one side of train/validation; video divides single videos (for a
     labeled set whose official split shares sources between train and test, as the demo's does)."""
     from dataset_fixtures import make_hmdb51_grouped
-    from evaluate.finetune import training_parts
-    from pipeline.datasets.groups import source_group
+    from distinit.evaluate.finetune import training_parts
+    from distinit.pipeline.datasets.groups import source_group
 
     layout = make_hmdb51_grouped(tmp_path / "grouped")
     listing = load_dataset("hmdb51", layout.root, splits_dir=layout.splits_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distill import flow
+from distinit.distill import flow
 
 
 def moving_texture(shift_per_frame: int, frames: int = 3, size: int = 48) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.datasets.groups import source_group
+from distinit.pipeline.datasets.groups import source_group
 
 
 @pytest.mark.parametrize(("dataset", "video_id", "group"), [

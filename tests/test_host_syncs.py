@@ -18,16 +18,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from distill.augment import VIDEO_NORMALISATION, normalise_video
-from distill.config import DistillConfig
-from distill.device_step import use_fast_kernels
-from distill.distributed import DistributedContext
-from distill.heads import HeadSpec
-from distill.loss_tracking import NONFINITE_CHECK_EVERY
-from distill.losses import DistillationLoss
-from distill import train as distill_train
-from evaluate import finetune
-from evaluate.config import EvalConfig
+from distinit.distill.augment import VIDEO_NORMALISATION, normalise_video
+from distinit.distill.config import DistillConfig
+from distinit.distill.device_step import use_fast_kernels
+from distinit.distill.distributed import DistributedContext
+from distinit.distill.heads import HeadSpec
+from distinit.distill.loss_tracking import NONFINITE_CHECK_EVERY
+from distinit.distill.losses import DistillationLoss
+from distinit.distill import train as distill_train
+from distinit.evaluate import finetune
+from distinit.evaluate.config import EvalConfig
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 OWN_CODE = (str(REPOSITORY / "distill"), str(REPOSITORY / "evaluate"))

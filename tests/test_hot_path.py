@@ -16,10 +16,10 @@ import torch
 from test_decoders import _warnings, fresh_warnings  # noqa: F401  (fresh_warnings: a fixture)
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from distill import augment
-from distill.augment import VIDEO_NORMALISATION, Normalisation
-from pipeline.video import ffmpeg_binary, pyav_decode, read_clip
-from pipeline.video.probe import probe_layout
+from distinit.distill import augment
+from distinit.distill.augment import VIDEO_NORMALISATION, Normalisation
+from distinit.pipeline.video import ffmpeg_binary, pyav_decode, read_clip
+from distinit.pipeline.video.probe import probe_layout
 
 IMAGENET = Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CROP = 8

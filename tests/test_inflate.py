@@ -11,13 +11,13 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from distill.augment import VIDEO_NORMALISATION, Normalisation, crop_frames
-from distill.heads import head_specs_from_teachers
-from distill.students import create_student, list_students
-from distill.windows import ClipSpec
-from evaluate.clips import EvaluationClips, crop_offsets
-from distill.efficientnet3d import efficientnet_time_kernel, load_efficientnet_lite0_2d
-from evaluate.inflate import (
+from distinit.distill.augment import VIDEO_NORMALISATION, Normalisation, crop_frames
+from distinit.distill.heads import head_specs_from_teachers
+from distinit.distill.students import create_student, list_students
+from distinit.distill.windows import ClipSpec
+from distinit.evaluate.clips import EvaluationClips, crop_offsets
+from distinit.distill.efficientnet3d import efficientnet_time_kernel, load_efficientnet_lite0_2d
+from distinit.evaluate.inflate import (
     EFFICIENTNET_LITE_NORMALISATION,
     IMAGENET_NORMALISATION,
     InflatedConv3d,
@@ -29,16 +29,16 @@ from evaluate.inflate import (
     load_resnet18_2d,
     spatial_time_kernel,
 )
-from evaluate.initialization import resolve_init
-from extract.teachers.base import frames_to_tensor, normalise
-from extract.teachers.imagenet_efficientnet import imagenet_class_names
-from pipeline.weights.lite0 import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, packaged_lite0_weights_path
-from pipeline.weights.files import MissingWeightsError
-from pipeline.datasets import VideoRecord
-from pipeline.errors import ConfigError, DistinitError
-from pipeline.hashing import sha256_file
-from pipeline.video import read_frames
-from pipeline.video.binary import ffmpeg_binary
+from distinit.evaluate.initialization import resolve_init
+from distinit.extract.teachers.base import frames_to_tensor, normalise
+from distinit.extract.teachers.imagenet_efficientnet import imagenet_class_names
+from distinit.pipeline.weights.lite0 import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, packaged_lite0_weights_path
+from distinit.pipeline.weights.files import MissingWeightsError
+from distinit.pipeline.datasets import VideoRecord
+from distinit.pipeline.errors import ConfigError, DistinitError
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.video import read_frames
+from distinit.pipeline.video.binary import ffmpeg_binary
 
 FRAMES = 4
 HEADS = head_specs_from_teachers([

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from distill import augment
-from distill.augment import VIDEO_NORMALISATION, Normalisation, normalisation_table, rgb_to_tensor
-from distill.export import export_trunk
-from distill.students import DistillStudent, create_student
-from pipeline.errors import ConfigError
+from distinit.distill import augment
+from distinit.distill.augment import VIDEO_NORMALISATION, Normalisation, normalisation_table, rgb_to_tensor
+from distinit.distill.export import export_trunk
+from distinit.distill.students import DistillStudent, create_student
+from distinit.pipeline.errors import ConfigError
 
 IMAGENET = Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

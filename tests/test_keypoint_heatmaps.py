@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distill import augment
-from distill.heads import head_specs_from_teachers
-from distill.keypoint_heatmaps import (
+from distinit.distill import augment
+from distinit.distill.heads import head_specs_from_teachers
+from distinit.distill.keypoint_heatmaps import (
     crop_pixels, draw_heatmaps, heatmap_peak_cells, keypoint_targets, render_window, rendered_teachers,
 )
-from distill.windows import aggregate_targets, heatmap_flags
-from extract.teachers.coco_classes import COCO_KEYPOINT_NAMES
-from extract.teachers.keypoint_coordinates import keypoint_outputs, relative_keypoints
-from pipeline.shards import ShardError
+from distinit.distill.windows import aggregate_targets, heatmap_flags
+from distinit.extract.teachers.coco_classes import COCO_KEYPOINT_NAMES
+from distinit.extract.teachers.keypoint_coordinates import keypoint_outputs, relative_keypoints
+from distinit.pipeline.shards import ShardError
 
 GRID, CROP = 14, 112
 CELL = CROP // GRID  # 8 pixels per cell
@@ -141,8 +141,8 @@ def test_a_keypoints_output_without_its_grid_is_refused():
 
 
 def test_zero_confidence_keypoints_alone_are_no_person():
-    from distill.keypoint_heatmaps import KeypointTarget
-    from extract.teachers.keypoint_coordinates import empty_keypoints
+    from distinit.distill.keypoint_heatmaps import KeypointTarget
+    from distinit.extract.teachers.keypoint_coordinates import empty_keypoints
 
     # Frame 0: its only keypoint inside the crop has confidence 0; frame 1: one confident keypoint inside.
     rows = {"k/keypoints": np.zeros((2, 17, 3)), "k/person_present": np.ones(2, np.float32)}

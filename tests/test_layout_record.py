@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from test_video import LOSSY_CODECS, encode, lossless_frames, noise_frames
 
-from pipeline.video.layout_record import layout_from_record, layout_record, tick_runs, ticks_from_runs
-from pipeline.video.probe import clear_probe_cache, probe_layout
+from distinit.pipeline.video.layout_record import layout_from_record, layout_record, tick_runs, ticks_from_runs
+from distinit.pipeline.video.probe import clear_probe_cache, probe_layout
 
 
 @pytest.mark.parametrize("name", ["lossless.mkv", *sorted(LOSSY_CODECS)])
@@ -57,9 +57,9 @@ def test_stage_one_records_the_files_content_hash_and_older_records_still_read(t
     videos by it); a version-1 record (a prepared folder written before) still gives its layout."""
     import hashlib
 
-    from extract.decode_worker import decode_video
-    from extract.sampling import SamplingConfig
-    from pipeline.video.layout_record import RECORD_VERSION, record_sha256
+    from distinit.extract.decode_worker import decode_video
+    from distinit.extract.sampling import SamplingConfig
+    from distinit.pipeline.video.layout_record import RECORD_VERSION, record_sha256
 
     path = encode(lossless_frames(), tmp_path / "clip.mkv", ["-c:v", "ffv1"])
     decoded = decode_video("clip", str(path), SamplingConfig(frames_per_second=2.0), short_side=32, timeout=60)

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from distill.heads import HeadSpec
-from distill.distributed import DistributedContext
-from distill.losses import DistillationLoss, parse_loss_weights, part_keys, resolve_loss_weights
-from distill.train import evaluate
-from pipeline.errors import ConfigError
+from distinit.distill.heads import HeadSpec
+from distinit.distill.distributed import DistributedContext
+from distinit.distill.losses import DistillationLoss, parse_loss_weights, part_keys, resolve_loss_weights
+from distinit.distill.train import evaluate
+from distinit.pipeline.errors import ConfigError
 
 CLASSIFIER = HeadSpec("imagenet-efficientnet-lite0/logits", "logits", (10,))
 OBJECTS = HeadSpec("coco-objects/scores", "multilabel_scores", (6,))

@@ -8,7 +8,7 @@ import json
 from click.testing import CliRunner
 
 from dataset_fixtures import make_hmdb51, make_kinetics
-from pipeline.cli import main
+from distinit.pipeline.cli import main
 
 
 def test_datasets_lists_every_adapter():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate.metrics import clip_accuracy, confusion_matrix, mean_std, softmax, topk_accuracy, video_scores
+from distinit.evaluate.metrics import clip_accuracy, confusion_matrix, mean_std, softmax, topk_accuracy, video_scores
 
 
 def test_clip_accuracy_scores_every_clip_alone():

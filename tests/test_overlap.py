@@ -10,15 +10,15 @@ import torch
 from click.testing import CliRunner
 
 from dataset_fixtures import make_hmdb51
-from distill.heads import HeadSpec
-from distill.students import create_student
-from evaluate.config import EvalConfig
-from evaluate.data import load_listing, split_records
-from evaluate.initialization import resolve_init
-from evaluate.overlap import TestOverlapError, check_pretraining_overlap, overlap_text, pretraining_videos
-from pipeline.cli import main
-from pipeline.datasets import DatasetListing, VideoRecord, write_manifest
-from pipeline.hashing import sha256_json
+from distinit.distill.heads import HeadSpec
+from distinit.distill.students import create_student
+from distinit.evaluate.config import EvalConfig
+from distinit.evaluate.data import load_listing, split_records
+from distinit.evaluate.initialization import resolve_init
+from distinit.evaluate.overlap import TestOverlapError, check_pretraining_overlap, overlap_text, pretraining_videos
+from distinit.pipeline.cli import main
+from distinit.pipeline.datasets import DatasetListing, VideoRecord, write_manifest
+from distinit.pipeline.hashing import sha256_json
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_scratch_and_inflated_inits_saw_no_video(hmdb):
 
 
 def test_allow_flag_reaches_the_config_and_stays_out_of_the_results_key():
-    from pipeline.cli.eval_commands import _eval_config
+    from distinit.pipeline.cli.eval_commands import _eval_config
 
     assert _eval_config(None, (), None, None, {"allow_test_overlap": True}).allow_test_overlap is True
     assert _eval_config(None, (), None, None, {"allow_test_overlap": None}).allow_test_overlap is False
@@ -164,8 +164,8 @@ def test_allow_flag_reaches_the_config_and_stays_out_of_the_results_key():
 
 def _content_checkpoint(path: Path, names: list[str], files: list[Path]) -> str:
     """A distill-3 checkpoint: `names` and the content hashes of `files`, cut as distill cuts them."""
-    from distill.checkpoint import CONTENT_HASH_DIGITS
-    from pipeline.hashing import sha256_file
+    from distinit.distill.checkpoint import CONTENT_HASH_DIGITS
+    from distinit.pipeline.hashing import sha256_file
 
     checkpoint = _checkpoint(path, {}, names, "folder")
     state = torch.load(checkpoint, weights_only=False)

@@ -16,14 +16,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import extract.teachers.places365 as places365_module
+import distinit.extract.teachers.places365 as places365_module
 from dataset_fixtures import write_test_pattern_videos
-from extract.teachers import MissingWeightsError, create_teacher
-from extract.teachers.places365_networks import PLACES365_ARCHITECTURES, build_places365_network
-from pipeline.cli import main
-from pipeline.errors import ConfigError, DistinitError
-from pipeline.hashing import sha256_file
-from pipeline.shards import TargetStore, verify
+from distinit.extract.teachers import MissingWeightsError, create_teacher
+from distinit.extract.teachers.places365_networks import PLACES365_ARCHITECTURES, build_places365_network
+from distinit.pipeline.cli import main
+from distinit.pipeline.errors import ConfigError, DistinitError
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.shards import TargetStore, verify
 
 # A few of the real first lines (two-level names included), then stand-ins in the same format.
 REAL_FIRST_LINES = (

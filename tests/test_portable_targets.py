@@ -12,13 +12,13 @@ import pytest
 import torch
 from dataset_fixtures import write_test_pattern_videos
 
-from distill.config import DistillConfig
-from distill.targets_folder import targets_fingerprint
-from distill.train import run_key as distill_run_key, train
-from extract.config import ExtractConfig
-from extract.run import finalize, run_extraction
-from pipeline.errors import DistinitError
-from pipeline.shards import TargetStore, read_manifest, verify
+from distinit.distill.config import DistillConfig
+from distinit.distill.targets_folder import targets_fingerprint
+from distinit.distill.train import run_key as distill_run_key, train
+from distinit.extract.config import ExtractConfig
+from distinit.extract.run import finalize, run_extraction
+from distinit.pipeline.errors import DistinitError
+from distinit.pipeline.shards import TargetStore, read_manifest, verify
 
 
 def _write_videos(folder: Path) -> None:

@@ -30,17 +30,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import main as cli
-from pipeline.errors import ConfigError, DistinitError, VideoError
-from pipeline.hashing import sha256_json
-from pipeline.prepared import (
+from distinit.pipeline.cli import main as cli
+from distinit.pipeline.errors import ConfigError, DistinitError, VideoError
+from distinit.pipeline.hashing import sha256_json
+from distinit.pipeline.prepared import (
     CODE_VERSION, PrepareConfig, finalize, plan_prepare, prepare_key, prepared_videos, run_prepare,
 )
-from pipeline.prepared.encoding import Encoding, check_same_frames, encode_command, prepared_size
-from pipeline.video import read_clip
-from pipeline.video.binary import ffmpeg_binary
-from pipeline.video.layout_record import layout_from_record, layout_record
-from pipeline.video.probe import clear_probe_cache, probe_layout
+from distinit.pipeline.prepared.encoding import Encoding, check_same_frames, encode_command, prepared_size
+from distinit.pipeline.video import read_clip
+from distinit.pipeline.video.binary import ffmpeg_binary
+from distinit.pipeline.video.layout_record import layout_from_record, layout_record
+from distinit.pipeline.video.probe import clear_probe_cache, probe_layout
 from test_video import LOSSY_CODECS, encode, lossless_frames, noise_frames
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -345,7 +345,7 @@ def test_cli_errors_are_one_line(sources, tmp_path):
 def start_prepare(arguments: list[str], log: Path) -> subprocess.Popen:
     environment = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     with open(log, "wb") as stream:
-        return subprocess.Popen([sys.executable, "-m", "pipeline", *arguments], cwd=REPOSITORY, stdout=stream,
+        return subprocess.Popen([sys.executable, "-m", "distinit.pipeline", *arguments], cwd=REPOSITORY, stdout=stream,
                                 stderr=subprocess.STDOUT, env=environment, start_new_session=True)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from distill.config import DistillConfig
+from distinit.distill.config import DistillConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from extract.sampling import SampledFrame, SamplingConfig, sample_frames
-from pipeline.errors import ConfigError
+from distinit.extract.sampling import SampledFrame, SamplingConfig, sample_frames
+from distinit.pipeline.errors import ConfigError
 
 
 def test_two_frames_per_second_at_interval_centres():

@@ -15,13 +15,13 @@ import pytest
 from click.testing import CliRunner
 
 from bench.faults_trials.common import make_video_folder
-from extract.config import ExtractConfig
-from extract.run import run_extraction
-from pipeline import atomic
-from pipeline.cli import main
-from pipeline.hashing import sha256_file
-from pipeline.shards import ShardBusy, ShardWriter, shard_name, temporary_files, verify
-from pipeline.shards.lease import host_name, lease_path, read_holder
+from distinit.extract.config import ExtractConfig
+from distinit.extract.run import run_extraction
+from distinit.pipeline import atomic
+from distinit.pipeline.cli import main
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.shards import ShardBusy, ShardWriter, shard_name, temporary_files, verify
+from distinit.pipeline.shards.lease import host_name, lease_path, read_holder
 from test_shards import ATTRIBUTES, TEACHERS, video_rows
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ HOLDER_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 from test_shards import ATTRIBUTES, TEACHERS, video_rows
-from pipeline.shards import ShardWriter
+from distinit.pipeline.shards import ShardWriter
 writer = ShardWriter({path!r}, teachers=TEACHERS, shard_index={index}, shard_count={count}, attributes=ATTRIBUTES)
 writer.append(video_rows("held", 3))
 print(writer.temporary_path, flush=True)

@@ -15,9 +15,9 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.errors import DistinitError
-from pipeline.shards.checksum import checksum_path, recorded_checksum
-from pipeline.shards import (
+from distinit.pipeline.errors import DistinitError
+from distinit.pipeline.shards.checksum import checksum_path, recorded_checksum
+from distinit.pipeline.shards import (
     FORMAT_VERSION,
     ShardError,
     ShardWriter,

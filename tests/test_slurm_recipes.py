@@ -33,7 +33,7 @@ def workdir_copy(path: Path) -> Path:
     """What a clone has where the recipes run: the Makefile, configs, the sbatch files (the venv stays the repo's)."""
     path.mkdir()
     shutil.copytree(REPO / "configs", path / "configs")
-    (path / "pipeline").symlink_to(REPO / "pipeline")  # the sbatch files; and `python -m pipeline` from here finds it
+    (path / "pipeline").symlink_to(REPO / "pipeline")  # the sbatch files (distinit itself is the venv's editable install)
     for name in COPIED:
         shutil.copy2(REPO / name, path / name)  # copy2 keeps the old mtimes: setup stays done
     return path

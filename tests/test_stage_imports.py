@@ -36,7 +36,7 @@ def crossings(stage: str) -> list[str]:
     assert len(paths) > 5, f"found only {len(paths)} modules in {stage}/: the walk would check nothing"
     for path in paths:
         for line, module in imported_modules(path):
-            top = module.split(".")[0]
+            top = module.removeprefix("distinit.").split(".")[0]
             if top in FORBIDDEN[stage] or module == "<relative import>":
                 problems.append(f"{path.relative_to(REPOSITORY)}:{line} imports {module}")
     return problems
@@ -51,3 +51,16 @@ def test_the_walk_sees_imports_inside_functions(tmp_path: Path):
     module = tmp_path / "late.py"
     module.write_text("def build():\n    from evaluate.inflate import x\n    import extract.run\n")
     assert imported_modules(module) == [(2, "evaluate.inflate"), (3, "extract.run")]
+
+
+GENERIC = ("pipeline", "extract", "distill", "evaluate")
+
+
+@pytest.mark.parametrize("folder", ("pipeline", "extract", "distill", "evaluate", "tests", "bench"))
+def test_nothing_imports_the_stages_under_their_generic_top_level_names(folder: str):
+    """They install as distinit.pipeline, distinit.extract, ...: a bare `import evaluate` would find another
+    distribution's package (Hugging Face's `evaluate`) or nothing."""
+    bare = [f"{path.relative_to(REPOSITORY)}:{line} imports {module}"
+            for path in sorted((REPOSITORY / folder).rglob("*.py"))
+            for line, module in imported_modules(path) if module.split(".")[0] in GENERIC]
+    assert bare == []

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 from dataset_fixtures import write_test_pattern_videos
 
-import distill.data as distill_data
-import pipeline.video.backends as backends
-from distill import augment
-from distill.data import TargetClipDataset
-from distill.windows import ClipSpec
-from extract.config import ExtractConfig
-from extract.run import run_extraction
-from pipeline.prepared import PrepareConfig, run_prepare
-from pipeline.shards import TargetStore, stored_layouts
-from pipeline.video import decode as decode_module
-from pipeline.video.probe import clear_probe_cache
+import distinit.distill.data as distill_data
+import distinit.pipeline.video.backends as backends
+from distinit.distill import augment
+from distinit.distill.data import TargetClipDataset
+from distinit.distill.windows import ClipSpec
+from distinit.extract.config import ExtractConfig
+from distinit.extract.run import run_extraction
+from distinit.pipeline.prepared import PrepareConfig, run_prepare
+from distinit.pipeline.shards import TargetStore, stored_layouts
+from distinit.pipeline.video import decode as decode_module
+from distinit.pipeline.video.probe import clear_probe_cache
 
 CLIP = ClipSpec(frames=4, stride=2, short_side=32, crop=32)
 
@@ -95,11 +95,11 @@ def test_prepared_copies_give_the_same_samples_as_the_originals(extracted, monke
 
 
 def test_eval_reads_prepared_copies_without_probing(tmp_path, monkeypatch):
-    import evaluate.clips as clips_module
+    import distinit.evaluate.clips as clips_module
     from dataset_fixtures import make_hmdb51
-    from evaluate.clips import EvaluationClips, TrainingClips
-    from pipeline.datasets import load_dataset
-    from pipeline.prepared import prepared_videos
+    from distinit.evaluate.clips import EvaluationClips, TrainingClips
+    from distinit.pipeline.datasets import load_dataset
+    from distinit.pipeline.prepared import prepared_videos
 
     _write_videos(tmp_path / "source")
     layout = make_hmdb51(tmp_path / "hmdb", video_source=tmp_path / "source" / "video_1.mp4")
@@ -123,8 +123,8 @@ def test_eval_reads_prepared_copies_without_probing(tmp_path, monkeypatch):
 
 
 def test_a_prepared_folder_that_does_not_fit_the_run_is_refused(extracted, tmp_path):
-    from pipeline.errors import DistinitError
-    from pipeline.prepared import prepared_videos
+    from distinit.pipeline.errors import DistinitError
+    from distinit.pipeline.prepared import prepared_videos
 
     _, targets_dir, prepared = extracted
     with pytest.raises(DistinitError, match="prepared at short side 32, but clips are read at 24"):
@@ -135,9 +135,9 @@ def test_a_prepared_folder_that_does_not_fit_the_run_is_refused(extracted, tmp_p
 
 
 def test_decode_on_the_gpu_is_refused_until_the_loader_can_use_it():
-    from distill.config import DistillConfig
-    from evaluate.config import EvalConfig
-    from pipeline.errors import ConfigError
+    from distinit.distill.config import DistillConfig
+    from distinit.evaluate.config import EvalConfig
+    from distinit.pipeline.errors import ConfigError
 
     for config in (DistillConfig, EvalConfig):
         with pytest.raises(ConfigError, match="decode_device 'cuda': decoding on the GPU is not wired"):

@@ -14,10 +14,10 @@ import pytest
 import torch
 from dataset_fixtures import make_hmdb51, make_kinetics, write_video
 
-from pipeline.errors import ConfigError
-from pipeline.hashing import sha256_file
-from pipeline.stages import PipelineSpec, StageInputs, distill_process_count, full_plan, stage_plan
-from pipeline.stamps import done_path, key_path, read_stamp, stage_status, update_stamps, write_stage_record
+from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.stages import PipelineSpec, StageInputs, distill_process_count, full_plan, stage_plan
+from distinit.pipeline.stamps import done_path, key_path, read_stamp, stage_status, update_stamps, write_stage_record
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("demo-data.yaml", "extract.yaml", "demo-distill.yaml", "demo-eval.yaml", "distill.yaml", "eval.yaml")
@@ -207,8 +207,8 @@ def test_an_eval_init_is_keyed_by_its_weights(workdir):
 def test_default_inflated_weights_are_identified_without_torch():
     import torchvision
 
-    from pipeline.weights.lite0 import packaged_lite0_weights_path
-    from pipeline.init_sources import RESNET18_IMAGENET_FILE, inflated_weights
+    from distinit.pipeline.weights.lite0 import packaged_lite0_weights_path
+    from distinit.pipeline.init_sources import RESNET18_IMAGENET_FILE, inflated_weights
 
     assert RESNET18_IMAGENET_FILE == Path(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url).name
     # torchvision's file by its published name (downloaded on first use: its bytes would change the key then).
@@ -331,7 +331,7 @@ def test_status_command_prints_one_line_per_stage(workdir):
     fake_finished_run(stage_plan(demo_spec()))
     without_global_batch(workdir)
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "status", "--eval-root", "data/demo/actions/videos",
+        [sys.executable, "-m", "distinit.pipeline", "status", "--eval-root", "data/demo/actions/videos",
          "--inits", "scratch,runs/demo/distill", "--distill-set", "epochs=3"],
         capture_output=True, text=True, check=True,
     )
@@ -340,7 +340,7 @@ def test_status_command_prints_one_line_per_stage(workdir):
     assert lines[4].split()[1] == "missing:" and "not set up: the eval-ucf stage needs" in lines[5] and "UCF_ROOT" in lines[5]
     assert "stale: option epochs: 12 -> 3" in lines[2]
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "status", "--eval-root", "data/demo/actions/videos",
+        [sys.executable, "-m", "distinit.pipeline", "status", "--eval-root", "data/demo/actions/videos",
          "--inits", "scratch,runs/demo/distill", "--distill-nproc", "2", "--distill-config", "configs/free-distill.yaml",
          "--torchrun-args", "--nnodes 2 --max-restarts 1"],
         capture_output=True, text=True, check=True,
@@ -364,7 +364,7 @@ def make_dry_run(workdir: Path, *variables: str, target: str = "demo") -> str:
 
 def stage_commands(output: str) -> set[str]:
     names = {"demo-data": ("distinit demo-data",), "extract": ("distinit extract",),
-             "distill": ("distinit distill", "-m pipeline distill"), "compare": ("distinit compare",),
+             "distill": ("distinit distill", "-m distinit.pipeline distill"), "compare": ("distinit compare",),
              "eval-hmdb": ("distinit eval --config",)}
     return {stage for stage, commands in names.items() if any(command in output for command in commands)}
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from evaluate.statistics import (
+from distinit.evaluate.statistics import (
     PairedRun,
     bootstrap_means,
     difference_across_distillations,
@@ -20,7 +20,7 @@ from evaluate.statistics import (
     paired_difference,
     split_units,
 )
-from pipeline.datasets.groups import source_group
+from distinit.pipeline.datasets.groups import source_group
 
 
 def _predictions(correct: list[bool], prefix: str = "v") -> list[dict]:

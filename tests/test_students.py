@@ -6,10 +6,10 @@ import pytest
 import torch
 import torchvision
 
-from distill.heads import HeadSpec, head_specs_from_teachers
-from distill.students import DistillStudent, create_student, list_students
-from extract.teachers.coco_classes import COCO_CLASS_NAMES
-from pipeline.errors import ConfigError
+from distinit.distill.heads import HeadSpec, head_specs_from_teachers
+from distinit.distill.students import DistillStudent, create_student, list_students
+from distinit.extract.teachers.coco_classes import COCO_CLASS_NAMES
+from distinit.pipeline.errors import ConfigError
 
 TEACHERS = [
     {

@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from extract.teachers.coco_classes import (
+from distinit.extract.teachers.coco_classes import (
     COCO_CLASS_NAMES,
     COCO_KEYPOINT_FLIP_INDEX,
     COCO_KEYPOINT_NAMES,
     TORCHVISION_LABEL_TO_CONTIGUOUS,
 )
-from extract.teachers.coco_keypoints import frame_detections_to_keypoint_targets
-from extract.teachers.coco_objects import detections_to_object_targets
-from extract.teachers.detections import FrameDetections
-from extract.teachers.detectron2_models import detectron2_instances_to_detections
-from pipeline.shards.format import KEYPOINT_GRID_ATTRIBUTE as HEATMAP_GRID_ATTRIBUTE
-from pipeline.shards.format import KEYPOINT_SIGMA_ATTRIBUTE as HEATMAP_SIGMA_ATTRIBUTE
-from extract.teachers.keypoint_coordinates import (
+from distinit.extract.teachers.coco_keypoints import frame_detections_to_keypoint_targets
+from distinit.extract.teachers.coco_objects import detections_to_object_targets
+from distinit.extract.teachers.detections import FrameDetections
+from distinit.extract.teachers.detectron2_models import detectron2_instances_to_detections
+from distinit.pipeline.shards.format import KEYPOINT_GRID_ATTRIBUTE as HEATMAP_GRID_ATTRIBUTE
+from distinit.pipeline.shards.format import KEYPOINT_SIGMA_ATTRIBUTE as HEATMAP_SIGMA_ATTRIBUTE
+from distinit.extract.teachers.keypoint_coordinates import (
     DETECTRON2_KEYPOINT_PROBABILITY_AT_HALF,
     KEYPOINT_COLUMNS,
     NOWHERE,
@@ -32,8 +32,8 @@ from extract.teachers.keypoint_coordinates import (
     relative_keypoints,
     torchvision_keypoint_confidence,
 )
-from extract.teachers.mediapipe_pose import MEDIAPIPE_TO_COCO_KEYPOINTS, landmarks_to_coco_keypoints
-from extract.teachers.torchvision_detection import torchvision_labels_to_contiguous, torchvision_output_to_detections
+from distinit.extract.teachers.mediapipe_pose import MEDIAPIPE_TO_COCO_KEYPOINTS, landmarks_to_coco_keypoints
+from distinit.extract.teachers.torchvision_detection import torchvision_labels_to_contiguous, torchvision_output_to_detections
 
 # ---------------------------------------------------------------- class and keypoint tables
 
@@ -248,7 +248,7 @@ def test_every_pose_teacher_declares_the_same_outputs():
     "bad_frames", [np.zeros((2, 8, 8, 3), np.float32), np.zeros((8, 8, 3), np.uint8), np.zeros((1, 8, 8, 4), np.uint8)]
 )
 def test_teachers_reject_frames_of_the_wrong_type(bad_frames):
-    from extract.teachers.base import Teacher
+    from distinit.extract.teachers.base import Teacher
 
     teacher = Teacher()
     teacher.name = "any"

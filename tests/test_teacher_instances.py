@@ -12,23 +12,23 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from distill.augment import normalise_video
-from distill.config import DistillConfig
-from distill.data import ClipSpec, TargetClipDataset
-from distill.heads import head_specs_from_teachers
-from distill.losses import DistillationLoss, parse_loss_weights
-from distill.students import create_student
-from distill.train import train
-from extract.config import ExtractConfig, TeacherInstance
-from extract.run import prepare
-from extract.teachers import create_teacher
-from pipeline.cli import main
-from pipeline.config import load_config, parse_overrides
-from pipeline.errors import ConfigError
-from pipeline.shards import TargetStore, verify
-from pipeline.shards.header import open_read_only
-from pipeline.stages import PipelineSpec, extract_inputs
-from pipeline.video.binary import ffmpeg_binary
+from distinit.distill.augment import normalise_video
+from distinit.distill.config import DistillConfig
+from distinit.distill.data import ClipSpec, TargetClipDataset
+from distinit.distill.heads import head_specs_from_teachers
+from distinit.distill.losses import DistillationLoss, parse_loss_weights
+from distinit.distill.students import create_student
+from distinit.distill.train import train
+from distinit.extract.config import ExtractConfig, TeacherInstance
+from distinit.extract.run import prepare
+from distinit.extract.teachers import create_teacher
+from distinit.pipeline.cli import main
+from distinit.pipeline.config import load_config, parse_overrides
+from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.shards import TargetStore, verify
+from distinit.pipeline.shards.header import open_read_only
+from distinit.pipeline.stages import PipelineSpec, extract_inputs
+from distinit.pipeline.video.binary import ffmpeg_binary
 
 KIND = "imagenet-torchvision"
 # Two small torchvision classifiers of one kind, told apart only by their instance names and options.
@@ -193,8 +193,8 @@ def test_one_distill_learns_a_head_per_instance_with_its_loss_weight(two_instanc
 
 
 def test_the_logged_agreement_follows_the_kind_not_the_instance_name():
-    from distill.heads import HeadSpec
-    from distill.train import agreement_key
+    from distinit.distill.heads import HeadSpec
+    from distinit.distill.train import agreement_key
 
     heads = [HeadSpec(key="places/logits", kind="logits", shape=(365,)),
              HeadSpec(key="objects/logits", kind="logits", shape=(1000,))]
@@ -204,14 +204,14 @@ def test_the_logged_agreement_follows_the_kind_not_the_instance_name():
 
 
 def test_a_constructor_error_names_the_instance(tmp_path):
-    from pipeline.weights.files import MissingWeightsError
+    from distinit.pipeline.weights.files import MissingWeightsError
 
     with pytest.raises(MissingWeightsError, match=r"^teacher r50 \(imagenet-torchvision\): weights file .* does not exist"):
         create_teacher("imagenet-torchvision", name="r50", weights=str(tmp_path / "missing.pth"))
 
 
 def test_inspect_names_an_instance_with_its_kind():
-    from pipeline.shards.inspect_targets import _teacher_line
+    from distinit.pipeline.shards.inspect_targets import _teacher_line
 
     named = {"name": "scenes", "kind": "places365", "backend": "torchvision", "weights_sha256": "ab" * 32}
     assert _teacher_line(named).startswith("teacher scenes (places365): backend torchvision")

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill import augment
-from distill.data import ClipSpec, TargetClipDataset, loss_teachers
-from extract.config import ExtractConfig
-from extract.run import run_extraction
-from extract.teachers.base import center_crop_view_box
-from pipeline.shards import TargetStore, verify
-from pipeline.video.binary import ffmpeg_binary
-from pipeline.video.decode import output_size
+from distinit.distill import augment
+from distinit.distill.data import ClipSpec, TargetClipDataset, loss_teachers
+from distinit.extract.config import ExtractConfig
+from distinit.extract.run import run_extraction
+from distinit.extract.teachers.base import center_crop_view_box
+from distinit.pipeline.shards import TargetStore, verify
+from distinit.pipeline.video.binary import ffmpeg_binary
+from distinit.pipeline.video.decode import output_size
 
 LITE0 = "imagenet-efficientnet-lite0"
 VIDEOS = {"wide": (128, 72), "classic": (64, 48)}  # 16:9 and 4:3

@@ -10,11 +10,11 @@ import pytest
 import skimage.data
 import torch
 
-from extract.teachers import MissingWeightsError, create_teacher, list_teachers, teacher_options
-from pipeline.weights.lite0 import packaged_lite0_weights_path
-from pipeline.shards.format import KEYPOINT_GRID_ATTRIBUTE as HEATMAP_GRID_ATTRIBUTE, KEYPOINT_SIGMA_ATTRIBUTE as HEATMAP_SIGMA_ATTRIBUTE
-from pipeline.errors import ConfigError, DistinitError
-from pipeline.hashing import sha256_file
+from distinit.extract.teachers import MissingWeightsError, create_teacher, list_teachers, teacher_options
+from distinit.pipeline.weights.lite0 import packaged_lite0_weights_path
+from distinit.pipeline.shards.format import KEYPOINT_GRID_ATTRIBUTE as HEATMAP_GRID_ATTRIBUTE, KEYPOINT_SIGMA_ATTRIBUTE as HEATMAP_SIGMA_ATTRIBUTE
+from distinit.pipeline.errors import ConfigError, DistinitError
+from distinit.pipeline.hashing import sha256_file
 
 SMALL_DETECTOR = {"min_size": 96, "max_size": 128}
 
@@ -126,7 +126,7 @@ def test_view_matches_torchvision_resize_and_center_crop(height, width, resize_s
     CenterCrop, which the teachers' own evaluation code (and timm, open_clip, DINOv2 through PIL) uses."""
     from torchvision.transforms import v2
 
-    from extract.teachers.base import frames_to_tensor, resize_short_side_and_center_crop
+    from distinit.extract.teachers.base import frames_to_tensor, resize_short_side_and_center_crop
 
     frames = np.random.default_rng(2).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
     images = frames_to_tensor(frames, torch.device("cpu"))
@@ -152,7 +152,7 @@ def test_view_box_is_the_part_torchvision_center_crop_keeps(height, width, resiz
     read off an image of column and row numbers), as fractions of the resized frame, which is all of the frame."""
     from torchvision.transforms import v2
 
-    from extract.teachers.base import center_crop_view_box
+    from distinit.extract.teachers.base import center_crop_view_box
 
     resized = v2.Resize(resize_size, antialias=True)(torch.zeros(1, height, width))
     new_height, new_width = resized.shape[-2:]
@@ -165,7 +165,7 @@ def test_view_box_is_the_part_torchvision_center_crop_keeps(height, width, resiz
 
 def _cropping_teachers():
     """(teacher, module whose crop call it makes) of every teacher that centre-crops and builds offline."""
-    from extract.teachers import imagenet_efficientnet, imagenet_torchvision, places365
+    from distinit.extract.teachers import imagenet_efficientnet, imagenet_torchvision, places365
 
     return [
         (create_teacher("imagenet-efficientnet-lite0"), imagenet_efficientnet),
@@ -175,7 +175,7 @@ def _cropping_teachers():
 
 
 def test_each_teacher_records_the_box_of_the_crop_it_takes(monkeypatch):
-    from extract.teachers.base import center_crop_view_box, resize_short_side_and_center_crop
+    from distinit.extract.teachers.base import center_crop_view_box, resize_short_side_and_center_crop
 
     frames = np.zeros((1, 72, 128, 3), dtype=np.uint8)  # 16:9, as it might reach a teacher
     for teacher, module in _cropping_teachers():
@@ -289,7 +289,7 @@ def test_coco_keypoints_torchvision_with_random_weights():
 
 
 def test_explicit_detectron2_backend_without_detectron2_says_how_to_install(monkeypatch):
-    import extract.teachers.detections as detections
+    import distinit.extract.teachers.detections as detections
 
     monkeypatch.setattr(detections, "detectron2_is_installed", lambda: False)  # also where CI installed it
     with pytest.raises(DistinitError, match="detectron2 is not importable; install Detectron2"):

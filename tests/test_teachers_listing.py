@@ -11,12 +11,12 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from extract.teachers.base import Teacher
-from extract.teachers.mediapipe_pose import MediaPipePoseTeacher
-from extract.teachers.registry import TEACHERS
-from pipeline.cli import main
-from pipeline.weights.download import presence
-from pipeline.weights.source import WeightsSource
+from distinit.extract.teachers.base import Teacher
+from distinit.extract.teachers.mediapipe_pose import MediaPipePoseTeacher
+from distinit.extract.teachers.registry import TEACHERS
+from distinit.pipeline.cli import main
+from distinit.pipeline.weights.download import presence
+from distinit.pipeline.weights.source import WeightsSource
 
 RESNET50_URL = "https://download.pytorch.org/models/resnet50-11ad3fa6.pth"
 

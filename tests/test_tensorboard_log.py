@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.tensorboard_log import INSTALL_HINT, open_tensorboard_log, scalars_of, tag_for
-from distill.train import train
+from distinit.distill.tensorboard_log import INSTALL_HINT, open_tensorboard_log, scalars_of, tag_for
+from distinit.distill.train import train
 from test_train import _config, tiny_targets  # noqa: F401  (tiny_targets: the module's fixture)
 
 
@@ -91,7 +91,7 @@ def test_event_files_hold_the_figures_of_log_jsonl_once_per_epoch_after_a_resume
 
 def test_without_tensorboard_training_goes_on_and_says_how_to_get_it(tiny_targets, tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # `import` of it now raises ImportError
-    with caplog.at_level("INFO", logger="distill.tensorboard_log"):
+    with caplog.at_level("INFO", logger="distinit.distill.tensorboard_log"):
         result = train(_config(tiny_targets, tmp_path, epochs=1), show_progress=False)
     assert result.epoch == 1 and len(_log_records(result.run_dir)) == 1
     assert not _event_files(result.run_dir)

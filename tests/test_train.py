@@ -12,24 +12,24 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import distill.train as train_module
-from distill.checkpoint import CHECKPOINT_KEYS, ResumeError, resume_or_start
-from distill.config import DistillConfig
-from distill.augment import normalise_video
-from distill.data import ClipSpec, TargetClipDataset, split_videos
-from distill.distributed import DistributedContext
-from distill.heads import head_specs_from_teachers
-from distill.losses import DistillationLoss
-from distill.seeding import rng_states
-from distill.students import create_student
-from distill.train import TrainingError, train
-from extract.config import ExtractConfig
-from extract.run import run_extraction
-from pipeline.cli import main
-from pipeline.errors import DistinitError
-from pipeline.hashing import sha256_file, sha256_json
-from pipeline.shards import TargetStore
-from pipeline.video.binary import ffmpeg_binary
+import distinit.distill.train as train_module
+from distinit.distill.checkpoint import CHECKPOINT_KEYS, ResumeError, resume_or_start
+from distinit.distill.config import DistillConfig
+from distinit.distill.augment import normalise_video
+from distinit.distill.data import ClipSpec, TargetClipDataset, split_videos
+from distinit.distill.distributed import DistributedContext
+from distinit.distill.heads import head_specs_from_teachers
+from distinit.distill.losses import DistillationLoss
+from distinit.distill.seeding import rng_states
+from distinit.distill.students import create_student
+from distinit.distill.train import TrainingError, train
+from distinit.extract.config import ExtractConfig
+from distinit.extract.run import run_extraction
+from distinit.pipeline.cli import main
+from distinit.pipeline.errors import DistinitError
+from distinit.pipeline.hashing import sha256_file, sha256_json
+from distinit.pipeline.shards import TargetStore
+from distinit.pipeline.video.binary import ffmpeg_binary
 
 PATTERNS = ("testsrc", "testsrc2", "smptebars", "rgbtestsrc", "smptehdbars", "yuvtestsrc")
 
@@ -175,7 +175,7 @@ def test_resume_from_a_checkpoint_without_epoch_progress_warns_and_goes_on(tiny_
     checkpoint = torch.load(last, weights_only=False)
     del checkpoint["epoch_progress"]
     torch.save(checkpoint, last)
-    with caplog.at_level("WARNING", logger="distill.train"):
+    with caplog.at_level("WARNING", logger="distinit.distill.train"):
         resumed = train(_config(tiny_targets, tmp_path), show_progress=False)
     assert resumed.step == 10 and resumed.epoch == 2 and not resumed.stopped_early
     warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
@@ -213,7 +213,7 @@ def _torchrun_distill(targets: Path, out: Path, port: int, *options: str) -> sub
     """`distinit distill` under torchrun as two CPU processes (gloo), the tiny recipe of _config."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-        "-m", "pipeline", "distill", "--targets", str(targets), "--width", "tiny", "--frames", "4", "--stride", "2",
+        "-m", "distinit.pipeline", "distill", "--targets", str(targets), "--width", "tiny", "--frames", "4", "--stride", "2",
         "--short-side", "32", "--crop", "32", "--batch-size", "2", "--epochs", "2", "--workers", "0", "--optimizer",
         "adamw", "--lr", "2e-3", "--seed", "3", "--deterministic", "--device", "cpu", "--out", str(out),
         "--no-progress", "--set", "val_fraction=0.1", "--set", "warmup_steps=2", "--set", "student=r2plus1d_18", "--set", "save_every_steps=100",
@@ -324,7 +324,7 @@ def test_a_start_reads_no_shard_when_nothing_changed_since_the_last_clean_verify
     """Without a record of a clean `distinit verify`, a start reads every byte (and writes nothing outside its --out);
     once verify recorded one (verified.json), starts stat the files only; a shard rewritten since (another
     modification time) is verified again, and its damage refused."""
-    import distill.targets_folder as targets_folder
+    import distinit.distill.targets_folder as targets_folder
 
     copy = _copy_targets(tiny_targets, tmp_path / "targets")
     calls = []
@@ -358,7 +358,7 @@ def test_cli_distill_then_export_refuses_tiny(tiny_targets, tmp_path):
 def test_ddp_two_cpu_processes_train_and_checkpoint(tiny_targets, tmp_path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-        "-m", "pipeline", "distill", "--targets", str(tiny_targets), "--width", "tiny", "--frames", "4",
+        "-m", "distinit.pipeline", "distill", "--targets", str(tiny_targets), "--width", "tiny", "--frames", "4",
         "--short-side", "32", "--crop", "32", "--epochs", "1", "--batch-size", "2", "--workers", "0",
         "--device", "cpu", "--out", str(tmp_path), "--no-progress",
     ]

@@ -12,16 +12,16 @@ from pathlib import Path
 import h5py
 import pytest
 
-from extract.config import ExtractConfig
-from extract.run import run_extraction
-from pipeline.errors import VideoError
-from pipeline.hashing import sha256_file
-from pipeline.shards import (
+from distinit.extract.config import ExtractConfig
+from distinit.extract.run import run_extraction
+from distinit.pipeline.errors import VideoError
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.shards import (
     LAYOUTS_NAME, ShardError, ShardWriter, inspect, read_manifest, stored_layouts, verify, verify_shard, write_manifest,
 )
-from pipeline.shards.format import VIDEO_LAYOUTS
-from pipeline.video.layout_record import layout_from_record, layout_record
-from pipeline.video.probe import probe, probe_layout
+from distinit.pipeline.shards.format import VIDEO_LAYOUTS
+from distinit.pipeline.video.layout_record import layout_from_record, layout_record
+from distinit.pipeline.video.probe import probe, probe_layout
 from test_video import LOSSY_CODECS, encode, lossless_frames, noise_frames
 
 TRUNCATED_REASON = r"truncated: declares 4\.0 s \(100 frames\), holds 0\.\d s \(\d+ frames\)"

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from dataset_fixtures import make_hmdb51, make_hmdb51_grouped, make_ucf101
-from evaluate.validation import check_validation_split, split_validation
-from pipeline.datasets import VideoRecord, load_dataset
-from pipeline.datasets.groups import source_group
-from pipeline.errors import ConfigError, DatasetError
+from distinit.evaluate.validation import check_validation_split, split_validation
+from distinit.pipeline.datasets import VideoRecord, load_dataset
+from distinit.pipeline.datasets.groups import source_group
+from distinit.pipeline.errors import ConfigError, DatasetError
 
 LAYOUTS = {"hmdb51": (make_hmdb51, "hmdb51"), "hmdb51 grouped": (make_hmdb51_grouped, "hmdb51"),
            "ucf101": (make_ucf101, "ucf101")}
@@ -89,7 +89,7 @@ def _record(video_id: str, label: int, class_name: str) -> VideoRecord:
 def test_a_class_with_one_source_group_stays_in_train_and_is_logged(caplog):
     records = [_record(f"a/v_A_g01_c0{clip}", 0, "A") for clip in range(1, 5)]
     records += [_record(f"b/v_B_g0{group}_c01", 1, "B") for group in range(1, 6)]
-    with caplog.at_level(logging.WARNING, logger="evaluate.validation"):
+    with caplog.at_level(logging.WARNING, logger="distinit.evaluate.validation"):
         train, validation = split_validation(records, "ucf101", 0.4, seed=0)
     assert {record.class_name for record in validation} == {"B"} and len(validation) == 2
     assert ids(records[:4]) <= ids(train)

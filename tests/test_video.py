@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.video import VideoError, VideoInfo, ffmpeg_binary, probe, read_clip, read_frames
-from pipeline.video import ffmpeg_decode, segments
-from pipeline.video.backends import unavailable_reason
-from pipeline.video.decode import Segment, frame_index_at, output_size, plan_segments
-from pipeline.video.probe import probe_layout
-from pipeline.video.process import ffmpeg_reason, run_ffmpeg
+from distinit.pipeline.video import VideoError, VideoInfo, ffmpeg_binary, probe, read_clip, read_frames
+from distinit.pipeline.video import ffmpeg_decode, segments
+from distinit.pipeline.video.backends import unavailable_reason
+from distinit.pipeline.video.decode import Segment, frame_index_at, output_size, plan_segments
+from distinit.pipeline.video.probe import probe_layout
+from distinit.pipeline.video.process import ffmpeg_reason, run_ffmpeg
 
 FPS = 25
 WIDTH, HEIGHT = 64, 48
@@ -145,7 +145,7 @@ def test_probe_counts_only_the_shown_frames_of_an_edit_list_cut(edit_list_video)
 
 
 def test_probe_parses_discard_flags_and_never_reports_a_time_before_the_start():
-    from pipeline.video.probe import _parse_framecrc
+    from distinit.pipeline.video.probe import _parse_framecrc
 
     header = "#tb 0: 1/100\n#codec_id 0: h264\n#dimensions 0: 64x48\n"
     stderr_text = "Input #0, mov,mp4,m4a,3gp,3g2,mj2, from 'x.mp4':\n"

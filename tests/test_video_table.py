@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import DistinitError
-from pipeline.packed import StringTable
-from pipeline.shards import TargetStore, partition_videos, shard_name, write_manifest
-from pipeline.video.layout_record import layout_from_record, layout_record
-from pipeline.video.layout_table import LayoutTable
-from pipeline.video.probe import FrameLayout, VideoInfo
+from distinit.pipeline.errors import DistinitError
+from distinit.pipeline.packed import StringTable
+from distinit.pipeline.shards import TargetStore, partition_videos, shard_name, write_manifest
+from distinit.pipeline.video.layout_record import layout_from_record, layout_record
+from distinit.pipeline.video.layout_table import LayoutTable
+from distinit.pipeline.video.probe import FrameLayout, VideoInfo
 from tests.test_shards import VIDEOS, concatenate, video_rows, write_shard
 
 
@@ -111,13 +111,13 @@ def test_missing_videos_are_left_out_when_built_and_reported_once(targets, tmp_p
     import logging
     import shutil
 
-    from distill.data import TargetClipDataset, build_clip_videos, open_targets
+    from distinit.distill.data import TargetClipDataset, build_clip_videos, open_targets
 
     root = Path(json.loads((targets / "manifest.json").read_text())["extra"]["videos_root"])
     copy = tmp_path / "videos"
     shutil.copytree(root, copy)
     (copy / "bravo.mp4").unlink()
-    with caplog.at_level(logging.WARNING, logger="distill.clip_videos"):
+    with caplog.at_level(logging.WARNING, logger="distinit.distill.clip_videos"):
         videos = build_clip_videos(open_targets(targets), videos_root=copy)
         sets = [TargetClipDataset(targets, ids, CLIP, train=False, videos=videos)
                 for ids in (GOOD_VIDEOS, ["bravo", "charlie"])]
@@ -144,9 +144,9 @@ def test_a_clip_reads_only_the_outputs_its_heads_learn(targets):
 
 
 def test_the_training_and_held_out_sets_share_one_table(targets):
-    from distill.config import DistillConfig
-    from distill.distributed import DistributedContext
-    from distill.train import build_loaders
+    from distinit.distill.config import DistillConfig
+    from distinit.distill.distributed import DistributedContext
+    from distinit.distill.train import build_loaders
 
     config = DistillConfig(targets=str(targets), frames=4, stride=2, short_side=32, crop=24, workers=0, batch_size=2,
                            val_fraction=0.3)
@@ -157,7 +157,7 @@ def test_the_training_and_held_out_sets_share_one_table(targets):
 
 # ---------------------------------------------------------------- target reads by chunk offset
 def test_our_fletcher32_is_hdf5s_and_a_chunk_read_gives_h5pys_rows(tmp_path):
-    from pipeline.shards.chunk_reads import ChunkReader, chunk_table, fletcher32
+    from distinit.pipeline.shards.chunk_reads import ChunkReader, chunk_table, fletcher32
 
     folder = build(tmp_path / "cache", None)
     store = TargetStore(folder)
@@ -198,7 +198,7 @@ def test_a_flipped_bit_in_a_target_chunk_is_an_error_not_a_value(tmp_path):
                                   np.ones((5, 3), np.uint8) * 255, np.arange(30, dtype=np.uint8).reshape(10, 3)],
                          ids=["all-zero", "zero-padded-last-chunk", "sums-of-65535", "odd-bytes-per-chunk"])
 def test_chunk_reads_check_what_hdf5_stored_for_any_chunk(tmp_path, rows):
-    from pipeline.shards.chunk_reads import ChunkReader, chunk_table
+    from distinit.pipeline.shards.chunk_reads import ChunkReader, chunk_table
 
     path = tmp_path / "x.h5"
     with h5py.File(path, "w") as handle:

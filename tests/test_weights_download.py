@@ -20,19 +20,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import extract.teachers.imagenet_torchvision as imagenet_torchvision
-from extract.teachers import create_teacher
-from pipeline.cli import main
-from pipeline.errors import ConfigError, OutputError
-from pipeline.hashing import sha256_file
-from pipeline.weights.download import (
+import distinit.extract.teachers.imagenet_torchvision as imagenet_torchvision
+from distinit.extract.teachers import create_teacher
+from distinit.pipeline.cli import main
+from distinit.pipeline.errors import ConfigError, OutputError
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.weights.download import (
     fetch_torch_hub_file,
     fetch_weights_file,
     framework_download,
     offline,
     torch_hub_hash_prefix,
 )
-from pipeline.weights.files import MissingWeightsError, torch_hub_checkpoint_path
+from distinit.pipeline.weights.files import MissingWeightsError, torch_hub_checkpoint_path
 
 GUARD_SECONDS = 60  # a hung download fails the test instead of hanging the suite; not a speed assertion
 
@@ -416,7 +416,7 @@ def test_commands_that_may_download_take_offline(command):
 def test_offline_refusal_leaves_local_unix_sockets_alone(tmp_path, monkeypatch):
     import socket
 
-    from pipeline.weights.network import no_connections
+    from distinit.pipeline.weights.network import no_connections
 
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(tmp_path / "local.sock"))
@@ -435,6 +435,6 @@ def test_offline_refusal_leaves_local_unix_sockets_alone(tmp_path, monkeypatch):
 def test_a_malformed_hub_repository_id_is_not_called_a_network_error():
     from huggingface_hub.errors import HFValidationError
 
-    from pipeline.weights.network import is_network_error
+    from distinit.pipeline.weights.network import is_network_error
 
     assert not is_network_error(HFValidationError("Repo id must be in the form 'repo_name'"))

@@ -8,8 +8,8 @@ import warnings
 import pytest
 import torch
 
-from pipeline import devices
-from pipeline.devices import available_cores, capped_workers
+from distinit.pipeline import devices
+from distinit.pipeline.devices import available_cores, capped_workers
 
 
 def test_workers_are_capped_at_the_available_cores(monkeypatch):
@@ -38,9 +38,9 @@ def test_ranks_on_a_node_share_its_cores(monkeypatch):
 
 
 def test_the_loader_holding_training_back_is_named():
-    from distill.config import DistillConfig
-    from distill.train import data_wait_message
-    from pipeline.errors import ConfigError
+    from distinit.distill.config import DistillConfig
+    from distinit.distill.train import data_wait_message
+    from distinit.pipeline.errors import ConfigError
 
     assert data_wait_message(0.05, 2) is None
     message = data_wait_message(0.4, 2)

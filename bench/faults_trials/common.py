@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline.hashing import sha256_file
-from pipeline.video.binary import ffmpeg_binary
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.video.binary import ffmpeg_binary
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 # Names the project's writers give temporary files (pipeline/atomic.py, pipeline/shards/writer.py).
@@ -72,7 +72,7 @@ def subprocess_environment(extra: dict[str, str] | None = None) -> dict[str, str
 
 
 def distinit_command(*arguments: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline", *[str(argument) for argument in arguments]]
+    return [sys.executable, "-m", "distinit.pipeline", *[str(argument) for argument in arguments]]
 
 
 def run_cli(

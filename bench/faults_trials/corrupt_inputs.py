@@ -26,7 +26,7 @@ from bench.faults_trials.common import (
     KindReport, TrialResult, distinit_command, ffmpeg, make_video, permission_preexec, subprocess_environment,
     temporary_files, wait_for_group_to_exit,
 )
-from pipeline.shards import TargetStore, read_manifest, verify
+from distinit.pipeline.shards import TargetStore, read_manifest, verify
 
 # Long enough for the 8000x8000 clip on a loaded machine (0.6 s idle), short enough to keep the trial quick.
 DECODE_TIMEOUT_SECONDS = 8.0

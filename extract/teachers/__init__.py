@@ -14,9 +14,9 @@ Registered teachers (see each module for its options; `distinit teachers` lists 
 import importlib
 import pkgutil
 
-from extract.teachers.base import OutputSpec, Teacher
-from extract.teachers.registry import TEACHERS, create_teacher, list_teachers, register_teacher, teacher_options
-from pipeline.weights.files import MissingWeightsError
+from distinit.extract.teachers.base import OutputSpec, Teacher
+from distinit.extract.teachers.registry import TEACHERS, create_teacher, list_teachers, register_teacher, teacher_options
+from distinit.pipeline.weights.files import MissingWeightsError
 
 # Importing every module of this package registers its teachers (a new teacher module needs no line here);
 # none imports an optional dependency at import time.

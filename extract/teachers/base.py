@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as functional
 
-from pipeline.devices import resolve_device  # noqa: F401  (the teacher modules import it from here)
-from pipeline.errors import ConfigError
-from pipeline.weights.source import WeightsSource
+from distinit.pipeline.devices import resolve_device  # noqa: F401  (the teacher modules import it from here)
+from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.weights.source import WeightsSource
 
 logger = logging.getLogger(__name__)
 

@@ -17,23 +17,23 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from extract.teachers.base import (
+from distinit.extract.teachers.base import (
     Teacher,
     require_positive,
     require_unit_interval,
     resolve_device,
 )
-from extract.teachers.coco_classes import COCO_KEYPOINT_NAMES, NUM_COCO_KEYPOINTS, PERSON_CLASS_INDEX
-from extract.teachers.detections import (
+from distinit.extract.teachers.coco_classes import COCO_KEYPOINT_NAMES, NUM_COCO_KEYPOINTS, PERSON_CLASS_INDEX
+from distinit.extract.teachers.detections import (
     DEFAULT_DETECTION_SHORT_SIDE,
     FrameDetections,
     build_detector,
     detector_weights_sources,
     select_detection_backend,
 )
-from extract.teachers.keypoint_coordinates import empty_keypoints, keypoint_outputs, person_keypoint_targets
-from extract.teachers.registry import register_teacher
-from pipeline.weights.source import WeightsSource
+from distinit.extract.teachers.keypoint_coordinates import empty_keypoints, keypoint_outputs, person_keypoint_targets
+from distinit.extract.teachers.registry import register_teacher
+from distinit.pipeline.weights.source import WeightsSource
 
 PEOPLE_KEPT_PER_FRAME = 5
 PERSON_DETECTION_SCORE_THRESHOLD = 0.05  # both backends' default; person_threshold then picks the target

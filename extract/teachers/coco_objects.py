@@ -16,22 +16,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from extract.teachers.base import (
+from distinit.extract.teachers.base import (
     OutputSpec,
     Teacher,
     require_positive,
     require_unit_interval,
     resolve_device,
 )
-from extract.teachers.coco_classes import COCO_CLASS_NAMES, NUM_COCO_CLASSES
-from extract.teachers.detections import (
+from distinit.extract.teachers.coco_classes import COCO_CLASS_NAMES, NUM_COCO_CLASSES
+from distinit.extract.teachers.detections import (
     DEFAULT_DETECTION_SHORT_SIDE,
     build_detector,
     detector_weights_sources,
     select_detection_backend,
 )
-from extract.teachers.registry import register_teacher
-from pipeline.weights.source import WeightsSource
+from distinit.extract.teachers.registry import register_teacher
+from distinit.pipeline.weights.source import WeightsSource
 
 
 def detections_to_object_targets(

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import ConfigError, DistinitError
-from pipeline.weights.files import RANDOM_WEIGHTS, iopath_cache_path, torch_hub_checkpoint_path
-from pipeline.weights.source import WeightsSource
+from distinit.pipeline.errors import ConfigError, DistinitError
+from distinit.pipeline.weights.files import RANDOM_WEIGHTS, iopath_cache_path, torch_hub_checkpoint_path
+from distinit.pipeline.weights.source import WeightsSource
 
 DETECTION_BACKENDS = ("auto", "detectron2", "torchvision")
 # The short side frames are decoded at and the detectors test at (both backends alike), unless min_size says
@@ -53,10 +53,10 @@ def detector_model_name(backend: str, task: str, model: str | None, teacher_name
     """The model `backend` runs for `task` ("objects" or "keypoints"): `model` (a torchvision builder name or a
     Detectron2 model-zoo config path) if given, else the ResNet-50-FPN model of the paper's family."""
     if backend == "detectron2":
-        from extract.teachers.detectron2_models import DETECTRON2_KEYPOINTS_CONFIG, DETECTRON2_OBJECTS_CONFIG
+        from distinit.extract.teachers.detectron2_models import DETECTRON2_KEYPOINTS_CONFIG, DETECTRON2_OBJECTS_CONFIG
 
         return model or (DETECTRON2_OBJECTS_CONFIG if task == "objects" else DETECTRON2_KEYPOINTS_CONFIG)
-    from extract.teachers.torchvision_detection import TORCHVISION_KEYPOINT_DETECTORS, TORCHVISION_OBJECT_DETECTORS
+    from distinit.extract.teachers.torchvision_detection import TORCHVISION_KEYPOINT_DETECTORS, TORCHVISION_OBJECT_DETECTORS
 
     allowed = TORCHVISION_OBJECT_DETECTORS if task == "objects" else TORCHVISION_KEYPOINT_DETECTORS
     model_name = model or allowed[0]
@@ -84,9 +84,9 @@ def build_detector(
     `max_detections` caps the detections kept per image (highest scores first)."""
     model_name = detector_model_name(backend, task, model, teacher_name)
     if backend == "detectron2":
-        from extract.teachers.detectron2_models import Detectron2Detector as detector_class
+        from distinit.extract.teachers.detectron2_models import Detectron2Detector as detector_class
     else:
-        from extract.teachers.torchvision_detection import TorchvisionDetector as detector_class
+        from distinit.extract.teachers.torchvision_detection import TorchvisionDetector as detector_class
     return detector_class(model_name, weights, device, min_size, max_size, score_threshold, teacher_name, max_detections)
 
 
@@ -100,12 +100,12 @@ def detector_weights_sources(
     chosen = select_detection_backend(backend)
     model_name = detector_model_name(chosen, task, model, teacher_name)
     if chosen == "detectron2":
-        from extract.teachers.detectron2_models import detectron2_checkpoint_url
+        from distinit.extract.teachers.detectron2_models import detectron2_checkpoint_url
 
         url = detectron2_checkpoint_url(model_name, teacher_name)
         description, cached_path = f"Detectron2 model zoo {model_name}", iopath_cache_path(url)
     else:
-        from extract.teachers.torchvision_detection import torchvision_detector_weights_url
+        from distinit.extract.teachers.torchvision_detection import torchvision_detector_weights_url
 
         url = torchvision_detector_weights_url(model_name)
         description, cached_path = f"torchvision {model_name} COCO_V1", torch_hub_checkpoint_path(url)

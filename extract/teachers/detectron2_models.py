@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from extract.teachers.base import freeze
-from extract.teachers.coco_classes import NUM_COCO_KEYPOINTS
-from extract.teachers.detections import FrameDetections
-from extract.teachers.keypoint_coordinates import detectron2_keypoint_confidence
-from pipeline.errors import ConfigError, DistinitError
-from pipeline.hashing import sha256_file
-from pipeline.weights.download import framework_download
-from pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, given_weights_file, iopath_cache_path
+from distinit.extract.teachers.base import freeze
+from distinit.extract.teachers.coco_classes import NUM_COCO_KEYPOINTS
+from distinit.extract.teachers.detections import FrameDetections
+from distinit.extract.teachers.keypoint_coordinates import detectron2_keypoint_confidence
+from distinit.pipeline.errors import ConfigError, DistinitError
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.weights.download import framework_download
+from distinit.pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, given_weights_file, iopath_cache_path
 
 logger = logging.getLogger(__name__)
 

@@ -25,15 +25,15 @@ import logging
 import numpy as np
 import torch
 
-from extract.teachers.base import Teacher, freeze, frames_to_tensor, require_positive, resolve_device
-from extract.teachers.embedding_hub import (
+from distinit.extract.teachers.base import Teacher, freeze, frames_to_tensor, require_positive, resolve_device
+from distinit.extract.teachers.embedding_hub import (
     embedding_output, embedding_view, fetch_hub_file, hub_weights_sources, load_failure,
 )
-from extract.teachers.registry import register_teacher
-from pipeline.errors import ConfigError, DistinitError
-from pipeline.hashing import sha256_file
-from pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, given_weights_file
-from pipeline.weights.source import WeightsSource
+from distinit.extract.teachers.registry import register_teacher
+from distinit.pipeline.errors import ConfigError, DistinitError
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, given_weights_file
+from distinit.pipeline.weights.source import WeightsSource
 
 logger = logging.getLogger(__name__)
 

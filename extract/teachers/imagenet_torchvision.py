@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import torch
 
-from extract.teachers.base import (
+from distinit.extract.teachers.base import (
     OutputSpec,
     Teacher,
     freeze,
@@ -24,11 +24,11 @@ from extract.teachers.base import (
     resize_short_side_and_center_crop,
     resolve_device,
 )
-from extract.teachers.registry import register_teacher
-from pipeline.errors import ConfigError
-from pipeline.weights.download import fetch_torch_hub_file
-from pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into, torch_hub_checkpoint_path
-from pipeline.weights.source import WeightsSource
+from distinit.extract.teachers.registry import register_teacher
+from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.weights.download import fetch_torch_hub_file
+from distinit.pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into, torch_hub_checkpoint_path
+from distinit.pipeline.weights.source import WeightsSource
 
 logger = logging.getLogger(__name__)
 

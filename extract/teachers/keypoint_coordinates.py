@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from extract.teachers.base import OutputSpec
-from extract.teachers.coco_classes import COCO_KEYPOINT_FLIP_INDEX, COCO_KEYPOINT_NAMES, NUM_COCO_KEYPOINTS
-from pipeline.shards.format import (
+from distinit.extract.teachers.base import OutputSpec
+from distinit.extract.teachers.coco_classes import COCO_KEYPOINT_FLIP_INDEX, COCO_KEYPOINT_NAMES, NUM_COCO_KEYPOINTS
+from distinit.pipeline.shards.format import (
     KEYPOINT_FLIP_INDEX_ATTRIBUTE,
     KEYPOINT_GRID_ATTRIBUTE,
     KEYPOINT_SIGMA_ATTRIBUTE,

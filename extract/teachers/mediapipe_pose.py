@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from extract.teachers.base import Teacher, require_positive, require_unit_interval
-from extract.teachers.coco_classes import NUM_COCO_KEYPOINTS
-from extract.teachers.keypoint_coordinates import NOWHERE, empty_keypoints, keypoint_outputs
-from extract.teachers.registry import register_teacher
-from pipeline.weights.files import sha256_files
-from pipeline.weights.source import WeightsSource
-from pipeline.errors import ConfigError, DistinitError
+from distinit.extract.teachers.base import Teacher, require_positive, require_unit_interval
+from distinit.extract.teachers.coco_classes import NUM_COCO_KEYPOINTS
+from distinit.extract.teachers.keypoint_coordinates import NOWHERE, empty_keypoints, keypoint_outputs
+from distinit.extract.teachers.registry import register_teacher
+from distinit.pipeline.weights.files import sha256_files
+from distinit.pipeline.weights.source import WeightsSource
+from distinit.pipeline.errors import ConfigError, DistinitError
 
 logger = logging.getLogger(__name__)
 

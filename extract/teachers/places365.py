@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from extract.teachers.base import (
+from distinit.extract.teachers.base import (
     OutputSpec,
     Teacher,
     freeze,
@@ -41,25 +41,25 @@ from extract.teachers.base import (
     resize_short_side_and_center_crop,
     resolve_device,
 )
-from extract.teachers.places365_networks import (
+from distinit.extract.teachers.places365_networks import (
     PLACES365_ARCHITECTURES,
     PLACES365_CLASS_COUNT,
     authors_checkpoint_to_state_dict,
     build_places365_network,
     state_dict_mismatch,
 )
-from extract.teachers.registry import register_teacher
-from pipeline.errors import ConfigError, DistinitError
-from pipeline.hashing import sha256_file
-from pipeline.weights.download import fetch_weights_file
-from pipeline.weights.files import (
+from distinit.extract.teachers.registry import register_teacher
+from distinit.pipeline.errors import ConfigError, DistinitError
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.weights.download import fetch_weights_file
+from distinit.pipeline.weights.files import (
     RANDOM_INIT_SHA256,
     RANDOM_WEIGHTS,
     MissingWeightsError,
     load_state_dict_file,
     torch_hub_checkpoint_path,
 )
-from pipeline.weights.source import WeightsSource
+from distinit.pipeline.weights.source import WeightsSource
 
 logger = logging.getLogger(__name__)
 

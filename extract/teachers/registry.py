@@ -5,8 +5,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Iterable, TypeVar
 
-from pipeline.errors import ConfigError, DistinitError
-from extract.teachers.base import Teacher
+from distinit.pipeline.errors import ConfigError, DistinitError
+from distinit.extract.teachers.base import Teacher
 
 TeacherClass = TypeVar("TeacherClass", bound=type)
 

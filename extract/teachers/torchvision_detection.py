@@ -13,17 +13,17 @@ import logging
 import numpy as np
 import torch
 
-from extract.teachers.base import freeze, frames_to_tensor
-from extract.teachers.coco_classes import (
+from distinit.extract.teachers.base import freeze, frames_to_tensor
+from distinit.extract.teachers.coco_classes import (
     NUM_COCO_KEYPOINTS,
     NUM_TORCHVISION_DETECTION_CLASSES,
     TORCHVISION_LABEL_TO_CONTIGUOUS,
 )
-from extract.teachers.detections import FrameDetections
-from extract.teachers.keypoint_coordinates import torchvision_keypoint_confidence
-from pipeline.errors import ConfigError
-from pipeline.weights.download import fetch_torch_hub_file
-from pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into
+from distinit.extract.teachers.detections import FrameDetections
+from distinit.extract.teachers.keypoint_coordinates import torchvision_keypoint_confidence
+from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.weights.download import fetch_torch_hub_file
+from distinit.pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The `distinit` command line (also `python -m pipeline`).
+"""The `distinit` command line (also `python -m distinit.pipeline`).
 
 Each command group lives in its own module and registers itself on `main`. Library code logs;
 only the CLI prints. A `DistinitError` becomes one line on stderr and exit status 1.
@@ -10,7 +10,7 @@ import logging
 
 import click
 
-from pipeline.errors import DistinitError
+from distinit.pipeline.errors import DistinitError
 
 
 class _Group(click.Group):
@@ -33,7 +33,7 @@ def main(verbose: int) -> None:
 
 
 # Command modules register themselves on `main`; imported last so `main` exists.
-from pipeline.cli import (  # noqa: E402,F401
+from distinit.pipeline.cli import (  # noqa: E402,F401
     data_commands, demo_commands, distill_commands, eval_commands, extract_commands, prepare_commands, stage_commands,
     video_commands,
 )

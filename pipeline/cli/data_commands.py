@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from pipeline.cli import main
+from distinit.pipeline.cli import main
 
 
 @main.command()
 def datasets() -> None:
     """List the dataset adapters and the layouts they read."""
-    from pipeline.datasets import ADAPTERS
+    from distinit.pipeline.datasets import ADAPTERS
 
     for name, adapter in sorted(ADAPTERS.items()):
         click.echo(f"{name:10s} {adapter.description}")
@@ -24,7 +24,7 @@ def datasets() -> None:
 @click.option("--out", required=True, type=click.Path(), help="JSONL file to write.")
 def manifest(dataset_name: str, root: str, splits_dir: str | None, annotations: str | None, out: str) -> None:
     """Write a dataset's video records as JSONL and print its content hash."""
-    from pipeline.datasets import load_dataset, write_manifest
+    from distinit.pipeline.datasets import load_dataset, write_manifest
 
     listing = load_dataset(dataset_name, root, splits_dir=splits_dir, annotations=annotations)
     digest = write_manifest(listing, out)

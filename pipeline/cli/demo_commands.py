@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.cli import main
+from distinit.pipeline.cli import main
 
 
 @main.command("demo-data")
@@ -13,8 +13,8 @@ from pipeline.cli import main
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config option.")
 def demo_data(out: str, config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Generate the unlabeled clip pool and the HMDB-51-layout action set (deterministic, offline)."""
-    from pipeline.config import load_config, parse_overrides
-    from pipeline.demo_data import DemoDataConfig, build_demo_data
+    from distinit.pipeline.config import load_config, parse_overrides
+    from distinit.pipeline.demo_data import DemoDataConfig, build_demo_data
 
     config = load_config(DemoDataConfig, config_path, parse_overrides(overrides))
     summary = build_demo_data(out, config)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import click
 import yaml
 
-from pipeline.cli import main
+from distinit.pipeline.cli import main
 
 
 def _loss_weights(text: str | None) -> dict | None:
     if not text:
         return None
-    from distill.losses import parse_loss_weights
+    from distinit.distill.losses import parse_loss_weights
 
     return parse_loss_weights(text)
 
@@ -51,9 +51,9 @@ def _loss_weights(text: str | None) -> dict | None:
 @click.option("--no-progress", is_flag=True)
 def distill(config_path, overrides, loss_weights, no_progress, **options) -> None:
     """Train a 3D student on cached teacher targets; resumes automatically from its run folder."""
-    from distill.config import DistillConfig
-    from distill.train import train
-    from pipeline.config import load_config, parse_overrides
+    from distinit.distill.config import DistillConfig
+    from distinit.distill.train import train
+    from distinit.pipeline.config import load_config, parse_overrides
 
     values = {**parse_overrides(overrides), **{key: value for key, value in options.items() if value is not None}}
     if isinstance(values.get("workers"), str) and values["workers"].strip().isdigit():
@@ -79,7 +79,7 @@ def distill(config_path, overrides, loss_weights, no_progress, **options) -> Non
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Trunk state_dict to write (.pt).")
 def export(checkpoint: str, out: str) -> None:
     """Write a checkpoint's trunk as a plain state_dict for its reference model (+ heads beside it)."""
-    from distill.export import export_trunk
+    from distinit.distill.export import export_trunk
 
     result = export_trunk(checkpoint, out)
     click.echo(f"trunk -> {result['trunk']} (loads into {result['loads_into']}; "
@@ -90,7 +90,7 @@ def export(checkpoint: str, out: str) -> None:
 @main.command()
 def students() -> None:
     """List the registered students."""
-    from distill.students import list_students
+    from distinit.distill.students import list_students
 
     for name in list_students():
         click.echo(name)

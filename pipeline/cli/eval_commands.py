@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from pipeline.cli import main
-from pipeline.cli.extract_commands import offline_option
-from pipeline.errors import ConfigError
+from distinit.pipeline.cli import main
+from distinit.pipeline.cli.extract_commands import offline_option
+from distinit.pipeline.errors import ConfigError
 
 
 def _integers(text: str | None, option: str) -> list[int] | None:
@@ -21,8 +21,8 @@ def _integers(text: str | None, option: str) -> list[int] | None:
 
 def _eval_config(config_path, overrides, splits, seeds, options):
     """EvalConfig from the YAML file, `--set` pairs, comma lists and the remaining options (last wins)."""
-    from evaluate.config import EvalConfig
-    from pipeline.config import load_config, parse_overrides
+    from distinit.evaluate.config import EvalConfig
+    from distinit.pipeline.config import load_config, parse_overrides
 
     values = {**parse_overrides(overrides), **{key: value for key, value in options.items() if value is not None}}
     for name, text in (("splits", splits), ("seeds", seeds)):
@@ -51,7 +51,7 @@ def _one_piece(config, inits, tune_index, run_index, count_tunings, count_runs, 
     """The fan-out options (a SLURM array task's): print a count, or do one tuning or run; True when that was asked."""
     if not (count_tunings or count_runs) and tune_index is None and run_index is None:
         return False
-    from evaluate.fan_out import run_list, run_one, tune_one, tuning_list
+    from distinit.evaluate.fan_out import run_list, run_one, tune_one, tuning_list
 
     if count_tunings or count_runs:
         click.echo(len(tuning_list(config, inits) if count_tunings else run_list(config, inits)))
@@ -108,9 +108,9 @@ def _one_piece(config, inits, tune_index, run_index, count_tunings, count_runs, 
 def eval_command(config_path, overrides, splits, seeds, report_dir, no_progress, tune_index, run_index, count_tunings,
                  count_runs, **options) -> None:
     """Finetune a trunk (distilled, scratch or inflated) on HMDB-51 / UCF-101 splits and score it."""
-    from evaluate.finetune import run_eval
-    from evaluate.results import format_table, write_report_folder
-    from evaluate.tuning import tune
+    from distinit.evaluate.finetune import run_eval
+    from distinit.evaluate.results import format_table, write_report_folder
+    from distinit.evaluate.tuning import tune
 
     config = _eval_config(config_path, overrides, splits, seeds, options)
     if _one_piece(config, None, tune_index, run_index, count_tunings, count_runs, no_progress):
@@ -149,7 +149,7 @@ def eval_command(config_path, overrides, splits, seeds, report_dir, no_progress,
 def compare(config_path, inits, splits, seeds, out, overrides, no_progress, tune_index, run_index, count_tunings,
             count_runs, **options) -> None:
     """Scratch vs inflated vs DistInit on the same data, splits, seeds and schedule -> RESULTS.md + plots."""
-    from evaluate.compare import compare as run_compare
+    from distinit.evaluate.compare import compare as run_compare
 
     config = _eval_config(config_path, overrides, splits, seeds, options)
     inits = [init.strip() for init in inits.split(",") if init.strip()]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import click
 import yaml
 
-from pipeline.cli import main
+from distinit.pipeline.cli import main
 
 
 def _enable_offline(context: click.Context, parameter: click.Parameter, value: bool) -> None:
     if value:
-        from pipeline.weights.download import enable_offline
+        from distinit.pipeline.weights.download import enable_offline
 
         enable_offline()
 
@@ -24,7 +24,7 @@ offline_option = click.option(
 
 def _teacher_options(weights: tuple[str, ...], options: tuple[str, ...]) -> dict[str, dict]:
     """`--weights NAME=FILE` and `--teacher-option NAME.KEY=VALUE` -> {teacher: {option: value}}."""
-    from pipeline.errors import ConfigError
+    from distinit.pipeline.errors import ConfigError
 
     result: dict[str, dict] = {}
     for pair in weights:
@@ -68,9 +68,9 @@ def _teacher_options(weights: tuple[str, ...], options: tuple[str, ...]) -> dict
 @offline_option
 def extract(config_path, shard_part, finalize, weights, teacher_option, overrides, no_progress, **options) -> None:
     """Run the teachers over sampled frames and write targets/<data>/<key>/shard-*.h5 + manifest.json."""
-    from extract.config import ExtractConfig, parse_shard_part
-    from extract.run import finalize as finalize_targets, prepare, run_extraction
-    from pipeline.config import load_config, parse_overrides
+    from distinit.extract.config import ExtractConfig, parse_shard_part
+    from distinit.extract.run import finalize as finalize_targets, prepare, run_extraction
+    from distinit.pipeline.config import load_config, parse_overrides
 
     options = {**parse_overrides(overrides), **{key: value for key, value in options.items() if value is not None}}
     if isinstance(options.get("teachers"), str):
@@ -102,8 +102,8 @@ def extract(config_path, shard_part, finalize, weights, teacher_option, override
 @click.argument("targets_dir", type=click.Path(file_okay=False))
 def verify(targets_dir: str) -> None:
     """Check a targets folder: checksums, row counts, NaN/inf, manifest consistency (exit 1 if bad)."""
-    from pipeline.shards import verify as verify_targets
-    from pipeline.shards.verify import record_verified
+    from distinit.pipeline.shards import verify as verify_targets
+    from distinit.pipeline.shards.verify import record_verified
 
     problems = verify_targets(targets_dir)
     if problems:
@@ -121,7 +121,7 @@ def verify(targets_dir: str) -> None:
 @click.option("--top-k", type=int, default=5)
 def inspect_command(targets_dir: str, video_id: str | None, top_k: int) -> None:
     """Summarise a targets folder (rows, per-teacher summaries, a video's top classes over time)."""
-    from pipeline.shards import inspect as inspect_targets
+    from distinit.pipeline.shards import inspect as inspect_targets
 
     for line in inspect_targets(targets_dir, video_id=video_id, top_k=top_k):
         click.echo(line)
@@ -148,9 +148,9 @@ def teachers(teacher_name: str | None, option_pairs: tuple[str, ...], fetch: boo
     """List the registered teachers, their options, and where each one's weights come from (and whether they are
     here already). Touches no network and imports no optional package that is missing. --fetch instead downloads
     what a run will need (the extract config's teacher instances, --inits' 2D weights) and says where it is."""
-    from extract.teachers import list_teachers, teacher_options
-    from extract.teachers.registry import TEACHERS
-    from pipeline.errors import ConfigError
+    from distinit.extract.teachers import list_teachers, teacher_options
+    from distinit.extract.teachers.registry import TEACHERS
+    from distinit.pipeline.errors import ConfigError
 
     if fetch:
         _fetch(config_path, teacher_list, weights, teacher_option, overrides, inits)
@@ -175,9 +175,9 @@ def teachers(teacher_name: str | None, option_pairs: tuple[str, ...], fetch: boo
 
 def _fetch(config_path, teacher_list, weights, teacher_option, overrides, inits) -> None:
     """`distinit teachers --fetch`: build the config's teachers (downloading their weights), then --inits' 2D weights."""
-    from extract.config import ExtractConfig
-    from extract.fetch import fetch_teachers
-    from pipeline.config import load_config, parse_overrides
+    from distinit.extract.config import ExtractConfig
+    from distinit.extract.fetch import fetch_teachers
+    from distinit.pipeline.config import load_config, parse_overrides
 
     options = parse_overrides(overrides)
     if teacher_list:
@@ -189,14 +189,14 @@ def _fetch(config_path, teacher_list, weights, teacher_option, overrides, inits)
         click.echo(line)
     for init in (init.strip() for init in (inits or "").split(",") if init.strip()):
         if init.startswith("inflated:"):
-            from evaluate.inflate import fetch_2d_weights
+            from distinit.evaluate.inflate import fetch_2d_weights
 
             click.echo(f"{init}: ready (2D weights sha256 {fetch_2d_weights(init[len('inflated:'):])[:12]})")
 
 
 def _weights_lines(teacher_class, options: dict) -> list[str]:
     """A teacher's weights sources as lines: what, its state, where it comes from and where it is kept."""
-    from pipeline.weights.download import presence
+    from distinit.pipeline.weights.download import presence
 
     try:
         sources = teacher_class.weights_sources(**options)

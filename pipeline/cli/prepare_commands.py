@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.cli import main
+from distinit.pipeline.cli import main
 
 
 @main.command()
@@ -25,9 +25,9 @@ from pipeline.cli import main
 def prepare(config_path, shard_part, finalize, overrides, no_progress, **options) -> None:
     """Re-encode each video once (short side 128, a keyframe every 16 frames, x264 fastdecode) into
     prepared/<data>/<key>/."""
-    from extract.config import parse_shard_part
-    from pipeline.config import load_config, parse_overrides
-    from pipeline.prepared import PrepareConfig, finalize as finalize_folder, run_prepare
+    from distinit.extract.config import parse_shard_part
+    from distinit.pipeline.config import load_config, parse_overrides
+    from distinit.pipeline.prepared import PrepareConfig, finalize as finalize_folder, run_prepare
 
     options = {**parse_overrides(overrides), **{key: value for key, value in options.items() if value is not None}}
     config = load_config(PrepareConfig, config_path, options)

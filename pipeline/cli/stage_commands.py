@@ -6,8 +6,8 @@ import dataclasses
 
 import click
 
-from pipeline.cli import main
-from pipeline.stages import STAGES
+from distinit.pipeline.cli import main
+from distinit.pipeline.stages import STAGES
 
 
 def _spec_options(command):
@@ -53,8 +53,8 @@ def _spec_options(command):
 
 def _spec(options: dict):
     """The PipelineSpec of the options; INIT and INITS default to the distill output of the distill config."""
-    from pipeline.errors import ConfigError
-    from pipeline.stages import PipelineSpec, distill_output_folder, distill_process_count
+    from distinit.pipeline.errors import ConfigError
+    from distinit.pipeline.stages import PipelineSpec, distill_output_folder, distill_process_count
 
     data = options["data"]
     try:
@@ -86,8 +86,8 @@ def _spec(options: dict):
 @_spec_options
 def status(**options) -> None:
     """Print every stage: up to date, stale (and what changed), missing, or not set up (which variable to set)."""
-    from pipeline.stages import full_plan
-    from pipeline.stamps import stage_status
+    from distinit.pipeline.stages import full_plan
+    from distinit.pipeline.stamps import stage_status
 
     spec = _spec(options)
     for entry in stage_status(full_plan(spec), spec.stamps_dir):
@@ -100,8 +100,8 @@ def status(**options) -> None:
 @_spec_options
 def stamps(**options) -> None:
     """Rewrite the stamp file of each stage whose key changed (make's dependencies; see pipeline/stamps.py)."""
-    from pipeline.stages import stage_plan
-    from pipeline.stamps import update_stamps
+    from distinit.pipeline.stages import stage_plan
+    from distinit.pipeline.stamps import update_stamps
 
     spec = _spec(options)
     adopted: list[str] = []

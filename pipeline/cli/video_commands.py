@@ -6,7 +6,7 @@ import json
 
 import click
 
-from pipeline.cli import main
+from distinit.pipeline.cli import main
 
 
 @main.command()
@@ -15,7 +15,7 @@ def probe(paths: tuple[str, ...]) -> None:
     """Print duration, fps, frame count, size and codec of each video as a JSON line."""
     import dataclasses
 
-    from pipeline.video import probe as probe_video
+    from distinit.pipeline.video import probe as probe_video
 
     for path in paths:
         click.echo(json.dumps(dataclasses.asdict(probe_video(path)), default=str))

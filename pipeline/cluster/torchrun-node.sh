@@ -7,7 +7,7 @@
 #
 # USR1 is ignored here, before torchrun starts: `scancel --signal=USR1` and `#SBATCH --signal=USR1@T` signal every
 # process of the step, and torchrun's agent has no handler for USR1 (it would die of it and take its workers
-# down). The workers install their own handler (pipeline.preemption), vote, save at the step boundary and requeue.
+# down). The workers install their own handler (distinit.pipeline.preemption), vote, save at the step boundary and requeue.
 # SIGTERM is handled by torchrun itself: it forwards it to the workers, which do the same.
 set -euo pipefail
 trap '' USR1
@@ -19,4 +19,4 @@ exec "${VENV:-.venv}/bin/torchrun" \
     --rdzv-endpoint "$head:${RDZV_PORT:-$((29500 + ${SLURM_JOB_ID:?} % 1000))}" \
     --rdzv-id "${SLURM_JOB_ID:?}" \
     ${TORCHRUN_EXTRA:-} \
-    -m pipeline "$@"
+    -m distinit.pipeline "$@"

@@ -9,14 +9,14 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
-from pipeline.datasets.records import (
+from distinit.pipeline.datasets.records import (
     DatasetListing,
     VideoRecord,
     manifest_hash,
     read_manifest,
     write_manifest,
 )
-from pipeline.errors import DatasetError
+from distinit.pipeline.errors import DatasetError
 
 __all__ = [
     "ADAPTERS",
@@ -59,4 +59,4 @@ def load_dataset(name: str, root: str | Path, **options) -> DatasetListing:
 
 
 # Adapters register themselves on import.
-from pipeline.datasets import demo, folder, hmdb51, kinetics, ucf101  # noqa: E402,F401
+from distinit.pipeline.datasets import demo, folder, hmdb51, kinetics, ucf101  # noqa: E402,F401

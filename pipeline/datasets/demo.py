@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.datasets import register_adapter
-from pipeline.datasets.folder import unlabeled_records
-from pipeline.datasets.layout import reject_options
-from pipeline.datasets.records import DatasetListing
-from pipeline.errors import DatasetError
+from distinit.pipeline.datasets import register_adapter
+from distinit.pipeline.datasets.folder import unlabeled_records
+from distinit.pipeline.datasets.layout import reject_options
+from distinit.pipeline.datasets.records import DatasetListing
+from distinit.pipeline.errors import DatasetError
 
 
 @register_adapter("demo", "the embedded demo's unlabeled clip pool: {root}/pool/*.mp4 (build it with `make demo-data`)")

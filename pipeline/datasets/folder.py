@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.datasets import register_adapter
-from pipeline.datasets.layout import VIDEO_EXTENSIONS, reject_options, require_unique_ids, scan_videos
-from pipeline.datasets.records import DatasetListing, VideoRecord, sorted_records
-from pipeline.errors import DatasetError
+from distinit.pipeline.datasets import register_adapter
+from distinit.pipeline.datasets.layout import VIDEO_EXTENSIONS, reject_options, require_unique_ids, scan_videos
+from distinit.pipeline.datasets.records import DatasetListing, VideoRecord, sorted_records
+from distinit.pipeline.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

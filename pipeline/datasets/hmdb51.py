@@ -12,10 +12,10 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from pipeline.datasets import register_adapter
-from pipeline.datasets.layout import NameLookup, reject_options, resolve_folder, split_file_lines, video_names
-from pipeline.datasets.records import DatasetListing, VideoRecord, sorted_records
-from pipeline.errors import DatasetError
+from distinit.pipeline.datasets import register_adapter
+from distinit.pipeline.datasets.layout import NameLookup, reject_options, resolve_folder, split_file_lines, video_names
+from distinit.pipeline.datasets.records import DatasetListing, VideoRecord, sorted_records
+from distinit.pipeline.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.datasets import register_adapter
-from pipeline.datasets.layout import is_hidden, reject_options
-from pipeline.datasets.records import DatasetListing, VideoRecord, sorted_records
-from pipeline.errors import DatasetError
+from distinit.pipeline.datasets import register_adapter
+from distinit.pipeline.datasets.layout import is_hidden, reject_options
+from distinit.pipeline.datasets.records import DatasetListing, VideoRecord, sorted_records
+from distinit.pipeline.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

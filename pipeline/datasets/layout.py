@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from pipeline.errors import DatasetError
+from distinit.pipeline.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from pipeline.atomic import atomic_write_text
-from pipeline.errors import DatasetError
+from distinit.pipeline.atomic import atomic_write_text
+from distinit.pipeline.errors import DatasetError
 
 
 

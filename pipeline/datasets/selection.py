@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from pipeline.datasets.records import DatasetListing
-from pipeline.errors import ConfigError, DatasetError
+from distinit.pipeline.datasets.records import DatasetListing
+from distinit.pipeline.errors import ConfigError, DatasetError
 
 ROLES = ("train", "val", "test", "unused")
 # The data sets stage three scores on: their test lists must stay out of pretraining.
@@ -79,7 +79,7 @@ def check_labeled_selection(data: str, splits: Sequence[int] | int | None, allow
 def selected_listing(config) -> DatasetListing:
     """The listing a stage reading a dataset works on: `config`'s data/root (with its splits_dir and annotations),
     narrowed by its split/split_roles/limit. Extract and prepare configs share these options, so both call this."""
-    from pipeline.datasets import load_dataset
+    from distinit.pipeline.datasets import load_dataset
 
     listing = load_dataset(config.data, config.root, splits_dir=config.splits_dir, annotations=config.annotations)
     return select_records(listing, splits=config.split, roles=config.split_roles, limit=config.limit)

@@ -14,8 +14,8 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from pipeline.datasets import register_adapter
-from pipeline.datasets.layout import (
+from distinit.pipeline.datasets import register_adapter
+from distinit.pipeline.datasets.layout import (
     NameLookup,
     reject_options,
     require_unique_ids,
@@ -23,8 +23,8 @@ from pipeline.datasets.layout import (
     split_file_lines,
     video_names,
 )
-from pipeline.datasets.records import DatasetListing, VideoRecord, sorted_records
-from pipeline.errors import DatasetError
+from distinit.pipeline.datasets.records import DatasetListing, VideoRecord, sorted_records
+from distinit.pipeline.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ plus README.txt, sources.csv, config.yaml, provenance.json and the .complete sta
 same bytes.
 """
 
-from pipeline.demo_data.build import build_demo_data, demo_config_hash
-from pipeline.demo_data.config import DemoDataConfig
-from pipeline.demo_data.summary import DemoDataSummary
+from distinit.pipeline.demo_data.build import build_demo_data, demo_config_hash
+from distinit.pipeline.demo_data.config import DemoDataConfig
+from distinit.pipeline.demo_data.summary import DemoDataSummary
 
 __all__ = ["DemoDataConfig", "DemoDataSummary", "build_demo_data", "demo_config_hash"]

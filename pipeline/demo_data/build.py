@@ -22,15 +22,15 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_write_text
-from pipeline.config import config_to_dict
-from pipeline.demo_data import layout
-from pipeline.demo_data.config import KNOWN_ACTION_CLASSES, DemoDataConfig
-from pipeline.demo_data.plan import VideoJob, action_jobs, pool_photo_jobs, pool_video_jobs
-from pipeline.demo_data.summary import DemoDataSummary
-from pipeline.errors import DistinitError
-from pipeline.hashing import sha256_json
-from pipeline.provenance import write_provenance
+from distinit.pipeline.atomic import atomic_write_text
+from distinit.pipeline.config import config_to_dict
+from distinit.pipeline.demo_data import layout
+from distinit.pipeline.demo_data.config import KNOWN_ACTION_CLASSES, DemoDataConfig
+from distinit.pipeline.demo_data.plan import VideoJob, action_jobs, pool_photo_jobs, pool_video_jobs
+from distinit.pipeline.demo_data.summary import DemoDataSummary
+from distinit.pipeline.errors import DistinitError
+from distinit.pipeline.hashing import sha256_json
+from distinit.pipeline.provenance import write_provenance
 
 logger = logging.getLogger(__name__)
 

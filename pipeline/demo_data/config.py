@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pipeline.errors import ConfigError
+from distinit.pipeline.errors import ConfigError
 
 # Camera motions the labeled set can hold; each is a class that no single frame can reveal.
 KNOWN_ACTION_CLASSES = ("pan_left", "pan_right", "zoom_in", "zoom_out", "rotate_cw", "rotate_ccw")

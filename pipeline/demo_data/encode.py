@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_path
-from pipeline.errors import VideoError
-from pipeline.video.binary import ffmpeg_binary
+from distinit.pipeline.atomic import atomic_path
+from distinit.pipeline.errors import VideoError
+from distinit.pipeline.video.binary import ffmpeg_binary
 
 _COMMON_INPUT = ["-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
 _BITEXACT = ["-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1", "-threads", "1"]

@@ -14,10 +14,10 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.demo_data import layout
-from pipeline.demo_data.config import KNOWN_ACTION_CLASSES, DemoDataConfig
-from pipeline.demo_data.encode import CutSpec, H264Settings, Mpeg4AviSettings, cut_clip, encode_frames
-from pipeline.demo_data.motion import (
+from distinit.pipeline.demo_data import layout
+from distinit.pipeline.demo_data.config import KNOWN_ACTION_CLASSES, DemoDataConfig
+from distinit.pipeline.demo_data.encode import CutSpec, H264Settings, Mpeg4AviSettings, cut_clip, encode_frames
+from distinit.pipeline.demo_data.motion import (
     POOL_MOTION_KINDS,
     MotionSpeeds,
     action_path,
@@ -26,7 +26,7 @@ from pipeline.demo_data.motion import (
     pool_path,
     render,
 )
-from pipeline.demo_data.sources import SourceVideo, clips_per_source, find_source_video, load_photo
+from distinit.pipeline.demo_data.sources import SourceVideo, clips_per_source, find_source_video, load_photo
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import DistinitError, VideoError
-from pipeline.video.binary import ffmpeg_binary
+from distinit.pipeline.errors import DistinitError, VideoError
+from distinit.pipeline.video.binary import ffmpeg_binary
 
 
 @dataclasses.dataclass(frozen=True)

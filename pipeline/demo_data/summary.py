@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from pipeline.demo_data import layout
+from distinit.pipeline.demo_data import layout
 
 
 @dataclasses.dataclass(frozen=True)

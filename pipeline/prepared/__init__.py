@@ -12,9 +12,9 @@ clip costs at most a GOP of small, cheaply decoded frames and no probe. Stage tw
     manifest.py  per-video rows, the seal (videos.jsonl, manifest.json, latest), the reader
 """
 
-from pipeline.prepared.config import CODE_VERSION, KEY_OPTIONS, PrepareConfig, prepare_key
-from pipeline.prepared.manifest import prepared_videos
-from pipeline.prepared.runner import PrepareError, finalize, plan_prepare, run_prepare
+from distinit.pipeline.prepared.config import CODE_VERSION, KEY_OPTIONS, PrepareConfig, prepare_key
+from distinit.pipeline.prepared.manifest import prepared_videos
+from distinit.pipeline.prepared.runner import PrepareError, finalize, plan_prepare, run_prepare
 
 __all__ = [
     "CODE_VERSION", "KEY_OPTIONS", "PrepareConfig", "PrepareError", "finalize", "plan_prepare", "prepare_key",

@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from pipeline.datasets.selection import normalise_splits
-from pipeline.errors import ConfigError
-from pipeline.hashing import sha256_json
+from distinit.pipeline.datasets.selection import normalise_splits
+from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.hashing import sha256_json
 
 # Bump when a change to the code changes the files it writes (it is part of the key).
 CODE_VERSION = "prepare-1"

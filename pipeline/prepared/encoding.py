@@ -24,14 +24,14 @@ import math
 import os
 from typing import Any
 
-from pipeline.atomic import atomic_path
-from pipeline.errors import VideoError
-from pipeline.hashing import sha256_file
-from pipeline.video.binary import ffmpeg_binary
-from pipeline.video.decode import output_size
-from pipeline.video.layout_record import layout_record
-from pipeline.video.probe import FrameLayout, probe_layout
-from pipeline.video.process import GLOBAL_ARGUMENTS, run_ffmpeg
+from distinit.pipeline.atomic import atomic_path
+from distinit.pipeline.errors import VideoError
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.video.binary import ffmpeg_binary
+from distinit.pipeline.video.decode import output_size
+from distinit.pipeline.video.layout_record import layout_record
+from distinit.pipeline.video.probe import FrameLayout, probe_layout
+from distinit.pipeline.video.process import GLOBAL_ARGUMENTS, run_ffmpeg
 
 # 2000-01-01T00:00:00Z. Every copy gets it, so a copy's metadata is a function of its bytes too (layout records
 # hold only the size; the fixed time keeps tree hashes and rsync comparisons stable across interrupted runs).

@@ -21,10 +21,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import atomic_write_text, replace_shared_text
-from pipeline.errors import DistinitError
-from pipeline.hashing import json_lines
-from pipeline.shards.checksum import checksum_problem
+from distinit.pipeline.atomic import atomic_write_text, replace_shared_text
+from distinit.pipeline.errors import DistinitError
+from distinit.pipeline.hashing import json_lines
+from distinit.pipeline.shards.checksum import checksum_problem
 
 logger = logging.getLogger(__name__)
 

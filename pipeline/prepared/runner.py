@@ -25,18 +25,18 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from pipeline.atomic import make_output_folder, remove_leftover_temporary_files
-from pipeline.datasets import manifest_hash
-from pipeline.datasets.records import VideoRecord, relative_path
-from pipeline.datasets.selection import selected_listing
-from pipeline.errors import DistinitError, VideoError
-from pipeline.prepared.config import CODE_VERSION, PrepareConfig, prepare_key
-from pipeline.prepared.encoding import Encoding, encode_video, restore_fixed_mtime
-from pipeline.prepared.manifest import VIDEOS_FOLDER, finished_row, read_row, seal, write_latest, write_row
-from pipeline.provenance import write_provenance
-from pipeline.shards.checksum import checksum_problem
-from pipeline.shards.format import shard_of_video
-from pipeline.video.binary import ffmpeg_binary
+from distinit.pipeline.atomic import make_output_folder, remove_leftover_temporary_files
+from distinit.pipeline.datasets import manifest_hash
+from distinit.pipeline.datasets.records import VideoRecord, relative_path
+from distinit.pipeline.datasets.selection import selected_listing
+from distinit.pipeline.errors import DistinitError, VideoError
+from distinit.pipeline.prepared.config import CODE_VERSION, PrepareConfig, prepare_key
+from distinit.pipeline.prepared.encoding import Encoding, encode_video, restore_fixed_mtime
+from distinit.pipeline.prepared.manifest import VIDEOS_FOLDER, finished_row, read_row, seal, write_latest, write_row
+from distinit.pipeline.provenance import write_provenance
+from distinit.pipeline.shards.checksum import checksum_problem
+from distinit.pipeline.shards.format import shard_of_video
+from distinit.pipeline.video.binary import ffmpeg_binary
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ need not probe it); `verify` and `inspect` back the CLI commands. A writer holds
 writes (pipeline.shards.lease); `ShardBusy` says another live writer holds it.
 """
 
-from pipeline.shards.format import (
+from distinit.pipeline.shards.format import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     OutputSpec,
@@ -22,13 +22,13 @@ from pipeline.shards.format import (
     shard_name,
     shard_of_video,
 )
-from pipeline.shards.inspect_targets import inspect
-from pipeline.shards.layouts import LAYOUTS_NAME, stored_layouts
-from pipeline.shards.lease import ShardBusy
-from pipeline.shards.manifest import read_manifest, shard_files, write_manifest
-from pipeline.shards.reader import TargetStore
-from pipeline.shards.verify import verify, verify_shard
-from pipeline.shards.writer import ShardWriter, temporary_files, temporary_shard_path
+from distinit.pipeline.shards.inspect_targets import inspect
+from distinit.pipeline.shards.layouts import LAYOUTS_NAME, stored_layouts
+from distinit.pipeline.shards.lease import ShardBusy
+from distinit.pipeline.shards.manifest import read_manifest, shard_files, write_manifest
+from distinit.pipeline.shards.reader import TargetStore
+from distinit.pipeline.shards.verify import verify, verify_shard
+from distinit.pipeline.shards.writer import ShardWriter, temporary_files, temporary_shard_path
 
 __all__ = [
     "FORMAT_VERSION",

@@ -13,8 +13,8 @@ import os
 import re
 from pathlib import Path
 
-from pipeline.atomic import atomic_write_text
-from pipeline.hashing import sha256_file
+from distinit.pipeline.atomic import atomic_write_text
+from distinit.pipeline.hashing import sha256_file
 
 SUFFIX = ".sha256"
 _LINE = re.compile(r"^([0-9a-f]{64})  (\S+)\n?$")

@@ -33,8 +33,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from pipeline.errors import DistinitError
-from pipeline.hashing import sha256_json
+from distinit.pipeline.errors import DistinitError
+from distinit.pipeline.hashing import sha256_json
 
 FORMAT_VERSION = 5
 # What changed at each version, for the one line that refuses an older cache.

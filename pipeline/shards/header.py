@@ -9,7 +9,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.shards import format as fmt
+from distinit.pipeline.shards import format as fmt
 
 
 def open_read_only(path: str | os.PathLike, chunk_cache_bytes: int | None = None) -> h5py.File:

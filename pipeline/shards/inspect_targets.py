@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.shards import format as fmt
-from pipeline.shards.reader import TargetStore
+from distinit.pipeline.shards import format as fmt
+from distinit.pipeline.shards.reader import TargetStore
 
 CONFIDENT_KEYPOINT = 0.5  # the confidence every backend's map puts at its own visibility threshold
 

@@ -25,11 +25,11 @@ from typing import Any, Iterable
 import h5py
 import numpy as np
 
-from pipeline.atomic import atomic_path
-from pipeline.hashing import canonical_json, json_lines
-from pipeline.shards import format as fmt
-from pipeline.shards import header
-from pipeline.shards.format import ShardError
+from distinit.pipeline.atomic import atomic_path
+from distinit.pipeline.hashing import canonical_json, json_lines
+from distinit.pipeline.shards import format as fmt
+from distinit.pipeline.shards import header
+from distinit.pipeline.shards.format import ShardError
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def write_layouts_file(targets_dir: Path, shard_paths: Iterable[Path]) -> dict[s
 def stored_layouts(targets_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """{video id: layout record} stage one stored for this targets folder; {} for a folder written before
     layouts were stored. A layouts file that differs from its manifest entry is a one-line ShardError."""
-    from pipeline.shards.manifest import read_manifest  # manifest.py imports this module
+    from distinit.pipeline.shards.manifest import read_manifest  # manifest.py imports this module
 
     targets_dir = Path(targets_dir)
     entry = read_manifest(targets_dir).get("layouts")

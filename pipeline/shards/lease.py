@@ -27,8 +27,8 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.config import seconds_from_environment
-from pipeline.shards.format import ShardError
+from distinit.pipeline.config import seconds_from_environment
+from distinit.pipeline.shards.format import ShardError
 
 logger = logging.getLogger(__name__)
 

@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from pipeline.atomic import atomic_write_text
-from pipeline.hashing import sha256_file
-from pipeline.shards import format as fmt
-from pipeline.shards import header
-from pipeline.shards.checksum import recorded_checksum
-from pipeline.shards.format import ShardError
-from pipeline.shards.layouts import LAYOUTS_NAME, parse_layout_lines, write_layouts_file
-from pipeline.shards.video_index import build_video_index, write_video_index
+from distinit.pipeline.atomic import atomic_write_text
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.shards import format as fmt
+from distinit.pipeline.shards import header
+from distinit.pipeline.shards.checksum import recorded_checksum
+from distinit.pipeline.shards.format import ShardError
+from distinit.pipeline.shards.layouts import LAYOUTS_NAME, parse_layout_lines, write_layouts_file
+from distinit.pipeline.shards.video_index import build_video_index, write_video_index
 
 logger = logging.getLogger(__name__)
 

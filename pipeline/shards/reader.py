@@ -14,13 +14,13 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-from pipeline.shards import format as fmt
-from pipeline.shards import header
-from pipeline.shards.format import ShardError
-from pipeline.shards.manifest import read_manifest
-from pipeline.shards.chunk_reads import ChunkReader
-from pipeline.shards.video_index import VideoIndex, read_video_index
-from pipeline.shards.video_rows import VideoRows
+from distinit.pipeline.shards import format as fmt
+from distinit.pipeline.shards import header
+from distinit.pipeline.shards.format import ShardError
+from distinit.pipeline.shards.manifest import read_manifest
+from distinit.pipeline.shards.chunk_reads import ChunkReader
+from distinit.pipeline.shards.video_index import VideoIndex, read_video_index
+from distinit.pipeline.shards.video_rows import VideoRows
 
 logger = logging.getLogger(__name__)
 

@@ -12,13 +12,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.hashing import sha256_file
-from pipeline.shards import format as fmt
-from pipeline.shards import header
-from pipeline.shards.format import ShardError
-from pipeline.shards.layouts import layouts_problems, shard_layout_problems
-from pipeline.shards.video_index import video_index_problems
-from pipeline.shards.manifest import read_manifest
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.shards import format as fmt
+from distinit.pipeline.shards import header
+from distinit.pipeline.shards.format import ShardError
+from distinit.pipeline.shards.layouts import layouts_problems, shard_layout_problems
+from distinit.pipeline.shards.video_index import video_index_problems
+from distinit.pipeline.shards.manifest import read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,8 @@ def _file_states(targets_dir: Path, manifest: dict[str, Any]) -> dict[str, list[
 
 def record_verified(targets_dir: str | os.PathLike) -> bool:
     """Write VERIFIED_NAME for a folder `verify` just found clean; False (logged) when the folder is read-only."""
-    from pipeline.atomic import atomic_write_text
-    from pipeline.errors import OutputError
+    from distinit.pipeline.atomic import atomic_write_text
+    from distinit.pipeline.errors import OutputError
 
     targets_dir = Path(targets_dir)
     states = _file_states(targets_dir, read_manifest(targets_dir))

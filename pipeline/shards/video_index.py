@@ -27,17 +27,17 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from pipeline.atomic import atomic_path
-from pipeline.hashing import sha256_file
-from pipeline.shards import format as fmt
-from pipeline.shards import header
-from pipeline.shards.chunk_reads import ChunkTable, chunk_table
-from pipeline.shards.format import ShardError
-from pipeline.shards.layouts import REWRITE_HINT
-from pipeline.shards.writer import create_group
-from pipeline.shards.video_rows import VideoRows
-from pipeline.video.layout_record import record_sha256
-from pipeline.video.layout_table import LayoutTable
+from distinit.pipeline.atomic import atomic_path
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.shards import format as fmt
+from distinit.pipeline.shards import header
+from distinit.pipeline.shards.chunk_reads import ChunkTable, chunk_table
+from distinit.pipeline.shards.format import ShardError
+from distinit.pipeline.shards.layouts import REWRITE_HINT
+from distinit.pipeline.shards.writer import create_group
+from distinit.pipeline.shards.video_rows import VideoRows
+from distinit.pipeline.video.layout_record import record_sha256
+from distinit.pipeline.video.layout_table import LayoutTable
 
 logger = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Callable
 import h5py
 import numpy as np
 
-from pipeline.packed import StringTable
-from pipeline.shards import format as fmt
-from pipeline.shards import header
+from distinit.pipeline.packed import StringTable
+from distinit.pipeline.shards import format as fmt
+from distinit.pipeline.shards import header
 
 if TYPE_CHECKING:
-    from pipeline.shards.reader import TargetStore
+    from distinit.pipeline.shards.reader import TargetStore
 
 logger = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from pipeline.atomic import make_output_folder
-from pipeline.errors import describe_os_error
-from pipeline.hashing import canonical_json, sha256_file
-from pipeline.shards import format as fmt
-from pipeline.shards.checksum import write_checksum
-from pipeline.shards.format import ShardError
-from pipeline.shards.layouts import layout_line, write_layout_dataset
-from pipeline.shards.lease import ShardBusy, ShardLease, host_name, read_holder
+from distinit.pipeline.atomic import make_output_folder
+from distinit.pipeline.errors import describe_os_error
+from distinit.pipeline.hashing import canonical_json, sha256_file
+from distinit.pipeline.shards import format as fmt
+from distinit.pipeline.shards.checksum import write_checksum
+from distinit.pipeline.shards.format import ShardError
+from distinit.pipeline.shards.layouts import layout_line, write_layout_dataset
+from distinit.pipeline.shards.lease import ShardBusy, ShardLease, host_name, read_holder
 
 logger = logging.getLogger(__name__)
 

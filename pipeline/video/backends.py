@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import functools
 
-from pipeline.errors import ConfigError, DistinitError, VideoError
-from pipeline.video.segments import DecodePlan
-from pipeline.video.slow_path import warn_slow_fallback
+from distinit.pipeline.errors import ConfigError, DistinitError, VideoError
+from distinit.pipeline.video.segments import DecodePlan
+from distinit.pipeline.video.slow_path import warn_slow_fallback
 
 DECODERS = ("auto", "torchcodec", "pyav", "ffmpeg")
 DECODE_DEVICES = ("cpu", "cuda")
@@ -47,7 +47,7 @@ def unavailable_reason(decoder: str) -> str | None:
             return f"PyAV is not installed ({error})"
         return None
     if decoder == "torchcodec":
-        from pipeline.video.torchcodec_decode import unavailable_reason as torchcodec_reason
+        from distinit.pipeline.video.torchcodec_decode import unavailable_reason as torchcodec_reason
 
         return torchcodec_reason()
     return None
@@ -103,10 +103,10 @@ def decode_segments(decoder: str, plan: DecodePlan, decode_device: str = "cpu"):
     if decoder == "torchcodec":
         return _decode_with_torchcodec(plan, decode_device)
     if decoder == "pyav":
-        from pipeline.video import pyav_decode
+        from distinit.pipeline.video import pyav_decode
 
         return pyav_decode.decode_segments(plan)
-    from pipeline.video import ffmpeg_decode
+    from distinit.pipeline.video import ffmpeg_decode
 
     return ffmpeg_decode.decode_segments(plan)
 
@@ -114,7 +114,7 @@ def decode_segments(decoder: str, plan: DecodePlan, decode_device: str = "cpu"):
 def _decode_with_torchcodec(plan: DecodePlan, decode_device: str):
     fallback = "pyav" if unavailable_reason("pyav") is None else "ffmpeg"
     if plan.layout.seekable:
-        from pipeline.video import torchcodec_decode
+        from distinit.pipeline.video import torchcodec_decode
 
         try:
             return torchcodec_decode.decode_segments(plan, decode_device)

@@ -10,7 +10,7 @@ import functools
 import os
 import shutil
 
-from pipeline.errors import DistinitError
+from distinit.pipeline.errors import DistinitError
 
 
 @functools.lru_cache(maxsize=None)

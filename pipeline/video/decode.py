@@ -25,10 +25,10 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.video.backends import check_decoder, decode_segments, resolve_decoder
-from pipeline.video.probe import FrameLayout, probe_layout
-from pipeline.video.process import check_video_path
-from pipeline.video.segments import (  # noqa: F401  (Segment, plan_segments: re-exported for callers and tests)
+from distinit.pipeline.video.backends import check_decoder, decode_segments, resolve_decoder
+from distinit.pipeline.video.probe import FrameLayout, probe_layout
+from distinit.pipeline.video.process import check_video_path
+from distinit.pipeline.video.segments import (  # noqa: F401  (Segment, plan_segments: re-exported for callers and tests)
     STRATEGIES,
     Deadline,
     DecodePlan,
@@ -37,7 +37,7 @@ from pipeline.video.segments import (  # noqa: F401  (Segment, plan_segments: re
     plan_segments,
     seek_overhead_frames,
 )
-from pipeline.video.slow_path import warn_slow_fallback
+from distinit.pipeline.video.slow_path import warn_slow_fallback
 
 logger = logging.getLogger(__name__)
 

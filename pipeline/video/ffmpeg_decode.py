@@ -20,11 +20,11 @@ import logging
 import ffmpeg
 import numpy as np
 
-from pipeline.errors import VideoError
-from pipeline.video.binary import ffmpeg_binary
-from pipeline.video.probe import FrameLayout
-from pipeline.video.process import GLOBAL_ARGUMENTS, ffmpeg_reason, run_ffmpeg
-from pipeline.video.segments import DecodePlan, Segment, keyframe_seek_microseconds
+from distinit.pipeline.errors import VideoError
+from distinit.pipeline.video.binary import ffmpeg_binary
+from distinit.pipeline.video.probe import FrameLayout
+from distinit.pipeline.video.process import GLOBAL_ARGUMENTS, ffmpeg_reason, run_ffmpeg
+from distinit.pipeline.video.segments import DecodePlan, Segment, keyframe_seek_microseconds
 
 logger = logging.getLogger(__name__)
 

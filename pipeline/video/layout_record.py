@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.video.probe import FrameLayout, VideoInfo
+from distinit.pipeline.video.probe import FrameLayout, VideoInfo
 
 # 2: the file's stamp may carry its content hash ("sha256"); the layout fields are those of version 1.
 RECORD_VERSION = 2

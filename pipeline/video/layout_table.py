@@ -20,9 +20,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.packed import ragged
-from pipeline.video.layout_record import READABLE_VERSIONS
-from pipeline.video.probe import FrameLayout, VideoInfo
+from distinit.pipeline.packed import ragged
+from distinit.pipeline.video.layout_record import READABLE_VERSIONS
+from distinit.pipeline.video.probe import FrameLayout, VideoInfo
 
 
 class LayoutTable:

@@ -32,10 +32,10 @@ import threading
 import ffmpeg
 import numpy as np
 
-from pipeline.errors import VideoError
-from pipeline.video.binary import ffmpeg_binary
-from pipeline.video.process import GLOBAL_ARGUMENTS, check_video_path, ffmpeg_reason, run_ffmpeg
-from pipeline.video.truncation import truncation_problem
+from distinit.pipeline.errors import VideoError
+from distinit.pipeline.video.binary import ffmpeg_binary
+from distinit.pipeline.video.process import GLOBAL_ARGUMENTS, check_video_path, ffmpeg_reason, run_ffmpeg
+from distinit.pipeline.video.truncation import truncation_problem
 
 logger = logging.getLogger(__name__)
 

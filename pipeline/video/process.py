@@ -15,7 +15,7 @@ import stat
 import subprocess
 import threading
 
-from pipeline.errors import VideoError
+from distinit.pipeline.errors import VideoError
 
 logger = logging.getLogger(__name__)
 

@@ -26,12 +26,12 @@ from typing import Iterator
 import av
 import numpy as np
 
-from pipeline.errors import VideoError
-from pipeline.video.decode import SEEKABLE_COPIES_ADVICE
-from pipeline.video.ffmpeg_decode import scale_flags
-from pipeline.video.probe import FrameLayout
-from pipeline.video.segments import Deadline, DecodePlan, Segment, keyframe_seek_microseconds
-from pipeline.video.slow_path import warn_slow_fallback
+from distinit.pipeline.errors import VideoError
+from distinit.pipeline.video.decode import SEEKABLE_COPIES_ADVICE
+from distinit.pipeline.video.ffmpeg_decode import scale_flags
+from distinit.pipeline.video.probe import FrameLayout
+from distinit.pipeline.video.segments import Deadline, DecodePlan, Segment, keyframe_seek_microseconds
+from distinit.pipeline.video.slow_path import warn_slow_fallback
 
 logger = logging.getLogger(__name__)
 

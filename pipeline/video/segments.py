@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.video.probe import FrameLayout
+from distinit.pipeline.video.probe import FrameLayout
 
 MAX_SELECTED_PER_INPUT = 256  # keeps ffmpeg's select expression well inside its and the OS's limits
 # Measured on 2 cores (H.264, 640x360 and 1280x720): one more seeked input in a process costs about as

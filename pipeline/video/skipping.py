@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Hashable
 
-from pipeline.errors import DistinitError, VideoError
+from distinit.pipeline.errors import DistinitError, VideoError
 
 logger = logging.getLogger(__name__)
 

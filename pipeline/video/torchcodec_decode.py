@@ -37,10 +37,10 @@ import logging
 
 import numpy as np
 
-from pipeline.errors import VideoError
-from pipeline.video.probe import FrameLayout
-from pipeline.video.segments import DecodePlan
-from pipeline.video.slow_path import warn_slow_fallback
+from distinit.pipeline.errors import VideoError
+from distinit.pipeline.video.probe import FrameLayout
+from distinit.pipeline.video.segments import DecodePlan
+from distinit.pipeline.video.slow_path import warn_slow_fallback
 
 logger = logging.getLogger(__name__)
 

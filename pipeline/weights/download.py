@@ -27,16 +27,16 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
-from pipeline.errors import ConfigError, OutputError
-from pipeline.weights.files import MissingWeightsError, given_weights_file, torch_hub_checkpoint_path
-from pipeline.weights.network import (  # download_timeout_seconds: also imported from here by teachers
+from distinit.pipeline.errors import ConfigError, OutputError
+from distinit.pipeline.weights.files import MissingWeightsError, given_weights_file, torch_hub_checkpoint_path
+from distinit.pipeline.weights.network import (  # download_timeout_seconds: also imported from here by teachers
     download_timeout_seconds,
     is_network_error,
     no_connections,
     one_line_reason,
     socket_timeout,
 )
-from pipeline.weights.source import WeightsSource
+from distinit.pipeline.weights.source import WeightsSource
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from urllib.parse import urlparse
 
 import torch
 
-from pipeline.errors import DistinitError
-from pipeline.hashing import sha256_file
+from distinit.pipeline.errors import DistinitError
+from distinit.pipeline.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.errors import DistinitError
+from distinit.pipeline.errors import DistinitError
 
 # The reference TensorFlow evaluation: (x - 0.498) / 0.502 on 0..1 RGB (about (pixel - 127) / 128).
 EFFICIENTNET_LITE_MEAN = (0.498, 0.498, 0.498)

@@ -17,7 +17,7 @@ import threading
 import urllib.error
 from typing import Iterator
 
-from pipeline.config import seconds_from_environment
+from distinit.pipeline.config import seconds_from_environment
 
 TIMEOUT_VARIABLE = "DISTINIT_DOWNLOAD_TIMEOUT"
 DEFAULT_TIMEOUT_SECONDS = 20.0  # a stalled connect or read; real downloads never pause this long

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.faults_trials.common import TIMED_OUT, make_video_folder, run_cli
-from pipeline.hashing import sha256_file
-from pipeline.shards import verify
-from pipeline.shards.checksum import checksum_path
+from distinit.pipeline.hashing import sha256_file
+from distinit.pipeline.shards import verify
+from distinit.pipeline.shards.checksum import checksum_path
 
 RERUN_TIMEOUT_SECONDS = 120.0
 SKIPPED_VIDEOS_IN_THE_HEAP = b'[{"path":"'  # the JSON list of skipped videos, a global-heap object

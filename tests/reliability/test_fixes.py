@@ -12,11 +12,11 @@ import sys
 import numpy as np
 import pytest
 
-from distill.checkpoint import tidy_for_resume, trim_epoch_log
-from extract.decode_worker import aspect_problem
-from pipeline.atomic import atomic_write_text, leftover_temporary_files, make_output_folder, remove_leftover_temporary_files
-from pipeline.errors import OutputError
-from pipeline.shards import ShardWriter, write_manifest
+from distinit.distill.checkpoint import tidy_for_resume, trim_epoch_log
+from distinit.extract.decode_worker import aspect_problem
+from distinit.pipeline.atomic import atomic_write_text, leftover_temporary_files, make_output_folder, remove_leftover_temporary_files
+from distinit.pipeline.errors import OutputError
+from distinit.pipeline.shards import ShardWriter, write_manifest
 
 
 def test_leftover_temp_files_of_killed_writes_are_found_per_target(tmp_path):
@@ -91,7 +91,7 @@ def test_verify_does_not_hang_on_a_damaged_attribute_heap(tmp_path):
 SHARD_ON_A_FULL_DISK = """
 import sys
 import numpy as np
-from pipeline.shards import ShardError, ShardWriter
+from distinit.pipeline.shards import ShardError, ShardWriter
 teacher = {"name": "t", "outputs": [{"name": "logits", "shape": [1000], "dtype": "float32", "kind": "logits"}]}
 attributes = {"dataset": "d", "stage_key": "k", "code_version": "c", "sampling": {}}
 try:
