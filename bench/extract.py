@@ -58,7 +58,7 @@ if __name__ != "__mp_main__":
     from distinit.pipeline.video import ffmpeg_binary, output_size, probe
 
     # The module, not the function `pipeline.video.probe` that its package exports under the same name.
-    probe_module = sys.modules["pipeline.video.probe"]
+    probe_module = sys.modules["distinit.pipeline.video.probe"]
 
 # ------------------------------------------------------------------ timing helpers
 

@@ -3,6 +3,9 @@
 # 4 clips per process per step) from each tree's own stage-one extraction of the demo pool, before the change (a
 # worktree of the given commit) and after (this tree); prints how many weight tensors differ. Issue 21's check:
 #     bash bench/same_weights.sh c7ae68b           # ~6 min on 2 cores (the demo data made first if missing)
+# A tree from before issue 22 imports its stages as top-level `pipeline`, ...; a later one as `distinit.pipeline`, ...:
+# each runs from a folder whose distinit/ links to the tree's stage folders, first on PYTHONPATH (ahead of the venv's
+# editable install of this checkout).
 set -euo pipefail
 BEFORE=${1:?usage: bench/same_weights.sh <commit before the change> [work folder]}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,10 +17,14 @@ mkdir -p "$OUT"
 for side in before after; do
   tree=$([ $side = before ] && echo "$OUT/before-tree" || echo "$ROOT")
   cd "$tree"
-  [ -f "$OUT/$side-targets/demo/latest" ] || PYTHONPATH=$tree $PY -m pipeline extract --config configs/extract.yaml \
+  shim=$OUT/$side-shim/distinit
+  mkdir -p "$shim" && for stage in pipeline extract distill evaluate; do ln -sfn "$tree/$stage" "$shim/$stage"; done
+  module=$(grep -q '"distinit.pipeline"' "$tree/pyproject.toml" && echo distinit.pipeline || echo pipeline)
+  export PYTHONPATH=$OUT/$side-shim:$tree
+  [ -f "$OUT/$side-targets/demo/latest" ] || $PY -m $module extract --config configs/extract.yaml \
     --data demo --root "$ROOT/data/demo" --out "$OUT/$side-targets"
   rm -rf "$OUT/$side-runs"
-  PYTHONPATH=$tree OMP_NUM_THREADS=1 $PY -m torch.distributed.run --nproc_per_node 2 -m pipeline distill \
+  OMP_NUM_THREADS=1 $PY -m torch.distributed.run --nproc_per_node 2 -m $module distill \
     --config configs/demo-distill.yaml --targets "$OUT/$side-targets/demo" --out "$OUT/$side-runs" --epochs 2 \
     --batch-size 4 --workers 1 --device cpu --no-tensorboard --no-progress
 done

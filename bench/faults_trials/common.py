@@ -1,7 +1,7 @@
 """What every kind of fault trial needs: running the real CLI, judging its error output, hashing trees,
 making tiny videos, and the records a trial hands back.
 
-The CLI runs as a subprocess (`python -m pipeline`), as a user would run it, so a kill is a real
+The CLI runs as a subprocess (`python -m distinit.pipeline`), as a user would run it, so a kill is a real
 SIGKILL and an error is what a terminal would show. Subprocesses get one torch thread: the runs are
 tiny, and on a busy 2-core machine torch's spinning threads made a 4 s extraction take 11 s (measured).
 """

@@ -82,7 +82,7 @@ def test_verify_does_not_hang_on_a_damaged_attribute_heap(tmp_path):
     assert text > 16
     data[text - 8] ^= 0x20  # the heap object's 8-byte size field precedes its bytes
     shard.write_bytes(bytes(data))
-    script = "import sys; from pipeline.shards import verify; print('\\n'.join(verify(sys.argv[1])))"
+    script = "import sys; from distinit.pipeline.shards import verify; print('\\n'.join(verify(sys.argv[1])))"
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "shard-00000-of-00001.h5: sha256" in done.stdout
