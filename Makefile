@@ -3,7 +3,7 @@
 #
 # Stages re-run only when something they depend on changed: `distinit stamps` rewrites
 # $(STAMPS)/<stage>.key only when that stage's key (its config, the keys of the stages it reads,
-# its code version; pipeline/stages.py) changed, and each stage's rule below depends on its .key
+# its code version; pipeline/stages/graph.py) changed, and each stage's rule below depends on its .key
 # and on the .done of each stage it reads ($(STAMPS)/<stage>.needs names them). `make status` says
 # which stages are stale and why.
 #

@@ -59,8 +59,8 @@ from distinit.pipeline.preemption import (Preempted, PreemptionWatch, ignore_pre
                                  requeue_job)
 from distinit.pipeline.prepared.manifest import sealed_folder
 from distinit.pipeline.provenance import git_state, write_provenance
-from distinit.pipeline.stages import distill_stage_inputs
-from distinit.pipeline.stamps import STAGE_RECORD, read_stamp, write_stage_record
+from distinit.pipeline.stages.graph import distill_stage_inputs
+from distinit.pipeline.stages.stamps import STAGE_RECORD, read_stamp, write_stage_record
 from distinit.pipeline.shards import MANIFEST_NAME
 
 logger = logging.getLogger(__name__)
@@ -352,7 +352,7 @@ def run_provenance(context: DistributedContext, store, targets_dir: Path, finger
 
 
 def record_stage_key(run_dir: Path, config: DistillConfig, targets_dir: Path, world_size: int) -> None:
-    """Record in the finished run the distill stage key it was made under (pipeline.stamps: make adopts the run,
+    """Record in the finished run the distill stage key it was made under (pipeline.stages.stamps: make adopts the run,
     however it was launched), from the extract key its targets record (targets sealed before extract recorded one:
     nothing to record, make re-runs the stage, which finds this run done)."""
     extract = read_stamp(targets_dir / STAGE_RECORD)

@@ -32,7 +32,7 @@ CODE_VERSION = "eval-3"
 NOT_IN_KEY = ("root", "splits_dir", "out", "workers", "device", "threads", "save_weights", "max_decode_failures",
               "allow_test_overlap", "prepared", "decoder", "decode_device")
 # Which runs to make, not what a run gives: each (split, seed) run is stored under its own name in the results
-# folder, so asking for seeds 0-9 after 0-2 reuses the first three. Stage keys (pipeline/stages.py) add them back.
+# folder, so asking for seeds 0-9 after 0-2 reuses the first three. Stage keys (pipeline/stages/graph.py) add them back.
 RUN_SELECTION = ("splits", "seeds")
 
 # What a run scored on test does not depend on (they only chose its lr and stop_epoch), and what a tuning curve on

@@ -39,8 +39,8 @@ from distinit.pipeline.datasets.selection import selected_listing
 from distinit.pipeline.errors import DistinitError
 from distinit.pipeline.preemption import Preempted, PreemptionWatch, preempted_message, requeue_job
 from distinit.pipeline.provenance import write_provenance
-from distinit.pipeline.stages import demo_data_key_of, extract_stage_inputs
-from distinit.pipeline.stamps import write_stage_record
+from distinit.pipeline.stages.graph import demo_data_key_of, extract_stage_inputs
+from distinit.pipeline.stages.stamps import write_stage_record
 from distinit.pipeline.shards import (
     MANIFEST_NAME, ShardBusy, ShardWriter, compute_stage_key, output_key, parse_shard_name, partition_videos,
     read_manifest, shard_files, shard_name, verify_shard, write_manifest,

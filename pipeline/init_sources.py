@@ -1,6 +1,6 @@
 """What an eval INIT names, and what identifies its weights, told without importing torch.
 
-make's stage keys (pipeline/stages.py) are computed on every `make` call, so they read files and package
+make's stage keys (pipeline/stages/graph.py) are computed on every `make` call, so they read files and package
 data but never build a network (importing torch alone takes seconds). An INIT is one of:
 
     scratch                       nothing to identify beyond the eval options (student, width)

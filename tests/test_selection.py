@@ -11,7 +11,7 @@ from distinit.extract.config import ExtractConfig
 from distinit.pipeline.datasets import load_dataset
 from distinit.pipeline.datasets.selection import select_records
 from distinit.pipeline.errors import ConfigError, DatasetError
-from distinit.pipeline.stages import manifest_hash_of
+from distinit.pipeline.stages.graph import manifest_hash_of
 
 
 def test_split_filter_keeps_only_that_splits_roles(tmp_path):
@@ -56,7 +56,7 @@ def test_three_split_selection_leaves_out_every_test_list(tmp_path):
 
 
 def test_split_roles_do_not_enter_the_extract_key_without_a_split():
-    from distinit.pipeline.stages import PipelineSpec, extract_inputs
+    from distinit.pipeline.stages.graph import PipelineSpec, extract_inputs
 
     def key(*pairs):
         spec = PipelineSpec(stamps_dir=".stamps/demo", data="demo", extract_set=tuple(pairs))
@@ -82,7 +82,7 @@ def test_labeled_extract_without_split_is_refused(tmp_path, data):
 
     from dataset_fixtures import make_ucf101
     from distinit.pipeline.cli import main
-    from distinit.pipeline.stages import PipelineSpec, extract_inputs
+    from distinit.pipeline.stages.graph import PipelineSpec, extract_inputs
 
     layout = make_hmdb51(tmp_path) if data == "hmdb51" else make_ucf101(tmp_path)
     with pytest.raises(ConfigError, match=f"data {data}: no split chosen") as refused:

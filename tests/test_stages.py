@@ -16,8 +16,8 @@ from dataset_fixtures import make_hmdb51, make_kinetics, write_video
 
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.hashing import sha256_file
-from distinit.pipeline.stages import PipelineSpec, StageInputs, distill_process_count, full_plan, stage_plan
-from distinit.pipeline.stamps import done_path, key_path, read_stamp, stage_status, update_stamps, write_stage_record
+from distinit.pipeline.stages.graph import PipelineSpec, StageInputs, distill_process_count, full_plan, stage_plan
+from distinit.pipeline.stages.stamps import done_path, key_path, read_stamp, stage_status, update_stamps, write_stage_record
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("demo-data.yaml", "extract.yaml", "demo-distill.yaml", "demo-eval.yaml", "distill.yaml", "eval.yaml")

@@ -27,7 +27,7 @@ from distinit.pipeline.config import load_config, parse_overrides
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.shards import TargetStore, verify
 from distinit.pipeline.shards.header import open_read_only
-from distinit.pipeline.stages import PipelineSpec, extract_inputs
+from distinit.pipeline.stages.graph import PipelineSpec, extract_inputs
 from distinit.pipeline.video.binary import ffmpeg_binary
 
 KIND = "imagenet-torchvision"

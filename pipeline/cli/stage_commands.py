@@ -7,7 +7,7 @@ import dataclasses
 import click
 
 from distinit.pipeline.cli import main
-from distinit.pipeline.stages import STAGES
+from distinit.pipeline.stages.graph import STAGES
 
 
 def _spec_options(command):
@@ -54,7 +54,7 @@ def _spec_options(command):
 def _spec(options: dict):
     """The PipelineSpec of the options; INIT and INITS default to the distill output of the distill config."""
     from distinit.pipeline.errors import ConfigError
-    from distinit.pipeline.stages import PipelineSpec, distill_output_folder, distill_process_count
+    from distinit.pipeline.stages.graph import PipelineSpec, distill_output_folder, distill_process_count
 
     data = options["data"]
     try:
@@ -86,8 +86,8 @@ def _spec(options: dict):
 @_spec_options
 def status(**options) -> None:
     """Print every stage: up to date, stale (and what changed), missing, or not set up (which variable to set)."""
-    from distinit.pipeline.stages import full_plan
-    from distinit.pipeline.stamps import stage_status
+    from distinit.pipeline.stages.graph import full_plan
+    from distinit.pipeline.stages.stamps import stage_status
 
     spec = _spec(options)
     for entry in stage_status(full_plan(spec), spec.stamps_dir):
@@ -99,9 +99,9 @@ def status(**options) -> None:
 @main.command()
 @_spec_options
 def stamps(**options) -> None:
-    """Rewrite the stamp file of each stage whose key changed (make's dependencies; see pipeline/stamps.py)."""
-    from distinit.pipeline.stages import stage_plan
-    from distinit.pipeline.stamps import update_stamps
+    """Rewrite the stamp file of each stage whose key changed (make's dependencies; see pipeline/stages/stamps.py)."""
+    from distinit.pipeline.stages.graph import stage_plan
+    from distinit.pipeline.stages.stamps import update_stamps
 
     spec = _spec(options)
     adopted: list[str] = []

@@ -1,6 +1,6 @@
 """Stamp files that let make re-run exactly the stale stages, and the `distinit status` report.
 
-For each stage, `<stamps>/<stage>.key` holds its current inputs and key (pipeline/stages.py) and is
+For each stage, `<stamps>/<stage>.key` holds its current inputs and key (pipeline/stages/graph.py) and is
 rewritten only when the key changes, so its modification time is "when this stage's inputs last
 changed". A stage's make rule depends on its `.key` (and on the upstream `.done`) and, once the stage
 has succeeded, copies `.key` to `<stage>.done`: the record of what the outputs were made from.
@@ -9,7 +9,7 @@ A `.done` whose output folder has since disappeared is removed, so make re-runs 
 
 What ran without make (an sbatch array extract, a multi-node distill, a run by hand) is adopted: extract and
 distill record the key they were made under in the folder they seal (STAGE_RECORD, computed from their own config
-by the functions pipeline/stages.py plans with), and a stage whose sealed output records the key make wants is
+by the functions pipeline/stages/graph.py plans with), and a stage whose sealed output records the key make wants is
 done, however it was launched: `.done` is written for it, nothing re-runs and nothing is re-verified.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from distinit.pipeline.atomic import atomic_write_text
-from distinit.pipeline.stages import STAGES, NotSetUp, StageInputs, stage_key
+from distinit.pipeline.stages.graph import STAGES, NotSetUp, StageInputs, stage_key
 
 
 @dataclasses.dataclass(frozen=True)

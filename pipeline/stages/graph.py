@@ -3,7 +3,7 @@
 A stage's inputs are its own config (the options that can change its output), what it reads from the
 stage before it (that stage's key, or a dataset's manifest hash for data nobody generated) and its code
 version. The key is a hash of those inputs, computed from configs alone, before anything runs, so the
-Makefile can decide what is stale without starting a stage (pipeline/stamps.py writes the stamp files).
+Makefile can decide what is stale without starting a stage (pipeline/stages/stamps.py writes the stamp files).
 
     demo-data ──> extract ──> distill ──┬──> compare    (scratch / inflated / DistInit on HMDB-51)
     (DATA=demo)     ^ or a dataset's  ^ ├──> eval-hmdb  (one INIT on HMDB-51)
