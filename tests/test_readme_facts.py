@@ -1,4 +1,4 @@
-"""Figures the README states about the defaults agree with the configs and dataclasses they describe."""
+"""Figures the docs state about the defaults agree with the configs and dataclasses they describe."""
 
 from __future__ import annotations
 
@@ -11,16 +11,18 @@ import yaml
 from distinit.distill.config import DistillConfig
 
 ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def test_readme_temperature_matches_the_configs():
-    readme = (ROOT / "README.md").read_text()
+def test_the_stated_temperatures_match_the_configs():
+    loss_page = (ROOT / "docs" / "distill.md").read_text()  # stage two's "The loss"
     stated = dict((config, float(value)) for value, config in
-                  re.findall(r"T = ([0-9.]+) \(`(configs/[a-z-]+\.yaml)`", readme))
+                  re.findall(r"T = ([0-9.]+) \(`(configs/[a-z-]+\.yaml)`", loss_page))
     assert set(stated) == {"configs/distill.yaml", "configs/demo-distill.yaml"}, stated
     for config, value in stated.items():
         assert yaml.safe_load((ROOT / config).read_text())["temperature"] == value, config
     default = {field.name: field.default for field in dataclasses.fields(DistillConfig)}["temperature"]
     assert stated["configs/distill.yaml"] == default
-    # No other sentence may call a temperature "the default".
-    assert not re.search(r"T = [0-9.]+, the default", readme)
+    # No other sentence, on any page, may call a temperature "the default".
+    for page in PAGES:
+        assert not re.search(r"T = [0-9.]+, the default", page.read_text()), page.name
