@@ -224,7 +224,7 @@ def summarise_copies(prepared: dict[str, Any], group: set[str]) -> dict[str, Any
 
 def verdict(copies: dict[str, Any], decode: dict[str, Any]) -> dict[str, Any]:
     """Per variant against the baseline, on the Kinetics-like videos: CPU per clip with PyAV (stage two's
-    backend for copies), bytes, PSNR. Whether one wins is the README's call; these are its figures."""
+    backend for copies), bytes, PSNR. Whether one wins is docs/benchmarks.md's call; these are its figures."""
     pyav = decode["pyav"]
     return {variant: {"pyav_cpu_ratio": pyav[variant][f"cpu_ratio_to_{BASELINE}"]["of_means"],
                       "pyav_wall_ratio": pyav[variant][f"wall_ratio_to_{BASELINE}"]["of_means"],

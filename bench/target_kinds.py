@@ -1,7 +1,7 @@
 """Which targets should a student learn from a classifier teacher: its logits, its pooled features, or both?
 
 On the demo, distil the tiny student three times from EfficientNet-Lite0 (`outputs=logits`, `embedding`,
-`logits,embedding`; `make demo` with its own STAMPS/RESULTS/DISTILL_OUT each, see README), then run this:
+`logits,embedding`; `make demo` with its own STAMPS/RESULTS/DISTILL_OUT each, see docs/benchmarks.md), then run this:
 it finetunes every run on the demo's camera-motion classes with the demo's eval config (the runs `make demo`
 already finished are reused from results/eval/), and writes each row's video top-1 with the paired
 difference against scratch and against the logits run (same seed, same test videos; bootstrap interval,

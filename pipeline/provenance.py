@@ -52,7 +52,7 @@ def cpu_model() -> str | None:
 
 def compute_environment() -> dict[str, Any]:
     """What float results depend on beyond the code: the CPU, torch and its BLAS/LAPACK build, the GPU. A re-run on
-    the same machine repeats a result bit for bit; another CPU or BLAS may not (README: reproducibility)."""
+    the same machine repeats a result bit for bit; another CPU or BLAS may not (docs/results.md, "Reproducibility")."""
     import torch
 
     config = torch.__config__.show()

@@ -1,4 +1,4 @@
-"""The README's cluster recipes against a real one-node SLURM (tests/slurm_cluster.py), on the reduced demo: the
+"""The cluster recipes (README, docs/cluster.md) against a real one-node SLURM (tests/slurm_cluster.py), on the reduced demo: the
 array extract with its afterok finalize writes the shards one `make extract` writes; distill as two srun tasks, each
 a torchrun node of one process (gloo, c10d rendezvous), is sent USR1 mid-run, requeues itself and ends with the
 weights of an uninterrupted run; make then knows what the cluster ran (only eval would run), and the eval fan-out

@@ -15,7 +15,7 @@ DETECTION_BACKENDS = ("auto", "detectron2", "torchvision")
 # The short side frames are decoded at and the detectors test at (both backends alike), unless min_size says
 # otherwise. Not Detectron2's and torchvision's 800: video frames are small (Kinetics ~256 px short side), and
 # at 800 a 340x256 frame is upscaled ~3x and a CPU run costs ~5 s per frame per teacher, 2x the cost at 512
-# (measured, README). 512 is a 2x upscale of such frames, within 0.8x of the 640-800 px COCO trained at;
+# (measured: docs/teachers.md, "Test size of the COCO teachers"). 512 is a 2x upscale of such frames, within 0.8x of the 640-800 px COCO trained at;
 # min_size=800 gives the frameworks' own test size.
 DEFAULT_DETECTION_SHORT_SIDE = 512
 
