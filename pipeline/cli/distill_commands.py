@@ -76,15 +76,21 @@ def distill(config_path, overrides, loss_weights, no_progress, **options) -> Non
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Trunk state_dict to write (.pt).")
-def export(checkpoint: str, out: str) -> None:
-    """Write a checkpoint's trunk as a plain state_dict for its reference model (+ heads beside it)."""
+@click.option("--out", required=True, type=click.Path(),
+              help="safetensors: the folder to write (model.safetensors, config.json, heads.safetensors); pt: the .pt file.")
+@click.option("--format", "export_format", type=click.Choice(["safetensors", "pt"]), default=None,
+              help="safetensors (the default; pt when --out ends in .pt or .pth): see docs/export.md.")
+def export(checkpoint: str, out: str, export_format: str | None) -> None:
+    """Write a checkpoint's trunk for its reference model (torchvision's video model), with its config and heads."""
     from distinit.distill.export import export_trunk
 
-    result = export_trunk(checkpoint, out)
+    result = export_trunk(checkpoint, out, export_format)
     click.echo(f"trunk -> {result['trunk']} (loads into {result['loads_into']}; "
                f"missing only {', '.join(result['missing_keys'])})")
-    click.echo(f"heads -> {result['heads']}")
+    if result["config"] is not None:
+        click.echo(f"config -> {result['config']}")
+    if result["heads"] is not None:
+        click.echo(f"heads -> {result['heads']}")
 
 
 @main.command()
