@@ -222,6 +222,9 @@ def read_export(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[
     """A safetensors export (its folder, or the model.safetensors in it) -> (trunk state_dict, config.json), checked:
     the config is an export's and lists the weights' sha256."""
     path = Path(path)
+    if path.suffix in PT_SUFFIXES:
+        raise ConfigError(f"{path}: a --format pt trunk, which has no config.json; this needs the safetensors export "
+                          "(distinit export CKPT --out DIR)")
     folder, weights = (path, path / MODEL_FILE) if path.is_dir() else (path.parent, path)
     if not weights.is_file():
         raise ConfigError(f"{weights}: not found; pass the folder `distinit export` wrote, or its {MODEL_FILE}")

@@ -274,3 +274,5 @@ def test_safetensors_export_refusals(tmp_path):
         read_export(broken)
     with pytest.raises(ConfigError, match=r"nowhere/model.safetensors: not found; pass the folder"):
         read_export(tmp_path / "nowhere" / "model.safetensors")
+    with pytest.raises(ConfigError, match=r"trunk.pt: a --format pt trunk, which has no config.json"):
+        load_export(tmp_path / "trunk.pt")
