@@ -104,7 +104,7 @@ def run_child(part: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]
 
 # ---------------------------------------------------------------------------------------------- children
 def child_context(config):
-    from distinit.distill.distributed import DistributedContext
+    from distinit.pipeline.training.distributed import DistributedContext
     from distinit.pipeline.devices import resolve_device
 
     return DistributedContext(rank=0, world_size=1, local_rank=0, device=resolve_device(config.device))
@@ -269,16 +269,17 @@ def profiled_epoch(config, train_ids, order, cache_folder) -> tuple[dict[str, An
     """One epoch of samples in the sampler's order, in this process, with the dataset's stages timed."""
     from torch.utils.data import default_collate
 
-    import distinit.distill.augment
     import distinit.distill.data
     from distinit import distill
-    from distinit.distill.data import ClipSpec, TargetClipDataset
+    from distinit.pipeline.clips import normalisation
+    from distinit.distill.data import TargetClipDataset
+    from distinit.pipeline.clips.spec import ClipSpec
     from distinit.distill.targets_folder import resolve_targets_dir
 
     clock = StageClock()
     patched = {(distill.data, "probe"): "probe (one ffmpeg run per video)", (distill.data, "read_clip"): "decode clip (ffmpeg)",
                (distill.data, "aggregate_targets"): "aggregate targets",
-               (distill.augment, "rgb_to_tensor"): "normalise to float tensor"}
+               (normalisation, "rgb_to_tensor"): "normalise to float tensor"}
     originals = {key: getattr(*key) for key in patched}
     clip = ClipSpec(frames=config.frames, stride=config.stride, short_side=config.short_side, crop=config.crop)
     dataset = TargetClipDataset(resolve_targets_dir(config.targets), train_ids, clip, train=True,
@@ -327,7 +328,8 @@ def grouped_decode(config, clip_starts: dict[str, list[float]]) -> dict[str, Any
     dataset decodes); the probe is cached on both sides, and the frames must be identical."""
     import numpy as np
 
-    from distinit.distill.data import ClipSpec, open_targets, video_paths
+    from distinit.distill.data import open_targets, video_paths
+    from distinit.pipeline.clips.spec import ClipSpec
     from distinit.distill.targets_folder import resolve_targets_dir
     from distinit.pipeline.video import probe, read_clip, read_frames
 
@@ -362,7 +364,7 @@ def child_profile(spec: dict[str, Any]) -> dict[str, Any]:
     """Stage breakdown of one epoch (no cache), then of two epochs with a fresh cache (build, then read)."""
     from distinit.distill.config import DistillConfig
     from distinit.distill.data import open_targets, split_videos
-    from distinit.distill.sampler import ResumableSampler
+    from distinit.pipeline.clips.sampler import ResumableSampler
     from distinit.distill.targets_folder import resolve_targets_dir
 
     torch.set_num_threads(1)  # as in a DataLoader worker

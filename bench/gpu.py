@@ -116,7 +116,7 @@ def teacher_images_per_second(label: str, videos: list[Path], device: torch.devi
 
 # ------------------------------------------------------------------------------------------ students and loader
 def context_for(device: torch.device):
-    from distinit.distill.distributed import DistributedContext
+    from distinit.pipeline.training.distributed import DistributedContext
 
     return DistributedContext(rank=0, world_size=1, local_rank=0, device=device)
 
@@ -126,7 +126,7 @@ def step_clips_per_second(config_options: dict[str, Any], seconds: float, warmup
     from tqdm import tqdm
 
     from distinit.distill.config import DistillConfig
-    from distinit.distill.device_step import use_fast_kernels
+    from distinit.pipeline.training.device_step import use_fast_kernels
     from distinit.distill.heads import head_specs_from_teachers
     from distinit.distill.losses import DistillationLoss
     from distinit.distill.students import create_student

@@ -16,7 +16,7 @@ either this repository or --before and time, per clip, with torch on one thread 
                       the graph kept across clips);
   after_decode_to_batch  the same samples and collate again, read_clip replaced by a lookup of the frames it gave:
                       crop, flip, the clip tensor, collate, and the dataset's own bookkeeping (layout lookup, rng);
-  to_device_cpu       distill.augment.video_to_device of that batch on the CPU (a CPU run's mirror + normalisation).
+  to_device_cpu       pipeline.clips.views.video_to_device of that batch on the CPU (a CPU run's mirror + normalisation).
 Rounds alternate between the two code trees, so both meet the same load; reported are medians over rounds of each
 round's mean, per clip: wall milliseconds and process CPU milliseconds (time.process_time: this process's user +
 system time, which other work on the machine does not inflate as it does wall time). "compared" pairs the medians
@@ -81,8 +81,9 @@ def child(options: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)  # as in a DataLoader worker
     os.sched_setaffinity(0, {options["core"]})
-    from distinit.distill import augment
-    from distinit.distill.windows import ClipSpec
+    from distinit.pipeline.clips.normalisation import VIDEO_NORMALISATION
+    from distinit.pipeline.clips.spec import ClipSpec
+    from distinit.pipeline.clips.views import video_to_device
     from distinit.evaluate import clips as clips_module
     from distinit.evaluate.clips import TrainingClips
     from distinit.pipeline.datasets import VideoRecord
@@ -126,7 +127,7 @@ def child(options: dict[str, Any]) -> dict[str, Any]:
     def to_device():
         for batch in batches:
             flipped = {"flipped": batch["flipped"]} if "flipped" in batch else {}
-            augment.video_to_device(batch["video"], device, augment.VIDEO_NORMALISATION, **flipped)
+            video_to_device(batch["video"], device, VIDEO_NORMALISATION, **flipped)
 
     to_device()  # warm-up
     _, device_wall, device_cpu = timed(to_device)

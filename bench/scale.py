@@ -168,7 +168,7 @@ def measure_memory(targets: Path, workers: int, batches: int) -> dict[str, Any]:
     import torch
 
     from distinit.distill.clip_videos import freeze_for_workers
-    from distinit.distill.sampler import ResumableSampler
+    from distinit.pipeline.clips.sampler import ResumableSampler
 
     train_set, _, _ = datasets(targets)
     freeze_for_workers()  # as distill.train.build_loaders does
@@ -224,7 +224,7 @@ def measure_reads(targets: Path, clips: int) -> dict[str, Any]:
 def measure_loader(targets: Path, workers: int, clips: int) -> dict[str, Any]:
     import torch
 
-    from distinit.distill.sampler import ResumableSampler
+    from distinit.pipeline.clips.sampler import ResumableSampler
 
     train_set, _, _ = datasets(targets)
     loader = torch.utils.data.DataLoader(train_set, sampler=ResumableSampler(len(train_set), shuffle=True, seed=0),

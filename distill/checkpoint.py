@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from distinit.distill.config import DistillConfig
-from distinit.distill.distributed import DistributedContext
-from distinit.distill.seeding import own_rng_state, restore_rng_states
+from distinit.pipeline.training.distributed import DistributedContext
+from distinit.pipeline.training.seeding import own_rng_state, restore_rng_states
 from distinit.pipeline.atomic import atomic_path, atomic_write_text, remove_leftover_temporary_files
 from distinit.pipeline.errors import DistinitError, output_error
 from distinit.pipeline.init_sources import CHECKPOINT_LAST

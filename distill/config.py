@@ -10,8 +10,8 @@ from distinit.pipeline.video.backends import check_decoder, decoder_key
 
 # Bump when a change to stage two's code changes what a run produces (part of the run key).
 # distill-3: crops drawn inside the teachers' view; checkpoints record pretraining videos' content hashes.
-# distill-4: an epoch is cut into steps of the global batch (distill.sampler.GlobalBatchSampler: every step full,
-# the same micro-batches for any number of processes), with gradient accumulation; runs are keyed by global batch.
+# distill-4: an epoch is cut into steps of the global batch (pipeline.clips.sampler.GlobalBatchSampler: every step
+# full, the same micro-batches for any number of processes), with gradient accumulation; runs are keyed by global batch.
 CODE_VERSION = "distill-4"
 
 # Options that change speed or where things are, never the trained weights: left out of the run key. The targets
@@ -43,7 +43,7 @@ class DistillConfig:
     crop: int = 112
     # At least this fraction of the crop's area lies inside the part of the frame the teachers feeding the loss saw
     # (their view boxes, e.g. a classifier's centre square; where the box is narrower than the crop, as much as fits,
-    # centred on it); 0.0 draws the crop anywhere in the frame, as before. distill.augment.crop_box. Not 1.0 by
+    # centred on it); 0.0 draws the crop anywhere in the frame, as before. pipeline.clips.views.crop_box. Not 1.0 by
     # default: with the usual geometry (crop 112 of short side 128, teachers' 224 of 256) the one crop wholly inside
     # a classifier's view is its centre, so 1.0 leaves no spatial jitter; 0.8 keeps jitter and at most a fifth of
     # the crop outside what produced the target.

@@ -9,7 +9,7 @@ Sample `index` is clip `index // len(video_ids)` of video `video_ids[index % len
 
 The crop keeps at least `crop_in_teacher_view` of its area inside the intersection of the view boxes (the part
 of the frame each teacher saw, stored by stage one) of the teachers that feed the loss (a head, a weight > 0);
-0 draws it anywhere (distill.augment.crop_box).
+0 draws it anywhere (pipeline.clips.views.crop_box).
 
 "targets" holds the outputs the student's heads learn and their masks' flags (`target_reads`; `target_outputs`
 names others, e.g. every output of the store), and only the window's rows of them are read; a pose teacher's
@@ -20,15 +20,15 @@ rank and shares between its sets; samples address videos by its table positions.
 `shuffle_targets` another video's (distill.shuffled_targets, the control that trains on wrong targets).
 "video" is RGB bytes as decoded, (T, H, W, 3) uint8 (a view of the crop: the DataLoader's collate makes the one
 host copy), which the trainer mirrors where "flipped" says and normalises on the device with the student's input
-normalisation (distill.augment.video_to_device); or flow x, y in [-1, 1], (2, T, H, W) float32, mirrored here.
+normalisation (pipeline.clips.views.video_to_device); or flow x, y in [-1, 1], (2, T, H, W) float32, mirrored here.
 "flipped": the sample is mirrored left-right (its targets already are). "index" is the sample actually
 returned: when a video fails to decode, the next sample stands in (see __getitem__).
-Window placement and aggregation: distill.windows; crop/flip: distill.augment; keypoint heatmaps:
-distill.keypoint_heatmaps; flow: distill.flow; `cache_clips`: distill.clip_cache.
+Window placement and aggregation: distill.windows; crop/flip: pipeline.clips.views (of view boxes and targets:
+distill.augment); keypoint heatmaps: distill.keypoint_heatmaps; flow: distill.flow; `cache_clips`: distill.clip_cache.
 
 Randomness is a function of (seed, epoch, index) only, never of the worker or of the order samples are
 drawn in, so any number of DataLoader workers yields the same samples. A key is an (index, epoch) pair, as
-distill.sampler.ResumableSampler yields them, so persistent workers (whose copy of the dataset never sees
+pipeline.clips.sampler.ResumableSampler yields them, so persistent workers (whose copy of the dataset never sees
 the main process's set_epoch) draw each epoch's samples; a plain index takes the epoch of `set_epoch`.
 
 Nothing that cannot cross a fork or a pickle is held open: the TargetStore reopens its HDF5 files per
@@ -53,13 +53,15 @@ from distinit.distill.clip_cache import ClipCache
 from distinit.distill.heads import head_specs_from_teachers
 from distinit.distill.keypoint_heatmaps import KeypointTarget, keypoint_targets, render_window, rendered_teachers
 from distinit.distill.losses import resolve_loss_weights
-from distinit.distill.sampler import sample_key
 from distinit.distill.shuffled_targets import donor_rows_in_window, target_donors
 from distinit.distill.windows import (
-    TARGET_AGGREGATIONS, ClipSpec, aggregate_targets, eval_window_start, frames_in_window, heatmap_flags,
+    TARGET_AGGREGATIONS, aggregate_targets, eval_window_start, frames_in_window, heatmap_flags,
     teacher_frame_indices, train_window_start,
 )
 from distinit.distill.clip_videos import ClipVideos, build_clip_videos, table_positions, video_files, video_paths, video_sizes
+from distinit.pipeline.clips import views
+from distinit.pipeline.clips.sampler import sample_key
+from distinit.pipeline.clips.spec import ClipSpec
 from distinit.pipeline.errors import ConfigError, DistinitError, VideoError
 from distinit.pipeline.shards import ShardError, TargetStore, verify
 from distinit.pipeline.shards.header import output_keys
@@ -299,17 +301,17 @@ class TargetClipDataset(torch.utils.data.Dataset):
         pixels = self._pixels(position, start, fps, cached, layout)  # (T, H, W, 3) uint8 RGB or (T, H, W, 2) float16 flow
         height, width = pixels.shape[1:3]
         view = self._view_box(position)  # of the video whose pixels these are, also when its targets are another's
-        top, left = augment.crop_box(height, width, self.clip.crop, rng if self.train else None, view_box=view,
+        top, left = views.crop_box(height, width, self.clip.crop, rng if self.train else None, view_box=view,
                                      min_inside=self.crop_in_teacher_view)
-        pixels = augment.crop_frames(pixels, top, left, self.clip.crop)
-        flipped = self.train and rng.random() < augment.FLIP_PROBABILITY
+        pixels = views.crop_frames(pixels, top, left, self.clip.crop)
+        flipped = self.train and rng.random() < views.FLIP_PROBABILITY
         # Keypoints -> heatmaps over this crop, in pixels of the frame at the clip's short side.
         window_rows = render_window(stored_rows, self.keypoint_targets, height, width, top, left, self.clip.crop)
         targets = aggregate_targets(
             window_rows, self.output_kinds, self.target_agg, rng, self.heatmap_masks, self.temperature,
         )
         if self.clip.modality == "rgb":
-            video = augment.rgb_clip_tensor(pixels)  # (T, H, W, 3), a view; mirrored on the device when flipped
+            video = views.rgb_clip_tensor(pixels)  # (T, H, W, 3), a view; mirrored on the device when flipped
         else:
             # Mirroring the flow (not recomputing it on mirrored frames) keeps a flip exact.
             video = flow.flow_to_tensor(flow.flip_flow(pixels) if flipped else pixels)
@@ -324,7 +326,7 @@ class TargetClipDataset(torch.utils.data.Dataset):
             "clip_start": start / fps,
             "index": index,
             "num_teacher_frames": window_length,
-            "crop_in_view": augment.inside_fraction(top, left, self.clip.crop, height, width, view),
+            "crop_in_view": views.inside_fraction(top, left, self.clip.crop, height, width, view),
         }
 
     def _view_box(self, position: int) -> augment.ViewBox:

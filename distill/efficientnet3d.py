@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as functional
 
 from distinit.distill.trunks import TrunkOutput
-from distinit.distill.inflation import Inflater, inflate_state_dict, register_inflation
+from distinit.pipeline.weights.inflation import Inflater, inflate_state_dict, register_inflation
 from distinit.pipeline.weights.lite0 import packaged_lite0_weights_path
 from distinit.pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into
 from distinit.pipeline.errors import ConfigError, DistinitError

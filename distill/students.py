@@ -23,9 +23,9 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from distinit.distill.augment import VIDEO_NORMALISATION, Normalisation
 from distinit.distill.heads import HeadSpec, build_head, head_module_name
 from distinit.distill.trunks import WIDTHS, mc3_18_trunk, r2plus1d_18_trunk, r3d_18_trunk, s3d_trunk
+from distinit.pipeline.clips.normalisation import VIDEO_NORMALISATION, Normalisation
 from distinit.pipeline.errors import ConfigError
 
 logger = logging.getLogger(__name__)

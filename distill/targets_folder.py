@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from distinit.distill.distributed import DistributedContext, all_gather_objects
+from distinit.pipeline.training.distributed import DistributedContext, all_gather_objects
 from distinit.pipeline.errors import DistinitError
 from distinit.pipeline.hashing import sha256_json
 from distinit.pipeline.shards import MANIFEST_NAME, ShardError, read_manifest, verify

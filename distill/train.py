@@ -3,18 +3,19 @@
 Read top to bottom: set up (processes, seeds, data, model, optimizer) -> resume -> for each epoch,
 train one epoch, measure the held-out distillation loss, log one JSON line, save checkpoints.
 Runs as one process, or as many under `torchrun` (DDP; gloo on CPU, nccl on GPU). A step is one global batch
-(`global_batch` clips over all processes, micro-batches accumulated up to it: distill.sampler.GlobalBatchSampler),
-so a run is the same run, and resumes, on any number of processes that makes it up.
+(`global_batch` clips over all processes, micro-batches accumulated up to it:
+pipeline.clips.sampler.GlobalBatchSampler), so a run is the same run, and resumes, on any number of processes that
+makes it up.
 
 Preemption (pipeline.preemption): on SIGTERM or SIGUSR1 every rank finishes its step, the ranks vote (one
 all-reduce of a flag per step, on host memory), all save at that step boundary, rank 0 asks SLURM to requeue the
 job, and every rank stops with `Preempted`. The requeued job runs the same command and resumes from that step.
 
-Feeding a GPU (distill.device_step): RGB clips travel as uint8 and are normalised on the device; on CUDA
-batches are pinned and copied without waiting, and cuDNN picks its fastest kernels for the fixed clip shape
-(not with --deterministic). Loader workers persist across epochs: the sampler passes each index's epoch
-(distill.sampler). A step never waits for the device: loss figures are summed there (distill.loss_tracking)
-and read every NONFINITE_CHECK_EVERY steps.
+Feeding a GPU (distill.device_batch, pipeline.training.device_step): RGB clips travel as uint8 and are normalised
+on the device; on CUDA batches are pinned and copied without waiting, and cuDNN picks its fastest kernels for the
+fixed clip shape (not with --deterministic). Loader workers persist across epochs: the sampler passes each index's
+epoch (pipeline.clips.sampler). A step never waits for the device: loss figures are summed there
+(distill.loss_totals) and read every NONFINITE_CHECK_EVERY steps (pipeline.training.loss_tracking).
 """
 
 from __future__ import annotations
@@ -38,20 +39,17 @@ from distinit.distill.checkpoint import (LAST, CheckpointSaver, append_epoch_log
                                resume_or_start, tidy_for_resume)
 from distinit.distill.config import CODE_VERSION, DistillConfig
 from distinit.distill.clip_videos import freeze_for_workers
-from distinit.distill.data import ClipSpec, TargetClipDataset, build_clip_videos, open_targets, split_videos, video_files
-from distinit.distill.device_step import autocast_for, input_normalisation, to_device, use_fast_kernels
-from distinit.distill.distributed import (DistributedContext, all_gather_objects, all_reduce_sum, any_rank, barrier,
-                                 init_distributed, shutdown, sum_over_ranks)
-from distinit.distill.loss_tracking import LossTotals, NonFiniteWatch, TrainingError
+from distinit.distill.data import TargetClipDataset, build_clip_videos, open_targets, split_videos, video_files
+from distinit.distill.device_batch import input_normalisation, to_device
+from distinit.distill.loss_totals import DISTILL_HINT, LossTotals, TrainingError
 from distinit.distill.losses import DistillationLoss
-from distinit.distill.sampler import GlobalBatchSampler, ResumableSampler
-from distinit.distill.schedule import learning_rate
-from distinit.distill.seeding import rng_states, seed_everything, seed_worker
 from distinit.distill.heads import head_specs_from_teachers
 from distinit.distill.students import create_student
 from distinit.distill.targets_folder import check_targets, resolve_targets_dir, targets_fingerprint
 from distinit.distill.tensorboard_log import open_tensorboard_log
 from distinit.pipeline.atomic import make_output_folder, replace_shared_text
+from distinit.pipeline.clips.sampler import GlobalBatchSampler, ResumableSampler
+from distinit.pipeline.clips.spec import ClipSpec
 from distinit.pipeline.devices import capped_workers, cores_per_rank
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.hashing import sha256_file, sha256_json
@@ -62,6 +60,12 @@ from distinit.pipeline.provenance import git_state, write_provenance
 from distinit.pipeline.stages.graph import distill_stage_inputs
 from distinit.pipeline.stages.stamps import STAGE_RECORD, read_stamp, write_stage_record
 from distinit.pipeline.shards import MANIFEST_NAME
+from distinit.pipeline.training.device_step import autocast_for, use_fast_kernels
+from distinit.pipeline.training.distributed import (DistributedContext, all_gather_objects, all_reduce_sum, any_rank,
+                                                    barrier, init_distributed, shutdown, sum_over_ranks)
+from distinit.pipeline.training.loss_tracking import NonFiniteWatch
+from distinit.pipeline.training.schedule import learning_rate
+from distinit.pipeline.training.seeding import rng_states, seed_everything, seed_worker
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +181,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scaler, autocast, state, 
     totals = LossTotals(loss_fn, context.device)
     normalisation = input_normalisation(model)
     # A checkpoint follows a passed check, so the watch has nothing to carry over a resume.
-    watch = NonFiniteWatch(context, first_step=state["step"] + 1)
+    watch = NonFiniteWatch(context, first_step=state["step"] + 1, error=TrainingError, hint=DISTILL_HINT)
     window = torch.zeros(2, dtype=torch.float64, device=context.device)  # loss sum, micro-batches since the last log
     data_wait, earlier_seconds = 0.0, 0.0
     if resumed is not None:

@@ -6,13 +6,13 @@
 Layout (torchvision's ResNet-18, every layer in 3D): stem conv 3x7x7 stride (1, 2, 2), BN, ReLU, max-pool
 (1, 3, 3) stride (1, 2, 2) padding (0, 1, 1); four stages of BasicBlocks, 3x3x3 convs, 1x1x1 downsample,
 widths 64/128/256/512; layers 2-4 stride time by 2 as r3d_18 does (8 frames -> 1). Every 3-frame conv pads
-time by repeating the border frames (distill.inflation.InflatedConv3d), so a clip that repeats one frame
+time by repeating the border frames (pipeline.weights.inflation.InflatedConv3d), so a clip that repeats one frame
 stays constant in time through every layer, temporal strides included, and its pooled features are
 ResNet-18's on that frame (`--init inflated:resnet18`). torchvision's `r3d_18` is not this network: it
 has no max-pool (its layer1 runs at 1/2 resolution, ResNet-18's at 1/4) and pads time with zeros.
 
 The trunk is built by passing the 2D layout (torchvision's own BasicBlock) through the generic inflater
-(distill.inflation), so its key names are torchvision resnet18's without `fc.*` and its 3D layers are
+(pipeline.weights.inflation), so its key names are torchvision resnet18's without `fc.*` and its 3D layers are
 exactly what the inflater makes of ResNet-18 (`resnet18_3d_classifier`, what an export loads into).
 `width="tiny"` keeps the layout with the other trunks' tiny widths (8/16/32/64, one block per stage).
 Random weights start as torchvision initialises a ResNet (Kaiming fan-out, BN 1/0). The max-pool makes it
@@ -28,7 +28,7 @@ import torch.nn as nn
 import torchvision.models
 from torchvision.models.resnet import BasicBlock, conv1x1
 
-from distinit.distill.inflation import Inflater, spatial_time_kernel
+from distinit.pipeline.weights.inflation import Inflater, spatial_time_kernel
 from distinit.distill.students import register_student
 from distinit.distill.trunks import TrunkOutput, initialise_like_torchvision, stage_shape
 

@@ -7,7 +7,7 @@ A clip of `frames` frames taken every `stride`-th frame from frame `start` cover
 start .. start + span_frames, span_frames = (decoded_frames - 1) * stride; in seconds
 [start / fps, start / fps + span_frames / fps], a teacher frame "inside" the window is one whose frame
 index lies in that interval (for a strided clip it need not be one of the decoded frames). Starts are
-multiples of the stride (`ClipSpec.start_grid`): the student loses at most stride - 1 frames of
+multiples of the stride (pipeline.clips.spec.ClipSpec.start_grid): the student loses at most stride - 1 frames of
 temporal jitter, and in exchange `--cache-clips` only has to keep every stride-th frame of a video.
 
 Teacher rows of one video are its teacher frames (stage one samples e.g. 2 frames/s), so clip length,
@@ -17,61 +17,18 @@ stride and aggregation can change here without re-extracting.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 
 from distinit.pipeline.errors import ConfigError
 
-MODALITIES = ("rgb", "flow")
-FLOW_METHODS = ("farneback", "tvl1")
 TARGET_AGGREGATIONS = ("mean", "random")
 KIND_HEATMAPS = "heatmaps"
 KIND_FLAG = "flag"
 KIND_COUNT = "count"
 KIND_LOGITS = "logits"
 KIND_EMBEDDING = "embedding"
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """What the student sees: `frames` frames every `stride`-th, resized so the short side is
-    `short_side`, cropped to `crop` x `crop`; RGB, or optical flow computed from frames + 1 RGB frames."""
-
-    frames: int = 8
-    stride: int = 2
-    short_side: int = 128
-    crop: int = 112
-    modality: str = "rgb"
-    flow_method: str = "farneback"
-
-    def __post_init__(self) -> None:
-        for name in ("frames", "stride", "short_side", "crop"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"clip {name} must be a positive integer, got {value!r}")
-        if self.crop > self.short_side:
-            raise ConfigError(f"clip crop {self.crop} is larger than short_side {self.short_side}; lower --crop or raise --short-side")
-        if self.modality not in MODALITIES:
-            raise ConfigError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
-        if self.flow_method not in FLOW_METHODS:
-            raise ConfigError(f"flow method must be one of {FLOW_METHODS}, got {self.flow_method!r}")
-
-    @property
-    def decoded_frames(self) -> int:
-        """RGB frames decoded per clip: T frames of flow need T + 1 images."""
-        return self.frames + 1 if self.modality == "flow" else self.frames
-
-    @property
-    def span_frames(self) -> int:
-        """Video frames from the clip's first decoded frame to its last."""
-        return (self.decoded_frames - 1) * self.stride
-
-    @property
-    def start_grid(self) -> int:
-        """Starts are multiples of this: the stride, or 1 for a one-frame clip (whose stride means nothing)."""
-        return self.stride if self.decoded_frames > 1 else 1
 
 
 def teacher_frame_indices(t_seconds: np.ndarray, fps: float, frame_count: int) -> np.ndarray:

@@ -8,11 +8,11 @@ left-right flip (unless `flip=False`, for classes a mirror changes: pan left / p
 normalisation (evaluate.initialization: the video mean/std of stage two for distilled and scratch
 trunks, the 2D model's own for inflated ones) is applied where `normalisation` says: with None the clips
 stay uint8 RGB bytes as decoded, (T, H, W, 3), a view of the crop that collating copies once, which
-finetuning mirrors where "flipped" says and normalises on the device (distill.augment.video_to_device); with
+finetuning mirrors where "flipped" says and normalises on the device (pipeline.clips.views.video_to_device); with
 a Normalisation (the default: the video mean/std) they come out float32 (3, T, H, W), mirrored and normalised
 here, ready for a network. Randomness is a function of (seed, epoch, index) only, so any number of DataLoader
-workers gives the same clips; a key is an (index, epoch) pair as distill.sampler.ResumableSampler yields them, so
-persistent workers draw each epoch's clips (a plain index takes the epoch of `set_epoch`).
+workers gives the same clips; a key is an (index, epoch) pair as pipeline.clips.sampler.ResumableSampler yields
+them, so persistent workers draw each epoch's clips (a plain index takes the epoch of `set_epoch`).
 
 Testing, one sample per video holding all of its views (uint8 or float32, as for training; uint8 views are
 THWC in memory, a channels_last_3d view of one copy of the crops):
@@ -36,11 +36,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from distinit.distill import augment
-from distinit.distill.augment import VIDEO_NORMALISATION, Normalisation
-from distinit.distill.sampler import sample_key
-from distinit.distill.windows import ClipSpec
 from distinit.evaluate.ablations import ablated_views
+from distinit.pipeline.clips.normalisation import VIDEO_NORMALISATION, Normalisation, rgb_to_tensor
+from distinit.pipeline.clips.sampler import sample_key
+from distinit.pipeline.clips.spec import ClipSpec
+from distinit.pipeline.clips.views import FLIP_PROBABILITY, crop_box, crop_frames, flip_frames, rgb_clip_tensor
 from distinit.pipeline.datasets import VideoRecord
 from distinit.pipeline.errors import DistinitError, VideoError
 from distinit.pipeline.video.skipping import DecodeFailures, sample_skipping_failures
@@ -107,10 +107,10 @@ def clip_views(clips: np.ndarray, offsets: list[tuple[int, int]], crop: int,
     """(clips, T, H, W, 3) uint8 -> each clip's crop at each (top, left) of `offsets`, as (clips x crops, 3, T, crop,
     crop): uint8 without a normalisation (one copy of the crops, a channels_last_3d view of it), else float32
     normalised with it."""
-    views = [augment.crop_frames(clip, top, left, crop) for clip in clips for top, left in offsets]
+    views = [crop_frames(clip, top, left, crop) for clip in clips for top, left in offsets]
     if normalisation is None:
         return torch.from_numpy(np.stack(views)).permute(0, 4, 1, 2, 3)
-    return torch.stack([augment.rgb_to_tensor(view, normalisation) for view in views])
+    return torch.stack([rgb_to_tensor(view, normalisation) for view in views])
 
 
 def _check_records(records: Sequence[VideoRecord], what: str) -> list[VideoRecord]:
@@ -166,14 +166,14 @@ class TrainingClips(torch.utils.data.Dataset):
         start = int(rng.integers(last_start(frame_count, self.clip.span_frames) + 1))
         frames = read_clip(path, start / fps, self.clip.frames, stride=self.clip.stride, short_side=self.clip.short_side,
                            threads=1, decoder=self.decoder, layout=layout, decode_device=self.decode_device)  # (T, H, W, 3)
-        top, left = augment.crop_box(frames.shape[1], frames.shape[2], self.clip.crop, rng)
-        frames = augment.crop_frames(frames, top, left, self.clip.crop)
+        top, left = crop_box(frames.shape[1], frames.shape[2], self.clip.crop, rng)
+        frames = crop_frames(frames, top, left, self.clip.crop)
         # Drawn either way: flip=False keeps the crops.
-        flipped = bool(rng.random() < augment.FLIP_PROBABILITY and self.flip)
+        flipped = bool(rng.random() < FLIP_PROBABILITY and self.flip)
         if self.normalisation is None:
-            video = augment.rgb_clip_tensor(frames)  # (T, H, W, 3), a view; mirrored on the device when flipped
+            video = rgb_clip_tensor(frames)  # (T, H, W, 3), a view; mirrored on the device when flipped
         else:
-            video = augment.rgb_to_tensor(augment.flip_frames(frames) if flipped else frames, self.normalisation)
+            video = rgb_to_tensor(flip_frames(frames) if flipped else frames, self.normalisation)
         return {"video": video, "flipped": flipped, "label": int(record.label), "video_index": index,
                 "clip_start": start / fps}
 

@@ -28,15 +28,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from distinit.distill.augment import Normalisation, video_to_device
-from distinit.distill.device_step import autocast_for, use_fast_kernels
-from distinit.distill.distributed import DistributedContext
-from distinit.distill.loss_tracking import NonFiniteWatch
+from distinit.pipeline.clips.normalisation import Normalisation
+from distinit.pipeline.clips.sampler import ResumableSampler
+from distinit.pipeline.clips.spec import ClipSpec
+from distinit.pipeline.clips.views import video_to_device
 from distinit.pipeline.devices import capped_workers, resolve_device
-from distinit.distill.sampler import ResumableSampler
-from distinit.distill.schedule import learning_rate
-from distinit.distill.seeding import seed_everything, seed_worker
-from distinit.distill.windows import ClipSpec
+from distinit.pipeline.training.device_step import autocast_for, use_fast_kernels
+from distinit.pipeline.training.distributed import DistributedContext
+from distinit.pipeline.training.loss_tracking import NonFiniteWatch
+from distinit.pipeline.training.schedule import learning_rate
+from distinit.pipeline.training.seeding import seed_everything, seed_worker
 from distinit.evaluate.ablations import ORIGINAL
 from distinit.evaluate.classifier import VideoClassifier, build_optimizer
 from distinit.evaluate.clips import EvaluationClips, TrainingClips

@@ -17,7 +17,7 @@ layers 2-4, time padded by repeating border frames): the trunk has torchvision r
 mapping drops `fc.*` and inflates each conv (2D weights repeated over time, divided by t); batch norms are
 copied. torchvision's `r3d_18` stays a student of its own but is no inflation target: it has no max-pool and
 pads time with zeros, so ResNet-18's weights in it do not compute ResNet-18's features.
-The generic machinery lives in `distill.inflation`, re-exported here.
+The generic machinery lives in `pipeline.weights.inflation`, re-exported here.
 
 Each source keeps its own input normalisation (the inflated network equals its 2D source only on input
 normalised as that source was trained): ResNet-18 torchvision's ImageNet mean/std, EfficientNet-Lite0
@@ -34,8 +34,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import torch
 import torch.nn as nn
 
-from distinit.distill.augment import Normalisation
-from distinit.distill.inflation import (  # noqa: F401  (re-exported: the public inflation API)
+from distinit.pipeline.weights.inflation import (  # noqa: F401  (re-exported: the public inflation API)
     INFLATION_RULES,
     InflatedConv3d,
     Inflater,
@@ -45,6 +44,7 @@ from distinit.distill.inflation import (  # noqa: F401  (re-exported: the public
     register_inflation,
     spatial_time_kernel,
 )
+from distinit.pipeline.clips.normalisation import Normalisation
 from distinit.pipeline.weights.lite0 import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
 from distinit.pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into
 from distinit.pipeline.weights.download import fetch_torch_hub_file

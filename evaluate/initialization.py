@@ -25,9 +25,9 @@ from typing import Any, Callable
 
 import torch
 
-from distinit.distill.augment import VIDEO_NORMALISATION, Normalisation
 from distinit.distill.checkpoint import load_checkpoint
 from distinit.distill.students import DistillStudent, create_student, recorded_normalisation
+from distinit.pipeline.clips.normalisation import VIDEO_NORMALISATION, Normalisation
 from distinit.pipeline.errors import DistinitError
 from distinit.pipeline.hashing import sha256_file
 from distinit.pipeline.init_sources import INFLATED_PREFIX, checkpoint_file

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from distinit.distill.device_step import autocast_for
+from distinit.pipeline.training.device_step import autocast_for
 from distinit.evaluate.ablations import ORIGINAL
 from distinit.evaluate.config import CODE_VERSION, EvalConfig
 from distinit.evaluate.data import dataset_description, load_listing, split_records

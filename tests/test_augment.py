@@ -1,4 +1,5 @@
-"""Crop, flip and normalisation of clips and targets (distill.augment)."""
+"""Crop, flip and normalisation of clips (pipeline.clips.views, pipeline.clips.normalisation) and of targets
+(distill.augment)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from distinit.distill import augment
 from distinit.distill.keypoint_heatmaps import rendered_teachers
 from distinit.extract.teachers.coco_classes import COCO_KEYPOINT_FLIP_INDEX, COCO_KEYPOINT_NAMES
+from distinit.pipeline.clips import normalisation, views
 from distinit.pipeline.shards import ShardError
 
 GRID = 4
@@ -25,15 +27,15 @@ CLASSIFIER_TEACHER = {"name": "imagenet", "outputs": [{"name": "logits", "shape"
 
 
 def test_centre_crop_and_random_crop_stay_inside():
-    assert augment.crop_box(48, 64, 24, None) == (12, 20)
+    assert views.crop_box(48, 64, 24, None) == (12, 20)
     rng = np.random.default_rng(0)
-    boxes = {augment.crop_box(48, 64, 24, rng) for _ in range(200)}
+    boxes = {views.crop_box(48, 64, 24, rng) for _ in range(200)}
     assert all(0 <= top <= 24 and 0 <= left <= 40 for top, left in boxes)
     assert len(boxes) > 50  # really random
     with pytest.raises(ValueError):
-        augment.crop_box(20, 64, 24, None)
+        views.crop_box(20, 64, 24, None)
     frames = np.arange(2 * 48 * 64 * 3, dtype=np.int64).reshape(2, 48, 64, 3)
-    cropped = augment.crop_frames(frames, 5, 7, 24)
+    cropped = views.crop_frames(frames, 5, 7, 24)
     assert cropped.shape == (2, 24, 24, 3)
     assert cropped[1, 0, 0, 2] == frames[1, 5, 7, 2]
 
@@ -89,32 +91,32 @@ def test_flip_mirrors_heatmaps_and_swaps_left_right_keypoints():
 
 def test_flip_frames_mirrors_width():
     frames = np.random.default_rng(0).integers(0, 255, (3, 4, 5, 3), dtype=np.uint8)
-    flipped = augment.flip_frames(frames)
+    flipped = views.flip_frames(frames)
     assert flipped[1, 2, 0, 1] == frames[1, 2, 4, 1]
 
 
 def test_rgb_normalisation_uses_the_video_mean_and_std():
     frames = np.zeros((2, 3, 3, 3), dtype=np.uint8)
     frames[..., 0] = 255
-    video = augment.rgb_to_tensor(frames)
+    video = normalisation.rgb_to_tensor(frames)
     assert video.shape == (3, 2, 3, 3) and video.dtype == torch.float32
-    expected_red = (1.0 - augment.VIDEO_MEAN[0]) / augment.VIDEO_STD[0]
-    expected_green = (0.0 - augment.VIDEO_MEAN[1]) / augment.VIDEO_STD[1]
+    expected_red = (1.0 - normalisation.VIDEO_MEAN[0]) / normalisation.VIDEO_STD[0]
+    expected_green = (0.0 - normalisation.VIDEO_MEAN[1]) / normalisation.VIDEO_STD[1]
     assert torch.allclose(video[0], torch.full((2, 3, 3), expected_red))
     assert torch.allclose(video[1], torch.full((2, 3, 3), expected_green))
 
 
 def test_clips_travel_as_uint8_views_of_the_decoded_frames():
     frames = np.random.default_rng(2).integers(0, 256, (2, 6, 7, 3), dtype=np.uint8)  # (T, H, W, 3)
-    cropped = augment.crop_frames(frames, 1, 2, 4)
-    video = augment.rgb_clip_tensor(cropped)  # no copy: collating makes the one copy
+    cropped = views.crop_frames(frames, 1, 2, 4)
+    video = views.rgb_clip_tensor(cropped)  # no copy: collating makes the one copy
     assert video.shape == (2, 4, 4, 3) and video.dtype == torch.uint8 and not video.is_contiguous()
     assert video.data_ptr() == cropped.__array_interface__["data"][0] and np.shares_memory(video.numpy(), frames)
     assert torch.equal(video, torch.from_numpy(np.ascontiguousarray(cropped)))
     batch = torch.utils.data.default_collate([video, video])  # (B, T, H, W, 3)
     assert batch.shape == (2, 2, 4, 4, 3) and batch.is_contiguous()
     with pytest.raises(ValueError, match="uint8"):
-        augment.rgb_clip_tensor(frames.astype(np.float32))
+        views.rgb_clip_tensor(frames.astype(np.float32))
 
 
 # ---------------------------------------------------------------- crops inside the teachers' view
@@ -133,9 +135,9 @@ def test_crops_keep_the_fraction_asked_inside_the_view_and_stay_random():
     draws = {}
     for fraction in (1.0, 0.5, 0.0):
         rng = np.random.default_rng(3)
-        draws[fraction] = [augment.crop_box(height, width, crop, rng, view_box=WIDE_VIEW, min_inside=fraction)
+        draws[fraction] = [views.crop_box(height, width, crop, rng, view_box=WIDE_VIEW, min_inside=fraction)
                            for _ in range(300)]
-    inside = {fraction: [augment.inside_fraction(*box, crop, height, width, WIDE_VIEW) for box in boxes]
+    inside = {fraction: [views.inside_fraction(*box, crop, height, width, WIDE_VIEW) for box in boxes]
               for fraction, boxes in draws.items()}
     assert all(_inside(*box, crop, height, width, WIDE_VIEW) for box in draws[1.0])
     assert min(inside[1.0]) > 1 - 1e-9 and min(inside[0.5]) >= 0.5 - 1e-9
@@ -144,7 +146,7 @@ def test_crops_keep_the_fraction_asked_inside_the_view_and_stay_random():
     lefts = [left for _, left in draws[1.0]]
     assert min(lefts) == 22 and max(lefts) == 32  # every left start that fits (the box is x 21.9 .. 64.2)
     # Evaluation: the crop nearest the box's centre.
-    assert augment.crop_box(height, width, crop, None, view_box=WIDE_VIEW, min_inside=1.0) == (8, 27)
+    assert views.crop_box(height, width, crop, None, view_box=WIDE_VIEW, min_inside=1.0) == (8, 27)
 
 
 def test_no_fraction_or_no_box_draws_exactly_as_before():
@@ -153,8 +155,8 @@ def test_no_fraction_or_no_box_draws_exactly_as_before():
         plain, boxed = np.random.default_rng(7), np.random.default_rng(7)
         for _ in range(50):
             expected = (int(plain.integers(48 - 32 + 1)), int(plain.integers(86 - 32 + 1)))
-            assert augment.crop_box(48, 86, 32, boxed, view_box=view, min_inside=fraction) == expected
-        assert augment.crop_box(48, 86, 32, None, view_box=view, min_inside=fraction) == (8, 27)
+            assert views.crop_box(48, 86, 32, boxed, view_box=view, min_inside=fraction) == expected
+        assert views.crop_box(48, 86, 32, None, view_box=view, min_inside=fraction) == (8, 27)
 
 
 def test_a_view_narrower_than_the_crop_centres_the_crop_on_it():
@@ -163,12 +165,12 @@ def test_a_view_narrower_than_the_crop_centres_the_crop_on_it():
 
     view = center_crop_view_box(256, 342, 256, 224)
     rng = np.random.default_rng(0)
-    pinned = {augment.crop_box(72, 96, 64, rng, view_box=view, min_inside=1.0) for _ in range(50)}
-    assert pinned == {(4, 16)} == {augment.crop_box(72, 96, 64, None, view_box=view, min_inside=1.0)}
-    best = augment.inside_fraction(4, 16, 64, 72, 96, view)
+    pinned = {views.crop_box(72, 96, 64, rng, view_box=view, min_inside=1.0) for _ in range(50)}
+    assert pinned == {(4, 16)} == {views.crop_box(72, 96, 64, None, view_box=view, min_inside=1.0)}
+    best = views.inside_fraction(4, 16, 64, 72, 96, view)
     assert abs(best - (63 / 64) * (view[2] - view[0]) * 96 / 64) < 1e-9  # all of the box: as much as fits
-    loose = [augment.crop_box(72, 96, 64, rng, view_box=view, min_inside=0.5) for _ in range(200)]
-    assert len(set(loose)) > 20 and min(augment.inside_fraction(*box, 64, 72, 96, view) for box in loose) >= 0.5
+    loose = [views.crop_box(72, 96, 64, rng, view_box=view, min_inside=0.5) for _ in range(200)]
+    assert len(set(loose)) > 20 and min(views.inside_fraction(*box, 64, 72, 96, view) for box in loose) >= 0.5
 
 
 def test_a_mirrored_crop_lies_inside_the_mirrored_view():
@@ -180,11 +182,11 @@ def test_a_mirrored_crop_lies_inside_the_mirrored_view():
     rng = np.random.default_rng(1)
     frames = np.arange(height * width, dtype=np.int64).reshape(1, height, width, 1)
     for _ in range(100):
-        top, left = augment.crop_box(height, width, crop, rng, view_box=view, min_inside=1.0)
+        top, left = views.crop_box(height, width, crop, rng, view_box=view, min_inside=1.0)
         mirrored_left = width - left - crop
         assert _inside(top, mirrored_left, crop, height, width, mirrored_view)
-        seen = augment.flip_frames(augment.crop_frames(frames, top, left, crop))
-        assert np.array_equal(seen, augment.crop_frames(augment.flip_frames(frames), top, mirrored_left, crop))
+        seen = views.flip_frames(views.crop_frames(frames, top, left, crop))
+        assert np.array_equal(seen, views.crop_frames(views.flip_frames(frames), top, mirrored_left, crop))
 
 
 def test_the_view_of_several_teachers_is_where_they_all_looked():
@@ -193,4 +195,4 @@ def test_the_view_of_several_teachers_is_where_they_all_looked():
     assert (x0, y0) == (np.float32(0.3), np.float32(WIDE_VIEW[1])) and (x1, y1) == (np.float32(WIDE_VIEW[2]), 0.5)
     assert augment.intersect_view_boxes([]) == (0.0, 0.0, 1.0, 1.0)
     disjoint = augment.intersect_view_boxes([np.float32([[0, 0, 0.4, 1]]), np.float32([[0.6, 0, 1, 1]])])
-    assert disjoint[0] == disjoint[2] and augment.inside_fraction(0, 0, 10, 20, 20, disjoint) == 0.0
+    assert disjoint[0] == disjoint[2] and views.inside_fraction(0, 0, 10, 20, 20, disjoint) == 0.0

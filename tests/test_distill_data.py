@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from distinit.distill import augment, clip_cache, data
+from distinit.distill import clip_cache, data
 from click.testing import CliRunner
 
-from distinit.distill.data import ClipSpec, TargetClipDataset, open_targets, split_videos
+from distinit.distill.data import TargetClipDataset, open_targets, split_videos
 from distinit.distill.keypoint_heatmaps import keypoint_targets, render_window
-from distinit.distill.sampler import EpochIndex, ResumableSampler
 from distinit.distill.shuffled_targets import donor_rows_in_window, target_donors
 from distinit.distill.windows import (
     aggregate_targets, eval_window_start, frames_in_window, heatmap_flags, last_start, teacher_frame_indices,
@@ -29,6 +28,9 @@ from distinit.distill.windows import (
 from distinit.extract.teachers.base import center_crop_view_box
 from distinit.extract.teachers.coco_classes import COCO_KEYPOINT_NAMES
 from distinit.pipeline.cli import main
+from distinit.pipeline.clips import normalisation, views
+from distinit.pipeline.clips.sampler import EpochIndex, ResumableSampler
+from distinit.pipeline.clips.spec import ClipSpec
 from distinit.pipeline.errors import ConfigError, DistinitError
 from distinit.pipeline.shards import ShardError, ShardWriter, shard_name, write_manifest
 from distinit.pipeline.video import ffmpeg_binary, read_clip
@@ -282,8 +284,8 @@ def test_eval_sample_layout_and_normalisation(targets):
     top, left = (32 - 24) // 2, (42 - 24) // 2
     cropped = frames[:, top : top + 24, left : left + 24]
     assert torch.equal(sample["video"], torch.from_numpy(cropped))  # (T, H, W, 3) as decoded
-    normalised = augment.video_to_device(sample["video"][None], torch.device("cpu"), augment.VIDEO_NORMALISATION)[0]
-    assert torch.equal(normalised, augment.rgb_to_tensor(cropped))
+    normalised = views.video_to_device(sample["video"][None], torch.device("cpu"), normalisation.VIDEO_NORMALISATION)[0]
+    assert torch.equal(normalised, normalisation.rgb_to_tensor(cropped))
 
 
 def test_eval_is_deterministic_and_train_varies_with_epoch_and_seed(targets):
@@ -305,14 +307,14 @@ def test_eval_is_deterministic_and_train_varies_with_epoch_and_seed(targets):
 
 def test_flip_mirrors_video_heatmaps_and_swaps_keypoints(targets, monkeypatch):
     train_set = dataset(targets, train=True)
-    monkeypatch.setattr(augment, "FLIP_PROBABILITY", 0.0)
+    monkeypatch.setattr(views, "FLIP_PROBABILITY", 0.0)
     plain = train_set[0]
-    monkeypatch.setattr(augment, "FLIP_PROBABILITY", 1.0)
+    monkeypatch.setattr(views, "FLIP_PROBABILITY", 1.0)
     flipped = train_set[0]
     assert plain["clip_start"] == flipped["clip_start"]  # same window and crop, only the flip differs
     assert not plain["flipped"] and flipped["flipped"] and torch.equal(flipped["video"], plain["video"])
     batch = torch.utils.data.default_collate([plain, flipped])  # the pixels are mirrored on the device
-    on_device = augment.video_to_device(batch["video"], torch.device("cpu"), augment.VIDEO_NORMALISATION,
+    on_device = views.video_to_device(batch["video"], torch.device("cpu"), normalisation.VIDEO_NORMALISATION,
                                         flipped=batch["flipped"])
     assert torch.equal(on_device[1], on_device[0].flip(-1))
     left, right = COCO_KEYPOINT_NAMES.index("left_wrist"), COCO_KEYPOINT_NAMES.index("right_wrist")
@@ -361,7 +363,7 @@ def assert_batches_equal(first: list[dict], second: list[dict]) -> None:
 
 
 def test_persistent_workers_draw_every_epoch_as_one_process_does(targets):
-    """The epoch travels with each index (distill.sampler), so workers kept from one epoch to the next draw that
+    """The epoch travels with each index (pipeline.clips.sampler), so workers kept from one epoch to the next draw that
     epoch's clips: 0 workers, 2 fresh workers each epoch and 2 persistent ones give the same samples."""
     train_set = dataset(targets, train=True, clips_per_video=2, seed=11)
     runs = {(workers, persistent): _epochs_through_a_loader(
@@ -451,12 +453,12 @@ def test_cache_lock_held_by_another_worker_falls_back_to_decoding(targets, tmp_p
 # ---------------------------------------------------------------------- flow
 def test_flow_samples_and_flow_flip(targets, monkeypatch):
     flow_set = dataset(targets, clip=FLOW_CLIP, train=True)
-    monkeypatch.setattr(augment, "FLIP_PROBABILITY", 0.0)
+    monkeypatch.setattr(views, "FLIP_PROBABILITY", 0.0)
     plain = flow_set[2]
     assert plain["video"].shape == (2, 3, 24, 24) and plain["video"].dtype == torch.float32
     assert torch.isfinite(plain["video"]).all() and plain["video"].abs().max() <= 1.0
     assert plain["video"].abs().max() > 0  # the test pattern moves
-    monkeypatch.setattr(augment, "FLIP_PROBABILITY", 1.0)
+    monkeypatch.setattr(views, "FLIP_PROBABILITY", 1.0)
     flipped = flow_set[2]
     assert torch.equal(flipped["video"][0], -plain["video"][0].flip(-1))
     assert torch.equal(flipped["video"][1], plain["video"][1].flip(-1))
@@ -489,10 +491,10 @@ def test_sample_heatmaps_are_drawn_over_its_own_crop(targets, monkeypatch):
         np.testing.assert_array_equal(sample["targets"][key].numpy(), value)
     assert sample["targets"]["coco-keypoints/heatmaps"].sum() > 0
     # Training: the same window under two different crops gets two different targets, each its crop's own.
-    monkeypatch.setattr(augment, "FLIP_PROBABILITY", 0.0)
+    monkeypatch.setattr(views, "FLIP_PROBABILITY", 0.0)
     train_set = dataset(targets, train=True)
     boxes = iter([(0, 0), (8, 18)])
-    monkeypatch.setattr(augment, "crop_box", lambda height, width, crop, rng, **view: next(boxes))
+    monkeypatch.setattr(views, "crop_box", lambda height, width, crop, rng, **view: next(boxes))
     first, second = train_set[2], train_set[2]
     assert first["clip_start"] == second["clip_start"]
     for sample, (top, left) in ((first, (0, 0)), (second, (8, 18))):
@@ -504,9 +506,9 @@ def test_sample_heatmaps_are_drawn_over_its_own_crop(targets, monkeypatch):
 def test_training_crops_stay_in_the_classifiers_view_and_heatmaps_follow_them(targets, monkeypatch):
     # The 42 x 32 frames: the classifier saw x 7.25..34.75, y 2..30, so 24 px crops start at left 8..10, top 2..6;
     # the pose teacher saw the whole frame and does not narrow that.
-    monkeypatch.setattr(augment, "FLIP_PROBABILITY", 0.0)
-    drawn, crop_frames = [], augment.crop_frames
-    monkeypatch.setattr(augment, "crop_frames", lambda frames, top, left, crop: drawn.append((top, left))
+    monkeypatch.setattr(views, "FLIP_PROBABILITY", 0.0)
+    drawn, crop_frames = [], views.crop_frames
+    monkeypatch.setattr(views, "crop_frames", lambda frames, top, left, crop: drawn.append((top, left))
                         or crop_frames(frames, top, left, crop))
     train_set = dataset(targets, train=True, clips_per_video=4, crop_in_teacher_view=1.0)
     for epoch in range(3):
@@ -607,7 +609,7 @@ def test_donor_rows_fall_in_the_same_window_or_nearest_its_relative_position():
 
 def test_the_control_is_part_of_the_run_key_and_shuffles_both_loaders(targets):
     from distinit.distill.config import DistillConfig
-    from distinit.distill.distributed import DistributedContext
+    from distinit.pipeline.training.distributed import DistributedContext
     from distinit.distill.train import build_loaders, run_key
 
     config = DistillConfig(targets=str(targets), shuffle_targets=True, frames=4, stride=2, short_side=32, crop=24,
@@ -625,7 +627,7 @@ def test_global_batch_sampler_gives_every_layout_the_same_micro_batches():
     """Steps of 8 clips: 1 process x 4 accumulation steps, 2 x 2 and 4 x 1 see the same micro-batches of 2 in each
     step; every step is full (the order padded from its start); a resume from step s on another layout yields
     exactly the rest."""
-    from distinit.distill.sampler import GlobalBatchSampler
+    from distinit.pipeline.clips.sampler import GlobalBatchSampler
 
     def micro_batches(world_size: int, start_step: int = 0) -> list[list[list[int]]]:
         """Per step, its micro-batches in slot order (micro a of rank r is slot a x world_size + r)."""

@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from distinit.distill.config import DistillConfig
 from distinit.distill.checkpoint import own_epoch_progress
-from distinit.distill.distributed import all_gather_objects, init_distributed, shutdown, sum_over_ranks
+from distinit.pipeline.training.distributed import all_gather_objects, init_distributed, shutdown, sum_over_ranks
 from distinit.distill.heads import HeadSpec
-from distinit.distill.loss_tracking import NONFINITE_CHECK_EVERY
+from distinit.pipeline.training.loss_tracking import NONFINITE_CHECK_EVERY
 from distinit.distill.losses import DistillationLoss
 from distinit.distill.train import TrainingError, evaluate, train_one_epoch
 

@@ -16,7 +16,8 @@ from distinit.extract.run import ExtractionError, prepare, run_extraction, final
 from distinit.pipeline.cli import main
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.hashing import sha256_file
-from distinit.distill.data import ClipSpec, TargetClipDataset
+from distinit.distill.data import TargetClipDataset
+from distinit.pipeline.clips.spec import ClipSpec
 from distinit.pipeline.shards import LAYOUTS_NAME, TargetStore, inspect, read_manifest, stored_layouts, verify
 from distinit.pipeline.video.binary import ffmpeg_binary
 

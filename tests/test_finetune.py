@@ -16,11 +16,8 @@ import torch
 from click.testing import CliRunner
 
 from dataset_fixtures import PLACEHOLDER_BYTES, make_hmdb51, make_ucf101
-from distinit.distill.augment import VIDEO_NORMALISATION, Normalisation, crop_frames, rgb_to_tensor, video_to_device
 from distinit.distill.heads import HeadSpec
-from distinit.distill.sampler import EpochIndex, ResumableSampler
 from distinit.distill.students import create_student
-from distinit.distill.windows import ClipSpec
 from distinit.evaluate.ablations import FRAME_REPEATED, ORIGINAL, TIME_SHUFFLED, time_permutation
 from distinit.evaluate.clips import EvaluationClips, TrainingClips, clip_starts, crop_offsets
 from distinit.evaluate.config import CODE_VERSION, EvalConfig
@@ -28,6 +25,10 @@ from distinit.evaluate.finetune import _cached_run, _run_paths, predict, results
 from distinit.evaluate.initialization import checkpoint_path, resolve_init
 from distinit.evaluate.results import RunResult
 from distinit.pipeline.cli import main
+from distinit.pipeline.clips.normalisation import VIDEO_NORMALISATION, Normalisation, rgb_to_tensor
+from distinit.pipeline.clips.sampler import EpochIndex, ResumableSampler
+from distinit.pipeline.clips.spec import ClipSpec
+from distinit.pipeline.clips.views import crop_frames, video_to_device
 from distinit.pipeline.datasets import load_dataset
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.hashing import sha256_file

@@ -18,16 +18,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from distinit.distill.augment import VIDEO_NORMALISATION, normalise_video
 from distinit.distill.config import DistillConfig
-from distinit.distill.device_step import use_fast_kernels
-from distinit.distill.distributed import DistributedContext
+from distinit.pipeline.training.device_step import use_fast_kernels
+from distinit.pipeline.training.distributed import DistributedContext
 from distinit.distill.heads import HeadSpec
-from distinit.distill.loss_tracking import NONFINITE_CHECK_EVERY
+from distinit.pipeline.training.loss_tracking import NONFINITE_CHECK_EVERY
 from distinit.distill.losses import DistillationLoss
 from distinit.distill import train as distill_train
 from distinit.evaluate import finetune
 from distinit.evaluate.config import EvalConfig
+from distinit.pipeline.clips.normalisation import VIDEO_NORMALISATION, normalise_video
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 OWN_CODE = (str(REPOSITORY / "distill"), str(REPOSITORY / "evaluate"))

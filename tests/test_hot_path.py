@@ -16,8 +16,8 @@ import torch
 from test_decoders import _warnings, fresh_warnings  # noqa: F401  (fresh_warnings: a fixture)
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from distinit.distill import augment
-from distinit.distill.augment import VIDEO_NORMALISATION, Normalisation
+from distinit.pipeline.clips.normalisation import VIDEO_NORMALISATION, Normalisation, rgb_to_tensor
+from distinit.pipeline.clips.views import crop_frames, flip_frames, rgb_clip_tensor, video_to_device
 from distinit.pipeline.video import ffmpeg_binary, pyav_decode, read_clip
 from distinit.pipeline.video.probe import probe_layout
 
@@ -43,27 +43,27 @@ def _random_crops(seed: int, count: int) -> tuple[list[np.ndarray], list[bool]]:
     """`count` crop views of random decoded clips (T, H, W, 3) at random offsets, and random flips (some of each)."""
     rng = np.random.default_rng(seed)
     frames = [rng.integers(0, 256, (3, 11, 13, 3), dtype=np.uint8) for _ in range(count)]
-    crops = [augment.crop_frames(clip, int(rng.integers(4)), int(rng.integers(6)), CROP) for clip in frames]
+    crops = [crop_frames(clip, int(rng.integers(4)), int(rng.integers(6)), CROP) for clip in frames]
     return crops, [index % 2 == 1 for index in range(count)]
 
 
 def test_device_flip_and_permute_give_the_normalised_values_of_the_host_flip():
     crops, flips = _random_crops(0, 4)
-    batch = torch.utils.data.default_collate([{"video": augment.rgb_clip_tensor(crop), "flipped": flip}
+    batch = torch.utils.data.default_collate([{"video": rgb_clip_tensor(crop), "flipped": flip}
                                               for crop, flip in zip(crops, flips)])
     assert batch["video"].shape == (4, 3, CROP, CROP, 3) and batch["flipped"].tolist() == flips
     old = _old_batch(crops, flips)
     for normalisation in (VIDEO_NORMALISATION, IMAGENET):
         for channels_last, memory_format in ((False, torch.contiguous_format), (True, torch.channels_last_3d)):
-            new = augment.video_to_device(batch["video"], torch.device("cpu"), normalisation,
+            new = video_to_device(batch["video"], torch.device("cpu"), normalisation,
                                           channels_last=channels_last, flipped=batch["flipped"])
             assert new.is_contiguous(memory_format=memory_format)
             assert torch.equal(new, _old_normalise(old, normalisation, memory_format))
-        host = torch.stack([augment.rgb_to_tensor(augment.flip_frames(crop) if flip else crop, normalisation)
+        host = torch.stack([rgb_to_tensor(flip_frames(crop) if flip else crop, normalisation)
                             for crop, flip in zip(crops, flips)])
-        assert torch.equal(augment.video_to_device(batch["video"], torch.device("cpu"), normalisation,
+        assert torch.equal(video_to_device(batch["video"], torch.device("cpu"), normalisation,
                                                    flipped=batch["flipped"]), host)
-    unflipped = augment.video_to_device(batch["video"], torch.device("cpu"), IMAGENET)
+    unflipped = video_to_device(batch["video"], torch.device("cpu"), IMAGENET)
     assert torch.equal(unflipped, _old_normalise(_old_batch(crops, [False] * 4), IMAGENET, torch.contiguous_format))
 
 
@@ -79,17 +79,17 @@ class _OperatorLog(TorchDispatchMode):
 
 def test_a_channels_last_batch_is_normalised_in_one_conversion_without_a_copy():
     crops, _ = _random_crops(1, 2)
-    video = torch.stack([augment.rgb_clip_tensor(crop) for crop in crops])  # (B, T, H, W, 3)
-    augment.video_to_device(video, torch.device("cpu"), VIDEO_NORMALISATION)  # its constants, made once
+    video = torch.stack([rgb_clip_tensor(crop) for crop in crops])  # (B, T, H, W, 3)
+    video_to_device(video, torch.device("cpu"), VIDEO_NORMALISATION)  # its constants, made once
     with _OperatorLog() as log:
-        augment.video_to_device(video, torch.device("cpu"), VIDEO_NORMALISATION, channels_last=True)
+        video_to_device(video, torch.device("cpu"), VIDEO_NORMALISATION, channels_last=True)
     assert log.names == ["permute", "_to_copy", "div_", "sub_", "div_"]  # a view, the float pass, in place after
     none, second = torch.tensor([False, False]), torch.tensor([False, True])
     with _OperatorLog() as log:  # nothing flipped: no mirror pass either
-        augment.video_to_device(video, torch.device("cpu"), VIDEO_NORMALISATION, flipped=none)
+        video_to_device(video, torch.device("cpu"), VIDEO_NORMALISATION, flipped=none)
     assert log.names == ["permute", "_to_copy", "div_", "sub_", "div_"]
     with _OperatorLog() as log:  # one clip flipped: it alone is mirrored (in uint8), on its way into the floats
-        augment.video_to_device(video, torch.device("cpu"), VIDEO_NORMALISATION, flipped=second)
+        video_to_device(video, torch.device("cpu"), VIDEO_NORMALISATION, flipped=second)
     assert log.names.count("flip") == 1 and log.names.count("copy_") == 2 and "_to_copy" not in log.names
 
 
@@ -101,7 +101,7 @@ class _Crops(torch.utils.data.Dataset):
         return len(self.crops)
 
     def __getitem__(self, index):
-        return {"video": augment.rgb_clip_tensor(self.crops[index]), "flipped": self.flips[index]}
+        return {"video": rgb_clip_tensor(self.crops[index]), "flipped": self.flips[index]}
 
 
 def test_a_worker_collates_crop_views_into_the_batch():
@@ -110,7 +110,7 @@ def test_a_worker_collates_crop_views_into_the_batch():
     batches = list(loader)
     videos = torch.cat([batch["video"] for batch in batches])
     assert torch.equal(videos, torch.from_numpy(np.stack(crops)))
-    on_device = torch.cat([augment.video_to_device(batch["video"], torch.device("cpu"), VIDEO_NORMALISATION,
+    on_device = torch.cat([video_to_device(batch["video"], torch.device("cpu"), VIDEO_NORMALISATION,
                                                    flipped=batch["flipped"]) for batch in batches])
     expected = _old_normalise(_old_batch(crops, flips), VIDEO_NORMALISATION, torch.contiguous_format)
     assert torch.equal(on_device, expected)

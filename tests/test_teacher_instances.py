@@ -12,9 +12,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from distinit.distill.augment import normalise_video
 from distinit.distill.config import DistillConfig
-from distinit.distill.data import ClipSpec, TargetClipDataset
+from distinit.distill.data import TargetClipDataset
 from distinit.distill.heads import head_specs_from_teachers
 from distinit.distill.losses import DistillationLoss, parse_loss_weights
 from distinit.distill.students import create_student
@@ -23,6 +22,8 @@ from distinit.extract.config import ExtractConfig, TeacherInstance
 from distinit.extract.run import prepare
 from distinit.extract.teachers import create_teacher
 from distinit.pipeline.cli import main
+from distinit.pipeline.clips.normalisation import normalise_video
+from distinit.pipeline.clips.spec import ClipSpec
 from distinit.pipeline.config import load_config, parse_overrides
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.shards import TargetStore, verify

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distinit.distill import augment
-from distinit.distill.data import ClipSpec, TargetClipDataset, loss_teachers
+from distinit.distill.data import TargetClipDataset, loss_teachers
 from distinit.extract.config import ExtractConfig
 from distinit.extract.run import run_extraction
 from distinit.extract.teachers.base import center_crop_view_box
+from distinit.pipeline.clips import views
+from distinit.pipeline.clips.spec import ClipSpec
 from distinit.pipeline.shards import TargetStore, verify
 from distinit.pipeline.video.binary import ffmpeg_binary
 from distinit.pipeline.video.decode import output_size
@@ -40,25 +41,25 @@ def targets(tmp_path_factory) -> Path:
 def _crops(targets: Path, monkeypatch, **options) -> list[tuple[int, int, float]]:
     """(top, left, crop_in_view) of DRAWS training samples of the 16:9 video (several epochs)."""
     drawn = []
-    real_crop_frames = augment.crop_frames
+    real_crop_frames = views.crop_frames
 
     def recording(frames, top, left, crop):
         drawn.append((top, left))
         return real_crop_frames(frames, top, left, crop)
 
-    monkeypatch.setattr(augment, "crop_frames", recording)
+    monkeypatch.setattr(views, "crop_frames", recording)
     dataset = TargetClipDataset(targets, ["wide"], CLIP, train=True, clips_per_video=DRAWS // 4, **options)
     fractions = []
     for epoch in range(4):
         dataset.set_epoch(epoch)
         fractions.extend(dataset[index]["crop_in_view"] for index in range(len(dataset)))
-    monkeypatch.setattr(augment, "crop_frames", real_crop_frames)
+    monkeypatch.setattr(views, "crop_frames", real_crop_frames)
     assert len(drawn) == len(fractions) == DRAWS
     return [(top, left, fraction) for (top, left), fraction in zip(drawn, fractions)]
 
 
 def _inside_fraction(top: int, left: int, box: np.ndarray, height: int = 48, width: int = 86, crop: int = 32) -> float:
-    """Written out here, not augment.inside_fraction: the area of the crop inside the box, over the crop's area."""
+    """Written out here, not views.inside_fraction: the area of the crop inside the box, over the crop's area."""
     x0, y0, x1, y1 = (float(value) for value in box)
     rows = max(0.0, min(top + crop, y1 * height) - max(top, y0 * height))
     columns = max(0.0, min(left + crop, x1 * width) - max(left, x0 * width))

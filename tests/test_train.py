@@ -15,17 +15,18 @@ from click.testing import CliRunner
 import distinit.distill.train as train_module
 from distinit.distill.checkpoint import CHECKPOINT_KEYS, ResumeError, resume_or_start
 from distinit.distill.config import DistillConfig
-from distinit.distill.augment import normalise_video
-from distinit.distill.data import ClipSpec, TargetClipDataset, split_videos
-from distinit.distill.distributed import DistributedContext
+from distinit.distill.data import TargetClipDataset, split_videos
+from distinit.pipeline.training.distributed import DistributedContext
 from distinit.distill.heads import head_specs_from_teachers
 from distinit.distill.losses import DistillationLoss
-from distinit.distill.seeding import rng_states
+from distinit.pipeline.training.seeding import rng_states
 from distinit.distill.students import create_student
 from distinit.distill.train import TrainingError, train
 from distinit.extract.config import ExtractConfig
 from distinit.extract.run import run_extraction
 from distinit.pipeline.cli import main
+from distinit.pipeline.clips.normalisation import normalise_video
+from distinit.pipeline.clips.spec import ClipSpec
 from distinit.pipeline.errors import DistinitError
 from distinit.pipeline.hashing import sha256_file, sha256_json
 from distinit.pipeline.shards import TargetStore

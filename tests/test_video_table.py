@@ -145,7 +145,7 @@ def test_a_clip_reads_only_the_outputs_its_heads_learn(targets):
 
 def test_the_training_and_held_out_sets_share_one_table(targets):
     from distinit.distill.config import DistillConfig
-    from distinit.distill.distributed import DistributedContext
+    from distinit.pipeline.training.distributed import DistributedContext
     from distinit.distill.train import build_loaders
 
     config = DistillConfig(targets=str(targets), frames=4, stride=2, short_side=32, crop=24, workers=0, batch_size=2,
