@@ -49,6 +49,9 @@ EVAL_ARGS ?=
 STAMPS   ?= .stamps/$(DATA)
 PYTEST_ARGS ?=
 POSE     ?= 1
+# The PyTorch build setup installs (docs/install.md: the NVIDIA driver each CUDA build needs). default: PyPI's wheel,
+# on Linux x86_64 the CUDA 13.0 build; cpu or cuXYZ: torch and torchvision from PyTorch's own index for that build.
+TORCH    ?= default
 # SLURM (pipeline/cluster/*.sbatch; README "On a SLURM cluster"). SHARD=i/N: `make extract` writes only those shards.
 SHARD    ?=
 SLURM_ARGS ?=
@@ -120,6 +123,7 @@ help: ## Show targets and variables
 	@echo "  INIT=$(INIT)  (eval-hmdb/eval-ucf)  INITS=$(INITS)  (compare)  SEEDS=$(SEEDS)  (all three)"
 	@echo "  RESULTS=$(RESULTS)  where compare and the eval-* reports go"
 	@echo "  STAMPS=$(STAMPS)  PYTHON=$(PYTHON)  POSE=$(POSE) (1: install the MediaPipe pose teacher)"
+	@echo "  TORCH=$(TORCH)  the PyTorch build setup installs: $(TORCH_BUILDS) (docs/install.md: the driver each needs)"
 	@echo "  SLURM: SLURM_ARGS='$(SLURM_ARGS)' (every job: --partition, --account, --time ...)  AFTER=$(AFTER) (job id to wait for)"
 	@echo "    SHARDS=$(SHARDS) EXTRACT_SBATCH='$(EXTRACT_SBATCH)'  NODES=$(NODES) GPUS_PER_NODE=$(GPUS_PER_NODE) DISTILL_SBATCH='$(DISTILL_SBATCH)'"
 	@echo "    EVAL=$(EVAL) EVAL_SBATCH='$(EVAL_SBATCH)'  SHARD=i/N (make extract: those shards only)"
@@ -148,18 +152,42 @@ detectron2_no_wheel = make setup: no Detectron2 wheel for this Python ($(call de
 # SETUP=0: never build or update .venv (what the cluster jobs get: submit-* sets the venv up once, before submitting;
 # a dozen array tasks reinstalling one shared venv at once would break it).
 SETUP ?= 1
-setup: $(if $(filter 0,$(SETUP)),,$(VENV)/.installed) ## Create .venv and install the pinned requirements + distinit (editable); Detectron2 from DETECTRON2_WHEEL
+setup: $(if $(filter 0,$(SETUP)),,$(VENV)/.installed) ## Create .venv and install the pinned requirements + distinit (editable); TORCH=cpu|cuXYZ; Detectron2 from DETECTRON2_WHEEL
 
-$(VENV)/.installed: requirements.txt requirements-pose.txt requirements-detectron2.txt pyproject.toml $(DETECTRON2_STAMP)
+# TORCH=cpu or cuXYZ installs requirements.txt's torch and torchvision pins with that local version label
+# (torch==2.14.1+cu126) from $(TORCH_INDEX_URL)/<build>, before the rest: requirements.txt's torch==2.14.1 is then
+# already satisfied (a local label is ignored when a pin has none), so pip keeps the build. --no-deps: torch's own
+# dependencies (nvidia-* libraries, sympy ...) come from PyPI with requirements.txt. TORCH=default adds no step (PyPI's
+# wheel, as before TORCH existed). Only builds PyTorch publishes for torch 2.14.1 are listed (docs/install.md).
+TORCH_BUILDS := default cpu cu126 cu130 cu132
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl
+torch_pins = $(shell sed -n 's/^\(torch\|torchvision\)==\([^ #]*\).*/\1==\2+$(TORCH)/p' requirements.txt)
+# The build is in the stamp's name, so another TORCH is a missing prerequisite and setup re-runs; finding the last
+# build's stamp, it uninstalls that torch and torchvision first (PyPI's torch==2.14.1 would count a +cpu one as
+# installed), and removes that stamp once the new build is in. A venv set up before TORCH existed has no stamp: it
+# re-runs setup once, keeping its torch.
+TORCH_STAMP = $(VENV)/.torch-$(TORCH)
+torch_stamps_replaced = $(filter-out $(TORCH_STAMP),$(wildcard $(VENV)/.torch-*))
+
+$(VENV)/.installed: requirements.txt requirements-pose.txt requirements-detectron2.txt pyproject.toml $(TORCH_STAMP) $(DETECTRON2_STAMP)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(if $(torch_stamps_replaced),$(BIN)/python -m pip uninstall -q -y torch torchvision)
+	$(if $(filter-out default,$(TORCH)),$(BIN)/python -m pip install -q --no-deps $(torch_pins) --index-url $(TORCH_INDEX_URL)/$(TORCH))
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(if $(filter 1,$(POSE)),$(BIN)/python -m pip install -q -r requirements-pose.txt)
 	$(if $(DETECTRON2_WHEEL),$(BIN)/python -m pip install -q -r requirements-detectron2.txt '$(DETECTRON2_WHEEL)' \
 		-c requirements.txt $(if $(filter 1,$(POSE)),-c requirements-pose.txt),@echo "$(detectron2_no_wheel)")
 	$(BIN)/python -m pip install -q --no-deps -e .
 	$(if $(DETECTRON2_WHEEL),,echo none > $(DETECTRON2_STAMP))  # what was installed, whatever a dry run recorded
+	$(if $(torch_stamps_replaced),rm -f $(torch_stamps_replaced))
 	touch $@
+
+# `+`: an unknown TORCH is refused under make -n too, before anything is installed.
+$(TORCH_STAMP):
+	$(if $(and $(filter $(TORCH),$(TORCH_BUILDS)),$(if $(word 2,$(TORCH)),,one)),,+@echo \
+		"make setup: TORCH=$(TORCH) is not one of: $(TORCH_BUILDS) (docs/install.md)" >&2; exit 2)
+	mkdir -p $(VENV) && touch $@
 
 # The stamp holds the installed wheel's name and sha256 ("none" for a venv set up without one) and is rewritten
 # only when that changes, so setup re-runs when a wheel appears or changes, whatever its file time. Finding no
