@@ -52,7 +52,7 @@ POSE     ?= 1
 # The PyTorch build setup installs (docs/install.md: the NVIDIA driver each CUDA build needs). default: PyPI's wheel,
 # on Linux x86_64 the CUDA 13.0 build; cpu or cuXYZ: torch and torchvision from PyTorch's own index for that build.
 TORCH    ?= default
-# SLURM (pipeline/cluster/*.sbatch; README "On a SLURM cluster"). SHARD=i/N: `make extract` writes only those shards.
+# SLURM (pipeline/cluster/*.sbatch; docs/cluster.md). SHARD=i/N: `make extract` writes only those shards.
 SHARD    ?=
 SLURM_ARGS ?=
 SHARDS   ?= 16
@@ -129,7 +129,7 @@ help: ## Show targets and variables
 	@echo "    EVAL=$(EVAL) EVAL_SBATCH='$(EVAL_SBATCH)'  SHARD=i/N (make extract: those shards only)"
 	@echo "  PYTEST_ARGS='$(PYTEST_ARGS)'  e.g. PYTEST_ARGS='-m \"not slow\"'"
 
-# Detectron2 is not on PyPI (users install it from its official repository, README). Tests and CI install the
+# Detectron2 is not on PyPI (users install it from its official repository: docs/install.md). Tests and CI install the
 # CPU wheel built from that repository which shared/wheels/ beside this checkout holds (DETECTRON2_WHEEL_DIR), or
 # DETECTRON2_WHEEL=FILE; with neither, setup says so and goes on without it (the Detectron2 tests skip). Its
 # dependencies are pinned in requirements-detectron2.txt, and the other pins are constraints so it changes none

@@ -243,3 +243,26 @@ def run_snippet(code: str) -> dict:
     namespace: dict = {"__name__": "docs_export_snippet"}
     exec(compile(code, str(PAGE), "exec"), namespace)
     return namespace
+
+
+def test_readme_snippets_run_as_written(exported, tmp_path, monkeypatch):
+    """The README's "Using the distilled weights" blocks: torchvision loads every trunk weight (the assert in the
+    block) and computes the student's features; the MMAction2 conversion writes backbone.* keys."""
+    student, folder = exported("r2plus1d_18")
+    (tmp_path / "exports").mkdir()
+    (tmp_path / "exports" / "r2plus1d_18").symlink_to(folder)
+    monkeypatch.chdir(tmp_path)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Using the distilled weights", 1)[1].split("\n## ", 1)[0]
+    torchvision_block, convert_block = FENCED_PYTHON.findall(section)
+
+    model = run_snippet(torchvision_block)["model"]
+    model.fc = nn.Identity()
+    model.eval()
+    clip = torch.randn(1, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(clip), student.features(clip))
+
+    run_snippet(convert_block)
+    checkpoint = torch.load("exports/r2plus1d_18_mmaction2.pth", weights_only=True)
+    assert set(checkpoint["state_dict"]) == {f"backbone.{key}" for key in student.trunk_state_dict()}
