@@ -178,7 +178,7 @@ def inflated_init(spec: str, student: str | None, width: str | None) -> Initiali
     try:
         from distinit.evaluate.inflate import build_inflated_backbone
     except ModuleNotFoundError as error:
-        if error.name != "evaluate.inflate":
+        if error.name != "distinit.evaluate.inflate":
             raise
         raise DistinitError(f"--init inflated:{spec}: this checkout has no evaluate/inflate.py; use another init") from None
     prototype = build_inflated_backbone(spec)

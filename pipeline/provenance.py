@@ -34,6 +34,11 @@ def git_state() -> dict[str, Any]:
             return None
         return done.stdout.strip()
 
+    # Installed from a wheel, REPOSITORY is site-packages/distinit: a git repository around it (a venv inside a
+    # checkout, a home folder under git) is not the code that runs, so only a checkout whose top is REPOSITORY counts.
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != REPOSITORY:
+        return {"git_commit": None, "git_dirty": None}
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}

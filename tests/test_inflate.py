@@ -4,6 +4,7 @@ efficientnet_lite0_3d student, `build_inflated_backbone`'s specs and each inflat
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -458,3 +459,12 @@ def test_each_init_carries_the_normalisation_of_its_weights(tmp_path):
     torch.save({"model": student.state_dict(), "architecture": broken}, tmp_path / "broken.pt")
     with pytest.raises(DistinitError, match=r"broken.pt: input normalisation needs 3 means"):
         resolve_init(str(tmp_path / "broken.pt"))
+
+
+def test_a_checkout_without_evaluate_inflate_gets_one_line(monkeypatch):
+    """The friendly error names the module by its installed name (distinit.evaluate.inflate), so it still fires."""
+    from distinit.pipeline.errors import DistinitError
+
+    monkeypatch.setitem(sys.modules, "distinit.evaluate.inflate", None)  # import of it now fails as if absent
+    with pytest.raises(DistinitError, match=r"this checkout has no evaluate/inflate.py"):
+        resolve_init("inflated:resnet18")

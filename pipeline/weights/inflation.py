@@ -159,7 +159,7 @@ class Inflater:
         if any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
             raise ConfigError(
                 f"cannot inflate {module_type} at {where}: it has weights and no inflation rule; "
-                "register one with pipeline.weights.inflation.register_inflation"
+                "register one with distinit.pipeline.weights.inflation.register_inflation"
             )
         children = list(module.named_children())
         if not children and type(module).__name__.lower().endswith("2d"):
