@@ -84,8 +84,9 @@ def test_package_data_names_files_that_exist():
 # --- the wheel, installed beside Hugging Face's evaluate -----------------------------------------------------------
 
 
-def _run(command: list[str], **options) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, capture_output=True, text=True, **options)
+def _run(command: list[str], timeout: float = 300, **options) -> subprocess.CompletedProcess:
+    """Runs it, bounded (a stalled index must fail the test, not hang CI), and asserts it succeeded."""
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **options)
     assert result.returncode == 0, f"{' '.join(map(str, command))}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
@@ -167,7 +168,7 @@ def test_wheel_installs_beside_hugging_face_evaluate(tmp_path):
 
     probe = subprocess.run(_pip(venv, "download", "-q", "--no-deps", "--retries", "0", "--timeout", "20", "-d",
                                 str(tmp_path / "probe"), HUGGING_FACE_EVALUATE[0]), capture_output=True, text=True,
-                           env=environment)
+                           env=environment, timeout=120)
     if probe.returncode != 0:
         reason = (probe.stderr.strip().splitlines() or ["no output"])[-1]
         pytest.skip(f"PyPI unreachable (pip download {HUGGING_FACE_EVALUATE[0]}: {reason}): the wheel was built and "
