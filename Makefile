@@ -51,7 +51,8 @@ PYTEST_ARGS ?=
 POSE     ?= 1
 # The PyTorch build setup installs (docs/install.md: the NVIDIA driver each CUDA build needs). default: PyPI's wheel,
 # on Linux x86_64 the CUDA 13.0 build; cpu or cuXYZ: torch and torchvision from PyTorch's own index for that build.
-TORCH    ?= default
+# Unset: the build $(VENV)/.torch-<build> records (VENV is set above; none: default), so a plain make keeps it.
+TORCH    ?= $(or $(patsubst $(VENV)/.torch-%,%,$(firstword $(wildcard $(VENV)/.torch-*))),default)
 # SLURM (pipeline/cluster/*.sbatch; docs/cluster.md). SHARD=i/N: `make extract` writes only those shards.
 SHARD    ?=
 SLURM_ARGS ?=
@@ -123,7 +124,7 @@ help: ## Show targets and variables
 	@echo "  INIT=$(INIT)  (eval-hmdb/eval-ucf)  INITS=$(INITS)  (compare)  SEEDS=$(SEEDS)  (all three)"
 	@echo "  RESULTS=$(RESULTS)  where compare and the eval-* reports go"
 	@echo "  STAMPS=$(STAMPS)  PYTHON=$(PYTHON)  POSE=$(POSE) (1: install the MediaPipe pose teacher)"
-	@echo "  TORCH=$(TORCH)  the PyTorch build setup installs: $(TORCH_BUILDS) (docs/install.md: the driver each needs)"
+	@echo "  TORCH=$(TORCH)  the PyTorch build setup installs, kept until another is named: $(TORCH_BUILDS) (docs/install.md)"
 	@echo "  SLURM: SLURM_ARGS='$(SLURM_ARGS)' (every job: --partition, --account, --time ...)  AFTER=$(AFTER) (job id to wait for)"
 	@echo "    SHARDS=$(SHARDS) EXTRACT_SBATCH='$(EXTRACT_SBATCH)'  NODES=$(NODES) GPUS_PER_NODE=$(GPUS_PER_NODE) DISTILL_SBATCH='$(DISTILL_SBATCH)'"
 	@echo "    EVAL=$(EVAL) EVAL_SBATCH='$(EVAL_SBATCH)'  SHARD=i/N (make extract: those shards only)"
@@ -161,17 +162,40 @@ setup: $(if $(filter 0,$(SETUP)),,$(VENV)/.installed) ## Create .venv and instal
 # wheel, as before TORCH existed). Only builds PyTorch publishes for torch 2.14.1 are listed (docs/install.md).
 TORCH_BUILDS := default cpu cu126 cu130 cu132
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl
-torch_pins = $(shell sed -n 's/^\(torch\|torchvision\)==\([^ #]*\).*/\1==\2+$(TORCH)/p' requirements.txt)
-# The build is in the stamp's name, so another TORCH is a missing prerequisite and setup re-runs; finding the last
-# build's stamp, it uninstalls that torch and torchvision first (PyPI's torch==2.14.1 would count a +cpu one as
-# installed), and removes that stamp once the new build is in. A venv set up before TORCH existed has no stamp: it
-# re-runs setup once, keeping its torch.
+torch_pins = $(shell sed -nE 's/^(torch|torchvision)==([^ #]*).*/\1==\2+$(TORCH)/p' requirements.txt)
+# The build is in the stamp's name, so another TORCH is a missing prerequisite and setup re-runs. Before touching
+# torch, setup removes .installed and the last build's stamp and writes the new one: a failed or interrupted run
+# re-runs, with the build it was installing unless TORCH names another. Finding another build's stamp, it uninstalls
+# that torch and torchvision first (PyPI's torch==2.14.1 would count a +cpu one as installed). A venv set up before
+# TORCH existed has no stamp: it re-runs setup once, keeping its torch.
 TORCH_STAMP = $(VENV)/.torch-$(TORCH)
 torch_stamps_replaced = $(filter-out $(TORCH_STAMP),$(wildcard $(VENV)/.torch-*))
 
+# $(PYTHON)'s version against pyproject.toml's requires-python (the one statement of the Pythons distinit supports),
+# before the venv is made. sed and awk, not tomllib: $(PYTHON) may be any Python. Clauses: >=, <=, >, <, == or != a
+# release (3.11 is 3.11.0); another form is refused, as "no Python it can run" is.
+python_check_awk = function cmp(a, b,  x, y, n, m, i) { n = split(a, x, "."); m = split(b, y, "."); if (m > n) n = m; \
+		for (i = 1; i <= n; i++) if (x[i] + 0 != y[i] + 0) return x[i] + 0 < y[i] + 0 ? -1 : 1; return 0 } \
+	BEGIN { n = split(range, clause, ","); ok = found != ""; \
+		for (i = 1; i <= n || i == 1; i++) { c = clause[i]; gsub(/ /, "", c); \
+			if (c !~ /^(>=|<=|==|!=|>|<)[0-9]+(\.[0-9]+)*$$/) { \
+				print "make setup: cannot check requires-python \"" range "\" in pyproject.toml"; exit 2 } \
+			v = c; sub(/^[<>=!]+/, "", v); op = substr(c, 1, length(c) - length(v)); r = cmp(found, v); \
+			if (op ~ /^>/ && pick == "") pick = "python" (match(v, /^[0-9]+\.[0-9]+/) ? substr(v, 1, RLENGTH) : v); \
+			ok = ok && (op == ">=" ? r >= 0 : op == "<=" ? r <= 0 : op == ">" ? r > 0 : op == "<" ? r < 0 : \
+				op == "==" ? r == 0 : r != 0) } \
+		if (ok) exit 0; \
+		print "make setup: " python " is " (found == "" ? "no Python it can run" : "Python " found) ", but distinit needs Python " \
+			range " (requires-python in pyproject.toml): PYTHON=" (pick == "" ? "<another python>" : pick) " picks another"; exit 2 }
+python_check = found=$$($(PYTHON) --version 2>&1 | sed -nE 's/^Python ([0-9]+(\.[0-9]+)*).*/\1/p'); \
+	range=$$(sed -nE 's/^requires-python *= *"([^"]*)".*/\1/p' pyproject.toml); \
+	awk -v found="$$found" -v range="$$range" -v python='$(PYTHON)' '$(python_check_awk)' >&2
+
 $(VENV)/.installed: requirements.txt requirements-pose.txt requirements-detectron2.txt pyproject.toml $(TORCH_STAMP) $(DETECTRON2_STAMP)
+	@$(python_check)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	rm -f $(strip $@ $(torch_stamps_replaced)) && touch $(TORCH_STAMP)
 	$(if $(torch_stamps_replaced),$(BIN)/python -m pip uninstall -q -y torch torchvision)
 	$(if $(filter-out default,$(TORCH)),$(BIN)/python -m pip install -q --no-deps $(torch_pins) --index-url $(TORCH_INDEX_URL)/$(TORCH))
 	$(BIN)/python -m pip install -q -r requirements.txt
@@ -180,14 +204,13 @@ $(VENV)/.installed: requirements.txt requirements-pose.txt requirements-detectro
 		-c requirements.txt $(if $(filter 1,$(POSE)),-c requirements-pose.txt),@echo "$(detectron2_no_wheel)")
 	$(BIN)/python -m pip install -q --no-deps -e .
 	$(if $(DETECTRON2_WHEEL),,echo none > $(DETECTRON2_STAMP))  # what was installed, whatever a dry run recorded
-	$(if $(torch_stamps_replaced),rm -f $(torch_stamps_replaced))
 	touch $@
 
+# Only checks TORCH (the recipe above writes the stamp): one word of TORCH_BUILDS, exactly (`%` is no pattern here).
 # `+`: an unknown TORCH is refused under make -n too, before anything is installed.
 $(TORCH_STAMP):
-	$(if $(and $(filter $(TORCH),$(TORCH_BUILDS)),$(if $(word 2,$(TORCH)),,one)),,+@echo \
+	$(if $(and $(filter 1,$(words $(TORCH))),$(if $(filter-out $(TORCH_BUILDS),$(TORCH)),,one)),,+@echo \
 		"make setup: TORCH=$(TORCH) is not one of: $(TORCH_BUILDS) (docs/install.md)" >&2; exit 2)
-	mkdir -p $(VENV) && touch $@
 
 # The stamp holds the installed wheel's name and sha256 ("none" for a venv set up without one) and is rewritten
 # only when that changes, so setup re-runs when a wheel appears or changes, whatever its file time. Finding no
