@@ -74,7 +74,7 @@ class _ClipTransform:  # `_`: torch.hub takes every public callable here for an 
 
 def _load(name: str, weights, num_classes: int | None) -> torch.nn.Module:
     try:
-        from distinit.distill.export import load_export
+        from distinit.distill.export_load import load_export
     except ModuleNotFoundError as error:
         if not (error.name or "").startswith("distinit"):
             raise

@@ -1,12 +1,16 @@
-"""Exports loaded outside distinit's trainer: hubconf.py through torch.hub (each student, its transform, refusals),
-the torchvision, torch.hub and MMAction2 snippets of docs/export.md run as written, and the MMAction2 checkpoint
-against torchvision's model wrapped as MMAction2 wraps it. Each compares outputs on one clip with the student's
-own trunk, on random weights with random batch-norm statistics (a weight or buffer lost on the way would show)."""
+"""Exports loaded outside distinit's trainer: hubconf.py through torch.hub (its entry points, the transform,
+refusals), the torchvision, torch.hub and MMAction2 snippets of docs/export.md run as written, and the MMAction2
+checkpoint against torchvision's model wrapped as MMAction2 wraps it. Each way of loading compares outputs on one
+small clip with the student's own trunk, on random weights with random batch-norm statistics (a weight or buffer lost
+on the way would show), and what the students differ in (S3D's classifier and pool, resnet18_3d's network, a flow
+stem) once each. r3d_18 (loaded exactly as r2plus1d_18 and mc3_18 are) and the RGB resnet18_3d get test_export.py's
+check of keys and shapes, and every entry point the signature check here, without weights."""
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import json
 import re
 from pathlib import Path
@@ -17,21 +21,26 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from distinit.distill.export import EXPORTABLE_STUDENTS, export_trunk, mmaction2_checkpoint
+from distinit.distill.export import export_trunk
+from distinit.distill.export_load import EXPORTABLE_STUDENTS, mmaction2_checkpoint, read_export, reference_model
 from distinit.distill.heads import HeadSpec
 from distinit.distill.students import create_student, student_entry
+from distinit.pipeline.clips.normalisation import VIDEO_MEAN, VIDEO_STD
 from distinit.pipeline.errors import ConfigError
-from tests.test_export import VIDEO_MEAN, VIDEO_STD, randomise_batch_norm_statistics, write_distill_checkpoint
+from tests.test_export import randomise_batch_norm_statistics, write_distill_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "export.md"
 HEADS = [HeadSpec("imagenet-efficientnet-lite0/logits", "logits", (10,))]
 FENCED_PYTHON = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+SMALL_CLIP = {"frames": 4, "stride": 2, "short_side": 20, "crop": 16}  # what the exports record: cheap forwards
+S3D_CLIP = {"frames": 8, "stride": 2, "short_side": 40, "crop": 32}  # S3D's pools need 8 frames of 32 x 32
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """(name, in_channels) -> (student, its safetensors export folder), each made once for the module."""
+    """(name, in_channels) -> (student, its safetensors export folder), each made once for the module. Exported:
+    r2plus1d_18 (the docs' and README's), s3d, and resnet18_3d and mc3_18 with flow input."""
     folder = tmp_path_factory.mktemp("exports")
     made = {}
 
@@ -42,7 +51,7 @@ def exported(tmp_path_factory):
             randomise_batch_norm_statistics(student)
             student.eval()
             checkpoint = folder / f"{name}-{in_channels}.ckpt"
-            write_distill_checkpoint(checkpoint, student)
+            write_distill_checkpoint(checkpoint, student, S3D_CLIP if name == "s3d" else SMALL_CLIP)
             out = folder / f"{name}-{in_channels}"
             export_trunk(checkpoint, out)
             checkpoint.unlink()
@@ -68,6 +77,12 @@ def test_hubconf_offers_one_entry_point_per_student_and_imports_distinit_by_its_
     # torch.hub takes every public callable of hubconf.py for an entry point.
     assert sorted(name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_")) == \
         sorted(EXPORTABLE_STUDENTS)
+    for name in EXPORTABLE_STUDENTS:  # each takes weights= and num_classes= and loads as its own student
+        parameters = inspect.signature(getattr(hubconf, name)).parameters.values()
+        assert [(parameter.name, parameter.default) for parameter in parameters] == [("weights", None),
+                                                                                    ("num_classes", None)]
+        with pytest.raises(ValueError, match=f"^{name}: pass weights="):
+            getattr(hubconf, name)()
     # torch.hub puts the checkout on sys.path: a bare `pipeline` or `evaluate` would be the checkout's folder.
     tree = ast.parse((ROOT / "hubconf.py").read_text())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
@@ -75,36 +90,45 @@ def test_hubconf_offers_one_entry_point_per_student_and_imports_distinit_by_its_
     assert {name.split(".")[0] for name in imported} == {"__future__", "torch", "distinit"}
 
 
-@pytest.mark.parametrize("name", EXPORTABLE_STUDENTS)
-def test_each_hub_entry_point_gives_the_reference_model_computing_the_trunk(exported, name):
-    student, folder = exported(name)
+# r2plus1d_18 through torch.hub: test_docs_snippets_run_as_written.
+@pytest.mark.parametrize("name, in_channels", [("s3d", 3), ("resnet18_3d", 2), ("mc3_18", 2)])
+def test_hub_entry_point_gives_the_reference_model_computing_the_trunk(exported, name, in_channels):
+    student, folder = exported(name, in_channels)
     model = hub_load(name, weights=str(folder / "model.safetensors"))
-    reference = torchvision.models.ResNet if name == "resnet18_3d" else type(getattr(torchvision.models.video, name)())
+    video_models = torchvision.models.video
+    reference = {"s3d": video_models.S3D, "resnet18_3d": torchvision.models.ResNet}.get(name, video_models.VideoResNet)
     assert isinstance(model, reference) and not model.training
     assert isinstance(getattr(model, student_entry(name).torchvision_classifier), nn.Identity)
-    assert model.distinit_config["architecture"]["student"] == name
+    config = model.distinit_config
+    assert config["architecture"]["student"] == name and config["architecture"]["in_channels"] == in_channels
+    classifier = "classifier.1" if name == "s3d" else "fc"
+    assert config["architecture"]["missing_keys"] == [f"{classifier}.bias", f"{classifier}.weight"]
 
-    video = torch.randint(0, 256, (8, 48, 64, 3), dtype=torch.uint8)  # (T, H, W, C), resized to 40 then cropped to 32
+    frames, crop = config["clip"]["frames"], config["clip"]["crop"]
+    if in_channels == 3:  # (T, H, W, C) bytes, resized to the short side then cropped
+        video = torch.randint(0, 256, (frames, 48, 64, 3), dtype=torch.uint8)
+    else:  # (T, H, W, (dx, dy)) in pixels
+        video = torch.empty(frames, 48, 64, 2).uniform_(-30, 30)
     clip = model.transform(video).unsqueeze(0)
-    assert clip.shape == (1, 3, 8, 32, 32)
+    assert clip.shape == (1, in_channels, frames, crop, crop)
     with torch.no_grad():
         torch.testing.assert_close(model(clip), student.features(clip))
 
 
 def test_hub_classifier_option_and_refusals(exported):
-    student, folder = exported("mc3_18")
+    _, folder = exported("mc3_18", in_channels=2)
     model = hub_load("mc3_18", weights=str(folder), num_classes=5)  # the folder works as well as its file
     assert model.fc.out_features == 5 and not model.training
     with torch.no_grad():
-        assert model(torch.randn(1, 3, 8, 32, 32)).shape == (1, 5)
+        assert model(torch.randn(1, 2, 4, 16, 16)).shape == (1, 5)
 
     with pytest.raises(ConfigError, match=r"names mc3_18, not r3d_18; load it with the mc3_18 entry point$"):
         hub_load("r3d_18", weights=str(folder))
     with pytest.raises(ValueError, match="mc3_18: pass weights="):
         hub_load("mc3_18")
-    assert repr(model.transform) == "ClipTransform(rgb, {'frames': 8, 'stride': 2, 'short_side': 40, 'crop': 32})"
-    with pytest.raises(ValueError, match=r"expected a clip \(T, H, W, 3\); got shape \(8, 40, 40\)"):
-        model.transform(torch.zeros(8, 40, 40, dtype=torch.uint8))
+    assert repr(model.transform) == "ClipTransform(flow, {'frames': 4, 'stride': 2, 'short_side': 20, 'crop': 16})"
+    with pytest.raises(ValueError, match=r"expected a clip \(T, H, W, 2\); got shape \(4, 20, 20, 3\)"):
+        model.transform(torch.zeros(4, 20, 20, 3, dtype=torch.uint8))
 
 
 def test_transform_gives_distinit_normalised_values():
@@ -126,25 +150,33 @@ def test_transform_gives_distinit_normalised_values():
         torch.testing.assert_close(out, grey.view(3, 1, 1, 1).expand(3, 8, 32, 32), atol=1e-5, rtol=0)
 
 
-def test_flow_export_loads_with_its_flow_transform(exported):
+def test_flow_export_config_and_transform_give_distinit_scaling(exported):
     from distinit.distill.flow import flow_to_tensor
 
-    student, folder = exported("mc3_18", in_channels=2)
-    model = hub_load("mc3_18", weights=str(folder))
-    config = model.distinit_config
+    _, folder = exported("mc3_18", in_channels=2)
+    config = json.loads((folder / "config.json").read_text())
     assert config["normalisation"] == {"kind": "flow", "channels": ["dx", "dy"], "unit": "pixels at short_side",
                                        "method": "farneback", "bound_pixels": 20.0,
                                        "formula": "clip(flow, -bound_pixels, bound_pixels) / bound_pixels"}
     assert config["clip"]["modality"] == "flow" and config["architecture"]["in_channels"] == 2
 
-    flow = np.random.default_rng(0).uniform(-30, 30, (8, 40, 40, 2)).astype(np.float32)
-    clip = model.transform(flow)
-    assert torch.equal(clip, flow_to_tensor(flow[:, 4:36, 4:36]))  # distinit's scaling, exactly
-    with torch.no_grad():
-        torch.testing.assert_close(model(clip.unsqueeze(0)), student.features(clip.unsqueeze(0)))
+    transform = load_hubconf()._ClipTransform(config)  # model.transform of the hub's model
+    flow = np.random.default_rng(0).uniform(-30, 30, (4, 20, 20, 2)).astype(np.float32)
+    assert torch.equal(transform(flow), flow_to_tensor(flow[:, 2:18, 2:18]))  # distinit's scaling, exactly
     # At twice the short side a displacement halves with the frame: (10, -4) px -> (5, -2) -> (0.25, -0.1).
-    doubled = model.transform(np.broadcast_to(np.float32([10, -4]), (8, 80, 80, 2)).copy())
-    torch.testing.assert_close(doubled, torch.tensor([0.25, -0.1]).view(2, 1, 1, 1).expand(2, 8, 32, 32))
+    doubled = transform(np.broadcast_to(np.float32([10, -4]), (4, 40, 40, 2)).copy())
+    torch.testing.assert_close(doubled, torch.tensor([0.25, -0.1]).view(2, 1, 1, 1).expand(2, 4, 16, 16))
+
+
+def test_resnet18_3d_trunk_is_refused_by_r3d_18(exported):
+    """Not torchvision's r3d_18 (no stem max-pool, zero temporal padding): the names refuse it rather than the same
+    weights computing something else."""
+    _, folder = exported("resnet18_3d", in_channels=2)
+    state, _ = read_export(folder)
+    assert state["conv1.weight"].shape == (64, 2, 3, 7, 7)
+    refused = r"not a r3d_18 trunk \(unexpected keys: \['bn1.*'\], missing trunk keys: \['stem.0.weight'"
+    with pytest.raises(ConfigError, match=refused):
+        reference_model("r3d_18", state, source=folder)
 
 
 def mmaction2_recognizer(name: str, num_classes: int) -> nn.Module:
@@ -184,13 +216,13 @@ def test_mmaction2_checkpoint_fits_torchvision_wrapped_as_mmaction2_wraps_it(exp
     meta = checkpoint["meta"]["distinit_export"]
     assert meta["architecture"]["student"] == name and meta["normalisation"]["mean"] == list(VIDEO_MEAN)
     if name == "r2plus1d_18":  # S3D keeps torchvision's fixed 2x7x7 pool in MMAction2: it needs 16x224x224 clips
-        clip = torch.randn(1, 3, 8, 32, 32)
+        clip = torch.randn(1, 3, 4, 16, 16)
         with torch.no_grad():
             torch.testing.assert_close(recognizer.backbone.eval()(clip), student.features(clip))
 
 
 def test_mmaction2_checkpoint_refuses_what_mmaction2_cannot_build(exported):
-    _, resnet18_3d = exported("resnet18_3d")
+    _, resnet18_3d = exported("resnet18_3d", in_channels=2)  # refused as resnet18_3d before its channels count
     with pytest.raises(ConfigError, match="resnet18_3d is not a torchvision model"):
         mmaction2_checkpoint(resnet18_3d)
     _, flow = exported("mc3_18", in_channels=2)
@@ -228,15 +260,15 @@ def test_docs_snippets_run_as_written(exported, tmp_path, monkeypatch, capsys):
     assert set(checkpoint["state_dict"]) == {f"backbone.{key}" for key in student.trunk_state_dict()}
 
     # The MMAction2 config needs mmaction2 (not here): it compiles, loads what the conversion wrote, and its mean and
-    # std are the ones the conversion printed.
+    # std are, digit for digit, the ones the conversion printed: 255 x pipeline.clips.normalisation's, rounded.
     config = by_role["mmaction2 config"][0]
     compile(config, str(PAGE), "exec")
     assert 'load_from = "exports/r2plus1d_18_mmaction2.pth"' in config and "spatial_type=None" in config
     for field in ("mean", "std"):
         shown = json.loads(re.search(rf"{field}=(\[[^\]]*\])", config).group(1))
         computed = json.loads(re.search(rf"^{field} (\[.*\])$", printed, re.M).group(1))
-        np.testing.assert_allclose(shown, computed, atol=1e-3)
-        np.testing.assert_allclose(shown, 255 * np.array(VIDEO_MEAN if field == "mean" else VIDEO_STD), atol=1e-3)
+        expected = [round(255 * value, 4) for value in (VIDEO_MEAN if field == "mean" else VIDEO_STD)]
+        assert shown == computed == expected, field
 
 
 def run_snippet(code: str) -> dict:
@@ -247,7 +279,8 @@ def run_snippet(code: str) -> dict:
 
 def test_readme_snippets_run_as_written(exported, tmp_path, monkeypatch):
     """The README's "Using the distilled weights" blocks: torchvision loads every trunk weight (the assert in the
-    block) and computes the student's features; the MMAction2 conversion writes backbone.* keys."""
+    block), the student's own (the same path as the docs' torchvision snippet, whose outputs are compared there);
+    the MMAction2 conversion writes backbone.* keys."""
     student, folder = exported("r2plus1d_18")
     (tmp_path / "exports").mkdir()
     (tmp_path / "exports" / "r2plus1d_18").symlink_to(folder)
@@ -256,12 +289,8 @@ def test_readme_snippets_run_as_written(exported, tmp_path, monkeypatch):
     section = readme.split("## Using the distilled weights", 1)[1].split("\n## ", 1)[0]
     torchvision_block, convert_block = FENCED_PYTHON.findall(section)
 
-    model = run_snippet(torchvision_block)["model"]
-    model.fc = nn.Identity()
-    model.eval()
-    clip = torch.randn(1, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        torch.testing.assert_close(model(clip), student.features(clip))
+    loaded = run_snippet(torchvision_block)["model"].state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in student.trunk_state_dict().items())
 
     run_snippet(convert_block)
     checkpoint = torch.load("exports/r2plus1d_18_mmaction2.pth", weights_only=True)
