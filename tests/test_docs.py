@@ -2,7 +2,7 @@
 command and option is one of the CLI's, every relative link and #anchor resolves, every repository path and
 `distinit.*` module they name exists, and the README fits a newcomer's five minutes (at most 250 lines).
 
-Commands are read from fenced code blocks and inline code spans; paths from inline spans and code blocks (a
+Commands are read from fenced code blocks (but not ```text ones: a program's output) and inline code spans; paths from inline spans and code blocks (a
 word whose first folder is one of the checkout's source folders, or a top-level file such as `Makefile`). Each
 check is also run on a small bad page, so a check that could never fail would show here."""
 
@@ -36,11 +36,14 @@ LINK = re.compile(r"\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*
 # ---------------------------------------------------------------------------------------------- reading a page
 def parse_page(text: str) -> tuple[list[str], list[str], str]:
     """(code lines from fenced blocks, continuations joined; inline code spans; prose without any code)."""
-    code_lines, prose, in_fence, pending = [], [], False, ""
+    code_lines, prose, in_fence, output_block, pending = [], [], False, False, ""
     for line in text.splitlines():
         fence = FENCE.match(line)
         if fence:
             in_fence = not in_fence
+            output_block = in_fence and fence.group(2).strip() == "text"  # what a program prints, not commands
+            continue
+        if output_block:
             continue
         if in_fence:
             pending += line
