@@ -34,16 +34,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import torch
 import torch.nn as nn
 
-from distinit.pipeline.weights.inflation import (  # noqa: F401  (re-exported: the public inflation API)
-    INFLATION_RULES,
-    InflatedConv3d,
-    Inflater,
-    inflate_module,
-    inflate_state_dict,
-    inflate_weight,
-    register_inflation,
-    spatial_time_kernel,
-)
+from distinit.pipeline.weights.inflation import inflate_state_dict
 from distinit.pipeline.clips.normalisation import Normalisation
 from distinit.pipeline.weights.lite0 import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
 from distinit.pipeline.weights.files import RANDOM_INIT_SHA256, RANDOM_WEIGHTS, load_weights_into

@@ -19,13 +19,15 @@ from distinit.distill.efficientnet3d import efficientnet_time_kernel, load_effic
 from distinit.evaluate.inflate import (
     EFFICIENTNET_LITE_NORMALISATION,
     IMAGENET_NORMALISATION,
-    InflatedConv3d,
     build_inflated_backbone,
-    inflate_module,
     inflate_resnet18_to_resnet18_3d,
+    load_resnet18_2d,
+)
+from distinit.pipeline.weights.inflation import (
+    InflatedConv3d,
+    inflate_module,
     inflate_state_dict,
     inflate_weight,
-    load_resnet18_2d,
     spatial_time_kernel,
 )
 from distinit.evaluate.initialization import resolve_init
