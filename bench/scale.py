@@ -327,7 +327,9 @@ def main() -> int:
         goals["target_read_goal_ms"] = 0.1
     record["goals"] = goals
     if arguments.out:
-        Path(arguments.out).write_text(json.dumps(record, indent=2) + "\n")
+        from distinit.pipeline.atomic import atomic_write_text
+
+        atomic_write_text(arguments.out, json.dumps(record, indent=2) + "\n")
     print(json.dumps(record["goals"]))
     return 0
 

@@ -42,12 +42,16 @@ def video_paths(store: TargetStore, videos_root: str | os.PathLike | None = None
     return {video_id: Path(path) for video_id, path in video_files(store, videos_root).items()}
 
 
+def videos_manifest(store: TargetStore) -> Path:
+    """The targets folder's list of its videos (stage one's videos manifest)."""
+    return store.targets_dir / (store.manifest.get("extra") or {}).get("videos_manifest", "videos.jsonl")
+
+
 def video_files(store: TargetStore, videos_root: str | os.PathLike | None = None) -> dict[str, str]:
     """`video_paths` as strings: at Kinetics size a Path per video costs seconds at every start."""
     extra = store.manifest.get("extra") or {}
-    manifest_name = extra.get("videos_manifest", "videos.jsonl")
     root = videos_root if videos_root is not None else extra.get("videos_root")
-    manifest_file = store.targets_dir / manifest_name
+    manifest_file = videos_manifest(store)
     if root is None:
         raise DistinitError(f"{store.targets_dir}: the manifest does not say where the videos are; {MOVED_VIDEOS_HINT}")
     if not Path(root).is_dir():
@@ -65,8 +69,7 @@ def video_files(store: TargetStore, videos_root: str | os.PathLike | None = None
 
 def video_sizes(store: TargetStore) -> dict[str, int | None]:
     """video id -> its file size when stage one listed it (the videos manifest's rows)."""
-    manifest_name = (store.manifest.get("extra") or {}).get("videos_manifest", "videos.jsonl")
-    path = store.targets_dir / manifest_name
+    path = videos_manifest(store)
     try:
         data = path.read_bytes()
     except OSError:

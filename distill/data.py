@@ -208,9 +208,8 @@ class TargetClipDataset(torch.utils.data.Dataset):
         # Table position -> the position whose targets it takes (the shuffled control); None: its own.
         self.donors = None
         if shuffle_targets:
-            chosen = [videos.rows.ids[position] for position in self.positions]
-            every_video = [videos.rows.ids[position] for position in range(len(videos))]
-            donors, table = target_donors(chosen, self.seed, every_video), videos.rows.positions()
+            every_video = videos.rows.ids.tolist()  # table order: position i is every_video[i]
+            donors, table = target_donors(self.video_ids, self.seed, every_video), videos.rows.positions()
             self.donors = np.full(len(videos), -1, dtype=np.int64)
             for video_id, donor in donors.items():
                 self.donors[table[video_id]] = table[donor]

@@ -242,7 +242,12 @@ class TargetStore:
         from the id and time columns."""
         if self._video_table is None:
             index = self.video_index()
-            self._video_table = index.rows if index is not None else VideoRows(self)
+            if index is not None:
+                self._video_table = index.rows
+            else:
+                self._video_table = VideoRows.from_shards(self._shard, self.offsets)
+                logger.debug("indexed %d videos over %d rows of %s", len(self._video_table.ids), len(self),
+                             self.targets_dir)
         return self._video_table
 
     def _position(self, video_id: str) -> int:

@@ -34,10 +34,6 @@ logger = logging.getLogger(__name__)
 class VideoRows:
     """The per-video row table of one TargetStore (module docstring)."""
 
-    def __init__(self, store: "TargetStore"):
-        self._build(store._shard, len(store.shard_paths), store.offsets)
-        logger.debug("indexed %d videos over %d rows of %s", len(self.ids), len(store), store.targets_dir)
-
     @classmethod
     def from_shards(cls, open_shard: Callable[[int], h5py.File], offsets: np.ndarray) -> "VideoRows":
         """The table of the shards `open_shard(0..N-1)` whose global row offsets are `offsets` (N + 1)."""
@@ -77,14 +73,10 @@ class VideoRows:
             self.counts = counts[order]
             self.offsets = np.zeros(len(order) + 1, dtype=np.int64)
             np.cumsum(self.counts, out=self.offsets[1:])
-            starts = global_firsts[order]
             self._rows = None
-            self._times = all_times[np.repeat(starts - self.offsets[:-1], self.counts) + np.arange(self.offsets[-1])]
+            self._times = all_times[self._all_rows(offsets)]
         else:
             self._general(sorted_ids, order, global_firsts, counts, all_times, shards, firsts)
-
-    # The arrays that make the table, as stage one's video index stores them (pipeline.shards.video_index).
-    ARRAYS = ("ids_blob", "ids_offsets", "shard", "first", "counts", "offsets", "times", "rows")
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays = {"ids_blob": self.ids.blob, "ids_offsets": self.ids.offsets, "shard": self.shard, "first": self.first,

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from distinit.pipeline.packed import ragged
-from distinit.pipeline.video.layout_record import READABLE_VERSIONS
+from distinit.pipeline.video.layout_record import READABLE_VERSIONS, ticks_from_runs
 from distinit.pipeline.video.probe import FrameLayout, VideoInfo
 
 
@@ -89,8 +89,7 @@ class LayoutTable:
         if not self.present[position]:
             raise KeyError(f"no stored layout for video {position}")
         runs = self.runs[self.run_offsets[position]:self.run_offsets[position + 1]]
-        ticks = np.concatenate([first + step * np.arange(length, dtype=np.int64) for first, step, length in runs]) \
-            if len(runs) else np.zeros(0, dtype=np.int64)
+        ticks = ticks_from_runs(runs)
         tick_seconds = float(self.tick_seconds[position])
         info = VideoInfo(path=os.fspath(path), duration=float(self.duration[position]), fps=float(self.fps[position]),
                          frame_count=int(self.frame_count[position]), width=int(self.width[position]),
